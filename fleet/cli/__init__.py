@@ -1,0 +1,42 @@
+"""`fleet`: the operator's command line. Each area lives in its own module and is added here."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from fleet.cli import demo
+
+app = typer.Typer(
+    name="fleet",
+    help="Fleetplane: the control plane for fleets of edge devices.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    data_dir: Optional[str] = typer.Option(  # noqa: UP045 - typer reads Optional
+        None, "--data-dir", envvar="FLEET_DATA_DIR", help="Data dir of `fleet up` (default ./.fleet)."),
+    nats_url: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--nats-url", envvar="FLEET_NATS_URL",
+        help="NATS server to use instead of the embedded one."),
+    database_url: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--database-url", envvar="FLEET_DATABASE_URL",
+        help="PostgreSQL to use instead of the embedded one."),
+    api_url: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--api-url", envvar="FLEET_API_URL", help="Query API of a remote deployment."),
+) -> None:
+    ctx.obj = {"data_dir": data_dir, "nats_url": nats_url, "database_url": database_url,
+               "api_url": api_url}
+
+
+app.command("demo", help="Show Fleetplane working end to end on this machine.")(demo.demo)
+
+
+def main() -> None:
+    """Entry point of the `fleet` script."""
+    app()

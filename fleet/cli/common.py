@@ -1,0 +1,63 @@
+"""What every `fleet` command shares: settings from flags/env/endpoints.json, `--json` output,
+exit codes scripts can use, and running async code with errors turned into clean messages."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any, NoReturn, TypeVar
+
+import msgspec
+import typer
+from rich.console import Console
+
+from shared.config import Settings, load_settings
+from shared.errors import FleetError
+
+T = TypeVar("T")
+
+# Exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 conflict, 5 unavailable.
+EXIT_CODES = {"invalid": 2, "misconfigured": 2, "not_found": 3, "conflict": 4, "unavailable": 5,
+              "forbidden": 6}
+
+console = Console()
+err_console = Console(stderr=True)
+
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+
+
+def settings(ctx: typer.Context) -> Settings:
+    """The settings of this invocation (global flags, FLEET_* env, endpoints.json)."""
+    obj = ctx.find_root().obj or {}
+    return load_settings(obj)
+
+
+def run(coro: Coroutine[Any, Any, T], *, json_out: bool = False) -> T:
+    """Run a coroutine; a FleetError becomes a one-line message and its exit code."""
+    try:
+        return asyncio.run(coro)
+    except FleetError as exc:
+        fail(exc, json_out=json_out)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        raise typer.Exit(130) from None
+
+
+def fail(exc: FleetError, *, json_out: bool = False) -> NoReturn:
+    """Report a refused operation and exit with its code."""
+    if json_out:
+        body = {"ok": False, "error": {"code": exc.code, "message": exc.message, "field": exc.field}}
+        sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
+    else:
+        where = f" [{exc.field}]" if exc.field else ""
+        err_console.print(f"[red]error ({exc.code}){where}:[/red] {exc.message}", highlight=False)
+    raise typer.Exit(EXIT_CODES.get(exc.code, 1))
+
+
+def emit(data: Any, *, json_out: bool, render: Callable[[Any], None]) -> None:
+    """Print `data` as JSON (`--json`) or through `render` for people."""
+    if json_out:
+        sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
+    else:
+        render(data)

@@ -1,0 +1,1 @@
+"""The contract in code: ids, events, subjects, the event log, command serving, embedded servers."""

@@ -1,0 +1,268 @@
+"""Commands over NATS request/reply (DESIGN §3), served with the NATS micro services API.
+
+A service registers typed handlers; one endpoint per service listens on `fleet.cmd.<service>.*`
+so that an unknown command gets a clear `invalid` reply instead of silence, and `$SRV.PING`,
+`$SRV.INFO` and `$SRV.STATS` work. The body is decoded with the command's msgspec type; decoding
+errors name the field. Every command carries a client-chosen `command_id`: a repeat of an id this
+process has answered gets the same reply, and a repeat after a restart is recognised by the
+aggregate store from the events' `causation_id` (see shared.aggregates), so no second event.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+from opentelemetry import context as otel_context
+
+from shared import telemetry
+from shared.errors import FleetError, Invalid, Unavailable, error_from_code
+from shared.eventlog import Appended
+from shared.ids import check_id, new_command_id
+from shared.subjects import command_subject
+from shared.times import utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every command: an idempotency key chosen by the client, and who asks."""
+
+    command_id: str
+    actor: str = "anonymous"
+
+
+class EventRef(msgspec.Struct, frozen=True):
+    """Where an event of the reply was stored."""
+
+    subject: str
+    seq: int
+
+
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The error part of a failed reply."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`{"ok": true, "events": [...], "result": {...}}` or `{"ok": false, "error": {...}}`."""
+
+    ok: bool
+    events: list[EventRef] = []
+    result: Any = None
+    error: ErrorBody | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The highest sequence among the reply's events (0 if none): wait for it to read back."""
+        return max((ref.seq for ref in self.events), default=0)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a handler returns: the events it appended and a result for the caller."""
+
+    appended: Sequence[Appended] = ()
+    result: Any = None
+
+
+@dataclass(frozen=True)
+class Context:
+    """Per-request facts a handler may use: the time it was received and trace headers."""
+
+    now: datetime
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+C = TypeVar("C", bound=Command)
+Handler = Callable[[C, Context], Awaitable[Outcome]]
+
+_ENCODER = msgspec.json.Encoder()
+_REPLY_DECODER = msgspec.json.Decoder(Reply)
+_FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
+_FIELD_MISSING = re.compile(r"missing required field `([^`]*)`")
+_FIELD_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+
+
+def decode_error_field(message: str) -> str | None:
+    """The field a msgspec validation error is about, as a dotted path."""
+    path = _FIELD_AT.search(message)
+    prefix = path.group(1) if path else ""
+    named = _FIELD_MISSING.search(message) or _FIELD_UNKNOWN.search(message)
+    if named:
+        return f"{prefix}.{named.group(1)}" if prefix else named.group(1)
+    return prefix or None
+
+
+def error_reply(exc: FleetError) -> Reply:
+    """The reply for a refused command."""
+    return Reply(ok=False, error=ErrorBody(code=exc.code, message=exc.message, field=exc.field))
+
+
+@dataclass
+class _Route(Generic[C]):
+    decoder: msgspec.json.Decoder[C]
+    handler: Handler[C]
+
+
+class CommandService:
+    """Serves `fleet.cmd.<name>.<command>` for one service."""
+
+    def __init__(self, nc: NATS, name: str, *, version: str = "0.1.0", remember: int = 100_000) -> None:
+        self.nc = nc
+        self.name = name
+        self.version = version
+        self._routes: dict[str, _Route[Any]] = {}
+        self._replies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._remember = remember
+        self._service: Service | None = None
+        self.counts: dict[tuple[str, str], int] = {}
+        self._commands_total = telemetry.meter.create_counter(
+            "fleet_commands_total", description="Commands handled, by command and result"
+        )
+
+    def route(self, command: str, command_type: type[C], handler: Handler[C]) -> None:
+        """Register the handler of one command."""
+        self._routes[command] = _Route(msgspec.json.Decoder(command_type), handler)
+
+    async def start(self) -> None:
+        """Join the micro services API and start answering."""
+        self._service = await add_service(
+            self.nc,
+            name=f"fleet-{self.name}",
+            version=self.version,
+            description=f"Fleetplane {self.name} service",
+            stats_handler=self._stats,
+        )
+        await self._service.add_endpoint(
+            name="commands",
+            subject=command_subject(self.name, "*"),
+            handler=self._on_request,
+            queue_group=f"fleet-{self.name}",
+        )
+
+    async def stop(self) -> None:
+        """Stop answering (in-flight requests finish)."""
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+
+    def _stats(self, endpoint: Any) -> dict[str, Any]:
+        return {"by_command": {f"{cmd}:{result}": n for (cmd, result), n in self.counts.items()}}
+
+    async def _on_request(self, request: Request) -> None:
+        command = request.subject.rsplit(".", 1)[-1]
+        headers = dict(request.headers or {})
+        token = otel_context.attach(telemetry.extract_context(headers))  # type: ignore[arg-type]
+        try:
+            with telemetry.tracer.start_as_current_span(f"command {self.name}.{command}"):
+                body = await self._dispatch(command, request.data, headers)
+        finally:
+            otel_context.detach(token)
+        await request.respond(body)
+
+    async def _dispatch(self, command: str, data: bytes, headers: dict[str, str]) -> bytes:
+        started = time.perf_counter()
+        route = self._routes.get(command)
+        key: tuple[str, str] | None = None
+        try:
+            if route is None:
+                known = ", ".join(sorted(self._routes))
+                raise Invalid(f"unknown command {command!r} for {self.name}; known: {known}",
+                              field="command")
+            cmd = _decode(route.decoder, data)
+            check_id(cmd.command_id, "command_id")  # a subject-safe token, like every id
+            key = (command, cmd.command_id)
+            cached = self._replies.get(key)
+            if cached is not None:
+                self._count(command, "duplicate")
+                return cached
+            outcome = await route.handler(cmd, Context(now=utcnow(), headers=headers))
+            reply = Reply(
+                ok=True,
+                events=[EventRef(a.subject, a.seq) for a in outcome.appended],
+                result=outcome.result,
+            )
+            result = "ok"
+        except FleetError as exc:
+            reply, result = error_reply(exc), exc.code
+        except Exception as exc:  # a bug: answer, log with traceback, keep serving
+            log.exception("command %s.%s failed", self.name, command)
+            reply = Reply(ok=False, error=ErrorBody("internal", f"internal error: {exc!r}"))
+            result = "internal"
+        body = _ENCODER.encode(reply)
+        if key is not None and result not in ("unavailable", "internal"):
+            self._remember_reply(key, body)
+        self._count(command, result)
+        log.debug("%s.%s -> %s in %.1f ms", self.name, command, result,
+                  (time.perf_counter() - started) * 1000)
+        return body
+
+    def _remember_reply(self, key: tuple[str, str], body: bytes) -> None:
+        self._replies[key] = body
+        if len(self._replies) > self._remember:
+            self._replies.popitem(last=False)
+
+    def _count(self, command: str, result: str) -> None:
+        self.counts[(command, result)] = self.counts.get((command, result), 0) + 1
+        self._commands_total.add(1, {"service": self.name, "command": command, "result": result})
+
+
+def _decode(decoder: msgspec.json.Decoder[C], data: bytes) -> C:
+    try:
+        return decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise Invalid(str(exc), field=decode_error_field(str(exc))) from None
+    except msgspec.DecodeError as exc:
+        raise Invalid(f"body is not valid JSON: {exc}", field="body") from None
+
+
+class CommandClient:
+    """Sends commands and turns error replies into typed exceptions."""
+
+    def __init__(self, nc: NATS, *, actor: str = "anonymous", timeout: float = 10.0) -> None:
+        self.nc = nc
+        self.actor = actor
+        self.timeout = timeout
+
+    async def request(self, service: str, command: str, body: dict[str, Any],
+                      timeout: float | None = None) -> Reply:
+        """Send one command; `command_id` and `actor` are filled in when absent. Returns the
+        reply as is (ok or not); raises Unavailable when no service answers."""
+        payload = {"command_id": new_command_id(), "actor": self.actor, **body}
+        subject = command_subject(service, command)
+        with telemetry.tracer.start_as_current_span(f"send {service}.{command}"):
+            try:
+                msg = await self.nc.request(
+                    subject, _ENCODER.encode(payload), timeout or self.timeout,
+                    headers=telemetry.inject_headers() or None,
+                )
+            except nats.errors.NoRespondersError:
+                raise Unavailable(f"no {service} service is answering on {subject}") from None
+            except nats.errors.TimeoutError:
+                raise Unavailable(f"the {service} service did not answer {command} in time") from None
+        return _REPLY_DECODER.decode(msg.data)
+
+    async def send(self, service: str, command: str, body: dict[str, Any],
+                   timeout: float | None = None) -> Reply:
+        """Like `request`, but raise the typed error of a refused command."""
+        reply = await self.request(service, command, body, timeout)
+        if not reply.ok:
+            assert reply.error is not None
+            raise error_from_code(reply.error.code, reply.error.message, reply.error.field)
+        return reply

@@ -1,0 +1,115 @@
+"""Settings: one typed Struct, filled from flags, then `FLEET_*` environment variables, then the
+data dir's `endpoints.json` (in that order of precedence), read once at start-up (STYLE §10)."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from shared.errors import Invalid
+from shared.times import parse_duration
+
+ENDPOINTS_FILE = "endpoints.json"
+DEFAULT_DATA_DIR = ".fleet"
+_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace")
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a Fleetplane process can be told."""
+
+    data_dir: str = DEFAULT_DATA_DIR
+    nats_url: str | None = None
+    nats_creds: str | None = None
+    nats_tls_ca: str | None = None
+    database_url: str | None = None
+    api_url: str | None = None
+    actor: str = ""
+    heartbeat_interval: float = 10.0
+    offline_after: int = 3
+    drift_grace: float = 60.0
+    reconcile_backoff: float = 5.0
+    reconcile_max_tries: int = 5
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        """The data dir as a Path."""
+        return Path(self.data_dir)
+
+    @property
+    def endpoints_path(self) -> Path:
+        """Where `fleet up` publishes its endpoints."""
+        return self.data_path / ENDPOINTS_FILE
+
+
+class Endpoints(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What `fleet up` writes to `<data-dir>/endpoints.json` so the CLI finds it without flags."""
+
+    nats_url: str
+    database_url: str | None = None
+    api_url: str | None = None
+    pid: int | None = None
+
+
+_FIELDS = set(Settings.__struct_fields__)
+
+
+def load_settings(flags: Mapping[str, Any] | None = None,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags (None values ignored), FLEET_* env, and endpoints.json."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    from_env = {
+        key[len("FLEET_"):].lower(): value
+        for key, value in env.items()
+        if key.startswith("FLEET_") and key[len("FLEET_"):].lower() in _FIELDS
+    }
+    data_dir = flags.get("data_dir") or from_env.get("data_dir") or DEFAULT_DATA_DIR
+    values: dict[str, Any] = {**read_endpoints(Path(data_dir)), **from_env, **flags}
+    values["data_dir"] = str(data_dir)
+    for name in _DURATIONS:
+        if name in values:
+            values[name] = parse_duration(values[name], field=name)
+    if not values.get("actor"):
+        values["actor"] = f"operator:{_user()}"
+    try:
+        return msgspec.convert(values, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise Invalid(f"bad setting: {exc}", field="settings") from None
+
+
+def read_endpoints(data_dir: Path) -> dict[str, Any]:
+    """The endpoints a running `fleet up` published in this data dir ({} when none)."""
+    path = data_dir / ENDPOINTS_FILE
+    if not path.exists():
+        return {}
+    try:
+        endpoints = msgspec.json.decode(path.read_bytes(), type=Endpoints)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise Invalid(f"{path} is not a valid endpoints file: {exc}", field="data_dir") from None
+    return {k: v for k, v in msgspec.structs.asdict(endpoints).items()
+            if k in _FIELDS and v is not None}
+
+
+def write_endpoints(data_dir: Path, endpoints: Endpoints) -> Path:
+    """Write endpoints.json atomically, readable only by the owner (it holds a DB password)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / ENDPOINTS_FILE
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(msgspec.json.format(msgspec.json.encode(endpoints)))
+    tmp.replace(path)
+    return path
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"

@@ -1,0 +1,486 @@
+"""The event log: one JetStream stream, FLEET_EVENTS, append-only (DESIGN §4).
+
+- `ensure_stream` creates the stream exactly as the contract says, or refuses to start when it
+  exists with weaker settings; it never changes an existing stream.
+- `append` / `append_batch` write with `Nats-Msg-Id` (the event id) and
+  `Nats-Expected-Last-Subject-Sequence` (optimistic concurrency per aggregate). Several events go
+  out as one JetStream atomic batch: all stored or none.
+- Transient failures are retried with the *same* messages, so the server's duplicate window
+  swallows a resend; a retry that meets a sequence conflict checks whether its own first attempt
+  landed before calling it a conflict. One append never becomes two events.
+- `load` reads one aggregate with batched direct gets; `replay` streams the whole log (or a
+  range) through an ordered consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from shared import telemetry
+from shared.envelope import Envelope, Event, decode_envelope, decode_event, encode_envelope
+from shared.errors import Conflict, Invalid, StreamMisconfigured, Unavailable
+from shared.ids import new_event_id
+from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
+
+MAX_BATCH = 1000  # the server's limit on one atomic batch
+DUPLICATE_WINDOW = 120.0
+WRONG_LAST_SEQUENCE = 10071
+BATCH_DUPLICATE_MSG_ID = 10201  # a resent batch whose messages are already stored
+_BATCH_INCOMPLETE_CODES = {10174, 10175, 10176, 10179}  # batch abandoned: nothing stored, resend
+
+HDR_MSG_ID = "Nats-Msg-Id"
+HDR_EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
+HDR_EVENT_TYPE = "Fleet-Event-Type"
+HDR_BATCH_ID = "Nats-Batch-Id"
+HDR_BATCH_SEQ = "Nats-Batch-Sequence"
+HDR_BATCH_COMMIT = "Nats-Batch-Commit"
+
+_TRANSIENT = (
+    nats.errors.TimeoutError,
+    nats.errors.NoRespondersError,
+    nats.errors.ConnectionClosedError,
+    nats.errors.ConnectionReconnectingError,
+    nats.errors.StaleConnectionError,
+    nats.errors.OutboundBufferLimitError,
+    nats.js.errors.ServiceUnavailableError,
+    asyncio.TimeoutError,
+)
+
+
+class _Retry(Exception):
+    """A failure after which resending the same messages is safe."""
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int = 0
+    description: str = ""
+
+
+class _BatchAck(msgspec.Struct):
+    stream: str = ""
+    seq: int = 0
+    duplicate: bool = False
+    batch: str | None = None
+    count: int | None = None
+    error: _ApiError | None = None
+
+
+_ACK_DECODER = msgspec.json.Decoder(_BatchAck)
+
+
+class Appended(msgspec.Struct, frozen=True):
+    """Where one appended event landed."""
+
+    subject: str
+    seq: int
+
+
+class Recorded(msgspec.Struct, frozen=True):
+    """One event as stored in the log: stream sequence, subject and envelope."""
+
+    seq: int
+    subject: str
+    envelope: Envelope
+
+    @property
+    def event(self) -> Event | None:
+        """The typed event, or None when this build does not know its type."""
+        return decode_event(self.envelope)
+
+
+@dataclass(frozen=True)
+class Write:
+    """Events for one aggregate subject, appended only if the subject is at `expected_seq`.
+
+    `expected_seq` is the stream sequence of the last event on the subject as the writer read it
+    (0 for a new aggregate), or None to append without a concurrency check.
+    """
+
+    subject: str
+    envelopes: Sequence[Envelope]
+    expected_seq: int | None
+
+
+def stream_config(replicas: int = 1) -> api.StreamConfig:
+    """FLEET_EVENTS exactly as DESIGN §4 specifies it."""
+    return api.StreamConfig(
+        name=EVENTS_STREAM,
+        subjects=[EVENTS_WILDCARD],
+        storage=api.StorageType.FILE,
+        retention=api.RetentionPolicy.LIMITS,
+        num_replicas=replicas,
+        max_msgs=-1,
+        max_bytes=-1,
+        max_age=0,
+        max_msgs_per_subject=-1,
+        deny_delete=True,
+        deny_purge=True,
+        allow_rollup_hdrs=False,
+        duplicate_window=DUPLICATE_WINDOW,
+        allow_direct=True,
+        allow_atomic=True,
+    )
+
+
+def weaker_settings(config: api.StreamConfig) -> list[str]:
+    """What makes an existing stream weaker than the contract (empty when it is fine)."""
+    problems = []
+    if not config.deny_delete:
+        problems.append("deny_delete is off (messages could be deleted)")
+    if not config.deny_purge:
+        problems.append("deny_purge is off (the log could be purged)")
+    if config.allow_rollup_hdrs:
+        problems.append("allow_rollup_hdrs is on (a rollup could erase history)")
+    for name in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
+        value = getattr(config, name)
+        if value is not None and value > 0:
+            problems.append(f"{name} is {value} (old events would be dropped)")
+    if config.max_age:
+        problems.append(f"max_age is {config.max_age}s (old events would expire)")
+    if config.storage != api.StorageType.FILE:
+        problems.append(f"storage is {config.storage} (not durable)")
+    if EVENTS_WILDCARD not in (config.subjects or []):
+        problems.append(f"subjects {config.subjects} do not include {EVENTS_WILDCARD}")
+    if not config.allow_atomic:
+        problems.append("allow_atomic is off (multi-event appends could not be all-or-nothing)")
+    if not config.allow_direct:
+        problems.append("allow_direct is off")
+    if (config.duplicate_window or 0) < DUPLICATE_WINDOW:
+        problems.append(f"duplicate_window is {config.duplicate_window}s (< {DUPLICATE_WINDOW:.0f}s)")
+    return problems
+
+
+class EventLog:
+    """Client of the FLEET_EVENTS stream over one NATS connection."""
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        stream: str = EVENTS_STREAM,
+        timeout: float = 5.0,
+        retry_for: float = 30.0,
+    ) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout)
+        self.stream = stream
+        self.timeout = timeout
+        self.retry_for = retry_for
+        self._direct_subject = f"$JS.API.DIRECT.GET.{stream}"
+        self._append_seconds = telemetry.meter.create_histogram(
+            "fleet_append_seconds", unit="s", description="Latency of event-log appends"
+        )
+
+    # --- the stream -----------------------------------------------------------------------------
+
+    async def ensure_stream(self, replicas: int = 1) -> api.StreamInfo:
+        """Create FLEET_EVENTS, or check an existing one and refuse weaker settings."""
+        try:
+            info = await self.js.stream_info(self.stream)
+        except nats.js.errors.NotFoundError:
+            try:
+                return await self.js.add_stream(stream_config(replicas))
+            except nats.js.errors.BadRequestError:  # created by a concurrent starter meanwhile
+                info = await self.js.stream_info(self.stream)
+        problems = weaker_settings(info.config)
+        if problems:
+            raise StreamMisconfigured(
+                f"stream {self.stream} exists with settings weaker than the event-log contract: "
+                + "; ".join(problems)
+                + ". Fleetplane will not change an existing stream; fix it by hand or use "
+                "another NATS account.",
+                field="stream",
+            )
+        return info
+
+    async def last_stream_seq(self) -> int:
+        """The sequence of the newest event in the log (0 when empty)."""
+        info = await self.js.stream_info(self.stream)
+        return int(info.state.last_seq)
+
+    # --- appending ------------------------------------------------------------------------------
+
+    async def append(
+        self, subject: str, envelopes: Sequence[Envelope], expected_seq: int | None
+    ) -> list[Appended]:
+        """Append events to one aggregate subject, all or nothing."""
+        return await self.append_batch([Write(subject, envelopes, expected_seq)])
+
+    async def append_batch(self, writes: Sequence[Write]) -> list[Appended]:
+        """Append several writes. Writes are grouped into atomic batches of up to 1,000 events;
+        each batch is all or nothing, and a single write is never split across batches."""
+        if not writes:
+            return []
+        appended: list[Appended] = []
+        for group in _group_writes(writes):
+            appended.extend(await self._append_group(group))
+        return appended
+
+    async def _append_group(self, writes: list[Write]) -> list[Appended]:
+        messages = _messages(writes)
+        started = time.perf_counter()
+        attempt = 0
+        try:
+            async for retrying in AsyncRetrying(
+                retry=retry_if_exception_type(_Retry),
+                wait=wait_exponential(multiplier=0.05, max=2.0),
+                stop=stop_after_delay(self.retry_for),
+                reraise=True,
+            ):
+                with retrying:
+                    attempt += 1
+                    try:
+                        last_seq = await self._publish(messages)
+                    except Conflict:
+                        if attempt > 1 and await self._landed(writes):
+                            last_seq = await self._landed_last_seq(writes)
+                        else:
+                            raise
+        except _Retry as exc:
+            raise Unavailable(
+                f"could not append to {self.stream} within {self.retry_for:.0f}s: {exc.__cause__!r}"
+            ) from exc
+        self._append_seconds.record(time.perf_counter() - started, {"events": len(messages)})
+        first = last_seq - len(messages) + 1
+        return [Appended(subject, first + i) for i, (subject, _, _) in enumerate(messages)]
+
+    async def _publish(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> int:
+        """Publish once; return the stream sequence of the last message."""
+        try:
+            if len(messages) == 1:
+                subject, payload, headers = messages[0]
+                ack = await self.js.publish(subject, payload, timeout=self.timeout, headers=headers)
+                return int(ack.seq)
+            return await self._publish_atomic(messages)
+        except nats.js.errors.APIError as exc:
+            if exc.err_code in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_MSG_ID):
+                raise Conflict(f"an aggregate changed since it was read: {exc.description}") from None
+            if exc.err_code in _BATCH_INCOMPLETE_CODES or isinstance(
+                exc, nats.js.errors.ServiceUnavailableError
+            ):
+                raise _Retry() from exc
+            raise
+        except _TRANSIENT as exc:
+            raise _Retry() from exc
+
+    async def _publish_atomic(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> int:
+        batch_id = new_event_id()
+        last = len(messages)
+        for index, (subject, payload, headers) in enumerate(messages, 1):
+            batch_headers = {**headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(index)}
+            if index == last:
+                batch_headers[HDR_BATCH_COMMIT] = "1"
+                reply = await self.nc.request(subject, payload, self.timeout, headers=batch_headers)
+                return _batch_ack(reply)
+            if index == 1:  # acknowledged, so a refused batch fails fast instead of at commit
+                reply = await self.nc.request(subject, payload, self.timeout, headers=batch_headers)
+                if reply.data:
+                    _batch_ack(reply)
+            else:
+                await self.nc.publish(subject, payload, headers=batch_headers)
+        raise AssertionError("unreachable")
+
+    async def _landed(self, writes: list[Write]) -> bool:
+        """After an ambiguous failure: are this group's events already in the log?"""
+        for write in writes:
+            if write.expected_seq is None:
+                reply = await self._direct({"last_by_subj": write.subject})
+                if _status(reply) or decode_envelope(reply.data).id != write.envelopes[-1].id:
+                    return False
+                continue
+            recorded, _ = await self.load(write.subject, after_seq=write.expected_seq, limit=1)
+            if not recorded or recorded[0].envelope.id != write.envelopes[0].id:
+                return False
+        return True
+
+    async def _landed_last_seq(self, writes: list[Write]) -> int:
+        last_write = writes[-1]
+        after = last_write.expected_seq or 0
+        recorded, _ = await self.load(last_write.subject, after_seq=after)
+        ids = {envelope.id: r.seq for r in recorded for envelope in (r.envelope,)}
+        return ids[last_write.envelopes[-1].id]
+
+    # --- reading --------------------------------------------------------------------------------
+
+    async def last_seq(self, subject: str) -> int:
+        """The stream sequence of the newest event on `subject` (0 when there is none)."""
+        reply = await self._direct({"last_by_subj": subject})
+        if _status(reply) == "404":
+            return 0
+        return int((reply.headers or {})["Nats-Sequence"])
+
+    async def load(
+        self, subject: str, after_seq: int = 0, limit: int | None = None
+    ) -> tuple[list[Recorded], int]:
+        """All events on one subject after `after_seq`, and the subject's last sequence."""
+        recorded: list[Recorded] = []
+        next_seq = after_seq + 1
+        while True:
+            want = 1000 if limit is None else min(1000, limit - len(recorded))
+            batch, more = await self._direct_batch(subject, next_seq, want)
+            recorded.extend(batch)
+            if batch:
+                next_seq = batch[-1].seq + 1
+            if not more or not batch or (limit is not None and len(recorded) >= limit):
+                break
+        if limit is not None and len(recorded) >= limit:
+            return recorded, await self.last_seq(subject)
+        return recorded, (recorded[-1].seq if recorded else await self._last_or(subject, after_seq))
+
+    async def _last_or(self, subject: str, after_seq: int) -> int:
+        return await self.last_seq(subject) if after_seq else 0
+
+    async def _direct(self, request: dict[str, Any]) -> Msg:
+        try:
+            return await self.nc.request(
+                self._direct_subject, msgspec.json.encode(request), self.timeout
+            )
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"event log not reachable: {exc!r}") from exc
+
+    async def _direct_batch(
+        self, subject: str, start_seq: int, batch: int
+    ) -> tuple[list[Recorded], bool]:
+        """One batched direct get; returns the events and whether more are pending."""
+        inbox = self.nc.new_inbox()
+        sub = await self.nc.subscribe(inbox)
+        try:
+            request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
+            await self.nc.publish(self._direct_subject, msgspec.json.encode(request), reply=inbox)
+            out: list[Recorded] = []
+            while True:
+                try:
+                    msg = await sub.next_msg(self.timeout)
+                except nats.errors.TimeoutError as exc:
+                    raise Unavailable(f"event log read timed out on {subject}") from exc
+                status = _status(msg)
+                headers = msg.headers or {}
+                if status == "404":
+                    return out, False
+                if status == "204":  # end of batch
+                    return out, int(headers.get("Nats-Num-Pending", "0") or 0) > 0
+                if status:
+                    raise Unavailable(f"direct get failed: {status} {headers.get('Description')}")
+                out.append(
+                    Recorded(
+                        int(headers["Nats-Sequence"]),
+                        headers["Nats-Subject"],
+                        decode_envelope(msg.data),
+                    )
+                )
+        finally:
+            await sub.unsubscribe()
+
+    async def replay(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        *,
+        subjects: str = EVENTS_WILDCARD,
+        follow: bool = False,
+    ) -> AsyncIterator[Recorded]:
+        """Events in sequence order from `from_seq` through an ordered consumer.
+
+        Stops at `to_seq`, or at the end of the log as it was when replay began, unless `follow`
+        is set, in which case it keeps yielding new events as they are appended."""
+        if to_seq is None and not follow:
+            to_seq = await self.last_stream_seq()
+        if to_seq is not None and to_seq < from_seq:
+            return
+        sub = await self.js.subscribe(
+            subjects,
+            stream=self.stream,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=max(from_seq, 1)),
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=None)
+                seq = _stream_seq(msg)
+                if to_seq is not None and seq > to_seq:
+                    return
+                yield Recorded(seq, msg.subject, decode_envelope(msg.data))
+                if to_seq is not None and seq >= to_seq:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+
+def _group_writes(writes: Sequence[Write]) -> list[list[Write]]:
+    groups: list[list[Write]] = [[]]
+    size = 0
+    for write in writes:
+        count = len(write.envelopes)
+        if count == 0:
+            continue
+        if count > MAX_BATCH:
+            raise Invalid(
+                f"{count} events for one aggregate exceed the atomic batch limit of {MAX_BATCH}",
+                field="events",
+            )
+        if size + count > MAX_BATCH:
+            groups.append([])
+            size = 0
+        groups[-1].append(write)
+        size += count
+    return [group for group in groups if group]
+
+
+def _messages(writes: list[Write]) -> list[tuple[str, bytes, dict[str, str]]]:
+    """Wire messages with headers. The expected subject sequence goes on the first message of
+    each subject only: later messages of the same subject in a batch follow it by construction."""
+    messages = []
+    seen: set[str] = set()
+    trace_headers = telemetry.inject_headers()
+    for write in writes:
+        if write.subject in seen:
+            raise Invalid(f"{write.subject} appears twice in one batch", field="subject")
+        seen.add(write.subject)
+        for index, envelope in enumerate(write.envelopes):
+            headers = {HDR_MSG_ID: envelope.id, HDR_EVENT_TYPE: envelope.type, **trace_headers}
+            if index == 0 and write.expected_seq is not None:
+                headers[HDR_EXPECTED_SUBJECT_SEQ] = str(write.expected_seq)
+            messages.append((write.subject, encode_envelope(envelope), headers))
+    return messages
+
+
+def _status(msg: Msg) -> str | None:
+    headers = msg.headers or {}
+    status = headers.get("Status")
+    return str(status) if status else None
+
+
+def _batch_ack(reply: Msg) -> int:
+    ack = _ACK_DECODER.decode(reply.data)
+    if ack.error is not None:
+        raise nats.js.errors.APIError(
+            code=ack.error.code, err_code=ack.error.err_code, description=ack.error.description
+        )
+    return ack.seq
+
+
+def _stream_seq(msg: Msg) -> int:
+    # Reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream_seq>.<consumer_seq>.<ts>.<pending>
+    # (or the 12-token form with domain and account hash); the stream sequence is 4th from the end.
+    return int(msg.reply.split(".")[-4])

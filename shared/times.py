@@ -1,0 +1,46 @@
+"""Times on the wire are UTC RFC 3339 with microseconds; durations from people are `500ms`, `10s`..."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+
+from shared.errors import Invalid
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC (the only clock edge code should read)."""
+    return datetime.now(UTC)
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339, UTC, microseconds, `Z` suffix."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(text: str, field: str = "time") -> datetime:
+    """Parse an RFC 3339 time; a time without a zone is refused rather than guessed."""
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise Invalid(f"{text!r} is not an RFC 3339 time (e.g. 2026-01-02T03:04:05Z)", field=field) from None
+    if moment.tzinfo is None:
+        raise Invalid(f"{text!r} has no time zone; add Z or an offset", field=field)
+    return moment.astimezone(UTC)
+
+
+def parse_duration(text: str | float | int, field: str = "duration") -> float:
+    """Seconds from `500ms`, `10s`, `5m`, `1h` or a plain number of seconds."""
+    if isinstance(text, int | float):
+        seconds = float(text)
+    else:
+        match = _DURATION_RE.fullmatch(text)
+        if match is None:
+            raise Invalid(f"{text!r} is not a duration (use e.g. 500ms, 10s, 5m, 1h)", field=field)
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds < 0:
+        raise Invalid("a duration cannot be negative", field=field)
+    return seconds

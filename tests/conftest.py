@@ -1,0 +1,75 @@
+"""Fixtures that start real servers: a nats-server per test module (from the wheel, its own store
+dir, a free port) and one PostgreSQL per session with a fresh database per test (DESIGN §10).
+
+Server fixtures are synchronous (a server is a child process, not bound to an event loop);
+clients are per-test async fixtures on the test's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+
+from shared.embedded import EmbeddedNats, EmbeddedPostgres
+from shared.eventlog import EventLog
+from shared.subjects import EVENTS_STREAM
+
+_db_counter = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNats]:
+    """A fresh nats-server with JetStream for this test module."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    asyncio.run(server.start())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NATS]:
+    """A NATS connection for one test."""
+    client = await nats.connect(nats_server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+async def eventlog(nc: NATS) -> EventLog:
+    """The event log, emptied for this test: the stream is dropped and created anew."""
+    js = nc.jetstream()
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_stream(EVENTS_STREAM)
+    log = EventLog(nc)
+    await log.ensure_stream()
+    return log
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+    """One PostgreSQL server for the whole test session."""
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), durable=False)
+    asyncio.run(server.start())
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def database_url(postgres: EmbeddedPostgres) -> str:
+    """A fresh, empty database for one test."""
+    return await postgres.create_database(f"test_{next(_db_counter)}")
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A data dir for one test."""
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
