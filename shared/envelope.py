@@ -5,7 +5,7 @@ family it belongs to and the field that holds the aggregate's id; defining the c
 by name, so one decoder per type turns an envelope's `data` back into the typed event.
 
 Schema evolution: add fields only with defaults; never change a type; a new meaning is a new event
-type; a bumped `version` comes with an upcaster from the previous version registered here.
+type; a bumped `schema_version` comes with an upcaster from the previous version registered here.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ class Event(msgspec.Struct, frozen=True, kw_only=True):
 
     aggregate: ClassVar[str]
     id_field: ClassVar[str]
-    version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -98,7 +98,7 @@ def seal(
     """Wrap an event in its envelope, ready to append."""
     return Envelope(
         type=type(event).__name__,
-        v=event.version,
+        v=event.schema_version,
         id=event_id or new_event_id(),
         aggregate=event.aggregate,
         aggregate_id=event.aggregate_id,
@@ -133,20 +133,20 @@ def decode_event(envelope: Envelope) -> Event | None:
     decoder = _DECODERS.get(envelope.type)
     if decoder is None:
         decoder = _DECODERS[envelope.type] = msgspec.json.Decoder(cls)
-    if envelope.v == cls.version:
+    if envelope.v == cls.schema_version:
         event: Event = decoder.decode(envelope.data)
         return event
     return _upcast(cls, envelope)
 
 
 def _upcast(cls: type[Event], envelope: Envelope) -> Event:
-    if envelope.v > cls.version:
+    if envelope.v > cls.schema_version:
         raise Invalid(
-            f"{envelope.type} v{envelope.v} is newer than this build understands (v{cls.version})",
+            f"{envelope.type} v{envelope.v} is newer than this build understands (v{cls.schema_version})",
             field="v",
         )
     data: dict[str, Any] = msgspec.json.decode(envelope.data)
-    for version in range(envelope.v, cls.version):
+    for version in range(envelope.v, cls.schema_version):
         upcaster = UPCASTERS.get((envelope.type, version))
         if upcaster is None:
             raise Invalid(f"no upcaster for {envelope.type} v{version}", field="v")

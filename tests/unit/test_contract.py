@@ -31,7 +31,7 @@ class Pinged(Event, frozen=True, kw_only=True):
 class Renamed(Event, frozen=True, kw_only=True):
     aggregate = "probe"
     id_field = "probe_id"
-    version = 2
+    schema_version = 2
     probe_id: str
     display_name: str
 
@@ -172,3 +172,21 @@ def test_settings_precedence(tmp_path: Path) -> None:
         load_settings({}, env={**env, "FLEET_DRIFT_GRACE": "soon"})
     with pytest.raises(Invalid, match="offline_after"):
         load_settings({}, env={**env, "FLEET_OFFLINE_AFTER": "many"})
+
+
+def test_effective_config_and_hash_are_canonical() -> None:
+    from shared.configs import config_hash, deep_merge, effective_config, snapshot_id
+
+    base = {"b": 1, "a": {"x": 1, "y": [1, 2]}}
+    overrides = {"s1": {"a": {"y": [3]}, "c": True}}
+    assert effective_config(base, overrides, "s1") == {"b": 1, "a": {"x": 1, "y": [3]}, "c": True}
+    assert effective_config(base, overrides, "s2") == base
+    assert config_hash({"b": 1, "a": 2}) == config_hash({"a": 2, "b": 1})
+    import hashlib
+    assert config_hash({"b": 1, "a": 2}) == hashlib.sha256(b'{"a":2,"b":1}').hexdigest()
+    assert deep_merge({"a": {"b": 1}}, {"a": 5}) == {"a": 5}
+    one = snapshot_id("edge", {"b": 1, "a": 2}, {"fw": "1.2"}, {})
+    two = snapshot_id("edge", {"a": 2, "b": 1}, {"fw": "1.2"}, {})
+    assert one == two
+    assert one.startswith("edge-")
+    assert snapshot_id("edge", {"a": 3}, {}, {}) != one
