@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from fleet.cli import demo
+from fleet.cli import demo, service
 
 app = typer.Typer(
     name="fleet",
@@ -35,6 +35,7 @@ def _global(
 
 
 app.command("demo", help="Show Fleetplane working end to end on this machine.")(demo.demo)
+app.command("service", help="Run one Fleetplane service in the foreground.")(service.service)
 
 
 def main() -> None:

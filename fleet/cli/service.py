@@ -1,0 +1,60 @@
+"""`fleet service NAME`: run one Fleetplane part in the foreground (what `fleet up` supervises).
+
+Each part exposes `async def run(settings: Settings) -> None` in its `main` module; it serves
+until cancelled (SIGINT/SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import typer
+
+from fleet.cli.common import run, settings
+from shared import telemetry
+from shared.config import Settings
+from shared.errors import Invalid
+
+# part name -> module with `run(settings)`
+PARTS: dict[str, str] = {
+    "registry": "services.registry.main",
+    "snapshot": "services.snapshot.main",
+    "rollout": "services.rollout.main",
+    "drift": "services.drift.main",
+    "projections": "projections.main",
+    "api": "projections.api.main",
+}
+
+
+def service(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help=f"One of: {', '.join(PARTS)}."),
+) -> None:
+    """Run one service in the foreground until interrupted."""
+    module_name = PARTS.get(name)
+    if module_name is None:
+        from fleet.cli.common import fail
+
+        fail(Invalid(f"unknown service {name!r}; choose one of {', '.join(PARTS)}", field="name"))
+    conf = settings(ctx)
+    logging.basicConfig(level=conf.log_level.upper(),
+                        format='{"at":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
+                               '"msg":"%(message)s"}')
+    telemetry.setup(name)
+    entry = cast(Callable[[Settings], Awaitable[None]], importlib.import_module(module_name).run)
+    run(_until_signalled(entry(conf)))
+
+
+async def _until_signalled(work: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
