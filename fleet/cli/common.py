@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 import msgspec
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from shared.config import Settings, load_settings
 from shared.errors import FleetError
@@ -50,8 +51,9 @@ def fail(exc: FleetError, *, json_out: bool = False) -> NoReturn:
         body = {"ok": False, "error": {"code": exc.code, "message": exc.message, "field": exc.field}}
         sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
     else:
-        where = f" [{exc.field}]" if exc.field else ""
-        err_console.print(f"[red]error ({exc.code}){where}:[/red] {exc.message}", highlight=False)
+        where = f" ({exc.field})" if exc.field else ""
+        err_console.print(f"[red]error: {exc.code}{escape(where)}:[/red] {escape(exc.message)}",
+                          highlight=False)
     raise typer.Exit(EXIT_CODES.get(exc.code, 1))
 
 
