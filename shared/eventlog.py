@@ -40,6 +40,7 @@ from shared.ids import new_event_id
 from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
 
 MAX_BATCH = 1000  # the server's limit on one atomic batch
+_IDLE_CHECK = 0.25  # seconds without a message before a bounded replay checks it is done
 DUPLICATE_WINDOW = 120.0
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_MSG_ID = 10201  # a resent batch whose messages are already stored
@@ -416,13 +417,26 @@ class EventLog:
         )
         try:
             while True:
-                msg = await sub.next_msg(timeout=None)
+                if follow:
+                    msg = await sub.next_msg(timeout=None)
+                else:
+                    try:
+                        msg = await sub.next_msg(timeout=_IDLE_CHECK)
+                    except nats.errors.TimeoutError:
+                        # A subject filter may match nothing more before `to_seq`: stop once the
+                        # consumer has nothing left to deliver instead of waiting forever.
+                        info = await sub.consumer_info()
+                        if not info.num_pending and sub.pending_msgs == 0:
+                            return
+                        continue
                 seq = _stream_seq(msg)
                 if to_seq is not None and seq > to_seq:
                     return
                 yield Recorded(seq, msg.subject, decode_envelope(msg.data))
                 if to_seq is not None and seq >= to_seq:
                     return
+                if not follow and _num_pending(msg) == 0:
+                    return  # the last event matching the filter (the filter may end before to_seq)
         finally:
             await sub.unsubscribe()
 
@@ -478,6 +492,11 @@ def _batch_ack(reply: Msg) -> int:
             code=ack.error.code, err_code=ack.error.err_code, description=ack.error.description
         )
     return ack.seq
+
+
+def _num_pending(msg: Msg) -> int:
+    # The last token of the ack reply subject: messages matching the filter still to deliver.
+    return int(msg.reply.rsplit(".", 1)[-1])
 
 
 def _stream_seq(msg: Msg) -> int:
