@@ -84,10 +84,22 @@ class RolloutWaveStarted(RolloutEvent, frozen=True, kw_only=True):
 
 
 class RolloutDevicesAssigned(RolloutEvent, frozen=True, kw_only=True):
-    """These devices were given the rollout's snapshot (their desired events are in the same batch)."""
+    """These devices were given the rollout's snapshot at `at` (their desired events are in the
+    same atomic batch). `previous` holds what each had been given before, as
+    `[snapshot_id, config_hash]` — what a rollback restores."""
 
     aggregate = "rollout"
     wave: int
+    at: str
+    devices: list[str]
+    previous: dict[str, list[str]] = {}
+
+
+class RolloutDevicesRestored(RolloutEvent, frozen=True, kw_only=True):
+    """A rollback gave these devices back their earlier desired state (desired events in the
+    same batch)."""
+
+    aggregate = "rollout"
     devices: list[str]
 
 
@@ -132,9 +144,10 @@ class RolloutPaused(RolloutEvent, frozen=True, kw_only=True):
 
 
 class RolloutResumed(RolloutEvent, frozen=True, kw_only=True):
-    """The rollout goes on from where it paused."""
+    """The rollout goes on from where it paused; after a failed gate, resuming overrides it."""
 
     aggregate = "rollout"
+    override_gate: bool = False
 
 
 class RolloutAborted(RolloutEvent, frozen=True, kw_only=True):
@@ -150,6 +163,7 @@ class RolloutRollbackStarted(RolloutEvent, frozen=True, kw_only=True):
     aggregate = "rollout"
     reason: str = ""
     to_snapshot_id: str | None = None
+    to_config_hashes: dict[str, str] = {}
     devices: int = 0
 
 

@@ -1,0 +1,1 @@
+"""The rollout service: canary and waves behind gates, pause/resume/abort/promote, rollback."""

@@ -1,0 +1,317 @@
+"""The rollout domain as a pure state machine: planning, gates, commands, and hypothesis runs of
+random interleavings of device reports, timers and operator commands."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.rollout import domain
+from services.rollout.domain import Desired, FleetView, Observed, Rollout
+from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gate, parse_waves
+from shared.envelope import Event
+from shared.errors import Conflict, Invalid
+from shared.events.desired import DesiredStateAssigned
+from shared.events.rollout import (
+    Gates,
+    RolloutDevicesAssigned,
+    RolloutGateEvaluated,
+    RolloutResumed,
+    RolloutWaveStarted,
+)
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+NEW = "hash-new"
+
+
+def fleet(n: int, sites: int = 4) -> dict[str, str]:
+    return {f"d{i:03d}": f"s{i % sites}" for i in range(n)}
+
+
+def begin(devices: dict[str, str], *, canary: str = "", waves: str = "50,100", max_in_flight: int = 5,
+          bake: float = 0, timeout: float = 60, gates: Gates | None = None, on_failure: str = "pause",
+          approve_after: tuple[int, ...] = ()) -> tuple[Rollout, list[Event]]:
+    state = domain.initial("r1")
+    events = domain.start(
+        "r1", snapshot_id="snap-2", target="tier=edge", devices=devices,
+        config_hashes=dict.fromkeys(set(devices.values()), NEW), canary=parse_canary(canary),
+        canary_text=canary, percents=parse_waves(waves), max_in_flight=max_in_flight,
+        bake_seconds=bake, apply_timeout_seconds=timeout, gates=gates or Gates(min_healthy=1.0, max_failed=0),
+        on_failure=on_failure, approve_after=list(approve_after), state=state)
+    for event in events:
+        domain.evolve(state, event)
+    return state, events
+
+
+def view_for(devices: dict[str, str]) -> FleetView:
+    return FleetView(site_of=dict(devices),
+                     desired={d: Desired("snap-1", "hash-old", 1) for d in devices},
+                     observed={d: Observed(online=True, config_hash="hash-old") for d in devices})
+
+
+def apply(state: Rollout, view: FleetView, events: list[Event]) -> None:
+    for event in events:
+        if isinstance(event, DesiredStateAssigned):
+            view.desired[event.device_id] = Desired(event.snapshot_id, event.config_hash, event.revision,
+                                                    event.rollout_id)
+        else:
+            domain.evolve(state, event)
+
+
+def run_to_rest(state: Rollout, view: FleetView, now: datetime, converge: bool = True) -> datetime:
+    """Tick, letting every assigned device converge healthy, until nothing more happens."""
+    for _ in range(1000):
+        events = domain.tick(state, view, now)
+        apply(state, view, events)
+        if converge:
+            for device in state.assigned:
+                view.observed[device] = Observed(online=True, config_hash=view.desired[device].config_hash)
+        if not events:
+            now += timedelta(seconds=1)
+            if not domain.tick(state, view, now):
+                return now
+    raise AssertionError("did not come to rest")
+
+
+def test_parsing() -> None:
+    assert parse_canary("5").count == 5
+    assert parse_canary("2%").percent == 2
+    assert parse_canary("site:a,b").sites == ("a", "b")
+    assert parse_canary("").kind == ""
+    assert parse_waves("10,50,100") == [10, 50, 100]
+    assert parse_fraction("95%", "min_healthy") == 0.95
+    assert parse_fraction("0.5", "x") == 0.5
+    gate = parse_metric_gate("error_rate p95<=0.02")
+    assert (gate.metric, gate.aggregate, gate.op, gate.threshold) == ("error_rate", "p95", "<=", 0.02)
+    for bad, field in [("0", "canary"), ("100%", "canary"), ("site:", "canary"), ("x", "canary")]:
+        with pytest.raises(Invalid) as err:
+            parse_canary(bad)
+        assert err.value.field == field
+    for bad in ["10,50", "50,10,100", "0,100", "a,100"]:
+        with pytest.raises(Invalid, match="waves|percentages"):
+            parse_waves(bad)
+    with pytest.raises(Invalid, match="metric gate"):
+        parse_metric_gate("error_rate < 2")
+    with pytest.raises(Invalid):
+        parse_fraction("150%", "max_failed")
+
+
+def test_plan_is_deterministic_with_canary_sites_first() -> None:
+    devices = fleet(40)
+    a = domain.plan_waves("r1", devices, parse_canary("site:s1"), [50, 100])
+    b = domain.plan_waves("r1", dict(reversed(list(devices.items()))), parse_canary("site:s1"), [50, 100])
+    assert a == b
+    assert {devices[d] for d in a[0]} == {"s1"}
+    assert len(a[0]) == 10
+    assert sum(len(w) for w in a) == 40
+    assert len(a[0]) + len(a[1]) == 20  # cumulative 50%
+    assert sorted(d for w in a for d in w) == sorted(devices)
+    assert domain.plan_waves("r2", devices, parse_canary("3"), [100])[0] != a[0]
+
+
+def test_healthy_rollout_completes_wave_by_wave_within_max_in_flight() -> None:
+    devices = fleet(20)
+    state, _ = begin(devices, canary="2", waves="50,100", max_in_flight=3)
+    view = view_for(devices)
+    first = domain.tick(state, view, T0)
+    assigned = [e for e in first if isinstance(e, DesiredStateAssigned)]
+    assert len(assigned) == 2  # canary of 2 (< max_in_flight)
+    assert all(e.previous_snapshot_id == "snap-1" and e.revision == 2 for e in assigned)
+    apply(state, view, first)
+    assert domain.tick(state, view, T0) == []  # in flight, nothing more in the canary wave
+    run_to_rest(state, view, T0)
+    assert state.status == "completed"
+    assert all(view.desired[d].snapshot_id == "snap-2" for d in devices)
+
+
+def test_failed_gate_pauses_with_its_inputs_and_resume_overrides() -> None:
+    devices = fleet(8)
+    state, _ = begin(devices, canary="site:s0", waves="100")
+    view = view_for(devices)
+    now = T0
+    apply(state, view, domain.tick(state, view, now))
+    for d in state.assigned:
+        view.observed[d] = Observed(online=True, config_hash=NEW, health="failed")
+    events = domain.tick(state, view, now)  # all settled -> bake
+    apply(state, view, events)
+    events = domain.tick(state, view, now)  # bake 0 -> gate
+    verdict = events[0]
+    assert isinstance(verdict, RolloutGateEvaluated)
+    assert not verdict.passed
+    assert verdict.inputs.failed == 2
+    assert verdict.inputs.devices == 2
+    assert any("failed 2/2" in r for r in verdict.reasons)
+    apply(state, view, events)
+    assert state.status == "paused"
+    assert domain.tick(state, view, now + timedelta(hours=1)) == []  # never advances past it
+    resumed = domain.resume(state)
+    assert isinstance(resumed[0], RolloutResumed)
+    assert resumed[0].override_gate
+    assert isinstance(resumed[1], RolloutWaveStarted)
+
+
+def test_failed_gate_rolls_back_every_touched_device_once() -> None:
+    devices = fleet(8)
+    state, _ = begin(devices, canary="site:s0", waves="100", on_failure="rollback")
+    view = view_for(devices)
+    apply(state, view, domain.tick(state, view, T0))
+    for d in state.assigned:
+        view.observed[d] = Observed(online=True, config_hash=NEW, health="failed")
+    apply(state, view, domain.tick(state, view, T0))
+    apply(state, view, domain.tick(state, view, T0))
+    assert state.status == "rolling_back"
+    plan = domain.rollback_plan(state)
+    assert plan == [(d, "snap-1", "hash-old") for d in sorted(state.assigned)]
+    restore = domain.tick(state, view, T0)
+    apply(state, view, restore)
+    assert state.status == "rolled_back"
+    assert {d: view.desired[d].snapshot_id for d in state.assigned} == dict.fromkeys(state.assigned, "snap-1")
+    assert domain.rollback(state) == []  # twice is a no-op
+    assert domain.tick(state, view, T0) == []
+
+
+def test_timeout_counts_as_failed_and_offline_devices_do_not_block() -> None:
+    devices = fleet(4, sites=1)
+    state, _ = begin(devices, waves="100", timeout=30, max_in_flight=10)
+    view = view_for(devices)
+    apply(state, view, domain.tick(state, view, T0))
+    assert all(domain.device_status(state, d, view, T0) == "in_flight" for d in devices)
+    late = T0 + timedelta(seconds=31)
+    assert all(domain.device_status(state, d, view, late) == "timed_out" for d in devices)
+    apply(state, view, domain.tick(state, view, late))
+    gate = domain.tick(state, view, late)[0]
+    assert isinstance(gate, RolloutGateEvaluated)
+    assert gate.inputs.timed_out == 4
+    assert not gate.passed
+
+
+def test_metric_gate_records_the_aggregate() -> None:
+    devices = fleet(10, sites=1)
+    gates = Gates(min_healthy=0.5, max_failed=0.5, max_offline=0.5,
+                  metrics=[parse_metric_gate("error_rate p90<=0.05")])
+    state, _ = begin(devices, waves="100", max_in_flight=10, gates=gates)
+    view = view_for(devices)
+    apply(state, view, domain.tick(state, view, T0))
+    for i, d in enumerate(sorted(devices)):
+        view.observed[d] = Observed(online=True, config_hash=NEW, metrics={"error_rate": i / 100})
+    apply(state, view, domain.tick(state, view, T0))
+    gate = domain.tick(state, view, T0)[0]
+    assert isinstance(gate, RolloutGateEvaluated)
+    assert gate.inputs.metrics == {"error_rate p90": 0.08}
+    assert not gate.passed
+    assert "error_rate p90 = 0.08, wanted <= 0.05" in gate.reasons
+
+
+def test_held_wave_waits_for_promote() -> None:
+    devices = fleet(10)
+    state, _ = begin(devices, canary="2", waves="100", approve_after=(0,))
+    view = view_for(devices)
+    with pytest.raises(Conflict, match="not holding"):
+        domain.promote(state)
+    now = run_to_rest(state, view, T0)
+    assert (state.status, state.phase, state.wave) == ("running", "held", 0)
+    assert domain.tick(state, view, now + timedelta(days=1)) == []  # holds until promoted
+    apply(state, view, domain.promote(state))
+    run_to_rest(state, view, now)
+    assert state.status == "completed"
+
+
+def test_commands_refuse_what_makes_no_sense() -> None:
+    with pytest.raises(Invalid, match="does not exist"):
+        domain.pause(domain.initial("nope"))
+    with pytest.raises(Invalid, match="matches no active device"):
+        begin({})
+    state, _ = begin(fleet(4))
+    assert domain.pause(state)
+    apply(state, FleetView(), domain.pause(state))
+    assert domain.pause(state) == []  # already paused
+    apply(state, FleetView(), domain.abort(state))
+    with pytest.raises(Conflict):
+        domain.resume(state)
+    with pytest.raises(Conflict):
+        domain.promote(state)
+    with pytest.raises(Conflict, match="already exists"):
+        domain.start("r1", snapshot_id="s", target="", devices=fleet(2), config_hashes={"s0": "h", "s1": "h"},
+                     canary=parse_canary(""), canary_text="", percents=[100], max_in_flight=1,
+                     bake_seconds=0, apply_timeout_seconds=1, gates=Gates(), on_failure="pause",
+                     approve_after=[], state=state)
+
+
+actions = st.lists(
+    st.one_of(
+        st.tuples(st.just("tick"), st.integers(0, 20)),
+        st.tuples(st.just("report"), st.integers(0, 29), st.sampled_from(["ok", "degraded", "failed", "offline"])),
+        st.tuples(st.just("cmd"), st.sampled_from(["pause", "resume", "abort", "promote", "rollback"])),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(actions=actions, max_in_flight=st.integers(1, 6), canary=st.sampled_from(["", "3", "10%", "site:s1"]),
+       on_failure=st.sampled_from(["pause", "rollback"]), approve=st.booleans())
+def test_random_interleavings_keep_the_invariants(
+    actions: list[tuple], max_in_flight: int, canary: str, on_failure: str, approve: bool  # type: ignore[type-arg]
+) -> None:
+    devices = fleet(30, sites=3)
+    state, _ = begin(devices, canary=canary, waves="30,60,100", max_in_flight=max_in_flight, bake=5,
+                     timeout=40, gates=Gates(min_healthy=0.8, max_failed=0.1, max_offline=0.2),
+                     on_failure=on_failure, approve_after=(0,) if approve else ())
+    view = view_for(devices)
+    now = T0
+    failed_gate_pending = False
+    names = sorted(devices)
+
+    def step(events: list[Event]) -> None:
+        nonlocal failed_gate_pending
+        for event in events:
+            if isinstance(event, RolloutDevicesAssigned):
+                wave = state.waves[state.wave]
+                assert event.wave == state.wave
+                assert set(event.devices) <= set(wave), "assigned outside its wave"
+                assert not set(event.devices) & set(state.assigned), "assigned twice"
+            if isinstance(event, RolloutWaveStarted) and event.wave > 0:
+                assert not failed_gate_pending, "advanced past a failed gate"
+            if isinstance(event, RolloutGateEvaluated):
+                failed_gate_pending = not event.passed
+            if isinstance(event, RolloutResumed) and event.override_gate:
+                failed_gate_pending = False
+        apply(state, view, events)
+        if state.status == "running" and state.phase == "assigning":
+            in_flight = sum(domain.device_status(state, d, view, now) == "in_flight" for d in state.waves[state.wave])
+            assert in_flight <= max_in_flight
+
+    for action in actions:
+        if action[0] == "tick":
+            now += timedelta(seconds=action[1])
+            step(domain.tick(state, view, now))
+        elif action[0] == "report":
+            device = names[action[1]]
+            if device in state.assigned:
+                health = action[2]
+                view.observed[device] = Observed(online=health != "offline", config_hash=view.desired[device].config_hash,
+                                                 health="ok" if health == "offline" else health)
+        else:
+            try:
+                step({"pause": domain.pause, "resume": domain.resume, "abort": domain.abort,
+                      "promote": domain.promote, "rollback": domain.rollback}[action[1]](state))
+            except Conflict:
+                pass
+
+    # Devices all report healthy from here on: the rollout must come to a terminal state, or to
+    # a state that only an operator can move (paused, held).
+    for device in devices:
+        view.observed[device] = Observed(online=True, config_hash=view.desired[device].config_hash)
+    for _ in range(200):
+        now += timedelta(seconds=10)
+        step(domain.tick(state, view, now))
+        for device in state.assigned:
+            view.observed[device] = Observed(online=True, config_hash=view.desired[device].config_hash)
+        if state.phase == "held" and state.status == "running":
+            step(domain.promote(state))
+        if state.status == "paused":
+            step(domain.resume(state))
+    assert state.status in ("completed", "aborted", "rolled_back")
