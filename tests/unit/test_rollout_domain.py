@@ -3,6 +3,7 @@ random interleavings of device reports, timers and operator commands."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -91,7 +92,7 @@ def test_parsing() -> None:
             parse_canary(bad)
         assert err.value.field == field
     for bad in ["10,50", "50,10,100", "0,100", "a,100"]:
-        with pytest.raises(Invalid, match="waves|percentages"):
+        with pytest.raises(Invalid, match=r"waves|percentages"):
             parse_waves(bad)
     with pytest.raises(Invalid, match="metric gate"):
         parse_metric_gate("error_rate < 2")
@@ -295,11 +296,9 @@ def test_random_interleavings_keep_the_invariants(
                 view.observed[device] = Observed(online=health != "offline", config_hash=view.desired[device].config_hash,
                                                  health="ok" if health == "offline" else health)
         else:
-            try:
+            with contextlib.suppress(Conflict):
                 step({"pause": domain.pause, "resume": domain.resume, "abort": domain.abort,
                       "promote": domain.promote, "rollback": domain.rollback}[action[1]](state))
-            except Conflict:
-                pass
 
     # Devices all report healthy from here on: the rollout must come to a terminal state, or to
     # a state that only an operator can move (paused, held).
