@@ -76,6 +76,7 @@ class ReconcileAttempted(ObservedEvent, frozen=True, kw_only=True):
     aggregate = "observed"
     attempt: int
     revision: int
+    retry_at: str | None = None  # when the next attempt is due if the device still drifts
 
 
 class DeviceStuck(ObservedEvent, frozen=True, kw_only=True):

@@ -1,0 +1,311 @@
+"""The drift service's I/O: heartbeats in, observed-state events out, desired state re-put.
+
+- The device view is rebuilt by replaying the log (registry, desired and observed events, in log
+  order) and then follows it, so desired state and registry facts arrive as events, never by
+  asking another service.
+- Heartbeats (core NATS, queue group `fleet-drift`) are decoded, checked and folded in memory;
+  only a change becomes an event. Bad heartbeats are counted by reason and dropped.
+- Events are appended by one writer task in atomic batches of up to 1,000, each device's events
+  with the expected last sequence of its subject (this service is the single writer of
+  `fleet.evt.observed.*`).
+- A reconciliation re-puts the device's current desired value with its revision bumped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from services.drift.domain import (
+    MALFORMED,
+    REJECT_REASONS,
+    SUBJECT_MISMATCH,
+    Beat,
+    Command,
+    DesiredChanged,
+    DeviceState,
+    Policy,
+    Retired,
+    Tick,
+    decide,
+    evolve,
+    initial,
+    observe,
+    reject,
+    resume,
+)
+from shared import telemetry
+from shared.config import Settings
+from shared.desired import ensure_bucket, get_desired, put_desired
+from shared.devices import HEARTBEAT_DECODER, DesiredState
+from shared.envelope import Envelope, seal
+from shared.errors import Conflict, FleetError
+from shared.eventlog import MAX_BATCH, EventLog, Recorded, Write
+from shared.events.desired import DesiredStateAssigned
+from shared.events.observed import ObservedEvent, ReconcileAttempted
+from shared.events.registry import DeviceRetired
+from shared.subjects import HEARTBEATS_PREFIX, event_subject, parse_event_subject
+from shared.times import utcnow
+
+log = logging.getLogger(__name__)
+ACTOR = "service:drift"
+QUEUE_GROUP = "fleet-drift"
+_FAMILIES = ("device", "desired", "observed")
+
+
+def policy_from(settings: Settings) -> Policy:
+    """The device timing rules of these settings."""
+    return Policy(interval=settings.heartbeat_interval, offline_after=settings.offline_after,
+                  drift_grace=settings.drift_grace, reconcile_backoff=settings.reconcile_backoff,
+                  reconcile_max_tries=settings.reconcile_max_tries)
+
+
+@dataclass
+class Stats:
+    """Counters a test, a benchmark or /metrics can read."""
+
+    accepted: int = 0
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    appended: int = 0
+    append_failures: int = 0
+    reconciles_put: int = 0
+    reconciles_skipped: int = 0
+
+
+class DriftService:
+    """Actual state of every device, in memory, and the writer of observed-state events."""
+
+    def __init__(self, nc: NATS, eventlog: EventLog, policy: Policy, *,
+                 clock: Callable[[], float] = time.time, tick: float | None = None) -> None:
+        self.nc = nc
+        self.log = eventlog
+        self.policy = policy
+        self.clock = clock
+        self.tick_every = tick if tick is not None else max(0.05, min(policy.interval / 4, 1.0))
+        self.devices: dict[str, DeviceState] = {}
+        self.stats = Stats()
+        self._seqs: dict[str, int] = {}  # device -> last stream seq on its observed subject
+        self._pending: dict[str, list[Envelope]] = {}
+        self._reconcile: dict[str, int] = {}  # device -> revision to re-put
+        self._own: set[str] = set()  # ids of our events not yet seen coming back from the log
+        self._wake = asyncio.Event()
+        self._ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sub: Subscription | None = None
+        self._dropped_counter = telemetry.meter.create_counter(
+            "fleet_heartbeats_dropped_total", description="Heartbeats dropped, by reason")
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild from the log, then serve heartbeats, follow the log and tick."""
+        await ensure_bucket(self.nc)
+        end = await self.log.last_stream_seq()
+        self._tasks.append(asyncio.create_task(self._follow(end), name="drift-follow"))
+        await self._ready.wait()
+        now = self.clock()
+        for device_id, state in self.devices.items():
+            self.devices[device_id] = resume(state, now)
+        self._sub = await self.nc.subscribe(f"{HEARTBEATS_PREFIX}.*.*", queue=QUEUE_GROUP,
+                                            cb=self._on_heartbeat, pending_msgs_limit=1_000_000,
+                                            pending_bytes_limit=-1)
+        self._tasks.append(asyncio.create_task(self._tick_loop(), name="drift-tick"))
+        self._tasks.append(asyncio.create_task(self._write_loop(), name="drift-writer"))
+        log.info("drift: %d devices known, serving heartbeats", len(self.devices))
+
+    async def stop(self) -> None:
+        """Stop taking heartbeats, write what is pending, stop following."""
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
+        with contextlib.suppress(FleetError):
+            await asyncio.wait_for(self.flush(), 10.0)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    @property
+    def pending(self) -> int:
+        """Events decided but not yet appended."""
+        return sum(len(v) for v in self._pending.values())
+
+    # --- heartbeats -----------------------------------------------------------------------------
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        self.handle_heartbeat(msg.subject, msg.data)
+
+    def handle_heartbeat(self, subject: str, data: bytes) -> None:
+        """Decode, check and fold one heartbeat; queue events if it revealed a change."""
+        try:
+            hb = HEARTBEAT_DECODER.decode(data)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            self._drop(MALFORMED)
+            return
+        tokens = subject.split(".")
+        if len(tokens) != 4 or tokens[3] != hb.device_id or tokens[2] != hb.site:
+            self._drop(SUBJECT_MISMATCH)
+            return
+        state = self.devices.get(hb.device_id)
+        if state is None:
+            self._drop(reject(initial(hb.device_id), hb) or MALFORMED)
+            return
+        reason = reject(state, hb)
+        if reason is not None:
+            self._drop(reason)
+            return
+        now = self.clock()
+        events = decide(state, Beat(hb), now, self.policy)
+        if events:
+            state = self._emit(state, events, now)
+        self.devices[hb.device_id] = observe(state, hb, now)
+        self.stats.accepted += 1
+
+    def _drop(self, reason: str) -> None:
+        self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
+        self._dropped_counter.add(1, {"reason": reason})
+
+    # --- deciding and appending ----------------------------------------------------------------
+
+    def _emit(self, state: DeviceState, events: list[ObservedEvent], now: float) -> DeviceState:
+        """Fold our own events into the state at once and queue them for the writer."""
+        at = utcnow()
+        queue = self._pending.setdefault(state.device_id, [])
+        for event in events:
+            state = evolve(state, event)
+            envelope = seal(event, actor=ACTOR, at=at)
+            self._own.add(envelope.id)
+            queue.append(envelope)
+            if isinstance(event, ReconcileAttempted):
+                self._reconcile[state.device_id] = event.revision
+        self._wake.set()
+        return state
+
+    def _decide(self, device_id: str, command: Command, now: float) -> None:
+        state = self.devices[device_id]
+        events = decide(state, command, now, self.policy)
+        if events:
+            self.devices[device_id] = self._emit(state, events, now)
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_every)
+            now = self.clock()
+            tick = Tick()
+            for device_id, state in self.devices.items():
+                if state.online:
+                    events = decide(state, tick, now, self.policy)
+                    if events:
+                        self.devices[device_id] = self._emit(state, events, now)
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._write_pending()
+            except FleetError as exc:  # NATS away: keep the events, try again shortly
+                self.stats.append_failures += 1
+                log.warning("drift: could not append observed events, will retry: %s", exc)
+                await asyncio.sleep(1.0)
+                self._wake.set()
+            except Exception:
+                log.exception("drift: writer failed")
+                await asyncio.sleep(1.0)
+                self._wake.set()
+
+    async def flush(self) -> None:
+        """Append everything pending now (tests, shutdown)."""
+        while self._pending or self._reconcile:
+            await self._write_pending()
+
+    async def _write_pending(self) -> None:
+        while self._pending:
+            chunk: list[tuple[str, list[Envelope]]] = []
+            size = 0
+            for device_id, envelopes in self._pending.items():
+                if chunk and size + len(envelopes) > MAX_BATCH:
+                    break
+                chunk.append((device_id, envelopes))
+                size += len(envelopes)
+            writes = [Write(event_subject("observed", d), envs, self._seqs.get(d, 0)) for d, envs in chunk]
+            try:
+                appended = await self.log.append_batch(writes)
+            except Conflict as exc:
+                # Someone else wrote an observed subject: this service should be the only writer.
+                log.error("drift: observed events refused (%s); resynchronising %d devices", exc, len(chunk))
+                for device_id, _ in chunk:
+                    self._pending.pop(device_id, None)
+                    self._seqs[device_id] = await self.log.last_seq(event_subject("observed", device_id))
+                self.stats.append_failures += 1
+                continue
+            for device_id, _ in chunk:
+                self._pending.pop(device_id, None)
+            for where in appended:
+                self._seqs[parse_event_subject(where.subject)[1]] = where.seq
+            self.stats.appended += len(appended)
+        if self._reconcile:
+            await self._put_reconciles()
+
+    async def _put_reconciles(self) -> None:
+        wanted, self._reconcile = self._reconcile, {}
+        values: list[DesiredState] = []
+        items = list(wanted.items())
+        for start in range(0, len(items), 200):
+            part = items[start:start + 200]
+            current = await asyncio.gather(*(get_desired(self.nc, d) for d, _ in part))
+            for (device_id, revision), value in zip(part, current, strict=True):
+                state = self.devices.get(device_id)
+                if (value is None or state is None or value.config_hash != state.desired_config_hash
+                        or value.snapshot_id != state.desired_snapshot_id):
+                    # The KV value is not (yet) the desired state the log names: nothing to re-put.
+                    self.stats.reconciles_skipped += 1
+                    continue
+                values.append(msgspec.structs.replace(value, revision=revision))
+        if values:
+            await put_desired(self.nc, values)
+            self.stats.reconciles_put += len(values)
+
+    # --- following the log ------------------------------------------------------------------------
+
+    async def _follow(self, end: int) -> None:
+        if end == 0:
+            self._ready.set()
+        async for recorded in self.log.replay(1, follow=True):
+            try:
+                self._apply(recorded, live=self._ready.is_set())
+            except Exception:  # one bad event must not stop the view
+                log.exception("drift: could not apply event %d", recorded.seq)
+            if recorded.seq >= end and not self._ready.is_set():
+                self._ready.set()
+
+    def _apply(self, recorded: Recorded, *, live: bool) -> None:
+        family, device_id = parse_event_subject(recorded.subject)
+        if family not in _FAMILIES:
+            return
+        if family == "observed" and recorded.envelope.id in self._own:
+            self._own.discard(recorded.envelope.id)  # already folded when we decided it
+            return
+        event = recorded.event
+        if event is None:
+            return
+        state = self.devices.get(device_id) or initial(device_id)
+        self.devices[device_id] = evolve(state, event)
+        if family == "observed":
+            self._seqs[device_id] = recorded.seq
+        elif live and isinstance(event, DesiredStateAssigned):
+            self._decide(device_id, DesiredChanged(), self.clock())
+        elif live and isinstance(event, DeviceRetired):
+            self._decide(device_id, Retired(), self.clock())

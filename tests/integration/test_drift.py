@@ -1,0 +1,298 @@
+"""The drift service against a real nats-server: every observed-state transition, reconciliation
+with backoff and `stuck`, every kind of bad heartbeat, and a restart without an offline storm.
+
+Devices and desired state are set up the way the registry and rollout services would leave them:
+registry and desired-state events in the log, and the desired value in the KV bucket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from nats.aio.client import Client as NATS
+
+from services.drift.domain import Policy
+from services.drift.handlers import DriftService
+from shared.configs import config_hash
+from shared.desired import ensure_bucket, get_desired, put_desired
+from shared.devices import HEARTBEAT_ENCODER, DesiredState, Heartbeat
+from shared.envelope import Event, seal
+from shared.eventlog import EventLog
+from shared.events.desired import DesiredStateAssigned
+from shared.events.registry import DeviceAdded, DeviceRetired, SiteAdded
+from shared.subjects import event_subject, heartbeat_subject
+from shared.times import format_time, parse_time, utcnow
+
+POLICY = Policy(interval=0.2, offline_after=3, drift_grace=0.4, reconcile_backoff=0.3,
+                reconcile_max_tries=2)
+GOOD = {"mode": "good", "level": 1}
+GOOD_HASH = config_hash(GOOD)
+
+
+async def append(eventlog: EventLog, event: Event) -> None:
+    await eventlog.append(event.subject, [seal(event, actor="test", at=utcnow())], None)
+
+
+async def register(eventlog: EventLog, site: str, *devices: str) -> None:
+    await append(eventlog, SiteAdded(site_id=site))
+    for device in devices:
+        await append(eventlog, DeviceAdded(device_id=device, site_id=site))
+
+
+async def assign(nc: NATS, eventlog: EventLog, device: str, site: str, config: dict[str, object],
+                 snapshot: str = "snap-1", revision: int = 1) -> str:
+    """What the rollout service does: the event, and the KV value."""
+    digest = config_hash(config)
+    await put_desired(nc, [DesiredState(device_id=device, snapshot_id=snapshot, config=config,
+                                        config_hash=digest, revision=revision)])
+    await append(eventlog, DesiredStateAssigned(device_id=device, site_id=site, snapshot_id=snapshot,
+                                                config_hash=digest, revision=revision))
+    return digest
+
+
+class Device:
+    """A hand-driven device: publishes heartbeats with an increasing seq."""
+
+    def __init__(self, nc: NATS, device: str, site: str) -> None:
+        self.nc, self.device, self.site, self.seq = nc, device, site, 0
+        self.snapshot: str | None = None
+        self.hash: str | None = None
+        self.health = "ok"
+
+    async def beat(self, **overrides: object) -> None:
+        self.seq += 1
+        fields: dict[str, object] = {"device_id": self.device, "site": self.site, "seq": self.seq,
+                                     "at": format_time(utcnow()), "snapshot_id": self.snapshot,
+                                     "config_hash": self.hash, "health": self.health}
+        fields.update(overrides)
+        hb = Heartbeat(**fields)  # type: ignore[arg-type]
+        await self.nc.publish(heartbeat_subject(self.site, self.device), HEARTBEAT_ENCODER.encode(hb))
+
+
+@contextlib.asynccontextmanager
+async def beating(*devices: Device, every: float = 0.05) -> AsyncIterator[None]:
+    """Keep devices heartbeating (faster than the interval) while the block runs."""
+    async def loop() -> None:
+        while True:
+            for device in devices:
+                await device.beat()
+            await asyncio.sleep(every)
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def observed(eventlog: EventLog, device: str) -> list[Event]:
+    recorded, _ = await eventlog.load(event_subject("observed", device))
+    return [r.event for r in recorded if r.event is not None]
+
+
+def types(events: list[Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+async def until(service: DriftService, eventlog: EventLog, device: str,
+                done: Callable[[list[Event]], bool], timeout: float = 15.0) -> list[Event]:
+    """Wait until the device's observed events satisfy `done` (fails the test on timeout)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        await service.flush()
+        events = await observed(eventlog, device)
+        if done(events):
+            return events
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail(f"{device}: condition not reached; events so far: {types(events)}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def drift(nc: NATS, eventlog: EventLog) -> AsyncIterator[DriftService]:
+    await ensure_bucket(nc)
+    service = DriftService(nc, eventlog, POLICY, tick=0.05)
+    yield service
+    await service.stop()
+
+
+async def test_every_transition(nc: NATS, eventlog: EventLog, drift: DriftService) -> None:
+    await register(eventlog, "s1", "t1")
+    await drift.start()
+    dev = Device(nc, "t1", "s1")
+
+    # never given a desired state: online with nulls, no drift
+    await dev.beat()
+    events = await until(drift, eventlog, "t1", lambda e: len(e) >= 1)
+    assert types(events) == ["DeviceCameOnline"]
+    assert events[0].snapshot_id is None and events[0].site_id == "s1"
+
+    # desired state assigned; the device applies it within the grace period: no drift
+    digest = await assign(nc, eventlog, "t1", "s1", GOOD)
+    await asyncio.sleep(0.1)
+    dev.snapshot, dev.hash = "snap-1", digest
+    async with beating(dev):
+        events = await until(drift, eventlog, "t1", lambda e: len(e) >= 2)
+        await asyncio.sleep(POLICY.drift_grace + 0.2)
+    events = await observed(eventlog, "t1")
+    assert types(events) == ["DeviceCameOnline", "DeviceReportedState"]
+    assert (events[1].snapshot_id, events[1].config_hash) == ("snap-1", digest)
+
+    # health changes both ways, with the metrics
+    await dev.beat(health="degraded", metrics={"error_rate": 0.2})
+    dev.health = "degraded"
+    events = await until(drift, eventlog, "t1", lambda e: len(e) >= 3)
+    assert types(events)[2] == "DeviceHealthChanged"
+    assert (events[2].health, events[2].previous, events[2].metrics) == ("degraded", "ok", {"error_rate": 0.2})
+    dev.health = "ok"
+    await dev.beat()
+    events = await until(drift, eventlog, "t1", lambda e: len(e) >= 4)
+    assert (events[3].health, events[3].previous) == ("ok", "degraded")
+
+    # tampered: reports another hash; after the grace period drift begins and a reconcile re-puts
+    dev.hash = "tampered"
+    async with beating(dev):
+        events = await until(drift, eventlog, "t1", lambda e: "ReconcileAttempted" in types(e))
+    assert types(events)[4:7] == ["DeviceReportedState", "DriftBegan", "ReconcileAttempted"]
+    began = events[5]
+    assert (began.desired_config_hash, began.reported_config_hash) == (digest, "tampered")
+    assert events[6].attempt == 1 and events[6].revision == 2
+    await drift.flush()
+    value = await get_desired(nc, "t1")
+    assert value is not None and value.revision == 2 and value.config_hash == digest
+
+    # the device converges again: drift ends with how long it lasted
+    dev.hash = digest
+    async with beating(dev):
+        events = await until(drift, eventlog, "t1", lambda e: "DriftEnded" in types(e))
+    ended = events[-1]
+    assert types(events)[-2:] == ["DeviceReportedState", "DriftEnded"]
+    assert ended.resolution == "converged" and ended.duration_seconds >= POLICY.drift_grace
+
+    # silence: offline after the window, with the last heartbeat's time; back online later
+    count = len(events)
+    events = await until(drift, eventlog, "t1", lambda e: "DeviceWentOffline" in types(e[count:]))
+    assert types(events[count:]) == ["DeviceWentOffline"]
+    parse_time(events[-1].last_seen)
+    await dev.beat()
+    events = await until(drift, eventlog, "t1", lambda e: len(e) > count + 1)
+    assert types(events[count + 1:]) == ["DeviceCameOnline"]
+    assert events[-1].config_hash == digest
+
+
+async def test_reconcile_backs_off_then_stuck_until_desired_changes(
+        nc: NATS, eventlog: EventLog, drift: DriftService) -> None:
+    await register(eventlog, "s2", "r1")
+    digest = await assign(nc, eventlog, "r1", "s2", GOOD)
+    await drift.start()
+    dev = Device(nc, "r1", "s2")
+    dev.snapshot, dev.hash = "snap-1", "never-converges"
+    async with beating(dev):
+        events = await until(drift, eventlog, "r1", lambda e: "DeviceStuck" in types(e))
+        stuck_at = len(events)
+        await asyncio.sleep(POLICY.reconcile_backoff * 4)  # well past any further backoff
+        await drift.flush()
+        events = await observed(eventlog, "r1")
+    assert types(events) == ["DeviceCameOnline", "DriftBegan", "ReconcileAttempted",
+                             "ReconcileAttempted", "DeviceStuck"]
+    assert len(events) == stuck_at, "a stuck device must not be retried"
+    first, second = events[2], events[3]
+    assert (first.attempt, first.revision, second.attempt, second.revision) == (1, 2, 2, 3)
+    # the next attempt is scheduled after backoff, doubled on each attempt
+    begun = parse_time(first.retry_at).timestamp() - POLICY.reconcile_backoff
+    assert parse_time(second.retry_at).timestamp() - begun >= POLICY.reconcile_backoff * 3 - 0.01
+    assert events[4].attempts == 2
+    value = await get_desired(nc, "r1")
+    assert value is not None and value.revision == 3 and value.config_hash == digest
+
+    # a new desired state ends the drift and makes the device eligible for reconciling again
+    await assign(nc, eventlog, "r1", "s2", {"mode": "other"}, snapshot="snap-2", revision=10)
+    async with beating(dev):
+        events = await until(drift, eventlog, "r1",
+                             lambda e: types(e).count("ReconcileAttempted") >= 3)
+    after = events[stuck_at:]
+    assert types(after)[:3] == ["DriftEnded", "DriftBegan", "ReconcileAttempted"]
+    assert after[0].resolution == "desired_changed"
+    assert after[2].attempt == 1 and after[2].revision == 11
+
+
+async def test_bad_heartbeats_are_counted_and_dropped(
+        nc: NATS, eventlog: EventLog, drift: DriftService) -> None:
+    await register(eventlog, "s3", "b1", "gone")
+    await append(eventlog, DeviceRetired(device_id="gone"))
+    await drift.start()
+    good = Device(nc, "b1", "s3")
+    await good.beat(seq=100)
+    await until(drift, eventlog, "b1", lambda e: len(e) == 1)
+
+    def body(**fields: object) -> bytes:
+        hb = {"device_id": "b1", "site": "s3", "seq": 200, "at": format_time(utcnow())}
+        hb.update(fields)
+        return HEARTBEAT_ENCODER.encode(hb)
+
+    sends = [
+        ("fleet.hb.s3.stranger", body(device_id="stranger")),           # unknown device
+        ("fleet.hb.s3.gone", body(device_id="gone")),                   # retired device
+        ("fleet.hb.s3.b1", b"{not json"),                               # malformed JSON
+        ("fleet.hb.s3.b1", body(seq="seven")),                          # wrong type
+        ("fleet.hb.s3.b1", body(health="splendid")),                    # not a health value
+        ("fleet.hb.s3.b1", b'{"device_id": "b1"}'),                      # missing fields
+        ("fleet.hb.elsewhere.b1", body(site="elsewhere")),              # site not the registry's
+        ("fleet.hb.s3.b1", body(device_id="other")),                    # subject names another device
+        ("fleet.hb.s3.b1", body(seq=100, health="failed")),             # replayed seq
+        ("fleet.hb.s3.b1", body(seq=50, health="failed")),              # older seq
+    ]
+    for subject, data in sends:
+        await nc.publish(subject, data)
+    await nc.flush()
+    deadline = asyncio.get_running_loop().time() + 10
+    while sum(drift.stats.dropped.values()) < len(sends):
+        assert asyncio.get_running_loop().time() < deadline, drift.stats.dropped
+        await asyncio.sleep(0.02)
+    assert drift.stats.dropped == {"unknown_device": 1, "retired_device": 1, "malformed": 4,
+                                   "site_mismatch": 1, "subject_mismatch": 1, "out_of_order": 2}
+    await drift.flush()
+    assert types(await observed(eventlog, "b1")) == ["DeviceCameOnline"]
+    assert await observed(eventlog, "stranger") == []
+    assert await observed(eventlog, "gone") == []
+    assert drift.devices["b1"].health == "ok"
+    # the service is still serving
+    await good.beat(seq=101, health="degraded")
+    events = await until(drift, eventlog, "b1", lambda e: len(e) == 2)
+    assert types(events) == ["DeviceCameOnline", "DeviceHealthChanged"]
+
+
+async def test_restart_rebuilds_without_offline_storm(nc: NATS, eventlog: EventLog) -> None:
+    await ensure_bucket(nc)
+    names = [f"m{i}" for i in range(20)]
+    await register(eventlog, "s4", *names)
+    digest = await assign(nc, eventlog, "m0", "s4", GOOD)
+    devices = [Device(nc, name, "s4") for name in names]
+    devices[0].snapshot, devices[0].hash = "snap-1", digest
+    first = DriftService(nc, eventlog, POLICY, tick=0.05)
+    await first.start()
+    async with beating(*devices):
+        for name in names:
+            await until(first, eventlog, name, lambda e: len(e) == 1)
+    await first.stop()
+    # down for longer than the offline window: a naive restart would call everyone offline
+    await asyncio.sleep(POLICY.offline_window * 2)
+
+    second = DriftService(nc, eventlog, POLICY, tick=0.05)
+    try:
+        await second.start()
+        assert all(second.devices[n].online for n in names), "online state comes from the log"
+        assert second.devices["m0"].desired_config_hash == digest
+        await asyncio.sleep(POLICY.offline_window / 2)  # heartbeats take a while to resume
+        async with beating(*devices[:10]):  # half resume heartbeating within the first window
+            await asyncio.sleep(POLICY.offline_window * 3)
+            await second.stop()
+        for name in names[:10]:
+            assert types(await observed(eventlog, name)) == ["DeviceCameOnline"], name
+        for name in names[10:]:  # the silent half went offline, once, after their window
+            assert types(await observed(eventlog, name)) == ["DeviceCameOnline", "DeviceWentOffline"]
+    finally:
+        await second.stop()
