@@ -1,0 +1,399 @@
+"""The rollout service's I/O: it rebuilds rollouts and its view of the fleet from the log, serves
+`fleet.cmd.rollout.*`, and ticks every active rollout — appending the decided events (desired
+state for devices and the rollout's own events, one atomic batch per chunk) and writing the
+devices' desired-state KV values after the log has them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from services.rollout import domain
+from services.rollout.domain import Rollout
+from services.rollout.fleet_index import FleetIndex
+from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gate, parse_waves
+from shared import telemetry
+from shared.aggregates import AggregateStore
+from shared.commands import Command, CommandService, Context, Outcome
+from shared.configs import effective_config
+from shared.desired import ensure_bucket, put_desired
+from shared.devices import HEARTBEAT_DECODER, DesiredState
+from shared.envelope import Envelope, Event, seal
+from shared.errors import Conflict, Invalid, NotFound
+from shared.eventlog import Appended, EventLog, Recorded, Write
+from shared.events.desired import DesiredStateAssigned
+from shared.events.rollout import Gates
+from shared.ids import check_id
+from shared.selectors import parse as parse_selector
+from shared.subjects import HEARTBEATS_PREFIX, event_subject, parse_event_subject
+from shared.times import parse_duration, utcnow
+
+log = logging.getLogger(__name__)
+ACTOR = "service:rollout"
+
+
+class Start(Command, frozen=True, kw_only=True):
+    """Start rolling `snapshot_id` out to the devices matching `target`."""
+
+    snapshot_id: str
+    target: str = ""
+    rollout_id: str | None = None
+    canary: str = ""
+    waves: str = "100"
+    max_in_flight: int = 500
+    bake: str | float = 0.0
+    apply_timeout: str | float = "5m"
+    min_healthy: str | float = "90%"
+    max_failed: str | float = "5%"
+    max_offline: str | float = "10%"
+    metrics: list[str] = []
+    on_failure: str = "pause"
+    approve_after: list[int] = []
+    dry_run: bool = False
+
+
+class Act(Command, frozen=True, kw_only=True):
+    """pause / resume / abort / promote one rollout."""
+
+    rollout_id: str
+    reason: str = ""
+
+
+class Rollback(Command, frozen=True, kw_only=True):
+    """Restore every device the rollout touched (or give them `to_snapshot_id`)."""
+
+    rollout_id: str
+    to_snapshot_id: str | None = None
+    plan_only: bool = False
+    reason: str = ""
+
+
+class Get(Command, frozen=True, kw_only=True):
+    """One rollout's status."""
+
+    rollout_id: str
+
+
+class List(Command, frozen=True, kw_only=True):
+    """All rollouts, newest first."""
+
+
+class RolloutService:
+    """Owns rollout aggregates and desired state; one instance per deployment."""
+
+    def __init__(self, nc: NATS, eventlog: EventLog, *, tick_interval: float = 0.25) -> None:
+        self.nc = nc
+        self.log = eventlog
+        self.tick_interval = tick_interval
+        self.index = FleetIndex()
+        self.store: AggregateStore[Rollout] = AggregateStore(eventlog, "rollout", domain.initial, domain.evolve)
+        self.commands = CommandService(nc, "rollout")
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watch: set[str] = set()
+        self._effective: dict[tuple[str, str], dict[str, Any]] = {}
+        self._progress = telemetry.meter.create_counter(
+            "fleet_rollout_assignments_total", description="Devices assigned or restored by rollouts")
+
+    # --- life cycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Rebuild from the log, then serve commands, follow new events and tick."""
+        await ensure_bucket(self.nc)
+        caught_up = await self.log.last_stream_seq()
+        async for recorded in self.log.replay(1, caught_up):
+            self._apply(recorded)
+        await self._rewrite_kv_of_active()
+        for route, kind, handler in (
+            ("start", Start, self._start), ("pause", Act, self._pause), ("resume", Act, self._resume),
+            ("abort", Act, self._abort), ("promote", Act, self._promote),
+            ("rollback", Rollback, self._rollback), ("get", Get, self._get), ("list", List, self._list),
+        ):
+            self.commands.route(route, kind, handler)  # type: ignore[arg-type]
+        await self.commands.start()
+        self._tasks = [asyncio.create_task(self._follow(caught_up + 1)),
+                       asyncio.create_task(self._tick_forever())]
+        await self.nc.subscribe(f"{HEARTBEATS_PREFIX}.>", cb=self._on_heartbeat)
+
+    async def stop(self) -> None:
+        """Stop serving and ticking."""
+        await self.commands.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _apply(self, recorded: Recorded) -> None:
+        event = recorded.event
+        if event is None:
+            return
+        if event.aggregate == "rollout":
+            self.store.apply(recorded, event)
+        else:
+            self.index.apply(recorded.seq, event)
+
+    async def _follow(self, from_seq: int) -> None:
+        async for recorded in self.log.replay(from_seq, follow=True):
+            self._apply(recorded)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_interval)
+            try:
+                await self.tick_all(utcnow())
+            except Exception:  # isolated: logged and retried on the next tick, never fatal
+                log.exception("rollout tick failed")
+
+    async def tick_all(self, now: datetime) -> None:
+        """Advance every running or rolling-back rollout."""
+        async with self._lock:
+            watch: set[str] = set()
+            for rollout_id, slot in list(self.store.slots.items()):
+                state = slot.state
+                if state.status in ("running", "rolling_back"):
+                    events = domain.tick(state, self.index.view, now)
+                    if events:
+                        await self._commit(rollout_id, events, None, now)
+                if state.active and state.waves:
+                    watch.update(state.waves[state.wave])
+            self._watch = watch
+
+    async def _on_heartbeat(self, msg: Msg) -> None:
+        device = msg.subject.rsplit(".", 1)[-1]
+        if device not in self._watch:
+            return
+        try:
+            heartbeat = HEARTBEAT_DECODER.decode(msg.data)
+        except msgspec.DecodeError:
+            return  # the drift service counts malformed heartbeats; metrics simply skip them
+        self.index._observed(device).metrics = dict(heartbeat.metrics)
+
+    # --- appending ------------------------------------------------------------------------------
+
+    async def _commit(self, rollout_id: str, events: Sequence[Event], command_id: str | None,
+                      now: datetime, actor: str = ACTOR) -> list[Appended]:
+        """Append decided events in groups (desired events then the rollout events naming them:
+        one atomic batch each), fold them in, then write the devices' KV values."""
+        appended: list[Appended] = []
+        for group in _groups(events):
+            desired = [e for e in group if isinstance(e, DesiredStateAssigned)]
+            own = [e for e in group if not isinstance(e, DesiredStateAssigned)]
+
+            def seal_(event: Event) -> Envelope:
+                return seal(event, actor=actor, at=now, causation_id=command_id,
+                            correlation_id=command_id or rollout_id)
+
+            writes = [Write(e.subject, [seal_(e)], self.index.desired_seq.get(e.device_id, 0)) for e in desired]
+            own_envelopes = [seal_(e) for e in own]
+            slot = self.store.get(rollout_id)
+            if own:
+                writes.append(Write(event_subject("rollout", rollout_id), own_envelopes, slot.seq))
+            try:
+                stored = await self.log.append_batch(writes)
+            except Conflict:
+                await self._resync([e.device_id for e in desired], rollout_id)
+                raise
+            appended.extend(stored)
+            by_subject = {w.subject: w for w in writes}
+            for where in stored:
+                write = by_subject[where.subject]
+                index = [a.seq for a in stored if a.subject == where.subject].index(where.seq)
+                self._apply(Recorded(where.seq, where.subject, write.envelopes[index]))
+            if desired:
+                await self._put_kv(desired)
+        return appended
+
+    async def _resync(self, devices: list[str], rollout_id: str) -> None:
+        for device in devices:
+            recorded, _ = await self.log.load(event_subject("desired", device),
+                                              after_seq=self.index.desired_seq.get(device, 0))
+            for item in recorded:
+                self._apply(item)
+        await self.store.reload(rollout_id)
+
+    def _effective_config(self, snapshot_id: str, site: str) -> dict[str, Any]:
+        key = (snapshot_id, site)
+        config = self._effective.get(key)
+        if config is None:
+            snap = self.index.snapshots[snapshot_id]
+            config = self._effective[key] = effective_config(snap.config, snap.overrides, site)
+        return config
+
+    async def _put_kv(self, desired: Sequence[DesiredStateAssigned]) -> None:
+        values = [DesiredState(device_id=e.device_id, snapshot_id=e.snapshot_id,
+                               config=self._effective_config(e.snapshot_id, e.site_id),
+                               config_hash=e.config_hash, rollout_id=e.rollout_id, revision=e.revision)
+                  for e in desired]
+        await put_desired(self.nc, values)
+        self._progress.add(len(values))
+
+    async def _rewrite_kv_of_active(self) -> None:
+        """After a restart, write again the KV values of devices in active rollouts: a crash
+        between an append and its KV write must not leave a device without its desired value."""
+        pending: list[DesiredStateAssigned] = []
+        for slot in self.store.slots.values():
+            if not slot.state.active:
+                continue
+            for device in slot.state.assigned:
+                desired = self.index.view.desired.get(device)
+                if desired is None or desired.snapshot_id not in self.index.snapshots:
+                    continue
+                pending.append(DesiredStateAssigned(
+                    device_id=device, site_id=self.index.view.site_of.get(device, ""),
+                    snapshot_id=desired.snapshot_id, config_hash=desired.config_hash,
+                    revision=desired.revision, rollout_id=desired.rollout_id))
+        if pending:
+            await self._put_kv(pending)
+
+    # --- commands -------------------------------------------------------------------------------
+
+    def _state(self, rollout_id: str) -> Rollout:
+        check_id(rollout_id, "rollout_id")
+        state = self.store.get(rollout_id).state
+        if state.spec is None:
+            raise NotFound(f"rollout {rollout_id} does not exist", field="rollout_id")
+        return state
+
+    async def _run(self, cmd: Command, rollout_id: str, decide: Any, ctx: Context) -> Outcome:
+        async with self._lock:
+            done = self.store.already_done(cmd.command_id)
+            if done is not None:
+                return Outcome(done, self.describe(self.store.get(rollout_id).state))
+            events = decide()
+            appended = await self._commit(rollout_id, events, cmd.command_id, ctx.now, cmd.actor)
+            return Outcome(appended, self.describe(self.store.get(rollout_id).state))
+
+    async def _start(self, cmd: Start, ctx: Context) -> Outcome:
+        rollout_id = cmd.rollout_id or "r-" + hashlib.sha256(cmd.command_id.encode()).hexdigest()[:10]
+        check_id(rollout_id, "rollout_id")
+        check_id(cmd.snapshot_id, "snapshot_id")
+        snap = self.index.snapshots.get(cmd.snapshot_id)
+        if snap is None:
+            raise NotFound(f"snapshot {cmd.snapshot_id} does not exist", field="snapshot_id")
+        if snap.retired:
+            raise Invalid(f"snapshot {cmd.snapshot_id} is retired and cannot be rolled out", field="snapshot_id")
+        selector = parse_selector(cmd.target, "target")
+        gates = Gates(min_healthy=parse_fraction(cmd.min_healthy, "min_healthy"),
+                      max_failed=parse_fraction(cmd.max_failed, "max_failed"),
+                      max_offline=parse_fraction(cmd.max_offline, "max_offline"),
+                      metrics=[parse_metric_gate(m) for m in cmd.metrics])
+        canary, percents = parse_canary(cmd.canary), parse_waves(cmd.waves)
+        bake = parse_duration(cmd.bake, "bake")
+        timeout = parse_duration(cmd.apply_timeout, "apply_timeout")
+        async with self._lock:
+            done = self.store.already_done(cmd.command_id)
+            if done is not None:
+                return Outcome(done, self.describe(self.store.get(rollout_id).state))
+            devices = {d: info.site for d, info in self.index.devices.items()
+                       if not info.retired and selector.matches(info.labels, info.site, info.kind)}
+            busy = sorted(d for s in self.store.slots.values() if s.state.active
+                          for d in s.state.devices if d in devices)
+            if busy:
+                shown = ", ".join(busy[:10]) + (f" and {len(busy) - 10} more" if len(busy) > 10 else "")
+                raise Conflict(f"{len(busy)} target devices are already in an active rollout: {shown}",
+                               field="target")
+            hashes = {site: snap.hash_for_site(site) for site in set(devices.values())}
+            events = domain.start(
+                rollout_id, snapshot_id=cmd.snapshot_id, target=cmd.target, devices=devices,
+                config_hashes=hashes, canary=canary, canary_text=cmd.canary, percents=percents,
+                max_in_flight=cmd.max_in_flight, bake_seconds=bake, apply_timeout_seconds=timeout,
+                gates=gates, on_failure=cmd.on_failure, approve_after=cmd.approve_after,
+                state=self.store.get(rollout_id).state)
+            if cmd.dry_run:
+                preview = domain.initial(rollout_id)
+                for event in events:
+                    domain.evolve(preview, event)
+                return Outcome((), {**self.describe(preview), "dry_run": True,
+                                    "plan": preview.waves, "config_hashes": hashes})
+            appended = await self._commit(rollout_id, events, cmd.command_id, ctx.now, cmd.actor)
+            return Outcome(appended, self.describe(self.store.get(rollout_id).state))
+
+    async def _pause(self, cmd: Act, ctx: Context) -> Outcome:
+        state = self._state(cmd.rollout_id)
+        return await self._run(cmd, cmd.rollout_id, lambda: domain.pause(state, cmd.reason), ctx)
+
+    async def _resume(self, cmd: Act, ctx: Context) -> Outcome:
+        state = self._state(cmd.rollout_id)
+        return await self._run(cmd, cmd.rollout_id, lambda: domain.resume(state), ctx)
+
+    async def _abort(self, cmd: Act, ctx: Context) -> Outcome:
+        state = self._state(cmd.rollout_id)
+        return await self._run(cmd, cmd.rollout_id, lambda: domain.abort(state, cmd.reason), ctx)
+
+    async def _promote(self, cmd: Act, ctx: Context) -> Outcome:
+        state = self._state(cmd.rollout_id)
+        return await self._run(cmd, cmd.rollout_id, lambda: domain.promote(state), ctx)
+
+    async def _rollback(self, cmd: Rollback, ctx: Context) -> Outcome:
+        state = self._state(cmd.rollout_id)
+        hashes: dict[str, str] = {}
+        if cmd.to_snapshot_id is not None:
+            snap = self.index.snapshots.get(cmd.to_snapshot_id)
+            if snap is None:
+                raise NotFound(f"snapshot {cmd.to_snapshot_id} does not exist", field="to_snapshot_id")
+            sites = {self.index.view.site_of.get(d, "") for d in state.assigned}
+            hashes = {site: snap.hash_for_site(site) for site in sites}
+        plan = [{"device_id": d, "from_snapshot_id": state.spec.snapshot_id if state.spec else None,
+                 "to_snapshot_id": s, "to_config_hash": h}
+                for d, s, h in domain.rollback_plan(state, cmd.to_snapshot_id, hashes, self.index.view.site_of)]
+        if cmd.plan_only:
+            return Outcome((), {**self.describe(state), "plan": plan})
+        outcome = await self._run(
+            cmd, cmd.rollout_id,
+            lambda: domain.rollback(state, cmd.reason, cmd.to_snapshot_id, hashes), ctx)
+        return Outcome(outcome.appended, {**outcome.result, "plan": plan})
+
+    async def _get(self, cmd: Get, ctx: Context) -> Outcome:
+        return Outcome((), self.describe(self._state(cmd.rollout_id), ctx.now, detail=True))
+
+    async def _list(self, cmd: List, ctx: Context) -> Outcome:
+        states = [s.state for s in sorted(self.store.slots.values(), key=lambda s: -s.seq)
+                  if s.state.spec is not None]
+        return Outcome((), {"rollouts": [self.describe(s) for s in states]})
+
+    def describe(self, state: Rollout, now: datetime | None = None, *, detail: bool = False) -> dict[str, Any]:
+        """A rollout as JSON for replies: status, waves and progress, last gate."""
+        spec = state.spec
+        out: dict[str, Any] = {
+            "rollout_id": state.rollout_id, "status": state.status, "phase": state.phase,
+            "wave": state.wave, "waves": len(state.waves), "devices": len(state.devices),
+            "assigned": len(state.assigned), "reason": state.reason,
+            "snapshot_id": spec.snapshot_id if spec else None, "target": spec.target if spec else None,
+            "last_gate": msgspec.to_builtins(state.last_gate) if state.last_gate else None,
+        }
+        if detail and now is not None:
+            waves = []
+            for number, wave in enumerate(state.waves):
+                counts: dict[str, int] = {}
+                for device in wave:
+                    status = domain.device_status(state, device, self.index.view, now)
+                    counts[status] = counts.get(status, 0) + 1
+                waves.append({"wave": number, "size": len(wave), **counts})
+            out["wave_progress"] = waves
+        return out
+
+
+def _groups(events: Sequence[Event]) -> list[list[Event]]:
+    """Split decided events so that each group is `desired events, then rollout events`."""
+    groups: list[list[Event]] = [[]]
+    for event in events:
+        current = groups[-1]
+        if isinstance(event, DesiredStateAssigned) and current and not isinstance(current[-1], DesiredStateAssigned):
+            groups.append([])
+        groups[-1].append(event)
+    return [g for g in groups if g]
+
+
+def rollout_of(subject: str) -> str:
+    """The rollout id of a rollout event subject."""
+    return parse_event_subject(subject)[1]

@@ -1,0 +1,236 @@
+"""The rollout service against a real nats-server. Devices are played by a small reporter that
+follows the desired-state KV subjects (as agents do) and appends the observed events the drift
+service would append, so the rollout's progress, gates and rollback run over real NATS."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from services.rollout.handlers import RolloutService
+from shared.commands import CommandClient
+from shared.configs import snapshot_id
+from shared.desired import DESIRED_WILDCARD, get_desired
+from shared.devices import DESIRED_DECODER
+from shared.envelope import Event, seal
+from shared.errors import Conflict, Invalid, NotFound
+from shared.eventlog import EventLog, Write
+from shared.events.desired import DesiredStateAssigned
+from shared.events.observed import DeviceCameOnline, DeviceHealthChanged, DeviceReportedState
+from shared.events.registry import DeviceAdded, SiteAdded
+from shared.events.snapshot import SnapshotCreated
+from shared.times import utcnow
+
+SITES = ("s0", "s1", "s2", "s3")
+
+
+async def append(log: EventLog, events: list[Event]) -> None:
+    now = utcnow()
+    by_subject: dict[str, list[Event]] = {}
+    for event in events:
+        by_subject.setdefault(event.subject, []).append(event)
+    await log.append_batch([Write(subject, [seal(e, actor="test", at=now) for e in group], None)
+                            for subject, group in by_subject.items()])
+
+
+async def seed(log: EventLog, devices: int = 40) -> dict[str, str]:
+    """Sites, devices (online, reporting nothing yet) and snapshots v1, v2, bad."""
+    fleet = {f"d{i:03d}": SITES[i % len(SITES)] for i in range(devices)}
+    events: list[Event] = [SiteAdded(site_id=s) for s in SITES]
+    events += [DeviceAdded(device_id=d, site_id=s, labels={"tier": "edge"}) for d, s in fleet.items()]
+    events += [DeviceCameOnline(device_id=d, site_id=s) for d, s in fleet.items()]
+    for name, config in (("v1", {"level": 1}), ("v2", {"level": 2}), ("bad", {"level": 666})):
+        events.append(SnapshotCreated(snapshot_id=snapshot_id(name, config, {}, {}), name=name, version=1,
+                                      config=config))
+    for start in range(0, len(events), 900):
+        await append(log, events[start:start + 900])
+    return fleet
+
+
+def snap(name: str) -> str:
+    return snapshot_id(name, {"level": {"v1": 1, "v2": 2, "bad": 666}[name]}, {}, {})
+
+
+class Devices:
+    """Obedient devices: apply every desired value they see; unhealthy if `sick` says so."""
+
+    def __init__(self, nc: NATS, log: EventLog, fleet: dict[str, str],
+                 sick: Callable[[str, str], bool] = lambda device, snapshot: False) -> None:
+        self.nc, self.log, self.fleet, self.sick = nc, log, fleet, sick
+        self.applied: Counter[str] = Counter()
+
+    async def __aenter__(self) -> Devices:
+        self.sub = await self.nc.subscribe(DESIRED_WILDCARD, cb=self._on_desired)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.sub.unsubscribe()
+
+    async def _on_desired(self, msg: Msg) -> None:
+        value = DESIRED_DECODER.decode(msg.data)
+        self.applied[value.device_id] += 1
+        events: list[Event] = [DeviceReportedState(device_id=value.device_id, snapshot_id=value.snapshot_id,
+                                                   config_hash=value.config_hash)]
+        health = "failed" if self.sick(value.device_id, value.snapshot_id) else "ok"
+        events.append(DeviceHealthChanged(device_id=value.device_id, health=health, previous="ok",
+                                          metrics={"error_rate": 0.5 if health == "failed" else 0.001}))
+        await append(self.log, events)
+
+
+@pytest.fixture
+async def service(nc: NATS, eventlog: EventLog) -> AsyncIterator[RolloutService]:
+    svc = RolloutService(nc, eventlog, tick_interval=0.05)
+    await svc.start()
+    yield svc
+    await svc.stop()
+
+
+async def wait_status(client: CommandClient, rollout_id: str, statuses: tuple[str, ...], timeout: float = 30) -> dict:  # type: ignore[type-arg]
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        reply = await client.send("rollout", "get", {"rollout_id": rollout_id})
+        if reply.result["status"] in statuses:
+            return reply.result  # type: ignore[no-any-return]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"rollout stuck at {reply.result}")
+        await asyncio.sleep(0.05)
+
+
+async def desired_events(log: EventLog) -> list[DesiredStateAssigned]:
+    return [r.event async for r in log.replay() if r.subject.startswith("fleet.evt.desired.")]  # type: ignore[misc]
+
+
+async def test_healthy_rollout_completes_and_assigns_each_device_once(
+    service: RolloutService, nc: NATS, eventlog: EventLog
+) -> None:
+    fleet = await seed(eventlog)
+    client = CommandClient(nc, actor="operator:alice")
+    async with Devices(nc, eventlog, fleet) as devices:
+        reply = await client.send("rollout", "start", {
+            "rollout_id": "r-v1", "snapshot_id": snap("v1"), "target": "tier=edge", "canary": "site:s1",
+            "waves": "50,100", "max_in_flight": 4, "metrics": ["error_rate p95<=0.02"]})
+        assert reply.result["waves"] == 3
+        done = await wait_status(client, "r-v1", ("completed",))
+    assert done["assigned"] == len(fleet)
+    assert done["last_gate"]["passed"]
+    assert done["last_gate"]["inputs"]["metrics"]["error_rate p95"] == 0.001
+    assigned = Counter(e.device_id for e in await desired_events(eventlog))
+    assert assigned == Counter(dict.fromkeys(fleet, 1))
+    assert set(devices.applied) == set(fleet)
+    value = await get_desired(nc, "d001")
+    assert value is not None
+    assert (value.snapshot_id, value.config, value.rollout_id) == (snap("v1"), {"level": 1}, "r-v1")
+    # the canary wave was exactly the canary site
+    first_wave = [r.event async for r in eventlog.replay()
+                  if r.envelope.type == "RolloutWavePlanned" and r.event.wave == 0]  # type: ignore[union-attr]
+    assert {fleet[d] for d in first_wave[0].devices} == {"s1"}  # type: ignore[union-attr]
+
+
+async def test_unhealthy_canary_fails_the_gate_and_rolls_back_to_the_previous_snapshot(
+    service: RolloutService, nc: NATS, eventlog: EventLog
+) -> None:
+    fleet = await seed(eventlog)
+    client = CommandClient(nc)
+    async with Devices(nc, eventlog, fleet, sick=lambda d, s: s == snap("bad") and fleet[d] == "s0"):
+        await client.send("rollout", "start", {"rollout_id": "r-good", "snapshot_id": snap("v1"),
+                                                "target": "tier=edge", "max_in_flight": 50})
+        await wait_status(client, "r-good", ("completed",))
+        await client.send("rollout", "start", {
+            "rollout_id": "r-bad", "snapshot_id": snap("bad"), "target": "tier=edge", "canary": "site:s0",
+            "waves": "100", "on_failure": "rollback", "max_in_flight": 50})
+        result = await wait_status(client, "r-bad", ("rolled_back",))
+    gate = result["last_gate"]
+    assert not gate["passed"]
+    assert gate["inputs"]["failed"] == gate["inputs"]["devices"] == 10
+    assert any("failed 10/10" in reason for reason in gate["reasons"])
+    touched = [d for d, s in fleet.items() if s == "s0"]
+    assert result["assigned"] == len(touched)  # the wave after the canary was never assigned
+    for device in touched:
+        value = await get_desired(nc, device)
+        assert value is not None
+        assert value.snapshot_id == snap("v1")
+    again = await client.send("rollout", "rollback", {"rollout_id": "r-bad"})
+    assert again.events == []  # rolling back twice is a no-op
+
+
+async def test_pause_resume_abort_and_overlap(service: RolloutService, nc: NATS, eventlog: EventLog) -> None:
+    await seed(eventlog)
+    client = CommandClient(nc)
+    # no devices report: the rollout stays in flight
+    await client.send("rollout", "start", {"rollout_id": "r1", "snapshot_id": snap("v1"),
+                                            "target": "site in (s0,s1)", "max_in_flight": 2,
+                                            "apply_timeout": "1h"})
+    with pytest.raises(Conflict, match="already in an active rollout") as err:
+        await client.send("rollout", "start", {"rollout_id": "r2", "snapshot_id": snap("v2"), "target": "site=s1"})
+    assert err.value.field == "target"
+    paused = await client.send("rollout", "pause", {"rollout_id": "r1"})
+    assert paused.result["status"] == "paused"
+    assigned = paused.result["assigned"]
+    await asyncio.sleep(0.3)
+    assert (await client.send("rollout", "get", {"rollout_id": "r1"})).result["assigned"] == assigned
+    assert (await client.send("rollout", "resume", {"rollout_id": "r1"})).result["status"] == "running"
+    aborted = await client.send("rollout", "abort", {"rollout_id": "r1"})
+    assert aborted.result["status"] == "aborted"
+    with pytest.raises(Conflict):
+        await client.send("rollout", "resume", {"rollout_id": "r1"})
+    # an aborted rollout no longer holds its devices
+    await client.send("rollout", "start", {"rollout_id": "r2", "snapshot_id": snap("v2"), "target": "site=s1"})
+    listed = await client.send("rollout", "list", {})
+    assert [r["rollout_id"] for r in listed.result["rollouts"]] == ["r2", "r1"]
+
+
+async def test_dry_run_and_bad_starts_change_nothing(service: RolloutService, nc: NATS, eventlog: EventLog) -> None:
+    await seed(eventlog)
+    before = await eventlog.last_stream_seq()
+    client = CommandClient(nc)
+    plan = await client.send("rollout", "start", {"snapshot_id": snap("v2"), "target": "tier=edge",
+                                                  "canary": "5", "waves": "50,100", "dry_run": True})
+    assert plan.result["dry_run"]
+    assert [len(w) for w in plan.result["plan"]] == [5, 15, 20]
+    assert set(plan.result["config_hashes"]) == set(SITES)
+    cases = [({"snapshot_id": "nope", "target": ""}, NotFound, "snapshot_id"),
+             ({"snapshot_id": snap("v1"), "target": "tier=cloud"}, Invalid, "target"),
+             ({"snapshot_id": snap("v1"), "target": "tier in (a"}, Invalid, "target"),
+             ({"snapshot_id": snap("v1"), "waves": "50"}, Invalid, "waves"),
+             ({"snapshot_id": snap("v1"), "canary": "site:nowhere"}, Invalid, "canary"),
+             ({"snapshot_id": snap("v1"), "metrics": ["error_rate"]}, Invalid, "metric"),
+             ({"snapshot_id": snap("v1"), "bake": "soon"}, Invalid, "bake")]
+    for body, error, field in cases:
+        with pytest.raises(error) as err:
+            await client.send("rollout", "start", body)
+        assert err.value.field == field, body
+    with pytest.raises(NotFound):
+        await client.send("rollout", "pause", {"rollout_id": "missing"})
+    assert await eventlog.last_stream_seq() == before
+
+
+async def test_restart_mid_wave_continues_without_skipping_or_repeating(nc: NATS, eventlog: EventLog) -> None:
+    fleet = await seed(eventlog, devices=40)
+    client = CommandClient(nc)
+    first = RolloutService(nc, eventlog, tick_interval=0.05)
+    await first.start()
+    try:
+        async with Devices(nc, eventlog, fleet) as devices:
+            await client.send("rollout", "start", {"rollout_id": "r1", "snapshot_id": snap("v2"),
+                                                    "target": "tier=edge", "canary": "4", "waves": "50,100",
+                                                    "max_in_flight": 3})
+            while len(devices.applied) < 10:
+                await asyncio.sleep(0.02)
+            await first.stop()  # the "crash": nothing more from this instance
+            second = RolloutService(nc, eventlog, tick_interval=0.05)
+            await second.start()
+            try:
+                await wait_status(client, "r1", ("completed",))
+            finally:
+                await second.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            await first.stop()
+    assigned = Counter(e.device_id for e in await desired_events(eventlog))
+    assert assigned == Counter(dict.fromkeys(fleet, 1))
