@@ -1,0 +1,377 @@
+"""The registry's command handlers: load -> decide -> append for sites and devices, the bulk
+import (atomic batches of up to 1,000 devices, a per-line report), and read-only queries answered
+from the in-memory state (until the query API serves them from projections)."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client as NATS
+
+from services.registry import domain
+from services.registry.domain import (
+    AddDevice,
+    AddSite,
+    Device,
+    DeviceSpec,
+    ImportDevices,
+    MoveDevice,
+    RelabelDevice,
+    RetireDevice,
+    RetireSite,
+    Site,
+    UpdateDevice,
+    UpdateSite,
+)
+from shared.aggregates import AggregateStore
+from shared.commands import Command, CommandService, Context, Outcome, decode_error_field
+from shared.envelope import Event, seal
+from shared.errors import Conflict, FleetError, Invalid, NotFound
+from shared.eventlog import MAX_BATCH, Appended, EventLog, Recorded, Write
+from shared.events.registry import DeviceAdded
+from shared.ids import check_id
+from shared.selectors import Selector, parse
+from shared.subjects import parse_event_subject
+
+log = logging.getLogger(__name__)
+
+SERVICE = "registry"
+IMPORT_MAX_LINES = 5000  # per command; the CLI sends files in chunks
+LIST_LIMIT_MAX = 5000
+
+
+class Refusal(msgspec.Struct, frozen=True):
+    """Why one import line was not added."""
+
+    index: int
+    device_id: str | None
+    code: str
+    field: str | None
+    message: str
+
+
+class ImportReport(msgspec.Struct, frozen=True):
+    """The result of `import_devices`."""
+
+    added: int = 0
+    unchanged: int = 0
+    refused: list[Refusal] = []
+
+
+# --- queries -------------------------------------------------------------------------------------
+
+
+class GetSite(Command, frozen=True, kw_only=True):
+    """One site."""
+
+    site_id: str
+
+
+class ListSites(Command, frozen=True, kw_only=True):
+    """All sites (retired ones only when asked)."""
+
+    include_retired: bool = False
+
+
+class GetDevice(Command, frozen=True, kw_only=True):
+    """One device."""
+
+    device_id: str
+
+
+class ListDevices(Command, frozen=True, kw_only=True):
+    """Devices by site and/or label selector, ordered by id, `limit` at a time after `after`."""
+
+    site_id: str | None = None
+    selector: str = ""
+    include_retired: bool = False
+    limit: int = 1000
+    after: str | None = None
+
+
+class SiteSummary(msgspec.Struct, frozen=True):
+    """A site with its device count, for listings."""
+
+    site_id: str
+    status: str
+    name: str
+    labels: dict[str, str]
+    metadata: dict[str, Any]
+    retired_reason: str
+    active_devices: int
+
+
+_ID_ONLY = msgspec.json.Decoder(dict[str, Any])
+_SPEC_DECODER = msgspec.json.Decoder(DeviceSpec)
+
+
+class _ImportView:
+    """The registry as it stands plus the devices accepted earlier in the same import."""
+
+    def __init__(self, registry: Registry, pending: dict[str, Device]) -> None:
+        self.registry = registry
+        self.pending = pending
+
+    def site(self, site_id: str) -> Site:
+        return self.registry.sites.get(site_id).state
+
+    def device(self, device_id: str) -> Device:
+        pending = self.pending.get(device_id)
+        return pending if pending is not None else self.registry.devices.get(device_id).state
+
+    def active_devices(self, site_id: str) -> int:
+        return self.registry.active_devices(site_id)
+
+
+class Registry:
+    """The registry service's state and handlers."""
+
+    def __init__(self, log: EventLog) -> None:
+        self.log = log
+        self.sites: AggregateStore[Site] = AggregateStore(log, "site", domain.initial_site,
+                                                          domain.evolve_site)
+        self.devices: AggregateStore[Device] = AggregateStore(log, "device", domain.initial_device,
+                                                              domain.evolve_device)
+
+    # --- View ------------------------------------------------------------------------------------
+
+    def site(self, site_id: str) -> Site:
+        """The site's current state."""
+        return self.sites.get(site_id).state
+
+    def device(self, device_id: str) -> Device:
+        """The device's current state."""
+        return self.devices.get(device_id).state
+
+    def active_devices(self, site_id: str) -> int:
+        """Active devices at a site (a scan: only retiring a site and listings ask)."""
+        return sum(1 for slot in self.devices.slots.values()
+                   if slot.state.site_id == site_id and slot.state.status == "active")
+
+    # --- wiring ----------------------------------------------------------------------------------
+
+    async def rebuild(self) -> int:
+        """Replay sites and devices from the log, in one pass over the whole log up to its end.
+
+        One unfiltered pass rather than a filtered replay per family: it reads both families in
+        log order, and a bounded replay always ends on the log's last event."""
+        count = 0
+        async for recorded in self.log.replay():
+            aggregate, _ = parse_event_subject(recorded.subject)
+            if aggregate == "device":
+                self.devices.apply(recorded)
+            elif aggregate == "site":
+                self.sites.apply(recorded)
+            else:
+                continue
+            count += 1
+        return count
+
+    def register(self, service: CommandService) -> None:
+        """Route every registry command to its handler."""
+        service.route("add_site", AddSite, self.on_site_command)
+        service.route("update_site", UpdateSite, self.on_site_command)
+        service.route("retire_site", RetireSite, self.on_site_command)
+        service.route("add_device", AddDevice, self.on_device_command)
+        service.route("update_device", UpdateDevice, self.on_device_command)
+        service.route("relabel_device", RelabelDevice, self.on_device_command)
+        service.route("move_device", MoveDevice, self.on_device_command)
+        service.route("retire_device", RetireDevice, self.on_device_command)
+        service.route("import_devices", ImportDevices, self.import_devices)
+        service.route("get_site", GetSite, self.get_site)
+        service.route("list_sites", ListSites, self.list_sites)
+        service.route("get_device", GetDevice, self.get_device)
+        service.route("list_devices", ListDevices, self.list_devices)
+
+    # --- commands --------------------------------------------------------------------------------
+
+    async def on_site_command(self, cmd: AddSite | UpdateSite | RetireSite, ctx: Context) -> Outcome:
+        """add_site, update_site, retire_site."""
+        check_id(cmd.site_id, "site_id")
+        appended = await self.sites.execute(
+            cmd.site_id, lambda state: domain.decide_site(state, cmd, self),
+            command_id=cmd.command_id, actor=cmd.actor, now=ctx.now)
+        return Outcome(appended, self.site(cmd.site_id))
+
+    async def on_device_command(
+        self, cmd: AddDevice | UpdateDevice | RelabelDevice | MoveDevice | RetireDevice, ctx: Context
+    ) -> Outcome:
+        """add_device, update_device, relabel_device, move_device, retire_device."""
+        check_id(cmd.device_id, "device_id")
+        appended = await self.devices.execute(
+            cmd.device_id, lambda state: domain.decide_device(state, cmd, self),
+            command_id=cmd.command_id, actor=cmd.actor, now=ctx.now)
+        return Outcome(appended, self.device(cmd.device_id))
+
+    async def import_devices(self, cmd: ImportDevices, ctx: Context) -> Outcome:
+        """Add many devices: every line is decided on its own against the registry plus the lines
+        before it; accepted lines are appended in atomic batches of up to 1,000 (each device
+        appended only if it is still new); refused lines are reported and change nothing."""
+        if len(cmd.devices) > IMPORT_MAX_LINES:
+            raise Invalid(f"{len(cmd.devices)} devices in one command; send at most {IMPORT_MAX_LINES}",
+                          field="devices")
+        pending: dict[str, Device] = {}
+        view = _ImportView(self, pending)
+        accepted: list[tuple[int, Event]] = []
+        refused: list[Refusal] = []
+        unchanged = 0
+        for index, raw in enumerate(cmd.devices):
+            try:
+                spec = _decode_spec(raw)
+            except FleetError as exc:
+                refused.append(Refusal(index, _device_id_of(raw), exc.code, exc.field, exc.message))
+                continue
+            try:
+                events = domain.add_device(view.device(spec.device_id), spec, view)
+            except FleetError as exc:
+                refused.append(Refusal(index, spec.device_id, exc.code, exc.field, exc.message))
+                continue
+            if not events:
+                unchanged += 1
+                continue
+            pending[spec.device_id] = domain.evolve_device(view.device(spec.device_id), events[0])
+            accepted.append((index, events[0]))
+
+        appended: list[Appended] = []
+        for start in range(0, len(accepted), MAX_BATCH):
+            chunk = accepted[start:start + MAX_BATCH]
+            try:
+                appended.extend(await self._append_new_devices(chunk, cmd, ctx))
+            except Conflict:
+                # Someone wrote one of these devices meanwhile: the batch was refused whole, so
+                # decide its lines one by one against the log.
+                landed, late_refusals, late_unchanged = await self._add_one_by_one(chunk, cmd, ctx)
+                appended.extend(landed)
+                refused.extend(late_refusals)
+                unchanged += late_unchanged
+        refused.sort(key=lambda r: r.index)
+        report = ImportReport(added=len(appended), unchanged=unchanged, refused=refused)
+        log.info("import: %d added, %d unchanged, %d refused", report.added, report.unchanged,
+                 len(report.refused))
+        return Outcome(appended, report)
+
+    async def _append_new_devices(self, chunk: Sequence[tuple[int, Event]], cmd: Command,
+                                  ctx: Context) -> list[Appended]:
+        envelopes = [seal(event, actor=cmd.actor, at=ctx.now, causation_id=cmd.command_id,
+                          correlation_id=cmd.command_id) for _, event in chunk]
+        writes = [Write(event.subject, [envelope], self.devices.get(event.aggregate_id).seq)
+                  for (_, event), envelope in zip(chunk, envelopes, strict=True)]
+        appended = await self.log.append_batch(writes)
+        for (_, event), envelope, where in zip(chunk, envelopes, appended, strict=True):
+            self.devices.apply(Recorded(where.seq, where.subject, envelope), event)
+        return appended
+
+    async def _add_one_by_one(self, chunk: Sequence[tuple[int, Event]], cmd: Command,
+                              ctx: Context) -> tuple[list[Appended], list[Refusal], int]:
+        appended: list[Appended] = []
+        refused: list[Refusal] = []
+        unchanged = 0
+        for index, event in chunk:
+            assert isinstance(event, DeviceAdded)
+            spec = DeviceSpec(device_id=event.device_id, site_id=event.site_id, kind=event.kind,
+                              parent_id=event.parent_id, labels=event.labels, metadata=event.metadata)
+
+            def decide(state: Device, spec: DeviceSpec = spec) -> list[Event]:
+                return domain.add_device(state, spec, self)
+
+            try:
+                landed = await self.devices.execute(
+                    spec.device_id, decide,
+                    command_id=f"{cmd.command_id}.{index}", actor=cmd.actor, now=ctx.now,
+                    correlation_id=cmd.command_id)
+            except FleetError as exc:
+                refused.append(Refusal(index, spec.device_id, exc.code, exc.field, exc.message))
+                continue
+            if landed:
+                appended.extend(landed)
+            else:
+                unchanged += 1
+        return appended, refused, unchanged
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    async def get_site(self, cmd: GetSite, ctx: Context) -> Outcome:
+        """One site, with its active device count."""
+        check_id(cmd.site_id, "site_id")
+        site = self.site(cmd.site_id)
+        if site.status == "absent":
+            raise NotFound(f"site {cmd.site_id} does not exist", field="site_id")
+        return Outcome(result=self._summary(site, self.active_devices(site.site_id)))
+
+    async def list_sites(self, cmd: ListSites, ctx: Context) -> Outcome:
+        """Every site ordered by id."""
+        counts: dict[str, int] = {}
+        for slot in self.devices.slots.values():
+            if slot.state.status == "active":
+                counts[slot.state.site_id] = counts.get(slot.state.site_id, 0) + 1
+        sites = [self._summary(slot.state, counts.get(site_id, 0))
+                 for site_id, slot in sorted(self.sites.slots.items())
+                 if slot.state.status == "active" or cmd.include_retired]
+        return Outcome(result={"sites": sites})
+
+    async def get_device(self, cmd: GetDevice, ctx: Context) -> Outcome:
+        """One device."""
+        check_id(cmd.device_id, "device_id")
+        device = self.device(cmd.device_id)
+        if device.status == "absent":
+            raise NotFound(f"device {cmd.device_id} does not exist", field="device_id")
+        return Outcome(result=device)
+
+    async def list_devices(self, cmd: ListDevices, ctx: Context) -> Outcome:
+        """Devices matching a site and a label selector, a page at a time."""
+        if not 1 <= cmd.limit <= LIST_LIMIT_MAX:
+            raise Invalid(f"limit must be between 1 and {LIST_LIMIT_MAX}", field="limit")
+        if cmd.site_id is not None:
+            check_id(cmd.site_id, "site_id")
+        selector: Selector = parse(cmd.selector)
+        matched = sorted(
+            device_id for device_id, slot in self.devices.slots.items()
+            if (cmd.include_retired or slot.state.status == "active")
+            and (cmd.site_id is None or slot.state.site_id == cmd.site_id)
+            and selector.matches(slot.state.labels, slot.state.site_id, slot.state.kind)
+        )
+        start = 0
+        if cmd.after is not None:
+            start = bisect.bisect_right(matched, cmd.after)
+        page = matched[start:start + cmd.limit]
+        more = start + cmd.limit < len(matched)
+        return Outcome(result={"devices": [self.device(d) for d in page], "total": len(matched),
+                               "next": page[-1] if more and page else None})
+
+    @staticmethod
+    def _summary(site: Site, active: int) -> SiteSummary:
+        return SiteSummary(site.site_id, site.status, site.name, site.labels, site.metadata,
+                           site.retired_reason, active)
+
+
+def _decode_spec(raw: msgspec.Raw) -> DeviceSpec:
+    try:
+        return _SPEC_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise Invalid(str(exc), field=decode_error_field(str(exc))) from None
+    except msgspec.DecodeError as exc:  # pragma: no cover - the command body parsed as JSON
+        raise Invalid(f"not JSON: {exc}", field="device") from None
+
+
+def _device_id_of(raw: msgspec.Raw) -> str | None:
+    try:
+        value = _ID_ONLY.decode(raw).get("device_id")
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+async def start(nc: NATS, eventlog: EventLog) -> tuple[Registry, CommandService]:
+    """Rebuild the registry from the log and start answering its commands."""
+    registry = Registry(eventlog)
+    count = await registry.rebuild()
+    service = CommandService(nc, SERVICE)
+    registry.register(service)
+    await service.start()
+    log.info("registry ready: %d events replayed, %d sites, %d devices", count,
+             len(registry.sites.slots), len(registry.devices.slots))
+    return registry, service
