@@ -63,3 +63,18 @@ def emit(data: Any, *, json_out: bool, render: Callable[[Any], None]) -> None:
         sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
     else:
         render(data)
+
+
+async def send_command(conf: Settings, service: str, command: str, body: dict[str, Any],
+                       timeout: float = 30.0) -> Any:
+    """Send one command over NATS as the configured actor; return the reply's `result` (errors
+    raise their typed FleetError, which `run` turns into a message and an exit code)."""
+    from shared.commands import CommandClient
+    from shared.connection import connect_nats
+
+    nc = await connect_nats(conf, "cli", connect_for=5.0)
+    try:
+        reply = await CommandClient(nc, actor=conf.actor, timeout=timeout).send(service, command, body)
+        return reply.result
+    finally:
+        await nc.close()

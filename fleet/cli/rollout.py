@@ -1,0 +1,181 @@
+"""`fleet rollout ...`: start, watch and steer progressive rollouts."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+import typer
+from rich.live import Live
+from rich.progress import BarColumn, Progress, TextColumn
+from rich.table import Table
+
+from fleet.cli.common import JsonOption, console, emit, run, send_command, settings
+from shared.config import Settings
+from shared.errors import Unavailable
+
+app = typer.Typer(help="Progressive rollouts: canary, waves, gates, pause/resume/abort, rollback.",
+                  no_args_is_help=True)
+
+FAILED_END = ("rolled_back", "aborted")
+
+
+def _render(result: dict[str, Any]) -> None:
+    if "rollouts" in result:
+        table = Table("rollout", "status", "phase", "wave", "snapshot", "target", "assigned")
+        for r in result["rollouts"]:
+            table.add_row(r["rollout_id"], r["status"], r["phase"], f"{r['wave'] + 1}/{r['waves']}",
+                          r["snapshot_id"], r["target"] or "(all)", f"{r['assigned']}/{r['devices']}")
+        console.print(table)
+        return
+    console.print(f"[bold]{result['rollout_id']}[/bold] {result['status']} ({result['phase']}), wave "
+                  f"{result['wave'] + 1}/{result['waves']}, {result['assigned']}/{result['devices']} devices "
+                  f"assigned, snapshot {result['snapshot_id']}, target {result['target'] or '(all)'}")
+    if result.get("reason"):
+        console.print(f"  reason: {result['reason']}")
+    for wave in result.get("wave_progress", []):
+        parts = ", ".join(f"{k} {v}" for k, v in wave.items() if k not in ("wave", "size"))
+        console.print(f"  wave {wave['wave'] + 1}: {wave['size']} devices — {parts}")
+    gate = result.get("last_gate")
+    if gate:
+        verdict = "[green]passed[/green]" if gate["passed"] else "[red]failed[/red]"
+        inputs = gate["inputs"]
+        console.print(f"  last gate (wave {gate['wave'] + 1}): {verdict} — healthy {inputs['healthy']}/"
+                      f"{inputs['devices']}, failed {inputs['failed']}, offline {inputs['offline']}, "
+                      f"timed out {inputs['timed_out']}, metrics {inputs['metrics']}")
+        for reason in gate["reasons"]:
+            console.print(f"    {reason}")
+    if "plan" in result and result.get("dry_run"):
+        for number, wave in enumerate(result["plan"]):
+            console.print(f"  wave {number + 1}: {len(wave)} devices: {', '.join(wave[:20])}"
+                          f"{' ...' if len(wave) > 20 else ''}")
+        for site, digest in sorted(result["config_hashes"].items()):
+            console.print(f"  site {site}: config {digest[:16]}")
+    elif "plan" in result:
+        table = Table("device", "from", "to snapshot", "to config")
+        for step in result["plan"]:
+            table.add_row(step["device_id"], step["from_snapshot_id"] or "-",
+                          step["to_snapshot_id"] or "(left as is: nothing before)",
+                          (step["to_config_hash"] or "-")[:16])
+        console.print(table)
+
+
+@app.command("start")
+def start(
+    ctx: typer.Context,
+    snapshot: str = typer.Argument(..., help="Snapshot id to roll out."),
+    target: str = typer.Option("", "--target", help="Label selector, e.g. 'site in (a,b),tier=edge'."),
+    rollout_id: Optional[str] = typer.Option(None, "--id", help="Rollout id (default: derived)."),  # noqa: UP045
+    canary: str = typer.Option("", "--canary", help="5 | 2% | site:a,b"),
+    waves: str = typer.Option("100", "--waves", help="Cumulative percentages, e.g. 10,50,100."),
+    bake: str = typer.Option("0s", "--bake", help="Bake time per wave."),
+    max_in_flight: int = typer.Option(500, "--max-in-flight"),
+    apply_timeout: str = typer.Option("5m", "--apply-timeout"),
+    min_healthy: str = typer.Option("90%", "--min-healthy"),
+    max_failed: str = typer.Option("5%", "--max-failed"),
+    max_offline: str = typer.Option("10%", "--max-offline"),
+    metric: list[str] = typer.Option([], "--metric", help="e.g. 'error_rate p95<=0.02' (repeatable)."),
+    on_failure: str = typer.Option("pause", "--on-failure", help="pause | rollback"),
+    approve_after: list[int] = typer.Option([], "--approve-after", help="Hold after wave N for promote."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Start a rollout (or, with --dry-run, show its plan)."""
+    body: dict[str, Any] = {
+        "snapshot_id": snapshot, "target": target, "canary": canary, "waves": waves, "bake": bake,
+        "max_in_flight": max_in_flight, "apply_timeout": apply_timeout, "min_healthy": min_healthy,
+        "max_failed": max_failed, "max_offline": max_offline, "metrics": metric, "on_failure": on_failure,
+        "approve_after": [n - 1 for n in approve_after], "dry_run": dry_run}
+    if rollout_id:
+        body["rollout_id"] = rollout_id
+    result = run(send_command(settings(ctx), "rollout", "start", body), json_out=json_out)
+    emit(result, json_out=json_out, render=_render)
+
+
+def _act(name: str, doc: str) -> None:
+    def command(ctx: typer.Context, rollout_id: str = typer.Argument(...),
+                reason: str = typer.Option("", "--reason"), json_out: bool = JsonOption) -> None:
+        result = run(send_command(settings(ctx), "rollout", name, {"rollout_id": rollout_id, "reason": reason}),
+                     json_out=json_out)
+        emit(result, json_out=json_out, render=_render)
+
+    command.__doc__ = doc
+    app.command(name)(command)
+
+
+_act("pause", "Stop assigning until resume.")
+_act("resume", "Go on (after a failed gate: override it and move to the next wave).")
+_act("abort", "Stop for good; what is assigned stays assigned.")
+_act("promote", "Approve going on after a held wave.")
+
+
+@app.command("rollback")
+def rollback(
+    ctx: typer.Context,
+    rollout_id: str = typer.Argument(...),
+    to: Optional[str] = typer.Option(None, "--to", help="Give touched devices this snapshot instead."),  # noqa: UP045
+    plan: bool = typer.Option(False, "--plan", help="Only show what would be restored."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Restore every device the rollout touched to what it had before (a plan with --plan)."""
+    body: dict[str, Any] = {"rollout_id": rollout_id, "plan_only": plan}
+    if to:
+        body["to_snapshot_id"] = to
+    result = run(send_command(settings(ctx), "rollout", "rollback", body), json_out=json_out)
+    emit(result, json_out=json_out, render=_render)
+
+
+@app.command("status")
+def status(ctx: typer.Context, rollout_id: str = typer.Argument(...), json_out: bool = JsonOption) -> None:
+    """One rollout: status, per-wave progress, the last gate verdict and its inputs."""
+    result = run(send_command(settings(ctx), "rollout", "get", {"rollout_id": rollout_id}), json_out=json_out)
+    emit(result, json_out=json_out, render=_render)
+
+
+@app.command("list")
+def list_(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+    """All rollouts, newest first."""
+    result = run(send_command(settings(ctx), "rollout", "list", {}), json_out=json_out)
+    emit(result, json_out=json_out, render=_render)
+
+
+@app.command("watch")
+def watch(ctx: typer.Context, rollout_id: str = typer.Argument(...),
+          interval: float = typer.Option(0.5, "--interval"), json_out: bool = JsonOption) -> None:
+    """Live progress per wave until the rollout ends; exit 1 if it ends rolled back or aborted."""
+    result = run(_watch(settings(ctx), rollout_id, interval, json_out), json_out=json_out)
+    if result["status"] in FAILED_END:
+        raise typer.Exit(1)
+
+
+async def _watch(conf: Settings, rollout_id: str, interval: float, json_out: bool) -> dict[str, Any]:
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        console=console, disable=json_out)
+    bars: dict[int, Any] = {}
+    with Live(progress, console=console, transient=False, refresh_per_second=4) if not json_out else _null():
+        while True:
+            try:
+                result: dict[str, Any] = await send_command(conf, "rollout", "get", {"rollout_id": rollout_id})
+            except Unavailable:
+                await asyncio.sleep(interval)
+                continue
+            for wave in result.get("wave_progress", []):
+                number = wave["wave"]
+                if number not in bars:
+                    bars[number] = progress.add_task(f"wave {number + 1}", total=wave["size"])
+                settled = sum(wave.get(k, 0) for k in ("converged", "failed", "timed_out"))
+                progress.update(bars[number], completed=settled)
+            if result["status"] not in ("running", "paused") or (
+                    result["status"] == "paused" and result["phase"] == "gate_failed"):
+                break
+            await asyncio.sleep(interval)
+    emit(result, json_out=json_out, render=_render)
+    return result
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
