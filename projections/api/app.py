@@ -1,0 +1,319 @@
+"""The query API (DESIGN §7): Litestar over the read models, msgspec types in and out, OpenAPI at
+`/openapi.json` generated from those types.
+
+Every answer carries `as_of_seq` and `lag`; `min_seq` waits (bounded) for read-your-writes; every
+list/summary endpoint takes `at` (RFC 3339) or `at_seq` for a historical answer. Bad input is a
+400 naming the parameter, a missing thing a 404, PostgreSQL or NATS down a 503.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, Literal
+
+import asyncpg
+from litestar import Litestar, MediaType, Request, Response, get
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components
+from litestar.params import Parameter
+
+from projections.api.queries import CHANGES, FLEET, ChangeFilter, DeviceFilter, ReadModels
+from projections.api.schemas import (
+    ChangePage,
+    DeviceAnswer,
+    DevicePage,
+    ErrorBody,
+    ErrorDetail,
+    Health,
+    ProjectionsAnswer,
+    RolloutAnswer,
+    RolloutPage,
+    SitePage,
+    SnapshotPage,
+    Summary,
+)
+from projections.selector import parse as parse_selector
+from shared.errors import FleetError, Invalid, Unavailable
+from shared.ids import check_id
+from shared.times import parse_duration, parse_time, utcnow
+
+log = logging.getLogger(__name__)
+
+Limit = Annotated[int, Parameter(ge=1, le=1000, description="Page size.")]
+Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page of this query.",
+                                         max_length=512)]
+At = Annotated[str | None, Parameter(description="RFC 3339 time: answer as the fleet stood then.",
+                                     max_length=64)]
+AtSeq = Annotated[int | None, Parameter(ge=0, description="Log sequence: answer as of it.")]
+MinSeq = Annotated[int | None, Parameter(ge=0, description="Wait (bounded) until this sequence is applied.")]
+Id = Annotated[str, Parameter(max_length=128)]
+Text = Annotated[str | None, Parameter(max_length=256)]
+HealthName = Literal["ok", "degraded", "failed", "unknown"]
+
+_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
+_DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+            asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError)
+
+
+def _id(value: str | None, field: str) -> str | None:
+    return None if value is None else check_id(value, field)
+
+
+async def _when(models: ReadModels, at: str | None, at_seq: int | None,
+                min_seq: int | None, name: str = FLEET) -> int | None:
+    moment = None if at is None else parse_time(at, "at")
+    await models.wait_for(min_seq, name)
+    return await models.resolve(moment, at_seq)
+
+
+@get("/healthz", sync_to_thread=False, tags=["health"])
+def healthz() -> Health:
+    """The process is up."""
+    return Health(ok=True)
+
+
+@get("/readyz", tags=["health"], responses=None)
+async def readyz(models: ReadModels) -> Response[Health]:
+    """Ready when every projection runs and is within the lag bound of the log."""
+    answer = await models.projections()
+    problems = {}
+    for p in answer.items:
+        if p.state != "running" or p.lag is None or p.lag > models.ready_lag:
+            problems[p.name] = {"state": p.state, "lag": p.lag, "error": p.error}
+    names = {p.name for p in answer.items}
+    for name in (FLEET, CHANGES):
+        if name not in names:
+            problems[name] = {"state": "missing"}
+    ok = not problems and answer.log_last_seq is not None
+    return Response(Health(ok=ok, detail=problems), status_code=200 if ok else 503)
+
+
+@get("/metrics", media_type=MediaType.TEXT, tags=["health"])
+async def metrics(models: ReadModels) -> str:
+    """Prometheus text: projection checkpoint, lag, rate, applied, skipped, failed."""
+    answer = await models.projections()
+    lines = []
+    if answer.log_last_seq is not None:
+        lines += ["# TYPE fleet_log_last_seq gauge", f"fleet_log_last_seq {answer.log_last_seq}"]
+    gauges = {
+        "fleet_projection_checkpoint": ("gauge", lambda p: p.checkpoint),
+        "fleet_projection_lag_events": ("gauge", lambda p: p.lag if p.lag is not None else "NaN"),
+        "fleet_projection_rate_events_per_second": ("gauge", lambda p: round(p.rate, 1)),
+        "fleet_projection_events_applied_total": ("counter", lambda p: p.applied),
+        "fleet_projection_unknown_events_skipped_total": ("counter", lambda p: p.skipped_unknown),
+        "fleet_projection_failed": ("gauge", lambda p: int(p.state == "failed")),
+        "fleet_projection_version": ("gauge", lambda p: p.version),
+    }
+    for metric, (kind, value) in gauges.items():
+        lines.append(f"# TYPE {metric} {kind}")
+        lines += [f'{metric}{{projection="{p.name}"}} {value(p)}' for p in answer.items]
+    return "\n".join(lines) + "\n"
+
+
+@get("/", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
+def index() -> str:
+    """Placeholder until the dashboard lands."""
+    return ("<!doctype html><title>Fleetplane</title><h1>Fleetplane</h1>"
+            "<p>Query API: <a href='/openapi.json'>/openapi.json</a>, <a href='/v1/summary'>/v1/summary</a>"
+            "</p>")
+
+
+@get("/openapi.json", include_in_schema=False, sync_to_thread=False)
+def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
+    """The OpenAPI 3 document."""
+    schema: dict[str, Any] = request.app.openapi_schema.to_schema()
+    return schema
+
+
+@get("/v1/summary", tags=["queries"])
+async def summary(models: ReadModels, site: Text = None, snapshot: Text = None, at: At = None,
+                  at_seq: AtSeq = None, min_seq: MinSeq = None) -> Summary:
+    """What runs where: device counts by site x reported snapshot, and by state."""
+    seq = await _when(models, at, at_seq, min_seq)
+    return await models.summary(seq, at, _id(site, "site"), _id(snapshot, "snapshot"))
+
+
+@get("/v1/devices", tags=["queries"])
+async def devices(
+    models: ReadModels, site: Text = None, snapshot: Text = None, desired_snapshot: Text = None,
+    health: HealthName | None = None, online: bool | None = None, drifted: bool | None = None,
+    problems: bool | None = None, rollout: Text = None, selector: Text = None,
+    include_retired: bool = False, cursor: Cursor = None, limit: Limit = 100, at: At = None,
+    at_seq: AtSeq = None, min_seq: MinSeq = None,
+) -> DevicePage:
+    """Devices by id; filters combine with AND. `problems=true`: offline, failed, degraded, drifted
+    or stuck. `selector`: e.g. `site in (a,b),tier=edge`."""
+    flt = DeviceFilter(site=_id(site, "site"), snapshot=_id(snapshot, "snapshot"),
+                       desired_snapshot=_id(desired_snapshot, "desired_snapshot"), health=health,
+                       online=online, drifted=drifted, problems=problems, rollout=_id(rollout, "rollout"),
+                       include_retired=include_retired,
+                       selector=parse_selector(selector) if selector else [], selector_text=selector)
+    seq = await _when(models, at, at_seq, min_seq)
+    return await models.devices(flt, cursor, limit, seq, at)
+
+
+@get("/v1/devices/{device_id:str}", tags=["queries"])
+async def device(models: ReadModels, device_id: Id, at: At = None, at_seq: AtSeq = None,
+                 min_seq: MinSeq = None) -> DeviceAnswer:
+    """One device."""
+    check_id(device_id, "device_id")
+    seq = await _when(models, at, at_seq, min_seq)
+    return await models.device(device_id, seq, at)
+
+
+def _change_filter(since: str | None, start: str | None, end: str | None, order: str, **ids: str | None
+                   ) -> ChangeFilter:
+    if since is not None and start is not None:
+        raise Invalid("give either since or from", field="since")
+    begin = parse_time(start, "from") if start is not None else None
+    if since is not None:
+        from datetime import timedelta
+
+        begin = utcnow() - timedelta(seconds=parse_duration(since, "since"))
+    checked = {k: (v if k == "actor" or v is None else check_id(v, k)) for k, v in ids.items()}
+    return ChangeFilter(start=begin, end=parse_time(end, "to") if end is not None else None,
+                        order=order, **checked)
+
+
+@get("/v1/devices/{device_id:str}/history", tags=["queries"])
+async def device_history(models: ReadModels, device_id: Id, cursor: Cursor = None, limit: Limit = 100,
+                         order: Literal["asc", "desc"] = "desc", at: At = None, at_seq: AtSeq = None,
+                         min_seq: MinSeq = None) -> ChangePage:
+    """Every change concerning one device."""
+    check_id(device_id, "device_id")
+    seq = await _when(models, at, at_seq, min_seq, CHANGES)
+    page = await models.changes(ChangeFilter(device=device_id, order=order), cursor, limit, seq, at,
+                                endpoint="history")
+    if not page.items and cursor is None:
+        await models.device(device_id, seq, at)  # 404 when the device is unknown
+    return page
+
+
+@get("/v1/changes", tags=["queries"])
+async def changes(
+    models: ReadModels,
+    since: Annotated[str | None, Parameter(description="Duration back from now, e.g. 1h.", max_length=32)] = None,
+    start: Annotated[str | None, Parameter(query="from", description="RFC 3339", max_length=64)] = None,
+    end: Annotated[str | None, Parameter(query="to", description="RFC 3339", max_length=64)] = None,
+    device: Text = None, site: Text = None, snapshot: Text = None, rollout: Text = None, actor: Text = None,
+    type: Text = None,  # noqa: A002 - the parameter's public name
+    order: Literal["asc", "desc"] = "desc", cursor: Cursor = None, limit: Limit = 100, at: At = None,
+    at_seq: AtSeq = None, min_seq: MinSeq = None,
+) -> ChangePage:
+    """State changes (every known event), newest first unless order=asc."""
+    flt = _change_filter(since, start, end, order, device=device, site=site, snapshot=snapshot,
+                         rollout=rollout, actor=actor, type=type)
+    seq = await _when(models, at, at_seq, min_seq, CHANGES)
+    return await models.changes(flt, cursor, limit, seq, at)
+
+
+@get("/v1/rollouts", tags=["queries"])
+async def rollouts(models: ReadModels, cursor: Cursor = None, limit: Limit = 100, at: At = None,
+                   at_seq: AtSeq = None, min_seq: MinSeq = None) -> RolloutPage:
+    """Rollouts by id (status, wave, counts, last gate result)."""
+    seq = await _when(models, at, at_seq, min_seq)
+    return await models.rollouts(cursor, limit, seq, at)
+
+
+@get("/v1/rollouts/{rollout_id:str}", tags=["queries"])
+async def rollout(models: ReadModels, rollout_id: Id, at: At = None, at_seq: AtSeq = None,
+                  min_seq: MinSeq = None) -> RolloutAnswer:
+    """One rollout."""
+    check_id(rollout_id, "rollout_id")
+    seq = await _when(models, at, at_seq, min_seq)
+    return await models.rollout(rollout_id, seq, at)
+
+
+@get("/v1/snapshots", tags=["queries"])
+async def snapshots(models: ReadModels, cursor: Cursor = None, limit: Limit = 100, at: At = None,
+                    at_seq: AtSeq = None, min_seq: MinSeq = None) -> SnapshotPage:
+    """Snapshots by id, with how many devices report running each."""
+    seq = await _when(models, at, at_seq, min_seq)
+    return await models.snapshots(cursor, limit, seq, at)
+
+
+@get("/v1/sites", tags=["queries"])
+async def sites(models: ReadModels, cursor: Cursor = None, limit: Limit = 100, at: At = None,
+                at_seq: AtSeq = None, min_seq: MinSeq = None) -> SitePage:
+    """Sites by id, with device counts."""
+    seq = await _when(models, at, at_seq, min_seq)
+    return await models.sites(cursor, limit, seq, at)
+
+
+@get("/v1/projections", tags=["operations"])
+async def projections(models: ReadModels) -> ProjectionsAnswer:
+    """Each projection: checkpoint, lag, rate, state, and the poison event if it stopped."""
+    return await models.projections()
+
+
+# --- errors ------------------------------------------------------------------------------------------
+
+def _error(status: int, code: str, message: str, field: str | None) -> Response[ErrorBody]:
+    return Response(ErrorBody(error=ErrorDetail(code=code, message=message, field=field)), status_code=status)
+
+
+def _on_fleet_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    assert isinstance(exc, FleetError)
+    return _error(_STATUS.get(exc.code, 500), exc.code, exc.message, exc.field)
+
+
+def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    assert isinstance(exc, ValidationException)
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    first = extra[0] if extra and isinstance(extra[0], dict) else {}
+    field = first.get("key")
+    message = first.get("message") or exc.detail
+    return _error(400, "invalid", f"{field}: {message}" if field else str(message), field)
+
+
+def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    assert isinstance(exc, HTTPException)
+    code = "not_found" if isinstance(exc, NotFoundException) else "invalid" if exc.status_code < 500 else "internal"
+    return _error(exc.status_code, code, exc.detail, None)
+
+
+def _on_db_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.warning("read models unavailable: %r", exc)
+    return _error(503, Unavailable.code, f"the read-model database is unavailable ({type(exc).__name__})", None)
+
+
+def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.InvalidSchemaNameError):
+        return _error(503, Unavailable.code, "the read models are not built yet", None)
+    if isinstance(exc, _DB_DOWN):
+        return _on_db_down(_, exc)
+    log.exception("query failed", exc_info=exc)
+    return _error(500, "internal", "the query failed", None)
+
+
+def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+    log.error("query failed", exc_info=exc)
+    return _error(500, "internal", f"the query failed ({type(exc).__name__})", None)
+
+
+def create_app(models: ReadModels) -> Litestar:
+    """The Litestar application over `models`."""
+
+    def provide_models() -> ReadModels:
+        return models
+
+    return Litestar(
+        route_handlers=[healthz, readyz, metrics, index, openapi_json, summary, devices, device,
+                        device_history, changes, rollouts, rollout, snapshots, sites, projections],
+        dependencies={"models": Provide(provide_models, sync_to_thread=False)},
+        exception_handlers={
+            FleetError: _on_fleet_error,
+            ValidationException: _on_validation,
+            HTTPException: _on_http,
+            asyncpg.PostgresError: _on_db_error,
+            asyncpg.InterfaceError: _on_db_down,
+            OSError: _on_db_down,
+            TimeoutError: _on_db_down,
+            Exception: _on_unexpected,
+        },
+        openapi_config=OpenAPIConfig(title="Fleetplane query API", version="1",
+                                     components=Components(), path="/schema"),
+        debug=False,
+    )

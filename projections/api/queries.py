@@ -1,0 +1,538 @@
+"""Answers to the query API's questions, live from the read models or historical from a replay.
+
+Live answers read the data and the projection's checkpoint in one read-only repeatable-read
+transaction, so `as_of_seq` is exactly the sequence the rows reflect. Historical answers (`at=` or
+`at_seq=`) come from `PointInTime` (fleet) or from `changes` cut at the sequence (changes are
+append-only, so the rows up to a sequence are the changes as they stood then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import msgspec
+
+from projections.api.schemas import (
+    ChangePage,
+    Counts,
+    DeviceAnswer,
+    DevicePage,
+    ProjectionsAnswer,
+    ProjectionState,
+    RolloutAnswer,
+    RolloutPage,
+    SiteCounts,
+    SiteItem,
+    SitePage,
+    SnapshotCounts,
+    SnapshotItem,
+    SnapshotPage,
+    Summary,
+    SummaryCell,
+)
+from projections.changes.model import ChangeRow
+from projections.fleet import model
+from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SiteRow, SnapshotRow
+from projections.fleet.store import DEVICES, ROLLOUTS, SITES, SNAPSHOTS
+from projections.pointintime import PointInTime
+from projections.selector import Term, matches, to_sql
+from shared.errors import FleetError, Invalid, NotFound, Unavailable
+from shared.eventlog import EventLog
+from shared.times import format_time, utcnow
+
+FLEET, CHANGES = "fleet", "changes"
+MIN_SEQ_WAIT = 5.0
+
+
+# --- cursors ---------------------------------------------------------------------------------------
+
+def query_key(endpoint: str, params: dict[str, Any]) -> str:
+    """A short fingerprint of a query (everything but cursor and limit)."""
+    text = endpoint + msgspec.json.encode(sorted((k, str(v)) for k, v in params.items() if v is not None)).decode()
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def make_cursor(key: str, last: str | int) -> str:
+    """An opaque cursor continuing after `last` for the query `key`."""
+    return base64.urlsafe_b64encode(msgspec.json.encode([key, last])).decode().rstrip("=")
+
+
+def read_cursor(cursor: str | None, key: str) -> str | int | None:
+    """Where a cursor continues; a cursor of another query or garbage is refused."""
+    if cursor is None:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        fingerprint, last = msgspec.json.decode(raw, type=tuple[str, str | int])
+    except (ValueError, msgspec.DecodeError, msgspec.ValidationError):
+        raise Invalid("not a cursor this API issued", field="cursor") from None
+    if fingerprint != key:
+        raise Invalid("this cursor belongs to another query (filters changed?)", field="cursor")
+    return last
+
+
+# --- filters ---------------------------------------------------------------------------------------
+
+class DeviceFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Filters of GET /v1/devices."""
+
+    site: str | None = None
+    snapshot: str | None = None
+    desired_snapshot: str | None = None
+    health: str | None = None
+    online: bool | None = None
+    drifted: bool | None = None
+    problems: bool | None = None
+    rollout: str | None = None
+    include_retired: bool = False
+    selector: list[Term] = []
+    selector_text: str | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The filter as plain values, for the cursor fingerprint."""
+        out = msgspec.structs.asdict(self)
+        out.pop("selector")
+        return out
+
+    def sql(self, params: list[Any]) -> list[str]:
+        """WHERE conditions."""
+
+        def p(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        conds = [] if self.include_retired else ["NOT retired"]
+        if self.site is not None:
+            conds.append(f"site_id = {p(self.site)}")
+        if self.snapshot is not None:
+            conds.append(f"reported_snapshot_id = {p(self.snapshot)}")
+        if self.desired_snapshot is not None:
+            conds.append(f"desired_snapshot_id = {p(self.desired_snapshot)}")
+        if self.health is not None:
+            conds.append(f"health = {p(self.health)}")
+        if self.online is not None:
+            conds.append("online" if self.online else "NOT online")
+        if self.drifted is not None:
+            conds.append("drifted_since IS NOT NULL" if self.drifted else "drifted_since IS NULL")
+        if self.rollout is not None:
+            conds.append(f"rollout_id = {p(self.rollout)}")
+        if self.problems is not None:
+            problem = "(NOT online OR health <> 'ok' OR drifted_since IS NOT NULL OR stuck)"
+            conds.append(problem if self.problems else f"NOT {problem}")
+        conds += to_sql(self.selector, params)
+        return conds
+
+    def test(self, row: DeviceRow) -> bool:
+        """The same filter in memory."""
+        return (
+            (self.include_retired or not row.retired)
+            and row.registered
+            and (self.site is None or row.site_id == self.site)
+            and (self.snapshot is None or row.reported_snapshot_id == self.snapshot)
+            and (self.desired_snapshot is None or row.desired_snapshot_id == self.desired_snapshot)
+            and (self.health is None or row.health == self.health)
+            and (self.online is None or row.online == self.online)
+            and (self.drifted is None or (row.drifted_since is not None) == self.drifted)
+            and (self.rollout is None or row.rollout_id == self.rollout)
+            and (self.problems is None or (model.problem_rank(row) < 9) == self.problems)
+            and matches(self.selector, row.labels, row.site_id)
+        )
+
+
+class ChangeFilter(msgspec.Struct, frozen=True, kw_only=True):
+    """Filters of GET /v1/changes."""
+
+    start: datetime | None = None
+    end: datetime | None = None
+    device: str | None = None
+    site: str | None = None
+    snapshot: str | None = None
+    rollout: str | None = None
+    actor: str | None = None
+    type: str | None = None
+    order: str = "desc"
+
+
+def _cell_counts(record: Any) -> dict[str, int]:
+    return {f: int(record[f]) for f in COUNTER_FIELDS}
+
+
+def _sum(cells: Iterable[dict[str, int]]) -> Counts:
+    total = dict.fromkeys(COUNTER_FIELDS, 0)
+    for cell in cells:
+        for f in COUNTER_FIELDS:
+            total[f] += cell[f]
+    return Counts(**total)
+
+
+class ReadModels:
+    """The query side: a PostgreSQL pool, the event log (head and replays), point in time."""
+
+    def __init__(self, pool: asyncpg.Pool, eventlog: EventLog, *, ready_lag: int = 1000) -> None:
+        self.pool = pool
+        self.log = eventlog
+        self.pit = PointInTime(pool, eventlog)
+        self.ready_lag = ready_lag
+        self._head: tuple[float, int | None] = (0.0, None)
+
+    # --- freshness ---------------------------------------------------------------------------------
+
+    async def log_head(self) -> int | None:
+        """The log's last sequence (cached for 200 ms; None when NATS is unreachable)."""
+        stamp, value = self._head
+        if time.monotonic() - stamp < 0.2:
+            return value
+        try:
+            value = await asyncio.wait_for(self.log.last_stream_seq(), 2.0)
+        except (FleetError, TimeoutError, OSError, Exception):  # the log being down is not our 500
+            value = None
+        self._head = (time.monotonic(), value)
+        return value
+
+    async def lag(self, seq: int) -> int | None:
+        """How many events the log holds beyond `seq`."""
+        head = await self.log_head()
+        return None if head is None else max(head - seq, 0)
+
+    async def checkpoint(self, conn: asyncpg.Connection, name: str) -> int:
+        """A projection's checkpoint (Unavailable before its first build)."""
+        value = await conn.fetchval("SELECT checkpoint FROM projection_status WHERE name = $1", name)
+        if value is None:
+            raise Unavailable(f"the {name} projection has not been built yet", field="projection")
+        return int(value)
+
+    async def wait_for(self, min_seq: int | None, name: str) -> None:
+        """Wait (bounded) until projection `name` has applied `min_seq`."""
+        if min_seq is None:
+            return
+        head = await self.log_head()
+        if head is not None and min_seq > head:
+            raise Invalid(f"sequence {min_seq} is beyond the end of the log ({head})", field="min_seq")
+        deadline = time.monotonic() + MIN_SEQ_WAIT
+        while True:
+            async with self.pool.acquire() as conn:
+                if await self.checkpoint(conn, name) >= min_seq:
+                    return
+            if time.monotonic() > deadline:
+                raise Unavailable(f"the {name} projection did not reach {min_seq} within "
+                                  f"{MIN_SEQ_WAIT:.0f}s", field="min_seq")
+            await asyncio.sleep(0.05)
+
+    async def resolve(self, at: datetime | None, at_seq: int | None) -> int | None:
+        """The log sequence a historical question is about (None: a live question)."""
+        if at is not None and at_seq is not None:
+            raise Invalid("give either at or at_seq, not both", field="at")
+        head = await self.log_head()
+        if at_seq is not None:
+            if at_seq < 0:
+                raise Invalid("at_seq cannot be negative", field="at_seq")
+            if head is None:
+                raise Unavailable("the event log is unreachable", field="at_seq")
+            if at_seq > head:
+                raise Invalid(f"at_seq {at_seq} is beyond the end of the log ({head})", field="at_seq")
+            return at_seq
+        if at is not None:
+            if at > utcnow():
+                raise Invalid(f"{format_time(at)} is in the future", field="at")
+            return await self.pit.seq_at(at)
+        return None
+
+    async def _historical(self, seq: int) -> FleetState:
+        if await self.log_head() is None:
+            raise Unavailable("the event log is unreachable; historical answers replay it", field="at")
+        return await self.pit.state_at(seq)
+
+    # --- summary -----------------------------------------------------------------------------------
+
+    async def summary(self, at_seq: int | None, at_text: str | None, site: str | None,
+                      snapshot: str | None) -> Summary:
+        """Counts by snapshot x site, totals by state."""
+        if at_seq is None:
+            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                       readonly=True):
+                seq = await self.checkpoint(conn, FLEET)
+                records = await conn.fetch("SELECT * FROM rm_fleet.device_counts WHERE total > 0")
+            cells = [(r["site_id"], r["snapshot_id"], _cell_counts(r)) for r in records]
+            historical = False
+        else:
+            key = ("summary", at_seq)
+            cached = self.pit.answers.get(key)
+            if cached is None:
+                state = await self._historical(at_seq)
+                cached = [(k[0], k[1], dict(zip(COUNTER_FIELDS, v, strict=True)))
+                          for k, v in model.count_all(state).items() if v[0] > 0]
+                self.pit.remember(key, cached)
+            cells = cached  # type: ignore[assignment]
+            seq, historical = at_seq, True
+        cells = [c for c in cells if (site is None or c[0] == site) and (snapshot is None or c[1] == snapshot)]
+        cells.sort(key=lambda c: (c[0], c[1]))
+        by_site: dict[str, list[dict[str, int]]] = {}
+        by_snap: dict[str, list[dict[str, int]]] = {}
+        for site_id, snap_id, counts in cells:
+            by_site.setdefault(site_id, []).append(counts)
+            by_snap.setdefault(snap_id, []).append(counts)
+        return Summary(
+            as_of_seq=seq, lag=await self.lag(seq), historical=historical, at=at_text,
+            totals=_sum(c[2] for c in cells),
+            by_site=[SiteCounts(site_id=k, **msgspec.structs.asdict(_sum(v))) for k, v in sorted(by_site.items())],
+            by_snapshot=[SnapshotCounts(snapshot_id=k, **msgspec.structs.asdict(_sum(v)))
+                         for k, v in sorted(by_snap.items())],
+            cells=[SummaryCell(site_id=s, snapshot_id=n, **c) for s, n, c in cells],
+        )
+
+    # --- devices -----------------------------------------------------------------------------------
+
+    async def devices(self, flt: DeviceFilter, cursor: str | None, limit: int, at_seq: int | None,
+                      at_text: str | None) -> DevicePage:
+        """A page of devices ordered by id."""
+        key = query_key("devices", {**flt.params(), "at_seq": at_seq})
+        after = read_cursor(cursor, key)
+        if after is not None and not isinstance(after, str):
+            raise Invalid("not a device cursor", field="cursor")
+        if at_seq is None:
+            params: list[Any] = []
+            conds = flt.sql(params)
+            if after is not None:
+                params.append(after)
+                conds.append(f"device_id > ${len(params)}")
+            params.append(limit + 1)
+            where = " AND ".join(conds) or "TRUE"
+            sql = (f"SELECT {', '.join(DEVICES.columns)} FROM rm_fleet.devices WHERE {where} "
+                   f"ORDER BY device_id LIMIT ${len(params)}")
+            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                       readonly=True):
+                seq = await self.checkpoint(conn, FLEET)
+                records = await conn.fetch(sql, *params)
+            rows = [DEVICES.from_record(r) for r in records]
+            historical = False
+        else:
+            state = await self._historical(at_seq)
+            ids = self.pit.answers.get(("device_ids", at_seq))
+            if ids is None:
+                ids = sorted(state.devices)
+                self.pit.remember(("device_ids", at_seq), ids)
+            rows = []
+            start = 0 if after is None else _bisect_right(ids, after)  # type: ignore[arg-type]
+            for device_id in ids[start:]:  # type: ignore[index]
+                row = state.devices[device_id]
+                if flt.test(row):
+                    rows.append(row)
+                    if len(rows) > limit:
+                        break
+            seq, historical = at_seq, True
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return DevicePage(as_of_seq=seq, lag=await self.lag(seq), historical=historical, at=at_text,
+                          items=rows, next_cursor=make_cursor(key, rows[-1].device_id) if more else None)
+
+    async def device(self, device_id: str, at_seq: int | None, at_text: str | None) -> DeviceAnswer:
+        """One device."""
+        if at_seq is None:
+            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                       readonly=True):
+                seq = await self.checkpoint(conn, FLEET)
+                found = await DEVICES.load(conn, [device_id], "rm_fleet")
+            row = found.get(device_id)
+            historical = False
+        else:
+            row = (await self._historical(at_seq)).devices.get(device_id)
+            seq, historical = at_seq, True
+        if row is None:
+            raise NotFound(f"no device {device_id!r}" + (f" as of sequence {seq}" if historical else ""),
+                           field="device_id")
+        return DeviceAnswer(as_of_seq=seq, lag=await self.lag(seq), historical=historical, at=at_text,
+                            device=row)
+
+    # --- changes -----------------------------------------------------------------------------------
+
+    async def changes(self, flt: ChangeFilter, cursor: str | None, limit: int, at_seq: int | None,
+                      at_text: str | None, endpoint: str = "changes") -> ChangePage:
+        """A page of changes, newest first unless order=asc."""
+        key = query_key(endpoint, {**msgspec.structs.asdict(flt), "at_seq": at_seq})
+        after = read_cursor(cursor, key)
+        if after is not None and not isinstance(after, int):
+            raise Invalid("not a changes cursor", field="cursor")
+        if flt.start is not None and flt.end is not None and flt.start > flt.end:
+            raise Invalid("from is after to", field="from")
+        params: list[Any] = []
+
+        def p(value: Any) -> str:
+            params.append(value)
+            return f"${len(params)}"
+
+        conds = []
+        for column, value in (("device_id", flt.device), ("site_id", flt.site),
+                              ("snapshot_id", flt.snapshot), ("rollout_id", flt.rollout),
+                              ("actor", flt.actor), ("type", flt.type)):
+            if value is not None:
+                conds.append(f"{column} = {p(value)}")
+        if flt.start is not None:
+            conds.append(f"at >= {p(flt.start)}")
+        if flt.end is not None:
+            conds.append(f"at <= {p(flt.end)}")
+        if at_seq is not None:
+            conds.append(f"seq <= {p(at_seq)}")
+        desc = flt.order == "desc"
+        if after is not None:
+            conds.append(f"seq {'<' if desc else '>'} {p(after)}")
+        where = " AND ".join(conds) or "TRUE"
+        sql = (f"SELECT seq, at, type, aggregate, aggregate_id, actor, event_id, summary, device_id, "
+               f"site_id, snapshot_id, rollout_id FROM rm_changes.changes WHERE {where} "
+               f"ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT {p(limit + 1)}")
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            live = await self.checkpoint(conn, CHANGES)
+            records = await conn.fetch(sql, *params)
+        if at_seq is not None and at_seq > live:
+            raise Unavailable(f"the changes projection has not reached sequence {at_seq} yet "
+                              f"(at {live}); retry with min_seq", field="at_seq")
+        rows = [ChangeRow(**{**dict(r), "at": format_time(r["at"])}) for r in records]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        seq = live if at_seq is None else at_seq
+        return ChangePage(as_of_seq=seq, lag=await self.lag(seq), historical=at_seq is not None,
+                          at=at_text, items=rows,
+                          next_cursor=make_cursor(key, rows[-1].seq) if more else None)
+
+    # --- rollouts, snapshots, sites ----------------------------------------------------------------
+
+    async def _rows(self, table: str, columns: list[str], key_column: str, after: str | None, limit: int,
+                    extra: str = "") -> tuple[int, list[asyncpg.Record]]:
+        params: list[Any] = [limit + 1]
+        cond = "TRUE"
+        if after is not None:
+            params.append(after)
+            cond = f"{key_column} > $2"
+        sql = (f"SELECT {', '.join(columns)}{extra} FROM rm_fleet.{table} WHERE {cond} "
+               f"ORDER BY {key_column} LIMIT $1")
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            seq = await self.checkpoint(conn, FLEET)
+            return seq, await conn.fetch(sql, *params)
+
+    def _page_after(self, endpoint: str, cursor: str | None, at_seq: int | None) -> tuple[str, str | None]:
+        key = query_key(endpoint, {"at_seq": at_seq})
+        after = read_cursor(cursor, key)
+        if after is not None and not isinstance(after, str):
+            raise Invalid(f"not a {endpoint} cursor", field="cursor")
+        return key, after
+
+    async def rollouts(self, cursor: str | None, limit: int, at_seq: int | None,
+                       at_text: str | None) -> RolloutPage:
+        """A page of rollouts by id."""
+        key, after = self._page_after("rollouts", cursor, at_seq)
+        if at_seq is None:
+            seq, records = await self._rows("rollouts", ROLLOUTS.columns, "rollout_id", after, limit)
+            rows = [ROLLOUTS.from_record(r) for r in records]
+        else:
+            state = await self._historical(at_seq)
+            rows = _page_of(state.rollouts, after, limit)
+            seq = at_seq
+        more, rows = len(rows) > limit, rows[:limit]
+        return RolloutPage(as_of_seq=seq, lag=await self.lag(seq), historical=at_seq is not None, at=at_text,
+                           items=rows, next_cursor=make_cursor(key, rows[-1].rollout_id) if more else None)
+
+    async def rollout(self, rollout_id: str, at_seq: int | None, at_text: str | None) -> RolloutAnswer:
+        """One rollout."""
+        row: RolloutRow | None
+        if at_seq is None:
+            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                       readonly=True):
+                seq = await self.checkpoint(conn, FLEET)
+                row = (await ROLLOUTS.load(conn, [rollout_id], "rm_fleet")).get(rollout_id)
+        else:
+            row = (await self._historical(at_seq)).rollouts.get(rollout_id)
+            seq = at_seq
+        if row is None:
+            raise NotFound(f"no rollout {rollout_id!r}", field="rollout_id")
+        return RolloutAnswer(as_of_seq=seq, lag=await self.lag(seq), historical=at_seq is not None,
+                             at=at_text, rollout=row)
+
+    async def snapshots(self, cursor: str | None, limit: int, at_seq: int | None,
+                        at_text: str | None) -> SnapshotPage:
+        """A page of snapshots by id, with how many devices report each."""
+        key, after = self._page_after("snapshots", cursor, at_seq)
+        if at_seq is None:
+            extra = (", (SELECT coalesce(sum(total), 0) FROM rm_fleet.device_counts c "
+                     "WHERE c.snapshot_id = snapshots.snapshot_id)::bigint AS devices")
+            seq, records = await self._rows("snapshots", SNAPSHOTS.columns, "snapshot_id", after, limit, extra)
+            items = [msgspec.convert(dict(r), SnapshotItem) for r in records]
+        else:
+            state = await self._historical(at_seq)
+            running: dict[str, int] = {}
+            for (_, snap), values in model.count_all(state).items():
+                running[snap] = running.get(snap, 0) + values[0]
+            snaps: list[SnapshotRow] = _page_of(state.snapshots, after, limit)
+            items = [SnapshotItem(**msgspec.structs.asdict(s), devices=running.get(s.snapshot_id, 0))
+                     for s in snaps]
+            seq = at_seq
+        more, items = len(items) > limit, items[:limit]
+        return SnapshotPage(as_of_seq=seq, lag=await self.lag(seq), historical=at_seq is not None,
+                            at=at_text, items=items,
+                            next_cursor=make_cursor(key, items[-1].snapshot_id) if more else None)
+
+    async def sites(self, cursor: str | None, limit: int, at_seq: int | None, at_text: str | None) -> SitePage:
+        """A page of sites by id, with device counts."""
+        key, after = self._page_after("sites", cursor, at_seq)
+        counts: dict[str, dict[str, int]] = {}
+        if at_seq is None:
+            seq, records = await self._rows("sites", SITES.columns, "site_id", after, limit)
+            sites = [SITES.from_record(r) for r in records]
+            async with self.pool.acquire() as conn:
+                cells = await conn.fetch(
+                    "SELECT site_id, " + ", ".join(f"sum({f})::bigint AS {f}" for f in COUNTER_FIELDS)
+                    + " FROM rm_fleet.device_counts WHERE site_id = ANY($1::text[]) GROUP BY site_id",
+                    [s.site_id for s in sites])
+            counts = {r["site_id"]: _cell_counts(r) for r in cells}
+        else:
+            state = await self._historical(at_seq)
+            for (site_id, _), values in model.count_all(state).items():
+                cell = counts.setdefault(site_id, dict.fromkeys(COUNTER_FIELDS, 0))
+                for f, v in zip(COUNTER_FIELDS, values, strict=True):
+                    cell[f] += v
+            site_rows: list[SiteRow] = _page_of(state.sites, after, limit)
+            sites = site_rows
+            seq = at_seq
+        items = [SiteItem(**msgspec.structs.asdict(s),
+                          counts=Counts(**counts.get(s.site_id, dict.fromkeys(COUNTER_FIELDS, 0))))
+                 for s in sites]
+        more, items = len(items) > limit, items[:limit]
+        return SitePage(as_of_seq=seq, lag=await self.lag(seq), historical=at_seq is not None, at=at_text,
+                        items=items, next_cursor=make_cursor(key, items[-1].site_id) if more else None)
+
+    # --- projections -------------------------------------------------------------------------------
+
+    async def projections(self) -> ProjectionsAnswer:
+        """Every projection's state as the runner recorded it."""
+        head = await self.log_head()
+        async with self.pool.acquire() as conn:
+            exists = await conn.fetchval("SELECT to_regclass('public.projection_status') IS NOT NULL")
+            records = await conn.fetch("SELECT * FROM projection_status ORDER BY name") if exists else []
+        items = [
+            ProjectionState(
+                name=r["name"], version=r["version"], generation=r["generation"],
+                checkpoint=r["checkpoint"], lag=None if head is None else max(head - r["checkpoint"], 0),
+                applied=r["applied"], skipped_unknown=r["skipped_unknown"], rate=r["rate"],
+                state=r["state"], error_seq=r["error_seq"], error=r["error"],
+                rebuilt_at=format_time(r["rebuilt_at"]) if r["rebuilt_at"] else None,
+                updated_at=format_time(r["updated_at"]) if r["updated_at"] else None,
+            )
+            for r in records
+        ]
+        return ProjectionsAnswer(log_last_seq=head, items=items)
+
+
+def _bisect_right(ids: list[str], after: str) -> int:
+    import bisect
+
+    return bisect.bisect_right(ids, after)
+
+
+def _page_of(rows: dict[str, Any], after: str | None, limit: int) -> list[Any]:
+    keys = sorted(k for k in rows if after is None or k > after)
+    return [rows[k] for k in keys[: limit + 1]]

@@ -1,0 +1,56 @@
+"""The changes projection against PostgreSQL: one row per known event, plus the device -> site map
+that lets observed-state events be filed under their site."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+
+from projections.changes.model import ChangeRow, change_row, site_change
+from projections.runner import Item, Poison
+
+_COLUMNS = list(ChangeRow.__struct_fields__)
+_INSERT_SQL = (
+    f"INSERT INTO changes ({', '.join(_COLUMNS)}) SELECT "
+    + ", ".join("at::timestamptz" if c == "at" else c for c in _COLUMNS)
+    + " FROM unnest("
+    + ", ".join(f"${i}::{'bigint' if c == 'seq' else 'text'}[]" for i, c in enumerate(_COLUMNS, 1))
+    + f") AS u({', '.join(_COLUMNS)})"
+)
+_SITES_SQL = (
+    "INSERT INTO device_sites (device_id, site_id) SELECT * FROM unnest($1::text[], $2::text[]) "
+    "ON CONFLICT (device_id) DO UPDATE SET site_id = EXCLUDED.site_id"
+)
+
+
+class ChangesProjection:
+    """changes (+ device_sites)."""
+
+    name = "changes"
+    migrations = Path(__file__).parent / "migrations"
+
+    async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+        """Append one change row per event."""
+        devices = {item.event.device_id for item in items if hasattr(item.event, "device_id")}
+        sites: dict[str, str] = {}
+        if devices:
+            records = await conn.fetch(
+                "SELECT device_id, site_id FROM device_sites WHERE device_id = ANY($1::text[])",
+                list(devices))
+            sites = {r["device_id"]: r["site_id"] for r in records}
+        moved: dict[str, str] = {}
+        rows: list[ChangeRow] = []
+        for index, item in enumerate(items):
+            try:
+                rows.append(change_row(item.seq, item.envelope, item.event, sites.get))
+                placed = site_change(item.event)
+            except Exception as exc:
+                raise Poison(index, item.seq, exc) from exc
+            if placed is not None:
+                sites[placed[0]] = moved[placed[0]] = placed[1]
+        if rows:
+            await conn.execute(_INSERT_SQL, *([getattr(r, c) for r in rows] for c in _COLUMNS))
+        if moved:
+            await conn.execute(_SITES_SQL, list(moved), list(moved.values()))

@@ -1,0 +1,27 @@
+-- Control tables shared by every projection (schema public). Idempotent: run at every start.
+CREATE TABLE IF NOT EXISTS projection_status (
+    name            text PRIMARY KEY,
+    version         integer NOT NULL,            -- migrations applied to the live schema
+    generation      integer NOT NULL DEFAULT 0,  -- bumped by every swap of a rebuilt schema
+    checkpoint      bigint  NOT NULL DEFAULT 0,  -- last log sequence applied (commits with rows)
+    applied         bigint  NOT NULL DEFAULT 0,  -- events applied since the schema was built
+    skipped_unknown bigint  NOT NULL DEFAULT 0,  -- events of types this build does not know
+    rate            double precision NOT NULL DEFAULT 0,  -- events/s over the last batches
+    state           text    NOT NULL DEFAULT 'running',   -- running | rebuilding | failed
+    error_seq       bigint,
+    error           text,
+    error_at        timestamptz,
+    rebuilt_at      timestamptz,
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+
+-- Read-model snapshots at known sequences, so a point-in-time answer replays only a short tail.
+CREATE TABLE IF NOT EXISTS pit_snapshots (
+    version    integer NOT NULL,         -- schema version of the fleet projection that wrote it
+    seq        bigint NOT NULL,
+    at         text NOT NULL,
+    devices    integer NOT NULL,
+    state      bytea NOT NULL,           -- zlib(msgspec JSON of FleetState)
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (version, seq)
+);

@@ -1,0 +1,100 @@
+"""The fleet projection against PostgreSQL: load the rows a batch touches, fold the batch over them
+with the pure model, write back changed rows and counter deltas (same transaction as the
+checkpoint, which the runner owns)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+
+from projections.fleet import model
+from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SiteRow, SnapshotRow
+from projections.runner import Item, Poison
+from projections.sqlrows import RowTable
+
+DEVICES = RowTable("devices", DeviceRow, "device_id", {
+    "labels": "jsonb", "metadata": "jsonb", "registered": "boolean", "retired": "boolean",
+    "desired_revision": "integer", "online": "boolean", "stuck": "boolean",
+    "reconcile_attempts": "integer", "updated_seq": "bigint"})
+SITES = RowTable("sites", SiteRow, "site_id", {
+    "labels": "jsonb", "metadata": "jsonb", "retired": "boolean", "updated_seq": "bigint"})
+SNAPSHOTS = RowTable("snapshots", SnapshotRow, "snapshot_id", {
+    "version": "integer", "artifacts": "jsonb", "known_good_targets": "jsonb", "retired": "boolean",
+    "updated_seq": "bigint"})
+ROLLOUTS = RowTable("rollouts", RolloutRow, "rollout_id", {
+    "wave": "integer", "counts": "jsonb", "last_gate": "jsonb", "updated_seq": "bigint"})
+TABLES = {"devices": DEVICES, "sites": SITES, "snapshots": SNAPSHOTS, "rollouts": ROLLOUTS}
+
+_COUNTS_SQL = (
+    "INSERT INTO device_counts (site_id, snapshot_id, " + ", ".join(COUNTER_FIELDS) + ") "
+    "SELECT * FROM unnest($1::text[], $2::text[], "
+    + ", ".join(f"${i}::bigint[]" for i in range(3, 3 + len(COUNTER_FIELDS))) + ") "
+    "ON CONFLICT (site_id, snapshot_id) DO UPDATE SET "
+    + ", ".join(f"{f} = device_counts.{f} + EXCLUDED.{f}" for f in COUNTER_FIELDS)
+)
+
+
+class FleetProjection:
+    """devices, device_counts, sites, snapshots, rollouts."""
+
+    name = "fleet"
+    migrations = Path(__file__).parent / "migrations"
+
+    async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+        """Fold `items` over the rows they touch and write the result back."""
+        wanted: dict[str, set[str]] = {table: set() for table in TABLES}
+        for item in items:
+            touched = model.touches(item.envelope)
+            if touched is not None:
+                wanted[touched[0]].add(touched[1])
+        state = FleetState(
+            devices=await DEVICES.load(conn, wanted["devices"]),
+            sites=await SITES.load(conn, wanted["sites"]),
+            snapshots=await SNAPSHOTS.load(conn, wanted["snapshots"]),
+            rollouts=await ROLLOUTS.load(conn, wanted["rollouts"]),
+        )
+        before = dict(state.devices)
+        for index, item in enumerate(items):
+            try:
+                model.apply(state, item.seq, item.envelope, item.event)
+            except Exception as exc:
+                raise Poison(index, item.seq, exc) from exc
+        cells: dict[model.CounterKey, list[int]] = {}
+        changed: list[DeviceRow] = []
+        for device_id, row in state.devices.items():
+            old = before.get(device_id)
+            if old is row:
+                continue
+            changed.append(row)
+            model.add_counts(cells, old, -1)
+            model.add_counts(cells, row, 1)
+        await DEVICES.upsert(conn, changed)
+        await _write_counts(conn, cells)
+        for table, rows in (("sites", state.sites), ("snapshots", state.snapshots),
+                            ("rollouts", state.rollouts)):
+            if wanted[table]:
+                await TABLES[table].upsert(conn, [rows[key] for key in wanted[table] if key in rows])
+
+
+async def _write_counts(conn: asyncpg.Connection, cells: dict[model.CounterKey, list[int]]) -> None:
+    deltas = [(key, values) for key, values in cells.items() if any(values)]
+    if not deltas:
+        return
+    columns: list[list[object]] = [[key[0] for key, _ in deltas], [key[1] for key, _ in deltas]]
+    columns += [[values[i] for _, values in deltas] for i in range(len(COUNTER_FIELDS))]
+    await conn.execute(_COUNTS_SQL, *columns)
+
+
+async def load_state(conn: asyncpg.Connection) -> FleetState:
+    """The whole read model as an in-memory state (for point-in-time snapshots)."""
+    state = FleetState()
+    for table, target in (("devices", state.devices), ("sites", state.sites),
+                          ("snapshots", state.snapshots), ("rollouts", state.rollouts)):
+        rows = TABLES[table]
+        async with conn.transaction():
+            cursor = conn.cursor(f"SELECT {', '.join(rows.columns)} FROM {rows.name}", prefetch=5000)
+            async for record in cursor:
+                target[record[rows.key]] = rows.from_record(record)  # type: ignore[index]
+    return state

@@ -1,0 +1,47 @@
+"""`fleet service projections`: keep every read model up to date with the event log."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from projections.changes.store import ChangesProjection
+from projections.fleet.store import FleetProjection
+from projections.pointintime import snapshot_hook
+from projections.runner import Projection, Runner, create_pool
+from shared.config import Settings
+from shared.connection import connect_nats
+from shared.errors import Invalid
+from shared.eventlog import EventLog
+
+log = logging.getLogger(__name__)
+
+
+def all_projections() -> list[Projection]:
+    """Every projection, by name order."""
+    return [ChangesProjection(), FleetProjection()]
+
+
+def runner_for(pool: object, eventlog: EventLog, projection: Projection) -> Runner:
+    """A runner with the projection's hooks (the fleet projection keeps point-in-time copies)."""
+    hook = snapshot_hook() if projection.name == "fleet" else None
+    return Runner(pool, eventlog, projection, after_batch=hook)  # type: ignore[arg-type]
+
+
+async def run(settings: Settings) -> None:
+    """Run every projection until cancelled; a projection stopped by a poison event stays stopped
+    (visible in `fleet projections status`) while the others go on."""
+    if not settings.database_url:
+        raise Invalid("no database: set FLEET_DATABASE_URL or run `fleet up`", field="database_url")
+    nc = await connect_nats(settings, "projections")
+    pool = await create_pool(settings.database_url, min_size=1, max_size=4)
+    try:
+        eventlog = EventLog(nc)
+        await eventlog.ensure_stream()
+        runners = [runner_for(pool, eventlog, p) for p in all_projections()]
+        await asyncio.gather(*(r.run() for r in runners))
+        log.error("every projection has stopped; see `fleet projections status`")
+        await asyncio.Event().wait()  # stay up (and visible) rather than crash-loop on a poison event
+    finally:
+        await pool.close()
+        await nc.close()

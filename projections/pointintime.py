@@ -1,0 +1,114 @@
+"""Point in time: the fleet read model as it stood at any log sequence, computed by replaying the
+log with the same pure fold the live projection uses.
+
+The fleet runner stores a compressed copy of the read model every `every` events (in the same
+transaction as its checkpoint, so the copy is exactly the state at that sequence). A historical
+question starts from the newest copy at or before its sequence and replays only the tail; the
+states it computed are kept in a small cache, so asking again is answered from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import zlib
+from collections import OrderedDict
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from projections.fleet import model
+from projections.fleet.model import FleetState
+from projections.fleet.store import FleetProjection, load_state
+from projections.runner import AfterBatch, decode_batch, version_of
+from shared.eventlog import EventLog
+
+SNAPSHOT_EVERY = 50_000
+_ENCODER = msgspec.json.Encoder()
+_DECODER = msgspec.json.Decoder(FleetState)
+FLEET_VERSION = version_of(FleetProjection())
+
+
+def encode_state(state: FleetState) -> bytes:
+    """Compressed bytes of a state."""
+    return zlib.compress(_ENCODER.encode(state), 1)
+
+
+def decode_state(blob: bytes) -> FleetState:
+    """The state of `encode_state` bytes."""
+    return _DECODER.decode(zlib.decompress(blob))
+
+
+def snapshot_hook(every: int = SNAPSHOT_EVERY) -> AfterBatch:
+    """An after-batch hook for the fleet runner: store a read-model copy every `every` events."""
+
+    async def after_batch(conn: asyncpg.Connection, seq: int, at: str) -> None:
+        last = await conn.fetchval("SELECT max(seq) FROM pit_snapshots WHERE version = $1", FLEET_VERSION)
+        if seq - (last or 0) < every:
+            return
+        state = await load_state(conn)
+        state.seq = seq
+        await conn.execute(
+            "INSERT INTO pit_snapshots (version, seq, at, devices, state) VALUES ($1, $2, $3, $4, $5) "
+            "ON CONFLICT DO NOTHING", FLEET_VERSION, seq, at, len(state.devices), encode_state(state))
+
+    return after_batch
+
+
+class PointInTime:
+    """Answers `state_at(seq)`; keeps the last few computed states."""
+
+    def __init__(self, pool: asyncpg.Pool, eventlog: EventLog, *, cache_size: int = 4) -> None:
+        self.pool = pool
+        self.log = eventlog
+        self.cache_size = cache_size
+        self._cache: OrderedDict[int, FleetState] = OrderedDict()
+        self._lock = asyncio.Lock()
+        self.answers: OrderedDict[tuple[object, ...], object] = OrderedDict()  # derived answers
+
+    async def seq_at(self, when: datetime) -> int:
+        """The last log sequence whose event happened at or before `when` (0: before the log)."""
+        async with self.pool.acquire() as conn:
+            seq = await conn.fetchval("SELECT max(seq) FROM rm_changes.changes WHERE at <= $1", when)
+        return int(seq or 0)
+
+    async def state_at(self, seq: int) -> FleetState:
+        """The fleet read model after applying the log up to and including `seq`."""
+        async with self._lock:  # one replay at a time; a second asker then hits the cache
+            cached = self._cache.get(seq)
+            if cached is not None:
+                self._cache.move_to_end(seq)
+                return cached
+            state = await self._base(seq)
+            if state.seq < seq:
+                async for record in self.log.replay(state.seq + 1, seq):
+                    items, _ = decode_batch([record])
+                    for item in items:
+                        model.apply(state, item.seq, item.envelope, item.event)
+                    state.seq = record.seq
+            state.seq = seq
+            self._cache[seq] = state
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+            return state
+
+    async def _base(self, seq: int) -> FleetState:
+        """A private copy of the nearest known state at or before `seq`."""
+        best = max((s for s in self._cache if s <= seq), default=None)
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT seq, state FROM pit_snapshots WHERE version = $1 AND seq <= $2 "
+                "ORDER BY seq DESC LIMIT 1", FLEET_VERSION, seq)
+        if best is not None and (row is None or best >= row["seq"]):
+            src = self._cache[best]
+            return FleetState(seq=src.seq, devices=dict(src.devices), sites=dict(src.sites),
+                              snapshots=dict(src.snapshots), rollouts=dict(src.rollouts))
+        if row is None:
+            return FleetState()
+        return decode_state(row["state"])
+
+    def remember(self, key: tuple[object, ...], answer: object) -> None:
+        """Keep a derived answer (e.g. a summary) for a sequence."""
+        self.answers[key] = answer
+        while len(self.answers) > 64:
+            self.answers.popitem(last=False)

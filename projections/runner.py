@@ -1,0 +1,380 @@
+"""The projection runner: an ordered consumer of FLEET_EVENTS from each projection's checkpoint+1,
+applying events in batches; a batch's rows and the new checkpoint commit in one PostgreSQL
+transaction, so redelivery or a crash between apply and ack never applies an event twice.
+
+- Unknown event types are skipped and counted (the checkpoint still moves past them).
+- A poison event (an apply function raises on it) is recorded in `projection_status` with its
+  sequence and error; the events before it in the batch are committed and the projection stops.
+- A lost PostgreSQL or NATS connection is retried with backoff, resuming from the checkpoint.
+- Each projection lives in its own schema `rm_<name>`. A rebuild builds `rm_<name>_build` from
+  sequence 1, then, in one transaction holding the status row, applies the last tail, renames the
+  schemas and bumps the generation; queries keep reading the old schema until that commit.
+- A projection whose migrations (its version) differ from what the live schema was built with
+  rebuilds itself at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import asyncpg
+
+from shared.envelope import Envelope, Event, decode_event
+from shared.errors import FleetError
+from shared.eventlog import EventLog, Recorded
+
+log = logging.getLogger(__name__)
+
+CONTROL_SQL = Path(__file__).parent / "control.sql"
+BATCH_SIZE = 1000
+
+
+class Item(NamedTuple):
+    """One known event of a batch."""
+
+    seq: int
+    envelope: Envelope
+    event: Event
+
+
+class Poison(Exception):
+    """An apply function raised on `items[index]` (log sequence `seq`)."""
+
+    def __init__(self, index: int, seq: int, cause: BaseException) -> None:
+        super().__init__(f"event {seq}: {cause!r}")
+        self.index = index
+        self.seq = seq
+        self.cause = cause
+
+
+class ProjectionFailed(FleetError):
+    """A projection stopped on a poison event; `fleet projections status` shows which."""
+
+    code = "failed"
+
+
+class _Restart(Exception):
+    """The live schema was swapped or the checkpoint moved under us: start again from it."""
+
+
+class Projection(Protocol):
+    """A read model: a name, SQL migrations, and how to apply a batch inside a transaction."""
+
+    name: str
+    migrations: Path
+
+    async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None: ...
+
+
+AfterBatch = Callable[[asyncpg.Connection, int, str], Awaitable[None]]
+
+
+def schema_of(name: str) -> str:
+    """The live schema of a projection."""
+    return f"rm_{name}"
+
+
+def migration_files(projection: Projection) -> list[Path]:
+    """The projection's migrations in order (`NNN_what.sql`)."""
+    return sorted(projection.migrations.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+def version_of(projection: Projection) -> int:
+    """The schema version: the number of the newest migration."""
+    files = migration_files(projection)
+    return int(files[-1].name[:3]) if files else 0
+
+
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.SerializationError,
+    asyncpg.exceptions.DeadlockDetectedError,
+)
+
+
+async def ensure_control(conn: asyncpg.Connection) -> None:
+    """Create the control tables if missing (idempotent)."""
+    await conn.execute("SELECT pg_advisory_lock(724201)")  # concurrent starters: one at a time
+    try:
+        await conn.execute(CONTROL_SQL.read_text())
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(724201)")
+
+
+def decode_batch(records: Sequence[Recorded]) -> tuple[list[Item], int]:
+    """Known events as Items, and how many were of unknown types."""
+    items: list[Item] = []
+    unknown = 0
+    for record in records:
+        event = _decode(record)
+        if event is None:
+            unknown += 1
+        else:
+            items.append(Item(record.seq, record.envelope, event))
+    return items, unknown
+
+
+class _Undecodable(Event, frozen=True, kw_only=True):
+    """Stands in for a known type whose data does not decode; applying it is a poison event."""
+
+    reason: str
+
+
+def _decode(record: Recorded) -> Event | None:
+    try:
+        return decode_event(record.envelope)
+    except Exception as exc:  # a known type that does not decode is poison, not unknown
+        return _Undecodable(reason=f"{record.envelope.type}: {exc}")
+
+
+async def _batches(log_: EventLog, from_seq: int, to_seq: int | None, follow: bool,
+                   size: int) -> AsyncIterator[list[Recorded]]:
+    """The log from `from_seq` in batches: as many as are ready, up to `size`."""
+    queue: asyncio.Queue[Recorded | BaseException | None] = asyncio.Queue(maxsize=size * 8)
+
+    async def produce() -> None:
+        try:
+            async for record in log_.replay(from_seq, to_seq, follow=follow):
+                await queue.put(record)
+            await queue.put(None)
+        except Exception as exc:
+            await queue.put(exc)
+
+    producer = asyncio.create_task(produce())
+    try:
+        done = False
+        while not done:
+            item = await queue.get()
+            batch: list[Recorded] = []
+            while True:
+                if item is None:
+                    done = True
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch.append(item)
+                if len(batch) >= size or queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch:
+                yield batch
+    finally:
+        producer.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await producer
+
+
+class Runner:
+    """Keeps one projection up to date with the log."""
+
+    def __init__(self, pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, *,
+                 batch_size: int = BATCH_SIZE, after_batch: AfterBatch | None = None,
+                 retry_wait: float = 1.0) -> None:
+        self.pool = pool
+        self.log = eventlog
+        self.projection = projection
+        self.name = projection.name
+        self.batch_size = batch_size
+        self.after_batch = after_batch
+        self.retry_wait = retry_wait
+        self.version = version_of(projection)
+        self.rate = 0.0
+
+    async def run(self) -> None:
+        """Follow the log until cancelled; return only when the projection failed (poison)."""
+        wait = self.retry_wait
+        while True:
+            try:
+                await self._ensure_built()
+                await self._follow()
+            except ProjectionFailed as exc:
+                log.error("projection %s stopped: %s", self.name, exc)
+                return
+            except _Restart:
+                continue
+            except (*TRANSIENT_DB_ERRORS, FleetError) as exc:
+                log.warning("projection %s: %r; retrying in %.1fs from its checkpoint",
+                            self.name, exc, wait)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 10.0)
+                continue
+            wait = self.retry_wait
+
+    async def _ensure_built(self) -> None:
+        async with self.pool.acquire() as conn:
+            await ensure_control(conn)
+            row = await conn.fetchrow("SELECT version FROM projection_status WHERE name = $1", self.name)
+        if row is None or row["version"] != self.version:
+            log.info("projection %s: schema version %s -> %s, rebuilding", self.name,
+                     None if row is None else row["version"], self.version)
+            await rebuild(self.pool, self.log, self.projection, batch_size=self.batch_size,
+                          after_batch=self.after_batch)
+
+    async def _follow(self) -> None:
+        async with self.pool.acquire() as conn:
+            row = await conn.fetchrow(
+                "SELECT checkpoint, generation FROM projection_status WHERE name = $1", self.name)
+        checkpoint, generation = int(row["checkpoint"]), int(row["generation"])
+        async for batch in _batches(self.log, checkpoint + 1, None, True, self.batch_size):
+            fresh = [r for r in batch if r.seq > checkpoint]  # redelivered events change nothing
+            if not fresh:
+                continue
+            started = time.perf_counter()
+            await apply_records(self.pool, self.projection, schema_of(self.name), fresh,
+                                expect=(checkpoint, generation), after_batch=self.after_batch)
+            checkpoint = fresh[-1].seq
+            elapsed = max(time.perf_counter() - started, 1e-6)
+            self.rate = 0.8 * self.rate + 0.2 * (len(fresh) / elapsed) if self.rate else len(fresh) / elapsed
+
+
+async def apply_records(pool: asyncpg.Pool, projection: Projection, schema: str,
+                        records: Sequence[Recorded], *, expect: tuple[int, int] | None,
+                        after_batch: AfterBatch | None = None, status: bool = True) -> None:
+    """Apply one batch and move the checkpoint past it, in one transaction.
+
+    `expect` = (checkpoint, generation) the caller believes live; a mismatch raises _Restart.
+    `status=False` is used while building a fresh schema (no status row to move yet)."""
+    items, unknown = decode_batch(records)
+    last = records[-1]
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await _apply_in(conn, projection, schema, items, unknown, last.seq, expect, status)
+            if after_batch is not None:
+                await after_batch(conn, last.seq, last.envelope.at)
+        return
+    except Poison as poison:
+        await _commit_prefix_and_fail(pool, projection, schema, records, items, poison, expect, status)
+    except asyncpg.PostgresError as exc:
+        if isinstance(exc, TRANSIENT_DB_ERRORS):
+            raise
+        if len(records) == 1:
+            await _commit_prefix_and_fail(pool, projection, schema, records, items,
+                                          Poison(0, last.seq, exc), expect, status)
+        # Which event did PostgreSQL refuse? Apply one by one: the culprit becomes poison.
+        for record in records:
+            await apply_records(pool, projection, schema, [record],
+                                expect=expect, after_batch=None, status=status)
+            if expect is not None:
+                expect = (record.seq, expect[1])
+
+
+async def _apply_in(conn: asyncpg.Connection, projection: Projection, schema: str, items: Sequence[Item],
+                    unknown: int, last_seq: int, expect: tuple[int, int] | None, status: bool) -> None:
+    await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+    if status:
+        row = await conn.fetchrow(
+            "SELECT checkpoint, generation FROM projection_status WHERE name = $1 FOR UPDATE",
+            projection.name)
+        if expect is not None and (row is None or (row["checkpoint"], row["generation"]) != expect):
+            raise _Restart()
+    for index, item in enumerate(items):
+        if isinstance(item.event, _Undecodable):
+            raise Poison(index, item.seq, ValueError(item.event.reason))
+    if items:
+        await projection.apply_batch(conn, items)
+    if status:
+        await conn.execute(
+            "UPDATE projection_status SET checkpoint = $2, applied = applied + $3, "
+            "skipped_unknown = skipped_unknown + $4, updated_at = now(), state = 'running', "
+            "error = NULL, error_seq = NULL WHERE name = $1",
+            projection.name, last_seq, len(items), unknown)
+    else:
+        await conn.execute(
+            "UPDATE build_checkpoint SET checkpoint = $1, applied = applied + $2, "
+            "skipped_unknown = skipped_unknown + $3", last_seq, len(items), unknown)
+
+
+async def _commit_prefix_and_fail(pool: asyncpg.Pool, projection: Projection, schema: str,
+                                  records: Sequence[Recorded], items: Sequence[Item], poison: Poison,
+                                  expect: tuple[int, int] | None, status: bool) -> None:
+    before = [r for r in records if r.seq < poison.seq]
+    if before:
+        await apply_records(pool, projection, schema, before, expect=expect, status=status)
+    message = f"{type(poison.cause).__name__}: {poison.cause}"
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE projection_status SET state = 'failed', error_seq = $2, error = $3, "
+            "error_at = now(), updated_at = now() WHERE name = $1",
+            projection.name, poison.seq, message)
+    raise ProjectionFailed(f"poison event at sequence {poison.seq}: {message}", field=projection.name)
+
+
+async def rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, *,
+                  batch_size: int = BATCH_SIZE, after_batch: AfterBatch | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> int:
+    """Build the projection from sequence 1 into a fresh schema and swap it in atomically.
+
+    Returns the checkpoint the new schema went live with."""
+    name = projection.name
+    live, build = schema_of(name), f"{schema_of(name)}_build"
+    version = version_of(projection)
+    async with pool.acquire() as conn:
+        await ensure_control(conn)
+        await conn.execute(
+            "INSERT INTO projection_status (name, version) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING",
+            name)
+        await conn.execute(
+            "UPDATE projection_status SET state = CASE WHEN state = 'failed' THEN state "
+            "ELSE 'rebuilding' END, updated_at = now() WHERE name = $1", name)
+        async with conn.transaction():
+            await conn.execute(f"DROP SCHEMA IF EXISTS {build} CASCADE")
+            await conn.execute(f"CREATE SCHEMA {build}")
+            await conn.execute(f"SET LOCAL search_path TO {build}, public")
+            for migration in migration_files(projection):
+                await conn.execute(migration.read_text())
+            await conn.execute(
+                "CREATE TABLE build_checkpoint (checkpoint bigint NOT NULL, applied bigint NOT NULL, "
+                "skipped_unknown bigint NOT NULL)")
+            await conn.execute("INSERT INTO build_checkpoint VALUES (0, 0, 0)")
+    target = await eventlog.last_stream_seq()
+    checkpoint = 0
+    async for batch in _batches(eventlog, 1, target, False, batch_size):
+        await apply_records(pool, projection, build, batch, expect=None, after_batch=after_batch,
+                            status=False)
+        checkpoint = batch[-1].seq
+        if progress is not None:
+            progress(checkpoint, target)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.fetchrow("SELECT 1 FROM projection_status WHERE name = $1 FOR UPDATE", name)
+        # The tail appended meanwhile, applied while the live runner waits on the row lock.
+        tail_to = await eventlog.last_stream_seq()
+        if tail_to > checkpoint:
+            async for batch in _batches(eventlog, checkpoint + 1, tail_to, False, batch_size):
+                items, unknown = decode_batch(batch)
+                await _apply_in(conn, projection, build, items, unknown, batch[-1].seq, None, False)
+            checkpoint = tail_to
+        counts = await conn.fetchrow(f"SELECT * FROM {build}.build_checkpoint")
+        await conn.execute(f"DROP TABLE {build}.build_checkpoint")
+        await conn.execute(f"DROP SCHEMA IF EXISTS {live}_old CASCADE")
+        exists = await conn.fetchval("SELECT 1 FROM pg_namespace WHERE nspname = $1", live)
+        if exists:
+            await conn.execute(f"ALTER SCHEMA {live} RENAME TO {live}_old")
+        await conn.execute(f"ALTER SCHEMA {build} RENAME TO {live}")
+        await conn.execute(
+            "UPDATE projection_status SET version = $2, generation = generation + 1, checkpoint = $3, "
+            "applied = $4, skipped_unknown = $5, state = 'running', error = NULL, error_seq = NULL, "
+            "error_at = NULL, rebuilt_at = now(), updated_at = now() WHERE name = $1",
+            name, version, checkpoint, counts["applied"], counts["skipped_unknown"])
+    async with pool.acquire() as conn:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {live}_old CASCADE")
+    log.info("projection %s rebuilt to sequence %d (version %d)", name, checkpoint, version)
+    return checkpoint
+
+
+async def create_pool(database_url: str, **kwargs: Any) -> asyncpg.Pool:
+    """A pool whose connections speak jsonb as Python values."""
+    from projections.sqlrows import init_connection
+
+    pool: asyncpg.Pool = await asyncpg.create_pool(database_url, init=init_connection, **kwargs)
+    return pool
