@@ -1,0 +1,1 @@
+"""The snapshot service: immutable, content-addressed, versioned configuration (DESIGN §1, §5)."""
