@@ -103,6 +103,9 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, FleetError)
+
+
 async def ensure_control(conn: asyncpg.Connection) -> None:
     """Create the control tables if missing (idempotent)."""
     await conn.execute("SELECT pg_advisory_lock(724201)")  # concurrent starters: one at a time
@@ -203,7 +206,7 @@ class Runner:
                 return
             except _Restart:
                 continue
-            except (*TRANSIENT_DB_ERRORS, FleetError) as exc:
+            except RETRYABLE as exc:
                 log.warning("projection %s: %r; retrying in %.1fs from its checkpoint",
                             self.name, exc, wait)
                 await asyncio.sleep(wait)
@@ -226,6 +229,7 @@ class Runner:
             row = await conn.fetchrow(
                 "SELECT checkpoint, generation FROM projection_status WHERE name = $1", self.name)
         checkpoint, generation = int(row["checkpoint"]), int(row["generation"])
+        rate_saved = 0.0
         async for batch in _batches(self.log, checkpoint + 1, None, True, self.batch_size):
             fresh = [r for r in batch if r.seq > checkpoint]  # redelivered events change nothing
             if not fresh:
@@ -236,6 +240,11 @@ class Runner:
             checkpoint = fresh[-1].seq
             elapsed = max(time.perf_counter() - started, 1e-6)
             self.rate = 0.8 * self.rate + 0.2 * (len(fresh) / elapsed) if self.rate else len(fresh) / elapsed
+            if time.monotonic() - rate_saved > 1.0:
+                rate_saved = time.monotonic()
+                async with self.pool.acquire() as conn:
+                    await conn.execute("UPDATE projection_status SET rate = $2 WHERE name = $1",
+                                       self.name, self.rate)
 
 
 async def apply_records(pool: asyncpg.Pool, projection: Projection, schema: str,
@@ -249,18 +258,20 @@ async def apply_records(pool: asyncpg.Pool, projection: Projection, schema: str,
     last = records[-1]
     try:
         async with pool.acquire() as conn, conn.transaction():
-            await _apply_in(conn, projection, schema, items, unknown, last.seq, expect, status)
+            await _apply_in(conn, projection, schema, items, unknown=unknown, last_seq=last.seq,
+                            expect=expect, status=status)
             if after_batch is not None:
                 await after_batch(conn, last.seq, last.envelope.at)
         return
     except Poison as poison:
-        await _commit_prefix_and_fail(pool, projection, schema, records, items, poison, expect, status)
+        await _commit_prefix_and_fail(pool, projection, schema, records=records, items=items,
+                                      poison=poison, expect=expect, status=status)
     except asyncpg.PostgresError as exc:
         if isinstance(exc, TRANSIENT_DB_ERRORS):
             raise
         if len(records) == 1:
-            await _commit_prefix_and_fail(pool, projection, schema, records, items,
-                                          Poison(0, last.seq, exc), expect, status)
+            await _commit_prefix_and_fail(pool, projection, schema, records=records, items=items,
+                                          poison=Poison(0, last.seq, exc), expect=expect, status=status)
         # Which event did PostgreSQL refuse? Apply one by one: the culprit becomes poison.
         for record in records:
             await apply_records(pool, projection, schema, [record],
@@ -269,7 +280,7 @@ async def apply_records(pool: asyncpg.Pool, projection: Projection, schema: str,
                 expect = (record.seq, expect[1])
 
 
-async def _apply_in(conn: asyncpg.Connection, projection: Projection, schema: str, items: Sequence[Item],
+async def _apply_in(conn: asyncpg.Connection, projection: Projection, schema: str, items: Sequence[Item], *,
                     unknown: int, last_seq: int, expect: tuple[int, int] | None, status: bool) -> None:
     await conn.execute(f"SET LOCAL search_path TO {schema}, public")
     if status:
@@ -295,7 +306,7 @@ async def _apply_in(conn: asyncpg.Connection, projection: Projection, schema: st
             "skipped_unknown = skipped_unknown + $3", last_seq, len(items), unknown)
 
 
-async def _commit_prefix_and_fail(pool: asyncpg.Pool, projection: Projection, schema: str,
+async def _commit_prefix_and_fail(pool: asyncpg.Pool, projection: Projection, schema: str, *,
                                   records: Sequence[Recorded], items: Sequence[Item], poison: Poison,
                                   expect: tuple[int, int] | None, status: bool) -> None:
     before = [r for r in records if r.seq < poison.seq]
@@ -352,7 +363,8 @@ async def rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection
         if tail_to > checkpoint:
             async for batch in _batches(eventlog, checkpoint + 1, tail_to, False, batch_size):
                 items, unknown = decode_batch(batch)
-                await _apply_in(conn, projection, build, items, unknown, batch[-1].seq, None, False)
+                await _apply_in(conn, projection, build, items, unknown=unknown, last_seq=batch[-1].seq,
+                                expect=None, status=False)
             checkpoint = tail_to
         counts = await conn.fetchrow(f"SELECT * FROM {build}.build_checkpoint")
         await conn.execute(f"DROP TABLE {build}.build_checkpoint")

@@ -1,3 +1,4 @@
+# ruff: noqa: PLR0917 - a handler's parameters are its HTTP query parameters
 """The query API (DESIGN §7): Litestar over the read models, msgspec types in and out, OpenAPI at
 `/openapi.json` generated from those types.
 
@@ -37,6 +38,7 @@ from projections.api.schemas import (
 from projections.selector import parse as parse_selector
 from shared.errors import FleetError, Invalid, Unavailable
 from shared.ids import check_id
+from shared.selectors import EVERYTHING
 from shared.times import parse_duration, parse_time, utcnow
 
 log = logging.getLogger(__name__)
@@ -90,6 +92,17 @@ async def readyz(models: ReadModels) -> Response[Health]:
     return Response(Health(ok=ok, detail=problems), status_code=200 if ok else 503)
 
 
+_GAUGES = (
+    ("fleet_projection_checkpoint", "gauge", "checkpoint"),
+    ("fleet_projection_lag_events", "gauge", "lag"),
+    ("fleet_projection_rate_events_per_second", "gauge", "rate"),
+    ("fleet_projection_events_applied_total", "counter", "applied"),
+    ("fleet_projection_unknown_events_skipped_total", "counter", "skipped_unknown"),
+    ("fleet_projection_failed", "gauge", "state"),
+    ("fleet_projection_version", "gauge", "version"),
+)
+
+
 @get("/metrics", media_type=MediaType.TEXT, tags=["health"])
 async def metrics(models: ReadModels) -> str:
     """Prometheus text: projection checkpoint, lag, rate, applied, skipped, failed."""
@@ -97,18 +110,13 @@ async def metrics(models: ReadModels) -> str:
     lines = []
     if answer.log_last_seq is not None:
         lines += ["# TYPE fleet_log_last_seq gauge", f"fleet_log_last_seq {answer.log_last_seq}"]
-    gauges = {
-        "fleet_projection_checkpoint": ("gauge", lambda p: p.checkpoint),
-        "fleet_projection_lag_events": ("gauge", lambda p: p.lag if p.lag is not None else "NaN"),
-        "fleet_projection_rate_events_per_second": ("gauge", lambda p: round(p.rate, 1)),
-        "fleet_projection_events_applied_total": ("counter", lambda p: p.applied),
-        "fleet_projection_unknown_events_skipped_total": ("counter", lambda p: p.skipped_unknown),
-        "fleet_projection_failed": ("gauge", lambda p: int(p.state == "failed")),
-        "fleet_projection_version": ("gauge", lambda p: p.version),
-    }
-    for metric, (kind, value) in gauges.items():
+    for metric, kind, field in _GAUGES:
         lines.append(f"# TYPE {metric} {kind}")
-        lines += [f'{metric}{{projection="{p.name}"}} {value(p)}' for p in answer.items]
+        for p in answer.items:
+            value: object = getattr(p, field)
+            if field == "state":
+                value = int(value == "failed")
+            lines.append(f'{metric}{{projection="{p.name}"}} {"NaN" if value is None else value}')
     return "\n".join(lines) + "\n"
 
 
@@ -132,7 +140,7 @@ async def summary(models: ReadModels, site: Text = None, snapshot: Text = None, 
                   at_seq: AtSeq = None, min_seq: MinSeq = None) -> Summary:
     """What runs where: device counts by site x reported snapshot, and by state."""
     seq = await _when(models, at, at_seq, min_seq)
-    return await models.summary(seq, at, _id(site, "site"), _id(snapshot, "snapshot"))
+    return await models.summary(seq, at, site=_id(site, "site"), snapshot=_id(snapshot, "snapshot"))
 
 
 @get("/v1/devices", tags=["queries"])
@@ -149,9 +157,10 @@ async def devices(
                        desired_snapshot=_id(desired_snapshot, "desired_snapshot"), health=health,
                        online=online, drifted=drifted, problems=problems, rollout=_id(rollout, "rollout"),
                        include_retired=include_retired,
-                       selector=parse_selector(selector) if selector else [], selector_text=selector)
+                       selector=parse_selector(selector) if selector else EVERYTHING,
+                       selector_text=selector)
     seq = await _when(models, at, at_seq, min_seq)
-    return await models.devices(flt, cursor, limit, seq, at)
+    return await models.devices(flt, cursor, limit, seq, at_text=at)
 
 
 @get("/v1/devices/{device_id:str}", tags=["queries"])
@@ -184,7 +193,7 @@ async def device_history(models: ReadModels, device_id: Id, cursor: Cursor = Non
     """Every change concerning one device."""
     check_id(device_id, "device_id")
     seq = await _when(models, at, at_seq, min_seq, CHANGES)
-    page = await models.changes(ChangeFilter(device=device_id, order=order), cursor, limit, seq, at,
+    page = await models.changes(ChangeFilter(device=device_id, order=order), cursor, limit, seq, at_text=at,
                                 endpoint="history")
     if not page.items and cursor is None:
         await models.device(device_id, seq, at)  # 404 when the device is unknown
@@ -198,7 +207,7 @@ async def changes(
     start: Annotated[str | None, Parameter(query="from", description="RFC 3339", max_length=64)] = None,
     end: Annotated[str | None, Parameter(query="to", description="RFC 3339", max_length=64)] = None,
     device: Text = None, site: Text = None, snapshot: Text = None, rollout: Text = None, actor: Text = None,
-    type: Text = None,  # noqa: A002 - the parameter's public name
+    type: Text = None,
     order: Literal["asc", "desc"] = "desc", cursor: Cursor = None, limit: Limit = 100, at: At = None,
     at_seq: AtSeq = None, min_seq: MinSeq = None,
 ) -> ChangePage:
@@ -206,7 +215,7 @@ async def changes(
     flt = _change_filter(since, start, end, order, device=device, site=site, snapshot=snapshot,
                          rollout=rollout, actor=actor, type=type)
     seq = await _when(models, at, at_seq, min_seq, CHANGES)
-    return await models.changes(flt, cursor, limit, seq, at)
+    return await models.changes(flt, cursor, limit, seq, at_text=at)
 
 
 @get("/v1/rollouts", tags=["queries"])

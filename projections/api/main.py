@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 import uvicorn
@@ -18,6 +21,14 @@ from shared.eventlog import EventLog
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 
 
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: `fleet service` cancels us on SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def run(settings: Settings) -> None:
     """Serve until cancelled on the host/port of `settings.api_url` (default 127.0.0.1:8080)."""
     if not settings.database_url:
@@ -29,9 +40,14 @@ async def run(settings: Settings) -> None:
         app = create_app(ReadModels(pool, EventLog(nc)))
         config = uvicorn.Config(app, host=url.hostname or "127.0.0.1", port=url.port or 8080,
                                 log_level=settings.log_level.lower(), access_log=False)
-        server = uvicorn.Server(config)
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        await server.serve()
+        server = _Server(config)
+        serving = asyncio.ensure_future(server.serve())
+        try:
+            await asyncio.shield(serving)
+        except asyncio.CancelledError:
+            server.should_exit = True  # finish in-flight requests, then stop
+            await serving
+            raise
     finally:
         await pool.close()
         await nc.close()

@@ -42,9 +42,10 @@ from projections.fleet import model
 from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SiteRow, SnapshotRow
 from projections.fleet.store import DEVICES, ROLLOUTS, SITES, SNAPSHOTS
 from projections.pointintime import PointInTime
-from projections.selector import Term, matches, to_sql
+from projections.selector import to_sql
 from shared.errors import FleetError, Invalid, NotFound, Unavailable
 from shared.eventlog import EventLog
+from shared.selectors import EVERYTHING, Selector
 from shared.times import format_time, utcnow
 
 FLEET, CHANGES = "fleet", "changes"
@@ -92,7 +93,7 @@ class DeviceFilter(msgspec.Struct, frozen=True, kw_only=True):
     problems: bool | None = None
     rollout: str | None = None
     include_retired: bool = False
-    selector: list[Term] = []
+    selector: Selector = EVERYTHING
     selector_text: str | None = None
 
     def params(self) -> dict[str, Any]:
@@ -142,7 +143,7 @@ class DeviceFilter(msgspec.Struct, frozen=True, kw_only=True):
             and (self.drifted is None or (row.drifted_since is not None) == self.drifted)
             and (self.rollout is None or row.rollout_id == self.rollout)
             and (self.problems is None or (model.problem_rank(row) < 9) == self.problems)
-            and matches(self.selector, row.labels, row.site_id)
+            and self.selector.matches(row.labels, row.site_id, row.kind)
         )
 
 
@@ -251,7 +252,7 @@ class ReadModels:
 
     # --- summary -----------------------------------------------------------------------------------
 
-    async def summary(self, at_seq: int | None, at_text: str | None, site: str | None,
+    async def summary(self, at_seq: int | None, at_text: str | None, *, site: str | None,
                       snapshot: str | None) -> Summary:
         """Counts by snapshot x site, totals by state."""
         if at_seq is None:
@@ -289,7 +290,7 @@ class ReadModels:
 
     # --- devices -----------------------------------------------------------------------------------
 
-    async def devices(self, flt: DeviceFilter, cursor: str | None, limit: int, at_seq: int | None,
+    async def devices(self, flt: DeviceFilter, cursor: str | None, limit: int, at_seq: int | None, *,
                       at_text: str | None) -> DevicePage:
         """A page of devices ordered by id."""
         key = query_key("devices", {**flt.params(), "at_seq": at_seq})
@@ -352,7 +353,7 @@ class ReadModels:
 
     # --- changes -----------------------------------------------------------------------------------
 
-    async def changes(self, flt: ChangeFilter, cursor: str | None, limit: int, at_seq: int | None,
+    async def changes(self, flt: ChangeFilter, cursor: str | None, limit: int, at_seq: int | None, *,
                       at_text: str | None, endpoint: str = "changes") -> ChangePage:
         """A page of changes, newest first unless order=asc."""
         key = query_key(endpoint, {**msgspec.structs.asdict(flt), "at_seq": at_seq})
@@ -402,7 +403,7 @@ class ReadModels:
 
     # --- rollouts, snapshots, sites ----------------------------------------------------------------
 
-    async def _rows(self, table: str, columns: list[str], key_column: str, after: str | None, limit: int,
+    async def _rows(self, table: str, columns: list[str], key_column: str, after: str | None, *, limit: int,
                     extra: str = "") -> tuple[int, list[asyncpg.Record]]:
         params: list[Any] = [limit + 1]
         cond = "TRUE"
@@ -427,7 +428,7 @@ class ReadModels:
         """A page of rollouts by id."""
         key, after = self._page_after("rollouts", cursor, at_seq)
         if at_seq is None:
-            seq, records = await self._rows("rollouts", ROLLOUTS.columns, "rollout_id", after, limit)
+            seq, records = await self._rows("rollouts", ROLLOUTS.columns, "rollout_id", after, limit=limit)
             rows = [ROLLOUTS.from_record(r) for r in records]
         else:
             state = await self._historical(at_seq)
@@ -460,7 +461,8 @@ class ReadModels:
         if at_seq is None:
             extra = (", (SELECT coalesce(sum(total), 0) FROM rm_fleet.device_counts c "
                      "WHERE c.snapshot_id = snapshots.snapshot_id)::bigint AS devices")
-            seq, records = await self._rows("snapshots", SNAPSHOTS.columns, "snapshot_id", after, limit, extra)
+            seq, records = await self._rows("snapshots", SNAPSHOTS.columns, "snapshot_id", after, limit=limit,
+                                            extra=extra)
             items = [msgspec.convert(dict(r), SnapshotItem) for r in records]
         else:
             state = await self._historical(at_seq)
@@ -481,7 +483,7 @@ class ReadModels:
         key, after = self._page_after("sites", cursor, at_seq)
         counts: dict[str, dict[str, int]] = {}
         if at_seq is None:
-            seq, records = await self._rows("sites", SITES.columns, "site_id", after, limit)
+            seq, records = await self._rows("sites", SITES.columns, "site_id", after, limit=limit)
             sites = [SITES.from_record(r) for r in records]
             async with self.pool.acquire() as conn:
                 cells = await conn.fetch(
@@ -517,7 +519,8 @@ class ReadModels:
             ProjectionState(
                 name=r["name"], version=r["version"], generation=r["generation"],
                 checkpoint=r["checkpoint"], lag=None if head is None else max(head - r["checkpoint"], 0),
-                applied=r["applied"], skipped_unknown=r["skipped_unknown"], rate=r["rate"],
+                applied=r["applied"], skipped_unknown=r["skipped_unknown"],
+                rate=r["rate"] if (utcnow() - r["updated_at"]).total_seconds() < 10 else 0.0,
                 state=r["state"], error_seq=r["error_seq"], error=r["error"],
                 rebuilt_at=format_time(r["rebuilt_at"]) if r["rebuilt_at"] else None,
                 updated_at=format_time(r["updated_at"]) if r["updated_at"] else None,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
@@ -25,7 +26,7 @@ SNAPSHOTS = RowTable("snapshots", SnapshotRow, "snapshot_id", {
     "updated_seq": "bigint"})
 ROLLOUTS = RowTable("rollouts", RolloutRow, "rollout_id", {
     "wave": "integer", "counts": "jsonb", "last_gate": "jsonb", "updated_seq": "bigint"})
-TABLES = {"devices": DEVICES, "sites": SITES, "snapshots": SNAPSHOTS, "rollouts": ROLLOUTS}
+TABLES: dict[str, RowTable[Any]] = {"devices": DEVICES, "sites": SITES, "snapshots": SNAPSHOTS, "rollouts": ROLLOUTS}
 
 _COUNTS_SQL = (
     "INSERT INTO device_counts (site_id, snapshot_id, " + ", ".join(COUNTER_FIELDS) + ") "
@@ -96,5 +97,5 @@ async def load_state(conn: asyncpg.Connection) -> FleetState:
         async with conn.transaction():
             cursor = conn.cursor(f"SELECT {', '.join(rows.columns)} FROM {rows.name}", prefetch=5000)
             async for record in cursor:
-                target[record[rows.key]] = rows.from_record(record)  # type: ignore[index]
+                target[record[rows.key]] = rows.from_record(record)
     return state
