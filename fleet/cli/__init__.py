@@ -6,7 +6,13 @@ from typing import Optional
 
 import typer
 
+from fleet.cli import agent as agent_cli
+from fleet.cli import audit as audit_cli
 from fleet.cli import demo, service
+from fleet.cli import projections as projections_cli
+from fleet.cli import query as query_cli
+from fleet.cli import rollout as rollout_cli
+from fleet.cli import up as up_cli
 
 app = typer.Typer(
     name="fleet",
@@ -36,6 +42,17 @@ def _global(
 
 app.command("demo", help="Show Fleetplane working end to end on this machine.")(demo.demo)
 app.command("service", help="Run one Fleetplane service in the foreground.")(service.service)
+app.add_typer(rollout_cli.app, name="rollout")
+app.command("where", help="What runs where: counts by snapshot x site.")(query_cli.where)
+app.command("changes", help="What changed, who, when.")(query_cli.changes)
+app.command("degraded", help="Offline, failed, stuck, degraded, drifted devices, worst first.")(query_cli.degraded)
+app.command("history", help="Everything that happened to one device.")(query_cli.history)
+app.add_typer(projections_cli.app, name="projections")
+app.add_typer(audit_cli.app, name="audit")
+app.command("up", help="Run everything on this machine, supervised.")(up_cli.up)
+app.command("status", help="What `fleet up` runs, and how it is.")(up_cli.status)
+app.command("agent", help="Run the agent of one device.")(agent_cli.agent)
+app.command("simulate", help="Simulate many devices in one process.")(agent_cli.simulate)
 
 
 def main() -> None:

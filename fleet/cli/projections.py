@@ -1,0 +1,83 @@
+"""`fleet projections status|rebuild`: how the read models stand, and rebuilding them from the log."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from fleet.cli.common import JsonOption, console, emit, run, settings
+from fleet.cli.query import api_get
+from shared.config import Settings
+from shared.errors import Invalid
+
+app = typer.Typer(help="Read models: status, rebuild from the log.", no_args_is_help=True)
+
+
+@app.command("status")
+def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+    """Each projection: checkpoint, lag, rate, state, and the poison event if one stopped it."""
+    conf = settings(ctx)
+
+    def render(answer: dict[str, Any]) -> None:
+        table = Table("projection", "state", "checkpoint", "lag", "events/s", "applied", "unknown skipped",
+                      "version", "rebuilt")
+        for p in answer["items"]:
+            state = p["state"] if p["state"] != "failed" else "[red]failed[/red]"
+            table.add_row(p["name"], state, str(p["checkpoint"]), "?" if p["lag"] is None else str(p["lag"]),
+                          f"{p['rate']:.0f}", str(p["applied"]), str(p["skipped_unknown"]), str(p["version"]),
+                          p["rebuilt_at"] or "-")
+        console.print(table)
+        for p in answer["items"]:
+            if p["error"]:
+                console.print(f"[red]{p['name']} stopped at event {p['error_seq']}:[/red] {p['error']}")
+        console.print(f"log last sequence: {answer['log_last_seq']}")
+
+    emit(run(api_get(conf, "/v1/projections"), json_out=json_out), json_out=json_out, render=render)
+
+
+@app.command("rebuild")
+def rebuild(
+    ctx: typer.Context,
+    name: Optional[str] = typer.Argument(None, help="One projection (default: all)."),  # noqa: UP045
+    json_out: bool = JsonOption,
+) -> None:
+    """Replay the log from the start into fresh tables and swap them in atomically; queries keep
+    answering from the old tables meanwhile. Talks to NATS and PostgreSQL directly."""
+    conf = settings(ctx)
+    result = run(_rebuild(conf, name, quiet=json_out), json_out=json_out)
+    emit(result, json_out=json_out,
+         render=lambda r: console.print("\n".join(f"{k}: rebuilt to sequence {v}" for k, v in r.items())))
+
+
+async def _rebuild(conf: Settings, name: str | None, *, quiet: bool) -> dict[str, int]:
+    from projections.main import all_projections, runner_for
+    from projections.runner import create_pool
+    from projections.runner import rebuild as rebuild_projection
+    from shared.connection import connect_nats
+    from shared.eventlog import EventLog
+
+    projections = {p.name: p for p in all_projections()}
+    if name is not None and name not in projections:
+        raise Invalid(f"no projection {name!r}; choose one of {', '.join(projections)}", field="name")
+    if not conf.database_url:
+        raise Invalid("no database: set FLEET_DATABASE_URL or run `fleet up`", field="database_url")
+    nc = await connect_nats(conf, "cli", connect_for=5.0)
+    pool = await create_pool(conf.database_url, min_size=1, max_size=2)
+    out: dict[str, int] = {}
+    try:
+        log = EventLog(nc)
+        for projection in ([projections[name]] if name else projections.values()):
+            hook = runner_for(pool, log, projection).after_batch
+
+            def progress(seq: int, target: int, label: str = projection.name) -> None:
+                if not quiet and (seq == target or seq % 50_000 < 1000):
+                    console.print(f"{label}: {seq}/{target}", highlight=False)
+
+            out[projection.name] = await rebuild_projection(pool, log, projection, after_batch=hook,
+                                                            progress=progress)
+    finally:
+        await pool.close()
+        await nc.close()
+    return out

@@ -1,0 +1,218 @@
+"""`fleet where`, `fleet changes`, `fleet degraded`, `fleet history`: questions to the query API
+(FLEET_API_URL / --api-url / the api_url of endpoints.json)."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+from urllib.parse import quote
+
+import typer
+from rich.table import Table
+
+from fleet.cli.common import JsonOption, console, emit, run, settings
+from shared.config import Settings
+from shared.errors import Unavailable, error_from_code
+
+DEFAULT_API_URL = "http://127.0.0.1:8080"
+_RANK = {"offline": 0, "failed": 1, "stuck": 2, "degraded": 3, "drifted": 4}
+
+
+def api_url(conf: Settings) -> str:
+    """Where the query API answers."""
+    return (conf.api_url or DEFAULT_API_URL).rstrip("/")
+
+
+async def api_get(conf: Settings, path: str, params: dict[str, Any] | None = None) -> Any:
+    """GET a query-API path; an error answer raises its typed FleetError."""
+    import httpx
+
+    clean = {k: ("true" if v is True else "false" if v is False else v)
+             for k, v in (params or {}).items() if v is not None}
+    url = api_url(conf)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+            response = await client.get(path, params=clean)
+    except httpx.HTTPError as exc:
+        raise Unavailable(f"cannot reach the query API at {url} ({exc!r}); is `fleet up` running, "
+                          "or is FLEET_API_URL right?") from None
+    body = response.json() if response.content else {}
+    if response.status_code >= 400:
+        error = body.get("error", {}) if isinstance(body, dict) else {}
+        raise error_from_code(error.get("code", "internal"), error.get("message", response.text),
+                              error.get("field"))
+    return body
+
+
+async def api_pages(conf: Settings, path: str, params: dict[str, Any], limit: int) -> tuple[dict[str, Any], list[Any]]:
+    """Follow cursors until `limit` items; returns the first answer and all items."""
+    first: dict[str, Any] | None = None
+    items: list[Any] = []
+    cursor = None
+    while len(items) < limit:
+        page = await api_get(conf, path, {**params, "cursor": cursor, "limit": min(1000, limit - len(items))})
+        first = first or page
+        items += page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            break
+    return first or {}, items
+
+
+def _fresh(answer: dict[str, Any]) -> str:
+    when = f"historical, as of {answer['at']} " if answer.get("historical") and answer.get("at") else (
+        "historical, " if answer.get("historical") else "")
+    lag = answer.get("lag")
+    return f"[dim]({when}log sequence {answer['as_of_seq']}, lag {'?' if lag is None else lag})[/dim]"
+
+
+def where(
+    ctx: typer.Context,
+    site: Optional[str] = typer.Option(None, "--site", help="Only this site."),  # noqa: UP045
+    snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Only devices reporting this snapshot."),  # noqa: UP045
+    at: Optional[str] = typer.Option(None, "--at", help="RFC 3339 time (or log sequence): as it stood then."),  # noqa: UP045
+    devices: bool = typer.Option(False, "--devices", help="Also list the devices."),
+    limit: int = typer.Option(200, "--limit", help="At most this many devices with --devices."),
+    json_out: bool = JsonOption,
+) -> None:
+    """What runs where: device counts by snapshot x site (then the devices, with --devices)."""
+    conf = settings(ctx)
+    when = _at_params(at)
+
+    async def ask() -> dict[str, Any]:
+        summary = await api_get(conf, "/v1/summary", {"site": site, "snapshot": snapshot, **when})
+        out: dict[str, Any] = {"summary": summary}
+        if devices:
+            _, items = await api_pages(conf, "/v1/devices", {"site": site, "snapshot": snapshot, **when}, limit)
+            out["devices"] = items
+        return out
+
+    def render(out: dict[str, Any]) -> None:
+        summary = out["summary"]
+        table = Table("snapshot", "site", "devices", "online", "offline", "degraded", "failed", "drifted",
+                      title="What runs where")
+        for c in sorted(summary["cells"], key=lambda c: (c["snapshot_id"], c["site_id"])):
+            table.add_row(c["snapshot_id"] or "(none)", c["site_id"], str(c["total"]), str(c["online"]),
+                          str(c["offline"]), str(c["degraded"]), str(c["failed"]), str(c["drifted"]))
+        t = summary["totals"]
+        table.add_row("[bold]all[/bold]", "", str(t["total"]), str(t["online"]), str(t["offline"]),
+                      str(t["degraded"]), str(t["failed"]), str(t["drifted"]))
+        console.print(table)
+        console.print(_fresh(summary))
+        if "devices" in out:
+            _device_table(out["devices"])
+
+    emit(run(ask(), json_out=json_out), json_out=json_out, render=render)
+
+
+def _at_params(at: str | None) -> dict[str, Any]:
+    if at is None:
+        return {}
+    return {"at_seq": int(at)} if at.isdigit() else {"at": at}
+
+
+def _problems(device: dict[str, Any]) -> list[str]:
+    found = []
+    if not device["online"]:
+        found.append("offline" if device.get("last_seen") else "offline (never seen)")
+    if device["health"] in ("failed", "degraded"):
+        found.append(device["health"])
+    if device.get("stuck"):
+        found.append("stuck")
+    if device.get("drifted_since"):
+        found.append(f"drifted since {device['drifted_since']}")
+    return found
+
+
+def _device_table(devices: list[dict[str, Any]], problems: bool = False) -> None:
+    columns = ["device", "site", "runs", "should run", "health", "online", "last seen"]
+    table = Table(*(columns + (["problems"] if problems else [])))
+    for d in devices:
+        row = [d["device_id"], d["site_id"], d["reported_snapshot_id"] or "-", d["desired_snapshot_id"] or "-",
+               d["health"], "yes" if d["online"] else "no", d.get("last_seen") or "never"]
+        if problems:
+            row.append(", ".join(_problems(d)))
+        table.add_row(*row)
+    console.print(table)
+
+
+def degraded(
+    ctx: typer.Context,
+    site: Optional[str] = typer.Option(None, "--site", help="Only this site."),  # noqa: UP045
+    limit: int = typer.Option(1000, "--limit", help="At most this many devices."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Devices that are offline, failed, stuck, degraded or drifted, worst first."""
+    conf = settings(ctx)
+
+    async def ask() -> dict[str, Any]:
+        first, items = await api_pages(conf, "/v1/devices", {"problems": True, "site": site}, limit)
+
+        def rank(d: dict[str, Any]) -> tuple[int, str]:
+            found = [p.split(" ")[0] for p in _problems(d)]
+            return min((_RANK.get(p, 9) for p in found), default=9), d["device_id"]
+
+        items.sort(key=rank)
+        return {"as_of_seq": first.get("as_of_seq"), "lag": first.get("lag"), "devices": items}
+
+    def render(out: dict[str, Any]) -> None:
+        if not out["devices"]:
+            console.print("No device is offline, failed, stuck, degraded or drifted.")
+        else:
+            _device_table(out["devices"], problems=True)
+        console.print(_fresh({**out, "historical": False}))
+
+    emit(run(ask(), json_out=json_out), json_out=json_out, render=render)
+
+
+def changes(
+    ctx: typer.Context,
+    since: Optional[str] = typer.Option(None, "--since", help="How far back, e.g. 1h (default 1h)."),  # noqa: UP045
+    start: Optional[str] = typer.Option(None, "--from", help="RFC 3339 start."),  # noqa: UP045
+    end: Optional[str] = typer.Option(None, "--to", help="RFC 3339 end."),  # noqa: UP045
+    device: Optional[str] = typer.Option(None, "--device"),  # noqa: UP045
+    site: Optional[str] = typer.Option(None, "--site"),  # noqa: UP045
+    snapshot: Optional[str] = typer.Option(None, "--snapshot"),  # noqa: UP045
+    rollout: Optional[str] = typer.Option(None, "--rollout"),  # noqa: UP045
+    actor: Optional[str] = typer.Option(None, "--actor"),  # noqa: UP045
+    limit: int = typer.Option(200, "--limit", help="At most this many changes (the newest)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """What changed: who did what, when, to which device, site, snapshot or rollout."""
+    conf = settings(ctx)
+    if since is None and start is None and end is None:
+        since = "1h"
+    params = {"since": since, "from": start, "to": end, "device": device, "site": site, "snapshot": snapshot,
+              "rollout": rollout, "actor": actor, "order": "desc"}
+
+    async def ask() -> dict[str, Any]:
+        first, items = await api_pages(conf, "/v1/changes", params, limit)
+        items.reverse()  # oldest first on screen
+        return {"as_of_seq": first.get("as_of_seq"), "lag": first.get("lag"), "changes": items}
+
+    emit(run(ask(), json_out=json_out), json_out=json_out, render=_render_changes)
+
+
+def _render_changes(out: dict[str, Any]) -> None:
+    table = Table("seq", "at", "actor", "what")
+    for c in out["changes"]:
+        table.add_row(str(c["seq"]), c["at"], c["actor"], c["summary"])
+    console.print(table if out["changes"] else "No changes.")
+    console.print(_fresh({**out, "historical": False}))
+
+
+def history(
+    ctx: typer.Context,
+    device: str = typer.Argument(..., help="Device id."),
+    limit: int = typer.Option(200, "--limit", help="At most this many changes (the newest)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Everything that happened to one device."""
+    conf = settings(ctx)
+
+    async def ask() -> dict[str, Any]:
+        first, items = await api_pages(conf, f"/v1/devices/{quote(device, safe='')}/history",
+                                       {"order": "desc"}, limit)
+        items.reverse()
+        return {"as_of_seq": first.get("as_of_seq"), "lag": first.get("lag"), "changes": items}
+
+    emit(run(ask(), json_out=json_out), json_out=json_out, render=_render_changes)
