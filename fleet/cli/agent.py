@@ -1,0 +1,120 @@
+"""`fleet agent` (the agent of one real device) and `fleet simulate` (many simulated devices in one
+process), DESIGN §5."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fleet.cli.common import console, run, settings
+from shared.config import Settings
+from shared.connection import connect_nats
+from shared.times import parse_duration
+
+
+def _duration(text: str, name: str) -> float:
+    return parse_duration(text, field=name)
+
+
+async def _until_signalled(work: Awaitable[None]) -> None:
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def agent(
+    ctx: typer.Context,
+    device: str = typer.Option(..., "--device", help="This device's id."),
+    site: str = typer.Option(..., "--site", help="The site the device is registered at."),
+    state_dir: Path = typer.Option(..., "--state-dir", help="Where the effective config is written."),
+    apply_cmd: Optional[str] = typer.Option(  # noqa: UP045 - typer reads Optional
+        None, "--apply-cmd", help="Shell command run after a new config is written (FLEET_CONFIG names it)."),
+    health_cmd: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--health-cmd",
+        help="Shell command run every interval: exit 0 ok, 1 degraded, other failed; "
+             "stdout name=value lines are metrics."),
+    interval: str = typer.Option("10s", "--interval", help="Heartbeat interval (e.g. 10s, 500ms)."),
+    creds: Optional[str] = typer.Option(  # noqa: UP045
+        None, "--creds", help="NATS credentials file of this device."),
+) -> None:
+    """Run the agent of one device until interrupted."""
+    from services.agent.agent import Agent, AgentOptions
+
+    conf = settings(ctx)
+    if creds:
+        conf = _with(conf, nats_creds=creds)
+    logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+
+    async def main() -> None:
+        options = AgentOptions(device_id=device, site_id=site, state_dir=state_dir, apply_cmd=apply_cmd,
+                               health_cmd=health_cmd, interval=_duration(interval, "interval"))
+        await _until_signalled(Agent(options, conf).run())
+
+    run(main())
+
+
+def simulate(
+    ctx: typer.Context,
+    devices: int = typer.Option(10_000, "--devices", help="How many devices to simulate."),
+    sites: int = typer.Option(50, "--sites", help="Over how many sites."),
+    interval: str = typer.Option("10s", "--interval", help="Heartbeat interval."),
+    apply_delay: str = typer.Option("0.5s", "--apply-delay", help="How long an apply takes."),
+    fail_snapshots: str = typer.Option(
+        "", "--fail-snapshots", help="Snapshot ids that come up unhealthy (comma separated)."),
+    fail_sites: str = typer.Option("", "--fail-sites", help="Site ids where applies fail (comma separated)."),
+    offline: float = typer.Option(0.0, "--offline", help="Chance per interval that a device drops offline."),
+    tamper: float = typer.Option(0.0, "--tamper", help="Chance per interval of a local config edit."),
+    seed: int = typer.Option(0, "--seed", help="Seed: same seed, same behaviour."),
+    prefix: str = typer.Option("sim", "--prefix", help="Prefix of the simulated device and site ids."),
+    no_register: bool = typer.Option(
+        False, "--no-register", help="Do not register devices: they are registered already."),
+) -> None:
+    """Run many simulated device agents in this process until interrupted."""
+    from services.agent.simulator import FleetSimulator, SimOptions
+
+    conf = settings(ctx)
+    logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+
+    async def main() -> None:
+        options = SimOptions(
+            devices=devices, sites=sites, interval=_duration(interval, "interval"),
+            apply_delay=_duration(apply_delay, "apply_delay"),
+            fail_snapshots={s for s in fail_snapshots.split(",") if s},
+            fail_sites={s for s in fail_sites.split(",") if s},
+            offline=offline, tamper=tamper, seed=seed, prefix=prefix, register=not no_register)
+        nc = await connect_nats(conf, "simulator")
+        sim = FleetSimulator(nc, options)
+        try:
+            await sim.start()
+            console.print(f"simulating {devices} devices over {sites} sites, heartbeat every "
+                          f"{options.interval:g}s (seed {seed}); Ctrl-C to stop")
+
+            async def report() -> None:
+                while True:
+                    await asyncio.sleep(max(options.interval, 5.0))
+                    s = sim.stats
+                    console.print(f"heartbeats {s.heartbeats}  applies {s.applies} "
+                                  f"(failed {s.failed_applies})  offline episodes {s.went_offline}  "
+                                  f"tampered {s.tampered}")
+            await _until_signalled(report())
+        finally:
+            await sim.stop()
+            await nc.drain()
+
+    run(main())
+
+
+def _with(conf: Settings, **changes: object) -> Settings:
+    import msgspec
+
+    return msgspec.structs.replace(conf, **changes)

@@ -1,0 +1,334 @@
+"""`fleet agent`: the agent of one real device (DESIGN §5).
+
+It reads the device's desired state (direct get on its own key), then follows
+`$KV.fleet_desired.<device>` with a plain core subscription, and reads the key again after every
+reconnect. A new value is written to `<state-dir>/config.json` atomically (temporary file, fsync,
+rename, fsync of the directory), then `--apply-cmd` runs. Every interval it checks the file on
+disk against what it was told to run and re-applies when someone edited it, runs `--health-cmd`
+(exit 0 ok, 1 degraded, anything else failed; stdout `name=value` lines are metrics) and sends a
+heartbeat carrying the hash of the config *actually on disk*.
+
+While NATS is away it keeps the last good config, keeps checking the disk, and sends nothing
+(stale heartbeats are worthless, so none are buffered). `seq` starts from the wall clock in
+milliseconds so that it keeps increasing across agent restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from shared.config import Settings
+from shared.configs import canonical_json, config_hash
+from shared.connection import DEFAULT_URL
+from shared.desired import decode_value, get_desired
+from shared.devices import DESIRED_DECODER, DESIRED_ENCODER, HEARTBEAT_ENCODER, DesiredState, Heartbeat
+from shared.errors import FleetError, Invalid
+from shared.ids import check_id
+from shared.subjects import desired_key_subject, heartbeat_subject
+from shared.times import format_time, utcnow
+
+log = logging.getLogger(__name__)
+AGENT_VERSION = "fleet-agent/0.1"
+CONFIG_FILE = "config.json"
+DESIRED_FILE = "desired.json"
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """What `fleet agent` is told on its command line."""
+
+    device_id: str
+    site_id: str
+    state_dir: Path
+    apply_cmd: str | None = None
+    health_cmd: str | None = None
+    interval: float = 10.0
+    command_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        check_id(self.device_id, "device")
+        check_id(self.site_id, "site")
+        if self.interval <= 0:
+            raise Invalid("the interval must be positive", field="interval")
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that a crash at any moment leaves the old or the new file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def disk_hash(path: Path) -> str | None:
+    """config_hash of the config on disk; a file that is not JSON hashes its raw bytes (so it
+    never matches a desired hash); None when there is no file."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        return config_hash(msgspec.json.decode(raw))
+    except (msgspec.DecodeError, TypeError):
+        return "unparseable-" + hashlib.sha256(raw).hexdigest()
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """`name=value` lines to metrics; other lines are ignored."""
+    metrics: dict[str, float] = {}
+    for line in text.splitlines():
+        name, sep, value = line.strip().partition("=")
+        if not sep or not name:
+            continue
+        with contextlib.suppress(ValueError):
+            metrics[name.strip()] = float(value)
+    return metrics
+
+
+class Agent:
+    """One device's agent; `run()` until cancelled."""
+
+    def __init__(self, options: AgentOptions, settings: Settings) -> None:
+        self.options = options
+        self.settings = settings
+        self.config_path = options.state_dir / CONFIG_FILE
+        self.desired_path = options.state_dir / DESIRED_FILE
+        self.applied: DesiredState | None = None  # the desired state last written to disk
+        self.apply_ok = True
+        self.health = "ok"
+        self.metrics: dict[str, float] = {}
+        self.seq = int(time.time() * 1000)
+        self.heartbeats_sent = 0
+        self.applies = 0
+        self.repairs = 0
+        self.nc: NATS | None = None
+        self._latest: DesiredState | None = None
+        self._wake = asyncio.Event()
+        self._refresh = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    # --- life cycle -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until cancelled."""
+        self.options.state_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.options.state_dir.glob(".*.tmp"):  # left by a crash mid-write
+            stale.unlink(missing_ok=True)
+        self.applied = self._load_applied()
+        tasks = [asyncio.create_task(self._apply_loop(), name="agent-apply")]
+        try:
+            await self._connect()
+            tasks.append(asyncio.create_task(self._refresh_loop(), name="agent-refresh"))
+            self._refresh.set()
+            while True:
+                await self.check_once()
+                await asyncio.sleep(self.options.interval)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.nc is not None:
+                with contextlib.suppress(Exception):
+                    await self.nc.close()
+
+    async def _connect(self) -> None:
+        """Connect, retrying for ever: a device waits for its control plane."""
+        async def reconnected() -> None:
+            log.info("agent %s: reconnected, reading desired state again", self.options.device_id)
+            self._refresh.set()
+
+        async def quiet(exc: Exception) -> None:
+            log.debug("nats: %r", exc)
+
+        options: dict[str, Any] = {
+            "servers": [self.settings.nats_url or DEFAULT_URL],
+            "name": f"fleet-agent-{self.options.device_id}",
+            "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
+            "connect_timeout": 2, "reconnected_cb": reconnected, "error_cb": quiet,
+            "pending_size": 256 * 1024,
+        }
+        if self.settings.nats_creds:
+            options["user_credentials"] = self.settings.nats_creds
+        while True:
+            try:
+                self.nc = await nats.connect(**options)
+                break
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                log.warning("agent: NATS not reachable yet (%r); keeping the last good config", exc)
+                await self.check_local()
+                await asyncio.sleep(min(self.options.interval, 2.0))
+        await self.nc.subscribe(desired_key_subject(self.options.device_id), cb=self._on_value)
+
+    async def _on_value(self, msg: Msg) -> None:
+        if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+            return
+        value = decode_value(msg.data)
+        if value is None or value.device_id != self.options.device_id:
+            log.warning("agent: ignoring a desired-state value that is not for this device")
+            return
+        self._offer(value)
+
+    def _offer(self, value: DesiredState) -> None:
+        if value != self.applied:
+            self._latest = value
+            self._wake.set()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await self._refresh.wait()
+            self._refresh.clear()
+            assert self.nc is not None
+            try:
+                value = await get_desired(self.nc, self.options.device_id)
+            except FleetError as exc:
+                log.warning("agent: could not read desired state (%s); will retry", exc)
+                await asyncio.sleep(1.0)
+                self._refresh.set()
+                continue
+            if value is not None:
+                self._offer(value)
+
+    async def _apply_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            value, self._latest = self._latest, None
+            if value is None or value == self.applied:
+                continue
+            await self.apply(value)
+            await self.heartbeat()  # report the change at once rather than at the next interval
+
+    # --- applying ---------------------------------------------------------------------------------
+
+    async def apply(self, value: DesiredState) -> None:
+        """Write the effective config atomically, record it, run the apply command."""
+        async with self._lock:
+            await asyncio.to_thread(self._write, value)
+            self.applied = value
+            self.applies += 1
+            self.apply_ok = await self._run_apply(value)
+            log.info("agent %s: applied %s (revision %d)%s", self.options.device_id, value.snapshot_id,
+                     value.revision, "" if self.apply_ok else " but the apply command failed")
+
+    def _write(self, value: DesiredState) -> None:
+        if config_hash(value.config) != value.config_hash:
+            log.warning("agent: desired config_hash %s does not match its config; writing the config",
+                        value.config_hash)
+        write_atomically(self.config_path, msgspec.json.format(canonical_json(value.config), indent=2))
+        write_atomically(self.desired_path, DESIRED_ENCODER.encode(value))
+
+    def _load_applied(self) -> DesiredState | None:
+        try:
+            return DESIRED_DECODER.decode(self.desired_path.read_bytes())
+        except (FileNotFoundError, msgspec.DecodeError, msgspec.ValidationError):
+            return None
+
+    async def _run_apply(self, value: DesiredState) -> bool:
+        if not self.options.apply_cmd:
+            return True
+        code, _ = await self._shell(self.options.apply_cmd, value)
+        return code == 0
+
+    async def _shell(self, command: str, value: DesiredState | None) -> tuple[int, str]:
+        env = {**os.environ, "FLEET_DEVICE_ID": self.options.device_id, "FLEET_SITE_ID": self.options.site_id,
+               "FLEET_CONFIG": str(self.config_path)}
+        if value is not None:
+            env["FLEET_SNAPSHOT_ID"] = value.snapshot_id
+        try:
+            proc = await asyncio.create_subprocess_shell(
+                command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env)
+        except OSError as exc:
+            log.warning("agent: cannot run %r: %s", command, exc)
+            return 127, ""
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), self.options.command_timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            return 124, ""
+        return proc.returncode or 0, out.decode(errors="replace")
+
+    # --- every interval ---------------------------------------------------------------------------
+
+    async def check_local(self) -> bool:
+        """Re-apply when the config on disk is not what was applied; True if it repaired."""
+        applied = self.applied
+        if applied is None:
+            return False
+        if disk_hash(self.config_path) == config_hash(applied.config):
+            if not self.apply_ok:  # a failed apply is retried every interval
+                async with self._lock:
+                    self.apply_ok = await self._run_apply(applied)
+            return False
+        log.warning("agent %s: config on disk was changed locally; re-applying %s",
+                    self.options.device_id, applied.snapshot_id)
+        self.repairs += 1
+        await self.apply(applied)
+        return True
+
+    async def check_once(self) -> None:
+        """One interval's work: local drift, health, heartbeat."""
+        await self.check_local()
+        await self._check_health()
+        await self.heartbeat()
+
+    async def _check_health(self) -> None:
+        if not self.options.health_cmd:
+            self.health = "ok" if self.apply_ok else "failed"
+            return
+        code, out = await self._shell(self.options.health_cmd, self.applied)
+        self.metrics = parse_metrics(out)
+        health = {0: "ok", 1: "degraded"}.get(code, "failed")
+        self.health = health if self.apply_ok else "failed"
+
+    def heartbeat_body(self) -> Heartbeat:
+        """The heartbeat as of now: the hash is of the file on disk, not of what was sent."""
+        self.seq += 1
+        applied = self.applied
+        on_disk = disk_hash(self.config_path) if applied is not None else None
+        return Heartbeat(
+            device_id=self.options.device_id, site=self.options.site_id, seq=self.seq,
+            at=format_time(utcnow()), snapshot_id=applied.snapshot_id if applied else None,
+            config_hash=on_disk, health=self.health,  # type: ignore[arg-type]
+            metrics=self.metrics, agent_version=AGENT_VERSION)
+
+    async def heartbeat(self) -> None:
+        """Publish a heartbeat if connected (nothing is queued while NATS is away)."""
+        nc = self.nc
+        if nc is None or not nc.is_connected:
+            return
+        body = HEARTBEAT_ENCODER.encode(self.heartbeat_body())
+        try:
+            await nc.publish(heartbeat_subject(self.options.site_id, self.options.device_id), body)
+            await nc.flush(timeout=2)
+            self.heartbeats_sent += 1
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("agent: heartbeat not sent: %r", exc)
