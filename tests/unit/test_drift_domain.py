@@ -1,0 +1,273 @@
+"""The drift service's device state machine, pure: worked examples of each rule, and hypothesis
+runs of random heartbeat/time/desired-state sequences checked against invariants and against a
+replay of the events they produced."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from services.drift.domain import (
+    OUT_OF_ORDER,
+    RETIRED_DEVICE,
+    SITE_MISMATCH,
+    UNKNOWN_DEVICE,
+    Beat,
+    DesiredChanged,
+    DeviceState,
+    Policy,
+    Retired,
+    Tick,
+    decide,
+    evolve,
+    initial,
+    observe,
+    reject,
+    resume,
+)
+from shared.devices import Heartbeat
+from shared.envelope import Event
+from shared.events.desired import DesiredStateAssigned
+from shared.events.observed import (
+    DeviceCameOnline,
+    DeviceStuck,
+    DeviceWentOffline,
+    DriftBegan,
+    DriftEnded,
+    ReconcileAttempted,
+)
+from shared.events.registry import DeviceAdded, DeviceRetired
+from shared.times import parse_time
+
+POLICY = Policy(interval=10.0, offline_after=3, drift_grace=60.0, reconcile_backoff=5.0, reconcile_max_tries=3)
+T0 = 1_800_000_000.0
+_VOLATILE = {"last_seen", "last_seq", "mismatch_since"}
+
+
+def hb(seq: int, snapshot: str | None = "s1", digest: str | None = "h1", health: str = "ok",
+       site: str = "site-a") -> Heartbeat:
+    return Heartbeat(device_id="d1", site=site, seq=seq, at="2027-01-01T00:00:00Z", snapshot_id=snapshot,
+                     config_hash=digest, health=health)  # type: ignore[arg-type]
+
+
+def registered(desired: tuple[str, str] | None = ("s1", "h1")) -> DeviceState:
+    state = evolve(initial("d1"), DeviceAdded(device_id="d1", site_id="site-a"))
+    if desired:
+        state = evolve(state, DesiredStateAssigned(device_id="d1", site_id="site-a", snapshot_id=desired[0],
+                                                   config_hash=desired[1], revision=1))
+    return state
+
+
+def step(state: DeviceState, command: Any, now: float) -> tuple[DeviceState, list[Event]]:
+    events = decide(state, command, now, POLICY)
+    for event in events:
+        state = evolve(state, event)
+    if isinstance(command, Beat):
+        state = observe(state, command.heartbeat, now)
+    return state, list(events)
+
+
+def names(events: list[Event]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+# --- worked examples ------------------------------------------------------------------------------
+
+
+def test_reject_reasons() -> None:
+    assert reject(initial("d1"), hb(1)) == UNKNOWN_DEVICE
+    state = registered()
+    assert reject(state, hb(1, site="elsewhere")) == SITE_MISMATCH
+    assert reject(evolve(state, DeviceRetired(device_id="d1")), hb(1)) == RETIRED_DEVICE
+    state, _ = step(state, Beat(hb(5)), T0)
+    assert reject(state, hb(5)) == OUT_OF_ORDER
+    assert reject(state, hb(4)) == OUT_OF_ORDER
+    assert reject(state, hb(6)) is None
+
+
+def test_online_changes_and_offline_after_the_window() -> None:
+    state, events = step(registered(), Beat(hb(1)), T0)
+    assert names(events) == ["DeviceCameOnline"]
+    state, events = step(state, Beat(hb(2)), T0 + 10)
+    assert events == []  # nothing changed: no event
+    state, events = step(state, Beat(hb(3, health="degraded")), T0 + 20)
+    assert names(events) == ["DeviceHealthChanged"]
+    state, events = step(state, Tick(), T0 + 20 + POLICY.offline_window)
+    assert events == []  # exactly at the window: not yet
+    state, events = step(state, Tick(), T0 + 20.001 + POLICY.offline_window)
+    assert names(events) == ["DeviceWentOffline"]
+    assert parse_time(events[0].last_seen).timestamp() == T0 + 20  # type: ignore[attr-defined]
+    state, events = step(state, Tick(), T0 + 500)
+    assert events == []
+    state, events = step(state, Beat(hb(1)), T0 + 600)  # seq restarts after offline: accepted
+    assert names(events) == ["DeviceCameOnline"]
+
+
+def test_drift_grace_reconcile_backoff_and_stuck() -> None:
+    state, _ = step(registered(), Beat(hb(1, digest="other")), T0)
+    state, events = step(state, Beat(hb(2, digest="other")), T0 + 59)
+    assert events == []  # within the grace period
+    state, events = step(state, Tick(), T0 + 60)
+    assert names(events) == ["DriftBegan", "ReconcileAttempted"]
+    attempt = events[1]
+    assert isinstance(attempt, ReconcileAttempted)
+    assert (attempt.attempt, attempt.revision) == (1, 2)
+    assert parse_time(attempt.retry_at or "").timestamp() == T0 + 65
+    state, events = step(state, Beat(hb(3, digest="other")), T0 + 64)
+    assert events == []
+    state, events = step(state, Beat(hb(4, digest="other")), T0 + 65)
+    assert names(events) == ["ReconcileAttempted"]
+    assert parse_time(events[0].retry_at).timestamp() == T0 + 75  # type: ignore[attr-defined]
+    state, events = step(state, Beat(hb(5, digest="other")), T0 + 75)
+    assert parse_time(events[0].retry_at).timestamp() == T0 + 95  # type: ignore[attr-defined]
+    state, events = step(state, Beat(hb(6, digest="other")), T0 + 95)
+    assert names(events) == ["DeviceStuck"]
+    for later in (100, 200, 1000):
+        state, events = step(state, Beat(hb(int(later), digest="other")), T0 + later)
+        assert events == []
+    state, events = step(state, Beat(hb(2000)), T0 + 1001)
+    assert names(events) == ["DeviceReportedState", "DriftEnded"]
+    ended = events[1]
+    assert isinstance(ended, DriftEnded)
+    assert (ended.resolution, ended.duration_seconds) == ("converged", 1001.0)
+    assert not state.stuck and state.attempts == 0
+
+
+def test_desired_change_ends_drift_and_clears_stuck() -> None:
+    state, _ = step(registered(), Beat(hb(1, digest="other")), T0)
+    for i, t in enumerate((60, 65, 75, 95), 2):
+        state, _ = step(state, Beat(hb(i, digest="other")), T0 + t)
+    assert state.stuck
+    state = evolve(state, DesiredStateAssigned(device_id="d1", site_id="site-a", snapshot_id="s2",
+                                               config_hash="h2", revision=7))
+    state, events = step(state, DesiredChanged(), T0 + 100)
+    assert names(events) == ["DriftEnded"] and events[0].resolution == "desired_changed"  # type: ignore[attr-defined]
+    assert not state.stuck and not state.drifted
+    state, events = step(state, Beat(hb(10, snapshot="s2", digest="h2")), T0 + 101)
+    assert names(events) == ["DeviceReportedState"]
+    state, events = step(state, Retired(), T0 + 102)
+    assert events == []
+
+
+def test_restart_gives_a_full_window_and_a_fresh_grace() -> None:
+    state, _ = step(registered(), Beat(hb(1, digest="other")), T0)
+    rebuilt = DeviceState(**{f: getattr(state, f) for f in state.__struct_fields__ if f not in _VOLATILE})
+    resumed = resume(rebuilt, T0 + 1000)
+    _, events = step(resumed, Tick(), T0 + 1000 + POLICY.offline_window)
+    assert events == []
+    _, events = step(resumed, Tick(), T0 + 1000 + POLICY.offline_window + 1)
+    assert names(events) == ["DeviceWentOffline"]
+    assert resumed.mismatch_since == T0 + 1000
+
+
+# --- properties -----------------------------------------------------------------------------------
+
+SNAPSHOTS = [None, "s1", "s2"]
+HASHES = [None, "h1", "h2", "tampered"]
+beats = st.tuples(st.just("beat"), st.sampled_from(SNAPSHOTS), st.sampled_from(HASHES),
+                  st.sampled_from(["ok", "ok", "degraded", "failed"]), st.floats(0, 40))
+ticks = st.tuples(st.just("tick"), st.floats(0, 60))
+desires = st.tuples(st.just("desire"), st.sampled_from(["s1", "s2"]), st.sampled_from(["h1", "h2"]))
+steps = st.lists(st.one_of(beats, beats, ticks, desires), max_size=60)
+
+
+def run(commands: list[tuple[Any, ...]]) -> tuple[DeviceState, list[tuple[float, Event]]]:
+    """Drive the machine the way the service does; return the state and the log it wrote."""
+    state = initial("d1")
+    log: list[tuple[float, Event]] = []
+    now, seq, revision = T0, 0, 0
+    first: list[Event] = [DeviceAdded(device_id="d1", site_id="site-a")]
+    for event in first:
+        state = evolve(state, event)
+        log.append((now, event))
+    for command in commands:
+        kind = command[0]
+        if kind == "beat":
+            _, snapshot, digest, health, dt = command
+            now += dt
+            seq += 1
+            beat = hb(seq, snapshot, digest, health)
+            assert reject(state, beat) is None
+            state, events = step(state, Beat(beat), now)
+        elif kind == "tick":
+            now += command[1]
+            state, events = step(state, Tick(), now)
+        else:
+            revision += 1
+            assigned = DesiredStateAssigned(device_id="d1", site_id="site-a", snapshot_id=command[1],
+                                            config_hash=command[2], revision=revision)
+            state = evolve(state, assigned)
+            log.append((now, assigned))
+            state, events = step(state, DesiredChanged(), now)
+        log.extend((now, e) for e in events)
+    return state, log
+
+
+def durable(state: DeviceState) -> dict[str, Any]:
+    return {k: v for k, v in msgspec.structs.asdict(state).items() if k not in _VOLATILE}
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_replaying_the_log_gives_the_same_state(commands: list[tuple[Any, ...]]) -> None:
+    state, log = run(commands)
+    rebuilt = initial("d1")
+    for _, event in log:
+        rebuilt = evolve(rebuilt, event)
+    assert durable(rebuilt) == durable(state)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps)
+def test_invariants(commands: list[tuple[Any, ...]]) -> None:
+    state, log = run(commands)
+    online = False
+    drifting = False
+    attempts = 0
+    stuck = False
+    for _, event in log:
+        match event:
+            case DeviceCameOnline():
+                assert not online, "came online twice without going offline"
+                online = True
+            case DeviceWentOffline():
+                assert online
+                online = False
+            case DriftBegan():
+                assert not drifting and online
+                assert event.desired_config_hash is not None
+                drifting, attempts, stuck = True, 0, False
+            case ReconcileAttempted():
+                assert drifting and not stuck
+                attempts += 1
+                assert event.attempt == attempts <= POLICY.reconcile_max_tries
+            case DeviceStuck():
+                assert drifting and not stuck and attempts == POLICY.reconcile_max_tries
+                stuck = True
+            case DriftEnded():
+                assert drifting
+                drifting = False
+            case DesiredStateAssigned():
+                attempts, stuck = 0, False
+    assert state.online == online and state.drifted == drifting and state.stuck == stuck
+    if state.drifted:
+        assert state.desired_config_hash is not None
+    if state.online and not state.drifted and state.mismatch_since is not None:
+        # a mismatch that outlives the grace period (while the device stays online) is drift
+        due = max(state.mismatch_since + POLICY.drift_grace, state.last_seen)
+        if due - state.last_seen <= POLICY.offline_window:
+            assert names(decide(state, Tick(), due, POLICY))[:1] == ["DriftBegan"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(steps)
+def test_a_repeated_heartbeat_changes_nothing(commands: list[tuple[Any, ...]]) -> None:
+    state, _ = run(commands)
+    if not state.online:
+        return
+    now = state.last_seen
+    again = hb(state.last_seq + 1, state.reported_snapshot_id, state.reported_config_hash, state.health)
+    assert decide(state, Beat(again), now, POLICY) == []
