@@ -19,6 +19,7 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.errors import Unavailable
@@ -66,6 +67,26 @@ async def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, lo
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
             return
+
+
+def _load_prctl() -> Callable[[int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
+
+
+# Resolved in the parent: the child may already run as another user that cannot import modules.
+_PRCTL = _load_prctl()
+
+
+def die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGTERM this child when its parent dies, so a crashed `fleet up`
+    or test run leaves no server behind (a no-op elsewhere)."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _tail(log: Path, size: int = 2000) -> str:
@@ -123,7 +144,7 @@ class EmbeddedNats:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - a daemon child, waited for below
                 [str(nats_server_binary()), "-c", str(conf)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
             )
         await _wait_for_port(self.port, self.proc, "nats-server", self.log_path, timeout)
         return self
@@ -259,7 +280,7 @@ class EmbeddedPostgres:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # type: ignore[call-overload]  # noqa: ASYNC220
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, **popen_kwargs,
+                start_new_session=True, preexec_fn=die_with_parent, **popen_kwargs,  # noqa: PLW1509
             )
         await _wait_for_port(self.port, self.proc, "postgres", self.log_path, timeout)
         await self._wait_ready(timeout)

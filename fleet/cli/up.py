@@ -1,0 +1,100 @@
+"""`fleet up` (run everything here, supervised) and `fleet status` (what runs, and how it is)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import urllib.request
+from typing import Any, Optional
+
+import msgspec
+import typer
+from rich.table import Table
+
+from fleet.cli.common import JsonOption, console, emit, run, settings
+from fleet.supervisor import PARTS, Supervisor, read_status
+from shared.errors import Unavailable
+
+
+def up(
+    ctx: typer.Context,
+    api_port: Optional[int] = typer.Option(None, "--api-port", help="Port of the query API (default: free)."),  # noqa: UP045
+    heartbeat_interval: Optional[str] = typer.Option(None, "--heartbeat-interval", envvar="FLEET_HEARTBEAT_INTERVAL"),  # noqa: UP045
+    offline_after: Optional[int] = typer.Option(None, "--offline-after", envvar="FLEET_OFFLINE_AFTER"),  # noqa: UP045
+    drift_grace: Optional[str] = typer.Option(None, "--drift-grace", envvar="FLEET_DRIFT_GRACE"),  # noqa: UP045
+    reconcile_backoff: Optional[str] = typer.Option(None, "--reconcile-backoff", envvar="FLEET_RECONCILE_BACKOFF"),  # noqa: UP045
+) -> None:
+    """Run NATS, PostgreSQL (embedded unless URLs are given), the services, projections and API."""
+    obj = dict(ctx.find_root().obj or {})
+    obj.update({"heartbeat_interval": heartbeat_interval, "offline_after": offline_after,
+                "drift_grace": drift_grace, "reconcile_backoff": reconcile_backoff})
+    ctx.find_root().obj = obj
+    conf = settings(ctx)
+
+    async def main() -> None:
+        supervisor = Supervisor(conf, api_port=api_port)
+        try:
+            status = await supervisor.start()
+        except BaseException:
+            await supervisor.stop()
+            raise
+        console.print(f"fleet up: NATS {status.nats_url}, API {status.api_url}, parts {', '.join(PARTS)}; "
+                      f"data in {conf.data_path.resolve()} (Ctrl-C stops everything)")
+        await supervisor.run_until_stopped()
+        console.print("fleet up: stopped")
+
+    run(main())
+
+
+def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+    """Each part (pid, up since, restarts), the API's readiness and projection lag."""
+    conf = settings(ctx)
+    local = read_status(conf.data_path)
+    if local is not None and not _alive(local.pid):
+        local = None
+    api_url = conf.api_url or (local.api_url if local else None)
+    if local is None and api_url is None:
+        run(_fail(f"nothing is running in {conf.data_path.resolve()} and no FLEET_API_URL is set"),
+            json_out=json_out)
+    ready = run(_ready(api_url), json_out=json_out) if api_url else None
+    result: dict[str, Any] = {"up": msgspec.to_builtins(local) if local else None, "api_url": api_url,
+                              "api": ready}
+    emit(result, json_out=json_out, render=_render)
+
+
+def _render(result: dict[str, Any]) -> None:
+    up_ = result["up"]
+    if up_:
+        console.print(f"fleet up (pid {up_['pid']}) since {up_['started_at']}; NATS {up_['nats_url']}")
+        table = Table("part", "state", "pid", "up since", "restarts")
+        for part in up_["parts"]:
+            table.add_row(part["name"], part["state"], str(part["pid"] or "-"), part["up_since"] or "-",
+                          str(part["restarts"]))
+        console.print(table)
+    console.print(f"API {result['api_url']}: {json.dumps(result['api']) if result['api'] else 'not answering'}")
+
+
+async def _fail(message: str) -> None:
+    raise Unavailable(message)
+
+
+async def _ready(api_url: str) -> Any:
+    def fetch() -> Any:
+        try:
+            with urllib.request.urlopen(f"{api_url}/readyz", timeout=3) as response:
+                return json.loads(response.read() or b"null")
+        except urllib.error.HTTPError as exc:
+            return json.loads(exc.read() or b"null")
+        except (OSError, ValueError):
+            return None
+
+    return await asyncio.to_thread(fetch)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True

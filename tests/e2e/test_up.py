@@ -1,0 +1,78 @@
+"""`fleet up` as a user runs it: start, `fleet status`, a killed part comes back, a second
+`fleet up` on the same data dir is refused, SIGTERM leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from shared.embedded import free_port
+
+FLEET = [sys.executable, "-m", "fleet"]
+
+
+def fleet(data: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*FLEET, "--data-dir", str(data), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def status(data: Path) -> dict:  # type: ignore[type-arg]
+    result = fleet(data, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_up_status_restart_and_clean_stop(tmp_path: Path) -> None:
+    data = tmp_path / "fleet"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    up = subprocess.Popen([*FLEET, "--data-dir", str(data), "up", "--api-port", str(free_port())],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        wait_for(lambda: (data / "status.json").exists() and all(
+            p["state"] == "running" for p in status(data)["up"]["parts"]), what="all parts running")
+        wait_for(lambda: status(data)["api"] is not None, what="the API to answer")
+        endpoints = json.loads((data / "endpoints.json").read_text())
+        assert endpoints["nats_url"].startswith("nats://127.0.0.1:")
+        assert (data / "endpoints.json").stat().st_mode & 0o777 == 0o600
+
+        second = fleet(data, "up")
+        assert second.returncode == 4
+        assert "already running" in second.stderr
+        assert (data / "endpoints.json").exists()  # the refused second run touched nothing
+
+        parts = {p["name"]: p for p in status(data)["up"]["parts"]}
+        os.kill(parts["registry"]["pid"], signal.SIGKILL)
+        restarted = wait_for(lambda: next((p for p in status(data)["up"]["parts"] if p["name"] == "registry"
+                                           and p["restarts"] == 1 and p["state"] == "running"), None),
+                             what="registry to be restarted")
+        assert restarted["pid"] != parts["registry"]["pid"]
+
+        children = [c.pid for c in psutil.Process(up.pid).children(recursive=True)]
+        assert len(children) >= 8  # six parts, nats-server, postgres
+    finally:
+        up.send_signal(signal.SIGTERM)
+        output, _ = up.communicate(timeout=60)
+    assert up.returncode == 0, output
+    assert "stopped" in output
+    time.sleep(0.5)
+    left = [pid for pid in children if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
+    assert left == []
+    assert not (data / "endpoints.json").exists()
+    assert fleet(data, "status").returncode == 5  # nothing running any more
