@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +41,7 @@ from shared.ids import new_event_id
 from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
 
 MAX_BATCH = 1000  # the server's limit on one atomic batch
+_REPLAY_BUFFER = 10_000  # messages a replay holds before it makes the server wait
 _IDLE_CHECK = 0.25  # seconds without a message before a bounded replay checks it is done
 DUPLICATE_WINDOW = 120.0
 WRONG_LAST_SEQUENCE = 10071
@@ -238,7 +240,19 @@ class EventLog:
     async def _append_group(self, writes: list[Write]) -> list[Appended]:
         messages = _messages(writes)
         started = time.perf_counter()
-        attempt = 0
+        try:  # the first attempt runs outside tenacity: it costs nothing when nothing fails
+            last_seq = await self._publish(messages)
+        except _Retry:
+            last_seq = await self._retry_group(writes, messages)
+        self._append_seconds.record(time.perf_counter() - started, {"events": len(messages)})
+        first = last_seq - len(messages) + 1
+        return [Appended(subject, first + i) for i, (subject, _, _) in enumerate(messages)]
+
+    async def _retry_group(
+        self, writes: list[Write], messages: list[tuple[str, bytes, dict[str, str]]]
+    ) -> int:
+        """Resend the same messages after a transient failure of the first attempt. A conflict
+        now may be our own earlier attempt that landed: check before calling it a conflict."""
         try:
             async for retrying in AsyncRetrying(
                 retry=retry_if_exception_type(_Retry),
@@ -247,21 +261,19 @@ class EventLog:
                 reraise=True,
             ):
                 with retrying:
-                    attempt += 1
+                    if retrying.retry_state.attempt_number == 1:
+                        await asyncio.sleep(0.05)  # the wait that precedes every resend
                     try:
-                        last_seq = await self._publish(messages)
+                        return await self._publish(messages)
                     except Conflict:
-                        if attempt > 1 and await self._landed(writes):
-                            last_seq = await self._landed_last_seq(writes)
-                        else:
-                            raise
+                        if await self._landed(writes):
+                            return await self._landed_last_seq(writes)
+                        raise
         except _Retry as exc:
             raise Unavailable(
                 f"could not append to {self.stream} within {self.retry_for:.0f}s: {exc.__cause__!r}"
             ) from exc
-        self._append_seconds.record(time.perf_counter() - started, {"events": len(messages)})
-        first = last_seq - len(messages) + 1
-        return [Appended(subject, first + i) for i, (subject, _, _) in enumerate(messages)]
+        raise AssertionError("unreachable")
 
     async def _publish(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> int:
         """Publish once; return the stream sequence of the last message."""
@@ -406,9 +418,25 @@ class EventLog:
             to_seq = await self.last_stream_seq()
         if to_seq is not None and to_seq < from_seq:
             return
+        # Messages are handed over by a subscription callback into a local buffer, not pulled with
+        # `next_msg` (which costs a task, a uuid and a wait_for per message). When the buffer is
+        # full the callback waits, which holds back flow-control replies so the server pauses.
+        buffer: deque[Msg] = deque()
+        arrived = asyncio.Event()
+        room = asyncio.Event()
+        room.set()
+
+        async def received(msg: Msg) -> None:
+            buffer.append(msg)
+            arrived.set()
+            if len(buffer) >= _REPLAY_BUFFER:
+                room.clear()
+                await room.wait()
+
         sub = await self.js.subscribe(
             subjects,
             stream=self.stream,
+            cb=received,
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
             config=api.ConsumerConfig(opt_start_seq=max(from_seq, 1)),
@@ -417,28 +445,32 @@ class EventLog:
         )
         try:
             while True:
-                if follow:
-                    msg = await sub.next_msg(timeout=None)
-                else:
-                    try:
-                        msg = await sub.next_msg(timeout=_IDLE_CHECK)
-                    except nats.errors.TimeoutError:
-                        # A subject filter may match nothing more before `to_seq`: stop once the
-                        # consumer has nothing left to deliver instead of waiting forever.
-                        info = await sub.consumer_info()
-                        if not info.num_pending and sub.pending_msgs == 0:
-                            return
-                        continue
+                while not buffer:
+                    arrived.clear()
+                    await self._wait_for(arrived)
+                msg = buffer.popleft()
+                if len(buffer) <= _REPLAY_BUFFER // 2:
+                    room.set()
                 seq = _stream_seq(msg)
                 if to_seq is not None and seq > to_seq:
                     return
                 yield Recorded(seq, msg.subject, decode_envelope(msg.data))
                 if to_seq is not None and seq >= to_seq:
                     return
-                if not follow and _num_pending(msg) == 0:
-                    return  # the last event matching the filter (the filter may end before to_seq)
         finally:
+            room.set()
             await sub.unsubscribe()
+
+    async def _wait_for(self, arrived: asyncio.Event) -> None:
+        """Wait for the next delivery; raise ConnectionClosedError if the connection closes."""
+        while True:
+            if self.nc.is_closed:
+                raise nats.errors.ConnectionClosedError
+            try:
+                await asyncio.wait_for(arrived.wait(), 1.0)
+            except TimeoutError:
+                continue
+            return
 
 
 def _group_writes(writes: Sequence[Write]) -> list[list[Write]]:
