@@ -222,7 +222,7 @@ class Runner:
             log.info("projection %s: schema version %s -> %s, rebuilding", self.name,
                      None if row is None else row["version"], self.version)
             await rebuild(self.pool, self.log, self.projection, batch_size=self.batch_size,
-                          after_batch=self.after_batch)
+                          after_batch=self.after_batch, only_if_stale=True)
 
     async def _follow(self) -> None:
         async with self.pool.acquire() as conn:
@@ -323,10 +323,29 @@ async def _commit_prefix_and_fail(pool: asyncpg.Pool, projection: Projection, sc
 
 async def rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, *,
                   batch_size: int = BATCH_SIZE, after_batch: AfterBatch | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> int:
+                  progress: Callable[[int, int], None] | None = None, only_if_stale: bool = False) -> int:
     """Build the projection from sequence 1 into a fresh schema and swap it in atomically.
 
+    One rebuild of a projection at a time (an advisory lock); with `only_if_stale`, a rebuild that
+    finds the schema already at the current version (built by someone else meanwhile) does nothing.
     Returns the checkpoint the new schema went live with."""
+    async with pool.acquire() as lock:
+        await lock.execute("SELECT pg_advisory_lock(hashtext($1))", f"rebuild:{projection.name}")
+        try:
+            if only_if_stale:
+                await ensure_control(lock)
+                row = await lock.fetchrow("SELECT version, checkpoint FROM projection_status WHERE name = $1",
+                                          projection.name)
+                if row is not None and row["version"] == version_of(projection):
+                    return int(row["checkpoint"])
+            return await _rebuild(pool, eventlog, projection, batch_size=batch_size,
+                                  after_batch=after_batch, progress=progress)
+        finally:
+            await lock.execute("SELECT pg_advisory_unlock(hashtext($1))", f"rebuild:{projection.name}")
+
+
+async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, *, batch_size: int,
+                   after_batch: AfterBatch | None, progress: Callable[[int, int], None] | None) -> int:
     name = projection.name
     live, build = schema_of(name), f"{schema_of(name)}_build"
     version = version_of(projection)

@@ -1,0 +1,336 @@
+"""The projection runner against real NATS and PostgreSQL: exactly-once under redelivery, under a
+kill -9 mid-batch and under a PostgreSQL outage; rebuild equals incremental; poison events stop a
+projection loudly; unknown event types are skipped and counted; a schema change rebuilds."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import AsyncIterator, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import msgspec
+import pytest
+
+from projections.changes.store import ChangesProjection
+from projections.fleet import model
+from projections.fleet.store import FleetProjection
+from projections.main import all_projections
+from projections.pointintime import snapshot_hook
+from projections.runner import Item, Projection, Runner, create_pool, rebuild
+from projections.synthetic import fleet_history
+from shared.embedded import EmbeddedNats, EmbeddedPostgres
+from shared.envelope import Envelope, seal
+from shared.eventlog import EventLog
+from shared.events import observed, registry
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+# --- helpers (also used by test_api*.py) -------------------------------------------------------------
+
+async def append_history(log: EventLog, devices: int = 60, *, rounds: int = 2, seed: int = 7,
+                         start: datetime | None = None, span: timedelta = timedelta(hours=1)) -> int:
+    """Append a generated fleet history; return the log's last sequence."""
+    start = start or datetime.now(UTC) - timedelta(days=1)
+    for writes in fleet_history(devices, rounds=rounds, seed=seed, start=start, span=span):
+        await log.append_batch(writes)
+    return await log.last_stream_seq()
+
+
+async def wait_caught_up(pool: asyncpg.Pool, log: EventLog, names: Sequence[str] = ("fleet", "changes"),
+                         timeout: float = 60.0, fail_fast: bool = True) -> int:
+    """Wait until every named projection has applied the whole log."""
+    head = await log.last_stream_seq()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        async with pool.acquire() as conn:
+            exists = await conn.fetchval("SELECT to_regclass('public.projection_status') IS NOT NULL")
+            rows = await conn.fetch("SELECT name, checkpoint, state FROM projection_status") if exists else []
+        done = {r["name"]: r["checkpoint"] for r in rows}
+        if all(done.get(n, -1) >= head for n in names):
+            return head
+        assert not (fail_fast and any(r["state"] == "failed" for r in rows)), rows
+        assert asyncio.get_running_loop().time() < deadline, f"not caught up to {head}: {done}"
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def running(pool: asyncpg.Pool, log: EventLog, projections: Sequence[Projection] | None = None,
+                  **kwargs: Any) -> AsyncIterator[list[Runner]]:
+    """Runners following the log in the background for the duration of the block."""
+    runners = [Runner(pool, log, p, retry_wait=0.1, **kwargs) for p in (projections or all_projections())]
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    try:
+        yield runners
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def dump(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
+    """Every read-model row, in a stable order (counter cells that are all zero left out)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    async with pool.acquire() as conn:
+        for table, order in (("rm_fleet.devices", "device_id"), ("rm_fleet.sites", "site_id"),
+                             ("rm_fleet.snapshots", "snapshot_id"), ("rm_fleet.rollouts", "rollout_id"),
+                             ("rm_fleet.device_counts", "site_id, snapshot_id"), ("rm_changes.changes", "seq"),
+                             ("rm_changes.device_sites", "device_id")):
+            rows = [dict(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY {order}")]
+            if table.endswith("device_counts"):
+                rows = [r for r in rows if any(r[f] for f in model.COUNTER_FIELDS)]
+            out[table] = rows
+    return out
+
+
+def recount(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The counters recomputed from device rows (what the incremental counters must equal)."""
+    state = model.FleetState(devices={d["device_id"]: msgspec.convert(d, model.DeviceRow) for d in devices})
+    cells = model.count_all(state)
+    return [{"site_id": k[0], "snapshot_id": k[1], **dict(zip(model.COUNTER_FIELDS, v, strict=True))}
+            for k, v in sorted(cells.items()) if any(v)]
+
+
+@pytest.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(database_url, min_size=1, max_size=6)
+    yield p
+    await p.close()
+
+
+# --- tests ---------------------------------------------------------------------------------------------
+
+async def test_incremental_equals_rebuild_and_counters_equal_recount(eventlog: EventLog, pool: asyncpg.Pool) -> None:
+    await append_history(eventlog, 40, rounds=1)
+    async with running(pool, eventlog, batch_size=17):
+        await wait_caught_up(pool, eventlog)
+        # More history while the runners follow, in small batches.
+        await append_history(eventlog, 40, rounds=3, seed=8)
+        await wait_caught_up(pool, eventlog)
+    incremental = await dump(pool)
+    assert len(incremental["rm_fleet.devices"]) == 40
+    assert incremental["rm_fleet.device_counts"] == recount(incremental["rm_fleet.devices"])
+    assert len(incremental["rm_changes.changes"]) == await eventlog.last_stream_seq()
+    for projection in all_projections():
+        await rebuild(pool, eventlog, projection, batch_size=1000)
+    assert await dump(pool) == incremental
+
+
+async def test_two_runners_on_one_projection_apply_each_event_once(eventlog: EventLog, pool: asyncpg.Pool) -> None:
+    """Two consumers delivering the same events (redelivery at its worst): the checkpoint check in
+    the batch transaction lets exactly one of them apply each event."""
+    await append_history(eventlog, 30, rounds=1)
+    async with running(pool, eventlog, batch_size=7), running(pool, eventlog, batch_size=11):
+        await append_history(eventlog, 30, rounds=2, seed=9)
+        await wait_caught_up(pool, eventlog)
+    live = await dump(pool)
+    assert [r["seq"] for r in live["rm_changes.changes"]] == list(range(1, await eventlog.last_stream_seq() + 1))
+    assert live["rm_fleet.device_counts"] == recount(live["rm_fleet.devices"])
+    async with pool.acquire() as conn:
+        applied = await conn.fetchval("SELECT applied FROM projection_status WHERE name = 'changes'")
+    assert applied == await eventlog.last_stream_seq()
+    for projection in all_projections():
+        await rebuild(pool, eventlog, projection)
+    assert await dump(pool) == live
+
+
+_CHILD = textwrap.dedent("""
+    import asyncio, sys
+    import nats
+    from projections.main import all_projections
+    from projections.runner import Runner, create_pool
+    from shared.eventlog import EventLog
+
+    async def main():
+        nc = await nats.connect(sys.argv[1])
+        pool = await create_pool(sys.argv[2], min_size=1, max_size=4)
+        log = EventLog(nc)
+        await asyncio.gather(*(Runner(pool, log, p, batch_size=int(sys.argv[3])).run() for p in all_projections()))
+
+    asyncio.run(main())
+""")
+
+
+async def test_kill_9_mid_batch_then_resume_applies_each_event_once(
+    eventlog: EventLog, pool: asyncpg.Pool, nats_server: EmbeddedNats, database_url: str
+) -> None:
+    first = await append_history(eventlog, 20, rounds=0)
+    for projection in all_projections():  # built and live: the child then follows batch by batch
+        await rebuild(pool, eventlog, projection)
+    head = await append_history(eventlog, 400, rounds=2, seed=3)
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, nats_server.url, database_url, "23"],
+                             cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        for _ in range(600):
+            async with pool.acquire() as conn:
+                exists = await conn.fetchval("SELECT to_regclass('public.projection_status') IS NOT NULL")
+                done = await conn.fetch("SELECT checkpoint FROM projection_status") if exists else []
+            if len(done) == 2 and all(first < r["checkpoint"] for r in done):
+                break
+            await asyncio.sleep(0.02)
+        child.send_signal(signal.SIGKILL)
+        child.wait(10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+    async with pool.acquire() as conn:
+        at_kill = {r["name"]: r["checkpoint"] for r in await conn.fetch("SELECT * FROM projection_status")}
+    assert any(c < head for c in at_kill.values()), "the child finished before it was killed"
+    async with running(pool, eventlog, batch_size=50):
+        await wait_caught_up(pool, eventlog)
+    resumed = await dump(pool)
+    assert [r["seq"] for r in resumed["rm_changes.changes"]] == list(range(1, head + 1))
+    assert resumed["rm_fleet.device_counts"] == recount(resumed["rm_fleet.devices"])
+    for projection in all_projections():
+        await rebuild(pool, eventlog, projection)
+    assert await dump(pool) == resumed
+
+
+class _Fragile(FleetProjection):
+    """The fleet projection with a bug: it cannot apply anything about device `dev-0000003`."""
+
+    async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
+        for index, item in enumerate(items):
+            if item.envelope.aggregate_id == "dev-0000003" and item.envelope.type == "DeviceRelabeled":
+                from projections.runner import Poison
+
+                raise Poison(index, item.seq, ValueError("cannot relabel dev-0000003"))
+        await super().apply_batch(conn, items)
+
+
+async def test_poison_event_is_recorded_and_stops_the_projection(eventlog: EventLog, pool: asyncpg.Pool) -> None:
+    await append_history(eventlog, 10, rounds=0)
+    async with running(pool, eventlog, [FleetProjection()]):
+        await wait_caught_up(pool, eventlog, ["fleet"])
+
+    async def relabel(device: str, tier: str) -> int:
+        event = registry.DeviceRelabeled(device_id=device, labels={"tier": tier})
+        [done] = await eventlog.append(event.subject, [seal(event, actor="operator:t", at=datetime.now(UTC))], None)
+        return done.seq
+
+    await relabel("dev-0000002", "before")
+    poison = await relabel("dev-0000003", "x")
+    await relabel("dev-0000004", "after")
+    await asyncio.wait_for(Runner(pool, eventlog, _Fragile(), retry_wait=0.1).run(), 30)  # returns: stopped
+
+    async def tiers() -> dict[str, str]:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch("SELECT device_id, labels->>'tier' AS tier FROM rm_fleet.devices")
+        return {r["device_id"]: r["tier"] for r in rows}
+
+    async with pool.acquire() as conn:
+        status = await conn.fetchrow("SELECT * FROM projection_status WHERE name = 'fleet'")
+    assert (status["state"], status["error_seq"], status["checkpoint"]) == ("failed", poison, poison - 1)
+    assert "cannot relabel dev-0000003" in status["error"]
+    seen = await tiers()
+    assert seen["dev-0000002"] == "before"  # the events before the poison in its batch committed
+    assert seen["dev-0000004"] != "after"   # nothing after it was applied
+    # The fixed build resumes from the checkpoint.
+    async with running(pool, eventlog, [FleetProjection()]):
+        await wait_caught_up(pool, eventlog, ["fleet"], fail_fast=False)
+    seen = await tiers()
+    assert (seen["dev-0000003"], seen["dev-0000004"]) == ("x", "after")
+
+
+async def test_unknown_event_types_are_skipped_and_counted(eventlog: EventLog, pool: asyncpg.Pool) -> None:
+    await append_history(eventlog, 5, rounds=0)
+    future = Envelope(type="DeviceTeleported", v=1, id="01900000-0000-7000-8000-000000000001", aggregate="device",
+                      aggregate_id="dev-0000001", at="2026-11-28T00:00:00.000000Z", actor="service:future",
+                      data=msgspec.Raw(b'{"device_id":"dev-0000001","to":"mars"}'))
+    await eventlog.append("fleet.evt.device.dev-0000001", [future], None)
+    came = observed.DeviceWentOffline(device_id="dev-0000001", last_seen="2026-11-28T00:00:00.000000Z")
+    await eventlog.append(came.subject, [seal(came, actor="service:drift", at=datetime.now(UTC))], None)
+    async with running(pool, eventlog):
+        head = await wait_caught_up(pool, eventlog)
+    async with pool.acquire() as conn:
+        rows = {r["name"]: r for r in await conn.fetch("SELECT * FROM projection_status")}
+        online = await conn.fetchval("SELECT online FROM rm_fleet.devices WHERE device_id = 'dev-0000001'")
+        changes = await conn.fetchval("SELECT count(*) FROM rm_changes.changes")
+    assert all(r["skipped_unknown"] == 1 and r["checkpoint"] == head for r in rows.values())
+    assert online is False
+    assert changes == head - 1
+
+
+async def test_changed_schema_version_rebuilds_and_queries_keep_answering(eventlog: EventLog, pool: asyncpg.Pool) -> None:
+    await append_history(eventlog, 50, rounds=1)
+    async with running(pool, eventlog):
+        await wait_caught_up(pool, eventlog)
+    before = await dump(pool)
+    async with pool.acquire() as conn:
+        await conn.execute("UPDATE projection_status SET version = version - 1 WHERE name = 'fleet'")
+        generation = await conn.fetchval("SELECT generation FROM projection_status WHERE name = 'fleet'")
+    answers: list[int] = []
+    stop = asyncio.Event()
+
+    async def query() -> None:  # a reader during the rebuild never sees an error or an empty fleet
+        while not stop.is_set():
+            async with pool.acquire() as conn:
+                answers.append(await conn.fetchval("SELECT sum(total) FROM rm_fleet.device_counts"))
+            await asyncio.sleep(0)
+
+    reader = asyncio.create_task(query())
+    async with running(pool, eventlog, [FleetProjection()], batch_size=5):
+        for _ in range(600):
+            async with pool.acquire() as conn:
+                row = await conn.fetchrow("SELECT generation, version, checkpoint FROM projection_status "
+                                          "WHERE name = 'fleet'")
+            if row["generation"] > generation and row["version"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        await wait_caught_up(pool, eventlog, ["fleet"])
+    stop.set()
+    await reader
+    assert row["generation"] == generation + 1
+    assert answers
+    assert set(answers) == {50}
+    assert await dump(pool) == before
+
+
+async def test_point_in_time_snapshots_are_taken_every_n_events(eventlog: EventLog, pool: asyncpg.Pool) -> None:
+    head = await append_history(eventlog, 60, rounds=2)
+    async with running(pool, eventlog, [FleetProjection()], batch_size=50, after_batch=snapshot_hook(100)):
+        await wait_caught_up(pool, eventlog, ["fleet"])
+    async with pool.acquire() as conn:
+        seqs = [r["seq"] for r in await conn.fetch("SELECT seq FROM pit_snapshots ORDER BY seq")]
+    assert len(seqs) >= head // 100 - 1
+    assert all(b - a >= 100 for a, b in zip(seqs, seqs[1:], strict=False))
+
+
+async def test_postgres_outage_runner_retries_and_resumes_without_duplicates(
+    eventlog: EventLog, tmp_path: Path
+) -> None:
+    server = EmbeddedPostgres(tmp_path / "pg", durable=True)
+    await server.start()
+    try:
+        url = await server.create_database("outage")
+        pool = await create_pool(url, min_size=0, max_size=4)
+        try:
+            await append_history(eventlog, 30, rounds=1)
+            async with running(pool, eventlog, batch_size=13):
+                await wait_caught_up(pool, eventlog)
+                server.stop()
+                await append_history(eventlog, 30, rounds=2, seed=11)  # appended while PostgreSQL is down
+                await asyncio.sleep(1.0)
+                await server.start()
+                await wait_caught_up(pool, eventlog, timeout=60)
+            live = await dump(pool)
+            head = await eventlog.last_stream_seq()
+            assert [r["seq"] for r in live["rm_changes.changes"]] == list(range(1, head + 1))
+            assert live["rm_fleet.device_counts"] == recount(live["rm_fleet.devices"])
+            for projection in (ChangesProjection(), FleetProjection()):
+                await rebuild(pool, eventlog, projection)
+            assert await dump(pool) == live
+        finally:
+            await pool.close()
+    finally:
+        server.stop()
