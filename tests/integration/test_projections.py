@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import signal
 import subprocess
@@ -167,7 +168,7 @@ async def test_kill_9_mid_batch_then_resume_applies_each_event_once(
     for projection in all_projections():  # built and live: the child then follows batch by batch
         await rebuild(pool, eventlog, projection)
     head = await append_history(eventlog, 400, rounds=2, seed=3)
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, nats_server.url, database_url, "23"],
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, nats_server.url, database_url, "23"],  # noqa: ASYNC220
                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         for _ in range(600):
@@ -303,7 +304,7 @@ async def test_point_in_time_snapshots_are_taken_every_n_events(eventlog: EventL
     async with pool.acquire() as conn:
         seqs = [r["seq"] for r in await conn.fetch("SELECT seq FROM pit_snapshots ORDER BY seq")]
     assert len(seqs) >= head // 100 - 1
-    assert all(b - a >= 100 for a, b in zip(seqs, seqs[1:], strict=False))
+    assert all(b - a >= 100 for a, b in itertools.pairwise(seqs))
 
 
 async def test_postgres_outage_runner_retries_and_resumes_without_duplicates(
