@@ -11,7 +11,9 @@ from fleet.cli import audit as audit_cli
 from fleet.cli import demo, service
 from fleet.cli import projections as projections_cli
 from fleet.cli import query as query_cli
+from fleet.cli import registry as registry_cli
 from fleet.cli import rollout as rollout_cli
+from fleet.cli import snapshot as snapshot_cli
 from fleet.cli import up as up_cli
 
 app = typer.Typer(
@@ -42,6 +44,9 @@ def _global(
 
 app.command("demo", help="Show Fleetplane working end to end on this machine.")(demo.demo)
 app.command("service", help="Run one Fleetplane service in the foreground.")(service.service)
+app.add_typer(registry_cli.site_app, name="site")
+app.add_typer(registry_cli.device_app, name="device")
+app.add_typer(snapshot_cli.snapshot_app, name="snapshot")
 app.add_typer(rollout_cli.app, name="rollout")
 app.command("where", help="What runs where: counts by snapshot x site.")(query_cli.where)
 app.command("changes", help="What changed, who, when.")(query_cli.changes)

@@ -335,7 +335,7 @@ def add_device(state: Device, spec: DeviceSpec, view: View) -> list[Event]:
         differing = [name for name, value in wanted.items() if getattr(state, name) != value]
         if not differing:
             return []
-        raise Conflict(f"device {state.device_id} already exists with a different "
+        raise Conflict(f"device {state.device_id} already exists with different "
                        f"{', '.join(differing)}", field=differing[0])
     _require_active_site(view.site(spec.site_id))
     if spec.parent_id is not None:
