@@ -203,20 +203,26 @@ class Snapshots:
         return Outcome(appended, CreateResult(sid, state.name, state.version, bool(appended)))
 
     async def retire(self, cmd: RetireSnapshot, ctx: Context) -> Outcome:
-        """Retire a snapshot."""
-        check_id(cmd.snapshot_id, "snapshot_id")
+        """Retire a snapshot (by id, or `name@version`)."""
+        sid = self._target_id(cmd.snapshot_id)
         appended = await self.store.execute(
-            cmd.snapshot_id, lambda state: domain.decide_retire(state, cmd),
+            sid, lambda state: domain.decide_retire(state, cmd),
             command_id=cmd.command_id, actor=cmd.actor, now=ctx.now)
-        return Outcome(appended, self._summary(self.snapshot(cmd.snapshot_id)))
+        return Outcome(appended, self._summary(self.snapshot(sid)))
 
     async def mark_good(self, cmd: MarkGood, ctx: Context) -> Outcome:
-        """Mark a snapshot known-good for a target."""
-        check_id(cmd.snapshot_id, "snapshot_id")
+        """Mark a snapshot (by id, or `name@version`) known-good for a target."""
+        sid = self._target_id(cmd.snapshot_id)
         appended = await self.store.execute(
-            cmd.snapshot_id, lambda state: domain.decide_mark_good(state, cmd),
+            sid, lambda state: domain.decide_mark_good(state, cmd),
             command_id=cmd.command_id, actor=cmd.actor, now=ctx.now)
-        return Outcome(appended, self._summary(self.snapshot(cmd.snapshot_id)))
+        return Outcome(appended, self._summary(self.snapshot(sid)))
+
+    def _target_id(self, ref: str) -> str:
+        """The id a command means: an id as given, or the snapshot `name@version` names."""
+        if "@" in ref:
+            return self.resolve(ref).snapshot_id
+        return check_id(ref, "snapshot_id")
 
     async def on_rollout_completed(self, snapshot_id: str, target: str, rollout_id: str,
                                    event_id: str, ctx: Context) -> list[Appended]:

@@ -3,6 +3,8 @@ restarted service rebuilding the same state from the log."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -284,3 +286,81 @@ async def test_restart_rebuilds_the_same_answers(nc: NATS, eventlog: EventLog, c
         assert (await send(client, "add_device", device_id="d1", site_id="s1")).events == []
     finally:
         await service2.stop()
+
+
+async def fleet(nats_url: str, *args: str) -> tuple[int, str, str]:
+    """Run the real `fleet` CLI against the test's server (as a subprocess, so this loop keeps serving)."""
+    import os
+    import sys
+
+    env = {**os.environ, "FLEET_NATS_URL": nats_url, "COLUMNS": "200"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "from fleet.cli import main; main()", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_against_a_running_registry(registry: Registry, nats_server: Any, tmp_path: Any) -> None:
+    from services.snapshot.handlers import start as start_snapshot
+    from services.snapshot.handlers import stop as stop_snapshot
+
+    snapshots, snapshot_service = await start_snapshot(registry.log.nc, registry.log)
+    url = nats_server.url
+    try:
+        code, out, _ = await fleet(url, "site", "add", "berlin-1", "--name", "Berlin", "--label", "region=eu", "--json")
+        assert code == 0 and json.loads(out)["result"]["labels"] == {"region": "eu"}
+        code, _, err = await fleet(url, "site", "add", "berlin-1", "--name", "Other")
+        assert code == 4 and "conflict" in err
+        csv_file = tmp_path / "devices.csv"
+        csv_file.write_text("device_id,site_id,kind,labels,metadata\n"
+                            "gw-1,berlin-1,gateway,tier=edge;line=3,\n"
+                            "cam-1,nowhere,camera,,\n"
+                            "cam-2,berlin-1,camera,Bad=x,\n"
+                            'cam-3,berlin-1,camera,,"{""serial"": ""C3""}"\n')
+        code, out, _ = await fleet(url, "device", "import", str(csv_file), "--json")
+        report = json.loads(out)
+        assert code == 2  # some lines were refused
+        assert (report["added"], report["unchanged"]) == (2, 0)
+        assert [(r["line"], r["device_id"], r["code"], r["field"]) for r in report["refused"]] == [
+            (3, "cam-1", "not_found", "site_id"), (4, "cam-2", "invalid", "labels.Bad")]
+        code, out, _ = await fleet(url, "device", "import", str(csv_file), "--json")
+        assert code == 2 and json.loads(out)["unchanged"] == 2 and json.loads(out)["added"] == 0
+        jsonl = tmp_path / "more.jsonl"
+        jsonl.write_text('{"device_id": "plc-1", "site_id": "berlin-1", "kind": "plc", "parent_id": "gw-1"}\n'
+                         "{broken\n")
+        code, out, _ = await fleet(url, "device", "import", str(jsonl), "--json")
+        assert code == 2 and json.loads(out)["added"] == 1 and json.loads(out)["refused"][0]["line"] == 2
+        code, out, _ = await fleet(url, "device", "list", "--selector", "kind in (gateway,plc)", "--json")
+        assert code == 0 and [d["device_id"] for d in json.loads(out)["result"]["devices"]] == ["gw-1", "plc-1"]
+        code, out, _ = await fleet(url, "device", "list", "--selector", "kind in (gateway")
+        assert code == 2
+        code, out, _ = await fleet(url, "device", "label", "plc-1", "tier=edge")
+        assert code == 0 and "relabeled device plc-1" in out
+        code, out, _ = await fleet(url, "device", "show", "ghost")
+        assert code == 3
+        code, out, _ = await fleet(url, "site", "list")
+        assert code == 0 and "berlin-1" in out and "region=eu" in out
+
+        base = tmp_path / "base.json"
+        base.write_text('{"db": {"pool": 10}}')
+        override = tmp_path / "berlin.json"
+        override.write_text('{"db": {"pool": 20}}')
+        code, out, _ = await fleet(url, "snapshot", "create", "web", "--config", str(base), "--artifact", "app=1.0", "--json")
+        assert code == 0 and json.loads(out)["result"]["version"] == 1
+        code, out, _ = await fleet(url, "snapshot", "create", "web", "--config", str(base),
+                                   "--override", f"berlin-1={override}", "--artifact", "app=1.1")
+        assert code == 0 and "created web v2" in out
+        code, out, _ = await fleet(url, "snapshot", "create", "web", "--config", str(base), "--override", f"lyon={override}")
+        assert code == 2
+        code, out, _ = await fleet(url, "snapshot", "diff", "web@1", "web@2")
+        assert code == 0 and '~ artifacts.app: "1.0" -> "1.1"' in out and '+ overrides.berlin-1: {"db": {"pool": 20}}' in out
+        code, out, _ = await fleet(url, "snapshot", "mark-good", "web@7")
+        assert code == 3
+        code, out, _ = await fleet(url, "snapshot", "mark-good", "web@1", "--target", "site=berlin-1")
+        assert code == 0 and "known-good" in out
+        code, out, _ = await fleet(url, "snapshot", "show", "web@1", "--json")
+        assert json.loads(out)["result"]["known_good"] == [{"target": "site=berlin-1", "rollout_id": None}]
+    finally:
+        await stop_snapshot(snapshots, snapshot_service)
