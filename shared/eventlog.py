@@ -447,7 +447,10 @@ class EventLog:
             while True:
                 while not buffer:
                     arrived.clear()
-                    await self._wait_for(arrived)
+                    if await self._idle(arrived, follow) and await _drained(sub, buffer):
+                        # A subject filter may match nothing more before `to_seq`: stop once the
+                        # consumer has nothing left to deliver instead of waiting forever.
+                        return
                 msg = buffer.popleft()
                 if len(buffer) <= _REPLAY_BUFFER // 2:
                     room.set()
@@ -457,20 +460,31 @@ class EventLog:
                 yield Recorded(seq, msg.subject, decode_envelope(msg.data))
                 if to_seq is not None and seq >= to_seq:
                     return
+                if not follow and _num_pending(msg) == 0:
+                    return  # the last event matching the filter (the filter may end before to_seq)
         finally:
             room.set()
             await sub.unsubscribe()
 
-    async def _wait_for(self, arrived: asyncio.Event) -> None:
-        """Wait for the next delivery; raise ConnectionClosedError if the connection closes."""
+    async def _idle(self, arrived: asyncio.Event, follow: bool) -> bool:
+        """Wait for the next delivery. True when a bounded replay has waited `_IDLE_CHECK` seconds
+        in vain; raises ConnectionClosedError when the connection is closed."""
         while True:
             if self.nc.is_closed:
                 raise nats.errors.ConnectionClosedError
             try:
-                await asyncio.wait_for(arrived.wait(), 1.0)
+                await asyncio.wait_for(arrived.wait(), 1.0 if follow else _IDLE_CHECK)
             except TimeoutError:
-                continue
-            return
+                if follow:
+                    continue
+                return True
+            return False
+
+
+async def _drained(sub: Any, buffer: deque[Msg]) -> bool:
+    """Has the consumer nothing left to deliver (server side, client queue, replay buffer)?"""
+    info = await sub.consumer_info()
+    return not info.num_pending and sub.pending_msgs == 0 and not buffer
 
 
 def _group_writes(writes: Sequence[Write]) -> list[list[Write]]:
