@@ -14,11 +14,11 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 from litestar import Litestar, MediaType, Request, Response, get
-from litestar.di import Provide
+from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components
-from litestar.params import Parameter
+from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from projections.api.queries import CHANGES, FLEET, ChangeFilter, DeviceFilter, ReadModels
 from projections.api.schemas import (
@@ -43,15 +43,16 @@ from shared.times import parse_duration, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 
-Limit = Annotated[int, Parameter(ge=1, le=1000, description="Page size.")]
-Cursor = Annotated[str | None, Parameter(description="next_cursor of the previous page of this query.",
+Models = NamedDependency[ReadModels]
+Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="Page size.")]
+Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page of this query.",
                                          max_length=512)]
-At = Annotated[str | None, Parameter(description="RFC 3339 time: answer as the fleet stood then.",
+At = Annotated[str | None, QueryParameter(description="RFC 3339 time: answer as the fleet stood then.",
                                      max_length=64)]
-AtSeq = Annotated[int | None, Parameter(ge=0, description="Log sequence: answer as of it.")]
-MinSeq = Annotated[int | None, Parameter(ge=0, description="Wait (bounded) until this sequence is applied.")]
-Id = Annotated[str, Parameter(max_length=128)]
-Text = Annotated[str | None, Parameter(max_length=256)]
+AtSeq = Annotated[int | None, QueryParameter(ge=0, description="Log sequence: answer as of it.")]
+MinSeq = Annotated[int | None, QueryParameter(ge=0, description="Wait (bounded) until this sequence is applied.")]
+Id = Annotated[str, PathParameter(max_length=128)]
+Text = Annotated[str | None, QueryParameter(max_length=256)]
 HealthName = Literal["ok", "degraded", "failed", "unknown"]
 
 _STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
@@ -63,7 +64,7 @@ def _id(value: str | None, field: str) -> str | None:
     return None if value is None else check_id(value, field)
 
 
-async def _when(models: ReadModels, at: str | None, at_seq: int | None,
+async def _when(models: Models, at: str | None, at_seq: int | None,
                 min_seq: int | None, name: str = FLEET) -> int | None:
     moment = None if at is None else parse_time(at, "at")
     await models.wait_for(min_seq, name)
@@ -77,7 +78,7 @@ def healthz() -> Health:
 
 
 @get("/readyz", tags=["health"], responses=None)
-async def readyz(models: ReadModels) -> Response[Health]:
+async def readyz(models: Models) -> Response[Health]:
     """Ready when every projection runs and is within the lag bound of the log."""
     answer = await models.projections()
     problems = {}
@@ -104,7 +105,7 @@ _GAUGES = (
 
 
 @get("/metrics", media_type=MediaType.TEXT, tags=["health"])
-async def metrics(models: ReadModels) -> str:
+async def metrics(models: Models) -> str:
     """Prometheus text: projection checkpoint, lag, rate, applied, skipped, failed."""
     answer = await models.projections()
     lines = []
@@ -136,7 +137,7 @@ def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
 
 
 @get("/v1/summary", tags=["queries"])
-async def summary(models: ReadModels, site: Text = None, snapshot: Text = None, at: At = None,
+async def summary(models: Models, site: Text = None, snapshot: Text = None, at: At = None,
                   at_seq: AtSeq = None, min_seq: MinSeq = None) -> Summary:
     """What runs where: device counts by site x reported snapshot, and by state."""
     seq = await _when(models, at, at_seq, min_seq)
@@ -145,10 +146,11 @@ async def summary(models: ReadModels, site: Text = None, snapshot: Text = None, 
 
 @get("/v1/devices", tags=["queries"])
 async def devices(
-    models: ReadModels, site: Text = None, snapshot: Text = None, desired_snapshot: Text = None,
-    health: HealthName | None = None, online: bool | None = None, drifted: bool | None = None,
-    problems: bool | None = None, rollout: Text = None, selector: Text = None,
-    include_retired: bool = False, cursor: Cursor = None, limit: Limit = 100, at: At = None,
+    models: Models, site: Text = None, snapshot: Text = None, desired_snapshot: Text = None,
+    health: FromQuery[HealthName | None] = None, online: FromQuery[bool | None] = None,
+    drifted: FromQuery[bool | None] = None, problems: FromQuery[bool | None] = None, rollout: Text = None,
+    selector: Text = None,
+    include_retired: FromQuery[bool] = False, cursor: Cursor = None, limit: Limit = 100, at: At = None,
     at_seq: AtSeq = None, min_seq: MinSeq = None,
 ) -> DevicePage:
     """Devices by id; filters combine with AND. `problems=true`: offline, failed, degraded, drifted
@@ -164,7 +166,7 @@ async def devices(
 
 
 @get("/v1/devices/{device_id:str}", tags=["queries"])
-async def device(models: ReadModels, device_id: Id, at: At = None, at_seq: AtSeq = None,
+async def device(models: Models, device_id: Id, at: At = None, at_seq: AtSeq = None,
                  min_seq: MinSeq = None) -> DeviceAnswer:
     """One device."""
     check_id(device_id, "device_id")
@@ -187,8 +189,8 @@ def _change_filter(since: str | None, start: str | None, end: str | None, order:
 
 
 @get("/v1/devices/{device_id:str}/history", tags=["queries"])
-async def device_history(models: ReadModels, device_id: Id, cursor: Cursor = None, limit: Limit = 100,
-                         order: Literal["asc", "desc"] = "desc", at: At = None, at_seq: AtSeq = None,
+async def device_history(models: Models, device_id: Id, cursor: Cursor = None, limit: Limit = 100,
+                         order: FromQuery[Literal["asc", "desc"]] = "desc", at: At = None, at_seq: AtSeq = None,
                          min_seq: MinSeq = None) -> ChangePage:
     """Every change concerning one device."""
     check_id(device_id, "device_id")
@@ -202,13 +204,13 @@ async def device_history(models: ReadModels, device_id: Id, cursor: Cursor = Non
 
 @get("/v1/changes", tags=["queries"])
 async def changes(
-    models: ReadModels,
-    since: Annotated[str | None, Parameter(description="Duration back from now, e.g. 1h.", max_length=32)] = None,
-    start: Annotated[str | None, Parameter(query="from", description="RFC 3339", max_length=64)] = None,
-    end: Annotated[str | None, Parameter(query="to", description="RFC 3339", max_length=64)] = None,
+    models: Models,
+    since: Annotated[str | None, QueryParameter(description="Duration back from now, e.g. 1h.", max_length=32)] = None,
+    start: Annotated[str | None, QueryParameter(name="from", description="RFC 3339", max_length=64)] = None,
+    end: Annotated[str | None, QueryParameter(name="to", description="RFC 3339", max_length=64)] = None,
     device: Text = None, site: Text = None, snapshot: Text = None, rollout: Text = None, actor: Text = None,
     type: Text = None,
-    order: Literal["asc", "desc"] = "desc", cursor: Cursor = None, limit: Limit = 100, at: At = None,
+    order: FromQuery[Literal["asc", "desc"]] = "desc", cursor: Cursor = None, limit: Limit = 100, at: At = None,
     at_seq: AtSeq = None, min_seq: MinSeq = None,
 ) -> ChangePage:
     """State changes (every known event), newest first unless order=asc."""
@@ -219,7 +221,7 @@ async def changes(
 
 
 @get("/v1/rollouts", tags=["queries"])
-async def rollouts(models: ReadModels, cursor: Cursor = None, limit: Limit = 100, at: At = None,
+async def rollouts(models: Models, cursor: Cursor = None, limit: Limit = 100, at: At = None,
                    at_seq: AtSeq = None, min_seq: MinSeq = None) -> RolloutPage:
     """Rollouts by id (status, wave, counts, last gate result)."""
     seq = await _when(models, at, at_seq, min_seq)
@@ -227,7 +229,7 @@ async def rollouts(models: ReadModels, cursor: Cursor = None, limit: Limit = 100
 
 
 @get("/v1/rollouts/{rollout_id:str}", tags=["queries"])
-async def rollout(models: ReadModels, rollout_id: Id, at: At = None, at_seq: AtSeq = None,
+async def rollout(models: Models, rollout_id: Id, at: At = None, at_seq: AtSeq = None,
                   min_seq: MinSeq = None) -> RolloutAnswer:
     """One rollout."""
     check_id(rollout_id, "rollout_id")
@@ -236,7 +238,7 @@ async def rollout(models: ReadModels, rollout_id: Id, at: At = None, at_seq: AtS
 
 
 @get("/v1/snapshots", tags=["queries"])
-async def snapshots(models: ReadModels, cursor: Cursor = None, limit: Limit = 100, at: At = None,
+async def snapshots(models: Models, cursor: Cursor = None, limit: Limit = 100, at: At = None,
                     at_seq: AtSeq = None, min_seq: MinSeq = None) -> SnapshotPage:
     """Snapshots by id, with how many devices report running each."""
     seq = await _when(models, at, at_seq, min_seq)
@@ -244,7 +246,7 @@ async def snapshots(models: ReadModels, cursor: Cursor = None, limit: Limit = 10
 
 
 @get("/v1/sites", tags=["queries"])
-async def sites(models: ReadModels, cursor: Cursor = None, limit: Limit = 100, at: At = None,
+async def sites(models: Models, cursor: Cursor = None, limit: Limit = 100, at: At = None,
                 at_seq: AtSeq = None, min_seq: MinSeq = None) -> SitePage:
     """Sites by id, with device counts."""
     seq = await _when(models, at, at_seq, min_seq)
@@ -252,7 +254,7 @@ async def sites(models: ReadModels, cursor: Cursor = None, limit: Limit = 100, a
 
 
 @get("/v1/projections", tags=["operations"])
-async def projections(models: ReadModels) -> ProjectionsAnswer:
+async def projections(models: Models) -> ProjectionsAnswer:
     """Each projection: checkpoint, lag, rate, state, and the poison event if it stopped."""
     return await models.projections()
 
@@ -302,7 +304,7 @@ def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorB
     return _error(500, "internal", f"the query failed ({type(exc).__name__})", None)
 
 
-def create_app(models: ReadModels) -> Litestar:
+def create_app(models: Models) -> Litestar:
     """The Litestar application over `models`."""
 
     def provide_models() -> ReadModels:
