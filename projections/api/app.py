@@ -16,7 +16,7 @@ import asyncpg
 from litestar import Litestar, MediaType, Request, Response, get
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
-from litestar.openapi import OpenAPIConfig
+from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
@@ -55,6 +55,11 @@ Id = Annotated[str, PathParameter(max_length=128)]
 Text = Annotated[str | None, QueryParameter(max_length=256)]
 HealthName = Literal["ok", "degraded", "failed", "unknown"]
 
+ERRORS = {
+    400: ResponseSpec(ErrorBody, description="Bad input; `error.field` names the parameter."),
+    404: ResponseSpec(ErrorBody, description="No such device or rollout (at that moment)."),
+    503: ResponseSpec(ErrorBody, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
+}
 _STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
 _DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
             asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError)
@@ -77,7 +82,7 @@ def healthz() -> Health:
     return Health(ok=True)
 
 
-@get("/readyz", tags=["health"], responses=None)
+@get("/readyz", tags=["health"], responses={503: ResponseSpec(Health, description="Not ready.")})
 async def readyz(models: Models) -> Response[Health]:
     """Ready when every projection runs and is within the lag bound of the log."""
     answer = await models.projections()
@@ -104,7 +109,7 @@ _GAUGES = (
 )
 
 
-@get("/metrics", media_type=MediaType.TEXT, tags=["health"])
+@get("/metrics", media_type=MediaType.TEXT, tags=["health"], responses={503: ERRORS[503]})
 async def metrics(models: Models) -> str:
     """Prometheus text: projection checkpoint, lag, rate, applied, skipped, failed."""
     answer = await models.projections()
@@ -136,7 +141,7 @@ def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     return schema
 
 
-@get("/v1/summary", tags=["queries"])
+@get("/v1/summary", tags=["queries"], responses=ERRORS)
 async def summary(models: Models, site: Text = None, snapshot: Text = None, at: At = None,
                   at_seq: AtSeq = None, min_seq: MinSeq = None) -> Summary:
     """What runs where: device counts by site x reported snapshot, and by state."""
@@ -144,7 +149,7 @@ async def summary(models: Models, site: Text = None, snapshot: Text = None, at: 
     return await models.summary(seq, at, site=_id(site, "site"), snapshot=_id(snapshot, "snapshot"))
 
 
-@get("/v1/devices", tags=["queries"])
+@get("/v1/devices", tags=["queries"], responses=ERRORS)
 async def devices(
     models: Models, site: Text = None, snapshot: Text = None, desired_snapshot: Text = None,
     health: FromQuery[HealthName | None] = None, online: FromQuery[bool | None] = None,
@@ -165,7 +170,7 @@ async def devices(
     return await models.devices(flt, cursor, limit, seq, at_text=at)
 
 
-@get("/v1/devices/{device_id:str}", tags=["queries"])
+@get("/v1/devices/{device_id:str}", tags=["queries"], responses=ERRORS)
 async def device(models: Models, device_id: Id, at: At = None, at_seq: AtSeq = None,
                  min_seq: MinSeq = None) -> DeviceAnswer:
     """One device."""
@@ -188,7 +193,7 @@ def _change_filter(since: str | None, start: str | None, end: str | None, order:
                         order=order, **checked)
 
 
-@get("/v1/devices/{device_id:str}/history", tags=["queries"])
+@get("/v1/devices/{device_id:str}/history", tags=["queries"], responses=ERRORS)
 async def device_history(models: Models, device_id: Id, cursor: Cursor = None, limit: Limit = 100,
                          order: FromQuery[Literal["asc", "desc"]] = "desc", at: At = None, at_seq: AtSeq = None,
                          min_seq: MinSeq = None) -> ChangePage:
@@ -202,7 +207,7 @@ async def device_history(models: Models, device_id: Id, cursor: Cursor = None, l
     return page
 
 
-@get("/v1/changes", tags=["queries"])
+@get("/v1/changes", tags=["queries"], responses=ERRORS)
 async def changes(
     models: Models,
     since: Annotated[str | None, QueryParameter(description="Duration back from now, e.g. 1h.", max_length=32)] = None,
@@ -220,7 +225,7 @@ async def changes(
     return await models.changes(flt, cursor, limit, seq, at_text=at)
 
 
-@get("/v1/rollouts", tags=["queries"])
+@get("/v1/rollouts", tags=["queries"], responses=ERRORS)
 async def rollouts(models: Models, cursor: Cursor = None, limit: Limit = 100, at: At = None,
                    at_seq: AtSeq = None, min_seq: MinSeq = None) -> RolloutPage:
     """Rollouts by id (status, wave, counts, last gate result)."""
@@ -228,7 +233,7 @@ async def rollouts(models: Models, cursor: Cursor = None, limit: Limit = 100, at
     return await models.rollouts(cursor, limit, seq, at)
 
 
-@get("/v1/rollouts/{rollout_id:str}", tags=["queries"])
+@get("/v1/rollouts/{rollout_id:str}", tags=["queries"], responses=ERRORS)
 async def rollout(models: Models, rollout_id: Id, at: At = None, at_seq: AtSeq = None,
                   min_seq: MinSeq = None) -> RolloutAnswer:
     """One rollout."""
@@ -237,7 +242,7 @@ async def rollout(models: Models, rollout_id: Id, at: At = None, at_seq: AtSeq =
     return await models.rollout(rollout_id, seq, at)
 
 
-@get("/v1/snapshots", tags=["queries"])
+@get("/v1/snapshots", tags=["queries"], responses=ERRORS)
 async def snapshots(models: Models, cursor: Cursor = None, limit: Limit = 100, at: At = None,
                     at_seq: AtSeq = None, min_seq: MinSeq = None) -> SnapshotPage:
     """Snapshots by id, with how many devices report running each."""
@@ -245,7 +250,7 @@ async def snapshots(models: Models, cursor: Cursor = None, limit: Limit = 100, a
     return await models.snapshots(cursor, limit, seq, at)
 
 
-@get("/v1/sites", tags=["queries"])
+@get("/v1/sites", tags=["queries"], responses=ERRORS)
 async def sites(models: Models, cursor: Cursor = None, limit: Limit = 100, at: At = None,
                 at_seq: AtSeq = None, min_seq: MinSeq = None) -> SitePage:
     """Sites by id, with device counts."""
@@ -253,7 +258,7 @@ async def sites(models: Models, cursor: Cursor = None, limit: Limit = 100, at: A
     return await models.sites(cursor, limit, seq, at)
 
 
-@get("/v1/projections", tags=["operations"])
+@get("/v1/projections", tags=["operations"], responses=ERRORS)
 async def projections(models: Models) -> ProjectionsAnswer:
     """Each projection: checkpoint, lag, rate, state, and the poison event if it stopped."""
     return await models.projections()
