@@ -228,7 +228,8 @@ class FleetSimulator:
 
     # --- heartbeats -------------------------------------------------------------------------------
 
-    def _slots(self) -> list[list[int]]:
+    def slots(self) -> list[list[int]]:
+        """Devices by heartbeat slot: where in the interval each one reports (seeded)."""
         count = max(1, round(self.options.interval / _SLOT))
         slots: list[list[int]] = [[] for _ in range(count)]
         for i in range(self.options.devices):
@@ -236,7 +237,7 @@ class FleetSimulator:
         return slots
 
     async def _beat_loop(self) -> None:
-        slots = self._slots()
+        slots = self.slots()
         slot_len = self.options.interval / len(slots)
         started = time.monotonic()
         k = 0
@@ -253,15 +254,23 @@ class FleetSimulator:
             if slot == len(slots) - 1 or k % 20 == 0:
                 await self.nc.flush()
 
-    async def _beat(self, i: int, round_: int, at: str) -> None:
+    def fate(self, i: int, round_: int) -> tuple[bool, bool]:
+        """Whether device `i` drops offline, and whether it is tampered with, in a round: a pure
+        function of the seed, so the same seed gives the same story."""
         opts = self.options
+        offline = bool(opts.offline) and unit(opts.seed, i, round_, 2) < opts.offline
+        tamper = bool(opts.tamper) and unit(opts.seed, i, round_, 3) < opts.tamper
+        return offline, tamper
+
+    async def _beat(self, i: int, round_: int, at: str) -> None:
         if self.offline_until[i] > round_:
             return
-        if opts.offline and unit(opts.seed, i, round_, 2) < opts.offline:
-            self.offline_until[i] = round_ + opts.offline_for
+        offline, tamper = self.fate(i, round_)
+        if offline:
+            self.offline_until[i] = round_ + self.options.offline_for
             self.stats.went_offline += 1
             return
-        if opts.tamper and unit(opts.seed, i, round_, 3) < opts.tamper:
+        if tamper:
             self.tamper_with(i)
         self.seq[i] += 1
         health = self.health[i]
