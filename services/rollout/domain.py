@@ -83,10 +83,10 @@ class FleetView(msgspec.Struct):
 
 
 class Assignment(msgspec.Struct, frozen=True):
-    """When a device was assigned (for its apply timeout), in which wave, and what it had before."""
+    """When a device must have applied (its apply timeout), in which wave, and what it had before."""
 
     wave: int
-    at: str
+    deadline: datetime
     previous: tuple[str, str] | None = None
 
 
@@ -134,10 +134,11 @@ def evolve(state: Rollout, event: Event) -> Rollout:
         case RolloutWaveStarted():
             state.wave, state.phase, state.bake_until = event.wave, "assigning", None
         case RolloutDevicesAssigned():
+            assert state.spec is not None
+            deadline = parse_time(event.at) + timedelta(seconds=state.spec.apply_timeout_seconds)
             for device in event.devices:
                 prev = event.previous.get(device)
-                state.assigned[device] = Assignment(event.wave, event.at,
-                                                    (prev[0], prev[1]) if prev else None)
+                state.assigned[device] = Assignment(event.wave, deadline, (prev[0], prev[1]) if prev else None)
         case RolloutWaveBaking():
             state.phase, state.bake_until = "baking", event.until
         case RolloutGateEvaluated():
@@ -335,8 +336,7 @@ def device_status(state: Rollout, device: str, view: FleetView, now: datetime) -
         return "failed" if observed.health == "failed" else "converged"
     if observed is not None and observed.health == "failed":
         return "failed"
-    deadline = parse_time(assignment.at) + timedelta(seconds=spec.apply_timeout_seconds)
-    return "timed_out" if now >= deadline else "in_flight"
+    return "timed_out" if now >= assignment.deadline else "in_flight"
 
 
 def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:

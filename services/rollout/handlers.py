@@ -204,13 +204,13 @@ class RolloutService:
                 await self._resync([e.device_id for e in desired], rollout_id)
                 raise
             appended.extend(stored)
+            if desired:  # the log has them: now the devices may see them (before replies say so)
+                await self._put_kv(desired)
             by_subject = {w.subject: w for w in writes}
             for where in stored:
                 write = by_subject[where.subject]
                 index = [a.seq for a in stored if a.subject == where.subject].index(where.seq)
                 self._apply(Recorded(where.seq, where.subject, write.envelopes[index]))
-            if desired:
-                await self._put_kv(desired)
         return appended
 
     async def _resync(self, devices: list[str], rollout_id: str) -> None:
