@@ -143,8 +143,11 @@ class RolloutService:
             self.index.apply(recorded.seq, event)
 
     async def _follow(self, from_seq: int) -> None:
+        # Under the lock: our own events must not become visible here before their KV values
+        # are written by the commit that appended them.
         async for recorded in self.log.replay(from_seq, follow=True):
-            self._apply(recorded)
+            async with self._lock:
+                self._apply(recorded)
 
     async def _tick_forever(self) -> None:
         while True:
