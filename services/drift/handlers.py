@@ -79,6 +79,7 @@ class Stats:
     append_failures: int = 0
     reconciles_put: int = 0
     reconciles_skipped: int = 0
+    events: dict[str, int] = field(default_factory=dict)  # observed events decided, by type
 
 
 class DriftService:
@@ -98,6 +99,7 @@ class DriftService:
         self._reconcile: dict[str, int] = {}  # device -> revision to re-put
         self._own: set[str] = set()  # ids of our events not yet seen coming back from the log
         self._wake = asyncio.Event()
+        self._write_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._sub: Subscription | None = None
@@ -115,19 +117,28 @@ class DriftService:
         now = self.clock()
         for device_id, state in self.devices.items():
             self.devices[device_id] = resume(state, now)
-        self._sub = await self.nc.subscribe(f"{HEARTBEATS_PREFIX}.*.*", queue=QUEUE_GROUP,
-                                            cb=self._on_heartbeat, pending_msgs_limit=1_000_000,
-                                            pending_bytes_limit=-1)
+        await self.serve_heartbeats()
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="drift-tick"))
         self._tasks.append(asyncio.create_task(self._write_loop(), name="drift-writer"))
         log.info("drift: %d devices known, serving heartbeats", len(self.devices))
 
-    async def stop(self) -> None:
-        """Stop taking heartbeats, write what is pending, stop following."""
+    async def serve_heartbeats(self) -> None:
+        """Take heartbeats (queue group `fleet-drift`)."""
+        if self._sub is None:
+            self._sub = await self.nc.subscribe(f"{HEARTBEATS_PREFIX}.*.*", queue=QUEUE_GROUP,
+                                                cb=self._on_heartbeat, pending_msgs_limit=1_000_000,
+                                                pending_bytes_limit=-1)
+
+    async def pause_heartbeats(self) -> None:
+        """Stop taking heartbeats (others in the queue group take them; a drain before shutdown)."""
         if self._sub is not None:
             with contextlib.suppress(Exception):
                 await self._sub.unsubscribe()
             self._sub = None
+
+    async def stop(self) -> None:
+        """Stop taking heartbeats, write what is pending, stop following."""
+        await self.pause_heartbeats()
         with contextlib.suppress(FleetError):
             await asyncio.wait_for(self.flush(), 10.0)
         for task in self._tasks:
@@ -183,8 +194,11 @@ class DriftService:
         """Fold our own events into the state at once and queue them for the writer."""
         at = utcnow()
         queue = self._pending.setdefault(state.device_id, [])
+        counts = self.stats.events
         for event in events:
             state = evolve(state, event)
+            name = type(event).__name__
+            counts[name] = counts.get(name, 0) + 1
             envelope = seal(event, actor=ACTOR, at=at)
             self._own.add(envelope.id)
             queue.append(envelope)
@@ -227,37 +241,62 @@ class DriftService:
                 self._wake.set()
 
     async def flush(self) -> None:
-        """Append everything pending now (tests, shutdown)."""
-        while self._pending or self._reconcile:
+        """Append everything decided so far, and wait for a write in flight (tests, shutdown)."""
+        while True:
             await self._write_pending()
+            if not self._pending and not self._reconcile:
+                return
 
     async def _write_pending(self) -> None:
-        while self._pending:
-            chunk: list[tuple[str, list[Envelope]]] = []
-            size = 0
-            for device_id, envelopes in self._pending.items():
-                if chunk and size + len(envelopes) > MAX_BATCH:
-                    break
-                chunk.append((device_id, envelopes))
-                size += len(envelopes)
-            writes = [Write(event_subject("observed", d), envs, self._seqs.get(d, 0)) for d, envs in chunk]
-            try:
-                appended = await self.log.append_batch(writes)
-            except Conflict as exc:
-                # Someone else wrote an observed subject: this service should be the only writer.
-                log.error("drift: observed events refused (%s); resynchronising %d devices", exc, len(chunk))
-                for device_id, _ in chunk:
-                    self._pending.pop(device_id, None)
-                    self._seqs[device_id] = await self.log.last_seq(event_subject("observed", device_id))
-                self.stats.append_failures += 1
-                continue
-            for device_id, _ in chunk:
-                self._pending.pop(device_id, None)
-            for where in appended:
-                self._seqs[parse_event_subject(where.subject)[1]] = where.seq
-            self.stats.appended += len(appended)
+        async with self._write_lock:  # one writer at a time; flush() waits for one in flight
+            await self._write_pending_locked()
+
+    async def _write_pending_locked(self) -> None:
+        # Take what is pending now; events decided while this append is in flight wait for the next.
+        batch, self._pending = self._pending, {}
+        items = list(batch.items())
+        try:
+            while items:
+                chunk: list[tuple[str, list[Envelope]]] = []
+                size = 0
+                for device_id, envelopes in items:
+                    if chunk and size + len(envelopes) > MAX_BATCH:
+                        break
+                    chunk.append((device_id, envelopes))
+                    size += len(envelopes)
+                writes = [Write(event_subject("observed", d), envs, self._seqs.get(d, 0)) for d, envs in chunk]
+                try:
+                    appended = await self.log.append_batch(writes)
+                except Conflict as exc:
+                    await self._resynchronise(chunk, exc)
+                else:
+                    for where in appended:
+                        self._seqs[parse_event_subject(where.subject)[1]] = where.seq
+                    self.stats.appended += len(appended)
+                del items[:len(chunk)]
+        finally:
+            if items:  # not written (NATS away): put back in front of anything decided since
+                later, self._pending = self._pending, dict(items)
+                for device_id, envelopes in later.items():
+                    self._pending.setdefault(device_id, []).extend(envelopes)
         if self._reconcile:
             await self._put_reconciles()
+
+    async def _resynchronise(self, chunk: list[tuple[str, list[Envelope]]], exc: Conflict) -> None:
+        """A batch was refused: find out, device by device, whether our events are in the log
+        (an earlier attempt landed) or someone else wrote (this service should be the only writer
+        of `fleet.evt.observed.*`; then our events are dropped and the log wins)."""
+        lost = 0
+        for device_id, envelopes in chunk:
+            subject = event_subject("observed", device_id)
+            recorded, last = await self.log.load(subject, after_seq=self._seqs.get(device_id, 0))
+            ours = {e.id for e in envelopes}
+            if not ours.issubset({r.envelope.id for r in recorded}):
+                lost += 1
+            self._seqs[device_id] = last
+        if lost:
+            self.stats.append_failures += 1
+            log.error("drift: observed events of %d devices refused (%s); the log wins", lost, exc)
 
     async def _put_reconciles(self) -> None:
         wanted, self._reconcile = self._reconcile, {}
