@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 
 from services.registry.handlers import start
 from shared.config import Settings
@@ -18,7 +19,12 @@ async def run(settings: Settings) -> None:
     try:
         eventlog = EventLog(nc)
         await eventlog.ensure_stream()
+        # The registry keeps every site and device in memory for the life of the process, and a
+        # bulk import allocates them by the hundred thousand: collect the young generation less
+        # often, and keep the rebuilt state out of full collections.
+        gc.set_threshold(50_000, 20, 100)
         _, service = await start(nc, eventlog)
+        gc.freeze()
         try:
             await asyncio.Event().wait()
         finally:
