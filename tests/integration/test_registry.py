@@ -364,3 +364,77 @@ async def test_cli_against_a_running_registry(registry: Registry, nats_server: A
         assert json.loads(out)["result"]["known_good"] == [{"target": "site=berlin-1", "rollout_id": None}]
     finally:
         await stop_snapshot(snapshots, snapshot_service)
+
+
+async def test_import_conflict_in_a_later_batch_only_redoes_that_batch(
+        registry: Registry, client: CommandClient, eventlog: EventLog, nc: NATS) -> None:
+    """Batches go out one after another; a batch refused for a concurrent write is redone line by line."""
+    await send(client, "add_site", site_id="s1")
+    other = Registry(eventlog)
+    await other.rebuild()
+    other_service = CommandService(nc, "registry-other")
+    other.register(other_service)
+    await other_service.start()
+    try:  # d-1500 (second batch) is written behind this registry's back
+        await client.send("registry-other", "add_device", {"device_id": "d-1500", "site_id": "s1", "kind": "plc"})
+    finally:
+        await other_service.stop()
+    lines = [{"device_id": f"d-{i}", "site_id": "s1", "parent_id": "d-0" if i else None} for i in range(2500)]
+    reply = await send(client, "import_devices", devices=lines)
+    report = reply.result
+    assert report["added"] == 2499
+    assert [(r["index"], r["code"]) for r in report["refused"]] == [(1500, "conflict")]
+    stored = [r async for r in eventlog.replay(subjects="fleet.evt.device.*")]
+    assert len(stored) == 2500  # 2,499 imported + the other writer's one, nothing twice
+    first = next(r for r in stored if r.subject == "fleet.evt.device.d-0")
+    assert first.seq == min(r.seq for r in stored if r.subject != "fleet.evt.device.d-1500")  # parent first
+    envelope = first.envelope
+    assert (envelope.type, envelope.aggregate, envelope.aggregate_id, envelope.actor) == (
+        "DeviceAdded", "device", "d-0", "operator:test")
+    assert envelope.causation_id == envelope.correlation_id
+    assert envelope.at.endswith("Z") and len(envelope.at) == len("2026-11-28T05:14:03.412233Z")
+    assert sorted(r.seq for r in stored) == [r.seq for r in stored]
+    assert registry.device("d-2499").parent_id == "d-0"
+    assert registry.devices.get("d-2499").seq == max(r.seq for r in stored)
+
+
+async def test_registry_process_killed_and_restarted_answers_the_same(nats_server: Any, eventlog: EventLog,
+                                                                      client: CommandClient) -> None:
+    """`fleet service registry` killed with SIGKILL comes back with the same state, from the log alone."""
+    import os
+    import signal
+    import sys
+
+    env = {**os.environ, "FLEET_NATS_URL": nats_server.url, "FLEET_LOG_LEVEL": "warning"}
+
+    async def launch() -> asyncio.subprocess.Process:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "from fleet.cli import main; main()", "service", "registry", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                await client.send("registry", "list_sites", {}, timeout=0.5)
+                return proc
+            except FleetError:
+                await asyncio.sleep(0.05)
+        raise AssertionError("registry did not start")
+
+    proc = await launch()
+    try:
+        await send(client, "add_site", site_id="s1")
+        await send(client, "import_devices", devices=[{"device_id": f"d{i}", "site_id": "s1", "labels": {"n": str(i % 3)}}
+                                                      for i in range(50)])
+        await send(client, "retire_device", device_id="d7")
+        before = msgspec.json.encode((await send(client, "list_devices", include_retired=True)).result)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        proc = await launch()
+        after = msgspec.json.encode((await send(client, "list_devices", include_retired=True)).result)
+        assert after == before
+        assert (await send(client, "list_devices", selector="n=1")).result["total"] == 16  # 17, less retired d7
+        err = await refused(client, "add_device", device_id="d7", site_id="s1")
+        assert isinstance(err, Conflict)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
