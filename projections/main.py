@@ -7,7 +7,7 @@ import logging
 
 from projections.changes.store import ChangesProjection
 from projections.fleet.store import FleetProjection
-from projections.pointintime import snapshot_hook
+from projections.pointintime import SNAPSHOT_EVERY, snapshot_hook
 from projections.runner import Projection, Runner, create_pool
 from shared.config import Settings
 from shared.connection import connect_nats
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 def all_projections() -> list[Projection]:
     """Every projection, by name order."""
-    return [ChangesProjection(), FleetProjection()]
+    return [ChangesProjection(), FleetProjection(snapshot_every=SNAPSHOT_EVERY)]
 
 
 def runner_for(pool: object, eventlog: EventLog, projection: Projection) -> Runner:

@@ -10,33 +10,19 @@ states it computed are kept in a small cache, so asking again is answered from m
 from __future__ import annotations
 
 import asyncio
-import zlib
 from collections import OrderedDict
 from datetime import datetime
 
 import asyncpg
-import msgspec
 
-from projections.fleet import model
+from projections.fleet import model, snapshots
 from projections.fleet.model import FleetState
 from projections.fleet.store import FleetProjection, load_state
 from projections.runner import AfterBatch, decode_batch, version_of
 from shared.eventlog import EventLog
 
 SNAPSHOT_EVERY = 50_000
-_ENCODER = msgspec.json.Encoder()
-_DECODER = msgspec.json.Decoder(FleetState)
 FLEET_VERSION = version_of(FleetProjection())
-
-
-def encode_state(state: FleetState) -> bytes:
-    """Compressed bytes of a state."""
-    return zlib.compress(_ENCODER.encode(state), 1)
-
-
-def decode_state(blob: bytes) -> FleetState:
-    """The state of `encode_state` bytes."""
-    return _DECODER.decode(zlib.decompress(blob))
 
 
 def snapshot_hook(every: int = SNAPSHOT_EVERY) -> AfterBatch:
@@ -48,9 +34,8 @@ def snapshot_hook(every: int = SNAPSHOT_EVERY) -> AfterBatch:
             return
         state = await load_state(conn)
         state.seq = seq
-        await conn.execute(
-            "INSERT INTO pit_snapshots (version, seq, at, devices, state) VALUES ($1, $2, $3, $4, $5) "
-            "ON CONFLICT DO NOTHING", FLEET_VERSION, seq, at, len(state.devices), encode_state(state))
+        await snapshots.save(conn, FLEET_VERSION, seq, at=at, devices=len(state.devices),
+                             blob=snapshots.encode_state(state))
 
     return after_batch
 
@@ -105,7 +90,7 @@ class PointInTime:
                               snapshots=dict(src.snapshots), rollouts=dict(src.rollouts))
         if row is None:
             return FleetState()
-        return decode_state(row["state"])
+        return snapshots.decode_state(row["state"])
 
     def remember(self, key: tuple[object, ...], answer: object) -> None:
         """Keep a derived answer (e.g. a summary) for a sequence."""

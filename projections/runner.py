@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, NoReturn, Protocol
 
 import asyncpg
 
@@ -70,6 +70,20 @@ class Projection(Protocol):
     migrations: Path
 
     async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None: ...
+
+
+class Builder(Protocol):
+    """Builds a projection's rows from sequence 1 in memory and writes them in bulk (rebuilds only:
+    a schema under construction has no readers and no checkpoint worth keeping)."""
+
+    def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
+        """Fold a batch; raise Poison naming the event an apply function refused."""
+
+    def should_flush(self) -> bool:
+        """Whether enough is pending to write now."""
+
+    async def flush(self, conn: asyncpg.Connection, *, final: bool) -> None:
+        """Write what is pending (everything when `final`) into the schema on the search path."""
 
 
 AfterBatch = Callable[[asyncpg.Connection, int, str], Awaitable[None]]
@@ -283,6 +297,10 @@ async def apply_records(pool: asyncpg.Pool, projection: Projection, schema: str,
 async def _apply_in(conn: asyncpg.Connection, projection: Projection, schema: str, items: Sequence[Item], *,
                     unknown: int, last_seq: int, expect: tuple[int, int] | None, status: bool) -> None:
     await conn.execute(f"SET LOCAL search_path TO {schema}, public")
+    if not status:
+        # A fresh schema under construction: a crash restarts the build from scratch anyway, so its
+        # batches need not wait for the WAL flush. (The swap that makes it live is synchronous.)
+        await conn.execute("SET LOCAL synchronous_commit TO off")
     if status:
         row = await conn.fetchrow(
             "SELECT checkpoint, generation FROM projection_status WHERE name = $1 FOR UPDATE",
@@ -312,13 +330,7 @@ async def _commit_prefix_and_fail(pool: asyncpg.Pool, projection: Projection, sc
     before = [r for r in records if r.seq < poison.seq]
     if before:
         await apply_records(pool, projection, schema, before, expect=expect, status=status)
-    message = f"{type(poison.cause).__name__}: {poison.cause}"
-    async with pool.acquire() as conn:
-        await conn.execute(
-            "UPDATE projection_status SET state = 'failed', error_seq = $2, error = $3, "
-            "error_at = now(), updated_at = now() WHERE name = $1",
-            projection.name, poison.seq, message)
-    raise ProjectionFailed(f"poison event at sequence {poison.seq}: {message}", field=projection.name)
+    await _record_failure(pool, projection.name, poison)
 
 
 async def rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, *,
@@ -369,12 +381,17 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
             await conn.execute("INSERT INTO build_checkpoint VALUES (0, 0, 0)")
     target = await eventlog.last_stream_seq()
     checkpoint = 0
-    async for batch in _batches(eventlog, 1, target, False, batch_size):
-        await apply_records(pool, projection, build, batch, expect=None, after_batch=after_batch,
-                            status=False)
-        checkpoint = batch[-1].seq
-        if progress is not None:
-            progress(checkpoint, target)
+    make_builder: Callable[[], Builder] | None = getattr(projection, "builder", None)
+    if make_builder is not None:
+        checkpoint = await _bulk_build(pool, eventlog, projection, make_builder(), build, target=target,
+                                       batch_size=batch_size, progress=progress)
+    else:
+        async for batch in _batches(eventlog, 1, target, False, batch_size):
+            await apply_records(pool, projection, build, batch, expect=None, after_batch=after_batch,
+                                status=False)
+            checkpoint = batch[-1].seq
+            if progress is not None:
+                progress(checkpoint, target)
     async with pool.acquire() as conn, conn.transaction():
         await conn.fetchrow("SELECT 1 FROM projection_status WHERE name = $1 FOR UPDATE", name)
         # The tail appended meanwhile, applied while the live runner waits on the row lock.
@@ -401,6 +418,50 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
         await conn.execute(f"DROP SCHEMA IF EXISTS {live}_old CASCADE")
     log.info("projection %s rebuilt to sequence %d (version %d)", name, checkpoint, version)
     return checkpoint
+
+
+async def _bulk_build(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, builder: Builder,
+                      build: str, *, target: int, batch_size: int,
+                      progress: Callable[[int, int], None] | None) -> int:
+    """Fold the log up to `target` in memory, writing in bulk; return the sequence reached."""
+    checkpoint = applied = skipped = 0
+
+    async def flush(final: bool) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL search_path TO {build}, public")
+            await conn.execute("SET LOCAL synchronous_commit TO off")
+            await builder.flush(conn, final=final)
+            await conn.execute("UPDATE build_checkpoint SET checkpoint = $1, applied = $2, skipped_unknown = $3",
+                               checkpoint, applied, skipped)
+
+    async for batch in _batches(eventlog, 1, target, False, max(batch_size, 5000)):
+        items, unknown = decode_batch(batch)
+        try:
+            for index, item in enumerate(items):
+                if isinstance(item.event, _Undecodable):
+                    raise Poison(index, item.seq, ValueError(item.event.reason))
+            builder.add(items, batch[-1].seq, batch[-1].envelope.at)
+        except Poison as poison:
+            await _record_failure(pool, projection.name, poison)
+        applied += len(items)
+        skipped += unknown
+        checkpoint = batch[-1].seq
+        if builder.should_flush():
+            await flush(final=False)
+        if progress is not None:
+            progress(checkpoint, target)
+    await flush(final=True)
+    return checkpoint
+
+
+async def _record_failure(pool: asyncpg.Pool, name: str, poison: Poison) -> NoReturn:
+    message = f"{type(poison.cause).__name__}: {poison.cause}"
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE projection_status SET state = 'failed', error_seq = $2, error = $3, "
+            "error_at = now(), updated_at = now() WHERE name = $1",
+            name, poison.seq, message)
+    raise ProjectionFailed(f"poison event at sequence {poison.seq}: {message}", field=name)
 
 
 async def create_pool(database_url: str, **kwargs: Any) -> asyncpg.Pool:

@@ -31,6 +31,10 @@ class ChangesProjection:
     name = "changes"
     migrations = Path(__file__).parent / "migrations"
 
+    def builder(self) -> ChangesBuilder:
+        """A rebuild in memory, written in large chunks."""
+        return ChangesBuilder()
+
     async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         """Append one change row per event."""
         devices = {item.event.device_id for item in items if hasattr(item.event, "device_id")}
@@ -50,7 +54,44 @@ class ChangesProjection:
                 raise Poison(index, item.seq, exc) from exc
             if placed is not None:
                 sites[placed[0]] = moved[placed[0]] = placed[1]
-        if rows:
-            await conn.execute(_INSERT_SQL, *([getattr(r, c) for r in rows] for c in _COLUMNS))
+        await _insert(conn, rows)
         if moved:
             await conn.execute(_SITES_SQL, list(moved), list(moved.values()))
+
+
+async def _insert(conn: asyncpg.Connection, rows: Sequence[ChangeRow]) -> None:
+    if rows:
+        await conn.execute(_INSERT_SQL, *([getattr(r, c) for r in rows] for c in _COLUMNS))
+
+
+class ChangesBuilder:
+    """Change rows made in memory from sequence 1 and written 10,000 at a time."""
+
+    CHUNK = 10_000
+
+    def __init__(self) -> None:
+        self.rows: list[ChangeRow] = []
+        self.sites: dict[str, str] = {}
+
+    def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
+        """Make the rows of a batch."""
+        for index, item in enumerate(items):
+            try:
+                self.rows.append(change_row(item.seq, item.envelope, item.event, self.sites.get))
+                placed = site_change(item.event)
+            except Exception as exc:
+                raise Poison(index, item.seq, exc) from exc
+            if placed is not None:
+                self.sites[placed[0]] = placed[1]
+
+    def should_flush(self) -> bool:
+        """Enough rows for a few large inserts."""
+        return len(self.rows) >= 5 * self.CHUNK
+
+    async def flush(self, conn: asyncpg.Connection, *, final: bool) -> None:
+        """Write pending rows; at the end, the device -> site map too."""
+        for start in range(0, len(self.rows), self.CHUNK):
+            await _insert(conn, self.rows[start:start + self.CHUNK])
+        self.rows.clear()
+        if final and self.sites:
+            await conn.execute(_SITES_SQL, list(self.sites), list(self.sites.values()))

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 
-from projections.fleet import model
+from projections.fleet import model, snapshots
 from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SiteRow, SnapshotRow
 from projections.runner import Item, Poison
 from projections.sqlrows import RowTable
@@ -42,6 +42,15 @@ class FleetProjection:
 
     name = "fleet"
     migrations = Path(__file__).parent / "migrations"
+
+    def __init__(self, snapshot_every: int | None = None) -> None:
+        self.snapshot_every = snapshot_every  # point-in-time copies while rebuilding
+
+    def builder(self) -> FleetBuilder:
+        """A rebuild in memory: fold the whole log, then write every row once."""
+        from projections.runner import version_of
+
+        return FleetBuilder(version_of(self), self.snapshot_every)
 
     async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         """Fold `items` over the rows they touch and write the result back."""
@@ -99,3 +108,46 @@ async def load_state(conn: asyncpg.Connection) -> FleetState:
             async for record in cursor:
                 target[record[rows.key]] = rows.from_record(record)
     return state
+
+
+class FleetBuilder:
+    """The fleet read model folded in memory from sequence 1, written in bulk at the end."""
+
+    CHUNK = 10_000
+
+    def __init__(self, version: int, snapshot_every: int | None) -> None:
+        self.state = FleetState()
+        self.version = version
+        self.snapshot_every = snapshot_every
+        self.last_snapshot = 0
+        self.pending: list[tuple[int, str, int, bytes]] = []
+
+    def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
+        """Fold a batch (and take a point-in-time copy when one is due)."""
+        for index, item in enumerate(items):
+            try:
+                model.apply(self.state, item.seq, item.envelope, item.event)
+            except Exception as exc:
+                raise Poison(index, item.seq, exc) from exc
+        self.state.seq = last_seq
+        if self.snapshot_every and last_seq - self.last_snapshot >= self.snapshot_every:
+            self.pending.append((last_seq, last_at, len(self.state.devices), snapshots.encode_state(self.state)))
+            self.last_snapshot = last_seq
+
+    def should_flush(self) -> bool:
+        """Copies are written as they come; rows only at the end."""
+        return bool(self.pending)
+
+    async def flush(self, conn: asyncpg.Connection, *, final: bool) -> None:
+        """Write pending copies; at the end, every row and the counters."""
+        for seq, at, devices, blob in self.pending:
+            await snapshots.save(conn, self.version, seq, at=at, devices=devices, blob=blob)
+        self.pending.clear()
+        if not final:
+            return
+        for table, rows in (("devices", self.state.devices), ("sites", self.state.sites),
+                            ("snapshots", self.state.snapshots), ("rollouts", self.state.rollouts)):
+            values = list(rows.values())
+            for start in range(0, len(values), self.CHUNK):
+                await TABLES[table].upsert(conn, values[start:start + self.CHUNK])
+        await _write_counts(conn, model.count_all(self.state))

@@ -23,10 +23,10 @@ import pytest
 
 from projections.changes.store import ChangesProjection
 from projections.fleet import model
-from projections.fleet.store import FleetProjection
+from projections.fleet.store import FleetBuilder, FleetProjection
 from projections.main import all_projections
 from projections.pointintime import snapshot_hook
-from projections.runner import Item, Projection, Runner, create_pool, rebuild
+from projections.runner import Item, Poison, Projection, ProjectionFailed, Runner, create_pool, rebuild
 from projections.synthetic import fleet_history
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.envelope import Envelope, seal
@@ -203,8 +203,6 @@ class _Fragile(FleetProjection):
     async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         for index, item in enumerate(items):
             if item.envelope.aggregate_id == "dev-0000003" and item.envelope.type == "DeviceRelabeled":
-                from projections.runner import Poison
-
                 raise Poison(index, item.seq, ValueError("cannot relabel dev-0000003"))
         await super().apply_batch(conn, items)
 
@@ -241,6 +239,38 @@ async def test_poison_event_is_recorded_and_stops_the_projection(eventlog: Event
         await wait_caught_up(pool, eventlog, ["fleet"], fail_fast=False)
     seen = await tiers()
     assert (seen["dev-0000003"], seen["dev-0000004"]) == ("x", "after")
+
+
+class _FragileBuild(FleetProjection):
+    """The fleet projection whose bulk build cannot apply anything about `dev-0000003`."""
+
+    def builder(self) -> FleetBuilder:
+        class Broken(FleetBuilder):
+            def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
+                for index, item in enumerate(items):
+                    if item.envelope.aggregate_id == "dev-0000003":
+                        raise Poison(index, item.seq, ValueError("cannot build dev-0000003"))
+                super().add(items, last_seq, last_at)
+
+        return Broken(1, None)
+
+
+async def test_poison_event_during_a_rebuild_fails_it_and_keeps_the_live_schema(
+    eventlog: EventLog, pool: asyncpg.Pool
+) -> None:
+    await append_history(eventlog, 10, rounds=0)
+    for projection in all_projections():
+        await rebuild(pool, eventlog, projection)
+    before = await dump(pool)
+    with pytest.raises(ProjectionFailed):
+        await rebuild(pool, eventlog, _FragileBuild())
+    async with pool.acquire() as conn:
+        status = await conn.fetchrow("SELECT * FROM projection_status WHERE name = 'fleet'")
+    assert status["state"] == "failed"
+    assert "cannot build dev-0000003" in status["error"]
+    added, _ = await eventlog.load("fleet.evt.device.dev-0000003")
+    assert status["error_seq"] == added[0].seq
+    assert (await dump(pool))["rm_fleet.devices"] == before["rm_fleet.devices"]  # still answering
 
 
 async def test_unknown_event_types_are_skipped_and_counted(eventlog: EventLog, pool: asyncpg.Pool) -> None:
@@ -298,12 +328,16 @@ async def test_changed_schema_version_rebuilds_and_queries_keep_answering(eventl
 
 
 async def test_point_in_time_snapshots_are_taken_every_n_events(eventlog: EventLog, pool: asyncpg.Pool) -> None:
-    head = await append_history(eventlog, 60, rounds=2)
-    async with running(pool, eventlog, [FleetProjection()], batch_size=50, after_batch=snapshot_hook(100)):
-        await wait_caught_up(pool, eventlog, ["fleet"])
+    built = await append_history(eventlog, 60, rounds=2)
+    fleet = [FleetProjection(snapshot_every=100)]
+    async with running(pool, eventlog, fleet, batch_size=50, after_batch=snapshot_hook(100)):
+        await wait_caught_up(pool, eventlog, ["fleet"])  # the build takes copies as it folds
+        head = await append_history(eventlog, 60, rounds=2, seed=5)
+        await wait_caught_up(pool, eventlog, ["fleet"])  # and so does the runner as it follows
     async with pool.acquire() as conn:
         seqs = [r["seq"] for r in await conn.fetch("SELECT seq FROM pit_snapshots ORDER BY seq")]
-    assert len(seqs) >= head // 100 - 1
+    assert any(s <= built for s in seqs)
+    assert len([s for s in seqs if s > built]) >= (head - built) // 100 - 1
     assert all(b - a >= 100 for a, b in itertools.pairwise(seqs))
 
 

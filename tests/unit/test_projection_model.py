@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from projections.changes.model import change_row, site_change
 from projections.fleet import model
-from projections.pointintime import decode_state, encode_state
+from projections.fleet.snapshots import decode_state, encode_state
 from shared.envelope import Event, seal
 from shared.events import desired, observed, registry, snapshot
 
