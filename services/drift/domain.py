@@ -139,6 +139,16 @@ def reject(state: DeviceState, heartbeat: Heartbeat) -> str | None:
     return None
 
 
+def steady(state: DeviceState, heartbeat: Heartbeat) -> bool:
+    """True when an accepted heartbeat repeats what is known and matches desired state: it can
+    cause no event and changes only last-seen and seq (the common case, kept cheap)."""
+    return (state.online and not state.drifted and state.mismatch_since is None
+            and heartbeat.health == state.health
+            and heartbeat.config_hash == state.reported_config_hash
+            and heartbeat.snapshot_id == state.reported_snapshot_id
+            and _matches(state, heartbeat.snapshot_id, heartbeat.config_hash))
+
+
 def decide(state: DeviceState, command: Command, now: float, policy: Policy) -> list[ObservedEvent]:
     """The observed-state events a command causes (empty when nothing changed)."""
     match command:

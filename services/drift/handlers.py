@@ -42,6 +42,7 @@ from services.drift.domain import (
     observe,
     reject,
     resume,
+    steady,
 )
 from shared import telemetry
 from shared.config import Settings
@@ -178,6 +179,10 @@ class DriftService:
             self._drop(reason)
             return
         now = self.clock()
+        if steady(state, hb):
+            self.devices[hb.device_id] = msgspec.structs.replace(state, last_seen=now, last_seq=hb.seq)
+            self.stats.accepted += 1
+            return
         events = decide(state, Beat(hb), now, self.policy)
         if events:
             state = self._emit(state, events, now)

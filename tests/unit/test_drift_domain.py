@@ -27,6 +27,7 @@ from services.drift.domain import (
     observe,
     reject,
     resume,
+    steady,
 )
 from shared.devices import Heartbeat
 from shared.envelope import Event
@@ -271,3 +272,16 @@ def test_a_repeated_heartbeat_changes_nothing(commands: list[tuple[Any, ...]]) -
     now = state.last_seen
     again = hb(state.last_seq + 1, state.reported_snapshot_id, state.reported_config_hash, state.health)
     assert decide(state, Beat(again), now, POLICY) == []
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps, st.sampled_from(SNAPSHOTS), st.sampled_from(HASHES), st.sampled_from(["ok", "degraded"]),
+       st.floats(0, 20))
+def test_the_steady_fast_path_agrees_with_decide(commands: list[tuple[Any, ...]], snapshot: str | None,
+                                                 digest: str | None, health: str, dt: float) -> None:
+    state, _ = run(commands)
+    beat = hb(state.last_seq + 1, snapshot, digest, health)
+    now = state.last_seen + dt
+    if steady(state, beat):
+        assert decide(state, Beat(beat), now, POLICY) == []
+        assert observe(state, beat, now) == msgspec.structs.replace(state, last_seen=now, last_seq=beat.seq)
