@@ -49,7 +49,7 @@ def create(
     config: str = typer.Option(..., "--config", help="Base config: a file holding a JSON object."),
     artifact: list[str] = typer.Option(None, "--artifact", help="An artifact version NAME=VERSION (repeatable)."),
     override: list[str] = typer.Option(None, "--override", help="A site override SITE=FILE (repeatable)."),
-    parent: str = typer.Option(None, "--parent", help="The snapshot this one derives from."),
+    parent: str = typer.Option(None, "--parent", help="The snapshot this one derives from (id or NAME@VERSION)."),
     description: str = typer.Option("", "--description", help="What changed and why."),
     json_out: bool = JsonOption,
 ) -> None:
@@ -173,23 +173,23 @@ def diff(
 @snapshot_app.command("retire")
 def retire(
     ctx: typer.Context,
-    snapshot_id: str = typer.Argument(..., help="Snapshot id."),
+    snapshot_id: str = typer.Argument(..., help="Snapshot id or NAME@VERSION."),
     reason: str = typer.Option("", "--reason", help="Why."),
     json_out: bool = JsonOption,
 ) -> None:
     """Retire a snapshot: it may no longer be rolled out."""
     async def go() -> None:
         reply = await send(settings(ctx), "snapshot", "retire", {"snapshot_id": snapshot_id, "reason": reason})
+        sid = reply.result["snapshot_id"]
         emit(reply_json(reply), json_out=json_out,
-             render=lambda _: console.print(f"retired {snapshot_id}" if reply.events
-                                            else f"{snapshot_id} was already retired"))
+             render=lambda _: console.print(f"retired {sid}" if reply.events else f"{sid} was already retired"))
     run(go(), json_out=json_out)
 
 
 @snapshot_app.command("mark-good")
 def mark_good(
     ctx: typer.Context,
-    snapshot_id: str = typer.Argument(..., help="Snapshot id."),
+    snapshot_id: str = typer.Argument(..., help="Snapshot id or NAME@VERSION."),
     target: str = typer.Option("", "--target", help="Label selector it is known-good for (default: everywhere)."),
     rollout: str = typer.Option(None, "--rollout", help="The rollout that proved it."),
     json_out: bool = JsonOption,
@@ -199,10 +199,11 @@ def mark_good(
         parse(target, "target")  # refuse a bad selector before sending, pointing at the character
         reply = await send(settings(ctx), "snapshot", "mark_good",
                            {"snapshot_id": snapshot_id, "target": target, "rollout_id": rollout})
-        where = target or "everywhere"
+        where = escape(target or "everywhere")
+        sid = reply.result["snapshot_id"]
         emit(reply_json(reply), json_out=json_out,
-             render=lambda _: console.print(f"{snapshot_id} is known-good for {escape(where)}" if reply.events
-                                            else f"{snapshot_id} was already known-good for {escape(where)}"))
+             render=lambda _: console.print(f"{sid} is known-good for {where}" if reply.events
+                                            else f"{sid} was already known-good for {where}"))
     run(go(), json_out=json_out)
 
 

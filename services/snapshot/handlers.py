@@ -191,7 +191,10 @@ class Snapshots:
     # --- commands --------------------------------------------------------------------------------
 
     async def create(self, cmd: CreateSnapshot, ctx: Context) -> Outcome:
-        """Create a snapshot, or return the existing one with the same content."""
+        """Create a snapshot, or return the existing one with the same content. The parent may
+        be given as `name@version`; the id it names is what the content (and the event) holds."""
+        if cmd.parent_id is not None and "@" in cmd.parent_id:
+            cmd = msgspec.structs.replace(cmd, parent_id=self.resolve(cmd.parent_id, "parent_id").snapshot_id)
         sid = domain.check_create(cmd)
         for site_id in cmd.overrides:
             if self.site_status(site_id) == "absent":

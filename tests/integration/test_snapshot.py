@@ -59,8 +59,10 @@ async def test_create_is_content_addressed_and_versioned(services: Snapshots, cl
                        config={"log": "info", "db": {"host": "db.local", "pool": 10}}, description="x")
     assert again.result == {**first.result, "created": False} and again.events == []
     second = await send(client, "create", name="web", config={**CONFIG, "log": "debug"},
-                        artifacts={"app": "1.1"}, parent_id=first.result["snapshot_id"])
+                        artifacts={"app": "1.1"}, parent_id="web@1")
     assert second.result["version"] == 2 and second.result["created"]
+    assert second.result["snapshot_id"] == snapshot_id("web", {**CONFIG, "log": "debug"}, {"app": "1.1"}, {},
+                                                       first.result["snapshot_id"])
     other = await send(client, "create", name="api", config={})
     assert other.result["version"] == 1
     got = await send(client, "get", snapshot_id=first.result["snapshot_id"])
