@@ -180,6 +180,7 @@ def site_list(
 
         def render(_: Any) -> None:
             table = Table("site", "name", "status", "devices", "labels")
+            table.columns[0].no_wrap = True
             for site in reply.result["sites"]:
                 add_row(table, site["site_id"], site["name"], site["status"], str(site["active_devices"]),
                               _labels_text(site["labels"]))
@@ -296,6 +297,7 @@ def device_list(
         def render(_: Any) -> None:
             result = reply.result
             table = Table("device", "site", "kind", "parent", "status", "labels")
+            table.columns[0].no_wrap = True  # ids are copied from here: never cut them
             for d in result["devices"]:
                 add_row(table, d["device_id"], d["site_id"], d["kind"], d["parent_id"] or "", d["status"],
                               _labels_text(d["labels"]))

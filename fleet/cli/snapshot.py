@@ -128,6 +128,7 @@ def list_(
 
         def render(_: Any) -> None:
             table = Table("id", "name", "version", "status", "artifacts", "overrides", "known-good")
+            table.columns[0].no_wrap = True  # ids are copied from here: never cut them
             for s in reply.result["snapshots"]:
                 add_row(table, s["snapshot_id"], s["name"], str(s["version"]), s["status"],
                         ", ".join(f"{k}={v}" for k, v in sorted(s["artifacts"].items())),
