@@ -41,7 +41,7 @@ from shared.ids import new_event_id
 from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
 
 MAX_BATCH = 1000  # the server's limit on one atomic batch
-_REPLAY_BUFFER = 10_000  # messages a replay holds before it makes the server wait
+_REPLAY_BUFFER = 10_000  # messages a replay buffers before it stops its subscription
 _IDLE_CHECK = 0.25  # seconds without a message before a bounded replay checks it is done
 DUPLICATE_WINDOW = 120.0
 WRONG_LAST_SEQUENCE = 10071
@@ -418,42 +418,21 @@ class EventLog:
             to_seq = await self.last_stream_seq()
         if to_seq is not None and to_seq < from_seq:
             return
-        # Messages are handed over by a subscription callback into a local buffer, not pulled with
-        # `next_msg` (which costs a task, a uuid and a wait_for per message). When the buffer is
-        # full the callback waits, which holds back flow-control replies so the server pauses.
-        buffer: deque[Msg] = deque()
-        arrived = asyncio.Event()
-        room = asyncio.Event()
-        room.set()
-
-        async def received(msg: Msg) -> None:
-            buffer.append(msg)
-            arrived.set()
-            if len(buffer) >= _REPLAY_BUFFER:
-                room.clear()
-                await room.wait()
-
-        sub = await self.js.subscribe(
-            subjects,
-            stream=self.stream,
-            cb=received,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=max(from_seq, 1)),
-            pending_msgs_limit=-1,
-            pending_bytes_limit=-1,
-        )
+        delivery = _Delivery(self, subjects)
+        await delivery.start(max(from_seq, 1))
+        buffer = delivery.buffer
         try:
             while True:
                 while not buffer:
-                    arrived.clear()
-                    if await self._idle(arrived, follow) and await _drained(sub, buffer):
+                    await delivery.resume()
+                    delivery.arrived.clear()
+                    if await self._idle(delivery.arrived, follow) and await delivery.drained():
                         # A subject filter may match nothing more before `to_seq`: stop once the
                         # consumer has nothing left to deliver instead of waiting forever.
                         return
                 msg = buffer.popleft()
-                if len(buffer) <= _REPLAY_BUFFER // 2:
-                    room.set()
+                if delivery.resume_from and len(buffer) <= _REPLAY_BUFFER // 2:
+                    await delivery.resume()
                 seq = _stream_seq(msg)
                 if to_seq is not None and seq > to_seq:
                     return
@@ -463,8 +442,7 @@ class EventLog:
                 if not follow and _num_pending(msg) == 0:
                     return  # the last event matching the filter (the filter may end before to_seq)
         finally:
-            room.set()
-            await sub.unsubscribe()
+            await delivery.close()
 
     async def _idle(self, arrived: asyncio.Event, follow: bool) -> bool:
         """Wait for the next delivery. True when a bounded replay has waited `_IDLE_CHECK` seconds
@@ -481,10 +459,70 @@ class EventLog:
             return False
 
 
-async def _drained(sub: Any, buffer: deque[Msg]) -> bool:
-    """Has the consumer nothing left to deliver (server side, client queue, replay buffer)?"""
-    info = await sub.consumer_info()
-    return not info.num_pending and sub.pending_msgs == 0 and not buffer
+class _Delivery:
+    """The messages of one replay, handed over by a subscription callback into a local buffer.
+
+    A callback costs far less per message than `next_msg` (which makes a task, a uuid and a
+    wait_for each time). nats-py answers flow control for callback subscriptions as messages
+    arrive, so the server would never wait for a slow reader: instead, when the buffer holds
+    `_REPLAY_BUFFER` messages the subscription is stopped, and it is started again after the last
+    buffered message once the reader has taken half of them. Order and completeness are kept:
+    messages that arrive while stopping are dropped and come again on the restart."""
+
+    def __init__(self, log: EventLog, subjects: str) -> None:
+        self.js = log.js
+        self.stream = log.stream
+        self.subjects = subjects
+        self.buffer: deque[Msg] = deque()
+        self.arrived = asyncio.Event()
+        self.sub: Any = None
+        self.resume_from = 0  # while stopped for a full buffer: the stream sequence to restart at
+        self._stopping: asyncio.Task[None] | None = None
+
+    async def start(self, seq: int) -> None:
+        self.sub = await self.js.subscribe(
+            self.subjects,
+            stream=self.stream,
+            cb=self._received,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+            config=api.ConsumerConfig(opt_start_seq=seq),
+            pending_msgs_limit=-1,
+            pending_bytes_limit=-1,
+        )
+
+    async def _received(self, msg: Msg) -> None:
+        if self.resume_from:
+            return  # stopping: this one comes again when the subscription restarts
+        self.buffer.append(msg)
+        self.arrived.set()
+        if len(self.buffer) >= _REPLAY_BUFFER:
+            self.resume_from = _stream_seq(msg) + 1
+            self._stopping = asyncio.get_running_loop().create_task(self.sub.unsubscribe())
+
+    async def resume(self) -> None:
+        """Restart a subscription stopped for a full buffer."""
+        if not self.resume_from:
+            return
+        await self._stopped()
+        seq, self.resume_from = self.resume_from, 0
+        await self.start(seq)
+
+    async def _stopped(self) -> None:
+        if self._stopping is not None:
+            stopping, self._stopping = self._stopping, None
+            await stopping
+
+    async def drained(self) -> bool:
+        """Has the consumer nothing left to deliver (server side, client queue, buffer)?"""
+        info = await self.sub.consumer_info()
+        return not info.num_pending and self.sub.pending_msgs == 0 and not self.buffer
+
+    async def close(self) -> None:
+        if self.resume_from:
+            await self._stopped()
+        else:
+            await self.sub.unsubscribe()
 
 
 def _group_writes(writes: Sequence[Write]) -> list[list[Write]]:
