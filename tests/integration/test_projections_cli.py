@@ -1,0 +1,123 @@
+"""The query CLI against a served API and the audit export against the log: `fleet where`,
+`fleet changes`, `fleet degraded`, `fleet history`, `fleet projections status|rebuild`,
+`fleet audit export`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+import uvicorn
+from typer.testing import CliRunner
+
+from fleet.cli import app
+from projections.api.app import create_app
+from projections.api.queries import ReadModels
+from projections.runner import create_pool
+from shared.embedded import EmbeddedNats, free_port
+from shared.envelope import decode_envelope, seal
+from shared.eventlog import EventLog
+from shared.events import observed
+from tests.integration.test_projections import append_history, running, wait_caught_up
+
+
+@pytest.fixture
+async def served(eventlog: EventLog, database_url: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    pool: asyncpg.Pool = await create_pool(database_url, min_size=1, max_size=8)
+    await append_history(eventlog, 20, rounds=1)
+    stuck = observed.DeviceStuck(device_id="dev-0000002", attempts=5)
+    await eventlog.append(stuck.subject, [seal(stuck, actor="service:drift", at=datetime.now(UTC))], None)
+    async with running(pool, eventlog):
+        await wait_caught_up(pool, eventlog)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(ReadModels(pool, eventlog)), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}", pool
+    finally:
+        server.should_exit = True
+        await task
+        await pool.close()
+
+
+async def fleet(*args: str, env: dict[str, str]) -> tuple[int, str]:
+    """Run the CLI in a thread (it runs its own event loop)."""
+    result = await asyncio.to_thread(CliRunner().invoke, app, list(args), env=env)
+    return result.exit_code, result.stdout
+
+
+async def test_query_commands(served: tuple[str, asyncpg.Pool], tmp_path: Path, nats_server: EmbeddedNats,
+                              database_url: str) -> None:
+    url, _ = served
+    env = {"FLEET_API_URL": url, "FLEET_DATA_DIR": str(tmp_path), "FLEET_NATS_URL": nats_server.url,
+           "FLEET_DATABASE_URL": database_url}
+    code, out = await fleet("where", "--json", env=env)
+    assert code == 0, out
+    assert json.loads(out)["summary"]["totals"]["total"] == 20
+    code, out = await fleet("where", "--site", "site-001", "--devices", "--json", env=env)
+    where = json.loads(out)
+    assert {d["site_id"] for d in where["devices"]} == {"site-001"}
+    code, out = await fleet("where", "--at", "3", "--json", env=env)
+    assert json.loads(out)["summary"]["historical"] is True
+    code, out = await fleet("where", env=env)
+    assert code == 0 and "What runs where" in out
+
+    code, out = await fleet("degraded", "--json", env=env)
+    assert code == 0, out
+    degraded = json.loads(out)["devices"]
+    assert "dev-0000002" in [d["device_id"] for d in degraded]
+    ranks = [0 if not d["online"] else 1 if d["health"] == "failed" else 2 if d["stuck"] else 3
+             if d["health"] == "degraded" else 4 for d in degraded]
+    assert ranks == sorted(ranks)  # worst first
+
+    code, out = await fleet("changes", "--from", "2000-01-01T00:00:00Z", "--device", "dev-0000002", "--json", env=env)
+    assert code == 0, out
+    changes = json.loads(out)["changes"]
+    assert changes[-1]["summary"] == "device dev-0000002 stuck after 5 reconcile attempts"
+    assert [c["seq"] for c in changes] == sorted(c["seq"] for c in changes)
+    code, out = await fleet("history", "dev-0000002", "--json", env=env)
+    assert json.loads(out)["changes"] == changes
+    code, out = await fleet("history", "nobody", env=env)
+    assert code == 3
+    code, out = await fleet("changes", "--since", "forever", "--json", env=env)
+    assert code == 2
+    assert json.loads(out)["error"]["field"] == "since"
+
+    code, out = await fleet("projections", "status", "--json", env=env)
+    assert code == 0, out
+    assert {p["name"]: p["lag"] for p in json.loads(out)["items"]} == {"fleet": 0, "changes": 0}
+    code, out = await fleet("projections", "rebuild", "fleet", "--json", env=env)
+    assert code == 0, out
+    code, out = await fleet("projections", "status", "--json", env=env)
+    assert {p["name"]: p["generation"] for p in json.loads(out)["items"]}["fleet"] == 2
+
+    code, out = await fleet("where", "--json", env={**env, "FLEET_API_URL": f"http://127.0.0.1:{free_port()}"})
+    assert code == 5
+
+
+async def test_audit_export_writes_the_log_as_json_lines(eventlog: EventLog, tmp_path: Path,
+                                                         nats_server: EmbeddedNats) -> None:
+    head = await append_history(eventlog, 5, rounds=0)
+    env = {"FLEET_DATA_DIR": str(tmp_path), "FLEET_NATS_URL": nats_server.url}
+    out = tmp_path / "audit.jsonl"
+    code, text = await fleet("audit", "export", "--out", str(out), "--json", env=env)
+    assert code == 0, text
+    lines = out.read_bytes().splitlines()
+    assert len(lines) == head
+    expected = [r.envelope async for r in eventlog.replay(1, head)]
+    assert [decode_envelope(line) for line in lines] == expected
+    code, text = await fleet("audit", "export", "--from", "3", "--to", "5", env=env)
+    assert [decode_envelope(line.encode()).id for line in text.splitlines()] == [e.id for e in expected[2:5]]
+    middle = expected[4].at
+    code, text = await fleet("audit", "export", "--from", middle, "--to", middle, env=env)
+    assert [decode_envelope(line.encode()).id for line in text.splitlines()] == [expected[4].id]
+    code, text = await fleet("audit", "export", "--from", "yesterday", env=env)
+    assert code == 2
