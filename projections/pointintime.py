@@ -18,6 +18,7 @@ import asyncpg
 from projections.fleet import model, snapshots
 from projections.fleet.model import FleetState
 from projections.fleet.store import FleetProjection, load_state
+from projections.reader import batches
 from projections.runner import AfterBatch, decode_batch, version_of
 from shared.eventlog import EventLog
 
@@ -66,11 +67,11 @@ class PointInTime:
                 return cached
             state = await self._base(seq)
             if state.seq < seq:
-                async for record in self.log.replay(state.seq + 1, seq):
-                    items, _ = decode_batch([record])
+                async for batch in batches(self.log, state.seq + 1, seq, size=5000):
+                    items, _ = decode_batch(batch)
                     for item in items:
                         model.apply(state, item.seq, item.envelope, item.event)
-                    state.seq = record.seq
+                    state.seq = batch[-1].seq
             state.seq = seq
             self._cache[seq] = state
             while len(self._cache) > self.cache_size:

@@ -16,7 +16,6 @@ transaction, so redelivery or a crash between apply and ack never applies an eve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -149,47 +148,19 @@ class _Undecodable(Event, frozen=True, kw_only=True):
 
 
 def _decode(record: Recorded) -> Event | None:
+    if record.envelope.type == "<undecodable>":  # projections.reader: a body that is no envelope
+        return _Undecodable(reason=f"not an event envelope: {record.envelope.causation_id}")
     try:
         return decode_event(record.envelope)
     except Exception as exc:  # a known type that does not decode is poison, not unknown
         return _Undecodable(reason=f"{record.envelope.type}: {exc}")
 
 
-async def _batches(log_: EventLog, from_seq: int, to_seq: int | None, follow: bool,
-                   size: int) -> AsyncIterator[list[Recorded]]:
-    """The log from `from_seq` in batches: as many as are ready, up to `size`."""
-    queue: asyncio.Queue[Recorded | BaseException | None] = asyncio.Queue(maxsize=size * 8)
+def _batches(log_: EventLog, from_seq: int, to_seq: int | None, follow: bool,
+             size: int) -> AsyncIterator[list[Recorded]]:
+    from projections.reader import batches
 
-    async def produce() -> None:
-        try:
-            async for record in log_.replay(from_seq, to_seq, follow=follow):
-                await queue.put(record)
-            await queue.put(None)
-        except Exception as exc:
-            await queue.put(exc)
-
-    producer = asyncio.create_task(produce())
-    try:
-        done = False
-        while not done:
-            item = await queue.get()
-            batch: list[Recorded] = []
-            while True:
-                if item is None:
-                    done = True
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                batch.append(item)
-                if len(batch) >= size or queue.empty():
-                    break
-                item = queue.get_nowait()
-            if batch:
-                yield batch
-    finally:
-        producer.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await producer
+    return batches(log_, from_seq, to_seq, follow=follow, size=size)
 
 
 class Runner:

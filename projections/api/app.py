@@ -20,6 +20,8 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
+from projections.api.commands import ROUTES as COMMAND_ROUTES
+from projections.api.dashboard import dashboard
 from projections.api.queries import CHANGES, FLEET, ChangeFilter, DeviceFilter, ReadModels
 from projections.api.schemas import (
     ChangePage,
@@ -124,14 +126,6 @@ async def metrics(models: Models) -> str:
                 value = int(value == "failed")
             lines.append(f'{metric}{{projection="{p.name}"}} {"NaN" if value is None else value}')
     return "\n".join(lines) + "\n"
-
-
-@get("/", media_type=MediaType.HTML, include_in_schema=False, sync_to_thread=False)
-def index() -> str:
-    """Placeholder until the dashboard lands."""
-    return ("<!doctype html><title>Fleetplane</title><h1>Fleetplane</h1>"
-            "<p>Query API: <a href='/openapi.json'>/openapi.json</a>, <a href='/v1/summary'>/v1/summary</a>"
-            "</p>")
 
 
 @get("/openapi.json", include_in_schema=False, sync_to_thread=False)
@@ -316,8 +310,9 @@ def create_app(models: Models) -> Litestar:
         return models
 
     return Litestar(
-        route_handlers=[healthz, readyz, metrics, index, openapi_json, summary, devices, device,
-                        device_history, changes, rollouts, rollout, snapshots, sites, projections],
+        route_handlers=[healthz, readyz, metrics, dashboard, openapi_json, summary, devices, device,
+                        device_history, changes, rollouts, rollout, snapshots, sites, projections,
+                        *COMMAND_ROUTES],
         dependencies={"models": Provide(provide_models, sync_to_thread=False)},
         exception_handlers={
             FleetError: _on_fleet_error,

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import msgspec
 
 from shared.envelope import Envelope, Event
-from shared.events import desired, observed, registry, snapshot
+from shared.events import desired, observed, registry, rollout, snapshot
 
 
 class ChangeRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -85,6 +85,23 @@ def _summary(event: Event) -> str:
             return f"device {event.device_id} reconcile attempt {event.attempt} (revision {event.revision})"
         case observed.DeviceStuck():
             return f"device {event.device_id} stuck after {event.attempts} reconcile attempts"
+        case rollout.RolloutStarted():
+            return f"rollout {event.rollout_id} of {event.snapshot_id} to {event.target or 'every device'} started"
+        case rollout.RolloutWaveStarted():
+            return f"rollout {event.rollout_id} wave {event.wave} started"
+        case rollout.RolloutDevicesAssigned():
+            return f"rollout {event.rollout_id} wave {event.wave} assigned {len(event.devices)} devices"
+        case rollout.RolloutGateEvaluated():
+            verdict = "passed" if event.passed else "failed: " + "; ".join(event.reasons)
+            return f"rollout {event.rollout_id} wave {event.wave} gate {verdict}"
+        case rollout.RolloutPaused() | rollout.RolloutAborted() | rollout.RolloutRollbackStarted():
+            what = {"RolloutPaused": "paused", "RolloutAborted": "aborted",
+                    "RolloutRollbackStarted": "rolling back"}[type(event).__name__]
+            return f"rollout {event.rollout_id} {what}" + (f": {event.reason}" if event.reason else "")
+        case rollout.RolloutCompleted() | rollout.RolloutRolledBack() | rollout.RolloutResumed():
+            what = {"RolloutCompleted": "completed", "RolloutRolledBack": "rolled back",
+                    "RolloutResumed": "resumed"}[type(event).__name__]
+            return f"rollout {event.rollout_id} {what}"
     return f"{type(event).__name__} on {event.aggregate} {event.aggregate_id}"
 
 

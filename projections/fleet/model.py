@@ -9,13 +9,12 @@ computed by one piece of code. Nothing here reads a clock or does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
 from shared.envelope import Envelope, Event
-from shared.events import desired, observed, registry, snapshot
+from shared.events import desired, observed, registry, rollout, snapshot
 
 HEALTHS = ("ok", "degraded", "failed", "unknown")
 
@@ -199,16 +198,57 @@ def _apply_snapshot(state: FleetState, env: Envelope, seq: int, event: Event) ->
     state.snapshots[row.snapshot_id] = row
 
 
-# Rollout events arrive with issue 6: add `"RolloutStarted": fn` entries here; each takes the row
-# (None for a new rollout), the envelope, the sequence and the event, and returns the new row.
-RolloutApply = Callable[[RolloutRow | None, Envelope, int, Event], RolloutRow]
-ROLLOUT_APPLIERS: dict[str, RolloutApply] = {}
+def _count(row: RolloutRow, **more: int) -> dict[str, int]:
+    counts = dict(row.counts)
+    for key, value in more.items():
+        counts[key] = counts.get(key, 0) + value
+    return counts
+
+
+def _rollout_row(row: RolloutRow | None, env: Envelope, seq: int, event: Event) -> RolloutRow | None:
+    """The rollout row after one rollout event (None: the event does not change the row)."""
+    if isinstance(event, rollout.RolloutStarted):
+        sizes = event.wave_sizes
+        return RolloutRow(rollout_id=event.rollout_id, snapshot_id=event.snapshot_id, target=event.target,
+                          status="running", wave=0,
+                          counts={"devices": sum(sizes), "waves": len(sizes or event.wave_percents),
+                                  "assigned": 0, "restored": 0},
+                          started_at=env.at, updated_at=env.at, updated_seq=seq)
+    old = row or RolloutRow(rollout_id=env.aggregate_id)
+    stamp = {"updated_at": env.at, "updated_seq": seq}
+    match event:
+        case rollout.RolloutWaveStarted():
+            return _replace(old, wave=event.wave, status="running", **stamp)
+        case rollout.RolloutDevicesAssigned():
+            return _replace(old, counts=_count(old, assigned=len(event.devices)), **stamp)
+        case rollout.RolloutDevicesRestored():
+            return _replace(old, counts=_count(old, restored=len(event.devices)), **stamp)
+        case rollout.RolloutWaveBaking():
+            return _replace(old, status="baking", **stamp)
+        case rollout.RolloutGateEvaluated():
+            gate = {"wave": event.wave, "passed": event.passed, "inputs": msgspec.to_builtins(event.inputs),
+                    "reasons": list(event.reasons)}
+            return _replace(old, last_gate=gate, **stamp)
+        case rollout.RolloutWaveHeld():
+            return _replace(old, status="held", **stamp)
+        case rollout.RolloutPromoted() | rollout.RolloutResumed():
+            return _replace(old, status="running", **stamp)
+        case rollout.RolloutPaused():
+            return _replace(old, status="paused", **stamp)
+        case rollout.RolloutAborted():
+            return _replace(old, status="aborted", **stamp)
+        case rollout.RolloutRollbackStarted():
+            return _replace(old, status="rolling_back", **stamp)
+        case rollout.RolloutRolledBack():
+            return _replace(old, status="rolled_back", **stamp)
+        case rollout.RolloutCompleted():
+            return _replace(old, status="completed", **stamp)
+    return None
 
 
 def _apply_rollout(state: FleetState, env: Envelope, seq: int, event: Event) -> None:
-    apply = ROLLOUT_APPLIERS.get(env.type)
-    if apply is not None:
-        row = apply(state.rollouts.get(env.aggregate_id), env, seq, event)
+    row = _rollout_row(state.rollouts.get(env.aggregate_id), env, seq, event)
+    if row is not None:
         state.rollouts[row.rollout_id] = row
 
 

@@ -264,3 +264,27 @@ async def test_postgres_down_is_a_503(eventlog: EventLog) -> None:
             assert (await client.get("/healthz")).status_code == 200
     finally:
         await pool.close()
+
+
+async def test_rollouts_are_projected(api: Api) -> None:
+    from shared.events import rollout
+
+    events = [
+        rollout.RolloutStarted(rollout_id="r-7", snapshot_id="snap-2", target="tier=edge", wave_sizes=[1, 3]),
+        rollout.RolloutWaveStarted(rollout_id="r-7", wave=0),
+        rollout.RolloutDevicesAssigned(rollout_id="r-7", wave=0, at=format_time(datetime.now(UTC)),
+                                       devices=["dev-0000001"]),
+        rollout.RolloutPaused(rollout_id="r-7", reason="operator"),
+    ]
+    now = datetime.now(UTC)
+    done = await api.log.append("fleet.evt.rollout.r-7", [seal(e, actor="operator:alice", at=now) for e in events], 0)
+    last = done[-1].seq
+    page = await api.get("/v1/rollouts", min_seq=last)
+    assert [r["rollout_id"] for r in page["items"]] == ["r-7"]
+    one = (await api.get("/v1/rollouts/r-7"))["rollout"]
+    assert (one["status"], one["snapshot_id"], one["counts"]["assigned"], one["counts"]["devices"]) == ("paused", "snap-2", 1, 4)
+    before = (await api.get("/v1/rollouts/r-7", at_seq=last - 1))["rollout"]
+    assert before["status"] == "running"
+    changes = await api.get("/v1/changes", rollout="r-7", min_seq=last, order="asc")
+    assert [c["summary"] for c in changes["items"]][-1] == "rollout r-7 paused: operator"
+    assert {c["actor"] for c in changes["items"]} == {"operator:alice"}

@@ -145,3 +145,38 @@ def test_change_rows_say_who_what_where() -> None:
     row = change_row(8, seal(assigned, actor="service:rollout", at=T0), assigned, lambda _: None)
     assert (row.snapshot_id, row.rollout_id, row.site_id) == ("b", "r9", "s2")
     assert "rollout r9" in row.summary and "was a" in row.summary
+
+
+def test_rollout_events_fold_into_the_rollouts_row() -> None:
+    from shared.events import rollout
+
+    state = model.FleetState()
+    inputs = rollout.GateInputs(devices=2, healthy=1, converged=2, failed=1, timed_out=0, offline=0, degraded=0)
+    history: list[Event] = [
+        rollout.RolloutStarted(rollout_id="r1", snapshot_id="b", target="tier=edge", wave_percents=[50, 100],
+                               wave_sizes=[2, 2]),
+        rollout.RolloutWaveStarted(rollout_id="r1", wave=0),
+        rollout.RolloutDevicesAssigned(rollout_id="r1", wave=0, at="2026-11-01T00:00:00.000000Z", devices=["d1", "d2"]),
+        rollout.RolloutWaveBaking(rollout_id="r1", wave=0, until="2026-11-01T00:01:00.000000Z"),
+        rollout.RolloutGateEvaluated(rollout_id="r1", wave=0, passed=False, inputs=inputs, gates=rollout.Gates(),
+                                     reasons=["failed 0.50 > 0.05"]),
+        rollout.RolloutRollbackStarted(rollout_id="r1", reason="gate failed", devices=2),
+        rollout.RolloutDevicesRestored(rollout_id="r1", devices=["d1", "d2"]),
+    ]
+    statuses = []
+    for i, event in enumerate(history, 1):
+        model.apply(state, i, seal(event, actor="service:rollout", at=T0 + timedelta(seconds=i)), event)
+        statuses.append(state.rollouts["r1"].status)
+    row = state.rollouts["r1"]
+    assert statuses == ["running", "running", "running", "baking", "baking", "rolling_back", "rolling_back"]
+    assert (row.snapshot_id, row.target, row.wave) == ("b", "tier=edge", 0)
+    assert row.counts == {"devices": 4, "waves": 2, "assigned": 2, "restored": 2}
+    assert row.last_gate is not None
+    assert row.last_gate["passed"] is False
+    assert row.last_gate["inputs"]["failed"] == 1
+    done = rollout.RolloutRolledBack(rollout_id="r1")
+    model.apply(state, 9, seal(done, actor="service:rollout", at=T0), done)
+    assert state.rollouts["r1"].status == "rolled_back"
+    row8 = change_row(8, seal(history[4], actor="service:rollout", at=T0), history[4], lambda _: None)
+    assert row8.rollout_id == "r1"
+    assert row8.summary == "rollout r1 wave 0 gate failed: failed 0.50 > 0.05"

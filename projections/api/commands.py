@@ -1,0 +1,87 @@
+"""Commands over HTTP (DESIGN §7): the API forwards them to the owning service over NATS and
+returns its reply unchanged (`{"ok", "events", "result"}`), with the HTTP status of its error
+code. The events' highest sequence can be passed back as `min_seq` to read your own writes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from litestar import Response, post
+from litestar.params import Body
+
+from projections.api.queries import ReadModels
+from shared.commands import CommandClient, Reply
+
+_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
+ACTIONS = ("pause", "resume", "abort", "promote", "rollback")
+
+
+class StartRollout(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of POST /v1/rollouts (the fields of `fleet rollout start`)."""
+
+    snapshot_id: str
+    target: str = ""
+    rollout_id: str | None = None
+    canary: str = ""
+    waves: str = "100"
+    max_in_flight: int = 500
+    bake: str = "0s"
+    apply_timeout: str = "5m"
+    min_healthy: str = "90%"
+    max_failed: str = "5%"
+    max_offline: str = "10%"
+    metrics: list[str] = []
+    on_failure: str = "pause"
+    approve_after: list[int] = []
+    dry_run: bool = False
+    command_id: str | None = None
+    actor: str = "operator:http"
+
+
+class RolloutAction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Body of POST /v1/rollouts/{id}/{action} (all optional)."""
+
+    reason: str = ""
+    to_snapshot_id: str | None = None
+    plan_only: bool = False
+    command_id: str | None = None
+    actor: str = "operator:http"
+
+
+async def _forward(models: ReadModels, command: str, body: dict[str, Any]) -> Response[Reply]:
+    body = {k: v for k, v in body.items() if v is not None}
+    client = CommandClient(models.log.nc, actor=str(body.pop("actor", "operator:http")))
+    reply = await client.request("rollout", command, body)
+    status = 200 if reply.ok else _STATUS.get(reply.error.code if reply.error else "", 500)
+    return Response(reply, status_code=status)
+
+
+@post("/v1/rollouts", tags=["commands"], status_code=200)
+async def start_rollout(models: ReadModels, data: StartRollout = Body()) -> Response[Reply]:  # noqa: B008
+    """Start a rollout (forwarded to the rollout service)."""
+    return await _forward(models, "start", msgspec.structs.asdict(data))
+
+
+@post("/v1/rollouts/{rollout_id:str}/{action:str}", tags=["commands"], status_code=200)
+async def act_on_rollout(models: ReadModels, rollout_id: str, action: str,
+                         data: RolloutAction | None = Body(default=None)) -> Response[Reply]:  # noqa: B008
+    """pause | resume | abort | promote | rollback one rollout (forwarded to the rollout service)."""
+    if action not in ACTIONS:
+        from shared.commands import ErrorBody
+
+        return Response(Reply(ok=False, error=ErrorBody("invalid", f"unknown action {action!r}; one of "
+                                                                   f"{', '.join(ACTIONS)}", "action")),
+                        status_code=400)
+    args = msgspec.structs.asdict(data) if data is not None else {}
+    body: dict[str, Any] = {"rollout_id": rollout_id, "command_id": args.get("command_id"),
+                            "actor": args.get("actor", "operator:http")}
+    if action == "rollback":
+        body.update(to_snapshot_id=args.get("to_snapshot_id"), plan_only=args.get("plan_only", False),
+                    reason=args.get("reason", ""))
+    else:
+        body["reason"] = args.get("reason", "")
+    return await _forward(models, action, body)
+
+
+ROUTES = [start_rollout, act_on_rollout]

@@ -1,0 +1,3 @@
+-- Rollout events are projected from this version on (status, wave, counts, last gate): the bump
+-- makes existing fleet read models rebuild themselves so past rollouts appear too.
+CREATE INDEX rollouts_status ON rollouts (status, rollout_id);
