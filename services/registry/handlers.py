@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+from collections import deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -42,8 +44,19 @@ from shared.times import format_time
 log = logging.getLogger(__name__)
 
 SERVICE = "registry"
+BATCHES_IN_FLIGHT = 2  # atomic batches of one import at the server at once
 IMPORT_MAX_LINES = 5000  # per command; the CLI sends files in chunks
 LIST_LIMIT_MAX = 5000
+
+
+@dataclass
+class _Flight:
+    """One atomic batch of an import on its way to the log."""
+
+    task: asyncio.Task[list[Appended]]
+    chunk: Sequence[tuple[int, DeviceAdded]]
+    envelopes: list[Envelope]
+    ids: set[str]
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -219,7 +232,7 @@ class Registry:
                           field="devices")
         pending: dict[str, Device] = {}
         view = _ImportView(self, pending)
-        accepted: list[tuple[int, Event]] = []
+        accepted: list[tuple[int, DeviceAdded]] = []
         refused: list[Refusal] = []
         unchanged = 0
         for index, raw in enumerate(cmd.devices):
@@ -237,8 +250,10 @@ class Registry:
             if not events:
                 unchanged += 1
                 continue
-            pending[spec.device_id] = domain.evolve_device(current, events[0])
-            accepted.append((index, events[0]))
+            added = events[0]
+            assert isinstance(added, DeviceAdded)
+            pending[spec.device_id] = domain.evolve_device(current, added)
+            accepted.append((index, added))
 
         appended, late_refused, late_unchanged = await self._append_in_order(accepted, cmd, ctx)
         refused.extend(late_refused)
@@ -249,47 +264,54 @@ class Registry:
                  len(report.refused))
         return Outcome(appended, report)
 
-    async def _append_in_order(self, accepted: Sequence[tuple[int, Event]], cmd: Command,
+    async def _append_in_order(self, accepted: Sequence[tuple[int, DeviceAdded]], cmd: Command,
                                ctx: Context) -> tuple[list[Appended], list[Refusal], int]:
-        """Append accepted lines in atomic batches of up to 1,000, one batch after another (so a
-        parent lands before its children), sealing the next batch while the previous one is being
-        stored, and folding a stored batch into memory while the next one is in flight."""
+        """Append accepted lines in atomic batches of up to 1,000, in order. Up to
+        BATCHES_IN_FLIGHT batches are at the server at once, except that a batch naming a parent
+        added by a batch still in flight waits for it, so a parent is always stored before its
+        children. The next batch is sealed, and a stored one folded into memory, while others are
+        in flight."""
         appended: list[Appended] = []
         refused: list[Refusal] = []
         unchanged = 0
-        chunks = [accepted[start:start + MAX_BATCH] for start in range(0, len(accepted), MAX_BATCH)]
-        in_flight: tuple[asyncio.Task[list[Appended]], Sequence[tuple[int, Event]], list[Envelope]] | None = None
-        stored: tuple[Sequence[tuple[int, Event]], list[Envelope], list[Appended]] | None = None
-        for chunk in [*chunks, None]:
-            envelopes = await self._seal(chunk, cmd, ctx) if chunk is not None else []
-            if in_flight is not None:
-                task, flown, flown_envelopes = in_flight
-                in_flight = None
-                try:
-                    stored = (flown, flown_envelopes, await task)
-                except Conflict:
-                    # Someone wrote one of these devices meanwhile: the batch was refused whole, so
-                    # decide its lines one by one against the log.
-                    landed, late_refusals, late_unchanged = await self._add_one_by_one(flown, cmd, ctx)
-                    appended.extend(landed)
-                    refused.extend(late_refusals)
-                    unchanged += late_unchanged
-            if chunk is not None:
-                # Every accepted line adds a device that has no event yet: expected sequence 0.
-                writes = [Write(event_subject("device", envelope.aggregate_id), [envelope], 0)
-                          for envelope in envelopes]
-                in_flight = (asyncio.create_task(self.log.append_batch(writes)), chunk, envelopes)
-                await asyncio.sleep(0)  # let the batch go out before folding the previous one in
-            if stored is not None:
-                done, done_envelopes, where = stored
-                stored = None
-                for (_, event), envelope, at in zip(done, done_envelopes, where, strict=True):
-                    self.devices.apply(Recorded(at.seq, at.subject, envelope), event)
-                appended.extend(where)
+        window: deque[_Flight] = deque()
+
+        async def settle_oldest() -> None:
+            nonlocal unchanged
+            flight = window.popleft()
+            try:
+                where = await flight.task
+            except Conflict:
+                # Someone wrote one of these devices meanwhile: the batch was refused whole, so
+                # decide its lines one by one against the log.
+                landed, late_refusals, late_unchanged = await self._add_one_by_one(flight.chunk, cmd, ctx)
+                appended.extend(landed)
+                refused.extend(late_refusals)
+                unchanged += late_unchanged
+                return
+            for (_, event), envelope, at in zip(flight.chunk, flight.envelopes, where, strict=True):
+                self.devices.apply(Recorded(at.seq, at.subject, envelope), event)
+            appended.extend(where)
+
+        for start in range(0, len(accepted), MAX_BATCH):
+            chunk = accepted[start:start + MAX_BATCH]
+            envelopes = await self._seal(chunk, cmd, ctx)
+            parents = {event.parent_id for _, event in chunk if event.parent_id is not None}
+            while window and (len(window) >= BATCHES_IN_FLIGHT
+                              or any(not parents.isdisjoint(flight.ids) for flight in window)):
+                await settle_oldest()
+            # Every accepted line adds a device that has no event yet: expected sequence 0.
+            writes = [Write(event_subject("device", envelope.aggregate_id), [envelope], 0)
+                      for envelope in envelopes]
+            task = asyncio.create_task(self.log.append_batch(writes))
+            window.append(_Flight(task, chunk, envelopes, {event.device_id for _, event in chunk}))
+            await asyncio.sleep(0)  # let the batch go out before anything else
+        while window:
+            await settle_oldest()
         return appended, refused, unchanged
 
     @staticmethod
-    async def _seal(chunk: Sequence[tuple[int, Event]], cmd: Command, ctx: Context) -> list[Envelope]:
+    async def _seal(chunk: Sequence[tuple[int, DeviceAdded]], cmd: Command, ctx: Context) -> list[Envelope]:
         """Envelopes as `shared.envelope.seal` makes them, with the time formatted once for the
         whole batch rather than once per event (it showed in profiles of large imports)."""
         at = format_time(ctx.now)
@@ -304,13 +326,12 @@ class Registry:
                 await asyncio.sleep(0)  # the batch in flight gets its acknowledgement handled
         return envelopes
 
-    async def _add_one_by_one(self, chunk: Sequence[tuple[int, Event]], cmd: Command,
+    async def _add_one_by_one(self, chunk: Sequence[tuple[int, DeviceAdded]], cmd: Command,
                               ctx: Context) -> tuple[list[Appended], list[Refusal], int]:
         appended: list[Appended] = []
         refused: list[Refusal] = []
         unchanged = 0
         for index, event in chunk:
-            assert isinstance(event, DeviceAdded)
             spec = DeviceSpec(device_id=event.device_id, site_id=event.site_id, kind=event.kind,
                               parent_id=event.parent_id, labels=event.labels, metadata=event.metadata)
 

@@ -395,7 +395,8 @@ async def test_import_conflict_in_a_later_batch_only_redoes_that_batch(
     assert envelope.at.endswith("Z") and len(envelope.at) == len("2026-11-28T05:14:03.412233Z")
     assert sorted(r.seq for r in stored) == [r.seq for r in stored]
     assert registry.device("d-2499").parent_id == "d-0"
-    assert registry.devices.get("d-2499").seq == max(r.seq for r in stored)
+    seqs = {r.subject: r.seq for r in stored}
+    assert all(registry.devices.get(f"d-{i}").seq == seqs[f"fleet.evt.device.d-{i}"] for i in range(2500))
 
 
 async def test_registry_process_killed_and_restarted_answers_the_same(nats_server: Any, eventlog: EventLog,
