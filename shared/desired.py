@@ -169,8 +169,11 @@ async def _put_batch(nc: NATS, values: Sequence[DesiredState], timeout: float) -
     js = nc.jetstream(timeout=timeout)
     if len(values) == 1:
         value = values[0]
-        ack = await js.publish(desired_key_subject(value.device_id), DESIRED_ENCODER.encode(value),
-                               timeout=timeout)
+        try:
+            ack = await js.publish(desired_key_subject(value.device_id), DESIRED_ENCODER.encode(value),
+                                   timeout=timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise Unavailable(f"desired-state bucket not reachable: {exc!r}") from exc
         return int(ack.seq)
     batch_id = new_event_id()
     count = len(values)

@@ -20,6 +20,7 @@ import msgspec
 
 from shared.devices import Heartbeat
 from shared.envelope import Event
+from shared.errors import Conflict, NotFound
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import (
     DeviceCameOnline,
@@ -31,6 +32,7 @@ from shared.events.observed import (
     DriftEnded,
     ObservedEvent,
     ReconcileAttempted,
+    ReconcileForced,
 )
 from shared.events.registry import DeviceAdded, DeviceMoved, DeviceRetired
 from shared.times import format_time, parse_time
@@ -123,7 +125,13 @@ class Retired(msgspec.Struct, frozen=True):
     """The device was retired: any running drift ends."""
 
 
-Command = Beat | Tick | DesiredChanged | Retired
+class ForceReconcile(msgspec.Struct, frozen=True):
+    """An operator's request to reconcile a drifted device now, even when it is stuck."""
+
+    reason: str = ""
+
+
+Command = Beat | Tick | DesiredChanged | Retired | ForceReconcile
 
 
 def reject(state: DeviceState, heartbeat: Heartbeat) -> str | None:
@@ -149,6 +157,12 @@ def steady(state: DeviceState, heartbeat: Heartbeat) -> bool:
             and _matches(state, heartbeat.snapshot_id, heartbeat.config_hash))
 
 
+def tick_due(state: DeviceState, now: float, policy: Policy) -> bool:
+    """Whether a Tick at `now` can cause an event (most devices, most of the time, cannot)."""
+    return state.online and (now - state.last_seen > policy.offline_window or state.drifted
+                             or state.mismatch_since is not None)
+
+
 def decide(state: DeviceState, command: Command, now: float, policy: Policy) -> list[ObservedEvent]:
     """The observed-state events a command causes (empty when nothing changed)."""
     match command:
@@ -164,6 +178,15 @@ def decide(state: DeviceState, command: Command, now: float, policy: Policy) -> 
             return _end_drift(state, now, "desired_changed")
         case Retired():
             return _end_drift(state, now, "retired")
+        case ForceReconcile(reason=reason):
+            if state.site_id is None:
+                raise NotFound(f"device {state.device_id} is not registered", field="device_id")
+            if state.retired:
+                raise Conflict(f"device {state.device_id} is retired", field="device_id")
+            if not state.drifted:
+                raise Conflict(f"device {state.device_id} is not drifted: nothing to reconcile",
+                               field="device_id")
+            return [ReconcileForced(device_id=state.device_id, reason=reason)]
     return []
 
 
@@ -270,6 +293,8 @@ def evolve(state: DeviceState, event: Event) -> DeviceState:
             return replace(state, attempts=event.attempt, retry_at=retry_at)
         case DeviceStuck():
             return replace(state, stuck=True)
+        case ReconcileForced():
+            return replace(state, stuck=False, attempts=0, retry_at=0.0)
     return state
 
 

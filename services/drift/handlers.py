@@ -33,6 +33,7 @@ from services.drift.domain import (
     Command,
     DesiredChanged,
     DeviceState,
+    ForceReconcile,
     Policy,
     Retired,
     Tick,
@@ -43,8 +44,11 @@ from services.drift.domain import (
     reject,
     resume,
     steady,
+    tick_due,
 )
 from shared import telemetry
+from shared.commands import Command as CommandBody
+from shared.commands import CommandService, Context, Outcome
 from shared.config import Settings
 from shared.desired import ensure_bucket, get_desired, put_desired
 from shared.devices import HEARTBEAT_DECODER, DesiredState
@@ -54,6 +58,7 @@ from shared.eventlog import MAX_BATCH, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import ObservedEvent, ReconcileAttempted
 from shared.events.registry import DeviceRetired
+from shared.ids import check_id
 from shared.subjects import HEARTBEATS_PREFIX, event_subject, parse_event_subject
 from shared.times import utcnow
 
@@ -61,6 +66,13 @@ log = logging.getLogger(__name__)
 ACTOR = "service:drift"
 QUEUE_GROUP = "fleet-drift"
 _FAMILIES = ("device", "desired", "observed")
+
+
+class Reconcile(CommandBody, frozen=True, kw_only=True):
+    """`fleet.cmd.drift.reconcile`: reconcile a drifted device now, even when it is stuck."""
+
+    device_id: str
+    reason: str = ""
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -154,6 +166,31 @@ class DriftService:
         """Events decided but not yet appended."""
         return sum(len(v) for v in self._pending.values())
 
+    # --- commands -------------------------------------------------------------------------------
+
+    def register(self, service: CommandService) -> None:
+        """Route this service's commands."""
+        service.route("reconcile", Reconcile, self.on_reconcile)
+
+    async def on_reconcile(self, cmd: Reconcile, ctx: Context) -> Outcome:
+        """An operator's forced reconciliation: a stuck device's tries start over."""
+        check_id(cmd.device_id, "device_id")
+        async with self._write_lock:
+            await self._write_pending_locked()  # what was decided before goes first
+            state = self.devices.get(cmd.device_id) or initial(cmd.device_id)
+            events = decide(state, ForceReconcile(cmd.reason), self.clock(), self.policy)
+            envelopes = [seal(e, actor=cmd.actor, at=ctx.now, causation_id=cmd.command_id,
+                              correlation_id=cmd.command_id) for e in events]
+            subject = event_subject("observed", cmd.device_id)
+            self._own.update(e.id for e in envelopes)
+            appended = await self.log.append(subject, envelopes, self._seqs.get(cmd.device_id, 0))
+            self._seqs[cmd.device_id] = appended[-1].seq
+            state = self.devices.get(cmd.device_id) or state  # heartbeats may have moved it meanwhile
+            for event in events:
+                state = evolve(state, event)
+            self.devices[cmd.device_id] = state
+        return Outcome(appended, {"device_id": cmd.device_id, "stuck": state.stuck})
+
     # --- heartbeats -----------------------------------------------------------------------------
 
     async def _on_heartbeat(self, msg: Msg) -> None:
@@ -223,9 +260,10 @@ class DriftService:
             await asyncio.sleep(self.tick_every)
             now = self.clock()
             tick = Tick()
+            policy = self.policy
             for device_id, state in self.devices.items():
-                if state.online:
-                    events = decide(state, tick, now, self.policy)
+                if tick_due(state, now, policy):
+                    events = decide(state, tick, now, policy)
                     if events:
                         self.devices[device_id] = self._emit(state, events, now)
 
@@ -305,6 +343,14 @@ class DriftService:
 
     async def _put_reconciles(self) -> None:
         wanted, self._reconcile = self._reconcile, {}
+        try:
+            await self._put_values(wanted)
+        except BaseException:
+            for device_id, revision in wanted.items():  # not put: try again (newer wins)
+                self._reconcile.setdefault(device_id, revision)
+            raise
+
+    async def _put_values(self, wanted: dict[str, int]) -> None:
         values: list[DesiredState] = []
         items = list(wanted.items())
         for start in range(0, len(items), 200):

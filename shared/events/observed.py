@@ -84,3 +84,10 @@ class DeviceStuck(ObservedEvent, frozen=True, kw_only=True):
 
     aggregate = "observed"
     attempts: int
+
+
+class ReconcileForced(ObservedEvent, frozen=True, kw_only=True):
+    """An operator asked for reconciliation again: a stuck device's tries start over."""
+
+    aggregate = "observed"
+    reason: str = ""

@@ -15,10 +15,12 @@ from nats.aio.client import Client as NATS
 
 from services.drift.domain import Policy
 from services.drift.handlers import DriftService
+from shared.commands import CommandClient, CommandService
 from shared.configs import config_hash
 from shared.desired import ensure_bucket, get_desired, put_desired
 from shared.devices import HEARTBEAT_ENCODER, DesiredState, Heartbeat
 from shared.envelope import Event, seal
+from shared.errors import Conflict, NotFound
 from shared.eventlog import EventLog
 from shared.events.desired import DesiredStateAssigned
 from shared.events.registry import DeviceAdded, DeviceRetired, SiteAdded
@@ -217,6 +219,37 @@ async def test_reconcile_backs_off_then_stuck_until_desired_changes(
     assert types(after)[:3] == ["DriftEnded", "DriftBegan", "ReconcileAttempted"]
     assert after[0].resolution == "desired_changed"
     assert after[2].attempt == 1 and after[2].revision == 11
+
+
+async def test_operator_forces_reconciliation_of_a_stuck_device(
+        nc: NATS, eventlog: EventLog, drift: DriftService) -> None:
+    await register(eventlog, "s5", "f1", "f2")
+    await assign(nc, eventlog, "f1", "s5", GOOD)
+    await drift.start()
+    service = CommandService(nc, "drift")
+    drift.register(service)
+    await service.start()
+    client = CommandClient(nc, actor="operator:test")
+    try:
+        dev = Device(nc, "f1", "s5")
+        dev.snapshot, dev.hash = "snap-1", "never-converges"
+        async with beating(dev, Device(nc, "f2", "s5")):
+            await until(drift, eventlog, "f1", lambda e: "DeviceStuck" in types(e))
+            with pytest.raises(Conflict, match="not drifted"):
+                await client.send("drift", "reconcile", {"device_id": "f2"})
+            with pytest.raises(NotFound):
+                await client.send("drift", "reconcile", {"device_id": "nobody"})
+            reply = await client.send("drift", "reconcile", {"device_id": "f1", "reason": "fixed the disk"})
+            assert reply.result == {"device_id": "f1", "stuck": False}
+            events = await until(drift, eventlog, "f1",
+                                 lambda e: types(e)[-2:] == ["ReconcileForced", "ReconcileAttempted"])
+        assert events[-2].reason == "fixed the disk" and events[-1].attempt == 1
+        recorded, _ = await eventlog.load(event_subject("observed", "f1"))
+        forced = [r for r in recorded if r.envelope.type == "ReconcileForced"]
+        assert forced[0].envelope.actor == "operator:test"
+        assert reply.events[0].seq == forced[0].seq
+    finally:
+        await service.stop()
 
 
 async def test_bad_heartbeats_are_counted_and_dropped(

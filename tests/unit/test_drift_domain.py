@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from services.drift.domain import (
     Beat,
     DesiredChanged,
     DeviceState,
+    ForceReconcile,
     Policy,
     Retired,
     Tick,
@@ -28,9 +30,11 @@ from services.drift.domain import (
     reject,
     resume,
     steady,
+    tick_due,
 )
 from shared.devices import Heartbeat
 from shared.envelope import Event
+from shared.errors import Conflict, NotFound
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import (
     DeviceCameOnline,
@@ -151,6 +155,24 @@ def test_desired_change_ends_drift_and_clears_stuck() -> None:
     assert names(events) == ["DeviceReportedState"]
     state, events = step(state, Retired(), T0 + 102)
     assert events == []
+
+
+def test_forced_reconcile_starts_the_tries_over() -> None:
+    with pytest.raises(NotFound):
+        decide(initial("d1"), ForceReconcile(), T0, POLICY)
+    state, _ = step(registered(), Beat(hb(1)), T0)
+    with pytest.raises(Conflict, match="not drifted"):
+        decide(state, ForceReconcile(), T0, POLICY)
+    state, _ = step(registered(), Beat(hb(1, digest="other")), T0)
+    for i, t in enumerate((60, 65, 75, 95), 2):
+        state, _ = step(state, Beat(hb(i, digest="other")), T0 + t)
+    assert state.stuck
+    state, events = step(state, ForceReconcile("disk replaced"), T0 + 100)
+    assert names(events) == ["ReconcileForced"] and not state.stuck and state.attempts == 0
+    state, events = step(state, Tick(), T0 + 100)
+    assert names(events) == ["ReconcileAttempted"] and events[0].attempt == 1  # type: ignore[attr-defined]
+    with pytest.raises(Conflict, match="retired"):
+        decide(evolve(state, DeviceRetired(device_id="d1")), ForceReconcile(), T0, POLICY)
 
 
 def test_restart_gives_a_full_window_and_a_fresh_grace() -> None:
@@ -285,3 +307,12 @@ def test_the_steady_fast_path_agrees_with_decide(commands: list[tuple[Any, ...]]
     if steady(state, beat):
         assert decide(state, Beat(beat), now, POLICY) == []
         assert observe(state, beat, now) == msgspec.structs.replace(state, last_seen=now, last_seq=beat.seq)
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps, st.floats(0, 100))
+def test_a_tick_that_is_not_due_changes_nothing(commands: list[tuple[Any, ...]], dt: float) -> None:
+    state, _ = run(commands)
+    now = max(state.last_seen, T0) + dt
+    if not tick_due(state, now, POLICY):
+        assert decide(state, Tick(), now, POLICY) == []
