@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,6 +178,8 @@ class Agent:
         }
         if self.settings.nats_creds:
             options["user_credentials"] = self.settings.nats_creds
+        if self.settings.nats_tls_ca:
+            options["tls"] = ssl.create_default_context(cafile=self.settings.nats_tls_ca)
         while True:
             try:
                 self.nc = await nats.connect(**options)

@@ -155,3 +155,36 @@ async def test_simulated_fleet_with_registry_and_drift(nc: NATS, eventlog: Event
         await drift.stop()
         await sim.stop()
         await registry.stop()
+
+
+async def test_fleet_simulate_command(nc: NATS, nats_server: object) -> None:
+    """The CLI: without a registry it fails clearly (exit 5); with --no-register it heartbeats."""
+    import os
+    import signal
+    import sys
+    from pathlib import Path
+
+    fleet = str(Path(sys.executable).parent / "fleet")
+    env = {**os.environ, "FLEET_NATS_URL": nats_server.url}  # type: ignore[attr-defined]
+    args = [fleet, "simulate", "--devices", "6", "--sites", "2", "--interval", "0.2", "--prefix", "cli"]
+    proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 5
+    assert b"--no-register" in err
+
+    seen: set[str] = set()
+
+    async def on_heartbeat(msg: object) -> None:
+        seen.add(msg.subject)  # type: ignore[attr-defined]
+    sub = await nc.subscribe("fleet.hb.*.*", cb=on_heartbeat)
+    proc = await asyncio.create_subprocess_exec(*args, "--no-register", env=env, stdout=asyncio.subprocess.DEVNULL,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        await until(lambda: len(seen) == 6, "heartbeats of all six simulated devices")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await proc.wait()
+        await sub.unsubscribe()
+    assert seen == {f"fleet.hb.cli-s{i % 2:03d}.cli-d{i:06d}" for i in range(6)}
+    assert proc.returncode == 0
