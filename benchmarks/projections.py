@@ -5,10 +5,11 @@
 Starts an EmbeddedNats (`sync_interval: always`) and a durable EmbeddedPostgres in a temporary
 directory, appends a generated fleet history spanning two days (sites, snapshots, devices added,
 assigned, coming online, then rounds of reported state, health, drift, offline and relabel events;
-about devices x (4 + rounds/2) events), then measures:
+about devices x (3 + rounds/2) events), then measures:
 
 - raw: a nats-py ordered consumer counting every message of the stream (no decoding) — the limit;
-- replay: `EventLog.replay` decoding every envelope and event (what the runner reads through);
+- replay: `EventLog.replay` decoding every envelope and event, and the runner's own reader
+  (`projections.reader`, a callback-fed ordered consumer) doing the same;
 - rebuild: `projections.runner.rebuild` of each projection from sequence 1 into a fresh schema
   (rows and checkpoint committed per batch of 1,000 in one transaction), events/s, and the fleet
   projection again with point-in-time snapshots every 50,000 events;
@@ -46,7 +47,8 @@ from projections.changes.store import ChangesProjection
 from projections.fleet import model
 from projections.fleet.store import FleetProjection
 from projections.pointintime import SNAPSHOT_EVERY
-from projections.runner import create_pool, rebuild
+from projections.reader import batches
+from projections.runner import create_pool, decode_batch, rebuild
 from projections.synthetic import fleet_history
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shared.envelope import Envelope, decode_event
@@ -93,6 +95,14 @@ async def replay_rate(log: EventLog, head: int) -> float:
     started = time.perf_counter()
     async for record in log.replay(1, head):
         decode_event(record.envelope)
+    return head / (time.perf_counter() - started)
+
+
+async def reader_rate(log: EventLog, head: int) -> float:
+    """The runner's reader (projections.reader) decoding every envelope and event."""
+    started = time.perf_counter()
+    async for batch in batches(log, 1, head, size=5000):
+        decode_batch(batch)
     return head / (time.perf_counter() - started)
 
 
@@ -278,6 +288,8 @@ async def main(args: argparse.Namespace) -> None:
         print(f"raw ordered consumer: {figures['raw']:.0f} events/s", flush=True)
         figures["replay"] = await replay_rate(log, head)
         print(f"EventLog.replay + decode: {figures['replay']:.0f} events/s", flush=True)
+        figures["reader"] = await reader_rate(log, head)
+        print(f"projections reader + decode: {figures['reader']:.0f} events/s", flush=True)
         pool = await create_pool(url, min_size=1, max_size=4)
         for name, projection in (("rebuild_fleet", FleetProjection()),
                                  ("rebuild_changes", ChangesProjection()),
@@ -325,6 +337,8 @@ async def main(args: argparse.Namespace) -> None:
               f"{figures[name] / raw:.2f}x | >= 0.5x |")
     print(f"| EventLog.replay + decode (events/s) | raw {raw:,.0f} | {figures['replay']:,.0f} | "
           f"{figures['replay'] / raw:.2f}x | - |")
+    print(f"| projections reader + decode (events/s) | raw {raw:,.0f} | {figures['reader']:,.0f} | "
+          f"{figures['reader'] / raw:.2f}x | - |")
     if "peer" in figures:
         print(f"| fleet view catch-up vs eventsourcing ProjectionRunner (events/s, first "
               f"{figures['peer_events']:.0f} events for the peer) | {figures['peer']:,.0f} | "

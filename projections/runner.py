@@ -81,8 +81,10 @@ class Builder(Protocol):
     def should_flush(self) -> bool:
         """Whether enough is pending to write now."""
 
-    async def flush(self, conn: asyncpg.Connection, *, final: bool) -> None:
-        """Write what is pending (everything when `final`) into the schema on the search path."""
+    def take(self, *, final: bool) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+        """Hand over what is pending (everything when `final`): a writer into the schema on the
+        search path, run while folding goes on (so it must not read the builder's live state,
+        except when `final`)."""
 
 
 AfterBatch = Callable[[asyncpg.Connection, int, str], Awaitable[None]]
@@ -394,34 +396,48 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
 async def _bulk_build(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, builder: Builder,
                       build: str, *, target: int, batch_size: int,
                       progress: Callable[[int, int], None] | None) -> int:
-    """Fold the log up to `target` in memory, writing in bulk; return the sequence reached."""
+    """Fold the log up to `target` in memory, writing in bulk; return the sequence reached. A
+    chunk is written while the next is folded (one write in flight at a time)."""
     checkpoint = applied = skipped = 0
+    writing: asyncio.Future[None] | None = None
 
-    async def flush(final: bool) -> None:
+    async def write(writer: Callable[[asyncpg.Connection], Awaitable[None]], counts: tuple[int, int, int]) -> None:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL search_path TO {build}, public")
             await conn.execute("SET LOCAL synchronous_commit TO off")
-            await builder.flush(conn, final=final)
+            await writer(conn)
             await conn.execute("UPDATE build_checkpoint SET checkpoint = $1, applied = $2, skipped_unknown = $3",
-                               checkpoint, applied, skipped)
+                               *counts)
 
-    async for batch in _batches(eventlog, 1, target, False, max(batch_size, 5000)):
-        items, unknown = decode_batch(batch)
-        try:
-            for index, item in enumerate(items):
-                if isinstance(item.event, _Undecodable):
-                    raise Poison(index, item.seq, ValueError(item.event.reason))
-            builder.add(items, batch[-1].seq, batch[-1].envelope.at)
-        except Poison as poison:
-            await _record_failure(pool, projection.name, poison)
-        applied += len(items)
-        skipped += unknown
-        checkpoint = batch[-1].seq
-        if builder.should_flush():
-            await flush(final=False)
-        if progress is not None:
-            progress(checkpoint, target)
-    await flush(final=True)
+    try:
+        async for batch in _batches(eventlog, 1, target, False, max(batch_size, 5000)):
+            items, unknown = decode_batch(batch)
+            try:
+                for index, item in enumerate(items):
+                    if isinstance(item.event, _Undecodable):
+                        raise Poison(index, item.seq, ValueError(item.event.reason))
+                builder.add(items, batch[-1].seq, batch[-1].envelope.at)
+            except Poison as poison:
+                await _record_failure(pool, projection.name, poison)
+            applied += len(items)
+            skipped += unknown
+            checkpoint = batch[-1].seq
+            if builder.should_flush():
+                if writing is not None:
+                    await writing
+                writing = asyncio.ensure_future(write(builder.take(final=False), (checkpoint, applied, skipped)))
+            if progress is not None:
+                progress(checkpoint, target)
+        if writing is not None:
+            await writing
+            writing = None
+        started = time.perf_counter()
+        await write(builder.take(final=True), (checkpoint, applied, skipped))
+        log.info("projection %s: built to %d in memory; final write %.1fs", projection.name, checkpoint,
+                 time.perf_counter() - started)
+    finally:
+        if writing is not None and not writing.done():
+            writing.cancel()
     return checkpoint
 
 

@@ -3,7 +3,7 @@ that lets observed-state events be filed under their site."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import asyncpg
@@ -88,10 +88,15 @@ class ChangesBuilder:
         """Enough rows for a few large inserts."""
         return len(self.rows) >= 5 * self.CHUNK
 
-    async def flush(self, conn: asyncpg.Connection, *, final: bool) -> None:
-        """Write pending rows; at the end, the device -> site map too."""
-        for start in range(0, len(self.rows), self.CHUNK):
-            await _insert(conn, self.rows[start:start + self.CHUNK])
-        self.rows.clear()
-        if final and self.sites:
-            await conn.execute(_SITES_SQL, list(self.sites), list(self.sites.values()))
+    def take(self, *, final: bool) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+        """A writer of the pending rows; when `final`, of the device -> site map too."""
+        rows, self.rows = self.rows, []
+        sites = dict(self.sites) if final else {}
+
+        async def write(conn: asyncpg.Connection) -> None:
+            for start in range(0, len(rows), self.CHUNK):
+                await _insert(conn, rows[start:start + self.CHUNK])
+            if sites:
+                await conn.execute(_SITES_SQL, list(sites), list(sites.values()))
+
+        return write

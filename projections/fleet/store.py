@@ -4,7 +4,7 @@ checkpoint, which the runner owns)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,16 +138,21 @@ class FleetBuilder:
         """Copies are written as they come; rows only at the end."""
         return bool(self.pending)
 
-    async def flush(self, conn: asyncpg.Connection, *, final: bool) -> None:
-        """Write pending copies; at the end, every row and the counters."""
-        for seq, at, devices, blob in self.pending:
-            await snapshots.save(conn, self.version, seq, at=at, devices=devices, blob=blob)
-        self.pending.clear()
-        if not final:
-            return
-        for table, rows in (("devices", self.state.devices), ("sites", self.state.sites),
-                            ("snapshots", self.state.snapshots), ("rollouts", self.state.rollouts)):
-            values = list(rows.values())
-            for start in range(0, len(values), self.CHUNK):
-                await TABLES[table].upsert(conn, values[start:start + self.CHUNK])
-        await _write_counts(conn, model.count_all(self.state))
+    def take(self, *, final: bool) -> Callable[[asyncpg.Connection], Awaitable[None]]:
+        """A writer of the pending copies; when `final`, of every row and the counters too."""
+        copies, self.pending = self.pending, []
+        state = self.state
+
+        async def write(conn: asyncpg.Connection) -> None:
+            for seq, at, devices, blob in copies:
+                await snapshots.save(conn, self.version, seq, at=at, devices=devices, blob=blob)
+            if not final:
+                return
+            for table, rows in (("devices", state.devices), ("sites", state.sites),
+                                ("snapshots", state.snapshots), ("rollouts", state.rollouts)):
+                values = list(rows.values())
+                for start in range(0, len(values), self.CHUNK):
+                    await TABLES[table].upsert(conn, values[start:start + self.CHUNK])
+            await _write_counts(conn, model.count_all(state))
+
+        return write
