@@ -30,11 +30,11 @@ from services.registry.domain import (
     UpdateDevice,
     UpdateSite,
 )
-from shared.aggregates import AggregateStore
+from shared.aggregates import AggregateStore, Slot
 from shared.commands import Command, CommandService, Context, Outcome, decode_error_field
 from shared.envelope import Envelope, Event
 from shared.errors import Conflict, FleetError, Invalid, NotFound
-from shared.eventlog import MAX_BATCH, Appended, EventLog, Recorded, Write
+from shared.eventlog import MAX_BATCH, Appended, EventLog, Write
 from shared.events.registry import DeviceAdded
 from shared.ids import check_id, new_event_id
 from shared.selectors import Selector, parse
@@ -55,7 +55,6 @@ class _Flight:
 
     task: asyncio.Task[list[Appended]]
     chunk: Sequence[tuple[int, DeviceAdded]]
-    envelopes: list[Envelope]
     ids: set[str]
 
 
@@ -289,8 +288,14 @@ class Registry:
                 refused.extend(late_refusals)
                 unchanged += late_unchanged
                 return
-            for (_, event), envelope, at in zip(flight.chunk, flight.envelopes, where, strict=True):
-                self.devices.apply(Recorded(at.seq, at.subject, envelope), event)
+            # Each of these devices is new and this batch is its first event: fold it straight in
+            # (what AggregateStore.apply would do, without re-parsing subjects per device).
+            slots = self.devices.slots
+            for (_, event), at in zip(flight.chunk, where, strict=True):
+                slots[event.device_id] = Slot(domain.evolve_device(domain.initial_device(event.device_id),
+                                                                   event), at.seq)
+            if where:
+                self.devices.applied_through = max(self.devices.applied_through, where[-1].seq)
             appended.extend(where)
 
         for start in range(0, len(accepted), MAX_BATCH):
@@ -304,7 +309,7 @@ class Registry:
             writes = [Write(event_subject("device", envelope.aggregate_id), [envelope], 0)
                       for envelope in envelopes]
             task = asyncio.create_task(self.log.append_batch(writes))
-            window.append(_Flight(task, chunk, envelopes, {event.device_id for _, event in chunk}))
+            window.append(_Flight(task, chunk, {event.device_id for _, event in chunk}))
             await asyncio.sleep(0)  # let the batch go out before anything else
         while window:
             await settle_oldest()
