@@ -90,7 +90,7 @@ def seal(
     event: Event,
     *,
     actor: str,
-    at: datetime,
+    at: datetime | str,
     causation_id: str | None = None,
     correlation_id: str | None = None,
     event_id: str | None = None,
@@ -102,7 +102,7 @@ def seal(
         id=event_id or new_event_id(),
         aggregate=event.aggregate,
         aggregate_id=event.aggregate_id,
-        at=format_time(at),
+        at=at if isinstance(at, str) else format_time(at),  # a str: formatted once for many events
         actor=actor,
         causation_id=causation_id,
         correlation_id=correlation_id,

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -35,7 +36,7 @@ from shared.events.rollout import Gates
 from shared.ids import check_id
 from shared.selectors import parse as parse_selector
 from shared.subjects import HEARTBEATS_PREFIX, event_subject, parse_event_subject
-from shared.times import parse_duration, utcnow
+from shared.times import format_time, parse_duration, utcnow
 
 log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
@@ -164,9 +165,14 @@ class RolloutService:
             for rollout_id, slot in list(self.store.slots.items()):
                 state = slot.state
                 if state.status in ("running", "rolling_back"):
+                    started = time.perf_counter()
                     events = domain.tick(state, self.index.view, now)
                     if events:
+                        decided = time.perf_counter()
                         await self._commit(rollout_id, events, None, now)
+                        log.info("rollout %s: %d events (%s) decided in %.3fs, committed in %.3fs", rollout_id,
+                                 len(events), type(events[-1]).__name__, decided - started,
+                                 time.perf_counter() - decided)
                 if state.active and state.waves:
                     watch.update(state.waves[state.wave])
             self._watch = watch
@@ -185,35 +191,45 @@ class RolloutService:
 
     async def _commit(self, rollout_id: str, events: Sequence[Event], command_id: str | None,
                       now: datetime, actor: str = ACTOR) -> list[Appended]:
-        """Append decided events in groups (desired events then the rollout events naming them:
-        one atomic batch each), fold them in, then write the devices' KV values."""
+        """Append decided events in groups (desired events, then the rollout events naming them:
+        one atomic batch each) and write the devices' KV values, then fold everything in.
+
+        A group's KV values are written while the next group is appended (both only after the
+        log has that group), and the state advances only once the KV writes are done, so a reply
+        never claims more than the devices can see."""
+
+        at = format_time(now)
+
+        def seal_(event: Event) -> Envelope:
+            return seal(event, actor=actor, at=at, causation_id=command_id, correlation_id=command_id or rollout_id)
+
         appended: list[Appended] = []
-        for group in _groups(events):
-            desired = [e for e in group if isinstance(e, DesiredStateAssigned)]
-            own = [e for e in group if not isinstance(e, DesiredStateAssigned)]
-
-            def seal_(event: Event) -> Envelope:
-                return seal(event, actor=actor, at=now, causation_id=command_id,
-                            correlation_id=command_id or rollout_id)
-
-            writes = [Write(e.subject, [seal_(e)], self.index.desired_seq.get(e.device_id, 0)) for e in desired]
-            own_envelopes = [seal_(e) for e in own]
-            slot = self.store.get(rollout_id)
-            if own:
-                writes.append(Write(event_subject("rollout", rollout_id), own_envelopes, slot.seq))
-            try:
-                stored = await self.log.append_batch(writes)
-            except Conflict:
-                await self._resync([e.device_id for e in desired], rollout_id)
-                raise
-            appended.extend(stored)
-            if desired:  # the log has them: now the devices may see them (before replies say so)
-                await self._put_kv(desired)
-            by_subject = {w.subject: w for w in writes}
-            for where in stored:
-                write = by_subject[where.subject]
-                index = [a.seq for a in stored if a.subject == where.subject].index(where.seq)
-                self._apply(Recorded(where.seq, where.subject, write.envelopes[index]))
+        landed: list[tuple[list[Appended], list[Envelope]]] = []
+        kv_writes: list[asyncio.Task[None]] = []
+        rollout_seq = self.store.get(rollout_id).seq
+        try:
+            for group in _groups(events):
+                desired = [e for e in group if isinstance(e, DesiredStateAssigned)]
+                own = [e for e in group if not isinstance(e, DesiredStateAssigned)]
+                writes = [Write(e.subject, [seal_(e)], self.index.desired_seq.get(e.device_id, 0)) for e in desired]
+                subject = event_subject("rollout", rollout_id)
+                if own:
+                    writes.append(Write(subject, [seal_(e) for e in own], rollout_seq))
+                try:
+                    stored = await self.log.append_batch(writes)
+                except Conflict:
+                    await self._resync([e.device_id for e in desired], rollout_id)
+                    raise
+                appended.extend(stored)
+                rollout_seq = max([rollout_seq, *(a.seq for a in stored if a.subject == subject)])
+                landed.append((stored, [envelope for write in writes for envelope in write.envelopes]))
+                if desired:  # the log has them: now the devices may see them
+                    kv_writes.append(asyncio.create_task(self._put_kv(desired)))
+        finally:
+            await asyncio.gather(*kv_writes)
+            for stored, envelopes in landed:  # in the order stored
+                for where, envelope in zip(stored, envelopes, strict=True):
+                    self._apply(Recorded(where.seq, where.subject, envelope))
         return appended
 
     async def _resync(self, devices: list[str], rollout_id: str) -> None:
