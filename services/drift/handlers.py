@@ -115,6 +115,8 @@ class DriftService:
         self._write_lock = asyncio.Lock()
         self._ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._follower: asyncio.Task[None] | None = None
+        self._next_seq = 1  # the next log sequence to apply
         self._sub: Subscription | None = None
         self._dropped_counter = telemetry.meter.create_counter(
             "fleet_heartbeats_dropped_total", description="Heartbeats dropped, by reason")
@@ -125,7 +127,7 @@ class DriftService:
         """Rebuild from the log, then serve heartbeats, follow the log and tick."""
         await ensure_bucket(self.nc)
         end = await self.log.last_stream_seq()
-        self._tasks.append(asyncio.create_task(self._follow(end), name="drift-follow"))
+        self._follower = asyncio.create_task(self._follow(end), name="drift-follow")
         await self._ready.wait()
         now = self.clock()
         for device_id, state in self.devices.items():
@@ -154,6 +156,9 @@ class DriftService:
         await self.pause_heartbeats()
         with contextlib.suppress(FleetError):
             await asyncio.wait_for(self.flush(), 10.0)
+        if self._follower is not None:
+            self._tasks.append(self._follower)
+            self._follower = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -256,9 +261,21 @@ class DriftService:
             self.devices[device_id] = self._emit(state, events, now)
 
     async def _tick_loop(self) -> None:
+        outage = False
         while True:
             await asyncio.sleep(self.tick_every)
             now = self.clock()
+            if not self.nc.is_connected:
+                # We hear nobody while our own connection is down: that says nothing about devices.
+                outage = True
+                continue
+            if outage:  # back: every device gets a full offline window again, as after a restart
+                outage = False
+                self._restart_follow()
+                for device_id, state in self.devices.items():
+                    self.devices[device_id] = resume(state, now)
+                log.info("drift: NATS connection back; liveness windows restarted")
+                continue
             tick = Tick()
             policy = self.policy
             for device_id, state in self.devices.items():
@@ -370,16 +387,32 @@ class DriftService:
 
     # --- following the log ------------------------------------------------------------------------
 
+    def _restart_follow(self) -> None:
+        """Follow the log anew from the next sequence (after an outage the ordered consumer may
+        be gone with the server's restart)."""
+        if self._follower is not None:
+            self._follower.cancel()
+        self._follower = asyncio.create_task(self._follow(0), name="drift-follow")
+
     async def _follow(self, end: int) -> None:
         if end == 0:
             self._ready.set()
-        async for recorded in self.log.replay(1, follow=True):
+        while True:
+            next_seq = self._next_seq
             try:
-                self._apply(recorded, live=self._ready.is_set())
-            except Exception:  # one bad event must not stop the view
-                log.exception("drift: could not apply event %d", recorded.seq)
-            if recorded.seq >= end and not self._ready.is_set():
-                self._ready.set()
+                async for recorded in self.log.replay(next_seq, follow=True):
+                    next_seq = self._next_seq = recorded.seq + 1
+                    try:
+                        self._apply(recorded, live=self._ready.is_set())
+                    except Exception:  # one bad event must not stop the view
+                        log.exception("drift: could not apply event %d", recorded.seq)
+                    if recorded.seq >= end and not self._ready.is_set():
+                        self._ready.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the connection went away: follow again from where we were
+                log.warning("drift: following the log failed (%r); resuming at %d", exc, next_seq)
+                await asyncio.sleep(1.0)
 
     def _apply(self, recorded: Recorded, *, live: bool) -> None:
         family, device_id = parse_event_subject(recorded.subject)

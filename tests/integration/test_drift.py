@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
+import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -19,6 +21,7 @@ from shared.commands import CommandClient, CommandService
 from shared.configs import config_hash
 from shared.desired import ensure_bucket, get_desired, put_desired
 from shared.devices import HEARTBEAT_ENCODER, DesiredState, Heartbeat
+from shared.embedded import EmbeddedNats
 from shared.envelope import Event, seal
 from shared.errors import Conflict, NotFound
 from shared.eventlog import EventLog
@@ -329,3 +332,48 @@ async def test_restart_rebuilds_without_offline_storm(nc: NATS, eventlog: EventL
             assert types(await observed(eventlog, name)) == ["DeviceCameOnline", "DeviceWentOffline"]
     finally:
         await second.stop()
+
+
+async def test_nats_restart_causes_no_offline_storm_and_following_resumes(tmp_path: Path) -> None:
+    server = EmbeddedNats(tmp_path / "nats")
+    await server.start()
+    conns: list[NATS] = []
+    try:
+        for _ in range(2):
+            conns.append(await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1))
+        service_nc, device_nc = conns
+        eventlog = EventLog(service_nc)
+        await eventlog.ensure_stream()
+        await ensure_bucket(service_nc)
+        names = [f"n{i}" for i in range(5)]
+        await register(eventlog, "s6", *names)
+        drift = DriftService(service_nc, eventlog, POLICY, tick=0.05)
+        await drift.start()
+        devices = [Device(device_nc, name, "s6") for name in names]
+        try:
+            async with beating(*devices):
+                for name in names:
+                    await until(drift, eventlog, name, lambda e: len(e) == 1)
+            # NATS goes down; devices, like agents, send nothing until they are back
+            server.stop()
+            await asyncio.sleep(POLICY.offline_window * 2)
+            await server.start()
+            while not (service_nc.is_connected and device_nc.is_connected):
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(POLICY.offline_window / 2)  # devices take a while to come back
+            async with beating(*devices):
+                await asyncio.sleep(POLICY.offline_window * 2)
+                # the log is followed again: a device registered now is known
+                await register(eventlog, "s7", "late")
+                late = Device(device_nc, "late", "s7")
+                async with beating(late):
+                    await until(drift, eventlog, "late", lambda e: len(e) == 1)
+            await drift.flush()
+            for name in names:
+                assert types(await observed(eventlog, name)) == ["DeviceCameOnline"], name
+        finally:
+            await drift.stop()
+    finally:
+        for conn in conns:
+            await conn.close()
+        server.stop()
