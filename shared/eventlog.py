@@ -243,21 +243,23 @@ class EventLog:
         try:  # the first attempt runs outside tenacity: it costs nothing when nothing fails
             last_seq = await self._publish(messages)
         except _Retry:
-            last_seq = await self._retry_group(writes, messages)
+            last_seq = await self._retry_group(writes, messages, started)
         self._append_seconds.record(time.perf_counter() - started, {"events": len(messages)})
         first = last_seq - len(messages) + 1
         return [Appended(subject, first + i) for i, (subject, _, _) in enumerate(messages)]
 
     async def _retry_group(
-        self, writes: list[Write], messages: list[tuple[str, bytes, dict[str, str]]]
+        self, writes: list[Write], messages: list[tuple[str, bytes, dict[str, str]]], started: float
     ) -> int:
-        """Resend the same messages after a transient failure of the first attempt. A conflict
-        now may be our own earlier attempt that landed: check before calling it a conflict."""
+        """Resend the same messages after a transient failure of the first attempt (until
+        `retry_for` seconds after it began). A conflict now may be our own earlier attempt that
+        landed: check before calling it a conflict."""
+        left = max(0.0, self.retry_for - (time.perf_counter() - started))
         try:
             async for retrying in AsyncRetrying(
                 retry=retry_if_exception_type(_Retry),
                 wait=wait_exponential(multiplier=0.05, max=2.0),
-                stop=stop_after_delay(self.retry_for),
+                stop=stop_after_delay(left),
                 reraise=True,
             ):
                 with retrying:
