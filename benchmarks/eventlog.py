@@ -1,23 +1,26 @@
 """Benchmark of the event log (issue 2): raw JetStream vs `shared.eventlog`, and the `eventsourcing`
 library on PostgreSQL doing the same work, all in one run on one machine.
 
-    .venv/bin/python -m benchmarks.eventlog [--quick]
+    .venv/bin/python -m benchmarks.eventlog [--quick] [--rounds N]
 
 Starts an EmbeddedNats (durable: `sync_interval: always`) and an EmbeddedPostgres (durable) in a
-temporary directory, runs every measurement `--rounds` times interleaved (raw, ours, peer, raw,
-ours, peer, ...) and reports the median throughput of each, in events per second.
+temporary directory. Replay is measured first, on a stream of exactly `replay` events; then the
+appends. Each round runs the sides interleaved in small blocks (raw, ours, peer, raw, ours, ...);
+events/s are medians over the rounds and each ratio is the median of the per-round ratios.
 
 Rows:
 - single append: raw `js.publish` awaited one at a time (no headers) vs `EventLog.append` of one
   freshly sealed event with an expected subject sequence (0: a new aggregate per call).
 - atomic batch of 1,000: a hand-written JetStream atomic batch (Nats-Batch-Id / Nats-Batch-Sequence,
-  commit as a request) vs `EventLog.append_batch` of one subject's 1,000 sealed events.
+  commit as a request) vs `EventLog.append_batch` of one subject's 1,000 pre-sealed events; for
+  context also the raw batch carrying Nats-Msg-Id and Fleet-Event-Type as ours does.
 - replay: a raw ordered consumer counting the messages of the whole stream vs `EventLog.replay`
   decoding every event into its typed event.
 - eventsourcing 9.5 (PostgreSQL persistence configured through the environment as its docs say):
-  one event per aggregate save vs our single append; one aggregate with 100 events per save vs our
-  append of 100 events to one subject; reading the whole notification log (mapped back to domain
-  events) vs our replay of a stream with the same number of events.
+  one event per aggregate save vs our single append; one aggregate with 100 (and 1,000) events per
+  save vs our append of as many events to one subject, event creation timed on both sides;
+  reading the whole notification log (mapped back to domain events) vs our replay of a stream with
+  the same number of events.
 """
 
 from __future__ import annotations
