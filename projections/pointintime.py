@@ -44,7 +44,7 @@ def snapshot_hook(every: int = SNAPSHOT_EVERY) -> AfterBatch:
 class PointInTime:
     """Answers `state_at(seq)`; keeps the last few computed states."""
 
-    def __init__(self, pool: asyncpg.Pool, eventlog: EventLog, *, cache_size: int = 4) -> None:
+    def __init__(self, pool: asyncpg.Pool, eventlog: EventLog, *, cache_size: int = 2) -> None:
         self.pool = pool
         self.log = eventlog
         self.cache_size = cache_size
@@ -96,5 +96,5 @@ class PointInTime:
     def remember(self, key: tuple[object, ...], answer: object) -> None:
         """Keep a derived answer (e.g. a summary) for a sequence."""
         self.answers[key] = answer
-        while len(self.answers) > 64:
+        while len(self.answers) > 16:  # answers can be whole sorted id lists: keep few
             self.answers.popitem(last=False)

@@ -161,6 +161,16 @@ class ChangeFilter(msgspec.Struct, frozen=True, kw_only=True):
     order: str = "desc"
 
 
+_CHECKPOINT = "SELECT checkpoint FROM projection_status WHERE name = $1"
+
+
+def _checkpoint_of(records: list[Any], name: str) -> int:
+    value = records[0]["_checkpoint"] if records else None
+    if value is None:
+        raise Unavailable(f"the {name} projection has not been built yet", field="projection")
+    return int(value)
+
+
 def _cell_counts(record: Any) -> dict[str, int]:
     return {f: int(record[f]) for f in COUNTER_FIELDS}
 
@@ -256,11 +266,13 @@ class ReadModels:
                       snapshot: str | None) -> Summary:
         """Counts by snapshot x site, totals by state."""
         if at_seq is None:
-            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                                       readonly=True):
-                seq = await self.checkpoint(conn, FLEET)
-                records = await conn.fetch("SELECT * FROM rm_fleet.device_counts WHERE total > 0")
-            cells = [(r["site_id"], r["snapshot_id"], _cell_counts(r)) for r in records]
+            # One statement is one snapshot: the checkpoint and the counters agree, in one round trip.
+            async with self.pool.acquire() as conn:
+                records = await conn.fetch(
+                    f"SELECT ({_CHECKPOINT}) AS _checkpoint, c.* FROM (SELECT 1) AS one "
+                    "LEFT JOIN rm_fleet.device_counts c ON c.total > 0", FLEET)
+            seq = _checkpoint_of(records, FLEET)
+            cells = [(r["site_id"], r["snapshot_id"], _cell_counts(r)) for r in records if r["site_id"] is not None]
             historical = False
         else:
             key = ("summary", at_seq)
@@ -305,13 +317,16 @@ class ReadModels:
                 conds.append(f"device_id > ${len(params)}")
             params.append(limit + 1)
             where = " AND ".join(conds) or "TRUE"
-            sql = (f"SELECT {', '.join(DEVICES.columns)} FROM rm_fleet.devices WHERE {where} "
-                   f"ORDER BY device_id LIMIT ${len(params)}")
-            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
-                                                                       readonly=True):
-                seq = await self.checkpoint(conn, FLEET)
+            params.append(FLEET)
+            sql = (f"SELECT ({_CHECKPOINT.replace('$1', f'${len(params)}')}) AS _checkpoint, page.* "
+                   f"FROM (SELECT 1) AS one LEFT JOIN (SELECT {', '.join(DEVICES.columns)} FROM rm_fleet.devices "
+                   f"WHERE {where} ORDER BY device_id LIMIT ${len(params) - 1}) AS page ON true "
+                   "ORDER BY page.device_id")
+            async with self.pool.acquire() as conn:
                 records = await conn.fetch(sql, *params)
-            rows = [DEVICES.from_record(r) for r in records]
+            seq = _checkpoint_of(records, FLEET)
+            rows = [DEVICES.from_record({c: r[c] for c in DEVICES.columns}) for r in records
+                    if r["device_id"] is not None]
             historical = False
         else:
             state = await self._historical(at_seq)
