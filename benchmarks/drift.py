@@ -1,6 +1,6 @@
 """Benchmark of heartbeat handling and drift detection (issue 5), in one run on one machine.
 
-    .venv/bin/python -m benchmarks.drift [--devices 20000 --rounds 10]
+    .venv/bin/python -m benchmarks.drift [--devices 20000 --rounds 3 --repeat 7]
                                          [--fleet 100000 --hold 300 --interval 10 --grace 20]
 
 Part 1, heartbeat throughput. A publisher process sends heartbeat-shaped JSON on
@@ -372,9 +372,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--role", choices=["main", "publish", "simulate"], default="main")
     parser.add_argument("--url", default="")
     parser.add_argument("--devices", type=int, default=20_000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--first-round", type=int, default=0)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--fleet", type=int, default=100_000, help="part 2 devices (0 to skip)")
     parser.add_argument("--hold", type=float, default=300.0)
