@@ -53,9 +53,11 @@ class PointInTime:
         self.answers: OrderedDict[tuple[object, ...], object] = OrderedDict()  # derived answers
 
     async def seq_at(self, when: datetime) -> int:
-        """The last log sequence whose event happened at or before `when` (0: before the log)."""
+        """The sequence of the last event (by its time) at or before `when` (0: before the log)."""
         async with self.pool.acquire() as conn:
-            seq = await conn.fetchval("SELECT max(seq) FROM rm_changes.changes WHERE at <= $1", when)
+            # The newest event by time at or before `when`: one step down the (at, seq) index.
+            seq = await conn.fetchval(
+                "SELECT seq FROM rm_changes.changes WHERE at <= $1 ORDER BY at DESC, seq DESC LIMIT 1", when)
         return int(seq or 0)
 
     async def state_at(self, seq: int) -> FleetState:
