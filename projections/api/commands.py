@@ -8,7 +8,8 @@ from typing import Any
 
 import msgspec
 from litestar import Response, post
-from litestar.params import Body
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody
 
 from projections.api.queries import ReadModels
 from shared.commands import CommandClient, Reply
@@ -58,14 +59,14 @@ async def _forward(models: ReadModels, command: str, body: dict[str, Any]) -> Re
 
 
 @post("/v1/rollouts", tags=["commands"], status_code=200)
-async def start_rollout(models: ReadModels, data: StartRollout = Body()) -> Response[Reply]:  # noqa: B008
+async def start_rollout(models: NamedDependency[ReadModels], data: JSONBody[StartRollout]) -> Response[Reply]:
     """Start a rollout (forwarded to the rollout service)."""
     return await _forward(models, "start", msgspec.structs.asdict(data))
 
 
 @post("/v1/rollouts/{rollout_id:str}/{action:str}", tags=["commands"], status_code=200)
-async def act_on_rollout(models: ReadModels, rollout_id: str, action: str,
-                         data: RolloutAction | None = Body(default=None)) -> Response[Reply]:  # noqa: B008
+async def act_on_rollout(models: NamedDependency[ReadModels], rollout_id: FromPath[str], action: FromPath[str],
+                         data: JSONBody[RolloutAction | None] = None) -> Response[Reply]:
     """pause | resume | abort | promote | rollback one rollout (forwarded to the rollout service)."""
     if action not in ACTIONS:
         from shared.commands import ErrorBody
