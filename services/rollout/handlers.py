@@ -29,7 +29,7 @@ from shared.configs import effective_config
 from shared.desired import ensure_bucket, put_desired
 from shared.devices import HEARTBEAT_DECODER, DesiredState
 from shared.envelope import Envelope, Event, seal
-from shared.errors import Conflict, Invalid, NotFound
+from shared.errors import Conflict, Invalid, NotFound, Unavailable
 from shared.eventlog import Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import Gates
@@ -101,6 +101,8 @@ class RolloutService:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._watch: set[str] = set()
+        self.applied_seq = 0
+        self._progressed = asyncio.Event()
         self._effective: dict[tuple[str, str], dict[str, Any]] = {}
         self._progress = telemetry.meter.create_counter(
             "fleet_rollout_assignments_total", description="Devices assigned or restored by rollouts")
@@ -135,6 +137,8 @@ class RolloutService:
                 await task
 
     def _apply(self, recorded: Recorded) -> None:
+        self.applied_seq = max(self.applied_seq, recorded.seq)
+        self._progressed.set()
         event = recorded.event
         if event is None:
             return
@@ -143,11 +147,34 @@ class RolloutService:
         else:
             self.index.apply(recorded.seq, event)
 
+    async def caught_up(self, timeout: float = 10.0) -> None:
+        """Wait until this service has seen everything in the log as of now (read-your-writes: a
+        client that just created a snapshot or imported devices can start a rollout on them)."""
+        head = await self.log.last_stream_seq()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.applied_seq < head:
+            self._progressed.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise Unavailable(f"the rollout service is {head - self.applied_seq} events behind the log; "
+                                  "try again shortly")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._progressed.wait(), remaining)
+
     async def _follow(self, from_seq: int) -> None:
         # Under the lock: our own events must not become visible here before their KV values
         # are written by the commit that appended them.
         async for recorded in self.log.replay(from_seq, follow=True):
             async with self._lock:
+                event = recorded.event
+                if (isinstance(event, DesiredStateAssigned) and event.rollout_id in self.store.slots
+                        and recorded.seq > self.index.desired_seq.get(event.device_id, 0)):
+                    # Ours, but not written by this process (an earlier instance's last batch landed
+                    # after this one caught up): its KV value may never have been written.
+                    self._apply(recorded)
+                    if event.snapshot_id in self.index.snapshots:
+                        await self._put_kv([event])
+                    continue
                 self._apply(recorded)
 
     async def _tick_forever(self) -> None:
@@ -296,11 +323,6 @@ class RolloutService:
         rollout_id = cmd.rollout_id or "r-" + hashlib.sha256(cmd.command_id.encode()).hexdigest()[:10]
         check_id(rollout_id, "rollout_id")
         check_id(cmd.snapshot_id, "snapshot_id")
-        snap = self.index.snapshots.get(cmd.snapshot_id)
-        if snap is None:
-            raise NotFound(f"snapshot {cmd.snapshot_id} does not exist", field="snapshot_id")
-        if snap.retired:
-            raise Invalid(f"snapshot {cmd.snapshot_id} is retired and cannot be rolled out", field="snapshot_id")
         selector = parse_selector(cmd.target, "target")
         gates = Gates(min_healthy=parse_fraction(cmd.min_healthy, "min_healthy"),
                       max_failed=parse_fraction(cmd.max_failed, "max_failed"),
@@ -309,6 +331,12 @@ class RolloutService:
         canary, percents = parse_canary(cmd.canary), parse_waves(cmd.waves)
         bake = parse_duration(cmd.bake, "bake")
         timeout = parse_duration(cmd.apply_timeout, "apply_timeout")
+        await self.caught_up()
+        snap = self.index.snapshots.get(cmd.snapshot_id)
+        if snap is None:
+            raise NotFound(f"snapshot {cmd.snapshot_id} does not exist", field="snapshot_id")
+        if snap.retired:
+            raise Invalid(f"snapshot {cmd.snapshot_id} is retired and cannot be rolled out", field="snapshot_id")
         async with self._lock:
             done = self.store.already_done(cmd.command_id)
             if done is not None:
