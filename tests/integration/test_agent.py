@@ -97,7 +97,8 @@ async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: Embe
         await put_desired(nc, [desired("a1", config)])
         await wait_for(lambda: (beats.last() or first).config_hash == config_hash(config), "the applied hash")
         assert msgspec.json.decode((options.state_dir / "config.json").read_bytes()) == config
-        assert marker.read_text().split() == ["snap-1"]
+        # the apply command runs after the write (the heartbeat may report the file before it ends)
+        await wait_for(lambda: marker.exists() and marker.read_text().split() == ["snap-1"], "apply command")
         await wait_for(lambda: (beats.last() or first).health == "degraded", "health from the command")
         assert beats.last().metrics == {"error_rate": 0.25, "queue": 7.0}  # type: ignore[union-attr]
         (tmp_path / "code").write_text("3")
@@ -110,17 +111,22 @@ async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: Embe
         await put_desired(nc, [desired("a1", newer, snapshot="snap-2", revision=2)])
         await wait_for(lambda: (beats.last() or first).snapshot_id == "snap-2", "the new snapshot")
         assert beats.last().config_hash == config_hash(newer)  # type: ignore[union-attr]
-        assert marker.read_text().split() == ["snap-1", "snap-2"]
+        await wait_for(lambda: marker.read_text().split() == ["snap-1", "snap-2"], "second apply command")
 
         # someone edits the file on the device: the agent notices and writes desired state back
-        (options.state_dir / "config.json").write_text('{"mode": "hand-edited"}')
+        edited = options.state_dir / "edited.tmp"
+        edited.write_text('{"mode": "hand-edited"}')
+        edited.replace(options.state_dir / "config.json")  # in one step, so the agent sees one edit
         await wait_for(lambda: agent.repairs >= 1, "the repair")
         await wait_for(lambda: disk_hash(options.state_dir / "config.json") == config_hash(newer), "repaired file")
-        assert marker.read_text().split() == ["snap-1", "snap-2", "snap-2"]
+        await wait_for(lambda: marker.read_text().split() == ["snap-1", "snap-2", "snap-2"], "re-applied")
+        assert agent.repairs == 1
 
         # a re-put of the same state with a bumped revision (reconciliation) is applied again
+        applies = agent.applies
         await put_desired(nc, [desired("a1", newer, snapshot="snap-2", revision=3)])
         await wait_for(lambda: len(marker.read_text().split()) == 4, "the re-applied state")
+        assert agent.applies == applies + 1 and agent.applied.revision == 3  # type: ignore[union-attr]
 
 
 async def test_reported_hash_is_of_the_file_on_disk(nc: NATS, nats_server: EmbeddedNats, tmp_path: Path) -> None:

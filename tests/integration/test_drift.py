@@ -30,7 +30,7 @@ from shared.events.registry import DeviceAdded, DeviceRetired, SiteAdded
 from shared.subjects import event_subject, heartbeat_subject
 from shared.times import format_time, parse_time, utcnow
 
-POLICY = Policy(interval=0.2, offline_after=3, drift_grace=0.4, reconcile_backoff=0.3,
+POLICY = Policy(interval=0.3, offline_after=3, drift_grace=0.8, reconcile_backoff=0.3,
                 reconcile_max_tries=2)
 GOOD = {"mode": "good", "level": 1}
 GOOD_HASH = config_hash(GOOD)
