@@ -2,9 +2,9 @@
 mark known-good, plus read-only queries (get, list, diff) answered from memory.
 
 The service knows sites only from the registry's site events, replayed into its own view and
-followed live (DESIGN §1: it never asks the registry). An override naming a site the view does
-not know yet is checked against that site's subject in the log before it is refused, so a site
-added a moment ago is not refused for the follower's lag."""
+followed live (DESIGN §1: it never asks the registry). Before deciding a create, the sites its
+overrides name are also read from their subjects in the log, so a site added or retired a moment
+ago is judged as it stands, whatever the follower's lag."""
 
 from __future__ import annotations
 
@@ -196,9 +196,8 @@ class Snapshots:
         if cmd.parent_id is not None and "@" in cmd.parent_id:
             cmd = msgspec.structs.replace(cmd, parent_id=self.resolve(cmd.parent_id, "parent_id").snapshot_id)
         sid = domain.check_create(cmd)
-        for site_id in cmd.overrides:
-            if self.site_status(site_id) == "absent":
-                await self.sites.refresh(site_id)
+        for site_id in cmd.overrides:  # creates are rare: read each override's site up to now
+            await self.sites.refresh(site_id)
         appended = await self.store.execute(
             sid, lambda state: domain.decide_create(state, cmd, self, cmd.actor),
             command_id=cmd.command_id, actor=cmd.actor, now=ctx.now)

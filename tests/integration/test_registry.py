@@ -368,35 +368,35 @@ async def test_cli_against_a_running_registry(registry: Registry, nats_server: A
 
 async def test_import_conflict_in_a_later_batch_only_redoes_that_batch(
         registry: Registry, client: CommandClient, eventlog: EventLog, nc: NATS) -> None:
-    """Batches go out one after another; a batch refused for a concurrent write is redone line by line."""
+    """Batches go out in order; a batch refused for a concurrent write is redone line by line."""
     await send(client, "add_site", site_id="s1")
     other = Registry(eventlog)
     await other.rebuild()
     other_service = CommandService(nc, "registry-other")
     other.register(other_service)
     await other_service.start()
-    try:  # d-1500 (second batch) is written behind this registry's back
-        await client.send("registry-other", "add_device", {"device_id": "d-1500", "site_id": "s1", "kind": "plc"})
+    try:  # d-2050 (third batch, 2,000-2,099) is written behind this registry's back
+        await client.send("registry-other", "add_device", {"device_id": "d-2050", "site_id": "s1", "kind": "plc"})
     finally:
         await other_service.stop()
-    lines = [{"device_id": f"d-{i}", "site_id": "s1", "parent_id": "d-0" if i else None} for i in range(2500)]
-    reply = await send(client, "import_devices", devices=lines)
+    lines = [{"device_id": f"d-{i}", "site_id": "s1", "parent_id": "d-0" if i else None} for i in range(2100)]
+    reply = await client.send("registry", "import_devices", {"devices": lines}, timeout=60)
     report = reply.result
-    assert report["added"] == 2499
-    assert [(r["index"], r["code"]) for r in report["refused"]] == [(1500, "conflict")]
+    assert report["added"] == 2099
+    assert [(r["index"], r["code"]) for r in report["refused"]] == [(2050, "conflict")]
     stored = [r async for r in eventlog.replay(subjects="fleet.evt.device.*")]
-    assert len(stored) == 2500  # 2,499 imported + the other writer's one, nothing twice
+    assert len(stored) == 2100  # 2,099 imported + the other writer's one, nothing twice
     first = next(r for r in stored if r.subject == "fleet.evt.device.d-0")
-    assert first.seq == min(r.seq for r in stored if r.subject != "fleet.evt.device.d-1500")  # parent first
+    assert first.seq == min(r.seq for r in stored if r.subject != "fleet.evt.device.d-2050")  # parent first
     envelope = first.envelope
     assert (envelope.type, envelope.aggregate, envelope.aggregate_id, envelope.actor) == (
         "DeviceAdded", "device", "d-0", "operator:test")
     assert envelope.causation_id == envelope.correlation_id
     assert envelope.at.endswith("Z") and len(envelope.at) == len("2026-11-28T05:14:03.412233Z")
     assert sorted(r.seq for r in stored) == [r.seq for r in stored]
-    assert registry.device("d-2499").parent_id == "d-0"
+    assert registry.device("d-2099").parent_id == "d-0"
     seqs = {r.subject: r.seq for r in stored}
-    assert all(registry.devices.get(f"d-{i}").seq == seqs[f"fleet.evt.device.d-{i}"] for i in range(2500))
+    assert all(registry.devices.get(f"d-{i}").seq == seqs[f"fleet.evt.device.d-{i}"] for i in range(2100))
 
 
 async def test_registry_process_killed_and_restarted_answers_the_same(nats_server: Any, eventlog: EventLog,
