@@ -28,7 +28,7 @@ from shared.errors import Invalid
 from shared.ids import parse_label
 
 site_app = typer.Typer(help="Sites: add, list, show, update, retire.", no_args_is_help=True)
-device_app = typer.Typer(help="Devices: add, import, label, move, retire, show, list.", no_args_is_help=True)
+device_app = typer.Typer(help="Devices: add, import, update, label, move, retire, show, list.", no_args_is_help=True)
 
 IMPORT_CHUNK = 5000  # lines per command (the service appends them as atomic batches of 1,000)
 IMPORT_CHUNK_BYTES = 0.75  # ... and at most this share of the server's max payload
@@ -218,6 +218,25 @@ def device_add(
             body["metadata"] = _json_object(metadata, "metadata")
         reply = await send(settings(ctx), "registry", "add_device", body)
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_device(reply, "added"))
+    run(go(), json_out=json_out)
+
+
+@device_app.command("update")
+def device_update(
+    ctx: typer.Context,
+    device_id: str = typer.Argument(..., help="Device id."),
+    kind: str = typer.Option(None, "--kind", help="New kind."),
+    parent: str = typer.Option(None, "--parent", help="New parent controller ('' clears it)."),
+    metadata: str = typer.Option(None, "--metadata", help="New metadata (a JSON object; replaces it)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Change a device's kind, parent controller or metadata."""
+    async def go() -> None:
+        body: dict[str, Any] = {"device_id": device_id, "kind": kind, "parent_id": parent}
+        if metadata is not None:
+            body["metadata"] = _json_object(metadata, "metadata")
+        reply = await send(settings(ctx), "registry", "update_device", body)
+        emit(reply_json(reply), json_out=json_out, render=lambda _: _show_device(reply, "updated"))
     run(go(), json_out=json_out)
 
 

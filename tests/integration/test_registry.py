@@ -338,6 +338,13 @@ async def test_cli_against_a_running_registry(registry: Registry, nats_server: A
         assert code == 2
         code, out, _ = await fleet(url, "device", "label", "plc-1", "tier=edge")
         assert code == 0 and "relabeled device plc-1" in out
+        code, out, _ = await fleet(url, "device", "update", "plc-1", "--parent", "", "--metadata", '{"rack": 4}', "--json")
+        assert code == 0 and json.loads(out)["result"]["parent_id"] is None
+        assert json.loads(out)["result"]["metadata"] == {"rack": 4}
+        code, out, _ = await fleet(url, "device", "move", "plc-1", "--site", "nowhere")
+        assert code == 3
+        code, out, _ = await fleet(url, "device", "retire", "plc-1", "--json")
+        assert code == 0 and json.loads(out)["result"]["status"] == "retired"
         code, out, _ = await fleet(url, "device", "show", "ghost")
         assert code == 3
         code, out, _ = await fleet(url, "site", "list")
