@@ -10,11 +10,11 @@ One embedded nats-server (JetStream, file storage, `sync_interval: always`) serv
    twice; then EventLog.append_batch over pre-sealed envelopes (the floor our code can reach).
    The raw limit used for the ratio is the fastest of these three runs.
 2. ours: `fleet service registry` in its own process, and `fleet device import FILE --json` (a
-   real CLI process: reads the JSON-lines file, sends commands of up to 5,000 lines, two in
+   real CLI process: reads the JSON-lines file, sends commands of up to 2,500 lines, three in
    flight; the service validates every line, decides, seals and appends atomic batches of 1,000);
    the re-import is also timed from an in-process client loop, for comparison.
 3. re-import of the same file: nothing changes (every line `unchanged`).
-4. paired rounds: raw and ours interleaved 5,000 devices at a time (another 100,000 devices), so
+4. paired rounds: raw and ours interleaved 2,500 devices at a time (another 100,000 devices), so
    that load from other work on a shared machine falls on both sides of each ratio alike.
 """
 
@@ -128,7 +128,7 @@ async def in_process_import(client: CommandClient, path: Path) -> tuple[float, i
 
 
 async def paired_rounds(nc: nats.NATS, client: CommandClient, devices: int, sites: int,
-                        size: int = 5000) -> tuple[list[float], float, float]:
+                        size: int = 2500) -> tuple[list[float], float, float]:
     """Raw and ours interleaved, `size` devices at a time, so load from other work on the machine
     falls on both sides of each ratio alike: raw = hand-written atomic batches of pre-encoded
     events; ours = one `import_devices` command of the same number of new devices, from this
@@ -212,8 +212,8 @@ async def main(devices: int, sites: int) -> None:
             ("ours: `fleet device import` (CLI process, whole file)", cli_s, rate(cli_s)),
             ("ours: re-import of the same file (all unchanged, no events)", again_s, rate(again_s)),
             ("ours: re-import, in-process client loop", inproc_s, rate(inproc_s)),
-            ("paired rounds, raw (5,000 events per round)", paired_raw_s, rate(paired_raw_s)),
-            ("paired rounds, ours (one 5,000-device import command per round)", paired_ours_s,
+            ("paired rounds, raw (2,500 events per round)", paired_raw_s, rate(paired_raw_s)),
+            ("paired rounds, ours (one 2,500-device import command per round)", paired_ours_s,
              rate(paired_ours_s)),
         ]
         print(f"\nraw limit = the fastest of the raw and floor runs: {raw:,.0f} events/s")

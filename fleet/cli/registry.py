@@ -30,9 +30,9 @@ from shared.ids import parse_label
 site_app = typer.Typer(help="Sites: add, list, show, update, retire.", no_args_is_help=True)
 device_app = typer.Typer(help="Devices: add, import, update, label, move, retire, show, list.", no_args_is_help=True)
 
-IMPORT_CHUNK = 5000  # lines per command (the service appends them as atomic batches of 1,000)
+IMPORT_CHUNK = 2500  # lines per command, the service's limit (it appends atomic batches of 1,000)
 IMPORT_CHUNK_BYTES = 0.75  # ... and at most this share of the server's max payload
-IMPORT_IN_FLIGHT = 2  # commands sent ahead: the service takes them in order, one after another
+IMPORT_IN_FLIGHT = 3  # commands sent ahead: the service takes them in order, one after another
 PROGRESS_FROM = 2000  # lines; smaller files finish before a bar would be seen
 
 _ANY_JSON = msgspec.json.Decoder()

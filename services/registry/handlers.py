@@ -45,8 +45,10 @@ log = logging.getLogger(__name__)
 
 SERVICE = "registry"
 BATCHES_IN_FLIGHT = 2  # atomic batches of one import at the server at once
-IMPORT_MAX_LINES = 5000  # per command; the CLI sends files in chunks
+IMPORT_MAX_LINES = 2500  # per command, so even a reply refusing every line fits in 1 MB
 LIST_LIMIT_MAX = 5000
+PAGE_MAX_BYTES = 512 * 1024  # a page stops short of `limit` rather than outgrow a NATS message
+REFUSAL_TEXT_MAX = 200  # a refusal echoes at most this much of a message (and 64 of an id)
 
 
 @dataclass
@@ -238,13 +240,13 @@ class Registry:
             try:
                 spec = _decode_spec(raw)
             except FleetError as exc:
-                refused.append(Refusal(index, _device_id_of(raw), exc.code, exc.field, exc.message))
+                refused.append(_refusal(index, _device_id_of(raw), exc))
                 continue
             current = view.device(spec.device_id)
             try:
                 events = domain.add_device(current, spec, view)
             except FleetError as exc:
-                refused.append(Refusal(index, spec.device_id, exc.code, exc.field, exc.message))
+                refused.append(_refusal(index, spec.device_id, exc))
                 continue
             if not events:
                 unchanged += 1
@@ -349,7 +351,7 @@ class Registry:
                     command_id=f"{cmd.command_id}.{index}", actor=cmd.actor, now=ctx.now,
                     correlation_id=cmd.command_id)
             except FleetError as exc:
-                refused.append(Refusal(index, spec.device_id, exc.code, exc.field, exc.message))
+                refused.append(_refusal(index, spec.device_id, exc))
                 continue
             if landed:
                 appended.extend(landed)
@@ -402,15 +404,31 @@ class Registry:
         start = 0
         if cmd.after is not None:
             start = bisect.bisect_right(matched, cmd.after)
-        page = matched[start:start + cmd.limit]
-        more = start + cmd.limit < len(matched)
-        return Outcome(result={"devices": [self.device(d) for d in page], "total": len(matched),
-                               "next": page[-1] if more and page else None})
+        page: list[Device] = []
+        size = 0
+        for device_id in matched[start:start + cmd.limit]:
+            device = self.device(device_id)
+            size += len(_EVENT_ENCODER.encode(device))
+            if page and size > PAGE_MAX_BYTES:  # a reply must fit in one NATS message
+                break
+            page.append(device)
+        more = start + len(page) < len(matched)
+        return Outcome(result={"devices": page, "total": len(matched),
+                               "next": page[-1].device_id if more and page else None})
 
     @staticmethod
     def _summary(site: Site, active: int) -> SiteSummary:
         return SiteSummary(site.site_id, site.status, site.name, site.labels, site.metadata,
                            site.retired_reason, active)
+
+
+def _refusal(index: int, device_id: str | None, exc: FleetError) -> Refusal:
+    """A refusal of bounded size, whatever the line held: an import's reply must fit in one
+    NATS message (IMPORT_MAX_LINES refusals of at most ~400 bytes each)."""
+    message = exc.message if len(exc.message) <= REFUSAL_TEXT_MAX else exc.message[:REFUSAL_TEXT_MAX - 1] + "…"
+    field = exc.field if exc.field is None or len(exc.field) <= 64 else exc.field[:63] + "…"
+    shown = device_id if device_id is None or len(device_id) <= 64 else device_id[:63] + "…"
+    return Refusal(index, shown, exc.code, field, message)
 
 
 def _decode_spec(raw: msgspec.Raw) -> DeviceSpec:

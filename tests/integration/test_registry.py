@@ -235,7 +235,7 @@ async def test_import_batches_are_atomic_and_large_imports_land(
     assert len(reply.events) == 2500
     assert len(registry.devices.slots) == 2500
     assert (await send(client, "list_devices", selector="n=3", limit=5000)).result["total"] == len(range(3, 2500, 7))
-    err = await refused(client, "import_devices", devices=[{}] * 5001)
+    err = await refused(client, "import_devices", devices=[{}] * 2501)
     assert isinstance(err, Invalid) and err.field == "devices"
 
 
@@ -446,3 +446,21 @@ async def test_registry_process_killed_and_restarted_answers_the_same(nats_serve
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
+
+
+async def test_replies_fit_in_one_message_whatever_the_input(registry: Registry, client: CommandClient,
+                                                             nc: NATS) -> None:
+    """A full import whose every line is refused, and a page of large devices, still get answers."""
+    await send(client, "add_site", site_id="s1")
+    long_id = "x" * 2000
+    report = (await send(client, "import_devices",
+                         devices=[{"device_id": f"{long_id}{i}", "site_id": "s1"} for i in range(2500)])).result
+    assert len(report["refused"]) == 2500
+    assert all(len(r["device_id"]) <= 64 and len(r["message"]) <= 200 for r in report["refused"])
+    big = {"blob": "y" * 15000}
+    await send(client, "import_devices", devices=[{"device_id": f"big-{i:03d}", "site_id": "s1", "metadata": big}
+                                                  for i in range(100)])
+    page = (await send(client, "list_devices", limit=100)).result
+    assert 0 < len(page["devices"]) < 100 and page["next"] == page["devices"][-1]["device_id"]
+    assert page["total"] == 100
+    assert len(msgspec.json.encode(page)) < nc.max_payload
