@@ -158,7 +158,7 @@ class Agent:
                     await task
             if self.nc is not None:
                 with contextlib.suppress(Exception):
-                    await self.nc.close()
+                    await asyncio.wait_for(self.nc.close(), 5.0)
 
     async def _connect(self) -> None:
         """Connect, retrying for ever: a device waits for its control plane."""

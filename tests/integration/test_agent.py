@@ -33,7 +33,7 @@ def desired(device: str, config: dict[str, object], snapshot: str = "snap-1", re
                         config_hash=config_hash(config), revision=revision)
 
 
-async def wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+async def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
         if asyncio.get_running_loop().time() > deadline:
@@ -61,8 +61,8 @@ async def running(agent: Agent) -> AsyncIterator[Agent]:
         yield agent
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        done, _ = await asyncio.wait({task}, timeout=15)
+        assert done, "the agent did not stop within 15 s of being cancelled"
 
 
 async def listen(nc: NATS, site: str, device: str) -> Beats:
