@@ -358,6 +358,8 @@ def read_import(path: Path) -> list[Line]:
     except OSError as exc:
         raise Invalid(f"cannot read {path}: {exc.strerror}", field="file") from None
     first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    if not first:
+        return []  # an empty file imports nothing
     return _read_json_lines(text) if first.startswith("{") else _read_csv(text)
 
 
@@ -437,6 +439,18 @@ async def _import(conf: Settings, file: Path, json_out: bool) -> int:
     report: dict[str, Any] = {"added": 0, "unchanged": 0, "refused": [
         {"line": ln.line, "device_id": ln.device_id, "code": "invalid", "field": ln.field, "message": ln.error}
         for ln in lines if ln.device is None]}
+    if sendable:
+        await _send_lines(conf, sendable, report, json_out)
+    for r in report["refused"]:
+        r.pop("index", None)
+    report["refused"].sort(key=lambda r: r["line"])
+    report["ok"] = not report["refused"]
+    emit(report, json_out=json_out, render=_render_import)
+    return len(report["refused"])
+
+
+async def _send_lines(conf: Settings, sendable: list[Line], report: dict[str, Any], json_out: bool) -> None:
+    """Send the readable lines in commands, adding each reply to the report."""
     nc = await connect_nats(conf, "cli", connect_for=5.0)
     try:
         client = CommandClient(nc, actor=conf.actor)
@@ -465,12 +479,6 @@ async def _import(conf: Settings, file: Path, json_out: bool) -> int:
                     report["refused"].append({**r, "line": chunk[r["index"]].line})
     finally:
         await nc.close()
-    for r in report["refused"]:
-        r.pop("index", None)
-    report["refused"].sort(key=lambda r: r["line"])
-    report["ok"] = not report["refused"]
-    emit(report, json_out=json_out, render=_render_import)
-    return len(report["refused"])
 
 
 def _chunks(lines: list[Line], max_bytes: int) -> list[list[Line]]:
