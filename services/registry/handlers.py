@@ -290,32 +290,44 @@ class Registry:
                 refused.extend(late_refusals)
                 unchanged += late_unchanged
                 return
-            # Each of these devices is new and this batch is its first event: fold it straight in
-            # (what AggregateStore.apply would do, without re-parsing subjects per device).
-            slots = self.devices.slots
-            for (_, event), at in zip(flight.chunk, where, strict=True):
-                slots[event.device_id] = Slot(domain.evolve_device(domain.initial_device(event.device_id),
-                                                                   event), at.seq)
-            if where:
-                self.devices.applied_through = max(self.devices.applied_through, where[-1].seq)
+            self._fold_new_devices(flight.chunk, where)
             appended.extend(where)
 
-        for start in range(0, len(accepted), MAX_BATCH):
-            chunk = accepted[start:start + MAX_BATCH]
-            envelopes = await self._seal(chunk, cmd, ctx)
-            parents = {event.parent_id for _, event in chunk if event.parent_id is not None}
-            while window and (len(window) >= BATCHES_IN_FLIGHT
-                              or any(not parents.isdisjoint(flight.ids) for flight in window)):
+        try:
+            for start in range(0, len(accepted), MAX_BATCH):
+                chunk = accepted[start:start + MAX_BATCH]
+                envelopes = await self._seal(chunk, cmd, ctx)
+                parents = {event.parent_id for _, event in chunk if event.parent_id is not None}
+                while window and (len(window) >= BATCHES_IN_FLIGHT
+                                  or any(not parents.isdisjoint(flight.ids) for flight in window)):
+                    await settle_oldest()
+                # Every accepted line adds a device that has no event yet: expected sequence 0.
+                writes = [Write(event_subject("device", envelope.aggregate_id), [envelope], 0)
+                          for envelope in envelopes]
+                task = asyncio.create_task(self.log.append_batch(writes))
+                window.append(_Flight(task, chunk, {event.device_id for _, event in chunk}))
+                await asyncio.sleep(0)  # let the batch go out before anything else
+            while window:
                 await settle_oldest()
-            # Every accepted line adds a device that has no event yet: expected sequence 0.
-            writes = [Write(event_subject("device", envelope.aggregate_id), [envelope], 0)
-                      for envelope in envelopes]
-            task = asyncio.create_task(self.log.append_batch(writes))
-            window.append(_Flight(task, chunk, {event.device_id for _, event in chunk}))
-            await asyncio.sleep(0)  # let the batch go out before anything else
-        while window:
-            await settle_oldest()
+        except BaseException:
+            # The command fails (e.g. the log is unreachable): still wait for the batches already
+            # sent, so none is left running unobserved, and fold in those that were stored.
+            results = await asyncio.gather(*(flight.task for flight in window), return_exceptions=True)
+            for flight, result in zip(window, results, strict=True):
+                if isinstance(result, list):
+                    self._fold_new_devices(flight.chunk, result)
+            raise
         return appended, refused, unchanged
+
+    def _fold_new_devices(self, chunk: Sequence[tuple[int, DeviceAdded]], where: list[Appended]) -> None:
+        """Each of these devices is new and this batch is its first event: fold it straight in
+        (what AggregateStore.apply would do, without re-parsing subjects per device)."""
+        slots = self.devices.slots
+        for (_, event), at in zip(chunk, where, strict=True):
+            slots[event.device_id] = Slot(domain.evolve_device(domain.initial_device(event.device_id), event),
+                                          at.seq)
+        if where:
+            self.devices.applied_through = max(self.devices.applied_through, where[-1].seq)
 
     @staticmethod
     async def _seal(chunk: Sequence[tuple[int, DeviceAdded]], cmd: Command, ctx: Context) -> list[Envelope]:
