@@ -33,7 +33,7 @@ def _record(msg: Msg) -> Recorded:
     except Invalid as exc:  # not an envelope at all: poison for whoever applies it, never skipped
         envelope = Envelope(type=UNDECODABLE, v=0, id="", aggregate="", aggregate_id="", at="",
                             actor="", causation_id=str(exc))
-    return Recorded(seq, msg.subject, envelope)
+    return Recorded(seq, msg.subject, envelope, (msg.headers or {}).get("traceparent"))
 
 
 async def batches(log: EventLog, from_seq: int = 1, to_seq: int | None = None, *, follow: bool = False,

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, NoReturn, Protocol
 
 import asyncpg
 
+from shared import telemetry
 from shared.envelope import Envelope, Event, decode_event
 from shared.errors import FleetError
 from shared.eventlog import EventLog, Recorded
@@ -98,6 +99,20 @@ def schema_of(name: str) -> str:
 def migration_files(projection: Projection) -> list[Path]:
     """The projection's migrations in order (`NNN_what.sql`)."""
     return sorted(projection.migrations.glob("[0-9][0-9][0-9]_*.sql"))
+
+
+AFTER_LOAD = "-- @after-load"
+
+
+def migration_parts(projection: Projection) -> tuple[list[str], list[str]]:
+    """Each migration split at its `-- @after-load` marker: what creates the tables, and what a
+    rebuild may run once its rows are written (indexes); a row-by-row build runs both at once."""
+    before, after = [], []
+    for migration in migration_files(projection):
+        head, _, tail = migration.read_text().partition(AFTER_LOAD)
+        before.append(head)
+        after.append(tail.partition("\n")[2] if tail else "")
+    return before, after
 
 
 def version_of(projection: Projection) -> int:
@@ -221,9 +236,13 @@ class Runner:
             fresh = [r for r in batch if r.seq > checkpoint]  # redelivered events change nothing
             if not fresh:
                 continue
-            started = time.perf_counter()
+            started, started_ns = time.perf_counter(), time.time_ns()
             await apply_records(self.pool, self.projection, schema_of(self.name), fresh,
                                 expect=(checkpoint, generation), after_batch=self.after_batch)
+            ended_ns = time.time_ns()
+            for record in fresh:  # the command's trace goes on into the projection that applied it
+                telemetry.child_span(f"project {self.name} {record.envelope.type}", record.traceparent,
+                                     started_ns, ended_ns, {"fleet.seq": record.seq})
             checkpoint = fresh[-1].seq
             elapsed = max(time.perf_counter() - started, 1e-6)
             self.rate = 0.8 * self.rate + 0.2 * (len(fresh) / elapsed) if self.rate else len(fresh) / elapsed
@@ -346,18 +365,26 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
             await conn.execute(f"DROP SCHEMA IF EXISTS {build} CASCADE")
             await conn.execute(f"CREATE SCHEMA {build}")
             await conn.execute(f"SET LOCAL search_path TO {build}, public")
-            for migration in migration_files(projection):
-                await conn.execute(migration.read_text())
+            tables, indexes = migration_parts(projection)
+            make_builder: Callable[[], Builder] | None = getattr(projection, "builder", None)
+            for sql in tables if make_builder is not None else [*tables, *indexes]:
+                if sql.strip():
+                    await conn.execute(sql)
             await conn.execute(
                 "CREATE TABLE build_checkpoint (checkpoint bigint NOT NULL, applied bigint NOT NULL, "
                 "skipped_unknown bigint NOT NULL)")
             await conn.execute("INSERT INTO build_checkpoint VALUES (0, 0, 0)")
     target = await eventlog.last_stream_seq()
     checkpoint = 0
-    make_builder: Callable[[], Builder] | None = getattr(projection, "builder", None)
     if make_builder is not None:
         checkpoint = await _bulk_build(pool, eventlog, projection, make_builder(), build, target=target,
                                        batch_size=batch_size, progress=progress)
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL search_path TO {build}, public")
+            await conn.execute("SET LOCAL maintenance_work_mem TO '256MB'")
+            for sql in indexes:
+                if sql.strip():
+                    await conn.execute(sql)
     else:
         async for batch in _batches(eventlog, 1, target, False, batch_size):
             await apply_records(pool, projection, build, batch, expect=None, after_batch=after_batch,

@@ -163,12 +163,13 @@ class CommandService:
             self._service = None
 
     def _stats(self, endpoint: Any) -> dict[str, Any]:
-        return {"by_command": {f"{cmd}:{result}": n for (cmd, result), n in self.counts.items()}}
+        return {"by_command": {f"{cmd}:{result}": n for (cmd, result), n in self.counts.items()},
+                "metrics": telemetry.metrics_snapshot()}
 
     async def _on_request(self, request: Request) -> None:
         command = request.subject.rsplit(".", 1)[-1]
         headers = dict(request.headers or {})
-        token = otel_context.attach(telemetry.extract_context(headers))  # type: ignore[arg-type]
+        token = otel_context.attach(telemetry.extract_context(headers))
         try:
             with telemetry.tracer.start_as_current_span(f"command {self.name}.{command}"):
                 body = await self._dispatch(command, request.data, headers)

@@ -102,6 +102,7 @@ class Recorded(msgspec.Struct, frozen=True):
     seq: int
     subject: str
     envelope: Envelope
+    traceparent: str | None = None  # of the command that appended it (replay only)
 
     @property
     def event(self) -> Event | None:
@@ -438,7 +439,7 @@ class EventLog:
                 seq = _stream_seq(msg)
                 if to_seq is not None and seq > to_seq:
                     return
-                yield Recorded(seq, msg.subject, decode_envelope(msg.data))
+                yield Recorded(seq, msg.subject, decode_envelope(msg.data), (msg.headers or {}).get("traceparent"))
                 if to_seq is not None and seq >= to_seq:
                     return
                 if not follow and _num_pending(msg) == 0:

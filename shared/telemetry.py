@@ -1,27 +1,72 @@
-"""OpenTelemetry set-up: one tracer and one meter for the process, and W3C `traceparent`
-carried in NATS headers. Exports over OTLP only when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+"""OpenTelemetry set-up: one tracer and one meter per process, W3C `traceparent` carried in NATS
+headers (commands, and every event appended under a command), JSON logs stamped with the trace id.
+
+Spans and metrics are exported over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT is set (with the
+opentelemetry-exporter-otlp package installed), and spans are appended as JSON lines to
+FLEET_TRACE_FILE when that is set (handy on one machine, and what the tests read); otherwise
+nothing is exported. Metrics are always readable in-process (`metrics_snapshot`), which is what
+each service reports in its `$SRV.STATS`."""
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Sequence
+from typing import Any
 
+import msgspec
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, MetricReader
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
 tracer = trace.get_tracer("fleetplane")
 meter = metrics.get_meter("fleetplane")
 
 _log = logging.getLogger(__name__)
+_state: dict[str, InMemoryMetricReader] = {}  # "reader": the process's in-memory metric reader
+_SPAN_ENCODER = msgspec.json.Encoder()
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Appends finished spans to a file, one JSON object per line (several processes may share it)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = []
+        for span in spans:
+            ctx = span.get_span_context()
+            if ctx is None:
+                continue
+            parent = span.parent
+            lines.append(_SPAN_ENCODER.encode({
+                "trace_id": f"{ctx.trace_id:032x}", "span_id": f"{ctx.span_id:016x}",
+                "parent_id": f"{parent.span_id:016x}" if parent else None, "name": span.name,
+                "service": span.resource.attributes.get("service.name"), "start": span.start_time,
+                "end": span.end_time, "attributes": dict(span.attributes or {})}))
+        with self._lock, open(self.path, "ab") as handle:
+            handle.write(b"".join(line + b"\n" for line in lines))
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
 
 
 def setup(service_name: str) -> None:
     """Install SDK providers for this process (call once, at start-up)."""
     resource = Resource.create({"service.name": f"fleet-{service_name}"})
     tracer_provider = TracerProvider(resource=resource)
-    readers = []
+    reader = _state["reader"] = InMemoryMetricReader()
+    readers: list[MetricReader] = [reader]
+    if os.environ.get("FLEET_TRACE_FILE"):
+        tracer_provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(os.environ["FLEET_TRACE_FILE"])))
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
         try:
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -38,6 +83,29 @@ def setup(service_name: str) -> None:
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
 
 
+def metrics_snapshot() -> dict[str, Any]:
+    """This process's metrics as `{name{attrs}: value}` (empty before `setup`)."""
+    reader = _state.get("reader")
+    if reader is None:
+        return {}
+    data = reader.get_metrics_data()
+    out: dict[str, Any] = {}
+    if data is None:
+        return out
+    for resource_metrics in data.resource_metrics:
+        for scope in resource_metrics.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:  # type: ignore[attr-defined]
+                    labels = ",".join(f'{k}="{v!s}"' for k, v in sorted((point.attributes or {}).items()))
+                    key = f"{metric.name}{{{labels}}}" if labels else metric.name
+                    if hasattr(point, "value"):
+                        out[key] = point.value
+                    else:  # a histogram: count and sum
+                        out[f"{key}:count"] = point.count
+                        out[f"{key}:sum"] = point.sum
+    return out
+
+
 def inject_headers() -> dict[str, str]:
     """`traceparent` (and `tracestate`) of the current span, for NATS message headers."""
     carrier: dict[str, str] = {}
@@ -45,6 +113,42 @@ def inject_headers() -> dict[str, str]:
     return carrier
 
 
-def extract_context(headers: dict[str, str] | None) -> object:
+def extract_context(headers: dict[str, str] | None) -> otel_context.Context:
     """The trace context carried by incoming NATS headers (or the empty context)."""
     return propagate.extract(headers or {})
+
+
+class JsonLogFormatter(logging.Formatter):
+    """One JSON object per log line, with the current trace id when there is one."""
+
+    _encoder = msgspec.json.Encoder()
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, Any] = {"at": self.formatTime(record), "level": record.levelname,
+                                "logger": record.name, "msg": record.getMessage()}
+        ctx = trace.get_current_span().get_span_context()
+        if ctx.is_valid:
+            body["trace_id"] = f"{ctx.trace_id:032x}"
+        if record.exc_info:
+            body["exc"] = self.formatException(record.exc_info)
+        return self._encoder.encode(body).decode()
+
+
+def setup_logging(level: str) -> None:
+    """JSON logs on stderr at `level`."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLogFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def child_span(name: str, traceparent: str | None, start_ns: int, end_ns: int,
+               attributes: dict[str, Any] | None = None) -> None:
+    """Record a finished span under the trace an event carried (no-op for untraced events), e.g.
+    the projection applying an event appended by a traced command."""
+    if not traceparent:
+        return
+    parent = propagate.extract({"traceparent": traceparent})
+    span = tracer.start_span(name, context=parent, start_time=start_ns, attributes=attributes)
+    span.end(end_time=end_ns)

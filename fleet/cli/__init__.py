@@ -38,6 +38,10 @@ def _global(
     api_url: Optional[str] = typer.Option(  # noqa: UP045
         None, "--api-url", envvar="FLEET_API_URL", help="Query API of a remote deployment."),
 ) -> None:
+    if ctx.invoked_subcommand != "service":  # a service sets up telemetry under its own name
+        from shared import telemetry
+
+        telemetry.setup("cli")  # cheap; spans leave the process only if an exporter is configured
     ctx.obj = {"data_dir": data_dir, "nats_url": nats_url, "database_url": database_url,
                "api_url": api_url}
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
-import logging
 import signal
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -42,9 +41,7 @@ def service(
 
         fail(Invalid(f"unknown service {name!r}; choose one of {', '.join(PARTS)}", field="name"))
     conf = settings(ctx)
-    logging.basicConfig(level=conf.log_level.upper(),
-                        format='{"at":"%(asctime)s","level":"%(levelname)s","logger":"%(name)s",'
-                               '"msg":"%(message)s"}')
+    telemetry.setup_logging(conf.log_level)
     telemetry.setup(name)
     entry = cast(Callable[[Settings], Awaitable[None]], importlib.import_module(module_name).run)
     run(_until_signalled(entry(conf)))

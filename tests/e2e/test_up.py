@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from shared.embedded import free_port
 
@@ -23,7 +24,7 @@ def fleet(data: Path, *args: str, timeout: float = 30) -> subprocess.CompletedPr
                           timeout=timeout, check=False)
 
 
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 120, what: str = "condition"):  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -39,9 +40,16 @@ def status(data: Path) -> dict:  # type: ignore[type-arg]
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def test_up_status_restart_and_clean_stop(tmp_path: Path) -> None:
+def spans_of(path: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@pytest.mark.timeout(300)
+def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
     data = tmp_path / "fleet"
+    trace_file = tmp_path / "spans.jsonl"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env["FLEET_TRACE_FILE"] = str(trace_file)
     up = subprocess.Popen([*FLEET, "--data-dir", str(data), "up", "--api-port", str(free_port())],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -63,6 +71,21 @@ def test_up_status_restart_and_clean_stop(tmp_path: Path) -> None:
                                            and p["restarts"] == 1 and p["state"] == "running"), None),
                              what="registry to be restarted")
         assert restarted["pid"] != parts["registry"]["pid"]
+
+        # One command, one trace: from the CLI, through NATS into the registry, into the event it
+        # appended, and on into the projection that applied that event.
+        added = subprocess.run([*FLEET, "--data-dir", str(data), "site", "add", "traced-site"], env=env,
+                               capture_output=True, text=True, timeout=60, check=False)
+        assert added.returncode == 0, added.stderr
+        cli = wait_for(lambda: next((sp for sp in spans_of(trace_file) if sp["service"] == "fleet-cli"), None),
+                       what="the CLI's span")
+        trace = wait_for(lambda: ({sp["service"]: sp for sp in spans_of(trace_file) if sp["trace_id"] == cli["trace_id"]}
+                                  if len({sp["service"] for sp in spans_of(trace_file)
+                                          if sp["trace_id"] == cli["trace_id"]}) >= 3 else None),
+                         what="CLI, registry and projection spans in one trace")
+        assert trace["fleet-cli"]["name"] == "send registry.add_site"
+        assert trace["fleet-registry"]["name"] == "command registry.add_site"
+        assert trace["fleet-projections"]["name"].endswith("SiteAdded")
 
         children = [c.pid for c in psutil.Process(up.pid).children(recursive=True)]
         assert len(children) >= 8  # six parts, nats-server, postgres
