@@ -99,6 +99,16 @@ class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
         return _matches(self, self.reported_snapshot_id, self.reported_config_hash)
 
 
+def partition_of(device_id: str, partitions: int) -> int:
+    """The partition a device belongs to when heartbeats are split over `partitions` drift
+    instances: FNV-1a (32 bit) of the id modulo the count, exactly what the NATS server's
+    `{{partition(n, 2)}}` subject mapping computes for the device token."""
+    digest = 0x811C9DC5
+    for byte in device_id.encode():
+        digest = ((digest ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return digest % partitions
+
+
 def initial(device_id: str) -> DeviceState:
     """A device nothing is known about yet."""
     return DeviceState(device_id=device_id)

@@ -41,6 +41,7 @@ from services.drift.domain import (
     evolve,
     initial,
     observe,
+    partition_of,
     reject,
     resume,
     steady,
@@ -53,7 +54,7 @@ from shared.config import Settings
 from shared.desired import ensure_bucket, get_desired, put_desired
 from shared.devices import HEARTBEAT_DECODER, DesiredState
 from shared.envelope import Envelope, seal
-from shared.errors import Conflict, FleetError
+from shared.errors import Conflict, FleetError, Invalid
 from shared.eventlog import MAX_BATCH, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import ObservedEvent, ReconcileAttempted
@@ -65,6 +66,7 @@ from shared.times import utcnow
 log = logging.getLogger(__name__)
 ACTOR = "service:drift"
 QUEUE_GROUP = "fleet-drift"
+PARTITIONED_PREFIX = "fleet.hbp"  # where a server subject mapping puts heartbeats by partition
 _FAMILIES = ("device", "desired", "observed")
 
 
@@ -99,7 +101,14 @@ class DriftService:
     """Actual state of every device, in memory, and the writer of observed-state events."""
 
     def __init__(self, nc: NATS, eventlog: EventLog, policy: Policy, *,
-                 clock: Callable[[], float] = time.time, tick: float | None = None) -> None:
+                 clock: Callable[[], float] = time.time, tick: float | None = None,
+                 partition: tuple[int, int] | None = None) -> None:
+        """`partition` = (index, count): this instance owns the devices of one partition and
+        takes heartbeats from `fleet.hbp.<index>.<site>.<device>`, where the server's subject
+        mapping puts them (see docs/decisions.md); None owns every device (`fleet.hb.*.*`)."""
+        if partition is not None and not 0 <= partition[0] < partition[1]:
+            raise Invalid(f"partition {partition[0]} of {partition[1]} does not exist", field="partition")
+        self.partition = partition
         self.nc = nc
         self.log = eventlog
         self.policy = policy
@@ -140,9 +149,12 @@ class DriftService:
     async def serve_heartbeats(self) -> None:
         """Take heartbeats (queue group `fleet-drift`)."""
         if self._sub is None:
-            self._sub = await self.nc.subscribe(f"{HEARTBEATS_PREFIX}.*.*", queue=QUEUE_GROUP,
-                                                cb=self._on_heartbeat, pending_msgs_limit=1_000_000,
-                                                pending_bytes_limit=-1)
+            subject, queue = f"{HEARTBEATS_PREFIX}.*.*", QUEUE_GROUP
+            if self.partition is not None:
+                subject = f"{PARTITIONED_PREFIX}.{self.partition[0]}.*.*"
+                queue = f"{QUEUE_GROUP}-{self.partition[0]}"
+            self._sub = await self.nc.subscribe(subject, queue=queue, cb=self._on_heartbeat,
+                                                pending_msgs_limit=1_000_000, pending_bytes_limit=-1)
 
     async def pause_heartbeats(self) -> None:
         """Stop taking heartbeats (others in the queue group take them; a drain before shutdown)."""
@@ -165,6 +177,11 @@ class DriftService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+
+    def owns(self, device_id: str) -> bool:
+        """Whether this instance is the one that watches the device."""
+        part = self.partition
+        return part is None or partition_of(device_id, part[1]) == part[0]
 
     @property
     def pending(self) -> int:
@@ -208,8 +225,8 @@ class DriftService:
         except (msgspec.DecodeError, msgspec.ValidationError):
             self._drop(MALFORMED)
             return
-        tokens = subject.split(".")
-        if len(tokens) != 4 or tokens[3] != hb.device_id or tokens[2] != hb.site:
+        tokens = subject.split(".")  # fleet.hb.<site>.<device> or fleet.hbp.<n>.<site>.<device>
+        if len(tokens) < 4 or tokens[-1] != hb.device_id or tokens[-2] != hb.site:
             self._drop(SUBJECT_MISMATCH)
             return
         state = self.devices.get(hb.device_id)
@@ -416,7 +433,7 @@ class DriftService:
 
     def _apply(self, recorded: Recorded, *, live: bool) -> None:
         family, device_id = parse_event_subject(recorded.subject)
-        if family not in _FAMILIES:
+        if family not in _FAMILIES or not self.owns(device_id):
             return
         if family == "observed" and recorded.envelope.id in self._own:
             self._own.discard(recorded.envelope.id)  # already folded when we decided it

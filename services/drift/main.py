@@ -4,11 +4,13 @@ rebuild the device view from the log, then serve heartbeats until cancelled."""
 from __future__ import annotations
 
 import asyncio
+import os
 
 from services.drift.handlers import DriftService, policy_from
 from shared.commands import CommandService
 from shared.config import Settings
 from shared.connection import connect_nats
+from shared.errors import Invalid
 from shared.eventlog import EventLog
 
 
@@ -20,7 +22,7 @@ async def run(settings: Settings) -> None:
     try:
         eventlog = EventLog(nc)
         await eventlog.ensure_stream()
-        service = DriftService(nc, eventlog, policy_from(settings))
+        service = DriftService(nc, eventlog, policy_from(settings), partition=_partition())
         await service.start()
         service.register(commands)
         await commands.start()
@@ -30,3 +32,15 @@ async def run(settings: Settings) -> None:
         if service is not None:
             await service.stop()
         await nc.drain()
+
+
+def _partition() -> tuple[int, int] | None:
+    """`FLEET_DRIFT_PARTITION=k/N`: this instance watches partition k of N (see DriftService).
+    Read here rather than from Settings because shared/config.py has no field for it yet."""
+    text = os.environ.get("FLEET_DRIFT_PARTITION", "").strip()
+    if not text:
+        return None
+    index, sep, count = text.partition("/")
+    if not (sep and index.isdigit() and count.isdigit()):
+        raise Invalid(f"FLEET_DRIFT_PARTITION={text!r}: use k/N, e.g. 0/3", field="drift_partition")
+    return int(index), int(count)

@@ -15,7 +15,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.drift.domain import Policy
+from services.drift.domain import Policy, partition_of
 from services.drift.handlers import DriftService
 from shared.commands import CommandClient, CommandService
 from shared.configs import config_hash
@@ -376,4 +376,49 @@ async def test_nats_restart_causes_no_offline_storm_and_following_resumes(tmp_pa
     finally:
         for conn in conns:
             await conn.close()
+        server.stop()
+
+
+class PartitioningNats(EmbeddedNats):
+    """A nats-server whose subject mapping spreads heartbeats over two drift partitions by device."""
+
+    def _write_config(self) -> Path:
+        conf = super()._write_config()
+        conf.write_text(conf.read_text() + 'mappings = {\n  "fleet.hb.*.*": '
+                        '"fleet.hbp.{{partition(2,2)}}.{{wildcard(1)}}.{{wildcard(2)}}"\n}\n')
+        return conf
+
+
+async def test_two_partitioned_instances_share_the_fleet(tmp_path: Path) -> None:
+    server = PartitioningNats(tmp_path / "nats")
+    await server.start()
+    nc = await nats.connect(server.url)
+    instances: list[DriftService] = []
+    try:
+        eventlog = EventLog(nc)
+        await eventlog.ensure_stream()
+        await ensure_bucket(nc)
+        names = [f"p{i}" for i in range(12)]
+        owners = {name: partition_of(name, 2) for name in names}
+        assert set(owners.values()) == {0, 1}
+        await register(eventlog, "s8", *names)
+        instances = [DriftService(nc, eventlog, POLICY, tick=0.05, partition=(k, 2)) for k in (0, 1)]
+        for instance in instances:
+            await instance.start()
+        for k, instance in enumerate(instances):
+            assert set(instance.devices) == {n for n in names if owners[n] == k}
+        devices = [Device(nc, name, "s8") for name in names]
+        async with beating(*devices):
+            for name in names:
+                await until(instances[owners[name]], eventlog, name, lambda e: len(e) >= 1)
+            await asyncio.sleep(POLICY.offline_window * 2)
+        for instance in instances:
+            await instance.flush()
+            assert sum(instance.stats.dropped.values()) == 0, instance.stats.dropped
+        for name in names:  # each device watched once, by its owner, and never falsely offline
+            assert types(await observed(eventlog, name)) == ["DeviceCameOnline"], name
+    finally:
+        for instance in instances:
+            await instance.stop()
+        await nc.close()
         server.stop()

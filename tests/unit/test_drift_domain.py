@@ -27,6 +27,7 @@ from services.drift.domain import (
     evolve,
     initial,
     observe,
+    partition_of,
     reject,
     resume,
     steady,
@@ -316,3 +317,11 @@ def test_a_tick_that_is_not_due_changes_nothing(commands: list[tuple[Any, ...]],
     now = max(state.last_seen, T0) + dt
     if not tick_due(state, now, POLICY):
         assert decide(state, Tick(), now, POLICY) == []
+
+
+def test_partition_is_fnv1a_like_the_nats_server() -> None:
+    # FNV-1a 32-bit reference values: "" -> 0x811c9dc5, "a" -> 0xe40c292c, "foobar" -> 0xbf9cf968
+    assert partition_of("", 2**32 - 1) == 0x811C9DC5
+    assert partition_of("a", 2**32 - 1) == 0xE40C292C
+    assert partition_of("foobar", 2**32 - 1) == 0xBF9CF968
+    assert {partition_of(f"d{i}", 3) for i in range(100)} == {0, 1, 2}
