@@ -112,7 +112,13 @@ def migration_parts(projection: Projection) -> tuple[list[str], list[str]]:
         head, _, tail = migration.read_text().partition(AFTER_LOAD)
         before.append(head)
         after.append(tail.partition("\n")[2] if tail else "")
-    return before, after
+    return [sql for sql in before if _has_sql(sql)], [sql for sql in after if _has_sql(sql)]
+
+
+def _has_sql(text: str) -> bool:
+    """Whether a script holds a statement, not only comments (PostgreSQL answers an empty query
+    with nothing asyncpg can read)."""
+    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
 
 
 def version_of(projection: Projection) -> int:
@@ -368,8 +374,7 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
             tables, indexes = migration_parts(projection)
             make_builder: Callable[[], Builder] | None = getattr(projection, "builder", None)
             for sql in tables if make_builder is not None else [*tables, *indexes]:
-                if sql.strip():
-                    await conn.execute(sql)
+                await conn.execute(sql)
             await conn.execute(
                 "CREATE TABLE build_checkpoint (checkpoint bigint NOT NULL, applied bigint NOT NULL, "
                 "skipped_unknown bigint NOT NULL)")
@@ -383,8 +388,7 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
             await conn.execute(f"SET LOCAL search_path TO {build}, public")
             await conn.execute("SET LOCAL maintenance_work_mem TO '256MB'")
             for sql in indexes:
-                if sql.strip():
-                    await conn.execute(sql)
+                await conn.execute(sql)
     else:
         async for batch in _batches(eventlog, 1, target, False, batch_size):
             await apply_records(pool, projection, build, batch, expect=None, after_batch=after_batch,

@@ -14,11 +14,18 @@ R = TypeVar("R", bound=msgspec.Struct)
 _ENCODER = msgspec.json.Encoder()
 
 
+def _jsonb_out(value: Any) -> bytes:
+    return b"\x01" + _ENCODER.encode(value)  # jsonb's binary format: a version byte, then the text
+
+
+def _jsonb_in(data: bytes) -> Any:
+    return msgspec.json.decode(data[1:])
+
+
 async def init_connection(conn: asyncpg.Connection) -> None:
-    """jsonb in and out as Python values, encoded by msgspec."""
-    await conn.set_type_codec("jsonb", schema="pg_catalog", format="text",
-                              encoder=lambda value: _ENCODER.encode(value).decode(),
-                              decoder=msgspec.json.decode)
+    """jsonb in and out as Python values, encoded by msgspec (binary, so COPY can carry it too)."""
+    await conn.set_type_codec("jsonb", schema="pg_catalog", format="binary",
+                              encoder=_jsonb_out, decoder=_jsonb_in)
 
 
 def _json(value: Any) -> str | None:
@@ -59,6 +66,13 @@ class RowTable(Generic[R]):
             return {}
         records = await conn.fetch(self.load_sql.format(f"{schema}." if schema else ""), wanted)
         return {record[self.key]: self.from_record(record) for record in records}
+
+    async def copy_in(self, conn: asyncpg.Connection, rows: Sequence[R]) -> None:
+        """Add rows to an empty table with COPY (rebuilds: nothing there to conflict with)."""
+        if rows:
+            columns = self.columns
+            await conn.copy_records_to_table(
+                self.name, columns=columns, records=[tuple(getattr(row, c) for c in columns) for row in rows])
 
     async def upsert(self, conn: asyncpg.Connection, rows: Sequence[R]) -> None:
         """Insert or replace `rows` in one statement."""

@@ -12,7 +12,7 @@ from shared.envelope import Envelope, Event
 from shared.events import desired, observed, registry, rollout, snapshot
 
 
-class ChangeRow(msgspec.Struct, frozen=True, kw_only=True):
+class ChangeRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One state change."""
 
     seq: int

@@ -19,7 +19,10 @@ from shared.events import desired, observed, registry, rollout, snapshot
 HEALTHS = ("ok", "degraded", "failed", "unknown")
 
 
-class DeviceRow(msgspec.Struct, frozen=True, kw_only=True):
+# Rows are untracked by the cycle collector (`gc=False`): they hold only strings, numbers and plain
+# containers, never themselves, and a rebuild keeps a whole fleet of them in memory, which every
+# full collection would otherwise walk.
+class DeviceRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """What the fleet knows about one device."""
 
     device_id: str
@@ -48,7 +51,7 @@ class DeviceRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_seq: int = 0
 
 
-class SiteRow(msgspec.Struct, frozen=True, kw_only=True):
+class SiteRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One site of the registry."""
 
     site_id: str
@@ -60,7 +63,7 @@ class SiteRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_seq: int = 0
 
 
-class SnapshotRow(msgspec.Struct, frozen=True, kw_only=True):
+class SnapshotRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One immutable snapshot and its standing."""
 
     snapshot_id: str
@@ -76,7 +79,7 @@ class SnapshotRow(msgspec.Struct, frozen=True, kw_only=True):
     updated_seq: int = 0
 
 
-class RolloutRow(msgspec.Struct, frozen=True, kw_only=True):
+class RolloutRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """One rollout: status, current wave, device counts and the last gate result."""
 
     rollout_id: str

@@ -152,7 +152,7 @@ class FleetBuilder:
                                 ("snapshots", state.snapshots), ("rollouts", state.rollouts)):
                 values = list(rows.values())
                 for start in range(0, len(values), self.CHUNK):
-                    await TABLES[table].upsert(conn, values[start:start + self.CHUNK])
+                    await TABLES[table].copy_in(conn, values[start:start + self.CHUNK])
             await _write_counts(conn, model.count_all(state))
 
         return write

@@ -26,12 +26,6 @@ CREATE TABLE devices (
     updated_at            text,
     updated_seq           bigint NOT NULL DEFAULT 0
 );
-CREATE INDEX devices_site ON devices (site_id, device_id);
-CREATE INDEX devices_reported ON devices (reported_snapshot_id, device_id);
-CREATE INDEX devices_desired ON devices (desired_snapshot_id, device_id);
-CREATE INDEX devices_problems ON devices (device_id)
-    WHERE NOT retired AND (NOT online OR health <> 'ok' OR drifted_since IS NOT NULL OR stuck);
-CREATE INDEX devices_labels ON devices USING gin (labels jsonb_path_ops);
 
 -- Counters per site x reported snapshot, kept by deltas so the summary never scans devices.
 CREATE TABLE device_counts (
@@ -85,3 +79,11 @@ CREATE TABLE rollouts (
     updated_at  text,
     updated_seq bigint NOT NULL DEFAULT 0
 );
+
+-- @after-load: indexes are built once a rebuild's rows are in (much faster than row by row).
+CREATE INDEX devices_site ON devices (site_id, device_id);
+CREATE INDEX devices_reported ON devices (reported_snapshot_id, device_id);
+CREATE INDEX devices_desired ON devices (desired_snapshot_id, device_id);
+CREATE INDEX devices_problems ON devices (device_id)
+    WHERE NOT retired AND (NOT online OR health <> 'ok' OR drifted_since IS NOT NULL OR stuck);
+CREATE INDEX devices_labels ON devices USING gin (labels jsonb_path_ops);
