@@ -1,11 +1,11 @@
-"""Reading FLEET_EVENTS in sequence order, in batches, as fast as the projections can take it.
+"""Reading FLEET_EVENTS in sequence order, in batches, for the projections.
 
 An ordered consumer with a callback that only appends to a buffer: nats-py answers the server's
 flow control as soon as a message is handed over, so the stream keeps flowing while a batch is
-being applied. (Reading with `next_msg`, as `EventLog.replay` does, answers flow control only
-when the application has caught up to the control point, which stalled rebuilds at about a third
-of the stream's rate.) When the buffer holds `8 x size` messages the callback waits, which stops
-nats-py from draining and so, through flow control, the server from sending: memory stays bounded.
+being applied (`EventLog.replay` reads with `next_msg`, which answers flow control only once the
+application has caught up to the control point). When the buffer holds `8 x size` messages the
+callback waits, which stops nats-py from draining and so, through flow control, the server from
+sending: memory stays bounded.
 """
 
 from __future__ import annotations
