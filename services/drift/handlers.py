@@ -49,13 +49,13 @@ from services.drift.domain import (
 )
 from shared import telemetry
 from shared.commands import Command as CommandBody
-from shared.commands import CommandService, Context, Outcome
+from shared.commands import CommandClient, CommandService, Context, Outcome
 from shared.config import Settings
 from shared.desired import ensure_bucket, get_desired, put_desired
 from shared.devices import HEARTBEAT_DECODER, DesiredState
 from shared.envelope import Envelope, seal
 from shared.errors import Conflict, FleetError, Invalid
-from shared.eventlog import MAX_BATCH, EventLog, Recorded, Write
+from shared.eventlog import MAX_BATCH, Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import ObservedEvent, ReconcileAttempted
 from shared.events.registry import DeviceRetired
@@ -194,9 +194,23 @@ class DriftService:
         """Route this service's commands."""
         service.route("reconcile", Reconcile, self.on_reconcile)
 
+    def command_services(self) -> list[CommandService]:
+        """`fleet.cmd.drift.*`, and for a partitioned instance also `fleet.cmd.drift-<k>.*`, to
+        which an instance that does not own a device forwards the command."""
+        names = ["drift"] + ([f"drift-{self.partition[0]}"] if self.partition is not None else [])
+        services = [CommandService(self.nc, name) for name in names]
+        for service in services:
+            self.register(service)
+        return services
+
     async def on_reconcile(self, cmd: Reconcile, ctx: Context) -> Outcome:
         """An operator's forced reconciliation: a stuck device's tries start over."""
         check_id(cmd.device_id, "device_id")
+        if self.partition is not None and not self.owns(cmd.device_id):
+            owner = partition_of(cmd.device_id, self.partition[1])
+            reply = await CommandClient(self.nc, actor=cmd.actor).send(
+                f"drift-{owner}", "reconcile", msgspec.structs.asdict(cmd))
+            return Outcome([Appended(e.subject, e.seq) for e in reply.events], reply.result)
         async with self._write_lock:
             await self._write_pending_locked()  # what was decided before goes first
             state = self.devices.get(cmd.device_id) or initial(cmd.device_id)

@@ -18,17 +18,19 @@ async def run(settings: Settings) -> None:
     """Run the drift service until cancelled."""
     nc = await connect_nats(settings, "drift")
     service: DriftService | None = None
-    commands = CommandService(nc, "drift")
+    commands: list[CommandService] = []
     try:
         eventlog = EventLog(nc)
         await eventlog.ensure_stream()
         service = DriftService(nc, eventlog, policy_from(settings), partition=_partition())
         await service.start()
-        service.register(commands)
-        await commands.start()
+        commands = service.command_services()
+        for command_service in commands:
+            await command_service.start()
         await asyncio.Event().wait()
     finally:
-        await commands.stop()
+        for command_service in commands:
+            await command_service.stop()
         if service is not None:
             await service.stop()
         await nc.drain()

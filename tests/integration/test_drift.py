@@ -394,6 +394,7 @@ async def test_two_partitioned_instances_share_the_fleet(tmp_path: Path) -> None
     await server.start()
     nc = await nats.connect(server.url)
     instances: list[DriftService] = []
+    services: list[CommandService] = []
     try:
         eventlog = EventLog(nc)
         await eventlog.ensure_stream()
@@ -417,7 +418,19 @@ async def test_two_partitioned_instances_share_the_fleet(tmp_path: Path) -> None
             assert sum(instance.stats.dropped.values()) == 0, instance.stats.dropped
         for name in names:  # each device watched once, by its owner, and never falsely offline
             assert types(await observed(eventlog, name)) == ["DeviceCameOnline"], name
+        # a command reaches the owner whichever instance takes it: "not drifted", never "not found"
+        for instance in instances:
+            services.extend(instance.command_services())
+        for service in services:
+            await service.start()
+        client = CommandClient(nc, actor="operator:test")
+        for name in names:
+            for _ in range(3):
+                with pytest.raises(Conflict, match="not drifted"):
+                    await client.send("drift", "reconcile", {"device_id": name})
     finally:
+        for service in services:
+            await service.stop()
         for instance in instances:
             await instance.stop()
         await nc.close()
