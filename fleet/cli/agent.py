@@ -72,6 +72,7 @@ def simulate(
     fail_snapshots: str = typer.Option(
         "", "--fail-snapshots", help="Snapshot ids that come up unhealthy (comma separated)."),
     fail_sites: str = typer.Option("", "--fail-sites", help="Site ids where applies fail (comma separated)."),
+    fail_apply: float = typer.Option(0.0, "--fail-apply", help="Chance that an apply fails."),
     offline: float = typer.Option(0.0, "--offline", help="Chance per interval that a device drops offline."),
     tamper: float = typer.Option(0.0, "--tamper", help="Chance per interval of a local config edit."),
     seed: int = typer.Option(0, "--seed", help="Seed: same seed, same behaviour."),
@@ -90,7 +91,7 @@ def simulate(
             devices=devices, sites=sites, interval=_duration(interval, "interval"),
             apply_delay=_duration(apply_delay, "apply_delay"),
             fail_snapshots={s for s in fail_snapshots.split(",") if s},
-            fail_sites={s for s in fail_sites.split(",") if s},
+            fail_sites={s for s in fail_sites.split(",") if s}, fail_apply=fail_apply,
             offline=offline, tamper=tamper, seed=seed, prefix=prefix, register=not no_register)
         nc = await connect_nats(conf, "simulator")
         sim = FleetSimulator(nc, options)

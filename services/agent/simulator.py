@@ -2,9 +2,10 @@
 
 One wildcard core subscription on `$KV.fleet_desired.>` (plus one paged read of the bucket at
 start) stands in for every device's own key subscription; heartbeats are spread evenly over the
-interval. Knobs: how long an apply takes, snapshots that come up unhealthy, sites where applies
-fail, devices dropping offline for a while, and local tampering (a device that starts reporting a
-config hash nobody gave it, until desired state is put to it again).
+interval. Knobs: how long an apply takes, applies that fail (by chance, or every one at given
+sites), snapshots that come up unhealthy, devices dropping offline for a while, and local
+tampering (a device that starts reporting a config hash nobody gave it, until desired state is
+put to it again).
 
 Deterministic for a seed: which devices tamper, drop offline, and where each device's heartbeat
 falls in the interval are pure functions of (seed, device, round), whatever the timing.
@@ -56,6 +57,7 @@ class SimOptions:
     apply_delay: float = 0.5
     fail_snapshots: set[str] = field(default_factory=set)  # come up with health `failed`
     fail_sites: set[str] = field(default_factory=set)  # applies fail there: old config stays
+    fail_apply: float = 0.0  # chance that any one apply fails (old config stays, health failed)
     offline: float = 0.0  # chance per interval that a device drops offline
     offline_for: int = 5  # intervals it stays away
     tamper: float = 0.0  # chance per interval of a local edit of the config
@@ -68,7 +70,7 @@ class SimOptions:
             raise Invalid("need at least one device and one site", field="devices")
         if self.interval <= 0:
             raise Invalid("the interval must be positive", field="interval")
-        for name in ("offline", "tamper"):
+        for name in ("offline", "tamper", "fail_apply"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise Invalid(f"{name} is a fraction between 0 and 1", field=name)
 
@@ -207,7 +209,9 @@ class FleetSimulator:
 
     def _applied(self, i: int, value: DesiredState) -> None:
         self.stats.applies += 1
-        if self.sites[i] in self.options.fail_sites:
+        opts = self.options
+        if self.sites[i] in opts.fail_sites or (
+                opts.fail_apply and unit(opts.seed, i, value.revision, 4) < opts.fail_apply):
             self.stats.failed_applies += 1
             self.health[i] = "failed"  # the old config stays in place
             return

@@ -188,3 +188,22 @@ async def test_fleet_simulate_command(nc: NATS, nats_server: object) -> None:
         await sub.unsubscribe()
     assert seen == {f"fleet.hb.cli-s{i % 2:03d}.cli-d{i:06d}" for i in range(6)}
     assert proc.returncode == 0
+
+
+async def test_failed_applies_keep_the_old_config_and_report_failed(nc: NATS) -> None:
+    await ensure_bucket(nc)
+    sim = FleetSimulator(nc, SimOptions(devices=4, sites=1, interval=0.2, apply_delay=0.0, prefix="fa",
+                                        register=False, fail_apply=1.0))
+    await sim.start()
+    try:
+        await put_desired(nc, [DesiredState(device_id=sim.ids[i], snapshot_id="s", config={"a": 1},
+                                            config_hash=config_hash({"a": 1})) for i in range(4)])
+        await until(lambda: sim.stats.failed_applies == 4, "four failed applies")
+        assert sim.hash == [None] * 4 and sim.health == ["failed"] * 4
+        sim.options.fail_apply = 0.0
+        await put_desired(nc, [DesiredState(device_id=sim.ids[0], snapshot_id="s", config={"a": 1},
+                                            config_hash=config_hash({"a": 1}), revision=2)])
+        await until(lambda: sim.health[0] == "ok", "a successful apply")
+        assert sim.hash[0] == config_hash({"a": 1})
+    finally:
+        await sim.stop()
