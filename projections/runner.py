@@ -389,6 +389,9 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
             await conn.execute("SET LOCAL maintenance_work_mem TO '256MB'")
             for sql in indexes:
                 await conn.execute(sql)
+            # Fresh tables have no statistics yet; without them the planner guesses (badly).
+            for table in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", build):
+                await conn.execute(f'ANALYZE {build}."{table["tablename"]}"')
     else:
         async for batch in _batches(eventlog, 1, target, False, batch_size):
             await apply_records(pool, projection, build, batch, expect=None, after_batch=after_batch,

@@ -161,6 +161,7 @@ class ChangeFilter(msgspec.Struct, frozen=True, kw_only=True):
     order: str = "desc"
 
 
+_DEVICE_ROW = msgspec.json.Decoder(DeviceRow)
 _CHECKPOINT = "SELECT checkpoint FROM projection_status WHERE name = $1"
 
 
@@ -318,15 +319,17 @@ class ReadModels:
             params.append(limit + 1)
             where = " AND ".join(conds) or "TRUE"
             params.append(FLEET)
-            sql = (f"SELECT ({_CHECKPOINT.replace('$1', f'${len(params)}')}) AS _checkpoint, page.* "
+            # Rows come back as JSON text and are decoded by msgspec straight into DeviceRow: several
+            # times cheaper than building each struct from a record's columns.
+            sql = (f"SELECT ({_CHECKPOINT.replace('$1', f'${len(params)}')}) AS _checkpoint, "
+                   "CASE WHEN page.device_id IS NULL THEN NULL ELSE row_to_json(page)::text END AS row "
                    f"FROM (SELECT 1) AS one LEFT JOIN (SELECT {', '.join(DEVICES.columns)} FROM rm_fleet.devices "
                    f"WHERE {where} ORDER BY device_id LIMIT ${len(params) - 1}) AS page ON true "
                    "ORDER BY page.device_id")
             async with self.pool.acquire() as conn:
                 records = await conn.fetch(sql, *params)
             seq = _checkpoint_of(records, FLEET)
-            rows = [DEVICES.from_record({c: r[c] for c in DEVICES.columns}) for r in records
-                    if r["device_id"] is not None]
+            rows = [_DEVICE_ROW.decode(r["row"]) for r in records if r["row"] is not None]
             historical = False
         else:
             state = await self._historical(at_seq)
