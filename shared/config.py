@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     drift_grace: float = 60.0
     reconcile_backoff: float = 5.0
     reconcile_max_tries: int = 5
+    drift_partition: str = ""  # "k/N": this drift instance watches partition k of N ("" = all)
     log_level: str = "info"
 
     @property

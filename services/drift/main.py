@@ -4,7 +4,6 @@ rebuild the device view from the log, then serve heartbeats until cancelled."""
 from __future__ import annotations
 
 import asyncio
-import os
 
 from services.drift.handlers import DriftService, policy_from
 from shared.commands import CommandService
@@ -22,7 +21,7 @@ async def run(settings: Settings) -> None:
     try:
         eventlog = EventLog(nc)
         await eventlog.ensure_stream()
-        service = DriftService(nc, eventlog, policy_from(settings), partition=_partition())
+        service = DriftService(nc, eventlog, policy_from(settings), partition=_partition(settings.drift_partition))
         await service.start()
         commands = service.command_services()
         for command_service in commands:
@@ -36,10 +35,9 @@ async def run(settings: Settings) -> None:
         await nc.drain()
 
 
-def _partition() -> tuple[int, int] | None:
-    """`FLEET_DRIFT_PARTITION=k/N`: this instance watches partition k of N (see DriftService).
-    Read here rather than from Settings because shared/config.py has no field for it yet."""
-    text = os.environ.get("FLEET_DRIFT_PARTITION", "").strip()
+def _partition(text: str) -> tuple[int, int] | None:
+    """`FLEET_DRIFT_PARTITION=k/N`: this instance watches partition k of N (see DriftService)."""
+    text = text.strip()
     if not text:
         return None
     index, sep, count = text.partition("/")
