@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +35,7 @@ from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import Gates
 from shared.ids import check_id
 from shared.selectors import parse as parse_selector
-from shared.subjects import HEARTBEATS_PREFIX, event_subject, parse_event_subject
+from shared.subjects import HEARTBEATS_PREFIX, event_subject
 from shared.times import format_time, parse_duration, utcnow
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,11 @@ class RolloutService:
             self._apply(recorded)
         await self._rewrite_kv_of_active()
         for route, kind, handler in (
-            ("start", Start, self._start), ("pause", Act, self._pause), ("resume", Act, self._resume),
-            ("abort", Act, self._abort), ("promote", Act, self._promote),
+            ("start", Start, self._start),
+            ("pause", Act, self._act(lambda state, cmd: domain.pause(state, cmd.reason))),
+            ("resume", Act, self._act(lambda state, cmd: domain.resume(state))),
+            ("abort", Act, self._act(lambda state, cmd: domain.abort(state, cmd.reason))),
+            ("promote", Act, self._act(lambda state, cmd: domain.promote(state))),
             ("rollback", Rollback, self._rollback), ("get", Get, self._get), ("list", List, self._list),
         ):
             self.commands.route(route, kind, handler)  # type: ignore[arg-type]
@@ -365,21 +368,14 @@ class RolloutService:
             appended = await self._commit(rollout_id, events, cmd.command_id, ctx.now, cmd.actor)
             return Outcome(appended, self.describe(self.store.get(rollout_id).state))
 
-    async def _pause(self, cmd: Act, ctx: Context) -> Outcome:
-        state = self._state(cmd.rollout_id)
-        return await self._run(cmd, cmd.rollout_id, lambda: domain.pause(state, cmd.reason), ctx)
+    def _act(self, decide: Callable[[Rollout, Act], list[Event]]) -> Callable[[Act, Context], Awaitable[Outcome]]:
+        """A handler for one operator action on a rollout."""
 
-    async def _resume(self, cmd: Act, ctx: Context) -> Outcome:
-        state = self._state(cmd.rollout_id)
-        return await self._run(cmd, cmd.rollout_id, lambda: domain.resume(state), ctx)
+        async def handle(cmd: Act, ctx: Context) -> Outcome:
+            state = self._state(cmd.rollout_id)
+            return await self._run(cmd, cmd.rollout_id, lambda: decide(state, cmd), ctx)
 
-    async def _abort(self, cmd: Act, ctx: Context) -> Outcome:
-        state = self._state(cmd.rollout_id)
-        return await self._run(cmd, cmd.rollout_id, lambda: domain.abort(state, cmd.reason), ctx)
-
-    async def _promote(self, cmd: Act, ctx: Context) -> Outcome:
-        state = self._state(cmd.rollout_id)
-        return await self._run(cmd, cmd.rollout_id, lambda: domain.promote(state), ctx)
+        return handle
 
     async def _rollback(self, cmd: Rollback, ctx: Context) -> Outcome:
         state = self._state(cmd.rollout_id)
@@ -440,7 +436,3 @@ def _groups(events: Sequence[Event]) -> list[list[Event]]:
         groups[-1].append(event)
     return [g for g in groups if g]
 
-
-def rollout_of(subject: str) -> str:
-    """The rollout id of a rollout event subject."""
-    return parse_event_subject(subject)[1]
