@@ -4,6 +4,7 @@ that lets observed-state events be filed under their site."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 
 import asyncpg
@@ -64,6 +65,10 @@ async def _insert(conn: asyncpg.Connection, rows: Sequence[ChangeRow]) -> None:
         await conn.execute(_INSERT_SQL, *([getattr(r, c) for r in rows] for c in _COLUMNS))
 
 
+def _parse_at(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 class ChangesBuilder:
     """Change rows made in memory from sequence 1 and written 10,000 at a time."""
 
@@ -94,8 +99,10 @@ class ChangesBuilder:
         sites = dict(self.sites) if final else {}
 
         async def write(conn: asyncpg.Connection) -> None:
-            for start in range(0, len(rows), self.CHUNK):
-                await _insert(conn, rows[start:start + self.CHUNK])
+            # COPY into the fresh table (nothing to conflict with); `at` goes over as a datetime.
+            records = [tuple(_parse_at(r.at) if c == "at" else getattr(r, c) for c in _COLUMNS) for r in rows]
+            if records:
+                await conn.copy_records_to_table("changes", columns=_COLUMNS, records=records)
             if sites:
                 await conn.execute(_SITES_SQL, list(sites), list(sites.values()))
 
