@@ -48,7 +48,14 @@ async def eventlog(nc: NATS) -> EventLog:
     with contextlib.suppress(nats.js.errors.NotFoundError):
         await js.delete_stream(EVENTS_STREAM)
     log = EventLog(nc)
-    await log.ensure_stream()
+    for attempt in range(50):
+        try:
+            await log.ensure_stream()
+            return log
+        except nats.js.errors.ServerError:  # 10049: the deleted stream's store is still being removed
+            if attempt == 49:
+                raise
+            await asyncio.sleep(0.05)
     return log
 
 
