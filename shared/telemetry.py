@@ -83,26 +83,24 @@ def setup(service_name: str) -> None:
     metrics.set_meter_provider(MeterProvider(resource=resource, metric_readers=readers))
 
 
-def metrics_snapshot() -> dict[str, Any]:
-    """This process's metrics as `{name{attrs}: value}` (empty before `setup`)."""
+def metrics_snapshot() -> list[tuple[str, dict[str, str], float]]:
+    """This process's metrics as (name, labels, value); a histogram gives `<name>_count` and
+    `<name>_sum`. Empty before `setup`."""
     reader = _state.get("reader")
-    if reader is None:
-        return {}
-    data = reader.get_metrics_data()
-    out: dict[str, Any] = {}
+    data = reader.get_metrics_data() if reader is not None else None
+    out: list[tuple[str, dict[str, str], float]] = []
     if data is None:
         return out
     for resource_metrics in data.resource_metrics:
         for scope in resource_metrics.scope_metrics:
             for metric in scope.metrics:
                 for point in metric.data.data_points:  # type: ignore[attr-defined]
-                    labels = ",".join(f'{k}="{v!s}"' for k, v in sorted((point.attributes or {}).items()))
-                    key = f"{metric.name}{{{labels}}}" if labels else metric.name
+                    labels = {k: str(v) for k, v in (point.attributes or {}).items()}
                     if hasattr(point, "value"):
-                        out[key] = point.value
-                    else:  # a histogram: count and sum
-                        out[f"{key}:count"] = point.count
-                        out[f"{key}:sum"] = point.sum
+                        out.append((metric.name, labels, float(point.value)))
+                    else:  # a histogram
+                        out.append((f"{metric.name}_count", labels, float(point.count)))
+                        out.append((f"{metric.name}_sum", labels, float(point.sum)))
     return out
 
 

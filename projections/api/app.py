@@ -37,6 +37,8 @@ from projections.api.schemas import (
     SnapshotPage,
     Summary,
 )
+from projections.api.service_metrics import gather_stats
+from projections.api.service_metrics import render as render_service_metrics
 from projections.selector import parse as parse_selector
 from shared.errors import FleetError, Invalid, Unavailable
 from shared.ids import check_id
@@ -113,7 +115,8 @@ _GAUGES = (
 
 @get("/metrics", media_type=MediaType.TEXT, tags=["health"], responses={503: ERRORS[503]})
 async def metrics(models: Models) -> str:
-    """Prometheus text: projection checkpoint, lag, rate, applied, skipped, failed."""
+    """Prometheus text: projection checkpoint, lag, rate, applied, skipped, failed; and every
+    running service's own metrics, gathered from `$SRV.STATS`."""
     answer = await models.projections()
     lines = []
     if answer.log_last_seq is not None:
@@ -125,6 +128,7 @@ async def metrics(models: Models) -> str:
             if field == "state":
                 value = int(value == "failed")
             lines.append(f'{metric}{{projection="{p.name}"}} {"NaN" if value is None else value}')
+    lines += render_service_metrics(await gather_stats(models.log.nc))
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import psutil
@@ -86,6 +87,14 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
         assert trace["fleet-cli"]["name"] == "send registry.add_site"
         assert trace["fleet-registry"]["name"] == "command registry.add_site"
         assert trace["fleet-projections"]["name"].endswith("SiteAdded")
+
+        # /metrics: the projections' lag and every service's own metrics (from $SRV.STATS)
+        api_url = status(data)["api_url"]
+        with urllib.request.urlopen(f"{api_url}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'fleet_projection_lag_events{projection="fleet"}' in metrics
+        assert 'fleet_commands_total{service="fleet-registry",command="add_site",result="ok"' in metrics
+        assert "fleet_append_seconds_count" in metrics
 
         children = [c.pid for c in psutil.Process(up.pid).children(recursive=True)]
         assert len(children) >= 8  # six parts, nats-server, postgres
