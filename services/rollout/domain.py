@@ -365,7 +365,7 @@ def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
             if state.wave in spec.approve_after and state.wave < len(state.waves) - 1:
                 return [verdict, RolloutWaveHeld(rollout_id=state.rollout_id, wave=state.wave)]
             return [verdict, *_advance(state)]
-        reason = f"gate failed on wave {state.wave}: " + "; ".join(verdict.reasons)
+        reason = f"gate failed on wave {state.wave + 1}: " + "; ".join(verdict.reasons)
         if spec.on_failure == "rollback":
             return [verdict, *rollback(evolve_copy(state, verdict), reason=reason)]
         return [verdict, RolloutPaused(rollout_id=state.rollout_id, reason=reason)]

@@ -419,7 +419,8 @@ class RolloutService:
             for number, wave in enumerate(state.waves):
                 counts: dict[str, int] = {}
                 for device in wave:
-                    status = domain.device_status(state, device, self.index.view, now)
+                    status = ("restored" if device in state.restored
+                              else domain.device_status(state, device, self.index.view, now))
                     counts[status] = counts.get(status, 0) + 1
                 waves.append({"wave": number, "size": len(wave), **counts})
             out["wave_progress"] = waves
