@@ -19,9 +19,9 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 
+from shared.atomic import Message, publish_atomic
 from shared.devices import DESIRED_DECODER, DESIRED_ENCODER, DesiredState
 from shared.errors import Unavailable
-from shared.ids import new_event_id
 from shared.subjects import DESIRED_BUCKET, desired_key_subject
 
 DESIRED_STREAM = f"KV_{DESIRED_BUCKET}"
@@ -31,18 +31,10 @@ _DIRECT = f"$JS.API.DIRECT.GET.{DESIRED_STREAM}"
 _ENCODER = msgspec.json.Encoder()
 
 
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
 
 
-class _Ack(msgspec.Struct):
-    seq: int = 0
-    error: _ApiError | None = None
 
 
-_ACK_DECODER = msgspec.json.Decoder(_Ack)
 
 
 def stream_config(replicas: int = 1) -> api.StreamConfig:
@@ -175,32 +167,13 @@ async def _put_batch(nc: NATS, values: Sequence[DesiredState], timeout: float) -
         except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
             raise Unavailable(f"desired-state bucket not reachable: {exc!r}") from exc
         return int(ack.seq)
-    batch_id = new_event_id()
-    count = len(values)
+    messages: list[Message] = [(desired_key_subject(v.device_id), DESIRED_ENCODER.encode(v), {}) for v in values]
     try:
-        for index, value in enumerate(values, 1):
-            subject = desired_key_subject(value.device_id)
-            payload = DESIRED_ENCODER.encode(value)
-            headers = {"Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(index)}
-            if index == count:
-                headers["Nats-Batch-Commit"] = "1"
-                return _ack(await nc.request(subject, payload, timeout, headers=headers))
-            if index == 1:  # acknowledged, so a refused batch fails fast
-                reply = await nc.request(subject, payload, timeout, headers=headers)
-                if reply.data:
-                    _ack(reply)
-            else:
-                await nc.publish(subject, payload, headers=headers)
+        return await publish_atomic(nc, messages, timeout)
+    except nats.js.errors.APIError as exc:
+        raise Unavailable(f"desired-state batch refused: {exc.description} (err {exc.err_code})",
+                          field="desired") from exc
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
         raise Unavailable(f"desired-state bucket not reachable: {exc!r}") from exc
-    raise AssertionError("unreachable")
 
 
-def _ack(reply: Msg) -> int:
-    ack = _ACK_DECODER.decode(reply.data)
-    if ack.error is not None:
-        raise Unavailable(
-            f"desired-state batch refused: {ack.error.description} (err {ack.error.err_code})",
-            field="desired",
-        )
-    return ack.seq

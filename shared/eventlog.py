@@ -35,12 +35,11 @@ from tenacity import (
 )
 
 from shared import telemetry
+from shared.atomic import MAX_BATCH, publish_atomic
 from shared.envelope import Envelope, Event, decode_envelope, decode_event, encode_envelope
 from shared.errors import Conflict, Invalid, StreamMisconfigured, Unavailable
-from shared.ids import new_event_id
 from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
 
-MAX_BATCH = 1000  # the server's limit on one atomic batch
 _REPLAY_BUFFER = 10_000  # messages a replay buffers before it stops its subscription
 _IDLE_CHECK = 0.25  # seconds without a message before a bounded replay checks it is done
 DUPLICATE_WINDOW = 120.0
@@ -51,9 +50,6 @@ _BATCH_INCOMPLETE_CODES = {10174, 10175, 10176, 10179}  # batch abandoned: nothi
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HDR_EVENT_TYPE = "Fleet-Event-Type"
-HDR_BATCH_ID = "Nats-Batch-Id"
-HDR_BATCH_SEQ = "Nats-Batch-Sequence"
-HDR_BATCH_COMMIT = "Nats-Batch-Commit"
 
 _TRANSIENT = (
     nats.errors.TimeoutError,
@@ -71,22 +67,10 @@ class _Retry(Exception):
     """A failure after which resending the same messages is safe."""
 
 
-class _ApiError(msgspec.Struct):
-    code: int = 0
-    err_code: int = 0
-    description: str = ""
 
 
-class _BatchAck(msgspec.Struct):
-    stream: str = ""
-    seq: int = 0
-    duplicate: bool = False
-    batch: str | None = None
-    count: int | None = None
-    error: _ApiError | None = None
 
 
-_ACK_DECODER = msgspec.json.Decoder(_BatchAck)
 
 
 class Appended(msgspec.Struct, frozen=True):
@@ -298,21 +282,7 @@ class EventLog:
             raise _Retry() from exc
 
     async def _publish_atomic(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> int:
-        batch_id = new_event_id()
-        last = len(messages)
-        for index, (subject, payload, headers) in enumerate(messages, 1):
-            batch_headers = {**headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(index)}
-            if index == last:
-                batch_headers[HDR_BATCH_COMMIT] = "1"
-                reply = await self.nc.request(subject, payload, self.timeout, headers=batch_headers)
-                return _batch_ack(reply)
-            if index == 1:  # acknowledged, so a refused batch fails fast instead of at commit
-                reply = await self.nc.request(subject, payload, self.timeout, headers=batch_headers)
-                if reply.data:
-                    _batch_ack(reply)
-            else:
-                await self.nc.publish(subject, payload, headers=batch_headers)
-        raise AssertionError("unreachable")
+        return await publish_atomic(self.nc, messages, self.timeout)
 
     async def _landed(self, writes: list[Write]) -> bool:
         """After an ambiguous failure: are this group's events already in the log?"""
@@ -572,13 +542,6 @@ def _status(msg: Msg) -> str | None:
     return str(status) if status else None
 
 
-def _batch_ack(reply: Msg) -> int:
-    ack = _ACK_DECODER.decode(reply.data)
-    if ack.error is not None:
-        raise nats.js.errors.APIError(
-            code=ack.error.code, err_code=ack.error.err_code, description=ack.error.description
-        )
-    return ack.seq
 
 
 def _num_pending(msg: Msg) -> int:

@@ -48,6 +48,7 @@ from services.drift.domain import (
     tick_due,
 )
 from shared import telemetry
+from shared.atomic import MAX_BATCH
 from shared.commands import Command as CommandBody
 from shared.commands import CommandClient, CommandService, Context, Outcome
 from shared.config import Settings
@@ -55,7 +56,7 @@ from shared.desired import ensure_bucket, get_desired, put_desired
 from shared.devices import HEARTBEAT_DECODER, DesiredState
 from shared.envelope import Envelope, seal
 from shared.errors import Conflict, FleetError, Invalid
-from shared.eventlog import MAX_BATCH, Appended, EventLog, Recorded, Write
+from shared.eventlog import Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import ObservedEvent, ReconcileAttempted
 from shared.events.registry import DeviceRetired

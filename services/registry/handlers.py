@@ -31,10 +31,11 @@ from services.registry.domain import (
     UpdateSite,
 )
 from shared.aggregates import AggregateStore, Slot
+from shared.atomic import MAX_BATCH
 from shared.commands import Command, CommandService, Context, Outcome, decode_error_field
 from shared.envelope import Envelope, Event
 from shared.errors import Conflict, FleetError, Invalid, NotFound
-from shared.eventlog import MAX_BATCH, Appended, EventLog, Write
+from shared.eventlog import Appended, EventLog, Write
 from shared.events.registry import DeviceAdded
 from shared.ids import check_id, new_event_id
 from shared.selectors import Selector, parse

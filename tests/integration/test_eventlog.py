@@ -14,10 +14,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api
 
+from shared.atomic import HDR_BATCH_ID, HDR_BATCH_SEQ
 from shared.embedded import EmbeddedNats
 from shared.envelope import Event, seal
 from shared.errors import Conflict, StreamMisconfigured
-from shared.eventlog import HDR_BATCH_ID, HDR_BATCH_SEQ, EventLog, Write, stream_config
+from shared.eventlog import EventLog, Write, stream_config
 from shared.subjects import EVENTS_STREAM
 from shared.times import utcnow
 

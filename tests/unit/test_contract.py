@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from shared.atomic import MAX_BATCH
 from shared.commands import decode_error_field
 from shared.config import Endpoints, load_settings, write_endpoints
 from shared.envelope import UPCASTERS, Envelope, Event, decode_envelope, decode_event, encode_envelope, seal
 from shared.errors import Invalid
-from shared.eventlog import MAX_BATCH, Write, _group_writes
+from shared.eventlog import Write, _group_writes
 from shared.ids import check_id, check_label, parse_label
 from shared.times import format_time, parse_duration, parse_time
 
