@@ -49,6 +49,7 @@ def _global(
 app.command("demo", help="Show Fleetplane working end to end on this machine.")(demo.demo)
 app.command("service", help="Run one Fleetplane service in the foreground.")(service.service)
 app.add_typer(registry_cli.site_app, name="site")
+registry_cli.device_app.command("history", help="Everything that happened to one device.")(query_cli.history)
 app.add_typer(registry_cli.device_app, name="device")
 app.add_typer(snapshot_cli.snapshot_app, name="snapshot")
 app.add_typer(rollout_cli.app, name="rollout")
