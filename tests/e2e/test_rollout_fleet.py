@@ -11,6 +11,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
 from nats.aio.client import Client as NATS
 
 from services.agent.simulator import FleetSimulator, SimOptions
@@ -27,6 +28,7 @@ async def desired_per_device(log: EventLog) -> Counter[str]:
     return Counter([r.envelope.aggregate_id async for r in log.replay() if r.envelope.type == "DesiredStateAssigned"])
 
 
+@pytest.mark.timeout(300)
 async def test_healthy_rollout_then_unhealthy_canary_rolls_back(stack: Stack, nc: NATS, eventlog: EventLog) -> None:
     sim = FleetSimulator(nc, SimOptions(devices=1000, sites=10, interval=0.5, apply_delay=0.05, seed=7))
     await sim.start()
@@ -61,6 +63,7 @@ async def test_healthy_rollout_then_unhealthy_canary_rolls_back(stack: Stack, nc
         await sim.stop()
 
 
+@pytest.mark.timeout(300)
 async def test_rollout_service_killed_mid_wave_completes_after_restart(
     stack: Stack, nc: NATS, eventlog: EventLog, nats_server
 ) -> None:
@@ -79,8 +82,12 @@ async def test_rollout_service_killed_mid_wave_completes_after_restart(
         v2 = await create(stack, "svc", 2)
         await stack.client.send("rollout", "start", {"rollout_id": "r-kill", "snapshot_id": v2, "target": "",
                                                      "canary": "10", "waves": "30,100", "max_in_flight": 40})
-        while sum(s == v2 for s in sim.snapshot) < 60:  # well into the waves
+        for _ in range(1200):  # well into the waves (bounded: 60 s)
+            if sum(s == v2 for s in sim.snapshot) >= 60:
+                break
             await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the rollout did not get going: {await stack.wait_rollout('r-kill', ('none',), 0)}")
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         proc = spawn()
