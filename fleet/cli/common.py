@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from shared.commands import Reply
 from shared.config import Settings, load_settings
 from shared.errors import FleetError
 
@@ -65,16 +66,15 @@ def emit(data: Any, *, json_out: bool, render: Callable[[Any], None]) -> None:
         render(data)
 
 
-async def send_command(conf: Settings, service: str, command: str, body: dict[str, Any],
-                       timeout: float = 30.0) -> Any:
-    """Send one command over NATS as the configured actor; return the reply's `result` (errors
-    raise their typed FleetError, which `run` turns into a message and an exit code)."""
+async def send(conf: Settings, service: str, command: str, body: dict[str, Any],
+               timeout: float = 30.0) -> Reply:
+    """Connect, send one command as the configured actor, disconnect; a refusal raises its typed
+    FleetError (which `run` turns into a message and an exit code)."""
     from shared.commands import CommandClient
     from shared.connection import connect_nats
 
     nc = await connect_nats(conf, "cli", connect_for=5.0)
     try:
-        reply = await CommandClient(nc, actor=conf.actor, timeout=timeout).send(service, command, body)
-        return reply.result
+        return await CommandClient(nc, actor=conf.actor, timeout=timeout).send(service, command, body)
     finally:
         await nc.close()

@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, settings
+from fleet.cli.common import JsonOption, console, emit, run, send, settings
 from shared.commands import CommandClient, Reply
 from shared.config import Settings
 from shared.connection import connect_nats
@@ -39,16 +39,6 @@ _ANY_JSON = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
 
 LabelOption = typer.Option(None, "--label", "-l", help="A label key=value (repeatable).")
-
-
-async def send(conf: Settings, service: str, command: str, body: dict[str, Any],
-               timeout: float = 30.0) -> Reply:
-    """Connect, send one command, disconnect; refusals raise their typed error."""
-    nc = await connect_nats(conf, "cli", connect_for=5.0)
-    try:
-        return await CommandClient(nc, actor=conf.actor).send(service, command, body, timeout)
-    finally:
-        await nc.close()
 
 
 def reply_json(reply: Reply) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, send_command, settings
+from fleet.cli.common import JsonOption, console, emit, run, send, settings
 from shared.config import Settings
 from shared.errors import Unavailable
 
@@ -88,15 +88,15 @@ def start(
         "approve_after": [n - 1 for n in approve_after], "dry_run": dry_run}
     if rollout_id:
         body["rollout_id"] = rollout_id
-    result = run(send_command(settings(ctx), "rollout", "start", body), json_out=json_out)
+    result = run(send(settings(ctx), "rollout", "start", body), json_out=json_out).result
     emit(result, json_out=json_out, render=_render)
 
 
 def _act(name: str, doc: str) -> None:
     def command(ctx: typer.Context, rollout_id: str = typer.Argument(...),
                 reason: str = typer.Option("", "--reason"), json_out: bool = JsonOption) -> None:
-        result = run(send_command(settings(ctx), "rollout", name, {"rollout_id": rollout_id, "reason": reason}),
-                     json_out=json_out)
+        result = run(send(settings(ctx), "rollout", name, {"rollout_id": rollout_id, "reason": reason}),
+                     json_out=json_out).result
         emit(result, json_out=json_out, render=_render)
 
     command.__doc__ = doc
@@ -121,21 +121,21 @@ def rollback(
     body: dict[str, Any] = {"rollout_id": rollout_id, "plan_only": plan}
     if to:
         body["to_snapshot_id"] = to
-    result = run(send_command(settings(ctx), "rollout", "rollback", body), json_out=json_out)
+    result = run(send(settings(ctx), "rollout", "rollback", body), json_out=json_out).result
     emit(result, json_out=json_out, render=_render)
 
 
 @app.command("status")
 def status(ctx: typer.Context, rollout_id: str = typer.Argument(...), json_out: bool = JsonOption) -> None:
     """One rollout: status, per-wave progress, the last gate verdict and its inputs."""
-    result = run(send_command(settings(ctx), "rollout", "get", {"rollout_id": rollout_id}), json_out=json_out)
+    result = run(send(settings(ctx), "rollout", "get", {"rollout_id": rollout_id}), json_out=json_out).result
     emit(result, json_out=json_out, render=_render)
 
 
 @app.command("list")
 def list_(ctx: typer.Context, json_out: bool = JsonOption) -> None:
     """All rollouts, newest first."""
-    result = run(send_command(settings(ctx), "rollout", "list", {}), json_out=json_out)
+    result = run(send(settings(ctx), "rollout", "list", {}), json_out=json_out).result
     emit(result, json_out=json_out, render=_render)
 
 
@@ -155,7 +155,7 @@ async def _watch(conf: Settings, rollout_id: str, interval: float, json_out: boo
     with Live(progress, console=console, transient=False, refresh_per_second=4) if not json_out else _null():
         while True:
             try:
-                result: dict[str, Any] = await send_command(conf, "rollout", "get", {"rollout_id": rollout_id})
+                result: dict[str, Any] = (await send(conf, "rollout", "get", {"rollout_id": rollout_id})).result
             except Unavailable:
                 await asyncio.sleep(interval)
                 continue

@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, settings
-from fleet.cli.registry import add_row, reply_json, send
+from fleet.cli.common import JsonOption, console, emit, run, send, settings
+from fleet.cli.registry import add_row, reply_json
 from shared.errors import Invalid
 from shared.selectors import parse
 
