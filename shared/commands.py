@@ -33,44 +33,9 @@ from shared.eventlog import Appended
 from shared.ids import check_id, new_command_id
 from shared.subjects import command_subject
 from shared.times import utcnow
+from shared.wire import Command, ErrorBody, EventRef, Reply
 
 log = logging.getLogger(__name__)
-
-
-class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every command: an idempotency key chosen by the client, and who asks."""
-
-    command_id: str
-    actor: str = "anonymous"
-
-
-class EventRef(msgspec.Struct, frozen=True):
-    """Where an event of the reply was stored."""
-
-    subject: str
-    seq: int
-
-
-class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
-    """The error part of a failed reply."""
-
-    code: str
-    message: str
-    field: str | None = None
-
-
-class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
-    """`{"ok": true, "events": [...], "result": {...}}` or `{"ok": false, "error": {...}}`."""
-
-    ok: bool
-    events: list[EventRef] = []
-    result: Any = None
-    error: ErrorBody | None = None
-
-    @property
-    def last_seq(self) -> int:
-        """The highest sequence among the reply's events (0 if none): wait for it to read back."""
-        return max((ref.seq for ref in self.events), default=0)
 
 
 @dataclass(frozen=True)
@@ -267,3 +232,7 @@ class CommandClient:
             assert reply.error is not None
             raise error_from_code(reply.error.code, reply.error.message, reply.error.field)
         return reply
+
+
+__all__ = ["Command", "CommandClient", "CommandService", "Context", "ErrorBody", "EventRef", "Outcome", "Reply",
+           "decode_error_field", "error_reply"]

@@ -13,7 +13,6 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from shared.commands import Command  # a msgspec Struct: the base of every command (no I/O used)
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.registry import (
@@ -28,6 +27,7 @@ from shared.events.registry import (
 )
 from shared.ids import check_id, check_labels
 from shared.selectors import IMPLICIT_LABELS
+from shared.wire import Command
 
 Status = Literal["absent", "active", "retired"]
 METADATA_MAX_BYTES = 16 * 1024

@@ -13,13 +13,13 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
-from shared.commands import Command  # a msgspec Struct: the base of every command (no I/O used)
 from shared.configs import snapshot_id
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.snapshot import SnapshotCreated, SnapshotMarkedKnownGood, SnapshotRetired
 from shared.ids import check_id
 from shared.selectors import parse
+from shared.wire import Command
 
 Status = Literal["absent", "active", "retired"]
 SiteStatus = Literal["absent", "active", "retired"]

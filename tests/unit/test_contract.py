@@ -191,3 +191,15 @@ def test_effective_config_and_hash_are_canonical() -> None:
     assert one == two
     assert one.startswith("edge-")
     assert snapshot_id("edge", {"a": 3}, {}, {}) != one
+
+
+def test_pure_domains_import_no_io() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "import services.registry.domain, services.snapshot.domain, services.rollout.domain, "
+            "services.drift.domain\n"
+            "print(sorted(m for m in ('nats', 'asyncpg', 'litestar') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,44 @@
+"""The command wire types of DESIGN §3, free of I/O so pure domain modules can use them: the
+`Command` base (an idempotency key and who asks) and the reply shape."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+
+class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every command: an idempotency key chosen by the client, and who asks."""
+
+    command_id: str
+    actor: str = "anonymous"
+
+
+class EventRef(msgspec.Struct, frozen=True):
+    """Where an event of the reply was stored."""
+
+    subject: str
+    seq: int
+
+
+class ErrorBody(msgspec.Struct, frozen=True, omit_defaults=True):
+    """The error part of a failed reply."""
+
+    code: str
+    message: str
+    field: str | None = None
+
+
+class Reply(msgspec.Struct, frozen=True, omit_defaults=True):
+    """`{"ok": true, "events": [...], "result": {...}}` or `{"ok": false, "error": {...}}`."""
+
+    ok: bool
+    events: list[EventRef] = []
+    result: Any = None
+    error: ErrorBody | None = None
+
+    @property
+    def last_seq(self) -> int:
+        """The highest sequence among the reply's events (0 if none): wait for it to read back."""
+        return max((ref.seq for ref in self.events), default=0)
