@@ -17,6 +17,7 @@ from typing import Any
 import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from services.rollout import domain
 from services.rollout.domain import Rollout
@@ -101,6 +102,7 @@ class RolloutService:
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._watch: set[str] = set()
+        self._heartbeats: Subscription | None = None
         self.applied_seq = 0
         self._progressed = asyncio.Event()
         self._effective: dict[tuple[str, str], dict[str, Any]] = {}
@@ -128,11 +130,11 @@ class RolloutService:
         await self.commands.start()
         self._tasks = [asyncio.create_task(self._follow(caught_up + 1)),
                        asyncio.create_task(self._tick_forever())]
-        await self.nc.subscribe(f"{HEARTBEATS_PREFIX}.>", cb=self._on_heartbeat)
 
     async def stop(self) -> None:
         """Stop serving and ticking."""
         await self.commands.stop()
+        await self._listen_to_heartbeats(False)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -203,9 +205,20 @@ class RolloutService:
                         log.info("rollout %s: %d events (%s) decided in %.3fs, committed in %.3fs", rollout_id,
                                  len(events), type(events[-1]).__name__, decided - started,
                                  time.perf_counter() - decided)
-                if state.active and state.waves:
+                if state.active and state.waves and state.spec is not None and state.spec.gates.metrics:
                     watch.update(state.waves[state.wave])
             self._watch = watch
+            await self._listen_to_heartbeats(bool(watch))
+
+    async def _listen_to_heartbeats(self, wanted: bool) -> None:
+        """Heartbeats carry the metrics that metric gates need; the subscription exists only
+        while some active wave has such a gate, so an idle service does not read the fleet's
+        heartbeat stream."""
+        if wanted and self._heartbeats is None:
+            self._heartbeats = await self.nc.subscribe(f"{HEARTBEATS_PREFIX}.>", cb=self._on_heartbeat)
+        elif not wanted and self._heartbeats is not None:
+            await self._heartbeats.unsubscribe()
+            self._heartbeats = None
 
     async def _on_heartbeat(self, msg: Msg) -> None:
         device = msg.subject.rsplit(".", 1)[-1]
