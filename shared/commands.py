@@ -10,6 +10,7 @@ aggregate store from the events' `causation_id` (see shared.aggregates), so no s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -223,6 +224,21 @@ class CommandClient:
             except nats.errors.TimeoutError:
                 raise Unavailable(f"the {service} service did not answer {command} in time") from None
         return _REPLY_DECODER.decode(msg.data)
+
+    async def wait_ready(self, *services: str, timeout: float = 60.0) -> None:
+        """Wait (bounded) until each named service answers `$SRV.PING`; raise Unavailable naming
+        the ones that never did."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        waiting = list(services)
+        while waiting:
+            try:
+                await self.nc.request(f"$SRV.PING.fleet-{waiting[0]}", b"", timeout=0.5)
+                waiting.pop(0)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+                if asyncio.get_running_loop().time() > deadline:
+                    raise Unavailable(f"no answer from the {', '.join(waiting)} service(s) "
+                                      f"within {timeout:g} s") from None
+                await asyncio.sleep(0.1)
 
     async def send(self, service: str, command: str, body: dict[str, Any],
                    timeout: float | None = None) -> Reply:

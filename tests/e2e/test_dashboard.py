@@ -6,7 +6,6 @@ test is skipped with that instruction."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -41,13 +40,7 @@ async def test_dashboard_shows_a_rollout_and_pauses_it(tmp_path: Path) -> None:
     sim = FleetSimulator(nc, SimOptions(devices=60, sites=3, interval=0.5, apply_delay=0.2, seed=1, prefix="web"))
     try:
         client = CommandClient(nc, actor="operator:test", timeout=30)
-        for _ in range(150):  # wait for the services
-            try:
-                await client.send("rollout", "list", {})
-                await client.send("registry", "list_sites", {})
-                break
-            except Exception:
-                await asyncio.sleep(0.2)
+        await client.wait_ready("registry", "snapshot", "rollout", "drift", timeout=90)
         await sim.start()
         snap = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 1}})).result["snapshot_id"]
         # a long bake keeps the rollout running while the browser looks at it
