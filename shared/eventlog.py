@@ -380,10 +380,11 @@ class EventLog:
         from_seq: int = 1,
         to_seq: int | None = None,
         *,
-        subjects: str = EVENTS_WILDCARD,
+        subjects: str | Sequence[str] = EVENTS_WILDCARD,
         follow: bool = False,
     ) -> AsyncIterator[Recorded]:
-        """Events in sequence order from `from_seq` through an ordered consumer.
+        """Events in sequence order from `from_seq` through an ordered consumer, of the subjects
+        matching `subjects` (one filter or several).
 
         Stops at `to_seq`, or at the end of the log as it was when replay began, unless `follow`
         is set, in which case it keeps yielding new events as they are appended."""
@@ -442,10 +443,10 @@ class _Delivery:
     buffered message once the reader has taken half of them. Order and completeness are kept:
     messages that arrive while stopping are dropped and come again on the restart."""
 
-    def __init__(self, log: EventLog, subjects: str) -> None:
+    def __init__(self, log: EventLog, subjects: str | Sequence[str]) -> None:
         self.js = log.js
         self.stream = log.stream
-        self.subjects = subjects
+        self.subjects = [subjects] if isinstance(subjects, str) else list(subjects)
         self.buffer: deque[Msg] = deque()
         self.arrived = asyncio.Event()
         self.sub: Any = None
@@ -453,13 +454,14 @@ class _Delivery:
         self._stopping: asyncio.Task[None] | None = None
 
     async def start(self, seq: int) -> None:
+        several = len(self.subjects) > 1
         self.sub = await self.js.subscribe(
-            self.subjects,
+            self.subjects[0],
             stream=self.stream,
             cb=self._received,
             ordered_consumer=True,
             deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
-            config=api.ConsumerConfig(opt_start_seq=seq),
+            config=api.ConsumerConfig(opt_start_seq=seq, filter_subjects=self.subjects if several else None),
             pending_msgs_limit=-1,
             pending_bytes_limit=-1,
         )

@@ -33,14 +33,15 @@ from shared.envelope import Envelope, Event, seal
 from shared.errors import Conflict, Invalid, NotFound, Unavailable
 from shared.eventlog import Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
-from shared.events.rollout import Gates
+from shared.events.rollout import Gates, RolloutDevicesAssigned, RolloutDevicesRestored
 from shared.ids import check_id
 from shared.selectors import parse as parse_selector
-from shared.subjects import HEARTBEATS_PREFIX, event_subject
+from shared.subjects import AGGREGATE_OWNERS, HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
 from shared.times import format_time, parse_duration, utcnow
 
 log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
+FOLLOWED = [aggregate_wildcard(family) for family in AGGREGATE_OWNERS if family != "desired"]
 
 
 class Start(Command, frozen=True, kw_only=True):
@@ -167,20 +168,38 @@ class RolloutService:
                 await asyncio.wait_for(self._progressed.wait(), remaining)
 
     async def _follow(self, from_seq: int) -> None:
-        # Under the lock: our own events must not become visible here before their KV values
-        # are written by the commit that appended them.
-        async for recorded in self.log.replay(from_seq, follow=True):
+        # Every family but desired state, which only this service writes: its own events are
+        # folded in by the commit that appended them, so reading 100,000 of them back during a
+        # large assignment would only cost time. Under the lock: a commit's events must not
+        # become visible here before its KV values are written.
+        async for recorded in self.log.replay(from_seq, follow=True, subjects=FOLLOWED):
             async with self._lock:
                 event = recorded.event
-                if (isinstance(event, DesiredStateAssigned) and event.rollout_id in self.store.slots
-                        and recorded.seq > self.index.desired_seq.get(event.device_id, 0)):
-                    # Ours, but not written by this process (an earlier instance's last batch landed
-                    # after this one caught up): its KV value may never have been written.
-                    self._apply(recorded)
-                    if event.snapshot_id in self.index.snapshots:
-                        await self._put_kv([event])
-                    continue
+                if (isinstance(event, RolloutDevicesAssigned | RolloutDevicesRestored)
+                        and recorded.seq > self.store.get(event.rollout_id).seq):
+                    # Not written by this process: an earlier instance's last batch landed after
+                    # this one caught up. Its desired events came in the same atomic batch, but
+                    # their KV values may never have been written.
+                    await self._adopt(event.devices)
                 self._apply(recorded)
+
+    async def _adopt(self, devices: Sequence[str]) -> None:
+        """Fold in the desired events of `devices` this process has not seen, and write their KV
+        values."""
+        landed = await self._load_desired(devices)
+        await self._put_kv([e for e in landed if e.snapshot_id in self.index.snapshots])
+
+    async def _load_desired(self, devices: Sequence[str]) -> list[DesiredStateAssigned]:
+        """Fold in the desired events of `devices` newer than this process has; returns them."""
+        landed: list[DesiredStateAssigned] = []
+        for device in devices:
+            recorded, _ = await self.log.load(event_subject("desired", device),
+                                              after_seq=self.index.desired_seq.get(device, 0))
+            for item in recorded:
+                self._apply(item)
+                if isinstance(item.event, DesiredStateAssigned):
+                    landed.append(item.event)
+        return landed
 
     async def _tick_forever(self) -> None:
         while True:
@@ -276,11 +295,7 @@ class RolloutService:
         return appended
 
     async def _resync(self, devices: list[str], rollout_id: str) -> None:
-        for device in devices:
-            recorded, _ = await self.log.load(event_subject("desired", device),
-                                              after_seq=self.index.desired_seq.get(device, 0))
-            for item in recorded:
-                self._apply(item)
+        await self._load_desired(devices)
         await self.store.reload(rollout_id)
 
     def _effective_config(self, snapshot_id: str, site: str) -> dict[str, Any]:

@@ -64,7 +64,11 @@ async def test_append_load_replay_round_trip(eventlog: EventLog) -> None:
     assert isinstance(replayed[0].event, Counted)
     assert [r.seq async for r in eventlog.replay(2, 3)] == [2, 3]
     assert [r.seq async for r in eventlog.replay(subjects="fleet.evt.counter.b")] == [4]
-    assert [r.seq async for r in eventlog.replay(5)] == []
+    await eventlog.append("fleet.evt.counter.c", [counted("c", 1)], 0)
+    several = ["fleet.evt.counter.b", "fleet.evt.counter.c"]
+    assert [r.seq async for r in eventlog.replay(subjects=several)] == [4, 5]
+    assert [r.seq async for r in eventlog.replay(5, subjects=several)] == [5]
+    assert [r.seq async for r in eventlog.replay(6)] == []
 
 
 async def test_load_spans_several_direct_get_batches(eventlog: EventLog) -> None:
