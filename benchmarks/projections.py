@@ -18,7 +18,14 @@ about devices x (3 + rounds/2) events), then measures:
   transaction per event with its tracking record, as the library's projections do); run on the
   first `--peer-events` events only, because it is slow;
 - API (uvicorn in a subprocess, `fleet service api`): GET /v1/summary p50/p99, a filtered device
-  page p99, a point-in-time summary one day back cold (first ask) and warm (asked again).
+  page p99, a point-in-time summary one day back cold (first ask) and warm (asked again);
+- live: the fleet runner following `--live-events` more events (health changes) with its
+  point-in-time hook, each batch's time and the hook's (a delta copy every 50,000 events), and
+  one full copy of the whole read model timed on its own (what the hook does every
+  `snapshots.FULL_EVERY` copies) — how long a copy holds up the projection.
+
+The history is appended in atomic batches of 1,000 events, several batches in flight at once
+(`--append-in-flight`); a round's devices are distinct, so the order inside a round is free.
 """
 
 from __future__ import annotations
@@ -28,6 +35,8 @@ import asyncio
 import json
 import os
 import platform
+import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,18 +54,23 @@ import nats
 from nats.js import api
 
 from projections.changes.store import ChangesProjection
-from projections.fleet import model
-from projections.fleet.store import FleetProjection
-from projections.pointintime import SNAPSHOT_EVERY
+from projections.fleet import model, snapshots
+from projections.fleet.store import FleetProjection, load_state
+from projections.pointintime import FLEET_VERSION, SNAPSHOT_EVERY, snapshot_hook
 from projections.reader import batches
-from projections.runner import create_pool, decode_batch, rebuild
+from projections.runner import Runner, create_pool, decode_batch, rebuild
 from projections.synthetic import fleet_history
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from shared.envelope import Envelope, decode_event
-from shared.eventlog import EventLog
+from shared.envelope import Envelope, decode_event, seal
+from shared.eventlog import EventLog, Write
+from shared.events import observed
 from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -64,11 +78,85 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def generate(log: EventLog, devices: int, rounds: int, now: datetime) -> tuple[int, float]:
+async def append_round(log: EventLog, writes: list[Write], in_flight: int) -> None:
+    """Append one round (distinct subjects) as atomic batches of 1,000, `in_flight` at once."""
+    chunks = iter(range(0, len(writes), 1000))
+
+    async def worker() -> None:
+        for start in chunks:
+            await log.append_batch(writes[start:start + 1000])
+
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+
+
+async def generate(log: EventLog, devices: int, rounds: int, now: datetime, in_flight: int) -> tuple[int, float]:
     started = time.perf_counter()
     for writes in fleet_history(devices, rounds=rounds, start=now - timedelta(days=2), span=timedelta(days=2)):
-        await log.append_batch(writes)
+        await append_round(log, writes, in_flight)
     return await log.last_stream_seq(), time.perf_counter() - started
+
+
+async def live_pauses(pool: Any, log: EventLog, devices: int, events: int, in_flight: int) -> dict[str, float]:
+    """The fleet runner following `events` more events with its point-in-time hook: per-batch
+    time and the hook's time; then one full copy timed on its own."""
+    hook = snapshot_hook(SNAPSHOT_EVERY)
+    hook_times: list[tuple[float, int]] = []
+
+    async def timed_hook(conn: Any, seq: int, at: str) -> None:
+        before = await conn.fetchval("SELECT count(*) FROM pit_snapshots WHERE version = $1", FLEET_VERSION)
+        started = time.perf_counter()
+        await hook(conn, seq, at)
+        after = await conn.fetchval("SELECT count(*) FROM pit_snapshots WHERE version = $1", FLEET_VERSION)
+        hook_times.append((time.perf_counter() - started, after - before))
+
+    projection = FleetProjection(snapshot_every=SNAPSHOT_EVERY)
+    batch_times: list[float] = []
+    apply_batch = projection.apply_batch
+
+    async def timed_apply(conn: Any, items: Any) -> None:
+        started = time.perf_counter()
+        await apply_batch(conn, items)
+        batch_times.append(time.perf_counter() - started)
+
+    projection.apply_batch = timed_apply  # type: ignore[method-assign]
+    runner = Runner(pool, log, projection, after_batch=timed_hook)
+    task = asyncio.create_task(runner.run())
+    rng = random.Random(11)
+    ids = [f"dev-{i:07d}" for i in range(devices)]
+    clock = datetime.now(UTC) - timedelta(minutes=5)
+    started = time.perf_counter()
+    for round_start in range(0, events, min(devices, 100_000)):
+        count = min(devices, 100_000, events - round_start)
+        writes = []
+        for device_id in rng.sample(ids, count):
+            clock += timedelta(microseconds=100)
+            event = observed.DeviceHealthChanged(device_id=device_id, health=rng.choice(["ok", "degraded", "failed"]),
+                                                 previous="unknown")
+            writes.append(Write(event.subject, [seal(event, actor="service:drift", at=clock)], None))
+        await append_round(log, writes, in_flight)
+    head = await log.last_stream_seq()
+    while True:
+        async with pool.acquire() as conn:
+            if await conn.fetchval("SELECT checkpoint FROM projection_status WHERE name = 'fleet'") >= head:
+                break
+        await asyncio.sleep(0.2)
+    took = time.perf_counter() - started
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    copies = [t for t, made in hook_times if made]
+    out = {"live_events": float(events), "live_seconds": took, "live_batches": float(len(batch_times)),
+           "live_batch_p50_ms": _pct(batch_times, 0.5) * 1000, "live_batch_max_ms": max(batch_times) * 1000,
+           "live_copies": float(len(copies)), "live_copy_max_s": max(copies, default=0.0),
+           "live_hook_p50_ms": _pct([t for t, _ in hook_times], 0.5) * 1000}
+    async with pool.acquire() as conn, conn.transaction():  # what the hook does for a full copy
+        started = time.perf_counter()
+        await conn.execute("SET LOCAL search_path TO rm_fleet, public")
+        state = await load_state(conn)
+        state.seq = head
+        blob = snapshots.encode_state(state)
+        out["full_copy_s"] = time.perf_counter() - started  # measured only: not stored
+        out["full_copy_mb"] = len(blob) / 1e6
+    return out
 
 
 async def raw_rate(nc: Any, head: int) -> float:
@@ -280,8 +368,12 @@ async def main(args: argparse.Namespace) -> None:
         log = EventLog(nc)
         await log.ensure_stream()
         now = datetime.now(UTC)
-        head, took = await generate(log, args.devices, args.rounds, now)
-        print(f"generated {head} events for {args.devices} devices in {took:.1f}s", flush=True)
+        loads = [os.getloadavg()]
+        print(f"started {now:%Y-%m-%d %H:%M} UTC, load average {loads[0]}", flush=True)
+        head, took = await generate(log, args.devices, args.rounds, now, args.append_in_flight)
+        figures["generate_s"] = took
+        print(f"generated {head} events for {args.devices} devices in {took:.1f}s "
+              f"({head / took:,.0f} events/s), max RSS {_rss_mb():,.0f} MB", flush=True)
         # Raw is measured right before each of ours, so load from other work falls on both sides of
         # a ratio alike; the table reports the pairs' median ratio.
         pool = await create_pool(url, min_size=1, max_size=4)
@@ -295,20 +387,29 @@ async def main(args: argparse.Namespace) -> None:
             runs.setdefault(name, []).append((raw, rate))
             print(f"{name}: raw {raw:.0f} events/s, ours {rate:.0f} events/s ({rate / raw:.2f}x)", flush=True)
 
+        measures = {
+            "replay": lambda: replay_only(log, head),
+            "reader": lambda: reader_only(log, head),
+            "rebuild_fleet": lambda: rebuild(pool, log, FleetProjection()),
+            "rebuild_changes": lambda: rebuild(pool, log, ChangesProjection()),
+            "rebuild_fleet_with_snapshots": lambda: rebuild(pool, log, FleetProjection(snapshot_every=SNAPSHOT_EVERY)),
+        }
         for _ in range(args.repeat):
-            await paired("replay", lambda: replay_only(log, head))
-            await paired("reader", lambda: reader_only(log, head))
-            await paired("rebuild_fleet", lambda: rebuild(pool, log, FleetProjection()))
-            await paired("rebuild_changes", lambda: rebuild(pool, log, ChangesProjection()))
-            await paired("rebuild_fleet_with_snapshots",
-                         lambda: rebuild(pool, log, FleetProjection(snapshot_every=SNAPSHOT_EVERY)))
+            for name, ours in measures.items():
+                if name not in args.skip:
+                    await paired(name, ours)
+                    loads.append(os.getloadavg())
+        if "rebuild_fleet_with_snapshots" in args.skip:  # the API needs both read models and the copies
+            await rebuild(pool, log, FleetProjection(snapshot_every=SNAPSHOT_EVERY))
+        if "rebuild_changes" in args.skip:
+            await rebuild(pool, log, ChangesProjection())
+        print(f"rebuilds done, max RSS {_rss_mb():,.0f} MB", flush=True)
         for name, pairs in runs.items():
             figures[name] = statistics.median(rate for _, rate in pairs)
             figures[f"{name}_raw"] = statistics.median(raw for raw, _ in pairs)
             figures[f"{name}_ratio"] = statistics.median(rate / raw for raw, rate in pairs)
             figures[f"{name}_ratio_min"] = min(rate / raw for raw, rate in pairs)
             figures[f"{name}_ratio_max"] = max(rate / raw for raw, rate in pairs)
-        await pool.close()
 
         port = free_port()
         env = {**os.environ, "FLEET_DATABASE_URL": url, "FLEET_NATS_URL": ns.url,
@@ -317,7 +418,16 @@ async def main(args: argparse.Namespace) -> None:
         api_proc = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
             [sys.executable, "-c", "from fleet.cli import main; main()", "service", "api"], env=env, cwd=ROOT)
         figures.update(await api_latencies(f"http://127.0.0.1:{port}", head, now))
+        loads.append(os.getloadavg())
         print({k: round(v, 2) for k, v in figures.items()}, flush=True)
+        api_proc.terminate()
+        api_proc.wait(10)
+        api_proc = None
+        if args.live_events:
+            figures.update(await live_pauses(pool, log, args.devices, args.live_events, args.append_in_flight))
+            loads.append(os.getloadavg())
+            print({k: round(v, 2) for k, v in figures.items() if k.startswith(("live", "full"))}, flush=True)
+        await pool.close()
 
         if args.peer_events:
             envelopes = [r.envelope async for r in log.replay(1, min(head, args.peer_events))]
@@ -338,15 +448,20 @@ async def main(args: argparse.Namespace) -> None:
 
     print()
     print(f"# Projections benchmark — {args.devices} devices, {head} events, {platform.node()}, "
-          f"{os.cpu_count()} cores, {args.repeat} paired runs")
+          f"{os.cpu_count()} cores, {args.repeat} paired runs, started {now:%Y-%m-%d %H:%M} UTC, "
+          f"took {(datetime.now(UTC) - now).total_seconds() / 60:.0f} min")
+    print(f"load average (1 min) during the run: {min(load[0] for load in loads):.1f}-{max(load[0] for load in loads):.1f}; "
+          f"generation {figures['generate_s']:.0f} s; max RSS of the benchmark process {_rss_mb():,.0f} MB")
     print("| measure | raw / peer events/s | ours events/s | ours / them (range) | goal |")
     print("|---|---:|---:|---:|---|")
     for name, goal in (("rebuild_fleet", ">= 0.5x"), ("rebuild_changes", ">= 0.5x"),
                        ("rebuild_fleet_with_snapshots", ">= 0.5x"), ("replay", "-"), ("reader", "-")):
+        if name not in figures:
+            continue
         print(f"| {name} vs raw ordered consumer | {figures[name + '_raw']:,.0f} | {figures[name]:,.0f} | "
               f"{figures[name + '_ratio']:.2f}x ({figures[name + '_ratio_min']:.2f}-"
               f"{figures[name + '_ratio_max']:.2f}) | {goal} |")
-    if "peer" in figures:
+    if "peer" in figures and "rebuild_fleet" in figures:
         print(f"| fleet view catch-up vs eventsourcing ProjectionRunner (peer on the first "
               f"{figures['peer_events']:.0f} events) | {figures['peer']:,.0f} | "
               f"{figures['rebuild_fleet']:,.0f} | {figures['rebuild_fleet'] / figures['peer']:.1f}x | >= 2x |")
@@ -358,6 +473,13 @@ async def main(args: argparse.Namespace) -> None:
           f"{figures['selector_page_p99_ms']:.1f} ms | - | - |")
     print(f"| point-in-time summary one day back (seq {figures['pit_seq']:.0f}) cold / warm p50 | - | "
           f"{figures['pit_cold_s']:.2f} s / {figures['pit_warm_p50_ms']:.1f} ms | - | <= 30 s / <= 50 ms |")
+    if "live_batches" in figures:
+        print(f"| live fleet runner, {figures['live_events']:.0f} more events: batch p50 / max | - | "
+              f"{figures['live_batch_p50_ms']:.0f} / {figures['live_batch_max_ms']:.0f} ms | - | - |")
+        print(f"| live point-in-time copy (delta), {figures['live_copies']:.0f} taken: longest | - | "
+              f"{figures['live_copy_max_s'] * 1000:.0f} ms | - | - |")
+        print(f"| full point-in-time copy of the read model ({figures['full_copy_mb']:.0f} MB) | - | "
+              f"{figures['full_copy_s']:.1f} s | - | - |")
     (tmp / "results.json").write_text(json.dumps({"devices": args.devices, "events": head, **figures}, indent=1))
     print(f"\n(raw figures in {tmp / 'results.json'})")
 
@@ -368,4 +490,10 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--peer-events", type=int, default=30_000)
     parser.add_argument("--repeat", type=int, default=2, help="paired raw/ours runs of each measure")
+    parser.add_argument("--append-in-flight", type=int, default=4, help="atomic batches appended at once")
+    parser.add_argument("--live-events", type=int, default=100_000,
+                        help="events the live fleet runner follows after the API part (0: skip)")
+    parser.add_argument("--skip", action="append", default=[],
+                        choices=["replay", "reader", "rebuild_fleet", "rebuild_changes", "rebuild_fleet_with_snapshots"],
+                        help="leave out a paired measure (repeatable)")
     asyncio.run(main(parser.parse_args()))

@@ -15,7 +15,9 @@ CREATE TABLE IF NOT EXISTS projection_status (
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 
--- Read-model snapshots at known sequences, so a point-in-time answer replays only a short tail.
+-- Read-model copies at known sequences, so a point-in-time answer replays only a short tail. A
+-- full copy holds every row; a delta (base_seq set) only the rows changed after the copy at
+-- base_seq (rows are never deleted), so most copies cost what changed, not the whole fleet.
 CREATE TABLE IF NOT EXISTS pit_snapshots (
     version    integer NOT NULL,         -- schema version of the fleet projection that wrote it
     seq        bigint NOT NULL,
@@ -25,3 +27,4 @@ CREATE TABLE IF NOT EXISTS pit_snapshots (
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (version, seq)
 );
+ALTER TABLE pit_snapshots ADD COLUMN IF NOT EXISTS base_seq bigint;  -- NULL: a full copy

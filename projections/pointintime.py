@@ -2,9 +2,11 @@
 log with the same pure fold the live projection uses.
 
 The fleet runner stores a compressed copy of the read model every `every` events (in the same
-transaction as its checkpoint, so the copy is exactly the state at that sequence). A historical
-question starts from the newest copy at or before its sequence and replays only the tail; the
-states it computed are kept in a small cache, so asking again is answered from memory.
+transaction as its checkpoint, so the copy is exactly the state at that sequence): mostly deltas,
+the rows changed since the previous copy, and every `snapshots.FULL_EVERY` copies a full one
+(`projections.fleet.snapshots`). A historical question starts from the newest state the copies
+give at or before its sequence and replays only the tail; the states it computed are kept in a
+small cache, so asking again is answered from memory.
 """
 
 from __future__ import annotations
@@ -30,13 +32,18 @@ def snapshot_hook(every: int = SNAPSHOT_EVERY) -> AfterBatch:
     """An after-batch hook for the fleet runner: store a read-model copy every `every` events."""
 
     async def after_batch(conn: asyncpg.Connection, seq: int, at: str) -> None:
-        last = await conn.fetchval("SELECT max(seq) FROM pit_snapshots WHERE version = $1", FLEET_VERSION)
-        if seq - (last or 0) < every:
+        last = await snapshots.latest(conn, FLEET_VERSION)
+        newest = await conn.fetchval("SELECT max(seq) FROM pit_snapshots WHERE version = $1", FLEET_VERSION)
+        if seq - (newest or 0) < every:
             return
-        state = await load_state(conn)
+        if snapshots.full_due(last):
+            state, base = await load_state(conn), None
+        else:
+            assert last is not None
+            state, base = await load_state(conn, changed_after=last.seq), last.seq
         state.seq = seq
         await snapshots.save(conn, FLEET_VERSION, seq, at=at, devices=len(state.devices),
-                             blob=snapshots.encode_state(state))
+                             blob=snapshots.encode_state(state), base_seq=base)
 
     return after_batch
 
@@ -84,16 +91,14 @@ class PointInTime:
         """A private copy of the nearest known state at or before `seq`."""
         best = max((s for s in self._cache if s <= seq), default=None)
         async with self.pool.acquire() as conn:
-            row = await conn.fetchrow(
-                "SELECT seq, state FROM pit_snapshots WHERE version = $1 AND seq <= $2 "
-                "ORDER BY seq DESC LIMIT 1", FLEET_VERSION, seq)
-        if best is not None and (row is None or best >= row["seq"]):
-            src = self._cache[best]
-            return FleetState(seq=src.seq, devices=dict(src.devices), sites=dict(src.sites),
-                              snapshots=dict(src.snapshots), rollouts=dict(src.rollouts))
-        if row is None:
-            return FleetState()
-        return snapshots.decode_state(row["state"])
+            newest = await conn.fetchval(
+                "SELECT max(seq) FROM pit_snapshots WHERE version = $1 AND seq <= $2", FLEET_VERSION, seq)
+            if best is not None and (newest is None or best >= newest):
+                src = self._cache[best]
+                return FleetState(seq=src.seq, devices=dict(src.devices), sites=dict(src.sites),
+                                  snapshots=dict(src.snapshots), rollouts=dict(src.rollouts))
+            state = await snapshots.state_at(conn, FLEET_VERSION, seq)
+        return FleetState() if state is None else state
 
     def remember(self, key: tuple[object, ...], answer: object) -> None:
         """Keep a derived answer (e.g. a summary) for a sequence."""

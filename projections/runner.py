@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CONTROL_SQL = Path(__file__).parent / "control.sql"
 BATCH_SIZE = 1000
+WRITES_IN_FLIGHT = 2  # a rebuild's bulk writes running at once (PostgreSQL parses them in its own processes)
 
 
 class Item(NamedTuple):
@@ -72,6 +73,9 @@ class Projection(Protocol):
     async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None: ...
 
 
+Writer = Callable[[asyncpg.Connection], Awaitable[None]]
+
+
 class Builder(Protocol):
     """Builds a projection's rows from sequence 1 in memory and writes them in bulk (rebuilds only:
     a schema under construction has no readers and no checkpoint worth keeping)."""
@@ -82,10 +86,11 @@ class Builder(Protocol):
     def should_flush(self) -> bool:
         """Whether enough is pending to write now."""
 
-    def take(self, *, final: bool) -> Callable[[asyncpg.Connection], Awaitable[None]]:
-        """Hand over what is pending (everything when `final`): a writer into the schema on the
-        search path, run while folding goes on (so it must not read the builder's live state,
-        except when `final`)."""
+    def take(self, *, final: bool) -> list[Writer]:
+        """Hand over what is pending (everything when `final`) as writers into the schema on the
+        search path. They run while folding goes on, several at once, each on its own connection
+        in its own transaction, in no set order (so they must not read the builder's live state,
+        except when `final`, nor depend on each other)."""
 
 
 AfterBatch = Callable[[asyncpg.Connection, int, str], Awaitable[None]]
@@ -384,14 +389,7 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
     if make_builder is not None:
         checkpoint = await _bulk_build(pool, eventlog, projection, make_builder(), build, target=target,
                                        batch_size=batch_size, progress=progress)
-        async with pool.acquire() as conn, conn.transaction():
-            await conn.execute(f"SET LOCAL search_path TO {build}, public")
-            await conn.execute("SET LOCAL maintenance_work_mem TO '256MB'")
-            for sql in indexes:
-                await conn.execute(sql)
-            # Fresh tables have no statistics yet; without them the planner guesses (badly).
-            for table in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", build):
-                await conn.execute(f'ANALYZE {build}."{table["tablename"]}"')
+        await _after_load(pool, build, indexes)
     else:
         async for batch in _batches(eventlog, 1, target, False, batch_size):
             await apply_records(pool, projection, build, batch, expect=None, after_batch=after_batch,
@@ -427,21 +425,64 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
     return checkpoint
 
 
+async def _after_load(pool: asyncpg.Pool, build: str, indexes: Sequence[str]) -> None:
+    """Build the indexes of a freshly loaded schema, several at once (each on its own connection:
+    the folding is over, so the server has every core), then analyze its tables (fresh tables have
+    no statistics; without them the planner guesses, badly)."""
+
+    async def run(sql: str) -> None:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(f"SET LOCAL search_path TO {build}, public")
+            await conn.execute("SET LOCAL maintenance_work_mem TO '256MB'")
+            await conn.execute(sql)
+
+    async with pool.acquire() as conn:
+        tables = [r["tablename"] for r in
+                  await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", build)]
+    await _gather_bounded([*(run(sql) for sql in indexes)], AFTER_LOAD_IN_PARALLEL)
+    await _gather_bounded([run(f'ANALYZE {build}."{table}"') for table in tables], AFTER_LOAD_IN_PARALLEL)
+
+
+AFTER_LOAD_IN_PARALLEL = 3
+
+
+async def _gather_bounded(jobs: Sequence[Awaitable[None]], limit: int) -> None:
+    semaphore = asyncio.Semaphore(limit)
+
+    async def one(job: Awaitable[None]) -> None:
+        async with semaphore:
+            await job
+
+    await asyncio.gather(*(one(job) for job in jobs))
+
+
 async def _bulk_build(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, builder: Builder,
                       build: str, *, target: int, batch_size: int,
                       progress: Callable[[int, int], None] | None) -> int:
-    """Fold the log up to `target` in memory, writing in bulk; return the sequence reached. A
-    chunk is written while the next is folded (one write in flight at a time)."""
+    """Fold the log up to `target` in memory, writing in bulk; return the sequence reached. What
+    the builder hands over is written while folding goes on (up to WRITES_IN_FLIGHT writes at once;
+    folding waits when that many are running)."""
     checkpoint = applied = skipped = 0
-    writing: asyncio.Future[None] | None = None
+    writing: set[asyncio.Future[None]] = set()
 
-    async def write(writer: Callable[[asyncpg.Connection], Awaitable[None]], counts: tuple[int, int, int]) -> None:
+    async def write(writer: Writer) -> None:
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(f"SET LOCAL search_path TO {build}, public")
             await conn.execute("SET LOCAL synchronous_commit TO off")
             await writer(conn)
-            await conn.execute("UPDATE build_checkpoint SET checkpoint = $1, applied = $2, skipped_unknown = $3",
-                               *counts)
+
+    async def start(writers: list[Writer]) -> None:
+        for writer in writers:
+            while len(writing) >= WRITES_IN_FLIGHT:
+                done, _ = await asyncio.wait(writing, return_when=asyncio.FIRST_COMPLETED)
+                for future in done:
+                    writing.discard(future)
+                    future.result()  # a failed write fails the build
+            writing.add(asyncio.ensure_future(write(writer)))
+
+    async def finish() -> None:
+        while writing:
+            await writing.pop()
 
     try:
         async for batch in _batches(eventlog, 1, target, False, max(batch_size, 5000)):
@@ -457,21 +498,22 @@ async def _bulk_build(pool: asyncpg.Pool, eventlog: EventLog, projection: Projec
             skipped += unknown
             checkpoint = batch[-1].seq
             if builder.should_flush():
-                if writing is not None:
-                    await writing
-                writing = asyncio.ensure_future(write(builder.take(final=False), (checkpoint, applied, skipped)))
+                await start(builder.take(final=False))
             if progress is not None:
                 progress(checkpoint, target)
-        if writing is not None:
-            await writing
-            writing = None
+        await finish()
         started = time.perf_counter()
-        await write(builder.take(final=True), (checkpoint, applied, skipped))
+        await start(builder.take(final=True))
+        await finish()
+        async with pool.acquire() as conn:
+            await conn.execute(f"UPDATE {build}.build_checkpoint SET checkpoint = $1, applied = $2, "
+                               "skipped_unknown = $3", checkpoint, applied, skipped)
         log.info("projection %s: built to %d in memory; final write %.1fs", projection.name, checkpoint,
                  time.perf_counter() - started)
     finally:
-        if writing is not None and not writing.done():
-            writing.cancel()
+        for future in writing:
+            future.cancel()
+        await asyncio.gather(*writing, return_exceptions=True)
     return checkpoint
 
 

@@ -1,5 +1,5 @@
 """Reading and writing msgspec row Structs as PostgreSQL rows in bulk: one `= ANY($1)` select to
-load what a batch touches and one `unnest` upsert to write it back."""
+load what a batch touches and one `unnest` upsert to write it back; rebuilds add rows as JSON."""
 
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ class RowTable(Generic[R]):
             f"FROM unnest({params}) AS u({', '.join(self.columns)}) "
             f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
         )
+        self.insert_json_sql = (f"INSERT INTO {name} ({', '.join(self.columns)}) SELECT {', '.join(self.columns)} "
+                                f"FROM json_populate_recordset(NULL::{name}, $1::json)")
         self.load_sql = f"SELECT {', '.join(self.columns)} FROM {{}}{name} WHERE {key} = ANY($1::text[])"
 
     def from_record(self, record: asyncpg.Record | dict[str, Any]) -> R:
@@ -67,12 +69,12 @@ class RowTable(Generic[R]):
         records = await conn.fetch(self.load_sql.format(f"{schema}." if schema else ""), wanted)
         return {record[self.key]: self.from_record(record) for record in records}
 
-    async def copy_in(self, conn: asyncpg.Connection, rows: Sequence[R]) -> None:
-        """Add rows to an empty table with COPY (rebuilds: nothing there to conflict with)."""
+    async def insert_json(self, conn: asyncpg.Connection, rows: Sequence[R]) -> None:
+        """Add rows that are not there yet (rebuilds) in one statement: msgspec encodes them as one
+        JSON array in one call and PostgreSQL takes it apart (`json_populate_recordset`), so the
+        work of a bulk write falls on the server's process, not on ours."""
         if rows:
-            columns = self.columns
-            await conn.copy_records_to_table(
-                self.name, columns=columns, records=[tuple(getattr(row, c) for c in columns) for row in rows])
+            await conn.execute(self.insert_json_sql, _ENCODER.encode(rows).decode())
 
     async def upsert(self, conn: asyncpg.Connection, rows: Sequence[R]) -> None:
         """Insert or replace `rows` in one statement."""

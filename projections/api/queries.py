@@ -50,6 +50,12 @@ from shared.times import format_time, utcnow
 
 FLEET, CHANGES = "fleet", "changes"
 MIN_SEQ_WAIT = 5.0
+# The log's head (for `lag`) is a NATS round trip. A head younger than HEAD_REFRESH is used as is;
+# an older one is refreshed in the background while answers go on using it, up to HEAD_MAX_AGE,
+# past which an answer waits for a fresh one. So under steady traffic no answer waits on NATS, and
+# `lag` is computed from a head at most HEAD_MAX_AGE old.
+HEAD_REFRESH = 0.2
+HEAD_MAX_AGE = 1.0
 
 
 # --- cursors ---------------------------------------------------------------------------------------
@@ -192,21 +198,47 @@ class ReadModels:
         self.log = eventlog
         self.pit = PointInTime(pool, eventlog)
         self.ready_lag = ready_lag
-        self._head: tuple[float, int | None] = (0.0, None)
+        self._head: tuple[float, int | None] = (float("-inf"), None)
+        self._refreshing: asyncio.Future[int | None] | None = None
 
     # --- freshness ---------------------------------------------------------------------------------
 
-    async def log_head(self) -> int | None:
-        """The log's last sequence (cached for 200 ms; None when NATS is unreachable)."""
+    async def log_head(self, max_age: float = HEAD_MAX_AGE) -> int | None:
+        """The log's last sequence as known at most `max_age` seconds ago (None when NATS is
+        unreachable); `max_age=0` asks NATS now."""
+        if max_age <= 0:
+            return await self._fetch_head()
         stamp, value = self._head
-        if time.monotonic() - stamp < 0.2:
+        age = time.monotonic() - stamp
+        if age >= HEAD_REFRESH and self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._refresh_head())
+        if age < max_age or self._refreshing is None:
             return value
+        return await asyncio.shield(self._refreshing)
+
+    async def _refresh_head(self) -> int | None:
         try:
-            value = await asyncio.wait_for(self.log.last_stream_seq(), 2.0)
+            return await self._fetch_head()
+        finally:
+            self._refreshing = None
+
+    async def _fetch_head(self) -> int | None:
+        started = time.monotonic()
+        try:
+            value: int | None = await asyncio.wait_for(self.log.last_stream_seq(), 2.0)
         except (FleetError, TimeoutError, OSError, Exception):  # the log being down is not our 500
             value = None
-        self._head = (time.monotonic(), value)
+        if started >= self._head[0]:
+            self._head = (started, value)  # stamped when asked: the head is at least this new
         return value
+
+    async def _head_reaching(self, seq: int) -> int | None:
+        """The head, asked again from NATS when the known one is behind `seq` (a sequence a client
+        just got from a command reply may be newer than the head known a moment ago)."""
+        head = await self.log_head()
+        if head is not None and seq > head:
+            head = await self.log_head(max_age=0)
+        return head
 
     async def lag(self, seq: int) -> int | None:
         """How many events the log holds beyond `seq`."""
@@ -224,7 +256,7 @@ class ReadModels:
         """Wait (bounded) until projection `name` has applied `min_seq`."""
         if min_seq is None:
             return
-        head = await self.log_head()
+        head = await self._head_reaching(min_seq)
         if head is not None and min_seq > head:
             raise Invalid(f"sequence {min_seq} is beyond the end of the log ({head})", field="min_seq")
         deadline = time.monotonic() + MIN_SEQ_WAIT
@@ -241,7 +273,7 @@ class ReadModels:
         """The log sequence a historical question is about (None: a live question)."""
         if at is not None and at_seq is not None:
             raise Invalid("give either at or at_seq, not both", field="at")
-        head = await self.log_head()
+        head = await (self.log_head() if at_seq is None else self._head_reaching(at_seq))
         if at_seq is not None:
             if at_seq < 0:
                 raise Invalid("at_seq cannot be negative", field="at_seq")

@@ -4,15 +4,15 @@ checkpoint, which the runner owns)."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 
 from projections.fleet import model, snapshots
 from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SiteRow, SnapshotRow
-from projections.runner import Item, Poison
+from projections.runner import Item, Poison, Writer
 from projections.sqlrows import RowTable
 
 DEVICES = RowTable("devices", DeviceRow, "device_id", {
@@ -97,14 +97,18 @@ async def _write_counts(conn: asyncpg.Connection, cells: dict[model.CounterKey, 
     await conn.execute(_COUNTS_SQL, *columns)
 
 
-async def load_state(conn: asyncpg.Connection) -> FleetState:
-    """The whole read model as an in-memory state (for point-in-time snapshots)."""
+async def load_state(conn: asyncpg.Connection, changed_after: int | None = None) -> FleetState:
+    """The whole read model as an in-memory state (for point-in-time copies); with
+    `changed_after`, only the rows changed after that sequence (for a delta)."""
     state = FleetState()
+    where = "" if changed_after is None else " WHERE updated_seq > $1"
+    args = () if changed_after is None else (changed_after,)
     for table, target in (("devices", state.devices), ("sites", state.sites),
                           ("snapshots", state.snapshots), ("rollouts", state.rollouts)):
         rows = TABLES[table]
         async with conn.transaction():
-            cursor = conn.cursor(f"SELECT {', '.join(rows.columns)} FROM {rows.name}", prefetch=5000)
+            cursor = conn.cursor(f"SELECT {', '.join(rows.columns)} FROM {rows.name}{where}", *args,
+                                 prefetch=5000)
             async for record in cursor:
                 target[record[rows.key]] = rows.from_record(record)
     return state
@@ -120,10 +124,12 @@ class FleetBuilder:
         self.version = version
         self.snapshot_every = snapshot_every
         self.last_snapshot = 0
-        self.pending: list[tuple[int, str, int, bytes]] = []
+        self.deltas_since_full: int | None = None  # None: no full copy taken yet
+        self.pending: list[_Copy] = []
 
     def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
-        """Fold a batch (and take a point-in-time copy when one is due)."""
+        """Fold a batch (and take a point-in-time copy when one is due: a delta of what changed
+        since the last copy, or every FULL_EVERY copies a full one)."""
         for index, item in enumerate(items):
             try:
                 model.apply(self.state, item.seq, item.envelope, item.event)
@@ -131,28 +137,59 @@ class FleetBuilder:
                 raise Poison(index, item.seq, exc) from exc
         self.state.seq = last_seq
         if self.snapshot_every and last_seq - self.last_snapshot >= self.snapshot_every:
-            self.pending.append((last_seq, last_at, len(self.state.devices), snapshots.encode_state(self.state)))
+            if self.deltas_since_full is None or self.deltas_since_full + 1 >= snapshots.FULL_EVERY:
+                copy, base, self.deltas_since_full = self.state, None, 0
+            else:
+                copy, base = snapshots.changed_since(self.state, self.last_snapshot), self.last_snapshot
+                self.deltas_since_full += 1
+            self.pending.append(_Copy(last_seq, last_at, len(copy.devices), snapshots.encode_state(copy), base))
             self.last_snapshot = last_seq
 
     def should_flush(self) -> bool:
         """Copies are written as they come; rows only at the end."""
         return bool(self.pending)
 
-    def take(self, *, final: bool) -> Callable[[asyncpg.Connection], Awaitable[None]]:
-        """A writer of the pending copies; when `final`, of every row and the counters too."""
+    def take(self, *, final: bool) -> list[Writer]:
+        """Writers of the pending copies; when `final`, of every row (a chunk each) and the
+        counters too."""
         copies, self.pending = self.pending, []
-        state = self.state
-
-        async def write(conn: asyncpg.Connection) -> None:
-            for seq, at, devices, blob in copies:
-                await snapshots.save(conn, self.version, seq, at=at, devices=devices, blob=blob)
-            if not final:
-                return
+        writers = [_copy_writer(self.version, copy) for copy in copies]
+        if final:
+            state = self.state
             for table, rows in (("devices", state.devices), ("sites", state.sites),
                                 ("snapshots", state.snapshots), ("rollouts", state.rollouts)):
                 values = list(rows.values())
-                for start in range(0, len(values), self.CHUNK):
-                    await TABLES[table].copy_in(conn, values[start:start + self.CHUNK])
-            await _write_counts(conn, model.count_all(state))
+                writers += [_rows_writer(TABLES[table], values[start:start + self.CHUNK])
+                            for start in range(0, len(values), self.CHUNK)]
+            cells = model.count_all(state)
 
-        return write
+            async def write_counts(conn: asyncpg.Connection) -> None:
+                await _write_counts(conn, cells)
+
+            writers.append(write_counts)
+        return writers
+
+
+class _Copy(NamedTuple):
+    """A point-in-time copy taken while building, waiting to be written."""
+
+    seq: int
+    at: str
+    devices: int
+    blob: bytes
+    base: int | None  # None: a full copy
+
+
+def _copy_writer(version: int, copy: _Copy) -> Writer:
+    async def write(conn: asyncpg.Connection) -> None:
+        await snapshots.save(conn, version, copy.seq, at=copy.at, devices=copy.devices, blob=copy.blob,
+                             base_seq=copy.base)
+
+    return write
+
+
+def _rows_writer(table: RowTable[Any], rows: Sequence[Any]) -> Writer:
+    async def write(conn: asyncpg.Connection) -> None:
+        await table.insert_json(conn, rows)
+
+    return write
