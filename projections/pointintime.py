@@ -28,15 +28,16 @@ SNAPSHOT_EVERY = 50_000
 FLEET_VERSION = version_of(FleetProjection())
 
 
-def snapshot_hook(every: int = SNAPSHOT_EVERY) -> AfterBatch:
-    """An after-batch hook for the fleet runner: store a read-model copy every `every` events."""
+def snapshot_hook(every: int = SNAPSHOT_EVERY, full_every: int = snapshots.FULL_EVERY) -> AfterBatch:
+    """An after-batch hook for the fleet runner: store a read-model copy every `every` events (a
+    delta of the rows changed since the previous copy; every `full_every`-th copy a full one)."""
 
     async def after_batch(conn: asyncpg.Connection, seq: int, at: str) -> None:
-        last = await snapshots.latest(conn, FLEET_VERSION)
         newest = await conn.fetchval("SELECT max(seq) FROM pit_snapshots WHERE version = $1", FLEET_VERSION)
         if seq - (newest or 0) < every:
             return
-        if snapshots.full_due(last):
+        last = await snapshots.latest(conn, FLEET_VERSION)
+        if snapshots.full_due(last, full_every):
             state, base = await load_state(conn), None
         else:
             assert last is not None

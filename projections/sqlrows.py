@@ -69,12 +69,11 @@ class RowTable(Generic[R]):
         records = await conn.fetch(self.load_sql.format(f"{schema}." if schema else ""), wanted)
         return {record[self.key]: self.from_record(record) for record in records}
 
-    async def insert_json(self, conn: asyncpg.Connection, rows: Sequence[R]) -> None:
-        """Add rows that are not there yet (rebuilds) in one statement: msgspec encodes them as one
-        JSON array in one call and PostgreSQL takes it apart (`json_populate_recordset`), so the
-        work of a bulk write falls on the server's process, not on ours."""
-        if rows:
-            await conn.execute(self.insert_json_sql, _ENCODER.encode(rows).decode())
+    def insert_json(self, rows: Sequence[R]) -> tuple[str, tuple[str]]:
+        """SQL and argument adding rows that are not there yet (rebuilds) in one statement: msgspec
+        encodes them as one JSON array in one call and PostgreSQL takes it apart
+        (`json_populate_recordset`), so the work of a bulk write falls on the server's process."""
+        return self.insert_json_sql, (_ENCODER.encode(rows).decode(),)
 
     async def upsert(self, conn: asyncpg.Connection, rows: Sequence[R]) -> None:
         """Insert or replace `rows` in one statement."""

@@ -10,7 +10,7 @@ import asyncpg
 import msgspec
 
 from projections.changes.model import ChangeRow, change_row, site_change
-from projections.runner import Item, Poison, Writer
+from projections.runner import Item, Poison, Statement
 
 _COLUMNS = list(ChangeRow.__struct_fields__)
 # Rows go over as one JSON array, encoded by msgspec in one call, and are taken apart by PostgreSQL
@@ -63,7 +63,8 @@ class ChangesProjection:
 
 async def _insert(conn: asyncpg.Connection, rows: Sequence[ChangeRow]) -> None:
     if rows:
-        await conn.execute(_INSERT_SQL, _ENCODER.encode(rows).decode())
+        sql, args = insert_statement(rows)
+        await conn.execute(sql, *args)
 
 
 class ChangesBuilder:
@@ -90,22 +91,15 @@ class ChangesBuilder:
         """Enough rows for a few large inserts."""
         return len(self.rows) >= 5 * self.CHUNK
 
-    def take(self, *, final: bool) -> list[Writer]:
-        """Writers of the pending rows, a chunk each; when `final`, of the device -> site map too."""
+    def take(self, *, final: bool) -> list[Statement]:
+        """Inserts of the pending rows, a chunk each; when `final`, of the device -> site map too."""
         rows, self.rows = self.rows, []
-        writers = [_rows_writer(rows[start:start + self.CHUNK]) for start in range(0, len(rows), self.CHUNK)]
+        out = [insert_statement(rows[start:start + self.CHUNK]) for start in range(0, len(rows), self.CHUNK)]
         if final and self.sites:
-            sites = dict(self.sites)
-
-            async def write_sites(conn: asyncpg.Connection) -> None:
-                await conn.execute(_SITES_SQL, list(sites), list(sites.values()))
-
-            writers.append(write_sites)
-        return writers
+            out.append((_SITES_SQL, (list(self.sites), list(self.sites.values()))))
+        return out
 
 
-def _rows_writer(rows: Sequence[ChangeRow]) -> Writer:
-    async def write(conn: asyncpg.Connection) -> None:
-        await _insert(conn, rows)
-
-    return write
+def insert_statement(rows: Sequence[ChangeRow]) -> Statement:
+    """One INSERT of change rows."""
+    return _INSERT_SQL, (_ENCODER.encode(rows).decode(),)

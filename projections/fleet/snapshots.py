@@ -72,18 +72,26 @@ async def latest(conn: asyncpg.Connection, version: int) -> Latest | None:
     return Latest(int(row["seq"]), int(row["deltas"]))
 
 
-def full_due(last: Latest | None) -> bool:
+def full_due(last: Latest | None, full_every: int = FULL_EVERY) -> bool:
     """Whether the next copy should be a full one."""
-    return last is None or last.deltas_since_full + 1 >= FULL_EVERY
+    return last is None or last.deltas_since_full + 1 >= full_every
+
+
+_SAVE_SQL = ("INSERT INTO pit_snapshots (version, seq, at, devices, state, base_seq) "
+             "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING")
 
 
 async def save(conn: asyncpg.Connection, version: int, seq: int, *, at: str, devices: int, blob: bytes,
                base_seq: int | None = None) -> None:
     """Store one copy, full or (with `base_seq`) a delta. A copy of the same version and sequence
     is the same state: kept once."""
-    await conn.execute(
-        "INSERT INTO pit_snapshots (version, seq, at, devices, state, base_seq) "
-        "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING", version, seq, at, devices, blob, base_seq)
+    await conn.execute(_SAVE_SQL, version, seq, at, devices, blob, base_seq)
+
+
+def save_statement(version: int, seq: int, *, at: str, devices: int, blob: bytes,
+                   base_seq: int | None) -> tuple[str, tuple[object, ...]]:
+    """`save` as SQL and arguments (for a rebuild's bulk writes)."""
+    return _SAVE_SQL, (version, seq, at, devices, blob, base_seq)
 
 
 async def state_at(conn: asyncpg.Connection, version: int, seq: int) -> FleetState | None:

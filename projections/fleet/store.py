@@ -12,7 +12,7 @@ import asyncpg
 
 from projections.fleet import model, snapshots
 from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SiteRow, SnapshotRow
-from projections.runner import Item, Poison, Writer
+from projections.runner import Item, Poison, Statement
 from projections.sqlrows import RowTable
 
 DEVICES = RowTable("devices", DeviceRow, "device_id", {
@@ -43,14 +43,15 @@ class FleetProjection:
     name = "fleet"
     migrations = Path(__file__).parent / "migrations"
 
-    def __init__(self, snapshot_every: int | None = None) -> None:
+    def __init__(self, snapshot_every: int | None = None, full_every: int = snapshots.FULL_EVERY) -> None:
         self.snapshot_every = snapshot_every  # point-in-time copies while rebuilding
+        self.full_every = full_every  # of those, every full_every-th a full one (the others deltas)
 
     def builder(self) -> FleetBuilder:
         """A rebuild in memory: fold the whole log, then write every row once."""
         from projections.runner import version_of
 
-        return FleetBuilder(version_of(self), self.snapshot_every)
+        return FleetBuilder(version_of(self), self.snapshot_every, full_every=self.full_every)
 
     async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         """Fold `items` over the rows they touch and write the result back."""
@@ -89,12 +90,18 @@ class FleetProjection:
 
 
 async def _write_counts(conn: asyncpg.Connection, cells: dict[model.CounterKey, list[int]]) -> None:
+    statement = _counts_statement(cells)
+    if statement is not None:
+        await conn.execute(statement[0], *statement[1])
+
+
+def _counts_statement(cells: dict[model.CounterKey, list[int]]) -> Statement | None:
     deltas = [(key, values) for key, values in cells.items() if any(values)]
     if not deltas:
-        return
+        return None
     columns: list[list[object]] = [[key[0] for key, _ in deltas], [key[1] for key, _ in deltas]]
     columns += [[values[i] for _, values in deltas] for i in range(len(COUNTER_FIELDS))]
-    await conn.execute(_COUNTS_SQL, *columns)
+    return _COUNTS_SQL, tuple(columns)
 
 
 async def load_state(conn: asyncpg.Connection, changed_after: int | None = None) -> FleetState:
@@ -119,17 +126,18 @@ class FleetBuilder:
 
     CHUNK = 10_000
 
-    def __init__(self, version: int, snapshot_every: int | None) -> None:
+    def __init__(self, version: int, snapshot_every: int | None, *, full_every: int = snapshots.FULL_EVERY) -> None:
         self.state = FleetState()
         self.version = version
         self.snapshot_every = snapshot_every
+        self.full_every = full_every
         self.last_snapshot = 0
         self.deltas_since_full: int | None = None  # None: no full copy taken yet
         self.pending: list[_Copy] = []
 
     def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
         """Fold a batch (and take a point-in-time copy when one is due: a delta of what changed
-        since the last copy, or every FULL_EVERY copies a full one)."""
+        since the last copy, or every `full_every` copies a full one)."""
         for index, item in enumerate(items):
             try:
                 model.apply(self.state, item.seq, item.envelope, item.event)
@@ -137,7 +145,7 @@ class FleetBuilder:
                 raise Poison(index, item.seq, exc) from exc
         self.state.seq = last_seq
         if self.snapshot_every and last_seq - self.last_snapshot >= self.snapshot_every:
-            if self.deltas_since_full is None or self.deltas_since_full + 1 >= snapshots.FULL_EVERY:
+            if self.deltas_since_full is None or self.deltas_since_full + 1 >= self.full_every:
                 copy, base, self.deltas_since_full = self.state, None, 0
             else:
                 copy, base = snapshots.changed_since(self.state, self.last_snapshot), self.last_snapshot
@@ -149,25 +157,24 @@ class FleetBuilder:
         """Copies are written as they come; rows only at the end."""
         return bool(self.pending)
 
-    def take(self, *, final: bool) -> list[Writer]:
-        """Writers of the pending copies; when `final`, of every row (a chunk each) and the
+    def take(self, *, final: bool) -> list[Statement]:
+        """Inserts of the pending copies; when `final`, of every row (a chunk each) and the
         counters too."""
         copies, self.pending = self.pending, []
-        writers = [_copy_writer(self.version, copy) for copy in copies]
+        out: list[Statement] = [
+            snapshots.save_statement(self.version, c.seq, at=c.at, devices=c.devices, blob=c.blob, base_seq=c.base)
+            for c in copies]
         if final:
             state = self.state
             for table, rows in (("devices", state.devices), ("sites", state.sites),
                                 ("snapshots", state.snapshots), ("rollouts", state.rollouts)):
                 values = list(rows.values())
-                writers += [_rows_writer(TABLES[table], values[start:start + self.CHUNK])
-                            for start in range(0, len(values), self.CHUNK)]
-            cells = model.count_all(state)
-
-            async def write_counts(conn: asyncpg.Connection) -> None:
-                await _write_counts(conn, cells)
-
-            writers.append(write_counts)
-        return writers
+                out += [TABLES[table].insert_json(values[start:start + self.CHUNK])
+                        for start in range(0, len(values), self.CHUNK)]
+            counts = _counts_statement(model.count_all(state))
+            if counts is not None:
+                out.append(counts)
+        return out
 
 
 class _Copy(NamedTuple):
@@ -178,18 +185,3 @@ class _Copy(NamedTuple):
     devices: int
     blob: bytes
     base: int | None  # None: a full copy
-
-
-def _copy_writer(version: int, copy: _Copy) -> Writer:
-    async def write(conn: asyncpg.Connection) -> None:
-        await snapshots.save(conn, version, copy.seq, at=copy.at, devices=copy.devices, blob=copy.blob,
-                             base_seq=copy.base)
-
-    return write
-
-
-def _rows_writer(table: RowTable[Any], rows: Sequence[Any]) -> Writer:
-    async def write(conn: asyncpg.Connection) -> None:
-        await table.insert_json(conn, rows)
-
-    return write

@@ -207,6 +207,16 @@ async def test_unknown_things_are_404(api: Api) -> None:
     assert (await api.get("/v1/devices/dev-0000001", 404, at_seq=1))["error"]["code"] == "not_found"
 
 
+async def test_min_seq_newer_than_the_head_the_api_knows_waits_instead_of_refusing(api: Api) -> None:
+    """The API keeps the log's head for a moment; a sequence a command reply has just given is
+    newer than that, and must be waited for, not refused as beyond the end of the log."""
+    await api.get("/v1/summary")  # the API now knows the head
+    event = observed.DeviceHealthChanged(device_id="dev-0000006", health="degraded", previous="ok")
+    [done] = await api.log.append(event.subject, [seal(event, actor="service:drift", at=datetime.now(UTC))], None)
+    assert (await api.get("/v1/summary", min_seq=done.seq))["as_of_seq"] >= done.seq
+    assert (await api.get("/v1/summary", at_seq=done.seq))["as_of_seq"] == done.seq
+
+
 async def test_min_seq_waits_for_the_write(api: Api) -> None:
     event = observed.DeviceHealthChanged(device_id="dev-0000005", health="failed", previous="ok")
     [done] = await api.log.append(event.subject, [seal(event, actor="service:drift", at=datetime.now(UTC))], None)

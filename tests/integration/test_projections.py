@@ -22,11 +22,21 @@ import msgspec
 import pytest
 
 from projections.changes.store import ChangesProjection
-from projections.fleet import model
+from projections.fleet import model, snapshots
 from projections.fleet.store import FleetBuilder, FleetProjection
 from projections.main import all_projections
-from projections.pointintime import snapshot_hook
-from projections.runner import Item, Poison, Projection, ProjectionFailed, Runner, create_pool, rebuild
+from projections.pointintime import FLEET_VERSION, snapshot_hook
+from projections.reader import batches
+from projections.runner import (
+    Item,
+    Poison,
+    Projection,
+    ProjectionFailed,
+    Runner,
+    create_pool,
+    decode_batch,
+    rebuild,
+)
 from projections.synthetic import fleet_history
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.envelope import Envelope, seal
@@ -273,6 +283,29 @@ async def test_poison_event_during_a_rebuild_fails_it_and_keeps_the_live_schema(
     assert (await dump(pool))["rm_fleet.devices"] == before["rm_fleet.devices"]  # still answering
 
 
+class _DyingBuild(FleetProjection):
+    """The fleet projection whose fold process dies on its first batch."""
+
+    def builder(self) -> FleetBuilder:
+        class Dying(FleetBuilder):
+            def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
+                os._exit(3)
+
+        return Dying(1, None)
+
+
+async def test_a_fold_process_that_dies_fails_the_rebuild_and_keeps_the_live_schema(
+    eventlog: EventLog, pool: asyncpg.Pool
+) -> None:
+    await append_history(eventlog, 10, rounds=1)
+    for projection in all_projections():
+        await rebuild(pool, eventlog, projection)
+    before = await dump(pool)
+    with pytest.raises(RuntimeError, match="fold process of fleet died"):
+        await asyncio.wait_for(rebuild(pool, eventlog, _DyingBuild()), 60)
+    assert await dump(pool) == before  # the live schema still answers, unchanged
+
+
 async def test_unknown_event_types_are_skipped_and_counted(eventlog: EventLog, pool: asyncpg.Pool) -> None:
     await append_history(eventlog, 5, rounds=0)
     future = Envelope(type="DeviceTeleported", v=1, id="01900000-0000-7000-8000-000000000001", aggregate="device",
@@ -339,6 +372,45 @@ async def test_point_in_time_snapshots_are_taken_every_n_events(eventlog: EventL
     assert any(s <= built for s in seqs)
     assert len([s for s in seqs if s > built]) >= (head - built) // 100 - 1
     assert all(b - a >= 100 for a, b in itertools.pairwise(seqs))
+
+
+async def _folded(log: EventLog, seq: int) -> model.FleetState:
+    """The fleet state at `seq`, folded from the start of the log with the pure model."""
+    state = model.FleetState()
+    async for batch in batches(log, 1, seq, size=1000):
+        items, _ = decode_batch(batch)
+        for item in items:
+            model.apply(state, item.seq, item.envelope, item.event)
+    state.seq = seq
+    return state
+
+
+async def test_point_in_time_copies_are_mostly_deltas_and_give_back_the_exact_state(
+    eventlog: EventLog, pool: asyncpg.Pool
+) -> None:
+    """Copies taken by a rebuild (in its fold process) and by the following runner: a full one,
+    then deltas of only what changed, a full one again every `full_every` copies; the newest full
+    copy with the deltas after it laid over is exactly the fold of the log up to each copy."""
+    built = await append_history(eventlog, 60, rounds=4)
+    fleet = FleetProjection(snapshot_every=60, full_every=3)
+    await rebuild(pool, eventlog, fleet)
+    async with running(pool, eventlog, [fleet], batch_size=25, after_batch=snapshot_hook(60, full_every=3)):
+        await append_history(eventlog, 60, rounds=4, seed=5)
+        await wait_caught_up(pool, eventlog, ["fleet"])
+    async with pool.acquire() as conn:
+        copies = await conn.fetch("SELECT seq, base_seq, devices FROM pit_snapshots ORDER BY seq")
+        previous = None
+        for copy in copies:  # each delta follows on from the copy before it
+            assert copy["base_seq"] == (None if copy["base_seq"] is None else previous)
+            previous = copy["seq"]
+        fulls = [c["seq"] for c in copies if c["base_seq"] is None]
+        deltas = [c for c in copies if c["base_seq"] is not None]
+        assert len(fulls) >= 2 and any(s <= built for s in fulls) and any(s > built for s in fulls)
+        assert any(c["seq"] <= built for c in deltas) and any(c["seq"] > built for c in deltas)
+        assert any(c["devices"] < 60 for c in deltas)  # a delta holds what changed, not the fleet
+        for copy in copies:
+            state = await snapshots.state_at(conn, FLEET_VERSION, copy["seq"])
+            assert state == await _folded(eventlog, copy["seq"]), copy["seq"]
 
 
 async def test_postgres_outage_runner_retries_and_resumes_without_duplicates(
