@@ -3,15 +3,17 @@ log with the same pure fold the live projection uses.
 
 The fleet runner stores a compressed copy of the read model every `every` events (in the same
 transaction as its checkpoint, so the copy is exactly the state at that sequence): mostly deltas,
-the rows changed since the previous copy, and every `snapshots.FULL_EVERY` copies a full one
-(`projections.fleet.snapshots`). A historical question starts from the newest state the copies
-give at or before its sequence and replays only the tail; the states it computed are kept in a
-small cache, so asking again is answered from memory.
+the rows changed since the previous copy, and every `snapshots.FULL_EVERY` copies a full one,
+composed in the background from the stored copies (`projections.fleet.snapshots`). A historical
+question starts from the newest state the copies give at or before its sequence and replays only
+the tail; the states it computed are kept in a small cache, so asking again is answered from
+memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import OrderedDict
 from datetime import datetime
 
@@ -21,32 +23,67 @@ from projections.fleet import model, snapshots
 from projections.fleet.model import FleetState
 from projections.fleet.store import FleetProjection, load_state
 from projections.reader import batches
-from projections.runner import AfterBatch, decode_batch, version_of
+from projections.runner import decode_batch, version_of
 from shared.eventlog import EventLog
+
+log = logging.getLogger(__name__)
 
 SNAPSHOT_EVERY = 50_000
 FLEET_VERSION = version_of(FleetProjection())
 
 
-def snapshot_hook(every: int = SNAPSHOT_EVERY, full_every: int = snapshots.FULL_EVERY) -> AfterBatch:
-    """An after-batch hook for the fleet runner: store a read-model copy every `every` events (a
-    delta of the rows changed since the previous copy; every `full_every`-th copy a full one)."""
+def snapshot_hook(every: int = SNAPSHOT_EVERY, full_every: int = snapshots.FULL_EVERY,
+                  pool: asyncpg.Pool | None = None) -> SnapshotHook:
+    """An after-batch hook for the fleet runner: store a read-model copy every `every` events."""
+    return SnapshotHook(every, full_every, pool)
 
-    async def after_batch(conn: asyncpg.Connection, seq: int, at: str) -> None:
+
+class SnapshotHook:
+    """After a batch (in its transaction), store a copy of the read model when `every` events
+    have passed since the last one: a delta of the rows changed since then. Every `full_every`-th
+    copy is made a full one. With a `pool`, that full copy is composed in the background from the
+    copies already stored (the newest full one and the deltas after it), off the batch
+    transaction, and replaces the delta just stored at the same sequence; without one (or when no
+    full copy exists yet) it is read from the read model inside the batch, which at a large fleet
+    holds the projection up for as long as reading every row takes."""
+
+    def __init__(self, every: int, full_every: int, pool: asyncpg.Pool | None) -> None:
+        self.every = every
+        self.full_every = full_every
+        self.pool = pool
+        self._composing: asyncio.Task[None] | None = None
+
+    async def __call__(self, conn: asyncpg.Connection, seq: int, at: str) -> None:
+        """The hook proper."""
         newest = await conn.fetchval("SELECT max(seq) FROM pit_snapshots WHERE version = $1", FLEET_VERSION)
-        if seq - (newest or 0) < every:
+        if seq - (newest or 0) < self.every:
             return
         last = await snapshots.latest(conn, FLEET_VERSION)
-        if snapshots.full_due(last, full_every):
+        full_due = snapshots.full_due(last, self.full_every)
+        if last is None or (full_due and self.pool is None):
             state, base = await load_state(conn), None
         else:
-            assert last is not None
             state, base = await load_state(conn, changed_after=last.seq), last.seq
         state.seq = seq
         await snapshots.save(conn, FLEET_VERSION, seq, at=at, devices=len(state.devices),
                              blob=snapshots.encode_state(state), base_seq=base)
+        if base is not None and full_due and self.pool is not None and self._composing is None:
+            self._composing = asyncio.ensure_future(self._compose(self.pool, seq))
 
-    return after_batch
+    async def _compose(self, pool: asyncpg.Pool, seq: int) -> None:
+        try:
+            if not await snapshots.make_full(pool, FLEET_VERSION, seq):
+                log.warning("point-in-time copy at %d not made full (its batch did not commit, or a copy "
+                            "before it is missing); the next due copy tries again", seq)
+        except Exception:  # a failed full copy costs only a longer chain of deltas: logged, not fatal
+            log.exception("point-in-time copy at %d: making it full failed", seq)
+        finally:
+            self._composing = None
+
+    async def idle(self) -> None:
+        """Wait until no full copy is being composed."""
+        while self._composing is not None:
+            await asyncio.shield(self._composing)
 
 
 class PointInTime:

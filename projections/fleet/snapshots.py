@@ -11,6 +11,7 @@ chain a reader lays over stays short.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import asyncpg
@@ -102,7 +103,7 @@ async def state_at(conn: asyncpg.Connection, version: int, seq: int) -> FleetSta
         "ORDER BY seq DESC LIMIT 1", version, seq)
     if full is None:
         return None
-    state = decode_state(full["state"])
+    state = await asyncio.to_thread(decode_state, full["state"])  # decompressing lets go of the GIL
     async with conn.transaction():
         async for delta in conn.cursor(
                 "SELECT seq, base_seq, state FROM pit_snapshots WHERE version = $1 AND seq > $2 "
@@ -111,3 +112,27 @@ async def state_at(conn: asyncpg.Connection, version: int, seq: int) -> FleetSta
                 break
             lay_over(state, decode_state(delta["state"]))
     return state
+
+
+async def make_full(pool: asyncpg.Pool, version: int, seq: int, wait: float = 30.0) -> bool:
+    """Replace the delta at `seq` by a full copy composed from the copies before it (the newest
+    full one, the deltas after it), not from the read model: nothing waits on it. Waits up to
+    `wait` seconds for the delta to be committed. False when it could not (no such delta, or a gap
+    in the chain)."""
+    deadline = asyncio.get_running_loop().time() + wait
+    async with pool.acquire() as conn:
+        while not await conn.fetchval(
+                "SELECT 1 FROM pit_snapshots WHERE version = $1 AND seq = $2 AND base_seq IS NOT NULL",
+                version, seq):
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.1)
+        state = await state_at(conn, version, seq)
+    if state is None or state.seq != seq:
+        return False
+    blob = await asyncio.to_thread(encode_state, state)
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "UPDATE pit_snapshots SET state = $3, devices = $4, base_seq = NULL "
+            "WHERE version = $1 AND seq = $2 AND base_seq IS NOT NULL", version, seq, blob, len(state.devices))
+    return True

@@ -385,18 +385,23 @@ async def _folded(log: EventLog, seq: int) -> model.FleetState:
     return state
 
 
+@pytest.mark.parametrize("in_background", [False, True], ids=["full-in-batch", "full-in-background"])
 async def test_point_in_time_copies_are_mostly_deltas_and_give_back_the_exact_state(
-    eventlog: EventLog, pool: asyncpg.Pool
+    eventlog: EventLog, pool: asyncpg.Pool, in_background: bool
 ) -> None:
     """Copies taken by a rebuild (in its fold process) and by the following runner: a full one,
-    then deltas of only what changed, a full one again every `full_every` copies; the newest full
-    copy with the deltas after it laid over is exactly the fold of the log up to each copy."""
+    then deltas of only what changed, a full one again every `full_every` copies (the runner's
+    read from the read model in the batch, or composed in the background from the copies); the
+    newest full copy with the deltas after it laid over is exactly the fold of the log up to each
+    copy."""
     built = await append_history(eventlog, 60, rounds=4)
     fleet = FleetProjection(snapshot_every=60, full_every=3)
     await rebuild(pool, eventlog, fleet)
-    async with running(pool, eventlog, [fleet], batch_size=25, after_batch=snapshot_hook(60, full_every=3)):
+    hook = snapshot_hook(60, full_every=3, pool=pool if in_background else None)
+    async with running(pool, eventlog, [fleet], batch_size=25, after_batch=hook):
         await append_history(eventlog, 60, rounds=4, seed=5)
         await wait_caught_up(pool, eventlog, ["fleet"])
+        await hook.idle()
     async with pool.acquire() as conn:
         copies = await conn.fetch("SELECT seq, base_seq, devices FROM pit_snapshots ORDER BY seq")
         previous = None
