@@ -25,6 +25,7 @@ from typing import IO
 
 import msgspec
 
+from shared.aio import wait_set
 from shared.config import Endpoints, Settings, write_endpoints
 from shared.connection import connect_nats
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
@@ -163,8 +164,7 @@ class Supervisor:
             part.status.state = "restarting"
             log.warning("part %s exited with %s; restart #%d in %.1fs", part.status.name, code,
                         part.status.restarts, delay)
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), delay)
+            await wait_set(self.stopping, delay)
         part.status.state = "stopped"
 
     def write_status(self) -> None:
@@ -184,8 +184,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stopping.set)
         while not self.stopping.is_set():
             self.write_status()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 1.0)
+            await wait_set(self.stopping, 1.0)
         await self.stop()
 
     async def stop(self) -> None:

@@ -35,6 +35,7 @@ from tenacity import (
 )
 
 from shared import telemetry
+from shared.aio import wait_set
 from shared.atomic import MAX_BATCH, publish_atomic
 from shared.envelope import Envelope, Event, decode_envelope, decode_event, encode_envelope
 from shared.errors import Conflict, Invalid, StreamMisconfigured, Unavailable
@@ -424,13 +425,10 @@ class EventLog:
         while True:
             if self.nc.is_closed:
                 raise nats.errors.ConnectionClosedError
-            try:
-                await asyncio.wait_for(arrived.wait(), 1.0 if follow else _IDLE_CHECK)
-            except TimeoutError:
-                if follow:
-                    continue
+            if await wait_set(arrived, 1.0 if follow else _IDLE_CHECK):
+                return False
+            if not follow:
                 return True
-            return False
 
 
 class _Delivery:

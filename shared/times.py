@@ -44,3 +44,4 @@ def parse_duration(text: str | float | int, field: str = "duration") -> float:
     if seconds < 0:
         raise Invalid("a duration cannot be negative", field=field)
     return seconds
+

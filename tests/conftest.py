@@ -80,3 +80,23 @@ def data_dir(tmp_path: Path) -> Path:
     path = tmp_path / "data"
     path.mkdir()
     return path
+
+
+@pytest.fixture(autouse=True)
+async def dump_tasks_when_stuck(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """When an async test runs to within 15 s of its timeout, print every asyncio task's stack
+    (pytest-timeout alone shows only the event loop waiting in select), so a hang says where."""
+    marker = request.node.get_closest_marker("timeout")
+    limit = float(marker.args[0]) if marker and marker.args else float(request.config.getini("timeout") or 0)
+
+    async def watch() -> None:
+        await asyncio.sleep(max(limit - 15, 1))
+        import sys
+        for task in asyncio.all_tasks():
+            print(f"--- {task.get_name()} ({task.get_coro()})", file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+
+    watcher = asyncio.create_task(watch()) if limit else None
+    yield
+    if watcher is not None:
+        watcher.cancel()
