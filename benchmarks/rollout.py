@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import nats
+import psutil
 
 from services.agent.simulator import FleetSimulator, SimOptions
 from shared.commands import CommandClient
@@ -93,6 +94,12 @@ async def main(args: argparse.Namespace) -> None:
               file=sys.stderr)
         snap = (await client.send("snapshot", "create", {"name": "bench", "config": {"app": {"v": 2}}})).result
         await asyncio.sleep(args.interval + 1)  # every device has heartbeated once: the drift service knows it
+        assert server.proc is not None
+        parts = {"nats-server": psutil.Process(server.proc.pid), "benchmark + simulator": psutil.Process(),
+                 **{name: psutil.Process(proc.pid) for name, proc in zip(
+                     ("registry", "snapshot", "drift", "rollout"), procs, strict=True)}}
+        cpu_before = {name: sum(proc.cpu_times()[:2]) for name, proc in parts.items()}
+        cpu_assigned: dict[str, float] = {}
         t0 = time.perf_counter()
         await client.send("rollout", "start", {"rollout_id": "r-bench", "snapshot_id": snap["snapshot_id"],
                                                "waves": "100", "max_in_flight": args.max_in_flight,
@@ -103,6 +110,7 @@ async def main(args: argparse.Namespace) -> None:
             status = (await client.send("rollout", "get", {"rollout_id": "r-bench"})).result
             if assigned_at is None and status["assigned"] == args.devices:
                 assigned_at = time.perf_counter() - t0
+                cpu_assigned = {name: sum(proc.cpu_times()[:2]) - cpu_before[name] for name, proc in parts.items()}
             if status["status"] in ("completed", "paused", "rolled_back"):
                 break
             await asyncio.sleep(0.1)
@@ -123,6 +131,10 @@ async def main(args: argparse.Namespace) -> None:
               f"{'yes' if reporting == args.devices else '**NO**'} |")
         print(f"| for reference: AWS IoT Jobs caps a rollout at 1,000 devices/minute = {args.devices / 1000:.0f} min "
               f"for this fleet | | | | | |")
+        print()
+        print(f"CPU seconds used during the assignment ({assigned_at:.1f} s wall, 2 cores = "
+              f"{2 * assigned_at:.1f} CPU s at most): " + ", ".join(
+                  f"{name} {seconds:.1f}" for name, seconds in sorted(cpu_assigned.items(), key=lambda kv: -kv[1])))
     finally:
         if sim is not None:
             await sim.stop()

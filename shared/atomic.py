@@ -6,9 +6,11 @@ desired-state bucket."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -21,6 +23,7 @@ HDR_BATCH_COMMIT = "Nats-Batch-Commit"
 MAX_BATCH = 1000  # the server's limit on one atomic batch
 
 Message = tuple[str, bytes, dict[str, str]]  # subject, payload, headers
+_SUBJECT = re.compile(r"[^\s]+")  # a subject on a protocol line: no whitespace, no CR/LF
 
 
 class _ApiError(msgspec.Struct):
@@ -46,20 +49,54 @@ async def publish_atomic(nc: NATS, messages: Sequence[Message], timeout: float) 
 
     A refused batch raises nats.js.errors.APIError carrying the server's err_code; timeouts and
     connection errors propagate as nats-py raises them (nothing was stored unless committed)."""
+    if not messages:
+        raise ValueError("an atomic batch needs at least one message")
     batch_id = new_event_id()
     last = len(messages)
-    for index, (subject, payload, headers) in enumerate(messages, 1):
-        batch_headers = {**headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(index)}
-        if index == last:
-            batch_headers[HDR_BATCH_COMMIT] = "1"
-            return batch_ack(await nc.request(subject, payload, timeout, headers=batch_headers))
-        if index == 1:  # acknowledged, so a refused batch fails fast instead of at commit
-            reply = await nc.request(subject, payload, timeout, headers=batch_headers)
-            if reply.data:
-                batch_ack(reply)
-        else:
-            await nc.publish(subject, payload, headers=batch_headers)
-    raise ValueError("an atomic batch needs at least one message")
+    first_subject, first_payload, first_headers = messages[0]
+    if last > 1:  # acknowledged, so a refused batch fails fast instead of at commit
+        reply = await nc.request(first_subject, first_payload, timeout,
+                                 headers={**first_headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: "1"})
+        if reply.data:
+            batch_ack(reply)
+        await _publish_frames(nc, batch_id, messages, 2, last)
+    subject, payload, headers = messages[-1]
+    commit = {**headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(last), HDR_BATCH_COMMIT: "1"}
+    return batch_ack(await nc.request(subject, payload, timeout, headers=commit))
+
+
+async def _publish_frames(nc: NATS, batch_id: str, messages: Sequence[Message], first: int, end: int) -> None:
+    """Publish messages[first-1:end-1] (batch sequences first..end-1) without replies.
+
+    nats-py's `publish` normalises and checks every header of every message (strip, a regex,
+    translate, encode), which costs ~10 us per message with the five headers an event carries
+    in a batch, against ~2.5 us for writing the same HPUB frame. In a batch of 1,000 that is most
+    of the client's time, so these frames are built here and handed to the connection's pending
+    buffer in one piece, in order after the first message and before the commit. The values are
+    ours (ids, type names, numbers), and a frame is refused if anything in it could break the
+    protocol line. While disconnected the plain `publish` path is used, which knows how to
+    buffer or refuse."""
+    if not nc.is_connected or not hasattr(nc, "_send_command"):
+        for index in range(first, end):
+            subject, payload, headers = messages[index - 1]
+            await nc.publish(subject, payload, headers={**headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(index)})
+        return
+    frames = []
+    limit = nc.max_payload
+    for index in range(first, end):
+        subject, payload, headers = messages[index - 1]
+        block = "".join(["NATS/1.0\r\n", *(f"{k}: {v}\r\n" for k, v in headers.items()),
+                         f"{HDR_BATCH_ID}: {batch_id}\r\n{HDR_BATCH_SEQ}: {index}\r\n\r\n"]).encode()
+        lines = len(headers) + 4
+        if block.count(b"\n") != lines or block.count(b"\r") != lines or not _SUBJECT.fullmatch(subject):
+            raise ValueError(f"message {index} of a batch has a subject or header that would break the protocol")
+        if len(payload) > limit:
+            raise nats.errors.MaxPayloadError
+        frames.append(b"HPUB %b %d %d\r\n%b%b\r\n" % (subject.encode(), len(block), len(block) + len(payload),
+                                                          block, payload))
+    await nc._send_command(b"".join(frames))
+    nc.stats["out_msgs"] += len(frames)
+    await nc._flush_pending()
 
 
 def batch_ack(reply: Msg) -> int:

@@ -25,6 +25,7 @@ from services.rollout.fleet_index import FleetIndex
 from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gate, parse_waves
 from shared import telemetry
 from shared.aggregates import AggregateStore
+from shared.aio import wait_set
 from shared.commands import Command, CommandService, Context, Outcome
 from shared.configs import effective_config
 from shared.desired import ensure_bucket, put_desired
@@ -41,6 +42,7 @@ from shared.times import format_time, parse_duration, utcnow
 
 log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
+PIPELINE = 4  # atomic batches of one commit in flight at once
 FOLLOWED = [aggregate_wildcard(family) for family in AGGREGATE_OWNERS if family != "desired"]
 
 
@@ -155,8 +157,9 @@ class RolloutService:
 
     async def caught_up(self, timeout: float = 10.0) -> None:
         """Wait until this service has seen everything in the log as of now (read-your-writes: a
-        client that just created a snapshot or imported devices can start a rollout on them)."""
-        head = await self.log.last_stream_seq()
+        client that just created a snapshot or imported devices can start a rollout on them).
+        The follower skips desired events, so the head is the newest event it does read."""
+        head = max([await self.log.last_seq(subjects) for subjects in FOLLOWED])
         deadline = asyncio.get_running_loop().time() + timeout
         while self.applied_seq < head:
             self._progressed.clear()
@@ -164,8 +167,7 @@ class RolloutService:
             if remaining <= 0:
                 raise Unavailable(f"the rollout service is {head - self.applied_seq} events behind the log; "
                                   "try again shortly")
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._progressed.wait(), remaining)
+            await wait_set(self._progressed, remaining)
 
     async def _follow(self, from_seq: int) -> None:
         # Every family but desired state, which only this service writes: its own events are
@@ -256,43 +258,67 @@ class RolloutService:
         """Append decided events in groups (desired events, then the rollout events naming them:
         one atomic batch each) and write the devices' KV values, then fold everything in.
 
-        A group's KV values are written while the next group is appended (both only after the
-        log has that group), and the state advances only once the KV writes are done, so a reply
-        never claims more than the devices can see."""
+        Chunk groups (desired events and the one RolloutDevicesAssigned/Restored that names them)
+        are pipelined: up to PIPELINE batches in flight, since a batch's round trip, not this
+        process's CPU, is what bounds a large assignment. Every other group waits until all
+        earlier ones have landed and carries the rollout's expected sequence, so their order in
+        the log is the decided order; a chunk sent while others are in flight carries only its
+        devices' expected sequences (they alone guard against a device being assigned twice,
+        and the chunks of one commit are independent). A group's KV values are written once the
+        log has it, and the state advances only once all KV writes are done, so a reply never
+        claims more than the devices can see."""
 
         at = format_time(now)
 
         def seal_(event: Event) -> Envelope:
             return seal(event, actor=actor, at=at, causation_id=command_id, correlation_id=command_id or rollout_id)
 
-        appended: list[Appended] = []
-        landed: list[tuple[list[Appended], list[Envelope]]] = []
-        kv_writes: list[asyncio.Task[None]] = []
+        subject = event_subject("rollout", rollout_id)
         rollout_seq = self.store.get(rollout_id).seq
+        in_flight: list[asyncio.Task[list[Appended]]] = []
+        sent: list[tuple[asyncio.Task[list[Appended]], list[Write], list[DesiredStateAssigned]]] = []
+        kv_writes: list[asyncio.Task[None]] = []
+
+        async def append(writes: list[Write], desired: list[DesiredStateAssigned]) -> list[Appended]:
+            stored = await self.log.append_batch(writes)
+            if desired:  # the log has them: now the devices may see them
+                kv_writes.append(asyncio.create_task(self._put_kv(desired)))
+            return stored
+
         try:
             for group in _groups(events):
                 desired = [e for e in group if isinstance(e, DesiredStateAssigned)]
                 own = [e for e in group if not isinstance(e, DesiredStateAssigned)]
+                chunk = len(own) == 1 and isinstance(own[0], RolloutDevicesAssigned | RolloutDevicesRestored)
+                if in_flight and (not chunk or len(in_flight) >= PIPELINE):
+                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED if chunk
+                                       else asyncio.ALL_COMPLETED)
+                in_flight = [task for task in in_flight if not task.done()]
+                for task, _, _ in sent:
+                    if task.done():
+                        task.result()  # a failed batch stops the commit here
+                        rollout_seq = max([rollout_seq, *(a.seq for a in task.result() if a.subject == subject)])
                 writes = [Write(e.subject, [seal_(e)], self.index.desired_seq.get(e.device_id, 0)) for e in desired]
-                subject = event_subject("rollout", rollout_id)
                 if own:
-                    writes.append(Write(subject, [seal_(e) for e in own], rollout_seq))
-                try:
-                    stored = await self.log.append_batch(writes)
-                except Conflict:
-                    await self._resync([e.device_id for e in desired], rollout_id)
-                    raise
-                appended.extend(stored)
-                rollout_seq = max([rollout_seq, *(a.seq for a in stored if a.subject == subject)])
-                landed.append((stored, [envelope for write in writes for envelope in write.envelopes]))
-                if desired:  # the log has them: now the devices may see them
-                    kv_writes.append(asyncio.create_task(self._put_kv(desired)))
+                    writes.append(Write(subject, [seal_(e) for e in own], None if in_flight else rollout_seq))
+                task = asyncio.create_task(append(writes, desired))
+                in_flight.append(task)
+                sent.append((task, writes, desired))
         finally:
+            outcomes = await asyncio.gather(*(task for task, _, _ in sent), return_exceptions=True)
             await asyncio.gather(*kv_writes)
-            for stored, envelopes in landed:  # in the order stored
-                for where, envelope in zip(stored, envelopes, strict=True):
-                    self._apply(Recorded(where.seq, where.subject, envelope))
-        return appended
+            landed = [Recorded(where.seq, where.subject, envelope)
+                      for stored, (_, writes, _) in zip(outcomes, sent, strict=True) if isinstance(stored, list)
+                      for where, envelope in zip(stored, [e for w in writes for e in w.envelopes], strict=True)]
+            for recorded in sorted(landed, key=lambda r: r.seq):  # in the order stored
+                self._apply(recorded)
+            failed = [(outcome, desired) for outcome, (_, _, desired) in zip(outcomes, sent, strict=True)
+                      if isinstance(outcome, BaseException)]
+            if any(isinstance(outcome, Conflict) for outcome, _ in failed):
+                await self._resync([e.device_id for _, desired in failed for e in desired], rollout_id)
+        for outcome, _ in failed:
+            raise outcome
+        return [where for stored in outcomes if isinstance(stored, list) for where in stored]
 
     async def _resync(self, devices: list[str], rollout_id: str) -> None:
         await self._load_desired(devices)

@@ -269,3 +269,38 @@ async def test_a_batch_an_earlier_instance_landed_late_gets_its_kv_values(
     assert value is not None and value.snapshot_id == snap("v2") and value.config_hash == digest
     assert service.index.view.desired[late].snapshot_id == snap("v2")
     assert late in service.store.get("r-late").state.assigned
+
+
+async def test_a_large_wave_is_assigned_in_pipelined_chunks_and_a_refused_chunk_is_redone(
+        service: RolloutService, nc: NATS, eventlog: EventLog) -> None:
+    """2,200 devices: three chunks of up to 999 in flight together. One device was given a desired
+    state behind the service's back, so the chunk holding it is refused (its expected sequence is
+    stale) while the others land; the service reloads and assigns that chunk on a later tick.
+    Every device gets exactly one desired event of the rollout and its KV value."""
+    fleet = await seed(eventlog, devices=2200)
+    stray = "d1234"
+    await append(eventlog, [DesiredStateAssigned(device_id=stray, site_id=fleet[stray], snapshot_id=snap("v1"),
+                                                 config_hash="0" * 64, revision=1, reason="manual")])
+    client = CommandClient(nc)
+    await client.send("rollout", "start", {"rollout_id": "r-big", "snapshot_id": snap("v2"), "target": "tier=edge",
+                                            "waves": "100", "max_in_flight": 5000, "apply_timeout": "10m"})
+    for _ in range(600):
+        status = (await client.send("rollout", "get", {"rollout_id": "r-big"})).result
+        if status["assigned"] == len(fleet):
+            break
+        await asyncio.sleep(0.05)
+    assert status["assigned"] == len(fleet), status
+    ours = Counter(e.device_id for e in await desired_events(eventlog) if e.rollout_id == "r-big")
+    assert ours == Counter(dict.fromkeys(fleet, 1))
+    for device in (stray, "d000", "d2199"):
+        value = await get_desired(nc, device)
+        assert value is not None and value.rollout_id == "r-big"
+    chunks = [r.event async for r in eventlog.replay(subjects="fleet.evt.rollout.r-big")
+              if isinstance(r.event, RolloutDevicesAssigned)]
+    assert sorted(d for c in chunks for d in c.devices) == sorted(fleet)
+    restarted = RolloutService(nc, eventlog)
+    await restarted.start()
+    try:
+        assert restarted.store.get("r-big").state.assigned.keys() == service.store.get("r-big").state.assigned.keys()
+    finally:
+        await restarted.stop()
