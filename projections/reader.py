@@ -24,41 +24,22 @@ from shared.subjects import EVENTS_WILDCARD
 UNDECODABLE = "<undecodable>"
 
 
-def _seq(msg: Msg) -> int:
+def _record(msg: Msg) -> Recorded:
     # Reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.<stream_seq>.<consumer_seq>.<ts>.<pending>
     # (or the 12-token form with domain and account hash); the stream sequence is 4th from the end.
-    return int(msg.reply.rsplit(".", 4)[1])
-
-
-def record_of(seq: int, subject: str, data: bytes, traceparent: str | None = None) -> Recorded:
-    """A stored message as a Recorded event (a body that is no envelope becomes one of type
-    `<undecodable>`: poison for whoever applies it, never skipped)."""
+    seq = int(msg.reply.split(".")[-4])
     try:
-        envelope = decode_envelope(data)
-    except Invalid as exc:
+        envelope = decode_envelope(msg.data)
+    except Invalid as exc:  # not an envelope at all: poison for whoever applies it, never skipped
         envelope = Envelope(type=UNDECODABLE, v=0, id="", aggregate="", aggregate_id="", at="",
                             actor="", causation_id=str(exc))
-    return Recorded(seq, subject, envelope, traceparent)
+    return Recorded(seq, msg.subject, envelope, (msg.headers or {}).get("traceparent"))
 
 
 async def batches(log: EventLog, from_seq: int = 1, to_seq: int | None = None, *, follow: bool = False,
                   size: int = 1000) -> AsyncIterator[list[Recorded]]:
     """The log from `from_seq` (to `to_seq`, or the end as it is now unless `follow`) in batches
     of what has arrived, up to `size` events each."""
-    async for taken in _messages(log, from_seq, to_seq, follow=follow, size=size):
-        yield [record_of(seq, msg.subject, msg.data, (msg.headers or {}).get("traceparent"))
-               for seq, msg in taken]
-
-
-async def raw_batches(log: EventLog, from_seq: int = 1, to_seq: int | None = None, *,
-                      size: int = 1000) -> AsyncIterator[list[tuple[int, bytes]]]:
-    """Like `batches` (never following), as (sequence, envelope bytes) pairs, nothing decoded."""
-    async for taken in _messages(log, from_seq, to_seq, follow=False, size=size):
-        yield [(seq, msg.data) for seq, msg in taken]
-
-
-async def _messages(log: EventLog, from_seq: int, to_seq: int | None, *, follow: bool,
-                    size: int) -> AsyncIterator[list[tuple[int, Msg]]]:
     if to_seq is None and not follow:
         to_seq = await log.last_stream_seq()
     if to_seq is not None and to_seq < from_seq:
@@ -91,17 +72,17 @@ async def _messages(log: EventLog, from_seq: int, to_seq: int | None, *, follow:
                 arrived.clear()
             if len(buffer) < limit:
                 room.set()
-            out = []
+            records = []
             for msg in taken:
-                seq = _seq(msg)
-                if to_seq is not None and seq > to_seq:
+                record = _record(msg)
+                if to_seq is not None and record.seq > to_seq:
                     break
-                out.append((seq, msg))
-            if out:
-                yield out
-            if to_seq is not None and out and out[-1][0] >= to_seq:
+                records.append(record)
+            if records:
+                yield records
+            if to_seq is not None and records and records[-1].seq >= to_seq:
                 return
-            if to_seq is not None and len(out) < len(taken):
+            if to_seq is not None and len(records) < len(taken):
                 return
     finally:
         room.set()

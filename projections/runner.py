@@ -16,11 +16,7 @@ transaction, so redelivery or a crash between apply and ack never applies an eve
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import pickle
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -77,7 +73,7 @@ class Projection(Protocol):
     async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None: ...
 
 
-Statement = tuple[str, tuple[Any, ...]]  # SQL and its arguments: plain data, so a fold process can hand it over
+Statement = tuple[str, tuple[Any, ...]]  # SQL and its arguments
 
 
 class Builder(Protocol):
@@ -378,8 +374,8 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
             await conn.execute(f"CREATE SCHEMA {build}")
             await conn.execute(f"SET LOCAL search_path TO {build}, public")
             tables, indexes = migration_parts(projection)
-            bulk = hasattr(projection, "builder")  # a Builder: folded in memory, written in bulk
-            for sql in tables if bulk else [*tables, *indexes]:
+            make_builder: Callable[[], Builder] | None = getattr(projection, "builder", None)
+            for sql in tables if make_builder is not None else [*tables, *indexes]:
                 await conn.execute(sql)
             await conn.execute(
                 "CREATE TABLE build_checkpoint (checkpoint bigint NOT NULL, applied bigint NOT NULL, "
@@ -387,8 +383,8 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
             await conn.execute("INSERT INTO build_checkpoint VALUES (0, 0, 0)")
     target = await eventlog.last_stream_seq()
     checkpoint = 0
-    if bulk:
-        checkpoint = await _bulk_build(pool, eventlog, projection, build, target=target,
+    if make_builder is not None:
+        checkpoint = await _bulk_build(pool, eventlog, projection, make_builder(), build, target=target,
                                        batch_size=batch_size, progress=progress)
         await _after_load(pool, build, indexes)
     else:
@@ -457,18 +453,13 @@ async def _gather_bounded(jobs: Sequence[Awaitable[None]], limit: int) -> None:
     await asyncio.gather(*(one(job) for job in jobs))
 
 
-async def _bulk_build(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, build: str, *,
-                      target: int, batch_size: int, progress: Callable[[int, int], None] | None) -> int:
-    """Fold the log up to `target` in memory, writing in bulk; return the sequence reached.
-
-    Three processes work at once: this one reads the log and passes each batch's raw envelopes to
-    a fold process (`projections.fold_worker`: decoding, the projection's Builder), and sends the
-    statements it hands back to PostgreSQL, up to WRITES_IN_FLIGHT at once. When the fold process
-    or the writes fall behind, the pipe fills and reading waits (memory stays bounded)."""
-    from projections.fold_worker import frame
-    from projections.reader import raw_batches
-
-    checkpoint = 0
+async def _bulk_build(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, builder: Builder,
+                      build: str, *, target: int, batch_size: int,
+                      progress: Callable[[int, int], None] | None) -> int:
+    """Fold the log up to `target` in memory, writing in bulk; return the sequence reached. What
+    the builder hands over is written while folding goes on (up to WRITES_IN_FLIGHT statements at
+    once, each on its own connection; folding waits when that many are running)."""
+    checkpoint = applied = skipped = 0
     writing: set[asyncio.Future[None]] = set()
 
     async def write(statement: Statement) -> None:
@@ -486,58 +477,34 @@ async def _bulk_build(pool: asyncpg.Pool, eventlog: EventLog, projection: Projec
                     future.result()  # a failed write fails the build
             writing.add(asyncio.ensure_future(write(statement)))
 
-    async def answers(stdout: asyncio.StreamReader) -> tuple[Any, ...]:
-        """Start the writes the fold process hands back; its last word ("done" or "poison")."""
-        while True:
-            try:
-                head = await stdout.readexactly(4)
-                message = pickle.loads(await stdout.readexactly(int.from_bytes(head, "big")))
-            except asyncio.IncompleteReadError:
-                raise RuntimeError(f"the fold process of {projection.name} died (see its stderr)") from None
-            if message[0] != "writes":
-                return tuple(message)
-            await start(message[1])
-
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "projections.fold_worker", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, sys.path))})
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    listening = asyncio.ensure_future(answers(proc.stdout))
     try:
-        proc.stdin.write(frame(projection))
-        async for batch in raw_batches(eventlog, 1, target, size=max(batch_size, 5000)):
-            if listening.done():
-                break  # a poison event: the fold process has stopped
-            proc.stdin.write(frame(("batch", batch)))
-            with contextlib.suppress(ConnectionError):  # the fold process stopped: its answer says why
-                await proc.stdin.drain()
-            checkpoint = batch[-1][0]
+        async for batch in _batches(eventlog, 1, target, False, max(batch_size, 5000)):
+            items, unknown = decode_batch(batch)
+            try:
+                undecodable_poison(items)
+                builder.add(items, batch[-1].seq, batch[-1].envelope.at)
+            except Poison as poison:
+                await _record_poison(pool, projection.name, poison)
+            applied += len(items)
+            skipped += unknown
+            checkpoint = batch[-1].seq
+            if builder.should_flush():
+                await start(builder.take(final=False))
             if progress is not None:
                 progress(checkpoint, target)
         started = time.perf_counter()
-        if not listening.done():
-            proc.stdin.write(frame(("end",)))
-            with contextlib.suppress(ConnectionError):
-                await proc.stdin.drain()
-        last = await listening
-        if last[0] == "poison":
-            await _record_failure(pool, projection.name, last[1], last[2])
+        await start(builder.take(final=True))
         while writing:
             await writing.pop()
         async with pool.acquire() as conn:
             await conn.execute(f"UPDATE {build}.build_checkpoint SET checkpoint = $1, applied = $2, "
-                               "skipped_unknown = $3", checkpoint, last[1], last[2])
+                               "skipped_unknown = $3", checkpoint, applied, skipped)
         log.info("projection %s: built to %d in memory; final write %.1fs", projection.name, checkpoint,
                  time.perf_counter() - started)
     finally:
-        listening.cancel()
         for future in writing:
             future.cancel()
-        await asyncio.gather(listening, *writing, return_exceptions=True)
-        if proc.returncode is None:
-            proc.kill()
-        await proc.wait()
+        await asyncio.gather(*writing, return_exceptions=True)
     return checkpoint
 
 

@@ -283,29 +283,6 @@ async def test_poison_event_during_a_rebuild_fails_it_and_keeps_the_live_schema(
     assert (await dump(pool))["rm_fleet.devices"] == before["rm_fleet.devices"]  # still answering
 
 
-class _DyingBuild(FleetProjection):
-    """The fleet projection whose fold process dies on its first batch."""
-
-    def builder(self) -> FleetBuilder:
-        class Dying(FleetBuilder):
-            def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
-                os._exit(3)
-
-        return Dying(1, None)
-
-
-async def test_a_fold_process_that_dies_fails_the_rebuild_and_keeps_the_live_schema(
-    eventlog: EventLog, pool: asyncpg.Pool
-) -> None:
-    await append_history(eventlog, 10, rounds=1)
-    for projection in all_projections():
-        await rebuild(pool, eventlog, projection)
-    before = await dump(pool)
-    with pytest.raises(RuntimeError, match="fold process of fleet died"):
-        await asyncio.wait_for(rebuild(pool, eventlog, _DyingBuild()), 60)
-    assert await dump(pool) == before  # the live schema still answers, unchanged
-
-
 async def test_unknown_event_types_are_skipped_and_counted(eventlog: EventLog, pool: asyncpg.Pool) -> None:
     await append_history(eventlog, 5, rounds=0)
     future = Envelope(type="DeviceTeleported", v=1, id="01900000-0000-7000-8000-000000000001", aggregate="device",
@@ -389,7 +366,7 @@ async def _folded(log: EventLog, seq: int) -> model.FleetState:
 async def test_point_in_time_copies_are_mostly_deltas_and_give_back_the_exact_state(
     eventlog: EventLog, pool: asyncpg.Pool, in_background: bool
 ) -> None:
-    """Copies taken by a rebuild (in its fold process) and by the following runner: a full one,
+    """Copies taken by a rebuild and by the runner following the log: a full one,
     then deltas of only what changed, a full one again every `full_every` copies (the runner's
     read from the read model in the batch, or composed in the background from the copies); the
     newest full copy with the deltas after it laid over is exactly the fold of the log up to each
