@@ -280,9 +280,12 @@ class RolloutService:
         kv_writes: list[asyncio.Task[None]] = []
 
         async def append(writes: list[Write], desired: list[DesiredStateAssigned]) -> list[Appended]:
+            nonlocal rollout_seq
             stored = await self.log.append_batch(writes)
             if desired:  # the log has them: now the devices may see them
                 kv_writes.append(asyncio.create_task(self._put_kv(desired)))
+            if writes[-1].subject == subject:  # the rollout's own events come last in a batch
+                rollout_seq = max(rollout_seq, stored[-1].seq)
             return stored
 
         try:
@@ -293,11 +296,10 @@ class RolloutService:
                 if in_flight and (not chunk or len(in_flight) >= PIPELINE):
                     await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED if chunk
                                        else asyncio.ALL_COMPLETED)
-                in_flight = [task for task in in_flight if not task.done()]
-                for task, _, _ in sent:
+                for task in in_flight:
                     if task.done():
                         task.result()  # a failed batch stops the commit here
-                        rollout_seq = max([rollout_seq, *(a.seq for a in task.result() if a.subject == subject)])
+                in_flight = [task for task in in_flight if not task.done()]
                 writes = [Write(e.subject, [seal_(e)], self.index.desired_seq.get(e.device_id, 0)) for e in desired]
                 if own:
                     writes.append(Write(subject, [seal_(e) for e in own], None if in_flight else rollout_seq))

@@ -14,7 +14,7 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from shared.atomic import HDR_BATCH_ID, HDR_BATCH_SEQ
+from shared.atomic import HDR_BATCH_ID, HDR_BATCH_SEQ, publish_atomic
 from shared.embedded import EmbeddedNats
 from shared.envelope import Event, seal
 from shared.errors import Conflict, StreamMisconfigured
@@ -98,6 +98,24 @@ async def test_multi_event_append_is_all_or_nothing(eventlog: EventLog) -> None:
     assert await eventlog.last_stream_seq() == 1
     for i in range(3):
         assert await eventlog.last_seq(f"fleet.evt.counter.n{i}") == 0
+
+
+async def test_batch_frames_carry_their_headers_and_refuse_forged_ones(eventlog: EventLog, nc: NATS) -> None:
+    # The middle messages of a batch are written as HPUB frames by shared.atomic: they arrive
+    # with every header; a value with a line break (which would forge a header) or a subject
+    # with a blank is refused before anything is sent.
+    batch = [(f"fleet.evt.counter.f{i}", msgspec.json.encode({"value": i}), {"Fleet-Event-Type": "Counted"})
+             for i in range(3)]
+    last = await publish_atomic(nc, batch, 5)
+    middle = await nc.jetstream().get_msg(eventlog.stream, last - 1)
+    assert middle.headers is not None
+    assert middle.headers["Fleet-Event-Type"] == "Counted" and middle.headers[HDR_BATCH_SEQ] == "2"
+    forged = {"Fleet-Event-Type": "Counted\r\nNats-Expected-Last-Subject-Sequence: 0"}
+    for bad in ([batch[0], ("fleet.evt.counter.x", b"{}", forged), batch[2]],
+                [batch[0], ("fleet.evt.counter x", b"{}", {}), batch[2]]):
+        with pytest.raises(ValueError, match="would break the protocol"):
+            await publish_atomic(nc, bad, 5)
+    assert await eventlog.last_stream_seq() == last
 
 
 async def test_a_batch_cut_off_mid_way_stores_nothing(eventlog: EventLog, nats_server: EmbeddedNats) -> None:
