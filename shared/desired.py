@@ -20,7 +20,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 
 from shared.atomic import Message, publish_atomic
-from shared.devices import DESIRED_DECODER, DESIRED_ENCODER, DesiredState
+from shared.devices import DESIRED_DECODER, DESIRED_ENCODER, DesiredState, EncodedDesiredState
 from shared.errors import Unavailable
 from shared.subjects import DESIRED_BUCKET, desired_key_subject
 
@@ -145,7 +145,8 @@ async def get_all_desired(nc: NATS, batch: int = 1000, timeout: float = 5.0) -> 
             return values
 
 
-async def put_desired(nc: NATS, values: Sequence[DesiredState], timeout: float = 5.0) -> int:
+async def put_desired(nc: NATS, values: Sequence[DesiredState | EncodedDesiredState],
+                      timeout: float = 5.0) -> int:
     """Put many values, in atomic batches of up to 1,000; returns the last stream sequence.
 
     Each batch is stored all or nothing (ADR-50); a refused batch raises."""
@@ -155,7 +156,7 @@ async def put_desired(nc: NATS, values: Sequence[DesiredState], timeout: float =
     return last
 
 
-async def _put_batch(nc: NATS, values: Sequence[DesiredState], timeout: float) -> int:
+async def _put_batch(nc: NATS, values: Sequence[DesiredState | EncodedDesiredState], timeout: float) -> int:
     if not values:
         return 0
     js = nc.jetstream(timeout=timeout)

@@ -22,6 +22,19 @@ class DesiredState(msgspec.Struct, frozen=True, kw_only=True):
     revision: int = 1
 
 
+class EncodedDesiredState(msgspec.Struct, frozen=True, kw_only=True):
+    """A DesiredState whose config is already JSON: encodes to the same bytes (same fields, same
+    order). For writers that give one effective config to many devices, so it is encoded once per
+    snapshot and site rather than once per device."""
+
+    device_id: str
+    snapshot_id: str
+    config: msgspec.Raw
+    config_hash: str
+    rollout_id: str | None = None
+    revision: int = 1
+
+
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     """A device's periodic report; `snapshot_id`/`config_hash` are null until it has a desired state."""
 

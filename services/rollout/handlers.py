@@ -29,7 +29,7 @@ from shared.aio import wait_set
 from shared.commands import Command, CommandService, Context, Outcome
 from shared.configs import effective_config
 from shared.desired import ensure_bucket, put_desired
-from shared.devices import HEARTBEAT_DECODER, DesiredState
+from shared.devices import HEARTBEAT_DECODER, EncodedDesiredState
 from shared.envelope import Envelope, Event, seal
 from shared.errors import Conflict, Invalid, NotFound, Unavailable
 from shared.eventlog import Appended, EventLog, Recorded, Write
@@ -42,6 +42,7 @@ from shared.times import format_time, parse_duration, utcnow
 
 log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
+_JSON = msgspec.json.Encoder()
 PIPELINE = 4  # atomic batches of one commit in flight at once
 FOLLOWED = [aggregate_wildcard(family) for family in AGGREGATE_OWNERS if family != "desired"]
 
@@ -108,7 +109,7 @@ class RolloutService:
         self._heartbeats: Subscription | None = None
         self.applied_seq = 0
         self._progressed = asyncio.Event()
-        self._effective: dict[tuple[str, str], dict[str, Any]] = {}
+        self._effective: dict[tuple[str, str], msgspec.Raw] = {}
         self._progress = telemetry.meter.create_counter(
             "fleet_rollout_assignments_total", description="Devices assigned or restored by rollouts")
 
@@ -326,18 +327,20 @@ class RolloutService:
         await self._load_desired(devices)
         await self.store.reload(rollout_id)
 
-    def _effective_config(self, snapshot_id: str, site: str) -> dict[str, Any]:
+    def _encoded_config(self, snapshot_id: str, site: str) -> msgspec.Raw:
+        """A site's effective config of a snapshot as JSON, encoded once for all its devices."""
         key = (snapshot_id, site)
         config = self._effective.get(key)
         if config is None:
             snap = self.index.snapshots[snapshot_id]
-            config = self._effective[key] = effective_config(snap.config, snap.overrides, site)
+            config = self._effective[key] = msgspec.Raw(
+                _JSON.encode(effective_config(snap.config, snap.overrides, site)))
         return config
 
     async def _put_kv(self, desired: Sequence[DesiredStateAssigned]) -> None:
-        values = [DesiredState(device_id=e.device_id, snapshot_id=e.snapshot_id,
-                               config=self._effective_config(e.snapshot_id, e.site_id),
-                               config_hash=e.config_hash, rollout_id=e.rollout_id, revision=e.revision)
+        values = [EncodedDesiredState(device_id=e.device_id, snapshot_id=e.snapshot_id,
+                                      config=self._encoded_config(e.snapshot_id, e.site_id),
+                                      config_hash=e.config_hash, rollout_id=e.rollout_id, revision=e.revision)
                   for e in desired]
         await put_desired(self.nc, values)
         self._progress.add(len(values))

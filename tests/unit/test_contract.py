@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from shared.atomic import MAX_BATCH
 from shared.commands import decode_error_field
 from shared.config import Endpoints, load_settings, write_endpoints
+from shared.devices import DESIRED_DECODER, DESIRED_ENCODER, DesiredState, EncodedDesiredState
 from shared.envelope import UPCASTERS, Envelope, Event, decode_envelope, decode_event, encode_envelope, seal
 from shared.errors import Invalid
 from shared.eventlog import Write, _group_writes
@@ -203,3 +204,16 @@ def test_pure_domains_import_no_io() -> None:
             "print(sorted(m for m in ('nats', 'asyncpg', 'litestar') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=8), st.integers() | st.text(max_size=8) | st.booleans(),
+                       max_size=5),
+       st.none() | st.text(min_size=1, max_size=8), st.integers(min_value=1, max_value=10**6))
+def test_an_encoded_desired_state_is_byte_for_byte_a_desired_state(config: dict, rollout: str | None,  # type: ignore[type-arg]
+                                                                   revision: int) -> None:
+    fields = {"device_id": "d1", "snapshot_id": "s-1", "config_hash": "ab" * 32, "rollout_id": rollout,
+              "revision": revision}
+    plain = DESIRED_ENCODER.encode(DesiredState(config=config, **fields))
+    encoded = DESIRED_ENCODER.encode(EncodedDesiredState(config=msgspec.Raw(msgspec.json.encode(config)), **fields))
+    assert encoded == plain
+    assert DESIRED_DECODER.decode(encoded) == DesiredState(config=config, **fields)
