@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,7 @@ class Demo:
                          "--max-in-flight", str(self.devices))
         v1 = await self.wait_rollout("r-v1", ("completed", "paused", "rolled_back"))
         await self.fleet("rollout", "status", "r-v1")
-        ok &= v1["status"] == "completed"
+        ok &= bool(v1["status"] == "completed")
 
         self.chapter("4. Roll v2 out: a canary plant, then waves, behind health and telemetry gates")
         await self.fleet("rollout", "start", ids["v2"], "--id", "r-v2", "--canary", "site:plant-s001",
@@ -171,7 +172,7 @@ class Demo:
                          "--max-failed", "2%", "--metric", "error_rate p95<=0.02")
         v2 = await self.wait_rollout("r-v2", ("completed", "paused", "rolled_back"))
         await self.fleet("rollout", "status", "r-v2")
-        ok &= v2["status"] == "completed"
+        ok &= bool(v2["status"] == "completed")
         before_v3 = format_time(utcnow())
         await asyncio.sleep(1.0)
 
@@ -185,7 +186,7 @@ class Demo:
         self.say("The gate failed on the canary wave with the inputs below, and every touched device got "
                  "v2 back — no other plant ever saw v3:")
         await self.fleet("rollout", "status", "r-v3")
-        ok &= v3["status"] == "rolled_back" and not v3["last_gate"]["passed"]
+        ok &= bool(v3["status"] == "rolled_back" and not v3["last_gate"]["passed"])
         for _ in range(60):  # the canary plant's devices apply v2 again
             if all(s == ids["v2"] for s in sim.snapshot):
                 break
@@ -215,7 +216,7 @@ class Demo:
         await self.fleet("audit", "export", "--out", str(exported))
         return ok
 
-    async def _wait(self, predicate: Any, timeout: float) -> bool:
+    async def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if predicate():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Optional
 
@@ -16,7 +17,7 @@ from shared.times import parse_time
 app = typer.Typer(help="The log as the audit trail.", no_args_is_help=True)
 
 
-def _bound(text: str | None, field: str) -> tuple[int | None, object]:
+def _bound(text: str | None, field: str) -> tuple[int | None, datetime | None]:
     """(sequence, time) of a --from/--to bound: digits are a log sequence, else an RFC 3339 time."""
     if text is None:
         return None, None
