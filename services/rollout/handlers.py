@@ -145,10 +145,12 @@ class RolloutService:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    def _apply(self, recorded: Recorded) -> None:
+    def _apply(self, recorded: Recorded, event: Event | None = None) -> None:
+        """Fold one event in (`event`: the recorded one, when the caller has it decoded)."""
         self.applied_seq = max(self.applied_seq, recorded.seq)
         self._progressed.set()
-        event = recorded.event
+        if event is None:
+            event = recorded.event
         if event is None:
             return
         if event.aggregate == "rollout":
@@ -184,7 +186,7 @@ class RolloutService:
                     # this one caught up. Its desired events came in the same atomic batch, but
                     # their KV values may never have been written.
                     await self._adopt(event.devices)
-                self._apply(recorded)
+                self._apply(recorded, event)
 
     async def _adopt(self, devices: Sequence[str]) -> None:
         """Fold in the desired events of `devices` this process has not seen, and write their KV
@@ -286,7 +288,7 @@ class RolloutService:
         subject = event_subject("rollout", rollout_id)
         rollout_seq = self.store.get(rollout_id).seq
         in_flight: list[asyncio.Task[list[Appended]]] = []
-        sent: list[tuple[asyncio.Task[list[Appended]], list[Write], list[DesiredStateAssigned]]] = []
+        sent: list[tuple[asyncio.Task[list[Appended]], list[Write], list[Event]]] = []  # events as in writes
         kv_writes: list[asyncio.Task[None]] = []
 
         async def append(writes: list[Write], desired: list[DesiredStateAssigned]) -> list[Appended]:
@@ -315,19 +317,21 @@ class RolloutService:
                     writes.append(Write(subject, [seal_(e) for e in own], None if in_flight else rollout_seq))
                 task = asyncio.create_task(append(writes, desired))
                 in_flight.append(task)
-                sent.append((task, writes, desired))
+                sent.append((task, writes, [*desired, *own]))
         finally:
             outcomes = await asyncio.gather(*(task for task, _, _ in sent), return_exceptions=True)
             await asyncio.gather(*kv_writes)
-            landed = [Recorded(where.seq, where.subject, envelope)
-                      for stored, (_, writes, _) in zip(outcomes, sent, strict=True) if isinstance(stored, list)
-                      for where, envelope in zip(stored, [e for w in writes for e in w.envelopes], strict=True)]
-            for recorded in sorted(landed, key=lambda r: r.seq):  # in the order stored
-                self._apply(recorded)
-            failed = [(outcome, desired) for outcome, (_, _, desired) in zip(outcomes, sent, strict=True)
+            landed = [(Recorded(where.seq, where.subject, envelope), event)
+                      for stored, (_, writes, decided) in zip(outcomes, sent, strict=True) if isinstance(stored, list)
+                      for where, envelope, event in zip(stored, [e for w in writes for e in w.envelopes], decided,
+                                                        strict=True)]
+            for recorded, event in sorted(landed, key=lambda pair: pair[0].seq):  # in the order stored
+                self._apply(recorded, event)
+            failed = [(outcome, decided) for outcome, (_, _, decided) in zip(outcomes, sent, strict=True)
                       if isinstance(outcome, BaseException)]
             if any(isinstance(outcome, Conflict) for outcome, _ in failed):
-                await self._resync([e.device_id for _, desired in failed for e in desired], rollout_id)
+                await self._resync([e.device_id for _, decided in failed for e in decided
+                                    if isinstance(e, DesiredStateAssigned)], rollout_id)
         for outcome, _ in failed:
             raise outcome
         return [where for stored in outcomes if isinstance(stored, list) for where in stored]
