@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 CONTROL_SQL = Path(__file__).parent / "control.sql"
 BATCH_SIZE = 1000
 WRITES_IN_FLIGHT = 2  # a rebuild's bulk writes running at once (PostgreSQL parses them in its own processes)
+AFTER_LOAD_IN_PARALLEL = 3  # index builds and analyzes at once after a rebuild's load
 
 
 class Item(NamedTuple):
@@ -440,9 +441,6 @@ async def _after_load(pool: asyncpg.Pool, build: str, indexes: Sequence[str]) ->
     await _gather_bounded([run(f'ANALYZE {build}."{table}"') for table in tables], AFTER_LOAD_IN_PARALLEL)
 
 
-AFTER_LOAD_IN_PARALLEL = 3
-
-
 async def _gather_bounded(jobs: Sequence[Awaitable[None]], limit: int) -> None:
     semaphore = asyncio.Semaphore(limit)
 
@@ -516,16 +514,13 @@ def undecodable_poison(items: Sequence[Item]) -> None:
 
 
 async def _record_poison(pool: asyncpg.Pool, name: str, poison: Poison) -> NoReturn:
-    await _record_failure(pool, name, poison.seq, f"{type(poison.cause).__name__}: {poison.cause}")
-
-
-async def _record_failure(pool: asyncpg.Pool, name: str, seq: int, message: str) -> NoReturn:
+    message = f"{type(poison.cause).__name__}: {poison.cause}"
     async with pool.acquire() as conn:
         await conn.execute(
             "UPDATE projection_status SET state = 'failed', error_seq = $2, error = $3, "
             "error_at = now(), updated_at = now() WHERE name = $1",
-            name, seq, message)
-    raise ProjectionFailed(f"poison event at sequence {seq}: {message}", field=name)
+            name, poison.seq, message)
+    raise ProjectionFailed(f"poison event at sequence {poison.seq}: {message}", field=name)
 
 
 async def create_pool(database_url: str, **kwargs: Any) -> asyncpg.Pool:
