@@ -9,6 +9,7 @@ import typer
 from fleet.cli import agent as agent_cli
 from fleet.cli import audit as audit_cli
 from fleet.cli import demo, service
+from fleet.cli import drift as drift_cli
 from fleet.cli import projections as projections_cli
 from fleet.cli import query as query_cli
 from fleet.cli import registry as registry_cli
@@ -53,6 +54,7 @@ registry_cli.device_app.command("history", help="Everything that happened to one
 app.add_typer(registry_cli.device_app, name="device")
 app.add_typer(snapshot_cli.snapshot_app, name="snapshot")
 app.add_typer(rollout_cli.app, name="rollout")
+app.add_typer(drift_cli.app, name="drift")
 app.command("where", help="What runs where: counts by snapshot x site.")(query_cli.where)
 app.command("changes", help="What changed, who, when.")(query_cli.changes)
 app.command("degraded", help="Offline, failed, stuck, degraded, drifted devices, worst first.")(query_cli.degraded)

@@ -116,10 +116,11 @@ def _problems(device: dict[str, Any]) -> list[str]:
         found.append("offline" if device.get("last_seen") else "offline (never seen)")
     if device["health"] in ("failed", "degraded"):
         found.append(device["health"])
-    if device.get("stuck"):
+    if device.get("stuck") and not device.get("acknowledged"):
         found.append("stuck")
     if device.get("drifted_since"):
-        found.append(f"drifted since {device['drifted_since']}")
+        found.append(f"drifted since {device['drifted_since']}"
+                     + (" (acknowledged)" if device.get("acknowledged") else ""))
     return found
 
 
@@ -148,8 +149,8 @@ def degraded(
         first, items = await api_pages(conf, "/v1/devices", {"problems": True, "site": site}, limit)
 
         def rank(d: dict[str, Any]) -> tuple[int, str]:
-            found = [p.split(" ")[0] for p in _problems(d)]
-            return min((_RANK.get(p, 9) for p in found), default=9), d["device_id"]
+            ranks = [_RANK.get(p.split(" ")[0], 9) + p.endswith("(acknowledged)") for p in _problems(d)]
+            return min(ranks, default=9), d["device_id"]
 
         items.sort(key=rank)
         return {"as_of_seq": first.get("as_of_seq"), "lag": first.get("lag"), "devices": items}

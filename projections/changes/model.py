@@ -85,6 +85,10 @@ def _summary(event: Event) -> str:
             return f"device {event.device_id} reconcile attempt {event.attempt} (revision {event.revision})"
         case observed.DeviceStuck():
             return f"device {event.device_id} stuck after {event.attempts} reconcile attempts"
+        case observed.ReconcileForced():
+            return f"device {event.device_id} reconciliation forced" + (f": {event.reason}" if event.reason else "")
+        case observed.DriftAcknowledged():
+            return f"device {event.device_id} drift acknowledged" + (f": {event.reason}" if event.reason else "")
         case rollout.RolloutStarted():
             return f"rollout {event.rollout_id} of {event.snapshot_id} to {event.target or 'every device'} started"
         case rollout.RolloutWaveStarted():

@@ -45,6 +45,7 @@ class DeviceRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     agent_version: str = ""
     drifted_since: str | None = None
     stuck: bool = False
+    acknowledged: bool = False  # an operator accepted the current drift (not reconciled)
     reconcile_attempts: int = 0
     added_at: str | None = None
     updated_at: str | None = None
@@ -150,10 +151,16 @@ def _apply_device(state: FleetState, env: Envelope, seq: int, event: Event) -> N
         case observed.DeviceHealthChanged():
             row = _replace(_device(state, event.device_id), health=event.health, **stamp)
         case observed.DriftBegan():
-            row = _replace(_device(state, event.device_id), drifted_since=event.since, **stamp)
+            row = _replace(_device(state, event.device_id), drifted_since=event.since, acknowledged=False,
+                           **stamp)
         case observed.DriftEnded():
             row = _replace(_device(state, event.device_id), drifted_since=None, stuck=False,
+                           acknowledged=False, reconcile_attempts=0, **stamp)
+        case observed.ReconcileForced():
+            row = _replace(_device(state, event.device_id), stuck=False, acknowledged=False,
                            reconcile_attempts=0, **stamp)
+        case observed.DriftAcknowledged():
+            row = _replace(_device(state, event.device_id), acknowledged=True, **stamp)
         case observed.ReconcileAttempted():
             row = _replace(_device(state, event.device_id), reconcile_attempts=event.attempt, **stamp)
         case observed.DeviceStuck():
@@ -324,15 +331,16 @@ def count_all(state: FleetState) -> dict[CounterKey, list[int]]:
 
 
 def problem_rank(row: DeviceRow) -> int:
-    """How bad a device looks, worst first: 0 offline, 1 failed, 2 stuck, 3 degraded, 4 drifted."""
+    """How bad a device looks, worst first: 0 offline, 1 failed, 2 stuck, 3 degraded, 4 drifted,
+    5 drifted with the drift acknowledged by an operator."""
     if not row.online:
         return 0
     if row.health == "failed":
         return 1
-    if row.stuck:
+    if row.stuck and not row.acknowledged:
         return 2
     if row.health == "degraded":
         return 3
     if row.drifted_since is not None:
-        return 4
+        return 5 if row.acknowledged else 4
     return 9

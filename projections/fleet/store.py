@@ -17,7 +17,7 @@ from projections.sqlrows import RowTable
 
 DEVICES = RowTable("devices", DeviceRow, "device_id", {
     "labels": "jsonb", "metadata": "jsonb", "registered": "boolean", "retired": "boolean",
-    "desired_revision": "integer", "online": "boolean", "stuck": "boolean",
+    "desired_revision": "integer", "online": "boolean", "stuck": "boolean", "acknowledged": "boolean",
     "reconcile_attempts": "integer", "updated_seq": "bigint"})
 SITES = RowTable("sites", SiteRow, "site_id", {
     "labels": "jsonb", "metadata": "jsonb", "retired": "boolean", "updated_seq": "bigint"})

@@ -28,6 +28,7 @@ from shared.events.observed import (
     DeviceReportedState,
     DeviceStuck,
     DeviceWentOffline,
+    DriftAcknowledged,
     DriftBegan,
     DriftEnded,
     ObservedEvent,
@@ -88,6 +89,7 @@ class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
     attempts: int = 0
     retry_at: float = 0.0
     stuck: bool = False
+    acknowledged: bool = False  # an operator accepted the current drift: no reconciliation
     # volatile (not in the log): see `observe` and `resume`
     last_seen: float = 0.0
     last_seq: int = 0
@@ -141,7 +143,13 @@ class ForceReconcile(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
-Command = Beat | Tick | DesiredChanged | Retired | ForceReconcile
+class AcknowledgeDrift(msgspec.Struct, frozen=True):
+    """An operator accepts a drifted device as it is: stop reconciling it until the drift ends."""
+
+    reason: str = ""
+
+
+Command = Beat | Tick | DesiredChanged | Retired | ForceReconcile | AcknowledgeDrift
 
 
 def reject(state: DeviceState, heartbeat: Heartbeat) -> str | None:
@@ -189,15 +197,25 @@ def decide(state: DeviceState, command: Command, now: float, policy: Policy) -> 
         case Retired():
             return _end_drift(state, now, "retired")
         case ForceReconcile(reason=reason):
-            if state.site_id is None:
-                raise NotFound(f"device {state.device_id} is not registered", field="device_id")
-            if state.retired:
-                raise Conflict(f"device {state.device_id} is retired", field="device_id")
-            if not state.drifted:
-                raise Conflict(f"device {state.device_id} is not drifted: nothing to reconcile",
-                               field="device_id")
+            _require_drifted(state, "nothing to reconcile")
             return [ReconcileForced(device_id=state.device_id, reason=reason)]
+        case AcknowledgeDrift(reason=reason):
+            _require_drifted(state, "nothing to acknowledge")
+            if state.acknowledged:
+                raise Conflict(f"the drift of device {state.device_id} is already acknowledged",
+                               field="device_id")
+            return [DriftAcknowledged(device_id=state.device_id, reason=reason)]
     return []
+
+
+def _require_drifted(state: DeviceState, otherwise: str) -> None:
+    """Operators act on registered, active devices that drift; anything else is refused."""
+    if state.site_id is None:
+        raise NotFound(f"device {state.device_id} is not registered", field="device_id")
+    if state.retired:
+        raise Conflict(f"device {state.device_id} is retired", field="device_id")
+    if not state.drifted:
+        raise Conflict(f"device {state.device_id} is not drifted: {otherwise}", field="device_id")
 
 
 def _on_beat(state: DeviceState, hb: Heartbeat, now: float, policy: Policy) -> list[ObservedEvent]:
@@ -234,7 +252,7 @@ def _judge(state: DeviceState, snapshot_id: str | None, config_hash: str | None,
             desired_config_hash=state.desired_config_hash, reported_snapshot_id=snapshot_id,
             reported_config_hash=config_hash, since=_fmt(since))
         return [began, *_reconcile(state, 0, 0.0, now, policy)]
-    if state.stuck:
+    if state.stuck or state.acknowledged:
         return []
     return _reconcile(state, state.attempts, state.retry_at, now, policy)
 
@@ -294,17 +312,19 @@ def evolve(state: DeviceState, event: Event) -> DeviceState:
             return replace(state, health=event.health)
         case DriftBegan():
             return replace(state, drifted=True, drift_since=_epoch(event.since), attempts=0,
-                           retry_at=0.0, stuck=False)
+                           retry_at=0.0, stuck=False, acknowledged=False)
         case DriftEnded():
             return replace(state, drifted=False, attempts=0, retry_at=0.0, stuck=False,
-                           mismatch_since=None)
+                           acknowledged=False, mismatch_since=None)
         case ReconcileAttempted():
             retry_at = _epoch(event.retry_at) if event.retry_at else 0.0
             return replace(state, attempts=event.attempt, retry_at=retry_at)
         case DeviceStuck():
             return replace(state, stuck=True)
         case ReconcileForced():
-            return replace(state, stuck=False, attempts=0, retry_at=0.0)
+            return replace(state, stuck=False, acknowledged=False, attempts=0, retry_at=0.0)
+        case DriftAcknowledged():
+            return replace(state, acknowledged=True)
     return state
 
 

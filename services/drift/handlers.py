@@ -29,6 +29,7 @@ from services.drift.domain import (
     MALFORMED,
     REJECT_REASONS,
     SUBJECT_MISMATCH,
+    AcknowledgeDrift,
     Beat,
     Command,
     DesiredChanged,
@@ -73,6 +74,14 @@ _FAMILIES = ("device", "desired", "observed")
 
 class Reconcile(CommandBody, frozen=True, kw_only=True):
     """`fleet.cmd.drift.reconcile`: reconcile a drifted device now, even when it is stuck."""
+
+    device_id: str
+    reason: str = ""
+
+
+class Acknowledge(CommandBody, frozen=True, kw_only=True):
+    """`fleet.cmd.drift.acknowledge`: accept a drifted device as it is; it is not reconciled until
+    the drift ends or an operator forces reconciliation."""
 
     device_id: str
     reason: str = ""
@@ -194,6 +203,7 @@ class DriftService:
     def register(self, service: CommandService) -> None:
         """Route this service's commands."""
         service.route("reconcile", Reconcile, self.on_reconcile)
+        service.route("acknowledge", Acknowledge, self.on_acknowledge)
 
     def command_services(self) -> list[CommandService]:
         """`fleet.cmd.drift.*`, and for a partitioned instance also `fleet.cmd.drift-<k>.*`, to
@@ -206,16 +216,26 @@ class DriftService:
 
     async def on_reconcile(self, cmd: Reconcile, ctx: Context) -> Outcome:
         """An operator's forced reconciliation: a stuck device's tries start over."""
+        return await self._operate(cmd, ctx, "reconcile", ForceReconcile(cmd.reason))
+
+    async def on_acknowledge(self, cmd: Acknowledge, ctx: Context) -> Outcome:
+        """An operator accepts a device's drift: no more reconciliation until it ends."""
+        return await self._operate(cmd, ctx, "acknowledge", AcknowledgeDrift(cmd.reason))
+
+    async def _operate(self, cmd: Reconcile | Acknowledge, ctx: Context, route: str,
+                       command: ForceReconcile | AcknowledgeDrift) -> Outcome:
+        """Decide an operator's command on the device's current state and append what it causes
+        (forwarded to the instance that owns the device when the fleet is partitioned)."""
         check_id(cmd.device_id, "device_id")
         if self.partition is not None and not self.owns(cmd.device_id):
             owner = partition_of(cmd.device_id, self.partition[1])
             reply = await CommandClient(self.nc, actor=cmd.actor).send(
-                f"drift-{owner}", "reconcile", msgspec.structs.asdict(cmd))
+                f"drift-{owner}", route, msgspec.structs.asdict(cmd))
             return Outcome([Appended(e.subject, e.seq) for e in reply.events], reply.result)
         async with self._write_lock:
             await self._write_pending_locked()  # what was decided before goes first
             state = self.devices.get(cmd.device_id) or initial(cmd.device_id)
-            events = decide(state, ForceReconcile(cmd.reason), self.clock(), self.policy)
+            events = decide(state, command, self.clock(), self.policy)
             envelopes = [seal(e, actor=cmd.actor, at=ctx.now, causation_id=cmd.command_id,
                               correlation_id=cmd.command_id) for e in events]
             subject = event_subject("observed", cmd.device_id)
@@ -226,7 +246,8 @@ class DriftService:
             for event in events:
                 state = evolve(state, event)
             self.devices[cmd.device_id] = state
-        return Outcome(appended, {"device_id": cmd.device_id, "stuck": state.stuck})
+        return Outcome(appended, {"device_id": cmd.device_id, "stuck": state.stuck,
+                                  "acknowledged": state.acknowledged})
 
     # --- heartbeats -----------------------------------------------------------------------------
 

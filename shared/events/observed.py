@@ -1,6 +1,7 @@
 """Observed-state events (`fleet.evt.observed.<device>`), written by the drift service when a
 heartbeat reveals a *change*: online/offline, reported snapshot or hash, health, drift began or
-ended, reconciliation attempts and giving up. Heartbeats themselves never enter the log."""
+ended, reconciliation attempts and giving up, and what operators did about drift. Heartbeats
+themselves never enter the log."""
 
 from __future__ import annotations
 
@@ -88,6 +89,14 @@ class DeviceStuck(ObservedEvent, frozen=True, kw_only=True):
 
 class ReconcileForced(ObservedEvent, frozen=True, kw_only=True):
     """An operator asked for reconciliation again: a stuck device's tries start over."""
+
+    aggregate = "observed"
+    reason: str = ""
+
+
+class DriftAcknowledged(ObservedEvent, frozen=True, kw_only=True):
+    """An operator accepted the device's drift as it is (a deliberate local change, say): it is not
+    reconciled, nor marked stuck, until the drift ends or an operator forces reconciliation."""
 
     aggregate = "observed"
     reason: str = ""

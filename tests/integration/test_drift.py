@@ -243,10 +243,21 @@ async def test_operator_forces_reconciliation_of_a_stuck_device(
             with pytest.raises(NotFound):
                 await client.send("drift", "reconcile", {"device_id": "nobody"})
             reply = await client.send("drift", "reconcile", {"device_id": "f1", "reason": "fixed the disk"})
-            assert reply.result == {"device_id": "f1", "stuck": False}
+            assert reply.result == {"device_id": "f1", "stuck": False, "acknowledged": False}
             events = await until(drift, eventlog, "f1",
                                  lambda e: types(e)[-2:] == ["ReconcileForced", "ReconcileAttempted"])
-        assert events[-2].reason == "fixed the disk" and events[-1].attempt == 1
+            assert events[-2].reason == "fixed the disk" and events[-1].attempt == 1
+            # The operator then accepts the drift: no more re-puts, no `stuck`, while it lasts.
+            acked = await client.send("drift", "acknowledge", {"device_id": "f1", "reason": "lab unit"})
+            assert acked.result == {"device_id": "f1", "stuck": False, "acknowledged": True}
+            with pytest.raises(Conflict, match="already acknowledged"):
+                await client.send("drift", "acknowledge", {"device_id": "f1"})
+            with pytest.raises(Conflict, match="not drifted"):
+                await client.send("drift", "acknowledge", {"device_id": "f2"})
+            await asyncio.sleep(POLICY.reconcile_backoff * 8)  # well past every retry and the try limit
+            await drift.flush()
+            after = types(await observed(eventlog, "f1"))
+            assert after[after.index("DriftAcknowledged"):] == ["DriftAcknowledged"], after
         recorded, _ = await eventlog.load(event_subject("observed", "f1"))
         forced = [r for r in recorded if r.envelope.type == "ReconcileForced"]
         assert forced[0].envelope.actor == "operator:test"

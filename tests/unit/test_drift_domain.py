@@ -16,6 +16,7 @@ from services.drift.domain import (
     RETIRED_DEVICE,
     SITE_MISMATCH,
     UNKNOWN_DEVICE,
+    AcknowledgeDrift,
     Beat,
     DesiredChanged,
     DeviceState,
@@ -41,9 +42,11 @@ from shared.events.observed import (
     DeviceCameOnline,
     DeviceStuck,
     DeviceWentOffline,
+    DriftAcknowledged,
     DriftBegan,
     DriftEnded,
     ReconcileAttempted,
+    ReconcileForced,
 )
 from shared.events.registry import DeviceAdded, DeviceRetired
 from shared.times import parse_time
@@ -176,6 +179,31 @@ def test_forced_reconcile_starts_the_tries_over() -> None:
         decide(evolve(state, DeviceRetired(device_id="d1")), ForceReconcile(), T0, POLICY)
 
 
+def test_an_acknowledged_drift_is_left_alone_until_it_ends() -> None:
+    with pytest.raises(NotFound):
+        decide(initial("d1"), AcknowledgeDrift(), T0, POLICY)
+    state, _ = step(registered(), Beat(hb(1)), T0)
+    with pytest.raises(Conflict, match="not drifted: nothing to acknowledge"):
+        decide(state, AcknowledgeDrift(), T0, POLICY)
+    state, _ = step(registered(), Beat(hb(1, digest="other")), T0)
+    state, events = step(state, Beat(hb(2, digest="other")), T0 + 60)
+    assert names(events) == ["DriftBegan", "ReconcileAttempted"]
+    state, events = step(state, AcknowledgeDrift("hotfix by the field engineer"), T0 + 61)
+    assert names(events) == ["DriftAcknowledged"] and state.acknowledged
+    with pytest.raises(Conflict, match="already acknowledged"):
+        decide(state, AcknowledgeDrift(), T0 + 61, POLICY)
+    for i, t in enumerate((70, 100, 200, 400), 3):  # well past every retry and the try limit
+        state, events = step(state, Beat(hb(i, digest="other")), T0 + t)
+        assert events == [] and not state.stuck
+    state, events = step(state, ForceReconcile("now fix it"), T0 + 401)
+    assert names(events) == ["ReconcileForced"] and not state.acknowledged
+    state, events = step(state, Tick(), T0 + 401)
+    assert names(events) == ["ReconcileAttempted"]
+    state, _ = step(state, AcknowledgeDrift(), T0 + 402)
+    state, events = step(state, Beat(hb(7)), T0 + 403)  # back to what it should run
+    assert names(events)[-1] == "DriftEnded" and not state.acknowledged
+
+
 def test_restart_gives_a_full_window_and_a_fresh_grace() -> None:
     state, _ = step(registered(), Beat(hb(1, digest="other")), T0)
     rebuilt = DeviceState(**{f: getattr(state, f) for f in state.__struct_fields__ if f not in _VOLATILE})
@@ -195,7 +223,8 @@ beats = st.tuples(st.just("beat"), st.sampled_from(SNAPSHOTS), st.sampled_from(H
                   st.sampled_from(["ok", "ok", "degraded", "failed"]), st.floats(0, 40))
 ticks = st.tuples(st.just("tick"), st.floats(0, 60))
 desires = st.tuples(st.just("desire"), st.sampled_from(["s1", "s2"]), st.sampled_from(["h1", "h2"]))
-steps = st.lists(st.one_of(beats, beats, ticks, desires), max_size=60)
+operators = st.tuples(st.sampled_from(["ack", "force"]))
+steps = st.lists(st.one_of(beats, beats, ticks, desires, operators), max_size=60)
 
 
 def run(commands: list[tuple[Any, ...]]) -> tuple[DeviceState, list[tuple[float, Event]]]:
@@ -219,6 +248,13 @@ def run(commands: list[tuple[Any, ...]]) -> tuple[DeviceState, list[tuple[float,
         elif kind == "tick":
             now += command[1]
             state, events = step(state, Tick(), now)
+        elif kind in ("ack", "force"):
+            operation = AcknowledgeDrift("seen") if kind == "ack" else ForceReconcile("again")
+            if not state.drifted or (kind == "ack" and state.acknowledged):
+                with pytest.raises(Conflict):
+                    decide(state, operation, now, POLICY)
+                continue
+            state, events = step(state, operation, now)
         else:
             revision += 1
             assigned = DesiredStateAssigned(device_id="d1", site_id="site-a", snapshot_id=command[1],
@@ -251,7 +287,7 @@ def test_invariants(commands: list[tuple[Any, ...]]) -> None:
     online = False
     drifting = False
     attempts = 0
-    stuck = False
+    stuck = acknowledged = False
     for _, event in log:
         match event:
             case DeviceCameOnline():
@@ -263,20 +299,27 @@ def test_invariants(commands: list[tuple[Any, ...]]) -> None:
             case DriftBegan():
                 assert not drifting and online
                 assert event.desired_config_hash is not None
-                drifting, attempts, stuck = True, 0, False
+                drifting, attempts, stuck, acknowledged = True, 0, False, False
             case ReconcileAttempted():
-                assert drifting and not stuck
+                assert drifting and not stuck and not acknowledged, "an accepted drift is not reconciled"
                 attempts += 1
                 assert event.attempt == attempts <= POLICY.reconcile_max_tries
             case DeviceStuck():
-                assert drifting and not stuck and attempts == POLICY.reconcile_max_tries
+                assert drifting and not stuck and not acknowledged and attempts == POLICY.reconcile_max_tries
                 stuck = True
+            case DriftAcknowledged():
+                assert drifting and not acknowledged
+                acknowledged = True
+            case ReconcileForced():
+                assert drifting
+                attempts, stuck, acknowledged = 0, False, False
             case DriftEnded():
                 assert drifting
-                drifting = False
+                drifting = acknowledged = False
             case DesiredStateAssigned():
                 attempts, stuck = 0, False
     assert state.online == online and state.drifted == drifting and state.stuck == stuck
+    assert state.acknowledged == acknowledged
     if state.drifted:
         assert state.desired_config_hash is not None
     if state.online and not state.drifted and state.mismatch_since is not None:

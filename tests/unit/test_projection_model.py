@@ -47,12 +47,16 @@ def _event(kind: int, device: str, site: str, snap: str, flag: bool) -> Event:
             return observed.DriftEnded(device_id=device, duration_seconds=3.0)
         case 10:
             return observed.DeviceStuck(device_id=device, attempts=5)
+        case 12:
+            return observed.DriftAcknowledged(device_id=device, reason="accepted")
+        case 13:
+            return observed.ReconcileForced(device_id=device)
         case _:
             return registry.DeviceRelabeled(device_id=device, labels={"hw": "v2"})
 
 
 events = st.lists(
-    st.builds(_event, st.integers(0, 11), st.sampled_from(DEVICES), st.sampled_from(SITES), st.sampled_from(SNAPS),
+    st.builds(_event, st.integers(0, 13), st.sampled_from(DEVICES), st.sampled_from(SITES), st.sampled_from(SNAPS),
               st.booleans()),
     max_size=60,
 )
@@ -115,6 +119,33 @@ def test_problem_rank_orders_worst_first() -> None:
     failed = model.DeviceRow(device_id="d", registered=True, online=True, health="failed")
     drifted = model.DeviceRow(device_id="d", registered=True, online=True, health="ok", drifted_since="x")
     assert [model.problem_rank(r) for r in (offline, failed, drifted, base)] == [0, 1, 4, 9]
+    accepted = model.DeviceRow(device_id="d", registered=True, online=True, drifted_since="x", stuck=True,
+                               acknowledged=True)
+    assert model.problem_rank(accepted) == 5
+
+
+def test_an_acknowledged_drift_and_a_forced_reconcile_fold() -> None:
+    state = model.FleetState()
+    history: list[Event] = [
+        registry.DeviceAdded(device_id="d1", site_id="s1"),
+        observed.DeviceCameOnline(device_id="d1", site_id="s1", snapshot_id="b", config_hash="hb"),
+        observed.DriftBegan(device_id="d1", desired_snapshot_id="a", desired_config_hash="ha",
+                            reported_snapshot_id="b", reported_config_hash="hb", since="2026-11-01T00:01:00.000000Z"),
+        observed.DeviceStuck(device_id="d1", attempts=3),
+        observed.ReconcileForced(device_id="d1", reason="disk"),
+        observed.DriftAcknowledged(device_id="d1", reason="lab unit"),
+    ]
+    rows = []
+    for i, event in enumerate(history, 1):
+        model.apply(state, i, seal(event, actor="operator:t", at=T0 + timedelta(seconds=i)), event)
+        rows.append(state.devices["d1"])
+    assert rows[3].stuck and not rows[4].stuck and rows[4].reconcile_attempts == 0
+    assert rows[5].acknowledged and model.problem_rank(rows[5]) == 5
+    ended = observed.DriftEnded(device_id="d1", duration_seconds=9.0)
+    model.apply(state, 7, seal(ended, actor="t", at=T0), ended)
+    assert not state.devices["d1"].acknowledged
+    assert change_row(8, seal(history[-1], actor="operator:t", at=T0), history[-1], lambda _: "s1").summary == (
+        "device d1 drift acknowledged: lab unit")
 
 
 def test_snapshots_and_sites_fold() -> None:
