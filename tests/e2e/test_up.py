@@ -88,6 +88,15 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
         assert trace["fleet-registry"]["name"] == "command registry.add_site"
         assert trace["fleet-projections"]["name"].endswith("SiteAdded")
 
+        # The drift commands through the CLI: a device the registry never saw is "not found" (3);
+        # one that is registered but not drifting cannot be acknowledged (conflict, 4).
+        unknown = fleet(data, "drift", "acknowledge", "nobody", "--json")
+        assert unknown.returncode == 3 and "not registered" in unknown.stdout + unknown.stderr
+        assert fleet(data, "device", "add", "quiet-1", "--site", "traced-site").returncode == 0
+        calm = wait_for(lambda: (r if (r := fleet(data, "drift", "acknowledge", "quiet-1")).returncode != 3 else None),
+                        what="the drift service to know quiet-1")
+        assert calm.returncode == 4 and "not drifted" in calm.stdout + calm.stderr
+
         # /metrics: the projections' lag and every service's own metrics (from $SRV.STATS)
         api_url = status(data)["api_url"]
         with urllib.request.urlopen(f"{api_url}/metrics", timeout=10) as response:
