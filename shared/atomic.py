@@ -54,21 +54,20 @@ async def publish_atomic(nc: NATS, messages: Sequence[Message], timeout: float) 
     middle = _frames(batch_id, messages, nc.max_payload) if last > 2 else b""  # checked before sending
     if last > 1:  # acknowledged, so a refused batch fails fast instead of at commit
         subject, payload, headers = messages[0]
-        reply = await nc.request(subject, payload, timeout,
-                                 headers={**headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: "1"})
+        reply = await nc.request(subject, payload, timeout, headers=_batch_headers(headers, batch_id, 1))
         if reply.data:
             batch_ack(reply)
-    if middle and nc.is_connected:
+    if middle:  # into the pending buffer like `publish`: sent now, or on reconnect if the link drops
         await nc._send_command(middle)
         nc.stats["out_msgs"] += last - 2
         await nc._flush_pending()
-    elif middle:  # reconnecting: nats-py's own path knows how to buffer or refuse
-        for index in range(2, last):
-            subject, payload, headers = messages[index - 1]
-            await nc.publish(subject, payload, headers={**headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(index)})
     subject, payload, headers = messages[-1]
-    commit = {**headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(last), HDR_BATCH_COMMIT: "1"}
+    commit = {**_batch_headers(headers, batch_id, last), HDR_BATCH_COMMIT: "1"}
     return batch_ack(await nc.request(subject, payload, timeout, headers=commit))
+
+
+def _batch_headers(headers: dict[str, str], batch_id: str, index: int) -> dict[str, str]:
+    return {**headers, HDR_BATCH_ID: batch_id, HDR_BATCH_SEQ: str(index)}
 
 
 def _frames(batch_id: str, messages: Sequence[Message], max_payload: int) -> bytes:

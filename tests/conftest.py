@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -91,7 +92,6 @@ async def dump_tasks_when_stuck(request: pytest.FixtureRequest) -> AsyncIterator
 
     async def watch() -> None:
         await asyncio.sleep(max(limit - 15, 1))
-        import sys
         for task in asyncio.all_tasks():
             print(f"--- {task.get_name()} ({task.get_coro()})", file=sys.stderr)
             task.print_stack(file=sys.stderr)

@@ -78,3 +78,19 @@ async def send(conf: Settings, service: str, command: str, body: dict[str, Any],
         return await CommandClient(nc, actor=conf.actor, timeout=timeout).send(service, command, body)
     finally:
         await nc.close()
+
+
+def reason_command(app: typer.Typer, service: str, name: str, doc: str, id_field: str,
+                   render: Callable[[Any], None]) -> None:
+    """Add `name ID [--reason R] [--json]` to `app`: one command to `service` naming one
+    aggregate by `id_field`, with an operator's reason for the record."""
+
+    def command(ctx: typer.Context, target: str = typer.Argument(..., metavar=id_field.upper()),
+                reason: str = typer.Option("", "--reason", help="Why, for the record."),
+                json_out: bool = JsonOption) -> None:
+        result = run(send(settings(ctx), service, name, {id_field: target, "reason": reason}),
+                     json_out=json_out).result
+        emit(result, json_out=json_out, render=render)
+
+    command.__doc__ = doc
+    app.command(name)(command)

@@ -10,7 +10,7 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, send, settings
+from fleet.cli.common import JsonOption, console, emit, reason_command, run, send, settings
 from shared.config import Settings
 from shared.errors import Unavailable
 
@@ -92,21 +92,11 @@ def start(
     emit(result, json_out=json_out, render=_render)
 
 
-def _act(name: str, doc: str) -> None:
-    def command(ctx: typer.Context, rollout_id: str = typer.Argument(...),
-                reason: str = typer.Option("", "--reason"), json_out: bool = JsonOption) -> None:
-        result = run(send(settings(ctx), "rollout", name, {"rollout_id": rollout_id, "reason": reason}),
-                     json_out=json_out).result
-        emit(result, json_out=json_out, render=_render)
-
-    command.__doc__ = doc
-    app.command(name)(command)
-
-
-_act("pause", "Stop assigning until resume.")
-_act("resume", "Go on (after a failed gate: override it and move to the next wave).")
-_act("abort", "Stop for good; what is assigned stays assigned.")
-_act("promote", "Approve going on after a held wave.")
+reason_command(app, "rollout", "pause", "Stop assigning until resume.", "rollout_id", _render)
+reason_command(app, "rollout", "resume", "Go on (after a failed gate: override it and move to the next wave).",
+               "rollout_id", _render)
+reason_command(app, "rollout", "abort", "Stop for good; what is assigned stays assigned.", "rollout_id", _render)
+reason_command(app, "rollout", "promote", "Approve going on after a held wave.", "rollout_id", _render)
 
 
 @app.command("rollback")

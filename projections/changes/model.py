@@ -37,6 +37,10 @@ def _short(value: str | None) -> str:
     return "none" if value is None else value[:12]
 
 
+def _why(reason: str) -> str:
+    return f": {reason}" if reason else ""
+
+
 def _summary(event: Event) -> str:
     match event:
         case registry.SiteAdded():
@@ -44,7 +48,7 @@ def _summary(event: Event) -> str:
         case registry.SiteUpdated():
             return f"site {event.site_id} updated: labels {_labels(event.labels)}"
         case registry.SiteRetired():
-            return f"site {event.site_id} retired" + (f": {event.reason}" if event.reason else "")
+            return f"site {event.site_id} retired" + _why(event.reason)
         case registry.DeviceAdded():
             return f"device {event.device_id} added at site {event.site_id} (labels {_labels(event.labels)})"
         case registry.DeviceUpdated():
@@ -54,13 +58,13 @@ def _summary(event: Event) -> str:
         case registry.DeviceMoved():
             return f"device {event.device_id} moved from {event.from_site_id} to {event.to_site_id}"
         case registry.DeviceRetired():
-            return f"device {event.device_id} retired" + (f": {event.reason}" if event.reason else "")
+            return f"device {event.device_id} retired" + _why(event.reason)
         case snapshot.SnapshotCreated():
             return f"snapshot {event.snapshot_id} created ({event.name} v{event.version})"
         case snapshot.SnapshotMarkedKnownGood():
             return f"snapshot {event.snapshot_id} marked known-good for {event.target or 'everything'}"
         case snapshot.SnapshotRetired():
-            return f"snapshot {event.snapshot_id} retired" + (f": {event.reason}" if event.reason else "")
+            return f"snapshot {event.snapshot_id} retired" + _why(event.reason)
         case desired.DesiredStateAssigned():
             via = f" by rollout {event.rollout_id}" if event.rollout_id else ""
             return (f"device {event.device_id} assigned snapshot {event.snapshot_id} "
@@ -86,9 +90,9 @@ def _summary(event: Event) -> str:
         case observed.DeviceStuck():
             return f"device {event.device_id} stuck after {event.attempts} reconcile attempts"
         case observed.ReconcileForced():
-            return f"device {event.device_id} reconciliation forced" + (f": {event.reason}" if event.reason else "")
+            return f"device {event.device_id} reconciliation forced" + _why(event.reason)
         case observed.DriftAcknowledged():
-            return f"device {event.device_id} drift acknowledged" + (f": {event.reason}" if event.reason else "")
+            return f"device {event.device_id} drift acknowledged" + _why(event.reason)
         case rollout.RolloutStarted():
             return f"rollout {event.rollout_id} of {event.snapshot_id} to {event.target or 'every device'} started"
         case rollout.RolloutWaveStarted():
@@ -101,7 +105,7 @@ def _summary(event: Event) -> str:
         case rollout.RolloutPaused() | rollout.RolloutAborted() | rollout.RolloutRollbackStarted():
             what = {"RolloutPaused": "paused", "RolloutAborted": "aborted",
                     "RolloutRollbackStarted": "rolling back"}[type(event).__name__]
-            return f"rollout {event.rollout_id} {what}" + (f": {event.reason}" if event.reason else "")
+            return f"rollout {event.rollout_id} {what}" + _why(event.reason)
         case rollout.RolloutCompleted() | rollout.RolloutRolledBack() | rollout.RolloutResumed():
             what = {"RolloutCompleted": "completed", "RolloutRolledBack": "rolled back",
                     "RolloutResumed": "resumed"}[type(event).__name__]

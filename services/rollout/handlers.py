@@ -162,7 +162,7 @@ class RolloutService:
         """Wait until this service has seen everything in the log as of now (read-your-writes: a
         client that just created a snapshot or imported devices can start a rollout on them).
         The follower skips desired events, so the head is the newest event it does read."""
-        head = max([await self.log.last_seq(subjects) for subjects in FOLLOWED])
+        head = max(await asyncio.gather(*(self.log.last_seq(subjects) for subjects in FOLLOWED)))
         deadline = asyncio.get_running_loop().time() + timeout
         while self.applied_seq < head:
             self._progressed.clear()
