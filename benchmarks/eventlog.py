@@ -200,12 +200,8 @@ async def fill_stream(log: EventLog, total: int) -> None:
 # --- eventsourcing (the peer) ---------------------------------------------------------------------
 
 
-def peer_setup(pg: EmbeddedPostgres, dbname: str) -> Any:
-    """An eventsourcing Application on PostgreSQL, configured through the environment as its
-    documentation describes (PERSISTENCE_MODULE and POSTGRES_*)."""
-    from eventsourcing.application import Application
-    from eventsourcing.domain import Aggregate, event
-
+def configure_eventsourcing(pg: EmbeddedPostgres, dbname: str) -> None:
+    """Point the eventsourcing library at `dbname` on `pg` the way its docs say: the environment."""
     os.environ.update({
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
         "POSTGRES_DBNAME": dbname,
@@ -214,6 +210,15 @@ def peer_setup(pg: EmbeddedPostgres, dbname: str) -> Any:
         "POSTGRES_USER": "postgres",
         "POSTGRES_PASSWORD": pg.password_file.read_text().strip(),
     })
+
+
+def peer_setup(pg: EmbeddedPostgres, dbname: str) -> Any:
+    """An eventsourcing Application on PostgreSQL, configured through the environment as its
+    documentation describes (PERSISTENCE_MODULE and POSTGRES_*)."""
+    from eventsourcing.application import Application
+    from eventsourcing.domain import Aggregate, event
+
+    configure_eventsourcing(pg, dbname)
 
     class Device(Aggregate):
         @event("Added")

@@ -53,6 +53,7 @@ import msgspec
 import nats
 from nats.js import api
 
+from benchmarks.eventlog import configure_eventsourcing
 from projections.changes.store import ChangesProjection
 from projections.fleet import model, snapshots
 from projections.fleet.store import FleetProjection, load_state
@@ -265,14 +266,7 @@ def peer(pg: EmbeddedPostgres, dbname: str, envelopes: list[Envelope]) -> float:
     from eventsourcing.projection import Projection, ProjectionRunner
     from psycopg.sql import SQL
 
-    os.environ.update({
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": dbname,
-        "POSTGRES_HOST": "127.0.0.1",
-        "POSTGRES_PORT": str(pg.port),
-        "POSTGRES_USER": "postgres",
-        "POSTGRES_PASSWORD": pg.password_file.read_text().strip(),
-    })
+    configure_eventsourcing(pg, dbname)
 
     @es_dataclass(frozen=True)
     class FleetFact(DomainEvent):
@@ -306,7 +300,9 @@ def peer(pg: EmbeddedPostgres, dbname: str, envelopes: list[Envelope]) -> float:
         app.recorder.insert_events(stored[i:i + 1000])
     last = app.recorder.max_notification_id()
     app.close()
-    migration = (Path(__file__).resolve().parents[1] / "projections/fleet/migrations/001_init.sql").read_text()
+    migration = "\n".join(  # the fleet read model's schema, every migration in order
+        path.read_text() for path in sorted((Path(__file__).resolve().parents[1] / "projections/fleet/migrations")
+                                            .glob("*.sql")))
     encoder = msgspec.json.Encoder()
 
     class FleetView(PostgresTrackingRecorder):
@@ -315,7 +311,8 @@ def peer(pg: EmbeddedPostgres, dbname: str, envelopes: list[Envelope]) -> float:
             self.sql_create_statements += [SQL("CREATE SCHEMA IF NOT EXISTS es_view"),  # type: ignore[arg-type]
                                            SQL("SET LOCAL search_path TO es_view, public"),  # type: ignore[arg-type]
                                            SQL(migration.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS")  # type: ignore[arg-type]
-                                               .replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS"))]
+                                               .replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS")
+                                               .replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))]
 
         def apply(self, fact: Any, tracking: Tracking) -> None:
             env = Envelope(type=fact.type, v=1, id=fact.event_id, aggregate=fact.aggregate,
