@@ -43,7 +43,7 @@ from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, Rollo
 from projections.fleet.store import DEVICES, ROLLOUTS, SITES, SNAPSHOTS
 from projections.pointintime import PointInTime
 from projections.selector import to_sql
-from shared.errors import FleetError, Invalid, NotFound, Unavailable
+from shared.errors import Invalid, NotFound, Unavailable
 from shared.eventlog import EventLog
 from shared.selectors import EVERYTHING, Selector
 from shared.times import format_time, utcnow
@@ -226,7 +226,7 @@ class ReadModels:
         started = time.monotonic()
         try:
             value: int | None = await asyncio.wait_for(self.log.last_stream_seq(), 2.0)
-        except (FleetError, TimeoutError, OSError, Exception):  # the log being down is not our 500
+        except Exception:  # the log being down (or unreachable) is not our 500
             value = None
         if started >= self._head[0]:
             self._head = (started, value)  # stamped when asked: the head is at least this new
