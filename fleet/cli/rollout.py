@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Any, Optional
 
 import typer
@@ -11,13 +12,29 @@ from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from fleet.cli.common import JsonOption, console, emit, reason_command, run, send, settings
-from shared.config import Settings
 from shared.errors import Unavailable
 
 app = typer.Typer(help="Progressive rollouts: canary, waves, gates, pause/resume/abort, rollback.",
                   no_args_is_help=True)
 
-FAILED_END = ("rolled_back", "aborted")
+# What `rollout watch` exits with once it stops (2-6 are the refusals of fleet.cli.common).
+WATCH_OK, WATCH_FAILED, WATCH_NEEDS_OPERATOR = 0, 1, 7
+
+
+def watch_exit(result: dict[str, Any]) -> int | None:
+    """The exit code `rollout watch` stops with for this status, or None to keep watching.
+
+    Only a terminal status or a pause that needs an operator stops the watch: a rollout that is
+    rolling back has failed even though it has not finished, so it is watched to the end and exits
+    1 (stopping at `rolling_back` with 0 let a pipeline go on after a failed release)."""
+    status, phase = result["status"], result["phase"]
+    if status == "completed":
+        return WATCH_OK
+    if status in ("rolled_back", "aborted") or (status == "paused" and phase == "gate_failed"):
+        return WATCH_FAILED
+    if status == "paused" or (status == "running" and phase == "held"):
+        return WATCH_NEEDS_OPERATOR
+    return None  # running, rolling_back: not over yet
 
 
 def _render(result: dict[str, Any]) -> None:
@@ -132,35 +149,55 @@ def list_(ctx: typer.Context, json_out: bool = JsonOption) -> None:
 @app.command("watch")
 def watch(ctx: typer.Context, rollout_id: str = typer.Argument(...),
           interval: float = typer.Option(0.5, "--interval"), json_out: bool = JsonOption) -> None:
-    """Live progress per wave until the rollout ends; exit 1 if it ends rolled back or aborted."""
-    result = run(_watch(settings(ctx), rollout_id, interval, json_out), json_out=json_out)
-    if result["status"] in FAILED_END:
-        raise typer.Exit(1)
+    """Live progress per wave until the rollout ends or needs an operator. Exit 0 completed; 1 failed
+    (gate failed, rolling back then rolled back, aborted); 7 paused or held for `promote`."""
+    conf = settings(ctx)
+
+    async def get() -> dict[str, Any]:
+        result: dict[str, Any] = (await send(conf, "rollout", "get", {"rollout_id": rollout_id})).result
+        return result
+
+    _, code = run(_watch(get, asyncio.sleep, interval, json_out), json_out=json_out)
+    raise typer.Exit(code)
 
 
-async def _watch(conf: Settings, rollout_id: str, interval: float, json_out: bool) -> dict[str, Any]:
+async def watch_until_done(get: Callable[[], Awaitable[dict[str, Any]]],
+                           sleep: Callable[[float], Awaitable[None]], interval: float,
+                           seen: Callable[[dict[str, Any]], None] = lambda result: None,
+                           ) -> tuple[dict[str, Any], int]:
+    """Poll `get` every `interval` (slept through `sleep`, so tests drive the clock) until
+    `watch_exit` says stop; returns the last status and the exit code."""
+    while True:
+        try:
+            result = await get()
+        except Unavailable:
+            await sleep(interval)
+            continue
+        seen(result)
+        code = watch_exit(result)
+        if code is not None:
+            return result, code
+        await sleep(interval)
+
+
+async def _watch(get: Callable[[], Awaitable[dict[str, Any]]], sleep: Callable[[float], Awaitable[None]],
+                 interval: float, json_out: bool) -> tuple[dict[str, Any], int]:
     progress = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                         console=console, disable=json_out)
     bars: dict[int, Any] = {}
+
+    def show(result: dict[str, Any]) -> None:
+        for wave in result.get("wave_progress", []):
+            number = wave["wave"]
+            if number not in bars:
+                bars[number] = progress.add_task(f"wave {number + 1}", total=wave["size"])
+            settled = sum(wave.get(k, 0) for k in ("converged", "failed", "timed_out", "restored"))
+            progress.update(bars[number], completed=settled)
+
     with Live(progress, console=console, transient=False, refresh_per_second=4) if not json_out else _null():
-        while True:
-            try:
-                result: dict[str, Any] = (await send(conf, "rollout", "get", {"rollout_id": rollout_id})).result
-            except Unavailable:
-                await asyncio.sleep(interval)
-                continue
-            for wave in result.get("wave_progress", []):
-                number = wave["wave"]
-                if number not in bars:
-                    bars[number] = progress.add_task(f"wave {number + 1}", total=wave["size"])
-                settled = sum(wave.get(k, 0) for k in ("converged", "failed", "timed_out"))
-                progress.update(bars[number], completed=settled)
-            if result["status"] not in ("running", "paused") or (
-                    result["status"] == "paused" and result["phase"] == "gate_failed"):
-                break
-            await asyncio.sleep(interval)
+        result, code = await watch_until_done(get, sleep, interval, show)
     emit(result, json_out=json_out, render=_render)
-    return result
+    return result, code
 
 
 class _null:
