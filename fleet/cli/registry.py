@@ -39,6 +39,9 @@ _ANY_JSON = msgspec.json.Decoder()
 _ENCODER = msgspec.json.Encoder()
 
 LabelOption = typer.Option(None, "--label", "-l", help="A label key=value (repeatable).")
+WindowOption = typer.Option(None, "--window", "-w", help=(
+    "A maintenance window, e.g. 'Mon-Fri 22:00-04:00 Europe/Berlin' or 'Sat 00:00-24:00 UTC' (repeatable; "
+    "rollouts assign the site's devices only inside one)."))
 
 
 def reply_json(reply: Reply) -> dict[str, Any]:
@@ -71,6 +74,8 @@ def _record_table(record: dict[str, Any], title: str | None = None) -> Table:
     for key, value in record.items():
         if isinstance(value, dict):
             shown = _labels_text(value) if key == "labels" else json.dumps(value, sort_keys=True)
+        elif isinstance(value, list):
+            shown = "; ".join(map(str, value)) or ("always open" if key == "windows" else "")
         else:
             shown = "" if value is None else str(value)
         table.add_row(key, escape(shown))
@@ -98,11 +103,12 @@ def site_add(
     site_id: str = typer.Argument(..., help="Site id."),
     name: str = typer.Option(None, "--name", help="Human name."),
     label: list[str] = LabelOption,
+    window: list[str] = WindowOption,
     json_out: bool = JsonOption,
 ) -> None:
     """Register a site (the same site again with the same data is a no-op)."""
     async def go() -> None:
-        body: dict[str, Any] = {"site_id": site_id, "labels": labels_of(label)}
+        body: dict[str, Any] = {"site_id": site_id, "labels": labels_of(label), "windows": window or []}
         if name is not None:
             body["name"] = name
         reply = await send(settings(ctx), "registry", "add_site", body)
@@ -116,15 +122,19 @@ def site_update(
     site_id: str = typer.Argument(..., help="Site id."),
     name: str = typer.Option(None, "--name", help="New human name."),
     label: list[str] = typer.Option(None, "--label", "-l", help="Replace labels with these (repeatable)."),
+    window: list[str] = WindowOption,
+    no_windows: bool = typer.Option(False, "--no-windows", help="Remove every maintenance window (always open)."),
     json_out: bool = JsonOption,
 ) -> None:
-    """Change a site's name or labels."""
+    """Change a site's name, labels or maintenance windows (--window replaces them all)."""
     async def go() -> None:
         body: dict[str, Any] = {"site_id": site_id}
         if name is not None:
             body["name"] = name
         if label:
             body["labels"] = labels_of(label)
+        if window or no_windows:
+            body["windows"] = [] if no_windows else window
         reply = await send(settings(ctx), "registry", "update_site", body)
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_site(reply, "updated"))
     run(go(), json_out=json_out)
@@ -169,11 +179,11 @@ def site_list(
         reply = await send(settings(ctx), "registry", "list_sites", {"include_retired": all_sites})
 
         def render(_: Any) -> None:
-            table = Table("site", "name", "status", "devices", "labels")
+            table = Table("site", "name", "status", "devices", "labels", "windows")
             table.columns[0].no_wrap = True
             for site in reply.result["sites"]:
                 add_row(table, site["site_id"], site["name"], site["status"], str(site["active_devices"]),
-                              _labels_text(site["labels"]))
+                              _labels_text(site["labels"]), "; ".join(site.get("windows", [])) or "always")
             console.print(table)
         emit(reply_json(reply), json_out=json_out, render=render)
     run(go(), json_out=json_out)

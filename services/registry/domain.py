@@ -27,6 +27,7 @@ from shared.events.registry import (
 )
 from shared.ids import check_id, check_labels
 from shared.selectors import IMPLICIT_LABELS
+from shared.windows import canonical as canonical_windows
 from shared.wire import Command
 
 Status = Literal["absent", "active", "retired"]
@@ -50,6 +51,7 @@ class Site(msgspec.Struct, frozen=True, kw_only=True):
     labels: dict[str, str] = {}
     metadata: dict[str, Any] = {}
     retired_reason: str = ""
+    windows: list[str] = []
 
 
 class Device(msgspec.Struct, frozen=True, kw_only=True):
@@ -101,6 +103,7 @@ class AddSite(Command, frozen=True, kw_only=True):
     name: str | None = None
     labels: dict[str, str] | None = None
     metadata: dict[str, Any] | None = None
+    windows: list[str] | None = None
 
 
 class UpdateSite(Command, frozen=True, kw_only=True):
@@ -110,6 +113,7 @@ class UpdateSite(Command, frozen=True, kw_only=True):
     name: str | None = None
     labels: dict[str, str] | None = None
     metadata: dict[str, Any] | None = None
+    windows: list[str] | None = None  # replaces the site's windows; [] clears them
 
 
 class RetireSite(Command, frozen=True, kw_only=True):
@@ -241,23 +245,25 @@ def decide_site(state: Site, command: SiteCommand, view: View) -> list[Event]:
             return _retire_site(state, command, view)
 
 
-def _site_fields(command: AddSite | UpdateSite, state: Site) -> tuple[str, dict[str, str], dict[str, Any]]:
+def _site_fields(command: AddSite | UpdateSite, state: Site,
+                 ) -> tuple[str, dict[str, str], dict[str, Any], list[str]]:
     name = state.name if command.name is None else _check_text(command.name, NAME_MAX, "name")
     labels = state.labels if command.labels is None else check_labels(dict(command.labels))
     metadata = state.metadata if command.metadata is None else check_metadata(command.metadata)
-    return name, labels, metadata
+    windows = state.windows if command.windows is None else canonical_windows(command.windows, "windows")
+    return name, labels, metadata, windows
 
 
 def _add_site(state: Site, command: AddSite) -> list[Event]:
-    name, labels, metadata = _site_fields(command, Site(site_id=command.site_id))
+    name, labels, metadata, windows = _site_fields(command, Site(site_id=command.site_id))
     if state.status == "retired":
         raise Conflict(f"site {state.site_id} is retired; site ids are not reused", field="site_id")
     if state.status == "active":
-        if (state.name, state.labels, state.metadata) == (name, labels, metadata):
+        if (state.name, state.labels, state.metadata, state.windows) == (name, labels, metadata, windows):
             return []
         raise Conflict(f"site {state.site_id} already exists with different data "
                        "(use update_site to change it)", field="site_id")
-    return [SiteAdded(site_id=command.site_id, name=name, labels=labels, metadata=metadata)]
+    return [SiteAdded(site_id=command.site_id, name=name, labels=labels, metadata=metadata, windows=windows)]
 
 
 def _require_active_site(state: Site) -> None:
@@ -268,11 +274,11 @@ def _require_active_site(state: Site) -> None:
 
 
 def _update_site(state: Site, command: UpdateSite) -> list[Event]:
-    name, labels, metadata = _site_fields(command, state)
+    name, labels, metadata, windows = _site_fields(command, state)
     _require_active_site(state)
-    if (state.name, state.labels, state.metadata) == (name, labels, metadata):
+    if (state.name, state.labels, state.metadata, state.windows) == (name, labels, metadata, windows):
         return []
-    return [SiteUpdated(site_id=state.site_id, name=name, labels=labels, metadata=metadata)]
+    return [SiteUpdated(site_id=state.site_id, name=name, labels=labels, metadata=metadata, windows=windows)]
 
 
 def _retire_site(state: Site, command: RetireSite, view: View) -> list[Event]:
@@ -395,10 +401,10 @@ def evolve_site(state: Site, event: Event) -> Site:
     match event:
         case SiteAdded():
             return Site(site_id=event.site_id, status="active", name=event.name,
-                        labels=event.labels, metadata=event.metadata)
+                        labels=event.labels, metadata=event.metadata, windows=event.windows)
         case SiteUpdated():
             return msgspec.structs.replace(state, name=event.name, labels=event.labels,
-                                           metadata=event.metadata)
+                                           metadata=event.metadata, windows=event.windows)
         case SiteRetired():
             return msgspec.structs.replace(state, status="retired", retired_reason=event.reason)
     return state

@@ -120,6 +120,7 @@ class SiteSummary(msgspec.Struct, frozen=True):
     metadata: dict[str, Any]
     retired_reason: str
     active_devices: int
+    windows: list[str] = []
 
 
 _ID_ONLY = msgspec.json.Decoder(dict[str, Any])
@@ -432,7 +433,7 @@ class Registry:
     @staticmethod
     def _summary(site: Site, active: int) -> SiteSummary:
         return SiteSummary(site.site_id, site.status, site.name, site.labels, site.metadata,
-                           site.retired_reason, active)
+                           site.retired_reason, active, site.windows)
 
 
 def _refusal(index: int, device_id: str | None, exc: FleetError) -> Refusal:

@@ -41,8 +41,10 @@ from shared.events.rollout import (
     RolloutWaveHeld,
     RolloutWavePlanned,
     RolloutWaveStarted,
+    RolloutWaveWaiting,
 )
 from shared.times import format_time, parse_time
+from shared.windows import Window, is_open, next_open
 
 CHUNK = 999  # devices per assignment chunk: their desired events + 1 rollout event = one batch
 PLAN_PART = 10_000  # device ids per RolloutWavePlanned event
@@ -77,6 +79,7 @@ class FleetView(msgspec.Struct):
     site_of: dict[str, str] = {}
     desired: dict[str, Desired] = {}
     observed: dict[str, Observed] = {}
+    windows: dict[str, tuple[Window, ...]] = {}  # site -> maintenance windows (none: always open)
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -105,6 +108,8 @@ class Rollout(msgspec.Struct):
     last_gate: RolloutGateEvaluated | None = None
     rollback: RolloutRollbackStarted | None = None
     reason: str = ""
+    waiting: RolloutWaveWaiting | None = None  # sites whose closed windows hold devices back
+    gate_history: list[RolloutGateEvaluated] = []  # every verdict, in order (for what-if)
 
     @property
     def devices(self) -> list[str]:
@@ -133,6 +138,9 @@ def evolve(state: Rollout, event: Event) -> Rollout:
             state.waves[event.wave].extend(event.devices)
         case RolloutWaveStarted():
             state.wave, state.phase, state.bake_until = event.wave, "assigning", None
+            state.waiting = None
+        case RolloutWaveWaiting():
+            state.waiting = event if event.opens else None
         case RolloutDevicesAssigned():
             assert state.spec is not None
             deadline = parse_time(event.at) + timedelta(seconds=state.spec.apply_timeout_seconds)
@@ -143,6 +151,7 @@ def evolve(state: Rollout, event: Event) -> Rollout:
             state.phase, state.bake_until = "baking", event.until
         case RolloutGateEvaluated():
             state.last_gate = event
+            state.gate_history.append(event)
             if not event.passed:
                 state.phase = "gate_failed"
         case RolloutWaveHeld():
@@ -157,6 +166,7 @@ def evolve(state: Rollout, event: Event) -> Rollout:
             state.status, state.reason = "aborted", event.reason
         case RolloutRollbackStarted():
             state.status, state.rollback, state.reason = "rolling_back", event, event.reason
+            state.waiting = None
         case RolloutDevicesRestored():
             state.restored.update(event.devices)
         case RolloutRolledBack():
@@ -207,6 +217,9 @@ def start(
     on_failure: str,
     approve_after: Sequence[int],
     state: Rollout,
+    not_before: datetime | None = None,
+    ignore_windows: bool = False,
+    rollback_in_windows: bool = False,
 ) -> list[Event]:
     """Events that start a rollout: the spec and the recorded wave plan."""
     if state.status != "new":
@@ -228,6 +241,8 @@ def start(
         max_in_flight=max_in_flight, bake_seconds=bake_seconds,
         apply_timeout_seconds=apply_timeout_seconds, gates=gates, on_failure=on_failure,
         approve_after=sorted(set(approve_after)), config_hashes=dict(config_hashes),
+        not_before=format_time(not_before) if not_before is not None else None,
+        ignore_windows=ignore_windows, rollback_in_windows=rollback_in_windows,
     )]
     for index, wave in enumerate(waves):
         for part, offset in enumerate(range(0, len(wave), PLAN_PART)):
@@ -342,23 +357,28 @@ def device_status(state: Rollout, device: str, view: FleetView, now: datetime) -
 def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
     """What the rollout does next, given the time and what devices report."""
     if state.status == "rolling_back":
-        return _restore(state, view)
+        return _restore(state, view, now)
     if state.status != "running" or state.spec is None:
         return []
     spec = state.spec
+    if spec.not_before is not None and now < parse_time(spec.not_before):
+        return []  # a scheduled start: the plan is recorded, nothing is assigned yet
     if state.phase == "assigning":
         wave = state.waves[state.wave]
         statuses = {d: device_status(state, d, view, now) for d in wave}
         in_flight = sum(1 for s in statuses.values() if s == "in_flight")
-        waiting = [d for d in wave if statuses[d] == "pending"]
-        if waiting:
+        pending = [d for d in wave if statuses[d] == "pending"]
+        ready, events = _inside_windows(state, pending, view, now, spec.ignore_windows)
+        if ready:
             room = spec.max_in_flight - in_flight
-            return _assign(state, waiting[:room], view, now) if room > 0 else []
+            return events + (_assign(state, ready[:room], view, now) if room > 0 else [])
+        if pending:  # every device left waits for its site's window
+            return events
         if in_flight == 0:
             until = now + timedelta(seconds=spec.bake_seconds)
-            return [RolloutWaveBaking(rollout_id=state.rollout_id, wave=state.wave,
-                                      until=format_time(until))]
-        return []
+            return [*events, RolloutWaveBaking(rollout_id=state.rollout_id, wave=state.wave,
+                                               until=format_time(until))]
+        return events
     if state.phase == "baking" and state.bake_until is not None and now >= parse_time(state.bake_until):
         verdict = evaluate_gate(state, view, now)
         if verdict.passed:
@@ -370,6 +390,38 @@ def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
             return [verdict, *rollback(evolve_copy(state, verdict), reason=reason)]
         return [verdict, RolloutPaused(rollout_id=state.rollout_id, reason=reason)]
     return []
+
+
+def site_open(view: FleetView, site: str, now: datetime) -> bool:
+    """Is `site`'s maintenance window open at `now` (a site without windows always is)?"""
+    return is_open(view.windows.get(site, ()), now)
+
+
+def _inside_windows(state: Rollout, devices: list[str], view: FleetView, now: datetime, ignore: bool,
+                    ) -> tuple[list[str], list[Event]]:
+    """The devices whose sites are open now, and a RolloutWaveWaiting when the set of closed sites
+    holding devices back differs from the one recorded (an empty one when the wait is over)."""
+    if ignore:
+        return devices, []
+    open_now: dict[str, bool] = {}
+    ready: list[str] = []
+    closed: set[str] = set()
+    for device in devices:
+        site = view.site_of.get(device, "")
+        if site not in open_now:
+            open_now[site] = site_open(view, site, now)
+        if open_now[site]:
+            ready.append(device)
+        else:
+            closed.add(site)
+    recorded = set(state.waiting.opens) if state.waiting is not None else set()
+    if closed == recorded:
+        return ready, []
+    opens = {}
+    for site in sorted(closed):
+        moment = next_open(view.windows.get(site, ()), now)
+        opens[site] = format_time(moment) if moment is not None else ""
+    return ready, [RolloutWaveWaiting(rollout_id=state.rollout_id, wave=state.wave, opens=opens)]
 
 
 def evolve_copy(state: Rollout, event: Event) -> Rollout:
@@ -408,11 +460,13 @@ def _assign(state: Rollout, devices: list[str], view: FleetView, now: datetime) 
     return events
 
 
-def _restore(state: Rollout, view: FleetView) -> list[Event]:
-    assert state.rollback is not None
+def _restore(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
+    assert state.rollback is not None and state.spec is not None
     target = state.rollback
-    events: list[Event] = []
-    todo = [d for d in sorted(state.assigned) if d not in state.restored]
+    pending = [d for d in sorted(state.assigned) if d not in state.restored]
+    # Rollbacks ignore maintenance windows unless the rollout was started to respect them there too.
+    ignore = state.spec.ignore_windows or not state.spec.rollback_in_windows
+    todo, events = _inside_windows(state, pending, view, now, ignore)
     plan = {d: (s, h) for d, s, h in rollback_plan(state, target.to_snapshot_id,
                                                    target.to_config_hashes, view.site_of)}
     for offset in range(0, len(todo), CHUNK):
@@ -430,7 +484,8 @@ def _restore(state: Rollout, view: FleetView) -> list[Event]:
                 previous_config_hash=before.config_hash if before else None,
             ))
         events.append(RolloutDevicesRestored(rollout_id=state.rollout_id, devices=chunk))
-    events.append(RolloutRolledBack(rollout_id=state.rollout_id))
+    if len(todo) == len(pending):
+        events.append(RolloutRolledBack(rollout_id=state.rollout_id))
     return events
 
 

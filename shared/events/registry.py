@@ -23,6 +23,7 @@ class SiteAdded(SiteEvent, frozen=True, kw_only=True):
     name: str = ""
     labels: dict[str, str] = {}
     metadata: dict[str, Any] = {}
+    windows: list[str] = []  # maintenance windows, canonical (shared.windows); none = always open
 
 
 class SiteUpdated(SiteEvent, frozen=True, kw_only=True):
@@ -32,6 +33,7 @@ class SiteUpdated(SiteEvent, frozen=True, kw_only=True):
     name: str = ""
     labels: dict[str, str] = {}
     metadata: dict[str, Any] = {}
+    windows: list[str] = []  # maintenance windows, canonical (shared.windows); none = always open
 
 
 class SiteRetired(SiteEvent, frozen=True, kw_only=True):

@@ -65,6 +65,9 @@ class RolloutStarted(RolloutEvent, frozen=True, kw_only=True):
     on_failure: str = "pause"
     approve_after: list[int] = []
     config_hashes: dict[str, str] = {}
+    not_before: str | None = None  # scheduled start: nothing is assigned before this time
+    ignore_windows: bool = False  # emergency: assign regardless of the sites' maintenance windows
+    rollback_in_windows: bool = False  # a rollback also waits for windows (by default it does not)
 
 
 class RolloutWavePlanned(RolloutEvent, frozen=True, kw_only=True):
@@ -101,6 +104,16 @@ class RolloutDevicesRestored(RolloutEvent, frozen=True, kw_only=True):
 
     aggregate = "rollout"
     devices: list[str]
+
+
+class RolloutWaveWaiting(RolloutEvent, frozen=True, kw_only=True):
+    """Devices of the wave (or of the rollback) wait because their sites' maintenance windows are
+    closed: `opens` maps each such site to when it opens next ("" when not within 8 days). An
+    empty `opens` says the wait is over. Recorded whenever that set of sites changes."""
+
+    aggregate = "rollout"
+    wave: int
+    opens: dict[str, str] = {}
 
 
 class RolloutWaveBaking(RolloutEvent, frozen=True, kw_only=True):
