@@ -50,6 +50,14 @@ def _render(result: dict[str, Any]) -> None:
                   f"assigned, snapshot {result['snapshot_id']}, target {result['target'] or '(all)'}")
     if result.get("reason"):
         console.print(f"  reason: {result['reason']}")
+    if result.get("not_before"):
+        console.print(f"  scheduled: assigns nothing before {result['not_before']}")
+    if result.get("ignore_windows"):
+        console.print("  maintenance windows ignored (--ignore-windows)")
+    waiting = result.get("waiting_for_windows") or {}
+    if waiting:
+        console.print("  waiting for maintenance windows: " + ", ".join(
+            f"{site} (opens {opens or 'not within 8 days'})" for site, opens in sorted(waiting.items())))
     for wave in result.get("wave_progress", []):
         parts = ", ".join(f"{k} {v}" for k, v in wave.items() if k not in ("wave", "size"))
         console.print(f"  wave {wave['wave'] + 1}: {wave['size']} devices — {parts}")
@@ -68,6 +76,10 @@ def _render(result: dict[str, Any]) -> None:
                           f"{' ...' if len(wave) > 20 else ''}")
         for site, digest in sorted(result["config_hashes"].items()):
             console.print(f"  site {site}: config {digest[:16]}")
+        for entry in result.get("schedule", []):
+            starts, every, ends = (entry[k] or "unknown" for k in ("starts", "all_sites_open", "bake_ends"))
+            console.print(f"  wave {entry['wave'] + 1} expected: starts {starts}, every site open by {every}, "
+                          f"bake ends {ends}")
     elif "plan" in result:
         table = Table("device", "from", "to snapshot", "to config")
         for step in result["plan"]:
@@ -94,7 +106,12 @@ def start(
     metric: list[str] = typer.Option([], "--metric", help="e.g. 'error_rate p95<=0.02' (repeatable)."),
     on_failure: str = typer.Option("pause", "--on-failure", help="pause | rollback"),
     approve_after: list[int] = typer.Option([], "--approve-after", help="Hold after wave N for promote."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan; change nothing."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and when each wave is expected to run."),
+    not_before: Optional[str] = typer.Option(None, "--not-before", help="Assign nothing before this RFC 3339 time."),  # noqa: UP045
+    ignore_windows: bool = typer.Option(False, "--ignore-windows",
+                                        help="Emergency: assign regardless of maintenance windows (recorded)."),
+    rollback_in_windows: bool = typer.Option(False, "--rollback-in-windows",
+                                             help="A rollback waits for windows too (by default it ignores them)."),
     json_out: bool = JsonOption,
 ) -> None:
     """Start a rollout (or, with --dry-run, show its plan)."""
@@ -102,7 +119,10 @@ def start(
         "snapshot_id": snapshot, "target": target, "canary": canary, "waves": waves, "bake": bake,
         "max_in_flight": max_in_flight, "apply_timeout": apply_timeout, "min_healthy": min_healthy,
         "max_failed": max_failed, "max_offline": max_offline, "metrics": metric, "on_failure": on_failure,
-        "approve_after": [n - 1 for n in approve_after], "dry_run": dry_run}
+        "approve_after": [n - 1 for n in approve_after], "dry_run": dry_run,
+        "ignore_windows": ignore_windows, "rollback_in_windows": rollback_in_windows}
+    if not_before:
+        body["not_before"] = not_before
     if rollout_id:
         body["rollout_id"] = rollout_id
     result = run(send(settings(ctx), "rollout", "start", body), json_out=json_out).result

@@ -36,6 +36,9 @@ class StartRollout(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     on_failure: str = "pause"
     approve_after: list[int] = []
     dry_run: bool = False
+    not_before: str | None = None
+    ignore_windows: bool = False
+    rollback_in_windows: bool = False
     command_id: str | None = None
     actor: str = "operator:http"
 

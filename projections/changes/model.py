@@ -94,9 +94,16 @@ def _summary(event: Event) -> str:
         case observed.DriftAcknowledged():
             return f"device {event.device_id} drift acknowledged" + _why(event.reason)
         case rollout.RolloutStarted():
-            return f"rollout {event.rollout_id} of {event.snapshot_id} to {event.target or 'every device'} started"
+            return (f"rollout {event.rollout_id} of {event.snapshot_id} to {event.target or 'every device'} started"
+                    + (f", not before {event.not_before}" if event.not_before else "")
+                    + (", ignoring maintenance windows" if event.ignore_windows else ""))
         case rollout.RolloutWaveStarted():
             return f"rollout {event.rollout_id} wave {event.wave} started"
+        case rollout.RolloutWaveWaiting():
+            if not event.opens:
+                return f"rollout {event.rollout_id} wave {event.wave} no longer waits for maintenance windows"
+            sites = ", ".join(f"{site} (opens {opens or 'not within 8 days'})" for site, opens in event.opens.items())
+            return f"rollout {event.rollout_id} wave {event.wave} waits for maintenance windows: {sites}"
         case rollout.RolloutDevicesAssigned():
             return f"rollout {event.rollout_id} wave {event.wave} assigned {len(event.devices)} devices"
         case rollout.RolloutGateEvaluated():

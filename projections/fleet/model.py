@@ -235,6 +235,11 @@ def _rollout_row(row: RolloutRow | None, env: Envelope, seq: int, event: Event) 
             return _replace(old, counts=_count(old, restored=len(event.devices)), **stamp)
         case rollout.RolloutWaveBaking():
             return _replace(old, status="baking", **stamp)
+        case rollout.RolloutWaveWaiting():  # for maintenance windows, or no longer
+            if old.status not in ("running", "waiting", "rolling_back"):
+                return None
+            status = old.status if old.status == "rolling_back" else "waiting" if event.opens else "running"
+            return _replace(old, status=status, **stamp)
         case rollout.RolloutGateEvaluated():
             gate = {"wave": event.wave, "passed": event.passed, "inputs": msgspec.to_builtins(event.inputs),
                     "reasons": list(event.reasons)}

@@ -15,6 +15,7 @@ import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 import msgspec
 
@@ -461,7 +462,8 @@ def _assign(state: Rollout, devices: list[str], view: FleetView, now: datetime) 
 
 
 def _restore(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
-    assert state.rollback is not None and state.spec is not None
+    assert state.rollback is not None
+    assert state.spec is not None
     target = state.rollback
     pending = [d for d in sorted(state.assigned) if d not in state.restored]
     # Rollbacks ignore maintenance windows unless the rollout was started to respect them there too.
@@ -487,6 +489,36 @@ def _restore(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
     if len(todo) == len(pending):
         events.append(RolloutRolledBack(rollout_id=state.rollout_id))
     return events
+
+
+# --- schedule (dry run) ---------------------------------------------------------------------------
+
+
+def expected_schedule(state: Rollout, view: FleetView, now: datetime) -> list[dict[str, Any]]:
+    """When each wave is expected to run given its sites' maintenance windows: it starts when the
+    first of its sites is open (not before the previous wave's bake ends, nor `not_before`), has
+    every site open by `all_sites_open`, and bakes until `bake_ends`. Apply times are not counted,
+    and a window that closes mid-wave is not modelled (an estimate, not a promise); a site that does
+    not open within 8 days makes that wave and the ones after it unknown (None)."""
+    spec = state.spec
+    assert spec is not None
+    moment: datetime | None = max(now, parse_time(spec.not_before)) if spec.not_before else now
+    schedule: list[dict[str, Any]] = []
+    for number, wave in enumerate(state.waves):
+        entry: dict[str, Any] = {"wave": number, "starts": None, "all_sites_open": None, "bake_ends": None}
+        if moment is not None:
+            after = moment
+            opens = [after if spec.ignore_windows else next_open(view.windows.get(site, ()), after)
+                     for site in sorted({view.site_of.get(d, "") for d in wave})]
+            known = [o for o in opens if o is not None]
+            moment = max(known) if known and len(known) == len(opens) else None
+            entry["starts"] = format_time(min(known)) if known else None
+            if moment is not None:
+                entry["all_sites_open"] = format_time(moment)
+                moment += timedelta(seconds=spec.bake_seconds)
+                entry["bake_ends"] = format_time(moment)
+        schedule.append(entry)
+    return schedule
 
 
 # --- gates --------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ state per device (desired events) and what devices report (observed events)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import msgspec
@@ -11,6 +12,7 @@ import msgspec
 from services.rollout.domain import Desired, FleetView, Observed
 from shared.configs import config_hash, effective_config
 from shared.envelope import Event
+from shared.errors import Invalid
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import (
     DeviceCameOnline,
@@ -18,8 +20,19 @@ from shared.events.observed import (
     DeviceReportedState,
     DeviceWentOffline,
 )
-from shared.events.registry import DeviceAdded, DeviceMoved, DeviceRelabeled, DeviceRetired, DeviceUpdated
+from shared.events.registry import (
+    DeviceAdded,
+    DeviceMoved,
+    DeviceRelabeled,
+    DeviceRetired,
+    DeviceUpdated,
+    SiteAdded,
+    SiteUpdated,
+)
 from shared.events.snapshot import SnapshotCreated, SnapshotMarkedKnownGood, SnapshotRetired
+from shared.windows import parse_windows
+
+log = logging.getLogger(__name__)
 
 
 class DeviceInfo(msgspec.Struct):
@@ -59,6 +72,8 @@ class FleetIndex:
     def apply(self, seq: int, event: Event) -> None:
         """Fold one event of any family this index cares about (others are ignored)."""
         match event:
+            case SiteAdded() | SiteUpdated():
+                self._windows(event.site_id, event.windows)
             case DeviceAdded():
                 self.devices[event.device_id] = DeviceInfo(event.site_id, event.kind, dict(event.labels))
                 self.view.site_of[event.device_id] = event.site_id
@@ -102,6 +117,19 @@ class FleetIndex:
                 observed.health = event.health
                 if event.metrics:
                     observed.metrics = dict(event.metrics)
+
+    def _windows(self, site: str, texts: list[str]) -> None:
+        try:
+            windows = parse_windows(texts)
+        except Invalid as exc:
+            # The registry refuses bad windows; one that no longer parses (say, a time zone this
+            # machine's tz database lacks) must not stop the service: the site is treated as open.
+            log.warning("site %s: maintenance windows ignored: %s", site, exc.message)
+            windows = ()
+        if windows:
+            self.view.windows[site] = windows
+        else:
+            self.view.windows.pop(site, None)
 
     def _observed(self, device: str) -> Observed:
         observed = self.view.observed.get(device)

@@ -38,7 +38,7 @@ from shared.events.rollout import Gates, RolloutDevicesAssigned, RolloutDevicesR
 from shared.ids import check_id
 from shared.selectors import parse as parse_selector
 from shared.subjects import AGGREGATE_OWNERS, HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
-from shared.times import format_time, parse_duration, utcnow
+from shared.times import format_time, parse_duration, parse_time, utcnow
 
 log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
@@ -65,6 +65,9 @@ class Start(Command, frozen=True, kw_only=True):
     on_failure: str = "pause"
     approve_after: list[int] = []
     dry_run: bool = False
+    not_before: str | None = None  # RFC 3339: assign nothing before this time
+    ignore_windows: bool = False  # emergency: assign regardless of maintenance windows
+    rollback_in_windows: bool = False  # a rollback of this rollout also waits for windows
 
 
 class Act(Command, frozen=True, kw_only=True):
@@ -406,6 +409,7 @@ class RolloutService:
         canary, percents = parse_canary(cmd.canary), parse_waves(cmd.waves)
         bake = parse_duration(cmd.bake, "bake")
         timeout = parse_duration(cmd.apply_timeout, "apply_timeout")
+        not_before = parse_time(cmd.not_before, "not_before") if cmd.not_before else None
         await self.caught_up()
         snap = self.index.snapshots.get(cmd.snapshot_id)
         if snap is None:
@@ -430,13 +434,15 @@ class RolloutService:
                 config_hashes=hashes, canary=canary, canary_text=cmd.canary, percents=percents,
                 max_in_flight=cmd.max_in_flight, bake_seconds=bake, apply_timeout_seconds=timeout,
                 gates=gates, on_failure=cmd.on_failure, approve_after=cmd.approve_after,
-                state=self.store.get(rollout_id).state)
+                state=self.store.get(rollout_id).state, not_before=not_before,
+                ignore_windows=cmd.ignore_windows, rollback_in_windows=cmd.rollback_in_windows)
             if cmd.dry_run:
                 preview = domain.initial(rollout_id)
                 for event in events:
                     domain.evolve(preview, event)
                 return Outcome((), {**self.describe(preview), "dry_run": True,
-                                    "plan": preview.waves, "config_hashes": hashes})
+                                    "plan": preview.waves, "config_hashes": hashes,
+                                    "schedule": domain.expected_schedule(preview, self.index.view, ctx.now)})
             appended = await self._commit(rollout_id, events, cmd.command_id, ctx.now, cmd.actor)
             return Outcome(appended, self.describe(self.store.get(rollout_id).state))
 
@@ -485,6 +491,9 @@ class RolloutService:
             "assigned": len(state.assigned), "reason": state.reason,
             "snapshot_id": spec.snapshot_id if spec else None, "target": spec.target if spec else None,
             "last_gate": msgspec.to_builtins(state.last_gate) if state.last_gate else None,
+            "not_before": spec.not_before if spec else None,
+            "ignore_windows": spec.ignore_windows if spec else False,
+            "waiting_for_windows": dict(state.waiting.opens) if state.waiting else {},
         }
         if detail and now is not None:
             waves = []

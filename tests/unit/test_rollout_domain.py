@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,8 @@ from shared.events.rollout import (
     RolloutResumed,
     RolloutWaveStarted,
 )
+from shared.times import parse_time
+from shared.windows import is_open, parse_windows
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NEW = "hash-new"
@@ -34,14 +37,14 @@ def fleet(n: int, sites: int = 4) -> dict[str, str]:
 
 def begin(devices: dict[str, str], *, canary: str = "", waves: str = "50,100", max_in_flight: int = 5,
           bake: float = 0, timeout: float = 60, gates: Gates | None = None, on_failure: str = "pause",
-          approve_after: tuple[int, ...] = ()) -> tuple[Rollout, list[Event]]:
+          approve_after: tuple[int, ...] = (), **windows: Any) -> tuple[Rollout, list[Event]]:
     state = domain.initial("r1")
     events = domain.start(
         "r1", snapshot_id="snap-2", target="tier=edge", devices=devices,
         config_hashes=dict.fromkeys(set(devices.values()), NEW), canary=parse_canary(canary),
         canary_text=canary, percents=parse_waves(waves), max_in_flight=max_in_flight,
         bake_seconds=bake, apply_timeout_seconds=timeout, gates=gates or Gates(min_healthy=1.0, max_failed=0),
-        on_failure=on_failure, approve_after=list(approve_after), state=state)
+        on_failure=on_failure, approve_after=list(approve_after), state=state, **windows)
     for event in events:
         domain.evolve(state, event)
     return state, events
@@ -251,17 +254,26 @@ actions = st.lists(
 )
 
 
+WINDOWS = {"s1": parse_windows(["Daily 00:01-00:04 UTC", "Daily 00:09-00:12 UTC"]),
+           "s2": parse_windows(["Daily 01:03-01:06 Europe/Berlin"])}  # s0: none, always open
+
+
 @settings(max_examples=150, deadline=None)
 @given(actions=actions, max_in_flight=st.integers(1, 6), canary=st.sampled_from(["", "3", "10%", "site:s1"]),
-       on_failure=st.sampled_from(["pause", "rollback"]), approve=st.booleans())
+       on_failure=st.sampled_from(["pause", "rollback"]), approve=st.booleans(), windows=st.booleans(),
+       ignore_windows=st.booleans(), rollback_in_windows=st.booleans())
 def test_random_interleavings_keep_the_invariants(
-    actions: list[tuple], max_in_flight: int, canary: str, on_failure: str, approve: bool  # type: ignore[type-arg]
+    actions: list[tuple], max_in_flight: int, canary: str, on_failure: str, approve: bool,  # type: ignore[type-arg]
+    windows: bool, ignore_windows: bool, rollback_in_windows: bool,
 ) -> None:
     devices = fleet(30, sites=3)
     state, _ = begin(devices, canary=canary, waves="30,60,100", max_in_flight=max_in_flight, bake=5,
                      timeout=40, gates=Gates(min_healthy=0.8, max_failed=0.1, max_offline=0.2),
-                     on_failure=on_failure, approve_after=(0,) if approve else ())
+                     on_failure=on_failure, approve_after=(0,) if approve else (),
+                     ignore_windows=ignore_windows, rollback_in_windows=rollback_in_windows)
     view = view_for(devices)
+    if windows:
+        view.windows = dict(WINDOWS)
     now = T0
     failed_gate_pending = False
     names = sorted(devices)
@@ -269,6 +281,10 @@ def test_random_interleavings_keep_the_invariants(
     def step(events: list[Event]) -> None:
         nonlocal failed_gate_pending
         for event in events:
+            if isinstance(event, DesiredStateAssigned) and not ignore_windows and (
+                    event.reason == "rollout" or rollback_in_windows):
+                site = devices[event.device_id]
+                assert is_open(view.windows.get(site, ()), now), f"assigned at closed site {site} at {now}"
             if isinstance(event, RolloutDevicesAssigned):
                 wave = state.waves[state.wave]
                 assert event.wave == state.wave
@@ -306,6 +322,8 @@ def test_random_interleavings_keep_the_invariants(
         view.observed[device] = Observed(online=True, config_hash=view.desired[device].config_hash)
     for _ in range(200):
         now += timedelta(seconds=10)
+        if state.waiting is not None:  # jump to the next opening of a site the rollout waits for
+            now = max(now, min(parse_time(t) for t in state.waiting.opens.values()))
         step(domain.tick(state, view, now))
         for device in state.assigned:
             view.observed[device] = Observed(online=True, config_hash=view.desired[device].config_hash)
