@@ -193,3 +193,18 @@ def test_any_command_sequence_replays_to_the_same_state(sequence: list[Any]) -> 
             seen.add(parent)
             assert world.device(parent).status != "absent"
             parent = world.device(parent).parent_id
+
+
+def test_site_maintenance_windows_are_checked_canonical_and_replaced_by_update() -> None:
+    world = World()
+    [added] = world.run(cmd(AddSite, site_id="ber", windows=["mon-fri 22:00-04:00 Europe/Berlin"]))
+    assert isinstance(added, SiteAdded)
+    assert added.windows == ["Mon-Fri 22:00-04:00 Europe/Berlin"]
+    assert world.run(cmd(AddSite, site_id="ber", windows=["Mon-Fri 22:00-04:00 Europe/Berlin"])) == []  # same data
+    with pytest.raises(Invalid, match="IANA") as info:
+        world.run(cmd(UpdateSite, site_id="ber", windows=["Sat 00:00-24:00 UTC", "Sun 01:00-02:00 Berlin"]))
+    assert info.value.field == "windows[1]"
+    assert world.run(cmd(UpdateSite, site_id="ber", name="Berlin")) and world.site("ber").windows == [
+        "Mon-Fri 22:00-04:00 Europe/Berlin"]  # omitted: kept
+    world.run(cmd(UpdateSite, site_id="ber", windows=[]))
+    assert world.site("ber").windows == []
