@@ -26,6 +26,7 @@ from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import (
     GateInputs,
     Gates,
+    MetricDistribution,
     MetricGate,
     RolloutAborted,
     RolloutCompleted,
@@ -524,17 +525,35 @@ def expected_schedule(state: Rollout, view: FleetView, now: datetime) -> list[di
 # --- gates --------------------------------------------------------------------------------------
 
 
+MAX_DISTRIBUTIONS = 32  # metrics whose distribution a gate event records (gated ones always)
+EXACT_UP_TO = 100  # a distribution keeps every value up to this many, else p1..p100
+
+
 def percentile(values: Sequence[float], aggregate: str) -> float:
     """Nearest-rank percentile, or avg/max/min."""
+    return aggregate_of(distribution(values), aggregate)
+
+
+def distribution(values: Sequence[float]) -> MetricDistribution:
+    """What a gate event records of one metric's values (see MetricDistribution)."""
     ordered = sorted(values)
+    count = len(ordered)
+    kept = ordered if count <= EXACT_UP_TO else [ordered[math.ceil(k / 100 * count) - 1] for k in range(1, 101)]
+    return MetricDistribution(count=count, sum=sum(ordered), min=ordered[0], values=kept)
+
+
+def aggregate_of(dist: MetricDistribution, aggregate: str) -> float:
+    """avg, max, min or a nearest-rank percentile `pN` of a recorded distribution."""
     if aggregate == "avg":
-        return sum(ordered) / len(ordered)
+        return dist.sum / dist.count
     if aggregate == "max":
-        return ordered[-1]
+        return dist.values[-1]
     if aggregate == "min":
-        return ordered[0]
-    rank = math.ceil(int(aggregate[1:]) / 100 * len(ordered))
-    return ordered[max(rank, 1) - 1]
+        return dist.min
+    k = int(aggregate[1:])
+    if len(dist.values) == dist.count:  # every value kept
+        return dist.values[max(math.ceil(k / 100 * dist.count), 1) - 1]
+    return dist.values[k - 1]
 
 
 def _holds(value: float, gate: MetricGate) -> bool:
@@ -542,12 +561,60 @@ def _holds(value: float, gate: MetricGate) -> bool:
             ">=": value >= gate.threshold, ">": value > gate.threshold}[gate.op]
 
 
+class Verdict(msgspec.Struct, frozen=True):
+    """A gate's judgement of its inputs: passed only when no rule failed and none was unknown;
+    `unknown` names the rules the inputs cannot decide (an old event without distributions)."""
+
+    reasons: list[str]
+    metrics: dict[str, float]
+    unknown: list[str] = []
+
+    @property
+    def passed(self) -> bool | None:
+        """True, False, or None when no rule failed but some could not be judged."""
+        if self.reasons:
+            return False
+        return None if self.unknown else True
+
+
+def judge(inputs: GateInputs, gates: Gates) -> Verdict:
+    """Hold recorded gate inputs to `gates`: the one definition of every gate rule, used when a
+    wave's bake ends and again by what-if on the inputs recorded in the log."""
+    total = inputs.devices
+    reasons: list[str] = []
+    unknown: list[str] = []
+    if inputs.healthy / total < gates.min_healthy:
+        reasons.append(f"healthy {inputs.healthy}/{total} < {gates.min_healthy:.0%}")
+    if inputs.failed / total > gates.max_failed:
+        reasons.append(f"failed {inputs.failed}/{total} > {gates.max_failed:.0%}")
+    if inputs.offline / total > gates.max_offline:
+        reasons.append(f"offline {inputs.offline}/{total} > {gates.max_offline:.0%}")
+    metrics: dict[str, float] = {}
+    for gate in gates.metrics:
+        key = f"{gate.metric} {gate.aggregate}"
+        dist = inputs.distributions.get(gate.metric)
+        if dist is not None and dist.count:
+            value = aggregate_of(dist, gate.aggregate)
+        elif not inputs.distributions_recorded and key in inputs.metrics:
+            value = inputs.metrics[key]  # an older event: only the aggregates it was gated on
+        elif inputs.distributions_recorded and gate.metric not in inputs.distributions:
+            reasons.append(f"{key}: no device reported {gate.metric}")
+            continue
+        else:
+            unknown.append(f"{key}: not recorded (the gate event predates recorded distributions)")
+            continue
+        metrics[key] = value
+        if not _holds(value, gate):
+            reasons.append(f"{key} = {value:g}, wanted {gate.op} {gate.threshold:g}")
+    return Verdict(reasons, metrics, unknown)
+
+
 def evaluate_gate(state: Rollout, view: FleetView, now: datetime) -> RolloutGateEvaluated:
     """The verdict on the current wave's devices, with every input recorded."""
     spec = state.spec
     assert spec is not None
     wave = state.waves[state.wave]
-    counts = dict.fromkeys(("healthy", "converged", "failed", "timed_out", "offline", "degraded"), 0)
+    counts: dict[str, Any] = dict.fromkeys(("healthy", "converged", "failed", "timed_out", "offline", "degraded"), 0)
     samples: dict[str, list[float]] = {}
     for device in wave:
         status = device_status(state, device, view, now)
@@ -566,25 +633,12 @@ def evaluate_gate(state: Rollout, view: FleetView, now: datetime) -> RolloutGate
             counts["healthy"] += 1
         for name, value in observed.metrics.items():
             samples.setdefault(name, []).append(value)
-    total = len(wave)
     gates = spec.gates
-    reasons = []
-    if counts["healthy"] / total < gates.min_healthy:
-        reasons.append(f"healthy {counts['healthy']}/{total} < {gates.min_healthy:.0%}")
-    if counts["failed"] / total > gates.max_failed:
-        reasons.append(f"failed {counts['failed']}/{total} > {gates.max_failed:.0%}")
-    if counts["offline"] / total > gates.max_offline:
-        reasons.append(f"offline {counts['offline']}/{total} > {gates.max_offline:.0%}")
-    metrics: dict[str, float] = {}
-    for gate in gates.metrics:
-        key = f"{gate.metric} {gate.aggregate}"
-        values = samples.get(gate.metric)
-        if not values:
-            reasons.append(f"{key}: no device reported {gate.metric}")
-            continue
-        metrics[key] = value = percentile(values, gate.aggregate)
-        if not _holds(value, gate):
-            reasons.append(f"{key} = {value:g}, wanted {gate.op} {gate.threshold:g}")
-    inputs = GateInputs(devices=total, metrics=metrics, **counts)
-    return RolloutGateEvaluated(rollout_id=state.rollout_id, wave=state.wave, passed=not reasons,
-                                inputs=inputs, gates=gates, reasons=reasons)
+    gated = [g.metric for g in gates.metrics if g.metric in samples]
+    kept = list(dict.fromkeys([*gated, *sorted(samples)]))[:max(MAX_DISTRIBUTIONS, len(gated))]
+    inputs = GateInputs(devices=len(wave), distributions={m: distribution(samples[m]) for m in kept},
+                        distributions_recorded=True, **counts)
+    verdict = judge(inputs, gates)
+    return RolloutGateEvaluated(rollout_id=state.rollout_id, wave=state.wave, passed=not verdict.reasons,
+                                inputs=msgspec.structs.replace(inputs, metrics=verdict.metrics),
+                                gates=gates, reasons=verdict.reasons)

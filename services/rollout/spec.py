@@ -13,9 +13,9 @@ from shared.errors import Invalid
 from shared.events.rollout import MetricGate
 from shared.ids import check_id
 
-AGGREGATES = ("p50", "p90", "p95", "p99", "avg", "max", "min")
+AGGREGATES = ("p50", "p90", "p95", "p99", "avg", "max", "min")  # and any other pN, N = 1..100
 _METRIC_RE = re.compile(
-    r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s+(p50|p90|p95|p99|avg|max|min)\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$"
+    r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s+(p(?:100|[1-9][0-9]?)|avg|max|min)\s*(<=|>=|<|>)\s*(-?\d+(?:\.\d+)?)\s*$"
 )
 
 
@@ -91,7 +91,7 @@ def parse_metric_gate(text: str) -> MetricGate:
     if match is None:
         raise Invalid(
             f"{text!r} is not a metric gate; write it as `NAME AGG OP VALUE`, e.g. "
-            f"`error_rate p95<=0.02` (AGG one of {', '.join(AGGREGATES)}; OP <=, <, >=, >)",
+            f"`error_rate p95<=0.02` (AGG one of {', '.join(AGGREGATES)} or any pN, N 1-100; OP <=, <, >=, >)",
             field="metric",
         )
     name, aggregate, op, value = match.groups()

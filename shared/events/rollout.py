@@ -29,8 +29,22 @@ class Gates(msgspec.Struct, frozen=True, kw_only=True):
     metrics: list[MetricGate] = []
 
 
+class MetricDistribution(msgspec.Struct, frozen=True, kw_only=True):
+    """A wave's values of one heartbeat metric at a gate, kept so that any percentile threshold can
+    be judged again later (`fleet rollout what-if`): with at most 100 values, all of them sorted;
+    with more, the nearest-rank percentiles p1..p100 (`values[k-1]` is pk, exact for every whole
+    percentile), plus count, sum and min for avg and min."""
+
+    count: int
+    sum: float
+    min: float
+    values: list[float]
+
+
 class GateInputs(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything a gate verdict was computed from."""
+    """Everything a gate verdict was computed from. `metrics` holds the aggregates the gates asked
+    for; `distributions` (recorded since what-if exists; `distributions_recorded` tells an older
+    event apart) the distribution of every metric the wave's devices reported."""
 
     devices: int
     healthy: int
@@ -40,6 +54,8 @@ class GateInputs(msgspec.Struct, frozen=True, kw_only=True):
     offline: int
     degraded: int
     metrics: dict[str, float] = {}
+    distributions: dict[str, MetricDistribution] = {}
+    distributions_recorded: bool = False
 
 
 class RolloutEvent(Event, frozen=True, kw_only=True):
