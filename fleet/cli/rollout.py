@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
@@ -150,6 +151,51 @@ def rollback(
         body["to_snapshot_id"] = to
     result = run(send(settings(ctx), "rollout", "rollback", body), json_out=json_out).result
     emit(result, json_out=json_out, render=_render)
+
+
+def _verdict(passed: bool | None) -> str:
+    return {True: "[green]passed[/green]", False: "[red]failed[/red]", None: "[yellow]unknown[/yellow]"}[passed]
+
+
+def _render_what_if(result: dict[str, Any]) -> None:
+    outcomes = {"same": "same outcome", "stops_earlier": "[red]would have stopped earlier[/red]",
+                "would_pass": "[green]would have passed the gate it failed[/green]",
+                "unknown": "[yellow]could not be judged[/yellow]", "no_gates": "no gate verdict yet"}
+    for rollout in result["results"]:
+        console.print(f"[bold]{rollout['rollout_id']}[/bold] ({rollout['status']}): {outcomes[rollout['outcome']]}")
+        if not rollout["waves"]:
+            continue
+        table = Table("wave", "recorded", "recorded numbers", "what-if", "what-if numbers")
+        for wave in rollout["waves"]:
+            recorded = "; ".join(wave["recorded_reasons"]) or ", ".join(
+                f"{k} = {v:g}" for k, v in wave["recorded_metrics"].items())
+            proposed = "; ".join(wave["what_if_reasons"] + wave["unknown"]) or ", ".join(
+                f"{k} = {v:g}" for k, v in wave["what_if_metrics"].items())
+            table.add_row(str(wave["wave"] + 1), _verdict(wave["recorded_passed"]), escape(recorded),
+                          _verdict(wave["what_if_passed"]), escape(proposed))
+        console.print(table)
+    console.print(result["summary"])
+
+
+@app.command("what-if")
+def what_if(
+    ctx: typer.Context,
+    rollout_id: Optional[str] = typer.Argument(None, help="One rollout (or use --since)."),  # noqa: UP045
+    since: Optional[str] = typer.Option(None, "--since", help="Every rollout started within, e.g. 30d."),  # noqa: UP045
+    min_healthy: Optional[str] = typer.Option(None, "--min-healthy", help="Proposed, e.g. 99%."),  # noqa: UP045
+    max_failed: Optional[str] = typer.Option(None, "--max-failed", help="Proposed, e.g. 1%."),  # noqa: UP045
+    max_offline: Optional[str] = typer.Option(None, "--max-offline", help="Proposed, e.g. 5%."),  # noqa: UP045
+    metric: list[str] = typer.Option([], "--metric", help="Proposed metric gates (replace the recorded ones)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Judge every recorded gate verdict again with proposed thresholds, from the inputs in the log."""
+    body: dict[str, Any] = {"rollout_id": rollout_id, "since": since, "min_healthy": min_healthy,
+                            "max_failed": max_failed, "max_offline": max_offline, "metrics": metric or None}
+    body = {k: v for k, v in body.items() if v is not None}
+    if rollout_id is None and since is None:
+        body["since"] = "30d"
+    result = run(send(settings(ctx), "rollout", "what_if", body), json_out=json_out).result
+    emit(result, json_out=json_out, render=_render_what_if)
 
 
 @app.command("status")

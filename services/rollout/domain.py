@@ -153,7 +153,7 @@ def evolve(state: Rollout, event: Event) -> Rollout:
             state.phase, state.bake_until = "baking", event.until
         case RolloutGateEvaluated():
             state.last_gate = event
-            state.gate_history.append(event)
+            state.gate_history = [*state.gate_history, event]  # a new list: evolve_copy shares the old
             if not event.passed:
                 state.phase = "gate_failed"
         case RolloutWaveHeld():

@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -19,7 +19,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from services.rollout import domain
+from services.rollout import domain, whatif
 from services.rollout.domain import Rollout
 from services.rollout.fleet_index import FleetIndex
 from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gate, parse_waves
@@ -34,7 +34,7 @@ from shared.envelope import Envelope, Event, seal
 from shared.errors import Conflict, Invalid, NotFound, Unavailable
 from shared.eventlog import Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
-from shared.events.rollout import Gates, RolloutDevicesAssigned, RolloutDevicesRestored
+from shared.events.rollout import Gates, RolloutDevicesAssigned, RolloutDevicesRestored, RolloutStarted
 from shared.ids import check_id
 from shared.selectors import parse as parse_selector
 from shared.subjects import AGGREGATE_OWNERS, HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
@@ -96,6 +96,18 @@ class List(Command, frozen=True, kw_only=True):
     """All rollouts, newest first."""
 
 
+class WhatIf(Command, frozen=True, kw_only=True):
+    """Judge recorded gate verdicts again with proposed thresholds: one rollout, or every rollout
+    started within `since` (e.g. `30d`; all when neither is given)."""
+
+    rollout_id: str | None = None
+    since: str | None = None
+    min_healthy: str | float | None = None
+    max_failed: str | float | None = None
+    max_offline: str | float | None = None
+    metrics: list[str] | None = None
+
+
 class RolloutService:
     """Owns rollout aggregates and desired state; one instance per deployment."""
 
@@ -113,6 +125,7 @@ class RolloutService:
         self.applied_seq = 0
         self._progressed = asyncio.Event()
         self._effective: dict[tuple[str, str], msgspec.Raw] = {}
+        self._started_at: dict[str, datetime] = {}  # rollout -> its RolloutStarted's time (what-if --since)
         self._progress = telemetry.meter.create_counter(
             "fleet_rollout_assignments_total", description="Devices assigned or restored by rollouts")
 
@@ -132,6 +145,7 @@ class RolloutService:
             ("abort", Act, self._act(lambda state, cmd: domain.abort(state, cmd.reason))),
             ("promote", Act, self._act(lambda state, cmd: domain.promote(state))),
             ("rollback", Rollback, self._rollback), ("get", Get, self._get), ("list", List, self._list),
+            ("what_if", WhatIf, self._what_if),
         ):
             self.commands.route(route, kind, handler)  # type: ignore[arg-type]
         await self.commands.start()
@@ -157,6 +171,8 @@ class RolloutService:
         if event is None:
             return
         if event.aggregate == "rollout":
+            if isinstance(event, RolloutStarted):
+                self._started_at[event.rollout_id] = parse_time(recorded.envelope.at)
             self.store.apply(recorded, event)
         else:
             self.index.apply(recorded.seq, event)
@@ -476,6 +492,19 @@ class RolloutService:
 
     async def _get(self, cmd: Get, ctx: Context) -> Outcome:
         return Outcome((), self.describe(self._state(cmd.rollout_id), ctx.now, detail=True))
+
+    async def _what_if(self, cmd: WhatIf, ctx: Context) -> Outcome:
+        proposal = whatif.Proposal.parse(cmd.min_healthy, cmd.max_failed, cmd.max_offline, cmd.metrics)
+        if cmd.rollout_id is not None:
+            states = [self._state(cmd.rollout_id)]
+        else:
+            since = ctx.now - timedelta(seconds=whatif.parse_since(cmd.since)) if cmd.since else None
+            states = [slot.state for rollout_id, slot in sorted(self.store.slots.items(), key=lambda i: -i[1].seq)
+                      if slot.state.spec is not None
+                      and (since is None or self._started_at.get(rollout_id, ctx.now) >= since)]
+        results = [whatif.what_if(s.rollout_id, s.status, s.gate_history, proposal) for s in states]
+        return Outcome((), {"results": msgspec.to_builtins(results), **whatif.summarize(results),
+                            "proposal": msgspec.to_builtins(proposal)})
 
     async def _list(self, cmd: List, ctx: Context) -> Outcome:
         states = [s.state for s in sorted(self.store.slots.values(), key=lambda s: -s.seq)

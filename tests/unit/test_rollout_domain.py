@@ -294,6 +294,9 @@ def test_random_interleavings_keep_the_invariants(
                 assert not failed_gate_pending, "advanced past a failed gate"
             if isinstance(event, RolloutGateEvaluated):
                 failed_gate_pending = not event.passed
+                again = domain.judge(event.inputs, event.gates)  # what-if's judge, on what was recorded
+                assert (again.passed, again.reasons, again.metrics) == (event.passed, event.reasons,
+                                                                         event.inputs.metrics)
             if isinstance(event, RolloutResumed) and event.override_gate:
                 failed_gate_pending = False
         apply(state, view, events)
