@@ -258,7 +258,7 @@ async def _watch(get: Callable[[], Awaitable[dict[str, Any]]], sleep: Callable[[
             if number not in bars:
                 bars[number] = progress.add_task(f"wave {number + 1}", total=wave["size"])
             settled = sum(wave.get(k, 0) for k in ("converged", "failed", "timed_out", "restored"))
-            waiting = result.get("waiting_for_windows") or {} if number == result["wave"] else {}
+            waiting = (result.get("waiting_for_windows") or {}) if number == result["wave"] else {}
             description = f"wave {number + 1}" + (" — waiting for maintenance windows: " + ", ".join(
                 f"{site} (opens {opens or '?'})" for site, opens in sorted(waiting.items())) if waiting else "")
             progress.update(bars[number], completed=settled, description=description)
