@@ -137,6 +137,16 @@ reason_command(app, "rollout", "abort", "Stop for good; what is assigned stays a
 reason_command(app, "rollout", "promote", "Approve going on after a held wave.", "rollout_id", _render)
 
 
+@app.command("ignore-windows")
+def ignore_windows(ctx: typer.Context, rollout_id: str = typer.Argument(...),
+                   reason: str = typer.Option("", "--reason", help="Why, for the record."),
+                   json_out: bool = JsonOption) -> None:
+    """Emergency: from now on assign (and roll back) regardless of maintenance windows; recorded with who."""
+    result = run(send(settings(ctx), "rollout", "ignore_windows", {"rollout_id": rollout_id, "reason": reason}),
+                 json_out=json_out).result
+    emit(result, json_out=json_out, render=_render)
+
+
 @app.command("rollback")
 def rollback(
     ctx: typer.Context,
@@ -157,6 +167,11 @@ def _verdict(passed: bool | None) -> str:
     return {True: "[green]passed[/green]", False: "[red]failed[/red]", None: "[yellow]unknown[/yellow]"}[passed]
 
 
+def _judged(passed: bool | None, reasons: list[str], metrics: dict[str, float]) -> str:
+    numbers = "; ".join(reasons) or ", ".join(f"{k} = {v:g}" for k, v in metrics.items())
+    return _verdict(passed) + (f": {escape(numbers)}" if numbers else "")
+
+
 def _render_what_if(result: dict[str, Any]) -> None:
     outcomes = {"same": "same outcome", "stops_earlier": "[red]would have stopped earlier[/red]",
                 "would_pass": "[green]would have passed the gate it failed[/green]",
@@ -165,14 +180,13 @@ def _render_what_if(result: dict[str, Any]) -> None:
         console.print(f"[bold]{rollout['rollout_id']}[/bold] ({rollout['status']}): {outcomes[rollout['outcome']]}")
         if not rollout["waves"]:
             continue
-        table = Table("wave", "recorded", "recorded numbers", "what-if", "what-if numbers")
+        table = Table("wave", "devices", "recorded", "what-if")
         for wave in rollout["waves"]:
-            recorded = "; ".join(wave["recorded_reasons"]) or ", ".join(
-                f"{k} = {v:g}" for k, v in wave["recorded_metrics"].items())
-            proposed = "; ".join(wave["what_if_reasons"] + wave["unknown"]) or ", ".join(
-                f"{k} = {v:g}" for k, v in wave["what_if_metrics"].items())
-            table.add_row(str(wave["wave"] + 1), _verdict(wave["recorded_passed"]), escape(recorded),
-                          _verdict(wave["what_if_passed"]), escape(proposed))
+            table.add_row(str(wave["wave"] + 1), f"{wave['devices']}: healthy {wave['healthy']}, failed "
+                          f"{wave['failed']}, offline {wave['offline']}",
+                          _judged(wave["recorded_passed"], wave["recorded_reasons"], wave["recorded_metrics"]),
+                          _judged(wave["what_if_passed"], wave["what_if_reasons"] + wave["unknown"],
+                                  wave["what_if_metrics"]))
         console.print(table)
     console.print(result["summary"])
 

@@ -15,7 +15,7 @@ from projections.api.queries import ReadModels
 from shared.commands import CommandClient, Reply
 
 _STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
-ACTIONS = ("pause", "resume", "abort", "promote", "rollback")
+ACTIONS = ("pause", "resume", "abort", "promote", "rollback", "ignore_windows")
 
 
 class StartRollout(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -70,7 +70,8 @@ async def start_rollout(models: NamedDependency[ReadModels], data: JSONBody[Star
 @post("/v1/rollouts/{rollout_id:str}/{action:str}", tags=["commands"], status_code=200)
 async def act_on_rollout(models: NamedDependency[ReadModels], rollout_id: FromPath[str], action: FromPath[str],
                          data: JSONBody[RolloutAction | None] = None) -> Response[Reply]:
-    """pause | resume | abort | promote | rollback one rollout (forwarded to the rollout service)."""
+    """pause | resume | abort | promote | rollback | ignore_windows one rollout (forwarded to the rollout
+    service)."""
     if action not in ACTIONS:
         from shared.commands import ErrorBody
 

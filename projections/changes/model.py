@@ -99,6 +99,8 @@ def _summary(event: Event) -> str:
                     + (", ignoring maintenance windows" if event.ignore_windows else ""))
         case rollout.RolloutWaveStarted():
             return f"rollout {event.rollout_id} wave {event.wave} started"
+        case rollout.RolloutWindowsIgnored():
+            return f"rollout {event.rollout_id} ignores maintenance windows from now" + _why(event.reason)
         case rollout.RolloutWaveWaiting():
             if not event.opens:
                 return f"rollout {event.rollout_id} wave {event.wave} no longer waits for maintenance windows"

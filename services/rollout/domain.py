@@ -44,6 +44,7 @@ from shared.events.rollout import (
     RolloutWavePlanned,
     RolloutWaveStarted,
     RolloutWaveWaiting,
+    RolloutWindowsIgnored,
 )
 from shared.times import format_time, parse_time
 from shared.windows import Window, is_open, next_open
@@ -111,6 +112,7 @@ class Rollout(msgspec.Struct):
     rollback: RolloutRollbackStarted | None = None
     reason: str = ""
     waiting: RolloutWaveWaiting | None = None  # sites whose closed windows hold devices back
+    windows_ignored: bool = False  # an operator said so after the start (RolloutWindowsIgnored)
     gate_history: list[RolloutGateEvaluated] = []  # every verdict, in order (for what-if)
 
     @property
@@ -143,6 +145,8 @@ def evolve(state: Rollout, event: Event) -> Rollout:
             state.waiting = None
         case RolloutWaveWaiting():
             state.waiting = event if event.opens else None
+        case RolloutWindowsIgnored():
+            state.windows_ignored = True
         case RolloutDevicesAssigned():
             assert state.spec is not None
             deadline = parse_time(event.at) + timedelta(seconds=state.spec.apply_timeout_seconds)
@@ -309,6 +313,17 @@ def promote(state: Rollout) -> list[Event]:
     return [RolloutPromoted(rollout_id=state.rollout_id, wave=state.wave), *_advance(state)]
 
 
+def ignore_windows(state: Rollout, reason: str = "") -> list[Event]:
+    """Emergency: assign from now on regardless of maintenance windows (a no-op when already so)."""
+    spec = _require_started(state)
+    if state.status not in ACTIVE:
+        raise Conflict(f"rollout {state.rollout_id} is {state.status}; windows matter only to an active rollout",
+                       field="rollout_id")
+    if spec.ignore_windows or state.windows_ignored:
+        return []
+    return [RolloutWindowsIgnored(rollout_id=state.rollout_id, reason=reason or "windows ignored by operator")]
+
+
 def rollback_plan(
     state: Rollout, to_snapshot_id: str | None = None, to_hashes: Mapping[str, str] | None = None,
     site_of: Mapping[str, str] | None = None,
@@ -370,7 +385,7 @@ def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
         statuses = {d: device_status(state, d, view, now) for d in wave}
         in_flight = sum(1 for s in statuses.values() if s == "in_flight")
         pending = [d for d in wave if statuses[d] == "pending"]
-        ready, events = _inside_windows(state, pending, view, now, spec.ignore_windows)
+        ready, events = _inside_windows(state, pending, view, now, spec.ignore_windows or state.windows_ignored)
         if ready:
             room = spec.max_in_flight - in_flight
             return events + (_assign(state, ready[:room], view, now) if room > 0 else [])
@@ -404,7 +419,8 @@ def _inside_windows(state: Rollout, devices: list[str], view: FleetView, now: da
     """The devices whose sites are open now, and a RolloutWaveWaiting when the set of closed sites
     holding devices back differs from the one recorded (an empty one when the wait is over)."""
     if ignore:
-        return devices, []
+        over = state.waiting is not None
+        return devices, [RolloutWaveWaiting(rollout_id=state.rollout_id, wave=state.wave)] if over else []
     open_now: dict[str, bool] = {}
     ready: list[str] = []
     closed: set[str] = set()
@@ -468,7 +484,7 @@ def _restore(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
     target = state.rollback
     pending = [d for d in sorted(state.assigned) if d not in state.restored]
     # Rollbacks ignore maintenance windows unless the rollout was started to respect them there too.
-    ignore = state.spec.ignore_windows or not state.spec.rollback_in_windows
+    ignore = state.spec.ignore_windows or state.windows_ignored or not state.spec.rollback_in_windows
     todo, events = _inside_windows(state, pending, view, now, ignore)
     plan = {d: (s, h) for d, s, h in rollback_plan(state, target.to_snapshot_id,
                                                    target.to_config_hashes, view.site_of)}

@@ -144,6 +144,7 @@ class RolloutService:
             ("resume", Act, self._act(lambda state, cmd: domain.resume(state))),
             ("abort", Act, self._act(lambda state, cmd: domain.abort(state, cmd.reason))),
             ("promote", Act, self._act(lambda state, cmd: domain.promote(state))),
+            ("ignore_windows", Act, self._act(lambda state, cmd: domain.ignore_windows(state, cmd.reason))),
             ("rollback", Rollback, self._rollback), ("get", Get, self._get), ("list", List, self._list),
             ("what_if", WhatIf, self._what_if),
         ):
@@ -521,7 +522,7 @@ class RolloutService:
             "snapshot_id": spec.snapshot_id if spec else None, "target": spec.target if spec else None,
             "last_gate": msgspec.to_builtins(state.last_gate) if state.last_gate else None,
             "not_before": spec.not_before if spec else None,
-            "ignore_windows": spec.ignore_windows if spec else False,
+            "ignore_windows": (spec.ignore_windows if spec else False) or state.windows_ignored,
             "waiting_for_windows": dict(state.waiting.opens) if state.waiting else {},
         }
         if detail and now is not None:

@@ -8,7 +8,8 @@ gates fail a verdict before the first one that failed in the log (or fail one wh
 a rollout that failed a gate "would have passed" when the proposed gates pass every verdict up to
 and including the one that failed. Waves after a real stop never ran, so nothing is said of them.
 A metric gate on an event recorded before distributions were is judged from the recorded
-aggregate when it asks for the same one, else reported as not recorded.
+aggregate when it asks for the same one, else reported as not recorded; a metric the rollout
+had no gate on (so its heartbeats were not read) is reported as not observed.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from services.rollout.domain import judge
+from services.rollout.domain import Verdict, judge
 from services.rollout.spec import parse_fraction, parse_metric_gate
 from shared.errors import Invalid
 from shared.events.rollout import Gates, RolloutGateEvaluated
@@ -58,6 +59,10 @@ class WaveWhatIf(msgspec.Struct, frozen=True, kw_only=True):
     """One recorded verdict beside the what-if verdict, with the numbers of both."""
 
     wave: int
+    devices: int
+    healthy: int
+    failed: int
+    offline: int
     recorded_passed: bool
     recorded_reasons: list[str]
     recorded_metrics: dict[str, float]
@@ -93,10 +98,19 @@ def what_if(rollout_id: str, status: str, verdicts: Sequence[RolloutGateEvaluate
     """Judge every recorded verdict of one rollout again with the proposed gates."""
     waves: list[WaveWhatIf] = []
     for recorded in verdicts:
-        verdict = judge(recorded.inputs, proposal.applied_to(recorded.gates))
+        inputs, gates = recorded.inputs, proposal.applied_to(recorded.gates)
+        # The service reads heartbeat metrics only for rollouts gated on some metric: a metric
+        # neither gated nor recorded then was not observed, which is not "no device reported it".
+        watched = {g.metric for g in recorded.gates.metrics} | set(inputs.distributions)
+        unseen = [g for g in gates.metrics if g.metric not in watched]
+        verdict = judge(inputs, msgspec.structs.replace(gates, metrics=[g for g in gates.metrics if g not in unseen]))
+        if unseen:
+            verdict = Verdict(verdict.reasons, verdict.metrics, [*verdict.unknown, *(
+                f"{g.metric} {g.aggregate}: not observed (this rollout had no gate on {g.metric})" for g in unseen)])
         waves.append(WaveWhatIf(
-            wave=recorded.wave, recorded_passed=recorded.passed, recorded_reasons=list(recorded.reasons),
-            recorded_metrics=dict(recorded.inputs.metrics), what_if_passed=verdict.passed,
+            wave=recorded.wave, devices=inputs.devices, healthy=inputs.healthy, failed=inputs.failed,
+            offline=inputs.offline, recorded_passed=recorded.passed, recorded_reasons=list(recorded.reasons),
+            recorded_metrics=dict(inputs.metrics), what_if_passed=verdict.passed,
             what_if_reasons=verdict.reasons, what_if_metrics=verdict.metrics, unknown=verdict.unknown))
     return RolloutWhatIf(rollout_id=rollout_id, status=status, outcome=_outcome(waves), waves=waves)
 
@@ -124,7 +138,7 @@ def summarize(results: Sequence[RolloutWhatIf]) -> dict[str, Any]:
     text = (f"{earlier} of {len(judged)} rollouts would have stopped earlier; {would_pass} of {failed} "
             f"rollouts that failed a gate would have passed it")
     if unknown:
-        text += f"; {unknown} could not be judged (gate events recorded before distributions were)"
+        text += f"; {unknown} could not be judged (a metric not recorded or not observed)"
     if len(results) > len(judged):
         text += f"; {len(results) - len(judged)} had no gate verdict yet"
     return {"rollouts": len(results), "judged": len(judged), "stops_earlier": earlier,

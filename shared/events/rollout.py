@@ -132,6 +132,14 @@ class RolloutWaveWaiting(RolloutEvent, frozen=True, kw_only=True):
     opens: dict[str, str] = {}
 
 
+class RolloutWindowsIgnored(RolloutEvent, frozen=True, kw_only=True):
+    """Emergency: from now on this rollout (and its rollback) assigns regardless of maintenance
+    windows; the envelope's actor says who decided it."""
+
+    aggregate = "rollout"
+    reason: str = ""
+
+
 class RolloutWaveBaking(RolloutEvent, frozen=True, kw_only=True):
     """Every device of the wave has settled; the bake runs until `until`."""
 

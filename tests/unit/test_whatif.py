@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -110,3 +111,18 @@ def test_what_if_input_is_checked() -> None:
     with pytest.raises(Invalid) as info:
         Proposal.parse(None, None, None, ["error_rate p101<=1"])
     assert info.value.field == "metric"
+
+
+def test_a_metric_the_rollout_never_watched_is_not_observed_rather_than_missing() -> None:
+    unwatched = RolloutGateEvaluated(
+        rollout_id="r0", wave=0, passed=True, gates=Gates(),
+        inputs=GateInputs(devices=10, healthy=10, converged=10, failed=0, timed_out=0, offline=0, degraded=0,
+                          distributions_recorded=True))
+    result = whatif.what_if("r0", "completed", [unwatched], Proposal.parse(None, None, None, ["error_rate p99<=0.01"]))
+    assert (result.outcome, result.waves[0].what_if_passed) == ("unknown", None)
+    assert result.waves[0].unknown == ["error_rate p99: not observed (this rollout had no gate on error_rate)"]
+    # A rule that fails decides even beside one that cannot be judged.
+    nine = msgspec.structs.replace(unwatched, inputs=msgspec.structs.replace(unwatched.inputs, healthy=9))
+    failing = whatif.what_if("r0", "completed", [nine], Proposal.parse("100%", None, None, ["error_rate p99<=1"]))
+    assert (failing.outcome, failing.waves[0].what_if_passed) == ("stops_earlier", False)
+    assert failing.waves[0].what_if_reasons == ["healthy 9/10 < 100%"]
