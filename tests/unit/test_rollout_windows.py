@@ -137,3 +137,17 @@ def test_the_dry_run_schedule_follows_the_windows() -> None:
     saturday = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)
     # Next Monday night; New York is on summer time since Sunday 2026-03-08, so 22:00 there is 02:00 UTC.
     assert domain.expected_schedule(state, view, saturday)[0]["all_sites_open"] == "2026-03-10T02:00:00.000000Z"
+
+
+def test_an_operator_can_ignore_windows_while_a_wave_waits() -> None:
+    state, view, _ = begin()
+    land(state, view, domain.tick(state, view, MONDAY_EVENING))
+    assert state.waiting is not None
+    [ignored] = domain.ignore_windows(state, "CVE fix")
+    land(state, view, [ignored])
+    assert domain.ignore_windows(state) == []  # already so
+    events = domain.tick(state, view, MONDAY_EVENING + timedelta(minutes=1))
+    assert assigned_sites(events) == {"nyc"}
+    assert [e.opens for e in events if isinstance(e, RolloutWaveWaiting)] == [{}]  # the wait is over, recorded
+    land(state, view, events)
+    assert state.waiting is None
