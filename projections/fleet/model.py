@@ -241,8 +241,9 @@ def _rollout_row(row: RolloutRow | None, env: Envelope, seq: int, event: Event) 
             status = old.status if old.status == "rolling_back" else "waiting" if event.opens else "running"
             return _replace(old, status=status, **stamp)
         case rollout.RolloutGateEvaluated():
-            gate = {"wave": event.wave, "passed": event.passed, "inputs": msgspec.to_builtins(event.inputs),
-                    "reasons": list(event.reasons)}
+            inputs = msgspec.to_builtins(event.inputs)
+            inputs.pop("distributions", None)  # what-if reads them from the log; rows stay small
+            gate = {"wave": event.wave, "passed": event.passed, "inputs": inputs, "reasons": list(event.reasons)}
             return _replace(old, last_gate=gate, **stamp)
         case rollout.RolloutWaveHeld():
             return _replace(old, status="held", **stamp)

@@ -34,7 +34,13 @@ from shared.envelope import Envelope, Event, seal
 from shared.errors import Conflict, Invalid, NotFound, Unavailable
 from shared.eventlog import Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
-from shared.events.rollout import Gates, RolloutDevicesAssigned, RolloutDevicesRestored, RolloutStarted
+from shared.events.rollout import (
+    Gates,
+    RolloutDevicesAssigned,
+    RolloutDevicesRestored,
+    RolloutGateEvaluated,
+    RolloutStarted,
+)
 from shared.ids import check_id
 from shared.selectors import parse as parse_selector
 from shared.subjects import AGGREGATE_OWNERS, HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
@@ -520,7 +526,7 @@ class RolloutService:
             "wave": state.wave, "waves": len(state.waves), "devices": len(state.devices),
             "assigned": len(state.assigned), "reason": state.reason,
             "snapshot_id": spec.snapshot_id if spec else None, "target": spec.target if spec else None,
-            "last_gate": msgspec.to_builtins(state.last_gate) if state.last_gate else None,
+            "last_gate": _gate_summary(state.last_gate) if state.last_gate else None,
             "not_before": spec.not_before if spec else None,
             "ignore_windows": (spec.ignore_windows if spec else False) or state.windows_ignored,
             "waiting_for_windows": dict(state.waiting.opens) if state.waiting else {},
@@ -536,6 +542,14 @@ class RolloutService:
                 waves.append({"wave": number, "size": len(wave), **counts})
             out["wave_progress"] = waves
         return out
+
+
+def _gate_summary(gate: RolloutGateEvaluated) -> dict[str, Any]:
+    """A gate verdict for replies, without the recorded distributions (up to 32 x 100 numbers each:
+    `what_if` reads them; a list of rollouts must stay small)."""
+    summary: dict[str, Any] = msgspec.to_builtins(gate)
+    summary["inputs"].pop("distributions", None)
+    return summary
 
 
 def _groups(events: Sequence[Event]) -> list[list[Event]]:
