@@ -26,6 +26,7 @@ import msgspec
 
 from shared.errors import Invalid
 
+DEVICE_LABEL = "maintenance-window"  # a device label whose value (windows joined by `;`) overrides its site's
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 MAX_WINDOWS = 16
 HORIZON_DAYS = 8  # how far `next_open` looks: every weekly window opens within 8 days
@@ -135,6 +136,11 @@ def parse_windows(texts: Iterable[str], field: str = "windows") -> tuple[Window,
     if len(windows) > MAX_WINDOWS:
         raise Invalid(f"at most {MAX_WINDOWS} windows", field=field)
     return windows
+
+
+def parse_label_windows(value: str, field: str = f"labels.{DEVICE_LABEL}") -> tuple[Window, ...]:
+    """The windows of a device's `maintenance-window` label: `Mon-Fri 22:00-04:00 Europe/Berlin; Sat ...`."""
+    return parse_windows([part for part in value.split(";") if part.strip()], field)
 
 
 def canonical(texts: Iterable[str], field: str = "windows") -> list[str]:

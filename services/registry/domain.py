@@ -27,7 +27,9 @@ from shared.events.registry import (
 )
 from shared.ids import check_id, check_labels
 from shared.selectors import IMPLICIT_LABELS
+from shared.windows import DEVICE_LABEL as WINDOW_LABEL
 from shared.windows import canonical as canonical_windows
+from shared.windows import parse_label_windows
 from shared.wire import Command
 
 Status = Literal["absent", "active", "retired"]
@@ -199,6 +201,8 @@ def check_device_labels(labels: Mapping[str, str], field: str = "labels") -> dic
         if key in IMPLICIT_LABELS:
             raise Invalid(f"label key {key!r} is reserved: selectors match it against the device's "
                           f"{key}", field=f"{field}.{key}")
+    if WINDOW_LABEL in labels:  # the device's own maintenance windows: refused now, not at rollout time
+        parse_label_windows(labels[WINDOW_LABEL], f"{field}.{WINDOW_LABEL}")
     return check_labels(dict(labels), field)
 
 

@@ -83,6 +83,7 @@ class FleetView(msgspec.Struct):
     desired: dict[str, Desired] = {}
     observed: dict[str, Observed] = {}
     windows: dict[str, tuple[Window, ...]] = {}  # site -> maintenance windows (none: always open)
+    device_windows: dict[str, tuple[Window, ...]] = {}  # device -> its own (label), instead of its site's
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -409,9 +410,10 @@ def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
     return []
 
 
-def site_open(view: FleetView, site: str, now: datetime) -> bool:
-    """Is `site`'s maintenance window open at `now` (a site without windows always is)?"""
-    return is_open(view.windows.get(site, ()), now)
+def windows_of(view: FleetView, device: str) -> tuple[Window, ...]:
+    """A device's maintenance windows: its own (`maintenance-window` label), else its site's."""
+    own = view.device_windows.get(device)
+    return own if own is not None else view.windows.get(view.site_of.get(device, ""), ())
 
 
 def _inside_windows(state: Rollout, devices: list[str], view: FleetView, now: datetime, ignore: bool,
@@ -421,24 +423,26 @@ def _inside_windows(state: Rollout, devices: list[str], view: FleetView, now: da
     if ignore:
         over = state.waiting is not None
         return devices, [RolloutWaveWaiting(rollout_id=state.rollout_id, wave=state.wave)] if over else []
-    open_now: dict[str, bool] = {}
+    open_now: dict[str | tuple[Window, ...], bool] = {}  # per site, or per device's own windows
     ready: list[str] = []
-    closed: set[str] = set()
+    held: dict[str, set[tuple[Window, ...]]] = {}  # site -> the closed windows holding its devices back
     for device in devices:
         site = view.site_of.get(device, "")
-        if site not in open_now:
-            open_now[site] = site_open(view, site, now)
-        if open_now[site]:
+        own = view.device_windows.get(device) if view.device_windows else None
+        key = site if own is None else own
+        if key not in open_now:
+            open_now[key] = is_open(own if own is not None else view.windows.get(site, ()), now)
+        if open_now[key]:
             ready.append(device)
         else:
-            closed.add(site)
+            held.setdefault(site, set()).add(own if own is not None else view.windows.get(site, ()))
     recorded = set(state.waiting.opens) if state.waiting is not None else set()
-    if closed == recorded:
+    if set(held) == recorded:
         return ready, []
     opens = {}
-    for site in sorted(closed):
-        moment = next_open(view.windows.get(site, ()), now)
-        opens[site] = format_time(moment) if moment is not None else ""
+    for site in sorted(held):
+        moments = [m for w in held[site] if (m := next_open(w, now)) is not None]
+        opens[site] = format_time(min(moments)) if moments else ""
     return ready, [RolloutWaveWaiting(rollout_id=state.rollout_id, wave=state.wave, opens=opens)]
 
 
@@ -525,8 +529,8 @@ def expected_schedule(state: Rollout, view: FleetView, now: datetime) -> list[di
         entry: dict[str, Any] = {"wave": number, "starts": None, "all_sites_open": None, "bake_ends": None}
         if moment is not None:
             after = moment
-            opens = [after if spec.ignore_windows else next_open(view.windows.get(site, ()), after)
-                     for site in sorted({view.site_of.get(d, "") for d in wave})]
+            opens = [after if spec.ignore_windows else next_open(windows, after)
+                     for windows in {windows_of(view, d) for d in wave}]
             known = [o for o in opens if o is not None]
             moment = max(known) if known and len(known) == len(opens) else None
             entry["starts"] = format_time(min(known)) if known else None

@@ -30,7 +30,7 @@ from shared.events.registry import (
     SiteUpdated,
 )
 from shared.events.snapshot import SnapshotCreated, SnapshotMarkedKnownGood, SnapshotRetired
-from shared.windows import parse_windows
+from shared.windows import DEVICE_LABEL, Window, parse_label_windows, parse_windows
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +77,14 @@ class FleetIndex:
             case DeviceAdded():
                 self.devices[event.device_id] = DeviceInfo(event.site_id, event.kind, dict(event.labels))
                 self.view.site_of[event.device_id] = event.site_id
+                self._device_windows(event.device_id, event.labels)
             case DeviceUpdated():
                 if info := self.devices.get(event.device_id):
                     info.kind = event.kind
             case DeviceRelabeled():
                 if info := self.devices.get(event.device_id):
                     info.labels = dict(event.labels)
+                self._device_windows(event.device_id, event.labels)
             case DeviceMoved():
                 if info := self.devices.get(event.device_id):
                     info.site = event.to_site_id
@@ -130,6 +132,19 @@ class FleetIndex:
             self.view.windows[site] = windows
         else:
             self.view.windows.pop(site, None)
+
+    def _device_windows(self, device: str, labels: dict[str, str]) -> None:
+        value = labels.get(DEVICE_LABEL)
+        windows: tuple[Window, ...] = ()
+        if value is not None:
+            try:
+                windows = parse_label_windows(value)
+            except Invalid as exc:
+                log.warning("device %s: maintenance-window label ignored: %s", device, exc.message)
+        if windows:
+            self.view.device_windows[device] = windows
+        else:
+            self.view.device_windows.pop(device, None)
 
     def _observed(self, device: str) -> Observed:
         observed = self.view.observed.get(device)

@@ -9,13 +9,17 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
+from services.registry.domain import check_device_labels
 from services.rollout import domain
 from services.rollout.domain import Desired, FleetView, Observed, Rollout
 from services.rollout.spec import parse_canary, parse_waves
 from shared.envelope import Event
+from shared.errors import Invalid
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import Gates, RolloutRolledBack, RolloutWaveWaiting
-from shared.windows import parse_windows
+from shared.windows import parse_label_windows, parse_windows
 
 # Monday 2026-03-02 21:30 UTC: 22:30 in Berlin (its night window is open), 16:30 in New York
 # (closed until 22:00 New York = 03:00 UTC), Tokyo has no windows at all.
@@ -151,3 +155,19 @@ def test_an_operator_can_ignore_windows_while_a_wave_waits() -> None:
     assert [e.opens for e in events if isinstance(e, RolloutWaveWaiting)] == [{}]  # the wait is over, recorded
     land(state, view, events)
     assert state.waiting is None
+
+
+def test_a_device_label_gives_a_device_its_own_windows() -> None:
+    state, view, _ = begin()
+    view.device_windows["d2"] = parse_label_windows("Sat 00:00-24:00 UTC; Sun 00:00-06:00 Asia/Tokyo")  # a tyo device
+    events = domain.tick(state, view, MONDAY_EVENING)
+    assert {e.device_id for e in events if isinstance(e, DesiredStateAssigned)} == {
+        d for d, site in DEVICES.items() if site in ("ber", "tyo") and d != "d2"}
+    [waiting] = [e for e in events if isinstance(e, RolloutWaveWaiting)]
+    assert waiting.opens == {"nyc": "2026-03-03T03:00:00.000000Z", "tyo": "2026-03-07T00:00:00.000000Z"}
+
+
+def test_the_registry_refuses_a_bad_window_label() -> None:
+    with pytest.raises(Invalid) as info:
+        check_device_labels({"maintenance-window": "Sat 00:00-24:00 UTC; weekends"})
+    assert info.value.field == "labels.maintenance-window[1]"
