@@ -240,6 +240,8 @@ def _rollout_row(row: RolloutRow | None, env: Envelope, seq: int, event: Event) 
                 return None
             status = old.status if old.status == "rolling_back" else "waiting" if event.opens else "running"
             return _replace(old, status=status, **stamp)
+        case rollout.RolloutWindowsIgnored():  # nothing waits for a window any more
+            return _replace(old, status="running", **stamp) if old.status == "waiting" else None
         case rollout.RolloutGateEvaluated():
             inputs = msgspec.to_builtins(event.inputs)
             inputs.pop("distributions", None)  # what-if reads them from the log; rows stay small

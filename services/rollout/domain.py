@@ -147,7 +147,7 @@ def evolve(state: Rollout, event: Event) -> Rollout:
         case RolloutWaveWaiting():
             state.waiting = event if event.opens else None
         case RolloutWindowsIgnored():
-            state.windows_ignored = True
+            state.windows_ignored, state.waiting = True, None
         case RolloutDevicesAssigned():
             assert state.spec is not None
             deadline = parse_time(event.at) + timedelta(seconds=state.spec.apply_timeout_seconds)

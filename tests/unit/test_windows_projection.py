@@ -34,7 +34,7 @@ def test_a_waiting_wave_shows_on_the_rollouts_row_and_in_the_changes() -> None:
         model.apply(state, i, envelope, event)
         statuses.append(state.rollouts["r1"].status)
         summaries.append(change_row(i, envelope, event, lambda _: None).summary)
-    assert statuses == ["running", "running", "waiting", "waiting", "running", "running"]
+    assert statuses == ["running", "running", "waiting", "running", "running", "running"]
     assert summaries[0] == "rollout r1 of b to every device started, not before 2026-11-02T00:00:00.000000Z"
     assert summaries[2] == ("rollout r1 wave 0 waits for maintenance windows: ber (opens 2026-11-02T21:00:00.000000Z), "
                             "nyc (opens not within 8 days)")
