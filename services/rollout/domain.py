@@ -166,7 +166,8 @@ def evolve(state: Rollout, event: Event) -> Rollout:
         case RolloutPromoted():
             state.phase = "promoted"
         case RolloutPaused():
-            state.status, state.reason = "paused", event.reason
+            # A paused rollout waits for its operator, not for windows; resuming records the wait again.
+            state.status, state.reason, state.waiting = "paused", event.reason, None
         case RolloutResumed():
             state.status = "running"
         case RolloutAborted():

@@ -156,6 +156,16 @@ def test_an_operator_can_ignore_windows_while_a_wave_waits() -> None:
     assert not [e for e in events if isinstance(e, RolloutWaveWaiting)]
 
 
+def test_a_pause_while_waiting_records_the_wait_again_on_resume() -> None:
+    state, view, _ = begin()
+    land(state, view, domain.tick(state, view, MONDAY_EVENING))
+    land(state, view, domain.pause(state, "lunch"))
+    assert state.waiting is None
+    land(state, view, domain.resume(state))
+    events = domain.tick(state, view, MONDAY_EVENING + timedelta(minutes=5))
+    assert [e.opens for e in events if isinstance(e, RolloutWaveWaiting)] == [{"nyc": "2026-03-03T03:00:00.000000Z"}]
+
+
 def test_a_device_label_gives_a_device_its_own_windows() -> None:
     state, view, _ = begin()
     view.device_windows["d2"] = parse_label_windows("Sat 00:00-24:00 UTC; Sun 00:00-06:00 Asia/Tokyo")  # a tyo device
