@@ -82,6 +82,8 @@ def _render(result: dict[str, Any]) -> None:
             console.print(f"  wave {entry['wave'] + 1} expected: starts {starts}, every site open by {every}, "
                           f"bake ends {ends}")
     elif "plan" in result:
+        console.print("  the rollback waits for maintenance windows (--rollback-in-windows)" if result.get("in_windows")
+                      else "  the rollback ignores maintenance windows: devices are restored at once")
         table = Table("device", "from", "to snapshot", "to config")
         for step in result["plan"]:
             table.add_row(step["device_id"], step["from_snapshot_id"] or "-",

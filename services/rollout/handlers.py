@@ -490,12 +490,15 @@ class RolloutService:
         plan = [{"device_id": d, "from_snapshot_id": state.spec.snapshot_id if state.spec else None,
                  "to_snapshot_id": s, "to_config_hash": h}
                 for d, s, h in domain.rollback_plan(state, cmd.to_snapshot_id, hashes, self.index.view.site_of)]
+        # Said with the plan: a rollback restores at once unless the rollout was started to wait.
+        in_windows = bool(state.spec and state.spec.rollback_in_windows and not state.spec.ignore_windows
+                          and not state.windows_ignored)
         if cmd.plan_only:
-            return Outcome((), {**self.describe(state), "plan": plan})
+            return Outcome((), {**self.describe(state), "plan": plan, "in_windows": in_windows})
         outcome = await self._run(
             cmd, cmd.rollout_id,
             lambda: domain.rollback(state, cmd.reason, cmd.to_snapshot_id, hashes), ctx)
-        return Outcome(outcome.appended, {**outcome.result, "plan": plan})
+        return Outcome(outcome.appended, {**outcome.result, "plan": plan, "in_windows": in_windows})
 
     async def _get(self, cmd: Get, ctx: Context) -> Outcome:
         return Outcome((), self.describe(self._state(cmd.rollout_id), ctx.now, detail=True))

@@ -73,6 +73,8 @@ async def test_a_wave_waits_for_its_sites_window_across_a_restart(nc: NATS, even
         status = (await client.send("rollout", "get", {"rollout_id": "r1"})).result
         assert status["assigned"] == 6
         assert status["waiting_for_windows"] == {}
+        plan = (await client.send("rollout", "rollback", {"rollout_id": "r1", "plan_only": True})).result
+        assert plan["in_windows"] is False  # rollbacks ignore windows unless the rollout asked otherwise
     finally:
         await second.stop()
     events = await recorded(eventlog)
