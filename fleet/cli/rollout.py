@@ -42,7 +42,8 @@ def _render(result: dict[str, Any]) -> None:
     if "rollouts" in result:
         table = Table("rollout", "status", "phase", "wave", "snapshot", "target", "assigned")
         for r in result["rollouts"]:
-            table.add_row(r["rollout_id"], r["status"], r["phase"], f"{r['wave'] + 1}/{r['waves']}",
+            status = r["status"] + (" (waiting for windows)" if r.get("waiting_for_windows") else "")
+            table.add_row(r["rollout_id"], status, r["phase"], f"{r['wave'] + 1}/{r['waves']}",
                           r["snapshot_id"], r["target"] or "(all)", f"{r['assigned']}/{r['devices']}")
         console.print(table)
         return
