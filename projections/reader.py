@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import msgspec
 from nats.aio.msg import Msg
 from nats.js import api
 
@@ -22,6 +23,7 @@ from shared.eventlog import EventLog, Recorded
 from shared.subjects import EVENTS_WILDCARD
 
 UNDECODABLE = "<undecodable>"
+NUL = b"\\u0000"
 
 
 def _record(msg: Msg) -> Recorded:
@@ -30,6 +32,9 @@ def _record(msg: Msg) -> Recorded:
     seq = int(msg.reply.split(".")[-4])
     try:
         envelope = decode_envelope(msg.data)
+        if NUL in msg.data:  # PostgreSQL text and jsonb cannot hold it: poison before any write
+            envelope = msgspec.structs.replace(envelope, type=UNDECODABLE, causation_id=(
+                f"{envelope.type} holds a NUL character (\\u0000), which PostgreSQL cannot store"))
     except Invalid as exc:  # not an envelope at all: poison for whoever applies it, never skipped
         envelope = Envelope(type=UNDECODABLE, v=0, id="", aggregate="", aggregate_id="", at="",
                             actor="", causation_id=str(exc))
