@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
+import msgspec
 import uuid_utils
 
 from shared.errors import Invalid
@@ -11,6 +13,7 @@ from shared.errors import Invalid
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,62})$")
 LABEL_VALUE_MAX = 256
+Id = Annotated[str, msgspec.Meta(pattern=ID_RE.pattern)]  # the id rule, checked while decoding
 
 
 def check_id(value: object, field: str) -> str:

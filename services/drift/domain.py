@@ -45,8 +45,9 @@ SITE_MISMATCH = "site_mismatch"
 OUT_OF_ORDER = "out_of_order"
 MALFORMED = "malformed"
 SUBJECT_MISMATCH = "subject_mismatch"
+OVERSIZED = "oversized"
 REJECT_REASONS = (UNKNOWN_DEVICE, RETIRED_DEVICE, SITE_MISMATCH, OUT_OF_ORDER, MALFORMED,
-                  SUBJECT_MISMATCH)
+                  SUBJECT_MISMATCH, OVERSIZED)
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True):

@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 
 from services.drift.domain import (
     MALFORMED,
+    OVERSIZED,
     REJECT_REASONS,
     SUBJECT_MISMATCH,
     AcknowledgeDrift,
@@ -54,7 +55,7 @@ from shared.commands import Command as CommandBody
 from shared.commands import CommandClient, CommandService, Context, Outcome
 from shared.config import Settings
 from shared.desired import ensure_bucket, get_desired, put_desired
-from shared.devices import HEARTBEAT_DECODER, DesiredState
+from shared.devices import HEARTBEAT_DECODER, HEARTBEAT_MAX_BYTES, DesiredState
 from shared.envelope import Envelope, seal
 from shared.errors import Conflict, FleetError, Invalid
 from shared.eventlog import Appended, EventLog, Recorded, Write
@@ -256,6 +257,9 @@ class DriftService:
 
     def handle_heartbeat(self, subject: str, data: bytes) -> None:
         """Decode, check and fold one heartbeat; queue events if it revealed a change."""
+        if len(data) > HEARTBEAT_MAX_BYTES:  # refused before any decoding work
+            self._drop(OVERSIZED)
+            return
         try:
             hb = HEARTBEAT_DECODER.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):

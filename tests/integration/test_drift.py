@@ -291,6 +291,11 @@ async def test_bad_heartbeats_are_counted_and_dropped(
         ("fleet.hb.s3.b1", body(device_id="other")),                    # subject names another device
         ("fleet.hb.s3.b1", body(seq=100, health="failed")),             # replayed seq
         ("fleet.hb.s3.b1", body(seq=50, health="failed")),              # older seq
+        ("fleet.hb.s3.b1", body(snapshot_id="s" * 6000)),               # an id past the id rule
+        ("fleet.hb.s3.b1", body(agent_version="v1\x00")),               # a control character
+        ("fleet.hb.s3.b1", body(metrics={f"m{i}": 1.0 for i in range(65)})),  # too many metrics
+        ("fleet.hb.s3.b1", body(metrics={"cpu": 1e999})),               # not a finite number
+        ("fleet.hb.s3.b1", body(agent_version="x" * 9000)),             # larger than a heartbeat may be
     ]
     for subject, data in sends:
         await nc.publish(subject, data)
@@ -299,8 +304,9 @@ async def test_bad_heartbeats_are_counted_and_dropped(
     while sum(drift.stats.dropped.values()) < len(sends):
         assert asyncio.get_running_loop().time() < deadline, drift.stats.dropped
         await asyncio.sleep(0.02)
-    assert drift.stats.dropped == {"unknown_device": 1, "retired_device": 1, "malformed": 4,
-                                   "site_mismatch": 1, "subject_mismatch": 1, "out_of_order": 2}
+    assert drift.stats.dropped == {"unknown_device": 1, "retired_device": 1, "malformed": 8,
+                                   "site_mismatch": 1, "subject_mismatch": 1, "out_of_order": 2,
+                                   "oversized": 1}
     await drift.flush()
     assert types(await observed(eventlog, "b1")) == ["DeviceCameOnline"]
     assert await observed(eventlog, "stranger") == []
