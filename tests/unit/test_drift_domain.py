@@ -337,7 +337,8 @@ def test_a_repeated_heartbeat_changes_nothing(commands: list[tuple[Any, ...]]) -
         return
     now = state.last_seen
     again = hb(state.last_seq + 1, state.reported_snapshot_id, state.reported_config_hash, state.health)
-    assert decide(state, Beat(again), now, POLICY) == []
+    # Nothing beyond what time alone decides (a reconcile retry may be due at that moment).
+    assert decide(state, Beat(again), now, POLICY) == decide(state, Tick(), now, POLICY)
 
 
 @settings(max_examples=300, deadline=None)
