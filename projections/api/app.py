@@ -56,7 +56,8 @@ At = Annotated[str | None, QueryParameter(description="RFC 3339 time: answer as 
 AtSeq = Annotated[int | None, QueryParameter(ge=0, description="Log sequence: answer as of it.")]
 MinSeq = Annotated[int | None, QueryParameter(ge=0, description="Wait (bounded) until this sequence is applied.")]
 Id = Annotated[str, PathParameter(max_length=128)]
-Text = Annotated[str | None, QueryParameter(max_length=256)]
+Text = Annotated[str | None, QueryParameter(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$",
+                                           description="No control characters.")]
 HealthName = Literal["ok", "degraded", "failed", "unknown"]
 
 ERRORS = {
