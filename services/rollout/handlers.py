@@ -112,6 +112,9 @@ class RolloutService:
         self._effective: dict[tuple[str, str], msgspec.Raw] = {}
         self._progress = telemetry.meter.create_counter(
             "fleet_rollout_assignments_total", description="Devices assigned or restored by rollouts")
+        self.tick_errors: dict[str, int] = {}  # rollout id -> ticks that raised (logged, retried)
+        self._tick_errors_total = telemetry.meter.create_counter(
+            "fleet_rollout_tick_errors_total", description="Rollout ticks that raised, by rollout")
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -229,14 +232,20 @@ class RolloutService:
                 state = slot.state
                 if state.status in ("running", "rolling_back"):
                     started = time.perf_counter()
-                    events = domain.tick(state, self.index.view, now)
-                    deciding += time.perf_counter() - started
-                    if events:
-                        decided = time.perf_counter()
-                        await self._commit(rollout_id, events, None, now)
-                        log.info("rollout %s: %d events (%s) decided in %.3fs, committed in %.3fs", rollout_id,
-                                 len(events), type(events[-1]).__name__, decided - started,
-                                 time.perf_counter() - decided)
+                    try:  # one rollout that cannot advance never holds back the others
+                        events = domain.tick(state, self.index.view, now)
+                        deciding += time.perf_counter() - started
+                        if events:
+                            decided = time.perf_counter()
+                            await self._commit(rollout_id, events, None, now)
+                            log.info("rollout %s: %d events (%s) decided in %.3fs, committed in %.3fs",
+                                     rollout_id, len(events), type(events[-1]).__name__, decided - started,
+                                     time.perf_counter() - decided)
+                    except Exception:
+                        log.exception("rollout %s: tick failed; the other rollouts go on", rollout_id)
+                        self.tick_errors[rollout_id] = self.tick_errors.get(rollout_id, 0) + 1
+                        self._tick_errors_total.add(1, {"rollout": rollout_id})
+                        state = slot.state
                 if state.active and state.waves and state.spec is not None and state.spec.gates.metrics:
                     watch.update(state.waves[state.wave])
             self._watch = watch
