@@ -92,7 +92,8 @@ def policy_from(settings: Settings) -> Policy:
     """The device timing rules of these settings."""
     return Policy(interval=settings.heartbeat_interval, offline_after=settings.offline_after,
                   drift_grace=settings.drift_grace, reconcile_backoff=settings.reconcile_backoff,
-                  reconcile_max_tries=settings.reconcile_max_tries)
+                  reconcile_max_tries=settings.reconcile_max_tries, flap_window=settings.flap_window,
+                  flap_changes=settings.flap_changes)
 
 
 @dataclass

@@ -452,3 +452,23 @@ async def test_two_partitioned_instances_share_the_fleet(tmp_path: Path) -> None
             await instance.stop()
         await nc.close()
         server.stop()
+
+
+async def test_400_flapping_heartbeats_become_a_handful_of_events(
+        nc: NATS, eventlog: EventLog, drift: DriftService) -> None:
+    """Round 1: 400 flapping heartbeats became 799 permanent log events."""
+    await register(eventlog, "s4", "flappy")
+    await drift.start()
+    device = Device(nc, "flappy", "s4")
+    for i in range(400):
+        await device.beat(health="degraded" if i % 2 else "ok")
+    await nc.flush()
+    deadline = asyncio.get_running_loop().time() + 15
+    while drift.stats.accepted < 400:
+        assert asyncio.get_running_loop().time() < deadline, drift.stats
+        await asyncio.sleep(0.02)
+    await drift.flush()
+    events = types(await observed(eventlog, "flappy"))
+    assert events[0] == "DeviceCameOnline"
+    assert 1 <= events.count("DeviceHealthChanged") <= drift.policy.flap_changes
+    assert len(events) <= drift.policy.flap_changes + 1
