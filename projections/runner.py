@@ -30,7 +30,7 @@ import asyncpg
 from shared import telemetry
 from shared.envelope import Envelope, Event, decode_event
 from shared.errors import FleetError
-from shared.eventlog import EventLog, Recorded
+from shared.eventlog import UNDECODABLE, EventLog, Recorded
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +173,19 @@ class _Undecodable(Event, frozen=True, kw_only=True):
     reason: str
 
 
+NUL = "\x00"
+
+
 def _decode(record: Recorded) -> Event | None:
-    if record.envelope.type == "<undecodable>":  # projections.reader: a body that is no envelope
-        return _Undecodable(reason=f"not an event envelope: {record.envelope.causation_id}")
+    envelope = record.envelope
+    if envelope.type == UNDECODABLE:  # a body that is no envelope
+        return _Undecodable(reason=f"not an event envelope: {envelope.causation_id}")
+    if b"\\u0000" in bytes(envelope.data) or any(NUL in (text or "") for text in (
+            envelope.type, envelope.aggregate, envelope.aggregate_id, envelope.actor, envelope.at,
+            envelope.causation_id, envelope.correlation_id)):
+        # PostgreSQL text and jsonb cannot hold it: poison before any write (a bulk write of a
+        # rebuild would otherwise fail as a whole, with no event to name)
+        return _Undecodable(reason=f"{envelope.type} holds a NUL character, which PostgreSQL cannot store")
     try:
         return decode_event(record.envelope)
     except Exception as exc:  # a known type that does not decode is poison, not unknown
@@ -184,9 +194,7 @@ def _decode(record: Recorded) -> Event | None:
 
 def _batches(log_: EventLog, from_seq: int, to_seq: int | None, follow: bool,
              size: int) -> AsyncIterator[list[Recorded]]:
-    from projections.reader import batches
-
-    return batches(log_, from_seq, to_seq, follow=follow, size=size)
+    return log_.batches(from_seq, to_seq, follow=follow, size=size)
 
 
 class Runner:

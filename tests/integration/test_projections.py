@@ -26,7 +26,6 @@ from projections.fleet import model, snapshots
 from projections.fleet.store import FleetBuilder, FleetProjection
 from projections.main import all_projections
 from projections.pointintime import FLEET_VERSION, snapshot_hook
-from projections.reader import batches
 from projections.runner import (
     Item,
     Poison,
@@ -383,7 +382,7 @@ async def test_point_in_time_snapshots_are_taken_every_n_events(eventlog: EventL
 async def _folded(log: EventLog, seq: int) -> model.FleetState:
     """The fleet state at `seq`, folded from the start of the log with the pure model."""
     state = model.FleetState()
-    async for batch in batches(log, 1, seq, size=1000):
+    async for batch in log.batches(1, seq, size=1000):
         items, _ = decode_batch(batch)
         for item in items:
             model.apply(state, item.seq, item.envelope, item.event)
