@@ -102,6 +102,7 @@ class Stats:
 
     accepted: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    errors: int = 0  # heartbeats or ticks of a device that raised (a bug; logged, the rest go on)
     appended: int = 0
     append_failures: int = 0
     reconciles_put: int = 0
@@ -283,7 +284,12 @@ class DriftService:
             self.devices[hb.device_id] = msgspec.structs.replace(state, last_seen=now, last_seq=hb.seq)
             self.stats.accepted += 1
             return
-        events = decide(state, Beat(hb), now, self.policy)
+        try:
+            events = decide(state, Beat(hb), now, self.policy)
+        except Exception:  # isolated to this heartbeat: logged and counted, the next one is judged afresh
+            log.exception("drift: heartbeat of device %s could not be decided", hb.device_id)
+            self.stats.errors += 1
+            return
         if events:
             state = self._emit(state, events, now)
         self.devices[hb.device_id] = observe(state, hb, now)
@@ -338,7 +344,12 @@ class DriftService:
             policy = self.policy
             for device_id, state in self.devices.items():
                 if tick_due(state, now, policy):
-                    events = decide(state, tick, now, policy)
+                    try:  # one device that cannot be decided never stops the others' clocks
+                        events = decide(state, tick, now, policy)
+                    except Exception:
+                        log.exception("drift: tick of device %s failed; the others go on", device_id)
+                        self.stats.errors += 1
+                        continue
                     if events:
                         self.devices[device_id] = self._emit(state, events, now)
 

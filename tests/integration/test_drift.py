@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -472,3 +473,29 @@ async def test_400_flapping_heartbeats_become_a_handful_of_events(
     assert events[0] == "DeviceCameOnline"
     assert 1 <= events.count("DeviceHealthChanged") <= drift.policy.flap_changes
     assert len(events) <= drift.policy.flap_changes + 1
+
+
+async def test_a_device_that_cannot_be_decided_does_not_stop_the_others(
+        nc: NATS, eventlog: EventLog, drift: DriftService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round 1 ran every device's tick in one loop without a guard: one raise ended the loop, and
+    no device ever went offline again. Now the failure stays with that device, counted."""
+    from services.drift import handlers
+
+    real = handlers.decide
+    cursed: set[str] = set()
+
+    def decide(state: Any, command: Any, now: float, policy: Policy) -> Any:
+        if state.device_id in cursed:
+            raise ZeroDivisionError("a bug for one device")
+        return real(state, command, now, policy)
+
+    monkeypatch.setattr(handlers, "decide", decide)
+    await register(eventlog, "s5", "cursed", "fine")
+    await drift.start()
+    for name in ("cursed", "fine"):
+        await Device(nc, name, "s5").beat()
+    await until(drift, eventlog, "cursed", lambda e: types(e) == ["DeviceCameOnline"])
+    cursed.add("cursed")  # from now on every decision about it raises (its ticks come first)
+    events = await until(drift, eventlog, "fine", lambda e: "DeviceWentOffline" in types(e))
+    assert types(events) == ["DeviceCameOnline", "DeviceWentOffline"]
+    assert drift.stats.errors >= 1  # its ticks, each logged and counted
