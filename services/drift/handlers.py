@@ -65,6 +65,7 @@ from shared.events.registry import DeviceRetired
 from shared.ids import check_id
 from shared.subjects import HEARTBEATS_PREFIX, event_subject, parse_event_subject
 from shared.times import utcnow
+from shared.wire import Reason
 
 log = logging.getLogger(__name__)
 ACTOR = "service:drift"
@@ -77,7 +78,7 @@ class Reconcile(CommandBody, frozen=True, kw_only=True):
     """`fleet.cmd.drift.reconcile`: reconcile a drifted device now, even when it is stuck."""
 
     device_id: str
-    reason: str = ""
+    reason: Reason = ""
 
 
 class Acknowledge(CommandBody, frozen=True, kw_only=True):
@@ -85,7 +86,7 @@ class Acknowledge(CommandBody, frozen=True, kw_only=True):
     the drift ends or an operator forces reconciliation."""
 
     device_id: str
-    reason: str = ""
+    reason: Reason = ""
 
 
 def policy_from(settings: Settings) -> Policy:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -39,6 +39,7 @@ from shared.ids import check_id
 from shared.selectors import parse as parse_selector
 from shared.subjects import AGGREGATE_OWNERS, HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
 from shared.times import format_time, parse_duration, utcnow
+from shared.wire import Expression, Reason
 
 log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
@@ -51,19 +52,19 @@ class Start(Command, frozen=True, kw_only=True):
     """Start rolling `snapshot_id` out to the devices matching `target`."""
 
     snapshot_id: str
-    target: str = ""
+    target: Expression = ""
     rollout_id: str | None = None
-    canary: str = ""
-    waves: str = "100"
+    canary: Expression = ""
+    waves: Expression = "100"
     max_in_flight: int = 500
     bake: str | float = 0.0
     apply_timeout: str | float = "5m"
     min_healthy: str | float = "90%"
     max_failed: str | float = "5%"
     max_offline: str | float = "10%"
-    metrics: list[str] = []
+    metrics: Annotated[list[Expression], msgspec.Meta(max_length=32)] = []
     on_failure: str = "pause"
-    approve_after: list[int] = []
+    approve_after: Annotated[list[int], msgspec.Meta(max_length=100)] = []
     dry_run: bool = False
 
 
@@ -71,7 +72,7 @@ class Act(Command, frozen=True, kw_only=True):
     """pause / resume / abort / promote one rollout."""
 
     rollout_id: str
-    reason: str = ""
+    reason: Reason = ""
 
 
 class Rollback(Command, frozen=True, kw_only=True):
@@ -80,7 +81,7 @@ class Rollback(Command, frozen=True, kw_only=True):
     rollout_id: str
     to_snapshot_id: str | None = None
     plan_only: bool = False
-    reason: str = ""
+    reason: Reason = ""
 
 
 class Get(Command, frozen=True, kw_only=True):
