@@ -8,8 +8,8 @@ assigned, coming online, then rounds of reported state, health, drift, offline a
 about devices x (3 + rounds/2) events), then measures:
 
 - raw: a nats-py ordered consumer counting every message of the stream (no decoding) — the limit;
-- replay: `EventLog.replay` decoding every envelope and event, and the runner's own reader
-  (`projections.reader`, a callback-fed ordered consumer) doing the same;
+- replay: `EventLog.replay` decoding every envelope and event, and `EventLog.batches` (what the
+  runner reads with, in batches of 5,000) doing the same;
 - rebuild: `projections.runner.rebuild` of each projection from sequence 1 into a fresh schema
   (rows and checkpoint committed per batch of 1,000 in one transaction), events/s, and the fleet
   projection again with point-in-time snapshots every 50,000 events;
@@ -58,7 +58,6 @@ from projections.changes.store import ChangesProjection
 from projections.fleet import model, snapshots
 from projections.fleet.store import FleetProjection, load_state
 from projections.pointintime import FLEET_VERSION, SNAPSHOT_EVERY, snapshot_hook
-from projections.reader import batches
 from projections.runner import Runner, create_pool, decode_batch, rebuild
 from projections.synthetic import fleet_history
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
@@ -203,8 +202,8 @@ async def replay_only(log: EventLog, head: int) -> None:
 
 
 async def reader_only(log: EventLog, head: int) -> None:
-    """The runner's reader (projections.reader) decoding every envelope and event."""
-    async for batch in batches(log, 1, head, size=5000):
+    """The runner's reading (`EventLog.batches` of 5,000, as a rebuild reads) decoding every envelope and event."""
+    async for batch in log.batches(1, head, size=5000):
         decode_batch(batch)
 
 

@@ -28,3 +28,19 @@ CREATE TABLE IF NOT EXISTS pit_snapshots (
     PRIMARY KEY (version, seq)
 );
 ALTER TABLE pit_snapshots ADD COLUMN IF NOT EXISTS base_seq bigint;  -- NULL: a full copy
+
+-- Events a projection could not apply (undecodable, or refused by its apply function or by
+-- PostgreSQL): skipped so the read model goes on, kept here so operators see them and decide.
+-- `generation` is the schema generation they belong to (a rebuild records its own, and the swap
+-- drops the old schema's).
+CREATE TABLE IF NOT EXISTS projection_poison (
+    name         text NOT NULL,
+    generation   integer NOT NULL,
+    seq          bigint NOT NULL,
+    type         text NOT NULL,
+    aggregate    text NOT NULL,
+    aggregate_id text NOT NULL,
+    error        text NOT NULL,
+    at           timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (name, generation, seq)
+);

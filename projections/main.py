@@ -29,8 +29,7 @@ def runner_for(pool: object, eventlog: EventLog, projection: Projection) -> Runn
 
 
 async def run(settings: Settings) -> None:
-    """Run every projection until cancelled; a projection stopped by a poison event stays stopped
-    (visible in `fleet projections status`) while the others go on."""
+    """Run every projection until cancelled (a poison event is recorded and skipped, never stops one)."""
     if not settings.database_url:
         raise Invalid("no database: set FLEET_DATABASE_URL or run `fleet up`", field="database_url")
     nc = await connect_nats(settings, "projections")
@@ -40,8 +39,6 @@ async def run(settings: Settings) -> None:
         await eventlog.ensure_stream()
         runners = [runner_for(pool, eventlog, p) for p in all_projections()]
         await asyncio.gather(*(r.run() for r in runners))
-        log.error("every projection has stopped; see `fleet projections status`")
-        await asyncio.Event().wait()  # stay up (and visible) rather than crash-loop on a poison event
     finally:
         await pool.close()
         await nc.close()

@@ -22,7 +22,6 @@ import asyncpg
 from projections.fleet import model, snapshots
 from projections.fleet.model import FleetState
 from projections.fleet.store import FleetProjection, load_state
-from projections.reader import batches
 from projections.runner import decode_batch, version_of
 from shared.eventlog import EventLog
 
@@ -114,7 +113,7 @@ class PointInTime:
                 return cached
             state = await self._base(seq)
             if state.seq < seq:
-                async for batch in batches(self.log, state.seq + 1, seq, size=5000):
+                async for batch in self.log.batches(state.seq + 1, seq, size=5000):
                     items, _ = decode_batch(batch)
                     for item in items:
                         model.apply(state, item.seq, item.envelope, item.event)

@@ -3,8 +3,11 @@ applying events in batches; a batch's rows and the new checkpoint commit in one 
 transaction, so redelivery or a crash between apply and ack never applies an event twice.
 
 - Unknown event types are skipped and counted (the checkpoint still moves past them).
-- A poison event (an apply function raises on it) is recorded in `projection_status` with its
-  sequence and error; the events before it in the batch are committed and the projection stops.
+- A poison event (one that does not decode, or that an apply function or PostgreSQL refuses) is
+  recorded in `projection_poison` with its sequence, aggregate and error, and skipped: the events
+  before it commit, the checkpoint moves past it, the events after it are applied, and the
+  projection goes on (DESIGN §11: bad input never stops a read model for good). A rebuild does the
+  same. `fleet projections status` and `/readyz` name the skipped events.
 - A lost PostgreSQL or NATS connection is retried with backoff, resuming from the checkpoint.
 - Each projection lives in its own schema `rm_<name>`. A rebuild builds `rm_<name>_build` from
   sequence 1, then, in one transaction holding the status row, applies the last tail, renames the
@@ -20,14 +23,14 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import asyncpg
 
 from shared import telemetry
 from shared.envelope import Envelope, Event, decode_event
 from shared.errors import FleetError
-from shared.eventlog import EventLog, Recorded
+from shared.eventlog import UNDECODABLE, EventLog, Recorded
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +58,6 @@ class Poison(Exception):
         self.cause = cause
 
 
-class ProjectionFailed(FleetError):
-    """A projection stopped on a poison event; `fleet projections status` shows which."""
-
-    code = "failed"
-
-
 class _Restart(Exception):
     """The live schema was swapped or the checkpoint moved under us: start again from it."""
 
@@ -82,7 +79,8 @@ class Builder(Protocol):
     a schema under construction has no readers and no checkpoint worth keeping)."""
 
     def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
-        """Fold a batch; raise Poison naming the event an apply function refused."""
+        """Fold a batch in order; raise Poison naming the event an apply function refused (the
+        events before it stay folded)."""
 
     def should_flush(self) -> bool:
         """Whether enough is pending to write now."""
@@ -175,9 +173,19 @@ class _Undecodable(Event, frozen=True, kw_only=True):
     reason: str
 
 
+NUL = "\x00"
+
+
 def _decode(record: Recorded) -> Event | None:
-    if record.envelope.type == "<undecodable>":  # projections.reader: a body that is no envelope
-        return _Undecodable(reason=f"not an event envelope: {record.envelope.causation_id}")
+    envelope = record.envelope
+    if envelope.type == UNDECODABLE:  # a body that is no envelope
+        return _Undecodable(reason=f"not an event envelope: {envelope.causation_id}")
+    if b"\\u0000" in bytes(envelope.data) or any(NUL in (text or "") for text in (
+            envelope.type, envelope.aggregate, envelope.aggregate_id, envelope.actor, envelope.at,
+            envelope.causation_id, envelope.correlation_id)):
+        # PostgreSQL text and jsonb cannot hold it: poison before any write (a bulk write of a
+        # rebuild would otherwise fail as a whole, with no event to name)
+        return _Undecodable(reason=f"{envelope.type} holds a NUL character, which PostgreSQL cannot store")
     try:
         return decode_event(record.envelope)
     except Exception as exc:  # a known type that does not decode is poison, not unknown
@@ -186,9 +194,7 @@ def _decode(record: Recorded) -> Event | None:
 
 def _batches(log_: EventLog, from_seq: int, to_seq: int | None, follow: bool,
              size: int) -> AsyncIterator[list[Recorded]]:
-    from projections.reader import batches
-
-    return batches(log_, from_seq, to_seq, follow=follow, size=size)
+    return log_.batches(from_seq, to_seq, follow=follow, size=size)
 
 
 class Runner:
@@ -208,15 +214,12 @@ class Runner:
         self.rate = 0.0
 
     async def run(self) -> None:
-        """Follow the log until cancelled; return only when the projection failed (poison)."""
+        """Follow the log until cancelled."""
         wait = self.retry_wait
         while True:
             try:
                 await self._ensure_built()
                 await self._follow()
-            except ProjectionFailed as exc:
-                log.error("projection %s stopped: %s", self.name, exc)
-                return
             except _Restart:
                 continue
             except RETRYABLE as exc:
@@ -281,14 +284,15 @@ async def apply_records(pool: asyncpg.Pool, projection: Projection, schema: str,
                 await after_batch(conn, last.seq, last.envelope.at)
         return
     except Poison as poison:
-        await _commit_prefix_and_fail(pool, projection, schema, records=records, items=items,
-                                      poison=poison, expect=expect, status=status)
+        await _skip_poison(pool, projection, schema, records, poison, expect=expect,
+                           after_batch=after_batch, status=status)
     except asyncpg.PostgresError as exc:
         if isinstance(exc, TRANSIENT_DB_ERRORS):
             raise
         if len(records) == 1:
-            await _commit_prefix_and_fail(pool, projection, schema, records=records, items=items,
-                                          poison=Poison(0, last.seq, exc), expect=expect, status=status)
+            await _skip_poison(pool, projection, schema, records, Poison(0, last.seq, exc), expect=expect,
+                               after_batch=after_batch, status=status)
+            return
         # Which event did PostgreSQL refuse? Apply one by one: the culprit becomes poison.
         for record in records:
             await apply_records(pool, projection, schema, [record],
@@ -316,8 +320,7 @@ async def _apply_in(conn: asyncpg.Connection, projection: Projection, schema: st
     if status:
         await conn.execute(
             "UPDATE projection_status SET checkpoint = $2, applied = applied + $3, "
-            "skipped_unknown = skipped_unknown + $4, updated_at = now(), state = 'running', "
-            "error = NULL, error_seq = NULL WHERE name = $1",
+            "skipped_unknown = skipped_unknown + $4, updated_at = now(), state = 'running' WHERE name = $1",
             projection.name, last_seq, len(items), unknown)
     else:
         await conn.execute(
@@ -325,13 +328,33 @@ async def _apply_in(conn: asyncpg.Connection, projection: Projection, schema: st
             "skipped_unknown = skipped_unknown + $3", last_seq, len(items), unknown)
 
 
-async def _commit_prefix_and_fail(pool: asyncpg.Pool, projection: Projection, schema: str, *,
-                                  records: Sequence[Recorded], items: Sequence[Item], poison: Poison,
-                                  expect: tuple[int, int] | None, status: bool) -> None:
+async def _skip_poison(pool: asyncpg.Pool, projection: Projection, schema: str, records: Sequence[Recorded],
+                       poison: Poison, *, expect: tuple[int, int] | None, after_batch: AfterBatch | None,
+                       status: bool) -> None:
+    """Commit the events before the poison, record the poison and move the checkpoint past it,
+    then apply the events after it (each step its own transaction, each checking `expect`)."""
     before = [r for r in records if r.seq < poison.seq]
+    after = [r for r in records if r.seq > poison.seq]
     if before:
         await apply_records(pool, projection, schema, before, expect=expect, status=status)
-    await _record_poison(pool, projection.name, poison)
+        expect = None if expect is None else (before[-1].seq, expect[1])
+    poisoned = next(r for r in records if r.seq == poison.seq)
+    async with pool.acquire() as conn, conn.transaction():
+        if status:
+            row = await conn.fetchrow(
+                "SELECT checkpoint, generation FROM projection_status WHERE name = $1 FOR UPDATE",
+                projection.name)
+            if expect is not None and (row is None or (row["checkpoint"], row["generation"]) != expect):
+                raise _Restart()
+            await conn.execute("UPDATE projection_status SET checkpoint = $2, updated_at = now() WHERE name = $1",
+                               projection.name, poisoned.seq)
+        else:
+            await conn.execute(f"UPDATE {schema}.build_checkpoint SET checkpoint = $1", poisoned.seq)
+        await record_poison(conn, projection.name, poisoned, poison.cause, building=not status)
+    if after:
+        expect = None if expect is None else (poisoned.seq, expect[1])
+        await apply_records(pool, projection, schema, after, expect=expect, after_batch=after_batch,
+                            status=status)
 
 
 async def rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, *,
@@ -368,8 +391,7 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
             "INSERT INTO projection_status (name, version) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING",
             name)
         await conn.execute(
-            "UPDATE projection_status SET state = CASE WHEN state = 'failed' THEN state "
-            "ELSE 'rebuilding' END, updated_at = now() WHERE name = $1", name)
+            "UPDATE projection_status SET state = 'rebuilding', updated_at = now() WHERE name = $1", name)
         async with conn.transaction():
             await conn.execute(f"DROP SCHEMA IF EXISTS {build} CASCADE")
             await conn.execute(f"CREATE SCHEMA {build}")
@@ -401,9 +423,7 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
         tail_to = await eventlog.last_stream_seq()
         if tail_to > checkpoint:
             async for batch in _batches(eventlog, checkpoint + 1, tail_to, False, batch_size):
-                items, unknown = decode_batch(batch)
-                await _apply_in(conn, projection, build, items, unknown=unknown, last_seq=batch[-1].seq,
-                                expect=None, status=False)
+                await _apply_tail(conn, projection, build, batch)
             checkpoint = tail_to
         counts = await conn.fetchrow(f"SELECT * FROM {build}.build_checkpoint")
         await conn.execute(f"DROP TABLE {build}.build_checkpoint")
@@ -412,15 +432,39 @@ async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projectio
         if exists:
             await conn.execute(f"ALTER SCHEMA {live} RENAME TO {live}_old")
         await conn.execute(f"ALTER SCHEMA {build} RENAME TO {live}")
-        await conn.execute(
+        generation = await conn.fetchval(
             "UPDATE projection_status SET version = $2, generation = generation + 1, checkpoint = $3, "
-            "applied = $4, skipped_unknown = $5, state = 'running', error = NULL, error_seq = NULL, "
-            "error_at = NULL, rebuilt_at = now(), updated_at = now() WHERE name = $1",
+            "applied = $4, skipped_unknown = $5, state = 'running', rebuilt_at = now(), updated_at = now() "
+            "WHERE name = $1 RETURNING generation",
             name, version, checkpoint, counts["applied"], counts["skipped_unknown"])
+        # The poison the build met is the live schema's now; what the old one met is gone with it.
+        await conn.execute("DELETE FROM projection_poison WHERE name = $1 AND generation <> $2", name, generation)
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA IF EXISTS {live}_old CASCADE")
     log.info("projection %s rebuilt to sequence %d (version %d)", name, checkpoint, version)
     return checkpoint
+
+
+async def _apply_tail(conn: asyncpg.Connection, projection: Projection, build: str,
+                      records: Sequence[Recorded]) -> None:
+    """Apply a batch of the tail inside the swap's transaction (a savepoint per attempt); when an
+    event is poison, apply the batch one event at a time and record and skip the ones refused."""
+    try:
+        async with conn.transaction():
+            items, unknown = decode_batch(records)
+            await _apply_in(conn, projection, build, items, unknown=unknown, last_seq=records[-1].seq,
+                            expect=None, status=False)
+        return
+    except (Poison, asyncpg.PostgresError) as exc:
+        if isinstance(exc, TRANSIENT_DB_ERRORS):
+            raise
+        if len(records) == 1:
+            cause = exc.cause if isinstance(exc, Poison) else exc
+            await record_poison(conn, projection.name, records[0], cause, building=True)
+            await conn.execute(f"UPDATE {build}.build_checkpoint SET checkpoint = $1", records[0].seq)
+            return
+    for record in records:
+        await _apply_tail(conn, projection, build, [record])
 
 
 async def _after_load(pool: asyncpg.Pool, build: str, indexes: Sequence[str]) -> None:
@@ -478,11 +522,22 @@ async def _bulk_build(pool: asyncpg.Pool, eventlog: EventLog, projection: Projec
     try:
         async for batch in _batches(eventlog, 1, target, False, max(batch_size, 5000)):
             items, unknown = decode_batch(batch)
-            try:
-                undecodable_poison(items)
-                builder.add(items, batch[-1].seq, batch[-1].envelope.at)
-            except Poison as poison:
-                await _record_poison(pool, projection.name, poison)
+            rest: Sequence[Item] = items
+            while rest:  # a poison event is recorded and skipped; the fold goes on after it
+                cut = next((i for i, item in enumerate(rest) if isinstance(item.event, _Undecodable)), len(rest))
+                try:
+                    if cut:
+                        last = rest[cut - 1] if cut < len(rest) else batch[-1]
+                        builder.add(rest[:cut], last.seq, last.envelope.at)
+                    if cut == len(rest):
+                        break
+                    undecodable_poison(rest[cut:cut + 1])  # raises: that event did not decode
+                except Poison as poison:
+                    record = next(r for r in batch if r.seq == poison.seq)
+                    async with pool.acquire() as conn:
+                        await record_poison(conn, projection.name, record, poison.cause, building=True)
+                    rest = rest[next(i for i, item in enumerate(rest) if item.seq == poison.seq) + 1:]
+                    applied -= 1
             applied += len(items)
             skipped += unknown
             checkpoint = batch[-1].seq
@@ -513,14 +568,28 @@ def undecodable_poison(items: Sequence[Item]) -> None:
             raise Poison(index, item.seq, ValueError(item.event.reason))
 
 
-async def _record_poison(pool: asyncpg.Pool, name: str, poison: Poison) -> NoReturn:
-    message = f"{type(poison.cause).__name__}: {poison.cause}"
-    async with pool.acquire() as conn:
+async def record_poison(conn: asyncpg.Connection, name: str, record: Recorded, cause: BaseException, *,
+                        building: bool) -> None:
+    """Remember an event the projection skipped (for the live schema's generation, or for the one
+    a rebuild will swap in), so operators see it and can decide."""
+    message = f"{type(cause).__name__}: {cause}"[:2000]
+    log.error("projection %s skipped event %d (%s %s): %s", name, record.seq, record.envelope.type,
+              record.envelope.aggregate_id, message)
+    await conn.execute(
+        "INSERT INTO projection_poison (name, generation, seq, type, aggregate, aggregate_id, error) "
+        "SELECT $1, generation + $7, $2, $3, $4, $5, $6 FROM projection_status WHERE name = $1 "
+        "ON CONFLICT (name, generation, seq) DO UPDATE SET error = EXCLUDED.error",
+        name, record.seq, _printable(record.envelope.type), _printable(record.envelope.aggregate),
+        _printable(record.envelope.aggregate_id), _printable(message), int(building))
+    if not building:
         await conn.execute(
-            "UPDATE projection_status SET state = 'failed', error_seq = $2, error = $3, "
-            "error_at = now(), updated_at = now() WHERE name = $1",
-            name, poison.seq, message)
-    raise ProjectionFailed(f"poison event at sequence {poison.seq}: {message}", field=name)
+            "UPDATE projection_status SET error_seq = $2, error = $3, error_at = now() WHERE name = $1",
+            name, record.seq, _printable(message))
+
+
+def _printable(text: str) -> str:
+    """Text PostgreSQL accepts whatever the event held (no NUL), bounded."""
+    return text.replace("\x00", "\\0")[:2000]
 
 
 async def create_pool(database_url: str, **kwargs: Any) -> asyncpg.Pool:

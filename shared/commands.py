@@ -29,6 +29,7 @@ from nats.micro.service import Service
 from opentelemetry import context as otel_context
 
 from shared import telemetry
+from shared.bounds import check_no_control
 from shared.errors import FleetError, Invalid, Unavailable, error_from_code
 from shared.eventlog import Appended
 from shared.ids import check_id, new_command_id
@@ -105,6 +106,11 @@ class CommandService:
     def route(self, command: str, command_type: type[C], handler: Handler[C]) -> None:
         """Register the handler of one command."""
         self._routes[command] = _Route(msgspec.json.Decoder(command_type), handler)
+
+    @property
+    def command_types(self) -> dict[str, Any]:
+        """Each command name and the type its body decodes to."""
+        return {name: route.decoder.type for name, route in self._routes.items()}
 
     async def start(self) -> None:
         """Join the micro services API and start answering."""
@@ -192,11 +198,15 @@ class CommandService:
 
 def _decode(decoder: msgspec.json.Decoder[C], data: bytes) -> C:
     try:
-        return decoder.decode(data)
+        command = decoder.decode(data)
+        check_no_control(data)
+        return command
     except msgspec.ValidationError as exc:
         raise Invalid(str(exc), field=decode_error_field(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise Invalid(f"body is not valid JSON: {exc}", field="body") from None
+    except RecursionError:
+        raise Invalid("body nests too deeply", field="body") from None
 
 
 class CommandClient:

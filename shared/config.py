@@ -16,7 +16,7 @@ from shared.times import parse_duration
 
 ENDPOINTS_FILE = "endpoints.json"
 DEFAULT_DATA_DIR = ".fleet"
-_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace")
+_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace", "flap_window")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     drift_grace: float = 60.0
     reconcile_backoff: float = 5.0
     reconcile_max_tries: int = 5
+    flap_window: float = 60.0  # a device whose reports flip flap_changes times within it is flapping
+    flap_changes: int = 6  # (0: never); its flips are then no events until it holds still
     drift_partition: str = ""  # "k/N": this drift instance watches partition k of N ("" = all)
     log_level: str = "info"
 

@@ -4,11 +4,17 @@ NATS client in any language can be a device."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from shared.ids import Id
+
 Health = Literal["ok", "degraded", "failed"]
+HEARTBEAT_MAX_BYTES = 8192  # a heartbeat is a few hundred bytes; anything this large is refused unread
+Hash = Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,128}$")]  # printable, no spaces
+MetricName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")]
+Metric = Annotated[float, msgspec.Meta(ge=-1e300, le=1e300)]  # finite
 
 
 class DesiredState(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,15 +44,15 @@ class EncodedDesiredState(msgspec.Struct, frozen=True, kw_only=True):
 class Heartbeat(msgspec.Struct, frozen=True, kw_only=True):
     """A device's periodic report; `snapshot_id`/`config_hash` are null until it has a desired state."""
 
-    device_id: str
-    site: str
-    seq: int
-    at: str
-    snapshot_id: str | None = None
-    config_hash: str | None = None
+    device_id: Id
+    site: Id
+    seq: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+    at: Annotated[str, msgspec.Meta(max_length=40)]
+    snapshot_id: Id | None = None
+    config_hash: Hash | None = None
     health: Health = "ok"
-    metrics: dict[str, float] = {}
-    agent_version: str = ""
+    metrics: Annotated[dict[MetricName, Metric], msgspec.Meta(max_length=64)] = {}
+    agent_version: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[\x20-\x7e]*$")] = ""
 
 
 DESIRED_ENCODER = msgspec.json.Encoder()

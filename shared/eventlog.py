@@ -43,6 +43,7 @@ from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
 
 _REPLAY_BUFFER = 10_000  # messages a replay buffers before it stops its subscription
 _IDLE_CHECK = 0.25  # seconds without a message before a bounded replay checks it is done
+UNDECODABLE = "<undecodable>"  # the type of a record whose body is no event envelope
 DUPLICATE_WINDOW = 120.0
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_MSG_ID = 10201  # a resent batch whose messages are already stored
@@ -173,6 +174,7 @@ class EventLog:
         self.stream = stream
         self.timeout = timeout
         self.retry_for = retry_for
+        self.buffered_most = 0  # the most messages any read has held in memory at once (a bound check)
         self._direct_subject = f"$JS.API.DIRECT.GET.{stream}"
         self._append_seconds = telemetry.meter.create_histogram(
             "fleet_append_seconds", unit="s", description="Latency of event-log appends"
@@ -384,11 +386,28 @@ class EventLog:
         subjects: str | Sequence[str] = EVENTS_WILDCARD,
         follow: bool = False,
     ) -> AsyncIterator[Recorded]:
-        """Events in sequence order from `from_seq` through an ordered consumer, of the subjects
-        matching `subjects` (one filter or several).
+        """Events in sequence order from `from_seq`, one at a time (see `batches`)."""
+        async for batch in self.batches(from_seq, to_seq, subjects=subjects, follow=follow):
+            for record in batch:
+                yield record
 
-        Stops at `to_seq`, or at the end of the log as it was when replay began, unless `follow`
-        is set, in which case it keeps yielding new events as they are appended."""
+    async def batches(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        *,
+        subjects: str | Sequence[str] = EVENTS_WILDCARD,
+        follow: bool = False,
+        size: int = 1000,
+    ) -> AsyncIterator[list[Recorded]]:
+        """The one reader of the log: events in sequence order from `from_seq` through an ordered
+        consumer, of the subjects matching `subjects` (one filter or several), in batches of what
+        has arrived (up to `size`). Memory stays bounded: see `_Delivery`.
+
+        Stops at `to_seq`, or at the end of the log as it was when reading began, unless `follow`
+        is set, in which case it keeps yielding new events as they are appended. A body that is no
+        event envelope comes as a record of type UNDECODABLE (never silently dropped, never fatal
+        to the reader: who applies it decides)."""
         if to_seq is None and not follow:
             to_seq = await self.last_stream_seq()
         if to_seq is not None and to_seq < from_seq:
@@ -405,17 +424,23 @@ class EventLog:
                         # A subject filter may match nothing more before `to_seq`: stop once the
                         # consumer has nothing left to deliver instead of waiting forever.
                         return
-                msg = buffer.popleft()
+                batch: list[Recorded] = []
+                last = False
+                while buffer and len(batch) < size and not last:
+                    msg = buffer.popleft()
+                    seq = _stream_seq(msg)
+                    if to_seq is not None and seq > to_seq:
+                        last = True
+                        break
+                    batch.append(_recorded(msg, seq))
+                    # the end: `to_seq`, or the last event matching the filter (which may end sooner)
+                    last = (to_seq is not None and seq >= to_seq) or (not follow and _num_pending(msg) == 0)
                 if delivery.resume_from and len(buffer) <= _REPLAY_BUFFER // 2:
                     await delivery.resume()
-                seq = _stream_seq(msg)
-                if to_seq is not None and seq > to_seq:
+                if batch:
+                    yield batch
+                if last:
                     return
-                yield Recorded(seq, msg.subject, decode_envelope(msg.data), (msg.headers or {}).get("traceparent"))
-                if to_seq is not None and seq >= to_seq:
-                    return
-                if not follow and _num_pending(msg) == 0:
-                    return  # the last event matching the filter (the filter may end before to_seq)
         finally:
             await delivery.close()
 
@@ -442,6 +467,7 @@ class _Delivery:
     messages that arrive while stopping are dropped and come again on the restart."""
 
     def __init__(self, log: EventLog, subjects: str | Sequence[str]) -> None:
+        self.log = log
         self.js = log.js
         self.stream = log.stream
         self.subjects = [subjects] if isinstance(subjects, str) else list(subjects)
@@ -469,6 +495,8 @@ class _Delivery:
             return  # stopping: this one comes again when the subscription restarts
         self.buffer.append(msg)
         self.arrived.set()
+        held = len(self.buffer) + self.sub.pending_msgs
+        self.log.buffered_most = max(self.log.buffered_most, held)
         if len(self.buffer) >= _REPLAY_BUFFER:
             self.resume_from = _stream_seq(msg) + 1
             self._stopping = asyncio.get_running_loop().create_task(self.sub.unsubscribe())
@@ -542,6 +570,15 @@ def _status(msg: Msg) -> str | None:
     return str(status) if status else None
 
 
+
+
+def _recorded(msg: Msg, seq: int) -> Recorded:
+    try:
+        envelope = decode_envelope(msg.data)
+    except Invalid as exc:  # not an envelope at all: who applies it decides (never dropped)
+        envelope = Envelope(type=UNDECODABLE, v=0, id="", aggregate="", aggregate_id="", at="",
+                            actor="", causation_id=str(exc))
+    return Recorded(seq, msg.subject, envelope, (msg.headers or {}).get("traceparent"))
 
 
 def _num_pending(msg: Msg) -> int:

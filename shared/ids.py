@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
+import msgspec
 import uuid_utils
 
 from shared.errors import Invalid
@@ -11,6 +13,8 @@ from shared.errors import Invalid
 ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,62})$")
 LABEL_VALUE_MAX = 256
+LABELS_MAX = 64
+Id = Annotated[str, msgspec.Meta(pattern=ID_RE.pattern)]  # the id rule, checked while decoding
 
 
 def check_id(value: object, field: str) -> str:
@@ -34,10 +38,14 @@ def check_label(key: str, value: str, field: str = "labels") -> None:
         )
     if len(value) > LABEL_VALUE_MAX:
         raise Invalid(f"label value is longer than {LABEL_VALUE_MAX} characters", field=f"{field}.{key}")
+    if not value.isprintable():
+        raise Invalid("label value holds a control character", field=f"{field}.{key}")
 
 
 def check_labels(labels: dict[str, str], field: str = "labels") -> dict[str, str]:
-    """Validate every label of a mapping and return it."""
+    """Validate every label of a mapping (and how many there are) and return it."""
+    if len(labels) > LABELS_MAX:
+        raise Invalid(f"{len(labels)} labels; at most {LABELS_MAX} are allowed", field=field)
     for key, value in labels.items():
         check_label(key, value, field)
     return labels

@@ -17,6 +17,7 @@ from typing import Literal
 
 import msgspec
 
+from shared.bounds import CONTROL
 from shared.errors import Invalid
 from shared.ids import LABEL_KEY_RE
 
@@ -108,7 +109,11 @@ def matches(selector: Selector | str, labels: Mapping[str, str], site: str, kind
 
 def parse(text: str, field: str = "selector") -> Selector:
     """Parse a selector; raise SelectorError (an Invalid naming `field`) at the bad character."""
-    return _Parser(text, field).selector()
+    parser = _Parser(text, field)
+    control = CONTROL.search(text)
+    if control is not None:
+        raise parser.error("a control character", control.start())
+    return parser.selector()
 
 
 class _Parser:

@@ -9,6 +9,7 @@ from shared.errors import Invalid
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+DURATION_MAX = 366 * 24 * 3600.0  # a year and a day: longer is a typo, and overflows date arithmetic
 
 
 def utcnow() -> datetime:
@@ -33,7 +34,7 @@ def parse_time(text: str, field: str = "time") -> datetime:
 
 
 def parse_duration(text: str | float | int, field: str = "duration") -> float:
-    """Seconds from `500ms`, `10s`, `5m`, `1h` or a plain number of seconds."""
+    """Seconds from `500ms`, `10s`, `5m`, `1h` or a plain number of seconds (0 to 366 days)."""
     if isinstance(text, int | float):
         seconds = float(text)
     else:
@@ -43,5 +44,7 @@ def parse_duration(text: str | float | int, field: str = "duration") -> float:
         seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds < 0:
         raise Invalid("a duration cannot be negative", field=field)
+    if not seconds <= DURATION_MAX:  # also refuses NaN
+        raise Invalid(f"{text!r} is longer than the longest duration accepted (366 days)", field=field)
     return seconds
 

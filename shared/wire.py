@@ -3,9 +3,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+
+REASON_MAX = 1000
+Reason = Annotated[str, msgspec.Meta(max_length=REASON_MAX)]  # why an operator did something
+Expression = Annotated[str, msgspec.Meta(max_length=4096)]  # a selector, canary or wave list
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

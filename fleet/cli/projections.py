@@ -17,21 +17,24 @@ app = typer.Typer(help="Read models: status, rebuild from the log.", no_args_is_
 
 @app.command("status")
 def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
-    """Each projection: checkpoint, lag, rate, state, and the poison event if one stopped it."""
+    """Each projection: checkpoint, lag, rate, state, and the events it skipped as poison."""
     conf = settings(ctx)
 
     def render(answer: dict[str, Any]) -> None:
         table = Table("projection", "state", "checkpoint", "lag", "events/s", "applied", "unknown skipped",
-                      "version", "rebuilt")
+                      "poisoned", "version", "rebuilt")
         for p in answer["items"]:
-            state = p["state"] if p["state"] != "failed" else "[red]failed[/red]"
-            table.add_row(p["name"], state, str(p["checkpoint"]), "?" if p["lag"] is None else str(p["lag"]),
-                          f"{p['rate']:.0f}", str(p["applied"]), str(p["skipped_unknown"]), str(p["version"]),
-                          p["rebuilt_at"] or "-")
+            poisoned = f"[red]{p['poisoned']}[/red]" if p["poisoned"] else "0"
+            table.add_row(p["name"], p["state"], str(p["checkpoint"]), "?" if p["lag"] is None else str(p["lag"]),
+                          f"{p['rate']:.0f}", str(p["applied"]), str(p["skipped_unknown"]), poisoned,
+                          str(p["version"]), p["rebuilt_at"] or "-")
         console.print(table)
         for p in answer["items"]:
-            if p["error"]:
-                console.print(f"[red]{p['name']} stopped at event {p['error_seq']}:[/red] {p['error']}")
+            for event in p["poison"]:
+                console.print(f"[red]{p['name']} skipped event {event['seq']}[/red] ({event['type']} "
+                              f"{event['aggregate']} {event['aggregate_id']}): {event['error']}")
+            if p["poisoned"] > len(p["poison"]):
+                console.print(f"[red]{p['name']}: {p['poisoned'] - len(p['poison'])} more skipped[/red]")
         console.print(f"log last sequence: {answer['log_last_seq']}")
 
     emit(run(api_get(conf, "/v1/projections"), json_out=json_out), json_out=json_out, render=render)

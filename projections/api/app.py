@@ -56,7 +56,8 @@ At = Annotated[str | None, QueryParameter(description="RFC 3339 time: answer as 
 AtSeq = Annotated[int | None, QueryParameter(ge=0, description="Log sequence: answer as of it.")]
 MinSeq = Annotated[int | None, QueryParameter(ge=0, description="Wait (bounded) until this sequence is applied.")]
 Id = Annotated[str, PathParameter(max_length=128)]
-Text = Annotated[str | None, QueryParameter(max_length=256)]
+Text = Annotated[str | None, QueryParameter(max_length=256, pattern=r"^[^\x00-\x1f\x7f]*$",
+                                           description="No control characters.")]
 HealthName = Literal["ok", "degraded", "failed", "unknown"]
 
 ERRORS = {
@@ -88,18 +89,23 @@ def healthz() -> Health:
 
 @get("/readyz", tags=["health"], responses={503: ResponseSpec(Health, description="Not ready.")})
 async def readyz(models: Models) -> Response[Health]:
-    """Ready when every projection runs and is within the lag bound of the log."""
+    """Ready when every projection runs and is within the lag bound of the log. Events a
+    projection skipped as poison do not make it unready: they are listed as warnings."""
     answer = await models.projections()
-    problems = {}
+    problems: dict[str, Any] = {}
+    warnings: dict[str, Any] = {}
     for p in answer.items:
         if p.state != "running" or p.lag is None or p.lag > models.ready_lag:
-            problems[p.name] = {"state": p.state, "lag": p.lag, "error": p.error}
+            problems[p.name] = {"state": p.state, "lag": p.lag}
+        if p.poisoned:
+            warnings[p.name] = {"poisoned": p.poisoned, "last_seq": p.error_seq, "last_error": p.error}
     names = {p.name for p in answer.items}
     for name in (FLEET, CHANGES):
         if name not in names:
             problems[name] = {"state": "missing"}
     ok = not problems and answer.log_last_seq is not None
-    return Response(Health(ok=ok, detail=problems), status_code=200 if ok else 503)
+    detail = {**problems, **({"warnings": warnings} if warnings else {})}
+    return Response(Health(ok=ok, detail=detail), status_code=200 if ok else 503)
 
 
 _GAUGES = (
@@ -108,14 +114,14 @@ _GAUGES = (
     ("fleet_projection_rate_events_per_second", "gauge", "rate"),
     ("fleet_projection_events_applied_total", "counter", "applied"),
     ("fleet_projection_unknown_events_skipped_total", "counter", "skipped_unknown"),
-    ("fleet_projection_failed", "gauge", "state"),
+    ("fleet_projection_poisoned_events", "gauge", "poisoned"),
     ("fleet_projection_version", "gauge", "version"),
 )
 
 
 @get("/metrics", media_type=MediaType.TEXT, tags=["health"], responses={503: ERRORS[503]})
 async def metrics(models: Models) -> str:
-    """Prometheus text: projection checkpoint, lag, rate, applied, skipped, failed; and every
+    """Prometheus text: projection checkpoint, lag, rate, applied, skipped, poisoned; and every
     running service's own metrics, gathered from `$SRV.STATS`."""
     answer = await models.projections()
     lines = []
@@ -125,8 +131,6 @@ async def metrics(models: Models) -> str:
         lines.append(f"# TYPE {metric} {kind}")
         for p in answer.items:
             value: object = getattr(p, field)
-            if field == "state":
-                value = int(value == "failed")
             lines.append(f'{metric}{{projection="{p.name}"}} {"NaN" if value is None else value}')
     lines += render_service_metrics(await gather_stats(models.log.nc))
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from projections.api.schemas import (
     Counts,
     DeviceAnswer,
     DevicePage,
+    PoisonedEvent,
     ProjectionsAnswer,
     ProjectionState,
     RolloutAnswer,
@@ -50,6 +51,7 @@ from shared.times import format_time, utcnow
 
 FLEET, CHANGES = "fleet", "changes"
 MIN_SEQ_WAIT = 5.0
+POISON_LISTED = 20  # skipped events listed per projection (all are counted)
 # The log's head (for `lag`) is a NATS round trip. A head younger than HEAD_REFRESH is used as is;
 # an older one is refreshed in the background while answers go on using it, up to HEAD_MAX_AGE,
 # past which an answer waits for a fresh one. So under steady traffic no answer waits on NATS, and
@@ -560,11 +562,25 @@ class ReadModels:
     # --- projections -------------------------------------------------------------------------------
 
     async def projections(self) -> ProjectionsAnswer:
-        """Every projection's state as the runner recorded it."""
+        """Every projection's state as the runner recorded it, with the events it skipped."""
         head = await self.log_head()
         async with self.pool.acquire() as conn:
             exists = await conn.fetchval("SELECT to_regclass('public.projection_status') IS NOT NULL")
             records = await conn.fetch("SELECT * FROM projection_status ORDER BY name") if exists else []
+            poisoned = await conn.fetch(
+                "SELECT p.*, count(*) OVER (PARTITION BY p.name) AS total, "
+                "row_number() OVER (PARTITION BY p.name ORDER BY p.seq) AS n "
+                "FROM projection_poison p JOIN projection_status s "
+                "ON s.name = p.name AND s.generation = p.generation"
+            ) if exists and await conn.fetchval("SELECT to_regclass('public.projection_poison') IS NOT NULL") else []
+        poison: dict[str, list[PoisonedEvent]] = {}
+        totals: dict[str, int] = {}
+        for p in poisoned:
+            totals[p["name"]] = p["total"]
+            if p["n"] <= POISON_LISTED:
+                poison.setdefault(p["name"], []).append(PoisonedEvent(
+                    seq=p["seq"], type=p["type"], aggregate=p["aggregate"], aggregate_id=p["aggregate_id"],
+                    error=p["error"], at=format_time(p["at"])))
         items = [
             ProjectionState(
                 name=r["name"], version=r["version"], generation=r["generation"],
@@ -574,6 +590,8 @@ class ReadModels:
                 state=r["state"], error_seq=r["error_seq"], error=r["error"],
                 rebuilt_at=format_time(r["rebuilt_at"]) if r["rebuilt_at"] else None,
                 updated_at=format_time(r["updated_at"]) if r["updated_at"] else None,
+                poisoned=totals.get(r["name"], 0),
+                poison=sorted(poison.get(r["name"], []), key=lambda e: e.seq),
             )
             for r in records
         ]

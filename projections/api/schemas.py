@@ -144,6 +144,17 @@ class SitePage(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
+class PoisonedEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event a projection could not apply, recorded and skipped."""
+
+    seq: int
+    type: str
+    aggregate: str
+    aggregate_id: str
+    error: str
+    at: str
+
+
 class ProjectionState(msgspec.Struct, frozen=True, kw_only=True):
     """One projection as the runner last recorded it."""
 
@@ -156,10 +167,12 @@ class ProjectionState(msgspec.Struct, frozen=True, kw_only=True):
     skipped_unknown: int
     rate: float
     state: str
-    error_seq: int | None = None
+    error_seq: int | None = None  # the last event skipped as poison
     error: str | None = None
     rebuilt_at: str | None = None
     updated_at: str | None = None
+    poisoned: int = 0  # events skipped as poison by the live schema's build
+    poison: list[PoisonedEvent] = []  # the first of them, oldest first
 
 
 class ProjectionsAnswer(msgspec.Struct, frozen=True, kw_only=True):

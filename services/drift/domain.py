@@ -38,6 +38,8 @@ from shared.events.observed import (
 from shared.events.registry import DeviceAdded, DeviceMoved, DeviceRetired
 from shared.times import format_time, parse_time
 
+FLIPS_KEPT = 64  # flip times kept per device (a flap_changes above it never counts as flapping)
+
 # Why a heartbeat was dropped (metric label values).
 UNKNOWN_DEVICE = "unknown_device"
 RETIRED_DEVICE = "retired_device"
@@ -45,8 +47,9 @@ SITE_MISMATCH = "site_mismatch"
 OUT_OF_ORDER = "out_of_order"
 MALFORMED = "malformed"
 SUBJECT_MISMATCH = "subject_mismatch"
+OVERSIZED = "oversized"
 REJECT_REASONS = (UNKNOWN_DEVICE, RETIRED_DEVICE, SITE_MISMATCH, OUT_OF_ORDER, MALFORMED,
-                  SUBJECT_MISMATCH)
+                  SUBJECT_MISMATCH, OVERSIZED)
 
 
 class Policy(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,6 +60,11 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
     drift_grace: float = 60.0
     reconcile_backoff: float = 5.0
     reconcile_max_tries: int = 5
+    # Flapping: a device whose reported health or state flips `flap_changes` times within
+    # `flap_window` seconds is flapping; its flips become no events until it holds still for the
+    # window, then the net change becomes one event (0 changes or a 0 s window: never flapping).
+    flap_window: float = 60.0
+    flap_changes: int = 6
 
     @property
     def offline_window(self) -> float:
@@ -94,6 +102,13 @@ class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
     last_seen: float = 0.0
     last_seq: int = 0
     mismatch_since: float | None = None
+    seen: tuple[str | None, str | None, str] | None = None  # the last heartbeat's snapshot, hash, health
+    flips: tuple[float, ...] = ()  # when the heartbeats' (snapshot, hash, health) last changed
+
+    def flapping(self, now: float, policy: Policy) -> bool:
+        """Whether the device's reports flip too often to be taken as events right now."""
+        recent = sum(1 for at in self.flips if now - at < policy.flap_window)
+        return policy.flap_changes > 0 and recent >= policy.flap_changes
 
     @property
     def matches_desired(self) -> bool:
@@ -169,6 +184,7 @@ def steady(state: DeviceState, heartbeat: Heartbeat) -> bool:
     """True when an accepted heartbeat repeats what is known and matches desired state: it can
     cause no event and changes only last-seen and seq (the common case, kept cheap)."""
     return (state.online and not state.drifted and state.mismatch_since is None
+            and state.seen == (heartbeat.snapshot_id, heartbeat.config_hash, heartbeat.health)
             and heartbeat.health == state.health
             and heartbeat.config_hash == state.reported_config_hash
             and heartbeat.snapshot_id == state.reported_snapshot_id
@@ -224,7 +240,7 @@ def _on_beat(state: DeviceState, hb: Heartbeat, now: float, policy: Policy) -> l
         events.append(DeviceCameOnline(
             device_id=state.device_id, site_id=hb.site, snapshot_id=hb.snapshot_id,
             config_hash=hb.config_hash, health=hb.health, agent_version=hb.agent_version))
-    else:
+    elif not state.flapping(now, policy):
         if hb.snapshot_id != state.reported_snapshot_id or hb.config_hash != state.reported_config_hash:
             events.append(DeviceReportedState(
                 device_id=state.device_id, snapshot_id=hb.snapshot_id, config_hash=hb.config_hash,
@@ -329,14 +345,18 @@ def evolve(state: DeviceState, event: Event) -> DeviceState:
 
 
 def observe(state: DeviceState, heartbeat: Heartbeat, now: float) -> DeviceState:
-    """Bookkeeping of an accepted heartbeat that is not an event: last seen, seq, and since when
-    the report has differed from desired (the start of the grace period)."""
+    """Bookkeeping of an accepted heartbeat that is not an event: last seen, seq, since when the
+    report has differed from desired (the start of the grace period), and when reports flipped."""
     if _matches(state, heartbeat.snapshot_id, heartbeat.config_hash):
         mismatch_since = None
     else:
         mismatch_since = state.mismatch_since if state.mismatch_since is not None else now
+    seen = (heartbeat.snapshot_id, heartbeat.config_hash, heartbeat.health)
+    flips = state.flips
+    if state.seen is not None and seen != state.seen:
+        flips = (*flips[-(FLIPS_KEPT - 1):], now)
     return msgspec.structs.replace(state, last_seen=now, last_seq=heartbeat.seq,
-                                   mismatch_since=mismatch_since)
+                                   mismatch_since=mismatch_since, seen=seen, flips=flips)
 
 
 def resume(state: DeviceState, now: float) -> DeviceState:

@@ -27,6 +27,7 @@ from nats.aio.subscription import Subscription
 
 from services.drift.domain import (
     MALFORMED,
+    OVERSIZED,
     REJECT_REASONS,
     SUBJECT_MISMATCH,
     AcknowledgeDrift,
@@ -54,7 +55,7 @@ from shared.commands import Command as CommandBody
 from shared.commands import CommandClient, CommandService, Context, Outcome
 from shared.config import Settings
 from shared.desired import ensure_bucket, get_desired, put_desired
-from shared.devices import HEARTBEAT_DECODER, DesiredState
+from shared.devices import HEARTBEAT_DECODER, HEARTBEAT_MAX_BYTES, DesiredState
 from shared.envelope import Envelope, seal
 from shared.errors import Conflict, FleetError, Invalid
 from shared.eventlog import Appended, EventLog, Recorded, Write
@@ -64,6 +65,7 @@ from shared.events.registry import DeviceRetired
 from shared.ids import check_id
 from shared.subjects import HEARTBEATS_PREFIX, event_subject, parse_event_subject
 from shared.times import utcnow
+from shared.wire import Reason
 
 log = logging.getLogger(__name__)
 ACTOR = "service:drift"
@@ -76,7 +78,7 @@ class Reconcile(CommandBody, frozen=True, kw_only=True):
     """`fleet.cmd.drift.reconcile`: reconcile a drifted device now, even when it is stuck."""
 
     device_id: str
-    reason: str = ""
+    reason: Reason = ""
 
 
 class Acknowledge(CommandBody, frozen=True, kw_only=True):
@@ -84,14 +86,15 @@ class Acknowledge(CommandBody, frozen=True, kw_only=True):
     the drift ends or an operator forces reconciliation."""
 
     device_id: str
-    reason: str = ""
+    reason: Reason = ""
 
 
 def policy_from(settings: Settings) -> Policy:
     """The device timing rules of these settings."""
     return Policy(interval=settings.heartbeat_interval, offline_after=settings.offline_after,
                   drift_grace=settings.drift_grace, reconcile_backoff=settings.reconcile_backoff,
-                  reconcile_max_tries=settings.reconcile_max_tries)
+                  reconcile_max_tries=settings.reconcile_max_tries, flap_window=settings.flap_window,
+                  flap_changes=settings.flap_changes)
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Stats:
 
     accepted: int = 0
     dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    errors: int = 0  # heartbeats or ticks of a device that raised (a bug; logged, the rest go on)
     appended: int = 0
     append_failures: int = 0
     reconciles_put: int = 0
@@ -256,6 +260,9 @@ class DriftService:
 
     def handle_heartbeat(self, subject: str, data: bytes) -> None:
         """Decode, check and fold one heartbeat; queue events if it revealed a change."""
+        if len(data) > HEARTBEAT_MAX_BYTES:  # refused before any decoding work
+            self._drop(OVERSIZED)
+            return
         try:
             hb = HEARTBEAT_DECODER.decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError):
@@ -278,7 +285,12 @@ class DriftService:
             self.devices[hb.device_id] = msgspec.structs.replace(state, last_seen=now, last_seq=hb.seq)
             self.stats.accepted += 1
             return
-        events = decide(state, Beat(hb), now, self.policy)
+        try:
+            events = decide(state, Beat(hb), now, self.policy)
+        except Exception:  # isolated to this heartbeat: logged and counted, the next one is judged afresh
+            log.exception("drift: heartbeat of device %s could not be decided", hb.device_id)
+            self.stats.errors += 1
+            return
         if events:
             state = self._emit(state, events, now)
         self.devices[hb.device_id] = observe(state, hb, now)
@@ -333,7 +345,12 @@ class DriftService:
             policy = self.policy
             for device_id, state in self.devices.items():
                 if tick_due(state, now, policy):
-                    events = decide(state, tick, now, policy)
+                    try:  # one device that cannot be decided never stops the others' clocks
+                        events = decide(state, tick, now, policy)
+                    except Exception:
+                        log.exception("drift: tick of device %s failed; the others go on", device_id)
+                        self.stats.errors += 1
+                        continue
                     if events:
                         self.devices[device_id] = self._emit(state, events, now)
 

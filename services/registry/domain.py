@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from shared.bounds import check_depth
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.registry import (
@@ -207,7 +208,8 @@ def check_device_labels(labels: Mapping[str, str], field: str = "labels") -> dic
 
 
 def check_metadata(metadata: Mapping[str, Any], field: str = "metadata") -> dict[str, Any]:
-    """Metadata is a small JSON object."""
+    """Metadata is a small, shallow JSON object."""
+    check_depth(metadata, field)
     size = len(_SIZE.encode(metadata))
     if size > METADATA_MAX_BYTES:
         raise Invalid(f"metadata is {size} bytes encoded; the limit is {METADATA_MAX_BYTES}", field=field)

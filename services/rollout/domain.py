@@ -51,6 +51,7 @@ from shared.windows import Window, is_open, next_open
 
 CHUNK = 999  # devices per assignment chunk: their desired events + 1 rollout event = one batch
 PLAN_PART = 10_000  # device ids per RolloutWavePlanned event
+MAX_IN_FLIGHT_MAX = 1_000_000
 ACTIVE = ("running", "paused", "rolling_back")
 TERMINAL = ("completed", "aborted", "rolled_back")
 
@@ -236,8 +237,8 @@ def start(
         raise Invalid(f"the target {target!r} matches no active device", field="target")
     if on_failure not in ("pause", "rollback"):
         raise Invalid("on_failure must be pause or rollback", field="on_failure")
-    if max_in_flight < 1:
-        raise Invalid("max_in_flight must be at least 1", field="max_in_flight")
+    if not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
+        raise Invalid(f"max_in_flight must be 1 to {MAX_IN_FLIGHT_MAX:,}", field="max_in_flight")
     if canary.kind == "sites":
         missing = [s for s in canary.sites if s not in set(devices.values())]
         if missing:

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -45,6 +45,7 @@ from shared.ids import check_id
 from shared.selectors import parse as parse_selector
 from shared.subjects import AGGREGATE_OWNERS, HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
 from shared.times import format_time, parse_duration, parse_time, utcnow
+from shared.wire import Expression, Reason
 
 log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
@@ -57,19 +58,19 @@ class Start(Command, frozen=True, kw_only=True):
     """Start rolling `snapshot_id` out to the devices matching `target`."""
 
     snapshot_id: str
-    target: str = ""
+    target: Expression = ""
     rollout_id: str | None = None
-    canary: str = ""
-    waves: str = "100"
+    canary: Expression = ""
+    waves: Expression = "100"
     max_in_flight: int = 500
     bake: str | float = 0.0
     apply_timeout: str | float = "5m"
     min_healthy: str | float = "90%"
     max_failed: str | float = "5%"
     max_offline: str | float = "10%"
-    metrics: list[str] = []
+    metrics: Annotated[list[Expression], msgspec.Meta(max_length=32)] = []
     on_failure: str = "pause"
-    approve_after: list[int] = []
+    approve_after: Annotated[list[int], msgspec.Meta(max_length=100)] = []
     dry_run: bool = False
     not_before: str | None = None  # RFC 3339: assign nothing before this time
     ignore_windows: bool = False  # emergency: assign regardless of maintenance windows
@@ -80,7 +81,7 @@ class Act(Command, frozen=True, kw_only=True):
     """pause / resume / abort / promote one rollout."""
 
     rollout_id: str
-    reason: str = ""
+    reason: Reason = ""
 
 
 class Rollback(Command, frozen=True, kw_only=True):
@@ -89,7 +90,7 @@ class Rollback(Command, frozen=True, kw_only=True):
     rollout_id: str
     to_snapshot_id: str | None = None
     plan_only: bool = False
-    reason: str = ""
+    reason: Reason = ""
 
 
 class Get(Command, frozen=True, kw_only=True):
@@ -134,6 +135,9 @@ class RolloutService:
         self._started_at: dict[str, datetime] = {}  # rollout -> its RolloutStarted's time (what-if --since)
         self._progress = telemetry.meter.create_counter(
             "fleet_rollout_assignments_total", description="Devices assigned or restored by rollouts")
+        self.tick_errors: dict[str, int] = {}  # rollout id -> ticks that raised (logged, retried)
+        self._tick_errors_total = telemetry.meter.create_counter(
+            "fleet_rollout_tick_errors_total", description="Rollout ticks that raised, by rollout")
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -255,14 +259,20 @@ class RolloutService:
                 state = slot.state
                 if state.status in ("running", "rolling_back"):
                     started = time.perf_counter()
-                    events = domain.tick(state, self.index.view, now)
-                    deciding += time.perf_counter() - started
-                    if events:
-                        decided = time.perf_counter()
-                        await self._commit(rollout_id, events, None, now)
-                        log.info("rollout %s: %d events (%s) decided in %.3fs, committed in %.3fs", rollout_id,
-                                 len(events), type(events[-1]).__name__, decided - started,
-                                 time.perf_counter() - decided)
+                    try:  # one rollout that cannot advance never holds back the others
+                        events = domain.tick(state, self.index.view, now)
+                        deciding += time.perf_counter() - started
+                        if events:
+                            decided = time.perf_counter()
+                            await self._commit(rollout_id, events, None, now)
+                            log.info("rollout %s: %d events (%s) decided in %.3fs, committed in %.3fs",
+                                     rollout_id, len(events), type(events[-1]).__name__, decided - started,
+                                     time.perf_counter() - decided)
+                    except Exception:
+                        log.exception("rollout %s: tick failed; the other rollouts go on", rollout_id)
+                        self.tick_errors[rollout_id] = self.tick_errors.get(rollout_id, 0) + 1
+                        self._tick_errors_total.add(1, {"rollout": rollout_id})
+                        state = slot.state
                 if state.active and state.waves and state.spec is not None and state.spec.gates.metrics:
                     watch.update(state.waves[state.wave])
             self._watch = watch

@@ -13,6 +13,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from shared.bounds import check_depth
 from shared.configs import snapshot_id
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
@@ -110,6 +111,7 @@ class MarkGood(Command, frozen=True, kw_only=True):
 
 
 def _check_size(value: Mapping[str, Any], field: str) -> None:
+    check_depth(value, field)
     size = len(_SIZE.encode(value))
     if size > CONFIG_MAX_BYTES:
         raise Invalid(f"{size} bytes encoded; the limit is {CONFIG_MAX_BYTES} (256 KiB)", field=field)

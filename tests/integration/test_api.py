@@ -172,6 +172,10 @@ BAD_INPUT = [
     ("/v1/summary", {"min_seq": "999999"}, "min_seq"),
     ("/v1/sites", {"cursor": "eyJ4Ijox"}, "cursor"),
     ("/v1/changes", {"since": "forever"}, "since"),
+    ("/v1/changes", {"since": "99999999999999h"}, "since"),    # once an OverflowError (500)
+    ("/v1/devices", {"selector": "tier=\x00"}, "selector"),   # once a PostgreSQL error (500)
+    ("/v1/changes", {"actor": "\x00"}, "actor"),
+    ("/v1/changes", {"site": "a\x1bb"}, "site"),
     ("/v1/changes", {"from": "noon"}, "from"),
     ("/v1/changes", {"to": "2026-13-01T00:00:00Z"}, "to"),
     ("/v1/changes", {"from": "2026-02-01T00:00:00Z", "to": "2026-01-01T00:00:00Z"}, "from"),

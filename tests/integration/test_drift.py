@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -291,6 +292,11 @@ async def test_bad_heartbeats_are_counted_and_dropped(
         ("fleet.hb.s3.b1", body(device_id="other")),                    # subject names another device
         ("fleet.hb.s3.b1", body(seq=100, health="failed")),             # replayed seq
         ("fleet.hb.s3.b1", body(seq=50, health="failed")),              # older seq
+        ("fleet.hb.s3.b1", body(snapshot_id="s" * 6000)),               # an id past the id rule
+        ("fleet.hb.s3.b1", body(agent_version="v1\x00")),               # a control character
+        ("fleet.hb.s3.b1", body(metrics={f"m{i}": 1.0 for i in range(65)})),  # too many metrics
+        ("fleet.hb.s3.b1", body(metrics={"cpu": 1e999})),               # not a finite number
+        ("fleet.hb.s3.b1", body(agent_version="x" * 9000)),             # larger than a heartbeat may be
     ]
     for subject, data in sends:
         await nc.publish(subject, data)
@@ -299,8 +305,9 @@ async def test_bad_heartbeats_are_counted_and_dropped(
     while sum(drift.stats.dropped.values()) < len(sends):
         assert asyncio.get_running_loop().time() < deadline, drift.stats.dropped
         await asyncio.sleep(0.02)
-    assert drift.stats.dropped == {"unknown_device": 1, "retired_device": 1, "malformed": 4,
-                                   "site_mismatch": 1, "subject_mismatch": 1, "out_of_order": 2}
+    assert drift.stats.dropped == {"unknown_device": 1, "retired_device": 1, "malformed": 8,
+                                   "site_mismatch": 1, "subject_mismatch": 1, "out_of_order": 2,
+                                   "oversized": 1}
     await drift.flush()
     assert types(await observed(eventlog, "b1")) == ["DeviceCameOnline"]
     assert await observed(eventlog, "stranger") == []
@@ -446,3 +453,49 @@ async def test_two_partitioned_instances_share_the_fleet(tmp_path: Path) -> None
             await instance.stop()
         await nc.close()
         server.stop()
+
+
+async def test_400_flapping_heartbeats_become_a_handful_of_events(
+        nc: NATS, eventlog: EventLog, drift: DriftService) -> None:
+    """Round 1: 400 flapping heartbeats became 799 permanent log events."""
+    await register(eventlog, "s4", "flappy")
+    await drift.start()
+    device = Device(nc, "flappy", "s4")
+    for i in range(400):
+        await device.beat(health="degraded" if i % 2 else "ok")
+    await nc.flush()
+    deadline = asyncio.get_running_loop().time() + 15
+    while drift.stats.accepted < 400:
+        assert asyncio.get_running_loop().time() < deadline, drift.stats
+        await asyncio.sleep(0.02)
+    await drift.flush()
+    events = types(await observed(eventlog, "flappy"))
+    assert events[0] == "DeviceCameOnline"
+    assert 1 <= events.count("DeviceHealthChanged") <= drift.policy.flap_changes
+    assert len(events) <= drift.policy.flap_changes + 1
+
+
+async def test_a_device_that_cannot_be_decided_does_not_stop_the_others(
+        nc: NATS, eventlog: EventLog, drift: DriftService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Round 1 ran every device's tick in one loop without a guard: one raise ended the loop, and
+    no device ever went offline again. Now the failure stays with that device, counted."""
+    from services.drift import handlers
+
+    real = handlers.decide
+    cursed: set[str] = set()
+
+    def decide(state: Any, command: Any, now: float, policy: Policy) -> Any:
+        if state.device_id in cursed:
+            raise ZeroDivisionError("a bug for one device")
+        return real(state, command, now, policy)
+
+    monkeypatch.setattr(handlers, "decide", decide)
+    await register(eventlog, "s5", "cursed", "fine")
+    await drift.start()
+    for name in ("cursed", "fine"):
+        await Device(nc, name, "s5").beat()
+    await until(drift, eventlog, "cursed", lambda e: types(e) == ["DeviceCameOnline"])
+    cursed.add("cursed")  # from now on every decision about it raises (its ticks come first)
+    events = await until(drift, eventlog, "fine", lambda e: "DeviceWentOffline" in types(e))
+    assert types(events) == ["DeviceCameOnline", "DeviceWentOffline"]
+    assert drift.stats.errors >= 1  # its ticks, each logged and counted

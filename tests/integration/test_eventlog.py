@@ -18,7 +18,7 @@ from shared.atomic import HDR_BATCH_ID, HDR_BATCH_SEQ, publish_atomic
 from shared.embedded import EmbeddedNats
 from shared.envelope import Event, seal
 from shared.errors import Conflict, StreamMisconfigured
-from shared.eventlog import EventLog, Write, stream_config
+from shared.eventlog import _REPLAY_BUFFER, EventLog, Write, stream_config
 from shared.subjects import EVENTS_STREAM
 from shared.times import utcnow
 
@@ -242,3 +242,20 @@ async def test_nats_restart_during_appends_loses_and_duplicates_nothing(tmp_path
     assert len({r.envelope.id for r in recorded}) == 300
     await client.close()
     restarted.stop()
+
+
+async def test_a_slow_reader_holds_a_bounded_number_of_events(eventlog: EventLog) -> None:
+    """Memory stays bounded however slow the reader: the subscription stops at a full buffer and
+    starts again where it stopped, so every event comes exactly once, in order."""
+    total = 60_000
+    for start in range(0, total, 1000):
+        await eventlog.append_batch([Write(f"fleet.evt.counter.c{start + i}", [counted(f"c{start + i}", 1)], None)
+                                     for i in range(1000)])
+    eventlog.buffered_most = 0
+    seqs: list[int] = []
+    async for batch in eventlog.batches(1, size=500):
+        seqs += [r.seq for r in batch]
+        await asyncio.sleep(0.01)  # a reader far slower than the stream
+    assert seqs == list(range(1, total + 1))
+    bound = _REPLAY_BUFFER + 2_000  # the buffer, and what was in flight when it stopped
+    assert _REPLAY_BUFFER <= eventlog.buffered_most <= bound, eventlog.buffered_most

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 import uvicorn
 from typer.testing import CliRunner
@@ -121,3 +122,41 @@ async def test_audit_export_writes_the_log_as_json_lines(eventlog: EventLog, tmp
     assert [decode_envelope(line.encode()).id for line in text.splitlines()] == [expected[4].id]
     code, text = await fleet("audit", "export", "--from", "yesterday", env=env)
     assert code == 2
+
+
+async def test_a_message_that_is_no_event_is_skipped_shown_and_survives_a_rebuild(
+    served: tuple[str, asyncpg.Pool], eventlog: EventLog, tmp_path: Path, nats_server: EmbeddedNats,
+    database_url: str,
+) -> None:
+    """23 bytes of non-JSON on `fleet.evt.*` once stopped both projections for good (and every
+    rebuild): now each records it, skips it, goes on, and says so."""
+    url, pool = served
+    env = {"FLEET_API_URL": url, "FLEET_DATA_DIR": str(tmp_path), "FLEET_NATS_URL": nats_server.url,
+           "FLEET_DATABASE_URL": database_url}
+    ack = await eventlog.nc.jetstream().publish("fleet.evt.device.junk", b"this is not json at all")
+    came = observed.DeviceWentOffline(device_id="dev-0000005", last_seen="2026-11-28T00:00:00.000000Z")
+    await eventlog.append(came.subject, [seal(came, actor="service:drift", at=datetime.now(UTC))], None)
+    async with running(pool, eventlog):
+        await wait_caught_up(pool, eventlog)
+    async with pool.acquire() as conn:
+        online = await conn.fetchval("SELECT online FROM rm_fleet.devices WHERE device_id = 'dev-0000005'")
+    assert online is False  # the event after the junk was applied
+
+    code, out = await fleet("projections", "status", "--json", env=env)
+    assert code == 0, out
+    items = {p["name"]: p for p in json.loads(out)["items"]}
+    for name in ("fleet", "changes"):
+        assert (items[name]["state"], items[name]["lag"], items[name]["poisoned"]) == ("running", 0, 1)
+        assert items[name]["poison"][0]["seq"] == ack.seq and "not an event envelope" in items[name]["poison"][0]["error"]
+    code, out = await fleet("projections", "status", env=env)
+    assert f"fleet skipped event {ack.seq}" in out
+    async with httpx.AsyncClient(base_url=url) as http:
+        ready = await http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["detail"]["warnings"]["changes"]["poisoned"] == 1
+
+    code, out = await fleet("projections", "rebuild", "--json", env=env)
+    assert code == 0, out
+    code, out = await fleet("projections", "status", "--json", env=env)
+    assert {p["name"]: (p["poisoned"], p["generation"]) for p in json.loads(out)["items"]} == {
+        "fleet": (1, 2), "changes": (1, 2)}

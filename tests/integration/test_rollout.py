@@ -8,11 +8,13 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from services.rollout import domain
 from services.rollout.handlers import RolloutService
 from shared.commands import CommandClient
 from shared.configs import snapshot_id
@@ -304,3 +306,29 @@ async def test_a_large_wave_is_assigned_in_pipelined_chunks_and_a_refused_chunk_
         assert restarted.store.get("r-big").state.assigned.keys() == service.store.get("r-big").state.assigned.keys()
     finally:
         await restarted.stop()
+
+
+async def test_a_rollout_whose_tick_fails_does_not_hold_back_the_others(
+    service: RolloutService, nc: NATS, eventlog: EventLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Round 1: one rollout's tick raised (OverflowError from a huge bake) on every tick and
+    stalled every other rollout. Now the failure stays with that rollout, counted and logged."""
+    fleet = await seed(eventlog)
+    client = CommandClient(nc, actor="operator:alice")
+    real_tick = domain.tick
+
+    def tick(state: Any, view: Any, now: Any) -> Any:
+        if state.rollout_id == "r-broken":
+            raise OverflowError("date value out of range")
+        return real_tick(state, view, now)
+
+    monkeypatch.setattr(domain, "tick", tick)  # the pure domain misbehaving for one rollout
+    async with Devices(nc, eventlog, fleet):
+        await client.send("rollout", "start", {"rollout_id": "r-broken", "snapshot_id": snap("v1"),
+                                               "target": "site=s0"})
+        await client.send("rollout", "start", {"rollout_id": "r-fine", "snapshot_id": snap("v1"),
+                                               "target": "site in (s1,s2,s3)", "waves": "50,100"})
+        done = await wait_status(client, "r-fine", ("completed",))
+    assert done["assigned"] == sum(1 for s in fleet.values() if s != "s0")
+    assert service.tick_errors["r-broken"] >= 1 and "r-fine" not in service.tick_errors
+    assert (await client.send("rollout", "get", {"rollout_id": "r-broken"})).result["status"] == "running"

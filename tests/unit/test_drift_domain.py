@@ -53,7 +53,7 @@ from shared.times import parse_time
 
 POLICY = Policy(interval=10.0, offline_after=3, drift_grace=60.0, reconcile_backoff=5.0, reconcile_max_tries=3)
 T0 = 1_800_000_000.0
-_VOLATILE = {"last_seen", "last_seq", "mismatch_since"}
+_VOLATILE = {"last_seen", "last_seq", "mismatch_since", "seen", "flips"}
 
 
 def hb(seq: int, snapshot: str | None = "s1", digest: str | None = "h1", health: str = "ok",
@@ -337,7 +337,8 @@ def test_a_repeated_heartbeat_changes_nothing(commands: list[tuple[Any, ...]]) -
         return
     now = state.last_seen
     again = hb(state.last_seq + 1, state.reported_snapshot_id, state.reported_config_hash, state.health)
-    assert decide(state, Beat(again), now, POLICY) == []
+    # Nothing beyond what time alone decides (a reconcile retry may be due at that moment).
+    assert decide(state, Beat(again), now, POLICY) == decide(state, Tick(), now, POLICY)
 
 
 @settings(max_examples=300, deadline=None)
@@ -368,3 +369,47 @@ def test_partition_is_fnv1a_like_the_nats_server() -> None:
     assert partition_of("a", 2**32 - 1) == 0xE40C292C
     assert partition_of("foobar", 2**32 - 1) == 0xBF9CF968
     assert {partition_of(f"d{i}", 3) for i in range(100)} == {0, 1, 2}
+
+
+def beats(state: DeviceState, healths: list[str], policy: Policy, start: float = 1000.0,
+          every: float = 1.0) -> tuple[DeviceState, list[Event]]:
+    """Feed heartbeats (one per `every` seconds, same report, the given healths) as the service does."""
+    events: list[Event] = []
+    for i, health in enumerate(healths):
+        now = start + i * every
+        beat = hb(state.last_seq + 1, health=health)
+        if not steady(state, beat):
+            decided = decide(state, Beat(beat), now, policy)
+            for event in decided:
+                state = evolve(state, event)
+            events += decided
+        state = observe(state, beat, now)
+    return state, events
+
+
+def test_a_flapping_device_becomes_a_few_events_then_one_net_change() -> None:
+    """Round 1: 400 flapping heartbeats became 799 permanent log events."""
+    policy = Policy(interval=10.0, flap_window=60.0, flap_changes=6)
+    flapping = ["ok", "degraded"] * 200
+    state, events = beats(registered(), flapping, policy)
+    changes = [e for e in events if type(e).__name__ == "DeviceHealthChanged"]
+    assert len(changes) <= policy.flap_changes  # the flips after that are not events
+    assert state.flapping(1400.0, policy)
+    # Holding still at "degraded" for the window: one event brings the state to what runs.
+    settled, more = beats(state, ["degraded"] * 70, policy, start=1400.0)
+    assert [(type(e).__name__, getattr(e, "health", None)) for e in more] == (
+        [] if state.health == "degraded" else [("DeviceHealthChanged", "degraded")])
+    assert settled.health == "degraded" and not settled.flapping(1470.0, policy)
+
+
+def test_without_flap_limits_every_flip_is_an_event() -> None:
+    policy = Policy(interval=10.0, flap_changes=0)
+    _, events = beats(registered(), ["ok", "degraded"] * 20, policy)
+    assert len([e for e in events if type(e).__name__ == "DeviceHealthChanged"]) == 39
+
+
+def test_occasional_changes_are_never_taken_for_flapping() -> None:
+    policy = Policy(interval=10.0, flap_window=60.0, flap_changes=6)
+    healths = [h for h in ("ok", "degraded", "ok", "failed", "ok") for _ in range(30)]  # a change every 30 s
+    _, events = beats(registered(), healths, policy)
+    assert len([e for e in events if type(e).__name__ == "DeviceHealthChanged"]) == 4
