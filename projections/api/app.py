@@ -249,11 +249,14 @@ async def snapshots(models: Models, cursor: Cursor = None, limit: Limit = 100, a
 
 
 @get("/v1/sites", tags=["queries"], responses=ERRORS)
-async def sites(models: Models, cursor: Cursor = None, limit: Limit = 100, at: At = None,
-                at_seq: AtSeq = None, min_seq: MinSeq = None) -> SitePage:
-    """Sites by id, with device counts."""
+async def sites(models: Models, order: FromQuery[Literal["id", "worst"]] = "id",
+                problems: FromQuery[bool | None] = None, cursor: Cursor = None, limit: Limit = 100,
+                at: At = None, at_seq: AtSeq = None, min_seq: MinSeq = None) -> SitePage:
+    """Site health: each site's devices online, offline, degraded, failed, drifted, stuck and the
+    snapshots running there. `order=worst`: the largest share offline or failed first, then stuck,
+    degraded or drifted. `problems=true`: only sites with a device in trouble."""
     seq = await _when(models, at, at_seq, min_seq)
-    return await models.sites(cursor, limit, seq, at)
+    return await models.sites(cursor, limit, seq, at, order=order, problems=problems)
 
 
 @get("/v1/projections", tags=["operations"], responses=ERRORS)
