@@ -93,23 +93,70 @@ def _summary(event: Event) -> str:
             return f"device {event.device_id} reconciliation forced" + _why(event.reason)
         case observed.DriftAcknowledged():
             return f"device {event.device_id} drift acknowledged" + _why(event.reason)
+        case _:
+            return _rollout_summary(event)
+
+
+def _devices(n: int) -> str:
+    return f"{n} device" if n == 1 else f"{n} devices"
+
+
+def _wave(number: int) -> str:
+    return f"wave {number + 1}"  # waves are 0-based in events; people (and `fleet rollout status`) count from 1
+
+
+def _gate_inputs(inputs: rollout.GateInputs) -> str:
+    metrics = "".join(f", {name} {value:g}" for name, value in sorted(inputs.metrics.items()))
+    return (f"healthy {inputs.healthy}/{inputs.devices}, failed {inputs.failed}, offline {inputs.offline}, "
+            f"timed out {inputs.timed_out}{metrics}")
+
+
+def _rollout_summary(event: Event) -> str:
+    match event:
         case rollout.RolloutStarted():
-            return f"rollout {event.rollout_id} of {event.snapshot_id} to {event.target or 'every device'} started"
+            sizes = " + ".join(str(n) for n in event.wave_sizes)
+            return (f"rollout {event.rollout_id} of {event.snapshot_id} to {event.target or 'every device'} "
+                    f"started: {_devices(sum(event.wave_sizes))} in {len(event.wave_sizes)} waves ({sizes}), "
+                    f"on failure {event.on_failure}")
+        case rollout.RolloutWavePlanned():
+            part = f" (part {event.part + 1})" if event.part else ""
+            return (f"rollout {event.rollout_id} {_wave(event.wave)} planned{part}: "
+                    f"{_devices(len(event.devices))}")
         case rollout.RolloutWaveStarted():
-            return f"rollout {event.rollout_id} wave {event.wave} started"
+            return f"rollout {event.rollout_id} {_wave(event.wave)} started assigning"
         case rollout.RolloutDevicesAssigned():
-            return f"rollout {event.rollout_id} wave {event.wave} assigned {len(event.devices)} devices"
+            return (f"rollout {event.rollout_id} {_wave(event.wave)}: {_devices(len(event.devices))} "
+                    "given the new snapshot")
+        case rollout.RolloutDevicesRestored():
+            return (f"rollout {event.rollout_id} rollback: {_devices(len(event.devices))} given back "
+                    "what they ran before")
+        case rollout.RolloutWaveBaking():
+            return f"rollout {event.rollout_id} {_wave(event.wave)} settled; baking until {event.until}"
         case rollout.RolloutGateEvaluated():
-            verdict = "passed" if event.passed else "failed: " + "; ".join(event.reasons)
-            return f"rollout {event.rollout_id} wave {event.wave} gate {verdict}"
-        case rollout.RolloutPaused() | rollout.RolloutAborted() | rollout.RolloutRollbackStarted():
-            what = {"RolloutPaused": "paused", "RolloutAborted": "aborted",
-                    "RolloutRollbackStarted": "rolling back"}[type(event).__name__]
-            return f"rollout {event.rollout_id} {what}" + _why(event.reason)
-        case rollout.RolloutCompleted() | rollout.RolloutRolledBack() | rollout.RolloutResumed():
-            what = {"RolloutCompleted": "completed", "RolloutRolledBack": "rolled back",
-                    "RolloutResumed": "resumed"}[type(event).__name__]
-            return f"rollout {event.rollout_id} {what}"
+            if event.passed:
+                return f"rollout {event.rollout_id} {_wave(event.wave)} gate passed ({_gate_inputs(event.inputs)})"
+            return (f"rollout {event.rollout_id} {_wave(event.wave)} gate failed: {'; '.join(event.reasons)} "
+                    f"({_gate_inputs(event.inputs)})")
+        case rollout.RolloutWaveHeld():
+            return f"rollout {event.rollout_id} {_wave(event.wave)} passed; held for an operator to promote"
+        case rollout.RolloutPromoted():
+            return f"rollout {event.rollout_id} promoted past {_wave(event.wave)}"
+        case rollout.RolloutPaused():
+            return f"rollout {event.rollout_id} paused" + _why(event.reason)
+        case rollout.RolloutResumed():
+            override = ", overriding the failed gate" if event.override_gate else ""
+            return f"rollout {event.rollout_id} resumed{override}"
+        case rollout.RolloutAborted():
+            return f"rollout {event.rollout_id} aborted" + _why(event.reason)
+        case rollout.RolloutRollbackStarted():
+            to = f" to {event.to_snapshot_id}" if event.to_snapshot_id else " to what each device ran before"
+            return f"rollout {event.rollout_id} rolling back {_devices(event.devices)}{to}" + _why(event.reason)
+        case rollout.RolloutRolledBack():
+            return f"rollout {event.rollout_id} rolled back: every touched device has its earlier snapshot again"
+        case rollout.RolloutCompleted():
+            return f"rollout {event.rollout_id} completed: every wave passed its gate"
+    # A type without a sentence of its own (tests/unit/test_change_summaries.py fails on it)
+    return f"{type(event).__name__} on {event.aggregate} {event.aggregate_id}"
     return f"{type(event).__name__} on {event.aggregate} {event.aggregate_id}"
 
 
