@@ -170,6 +170,7 @@ class ChangeFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _DEVICE_ROW = msgspec.json.Decoder(DeviceRow)
+CHANGE_COLUMNS = list(ChangeRow.__struct_fields__)
 _CHECKPOINT = "SELECT checkpoint FROM projection_status WHERE name = $1"
 
 
@@ -436,8 +437,7 @@ class ReadModels:
         if after is not None:
             conds.append(f"seq {'<' if desc else '>'} {p(after)}")
         where = " AND ".join(conds) or "TRUE"
-        sql = (f"SELECT seq, at, type, aggregate, aggregate_id, actor, event_id, summary, device_id, "
-               f"site_id, snapshot_id, rollout_id FROM rm_changes.changes WHERE {where} "
+        sql = (f"SELECT {', '.join(CHANGE_COLUMNS)} FROM rm_changes.changes WHERE {where} "
                f"ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT {p(limit + 1)}")
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             live = await self.checkpoint(conn, CHANGES)

@@ -27,6 +27,57 @@ class ChangeRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     site_id: str | None = None
     snapshot_id: str | None = None
     rollout_id: str | None = None
+    # For an event about a device: the device as it stood after it (what `fleet diff` compares).
+    dev_snapshot: str | None = None
+    dev_online: bool | None = None
+    dev_health: str | None = None
+    dev_drifted: bool | None = None
+    dev_present: bool | None = None  # registered and not retired
+
+
+class DeviceState(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """What the changes projection keeps of a device between events: where it is and what a fleet
+    diff compares (reported snapshot, online, health, drifted, registered and not retired)."""
+
+    device_id: str
+    site_id: str = ""
+    snapshot_id: str | None = None
+    online: bool = False
+    health: str = "unknown"
+    drifted: bool = False
+    present: bool = False
+
+
+def device_after(old: DeviceState | None, event: Event) -> DeviceState | None:
+    """A device's state after `event` (None: the event is not about a device)."""
+    device_id = getattr(event, "device_id", None)
+    if not isinstance(device_id, str):
+        return None
+    state = old or DeviceState(device_id=device_id)
+    replace = msgspec.structs.replace
+    match event:
+        case registry.DeviceAdded():
+            return replace(state, site_id=event.site_id, present=True)
+        case registry.DeviceMoved():
+            return replace(state, site_id=event.to_site_id)
+        case registry.DeviceRetired():
+            return replace(state, present=False)
+        case observed.DeviceCameOnline():
+            return replace(state, site_id=state.site_id or event.site_id, online=True,
+                           snapshot_id=event.snapshot_id, health=event.health)
+        case observed.DeviceWentOffline():
+            return replace(state, online=False)
+        case observed.DeviceReportedState():
+            return replace(state, snapshot_id=event.snapshot_id)
+        case observed.DeviceHealthChanged():
+            return replace(state, health=event.health)
+        case observed.DriftBegan():
+            return replace(state, drifted=True)
+        case observed.DriftEnded():
+            return replace(state, drifted=False)
+        case desired.DesiredStateAssigned():
+            return replace(state, site_id=state.site_id or event.site_id)
+    return state
 
 
 def _labels(labels: dict[str, str]) -> str:
@@ -171,16 +222,22 @@ def _refs(event: Event) -> tuple[str | None, str | None, str | None, str | None]
     return device, site, snap, rollout
 
 
-def change_row(seq: int, env: Envelope, event: Event, site_of: Callable[[str], str | None]) -> ChangeRow:
-    """The `changes` row of one event; `site_of` answers a device's site as of before it."""
+def change_row(seq: int, env: Envelope, event: Event, site_of: Callable[[str], str | None],
+               after: DeviceState | None = None) -> ChangeRow:
+    """The `changes` row of one event; `site_of` answers a device's site as of before it; `after`
+    is the device as it stands after the event (`device_after`), when the event is about one."""
     device, site, snap, rollout = _refs(event)
     if device is not None and site is None:
         site = site_of(device)
-    return ChangeRow(
+    row = ChangeRow(
         seq=seq, at=env.at, type=env.type, aggregate=env.aggregate, aggregate_id=env.aggregate_id,
         actor=env.actor, event_id=env.id, summary=_summary(event), device_id=device, site_id=site,
         snapshot_id=snap, rollout_id=rollout,
     )
+    if after is None:
+        return row
+    return msgspec.structs.replace(row, dev_snapshot=after.snapshot_id, dev_online=after.online,
+                                   dev_health=after.health, dev_drifted=after.drifted, dev_present=after.present)
 
 
 def site_change(event: Event) -> tuple[str, str] | None:
