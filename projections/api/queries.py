@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from projections.api.diff import DiffCache
 from projections.api.schemas import (
     ChangePage,
     Counts,
@@ -200,6 +201,7 @@ class ReadModels:
         self.pool = pool
         self.log = eventlog
         self.pit = PointInTime(pool, eventlog)
+        self.diffs = DiffCache()
         self.ready_lag = ready_lag
         self._head: tuple[float, int | None] = (float("-inf"), None)
         self._refreshing: asyncio.Future[int | None] | None = None
