@@ -615,7 +615,7 @@ class ReadModels:
         items = [SiteItem(**msgspec.structs.asdict(s),
                           counts=Counts(**counts.get(s.site_id, dict.fromkeys(COUNTER_FIELDS, 0))),
                           snapshots=sorted(running.get(s.site_id, []), key=lambda r: (-r.devices, r.snapshot_id)))
-                 for s in site_rows if not s.retired or s.site_id in counts]
+                 for s in site_rows]
         if problems is not None:
             items = [i for i in items if (site_badness(i.counts) != (0.0, 0.0)) == problems]
         if by_id:
