@@ -209,8 +209,11 @@ class Demo:
         await self.fleet("where")
         await self.fleet("changes", "--since", "10m", "--actor", "operator:demo", "--limit", "12")
         await self.fleet("degraded")
+        await self.fleet("sites")
         self.say(f"And the fleet as it stood at {before_v3}, just before v3 (replayed from the log):")
         await self.fleet("where", "--at", before_v3)
+        self.say("What changed since then, fleet-wide, and which devices are behind each number:")
+        await self.fleet("diff", "--from", before_v3, "--devices", "--limit", "3")
         self.say("The audit trail is the log itself: `fleet audit export` writes it as JSON lines.")
         exported = data / "audit.jsonl"
         await self.fleet("audit", "export", "--out", str(exported))
