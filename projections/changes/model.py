@@ -117,9 +117,12 @@ def _summary(event: Event) -> str:
         case snapshot.SnapshotRetired():
             return f"snapshot {event.snapshot_id} retired" + _why(event.reason)
         case desired.DesiredStateAssigned():
-            via = f" by rollout {event.rollout_id}" if event.rollout_id else ""
-            return (f"device {event.device_id} assigned snapshot {event.snapshot_id} "
-                    f"({event.reason}{via}; was {event.previous_snapshot_id or 'none'})")
+            was = f" (was {event.previous_snapshot_id or 'none'})"
+            if event.reason == "rollback":
+                by = f" by the rollback of {event.rollout_id}" if event.rollout_id else " by a rollback"
+                return f"device {event.device_id} given {event.snapshot_id} back{by}{was}"
+            by = f" by rollout {event.rollout_id}" if event.rollout_id else f" ({event.reason})"
+            return f"device {event.device_id} assigned snapshot {event.snapshot_id}{by}{was}"
         case observed.DeviceCameOnline():
             return (f"device {event.device_id} came online running {event.snapshot_id or 'nothing'} "
                     f"(health {event.health})")
