@@ -83,7 +83,7 @@ def diff(
         console.print(f"From log sequence {out['from_seq']} to {out['to_seq']}: {out['changes']} changes about "
                       f"devices, {out['devices_changed']} devices differ")
         if out["groups"]:
-            table = Table("change", "site", "snapshot (now)", "from", "to", "devices")
+            table = Table("change", "site", "runs at --to", "from", "to", "devices")
             for g in out["groups"]:
                 table.add_row(g["change"], g["site_id"] or "-", g["snapshot_id"] or "(none)", g["before"], g["after"],
                               str(g["devices"]))
