@@ -506,7 +506,7 @@ class ReadModels:
             state = await self._historical(at_seq)
             progress = state.progress
             moment = await self._moment(at_seq, at_text)
-            overdue = {i: model.overdue_in(state, i, moment) for i in ids}
+            overdue = model.overdue_in(state, ids, moment)
         items = []
         for row in rows:
             waves = model.wave_progress(row, progress.get(row.rollout_id, {}), overdue.get(row.rollout_id, {}))

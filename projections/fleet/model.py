@@ -9,6 +9,7 @@ computed by one piece of code. Nothing here reads a clock or does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
@@ -152,13 +153,16 @@ def progress_totals(waves: list[WaveProgress]) -> ProgressCounts:
     return ProgressCounts(**{f: sum(getattr(w, f) for w in waves) for f in fields})
 
 
-def overdue_in(state: FleetState, rollout_id: str, now: str) -> dict[int, int]:
-    """Per wave, the rollout's devices in flight past their deadline at `now` (an in-memory state)."""
-    out: dict[int, int] = {}
+def overdue_in(state: FleetState, rollout_ids: Iterable[str], now: str) -> dict[str, dict[int, int]]:
+    """Per rollout and wave, the devices in flight past their deadline at `now` (an in-memory
+    state; one pass over the devices for all the rollouts asked about)."""
+    wanted = set(rollout_ids)
+    out: dict[str, dict[int, int]] = {}
     for row in state.devices.values():
-        if (row.rollout_id == rollout_id and row.rollout_status == "in_flight"
+        if (row.rollout_status == "in_flight" and row.rollout_id in wanted
                 and row.rollout_deadline is not None and row.rollout_deadline <= now):
-            out[row.rollout_wave] = out.get(row.rollout_wave, 0) + 1
+            waves = out.setdefault(row.rollout_id, {})
+            waves[row.rollout_wave] = waves.get(row.rollout_wave, 0) + 1
     return out
 
 

@@ -48,7 +48,11 @@ def instance(cls: type[Event]) -> Event:
     return msgspec.convert({f.name: _sample(f.type, f.name) for f in info.fields if f.required}, cls)
 
 
-@pytest.mark.parametrize("name", sorted(EVENT_TYPES))
+# Every type of the contract's event families (tests register toy types of their own; not those).
+CONTRACT_TYPES = sorted(n for n, cls in EVENT_TYPES.items() if cls.__module__.startswith("shared.events."))
+
+
+@pytest.mark.parametrize("name", CONTRACT_TYPES)
 def test_every_event_type_has_a_readable_summary(name: str) -> None:
     event = instance(EVENT_TYPES[name])
     row = change_row(1, seal(event, actor="operator:alice", at="2026-11-30T18:00:00Z"), event, lambda _: "site-1")
@@ -59,9 +63,9 @@ def test_every_event_type_has_a_readable_summary(name: str) -> None:
 
 
 def test_every_family_is_walked() -> None:
-    families = {cls.aggregate for cls in EVENT_TYPES.values()}
+    families = {EVENT_TYPES[n].aggregate for n in CONTRACT_TYPES}
     assert {"site", "device", "snapshot", "desired", "observed", "rollout"} <= families
-    assert len(EVENT_TYPES) >= 30
+    assert len(CONTRACT_TYPES) >= 30
 
 
 def test_rollout_summaries_say_what_an_operator_needs() -> None:

@@ -58,7 +58,7 @@ class World:
 
     def projected(self, rollout_id: str) -> list[dict[str, int]]:
         row = self.state.rollouts[rollout_id]
-        overdue = model.overdue_in(self.state, rollout_id, format_time(self.now))
+        overdue = model.overdue_in(self.state, [rollout_id], format_time(self.now)).get(rollout_id, {})
         waves = model.wave_progress(row, self.state.progress.get(rollout_id, {}), overdue)
         return [{"wave": w.wave, "size": w.size,
                  **{k: getattr(w, k) for k in ("pending", "in_flight", "converged", "failed", "timed_out",
