@@ -11,6 +11,8 @@ from typing import Any
 
 from projections.api.diff import DeviceEnd, moves
 from projections.fleet import model
+from projections.fleet.store import FleetProjection
+from projections.runner import rebuild
 from shared.envelope import seal
 from shared.events import desired, observed, rollout
 from shared.times import format_time
@@ -97,6 +99,14 @@ async def test_rollout_progress_live_and_in_the_past(api: Api) -> None:
     assert listed["r-p"]["progress"] == answer["progress"]
     then = (await api.get("/v1/rollouts/r-p", at_seq=canary_done))["rollout"]
     assert [(w["assigned"], w["converged"], w["pending"]) for w in then["progress"]] == [(1, 1, 0), (0, 0, 3)]
+    # a rebuild from the log (folded in memory, written in bulk) gives the live runner's counters
+    async with api.pool.acquire() as conn:
+        live = [dict(r) for r in await conn.fetch("SELECT * FROM rm_fleet.rollout_progress ORDER BY rollout_id, wave")]
+    await rebuild(api.pool, api.log, FleetProjection())
+    async with api.pool.acquire() as conn:
+        rebuilt = [dict(r) for r in await conn.fetch("SELECT * FROM rm_fleet.rollout_progress ORDER BY rollout_id, wave")]
+    assert rebuilt == live and any(r["rollout_id"] == "r-p" for r in live)
+    assert (await api.get("/v1/rollouts/r-p"))["rollout"]["progress"] == answer["progress"]
 
 
 def _end(row: model.DeviceRow | None) -> DeviceEnd:
