@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from services.agent.simulator import FleetSimulator, SimOptions
 from shared.commands import CommandClient
 from shared.config import load_settings
 from shared.connection import connect_nats
+from shared.times import format_time
 
 CHROMIUM = os.environ.get("FLEET_TEST_CHROMIUM", "/usr/bin/chromium")
 STATUSES = ("pending", "in_flight", "converged", "failed", "timed_out", "restored")
@@ -96,6 +98,27 @@ async def _check_page(page: Any, views: Views, rollout_id: str) -> None:
     assert order == [s["site_id"] for s in sites]
 
 
+async def _check_diff(page: Any, views: Views, start: datetime, end: datetime) -> None:
+    """The dashboard's fleet diff between two picked moments shows the API's numbers and devices."""
+    from playwright.async_api import expect
+
+    answer = await views.api("/v1/diff", **{"from": format_time(start), "to": format_time(end)})
+    assert answer["devices_changed"] == 60, answer  # every device got r-good's snapshot since
+    await page.fill("#diff-from", start.strftime("%Y-%m-%dT%H:%M:%S"))
+    await page.fill("#diff-to", end.strftime("%Y-%m-%dT%H:%M:%S"))
+    await page.click("#diff-run")
+    await expect(page.locator("#diff-summary")).to_have_text(
+        f"log sequence {answer['from_seq']} → {answer['to_seq']}: {answer['changes']} changes, "
+        f"{answer['devices_changed']} devices differ", timeout=15_000)
+    await expect(page.locator("#diff [data-group]")).to_have_count(len(answer["groups"]))
+    for group in answer["groups"]:
+        link = page.locator(f'#diff [data-group="{group["key"]}"] [data-diff-group]')
+        await expect(link).to_have_text(str(group["devices"]))
+    first = answer["groups"][0]
+    await page.locator(f'#diff [data-group="{first["key"]}"] [data-diff-group]').click()
+    await expect(page.locator("#diff-devices")).to_contain_text(first["sample"][0], timeout=15_000)
+
+
 @pytest.mark.timeout(420)
 async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path) -> None:
     settings = load_settings({"data_dir": str(tmp_path / "fleet"), "heartbeat_interval": 0.5,
@@ -111,6 +134,7 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
         await sim.start()
         async with httpx.AsyncClient(base_url=status.api_url, timeout=30) as http:
             views = Views(client, http)
+            before_good = datetime.now(UTC).replace(microsecond=0)  # the dashboard's time fields hold seconds
             good = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 1}})).result["snapshot_id"]
             await client.send("rollout", "start", {"rollout_id": "r-good", "snapshot_id": good,
                                                    "canary": "site:web-s000", "waves": "100"})
@@ -126,7 +150,7 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
                 browser = (playwright, await playwright.chromium.launch(executable_path=CHROMIUM, args=[
                     "--no-sandbox", "--disable-gpu",
                     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]))
-                page = await browser[1].new_page(viewport={"width": 1400, "height": 1400})
+                page = await browser[1].new_page(viewport={"width": 1400, "height": 1400}, timezone_id="UTC")
                 await page.goto(status.api_url + "/")
                 await _check_page(page, views, "r-good")
 
@@ -147,6 +171,7 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
             if page is not None:
                 await _check_page(page, views, "r-bad")
                 await _check_page(page, views, "r-good")
+                await _check_diff(page, views, before_good, datetime.now(UTC).replace(microsecond=0))
                 artifacts = Path(__file__).resolve().parents[2] / "test-artifacts"
                 artifacts.mkdir(exist_ok=True)
                 await page.screenshot(path=str(artifacts / "dashboard-views.png"), full_page=True)
