@@ -166,6 +166,7 @@ class Demo:
         await self.fleet("rollout", "status", "r-v1")
         ok &= bool(v1["status"] == "completed")
 
+        before_v2 = format_time(utcnow())
         self.chapter("4. Roll v2 out: a canary plant, then waves, behind health and telemetry gates")
         await self.fleet("rollout", "start", ids["v2"], "--id", "r-v2", "--canary", "site:plant-s001",
                          "--waves", "25,100", "--max-in-flight", "500", "--min-healthy", "95%",
@@ -209,8 +210,12 @@ class Demo:
         await self.fleet("where")
         await self.fleet("changes", "--since", "10m", "--actor", "operator:demo", "--limit", "12")
         await self.fleet("degraded")
+        await self.fleet("sites")
         self.say(f"And the fleet as it stood at {before_v3}, just before v3 (replayed from the log):")
         await self.fleet("where", "--at", before_v3)
+        self.say("What changed between just before v2 and just before v3, fleet-wide, and which devices "
+                 "are behind each number:")
+        await self.fleet("diff", "--from", before_v2, "--to", before_v3, "--devices", "--limit", "3")
         self.say("The audit trail is the log itself: `fleet audit export` writes it as JSON lines.")
         exported = data / "audit.jsonl"
         await self.fleet("audit", "export", "--out", str(exported))

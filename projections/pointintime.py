@@ -133,7 +133,9 @@ class PointInTime:
             if best is not None and (newest is None or best >= newest):
                 src = self._cache[best]
                 return FleetState(seq=src.seq, devices=dict(src.devices), sites=dict(src.sites),
-                                  snapshots=dict(src.snapshots), rollouts=dict(src.rollouts))
+                                  snapshots=dict(src.snapshots), rollouts=dict(src.rollouts),
+                                  progress={k: {w: list(v) for w, v in waves.items()}
+                                            for k, waves in src.progress.items()})
             state = await snapshots.state_at(conn, FLEET_VERSION, seq)
         return FleetState() if state is None else state
 

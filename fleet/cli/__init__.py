@@ -16,6 +16,7 @@ from fleet.cli import registry as registry_cli
 from fleet.cli import rollout as rollout_cli
 from fleet.cli import snapshot as snapshot_cli
 from fleet.cli import up as up_cli
+from fleet.cli import views as views_cli
 
 app = typer.Typer(
     name="fleet",
@@ -51,6 +52,8 @@ app.command("demo", help="Show Fleetplane working end to end on this machine.")(
 app.command("service", help="Run one Fleetplane service in the foreground.")(service.service)
 app.add_typer(registry_cli.site_app, name="site")
 registry_cli.device_app.command("history", help="Everything that happened to one device.")(query_cli.history)
+app.command("sites", help="Site health, worst first: offline, failed, degraded, drifted, stuck.")(views_cli.sites)
+app.command("diff", help="What changed between two moments, per site and snapshot.")(views_cli.diff)
 app.add_typer(registry_cli.device_app, name="device")
 app.add_typer(snapshot_cli.snapshot_app, name="snapshot")
 app.add_typer(rollout_cli.app, name="rollout")
@@ -59,6 +62,8 @@ app.command("where", help="What runs where: counts by snapshot x site.")(query_c
 app.command("changes", help="What changed, who, when.")(query_cli.changes)
 app.command("degraded", help="Offline, failed, stuck, degraded, drifted devices, worst first.")(query_cli.degraded)
 app.command("history", help="Everything that happened to one device.")(query_cli.history)
+app.command("sites", help="Site health, worst first: offline, failed, degraded, drifted, stuck.")(views_cli.sites)
+app.command("diff", help="What changed between two moments, per site and snapshot.")(views_cli.diff)
 app.add_typer(projections_cli.app, name="projections")
 app.add_typer(audit_cli.app, name="audit")
 app.command("up", help="Run everything on this machine, supervised.")(up_cli.up)

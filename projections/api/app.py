@@ -9,6 +9,7 @@ list/summary endpoint takes `at` (RFC 3339) or `at_seq` for a historical answer.
 
 from __future__ import annotations
 
+import bisect
 import logging
 from typing import Annotated, Any, Literal
 
@@ -22,7 +23,17 @@ from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from projections.api.commands import ROUTES as COMMAND_ROUTES
 from projections.api.dashboard import dashboard
-from projections.api.queries import CHANGES, FLEET, ChangeFilter, DeviceFilter, ReadModels
+from projections.api.diff import DiffAnswer, DiffDevice, DiffDevicePage, fleet_diff
+from projections.api.queries import (
+    CHANGES,
+    FLEET,
+    ChangeFilter,
+    DeviceFilter,
+    ReadModels,
+    make_cursor,
+    query_key,
+    read_cursor,
+)
 from projections.api.schemas import (
     ChangePage,
     DeviceAnswer,
@@ -40,7 +51,7 @@ from projections.api.schemas import (
 from projections.api.service_metrics import gather_stats
 from projections.api.service_metrics import render as render_service_metrics
 from projections.selector import parse as parse_selector
-from shared.errors import FleetError, Invalid, Unavailable
+from shared.errors import FleetError, Invalid, NotFound, Unavailable
 from shared.ids import check_id
 from shared.selectors import EVERYTHING
 from shared.times import parse_duration, parse_time, utcnow
@@ -253,11 +264,98 @@ async def snapshots(models: Models, cursor: Cursor = None, limit: Limit = 100, a
 
 
 @get("/v1/sites", tags=["queries"], responses=ERRORS)
-async def sites(models: Models, cursor: Cursor = None, limit: Limit = 100, at: At = None,
-                at_seq: AtSeq = None, min_seq: MinSeq = None) -> SitePage:
-    """Sites by id, with device counts."""
+async def sites(models: Models, order: FromQuery[Literal["id", "worst"]] = "id",
+                problems: FromQuery[bool | None] = None, cursor: Cursor = None, limit: Limit = 100,
+                at: At = None, at_seq: AtSeq = None, min_seq: MinSeq = None) -> SitePage:
+    """Site health: each site's devices online, offline, degraded, failed, drifted, stuck and the
+    snapshots running there. `order=worst`: the largest share offline or failed first, then stuck,
+    degraded or drifted. `problems=true`: only sites with a device in trouble."""
     seq = await _when(models, at, at_seq, min_seq)
-    return await models.sites(cursor, limit, seq, at)
+    return await models.sites(cursor, limit, seq, at, order=order, problems=problems)
+
+
+Moment = Annotated[str | None, QueryParameter(
+    description="RFC 3339 time, or a log sequence (digits).", max_length=64)]
+
+
+async def _seq_of(models: Models, text: str | None, field: str) -> int | None:
+    """The log sequence a `from`/`to` names (None: not given)."""
+    if text is None:
+        return None
+    if text.strip().isdigit():
+        seq = int(text)
+        head = await models.log_head()
+        if head is not None and seq > head:
+            head = await models.log_head(max_age=0)
+        if head is not None and seq > head:
+            raise Invalid(f"sequence {seq} is beyond the end of the log ({head})", field=field)
+        return seq
+    moment = parse_time(text, field)
+    if moment > utcnow():
+        raise Invalid(f"{text} is in the future", field=field)
+    return await models.pit.seq_at(moment)
+
+
+async def _diff_window(models: Models, start: str | None, end: str | None, min_seq: int | None) -> tuple[int, int]:
+    await models.wait_for(min_seq, CHANGES)
+    from_seq = await _seq_of(models, start, "from")
+    if from_seq is None:
+        raise Invalid("from is required (an RFC 3339 time or a log sequence)", field="from")
+    to_seq = await _seq_of(models, end, "to")
+    if to_seq is None:
+        async with models.pool.acquire() as conn:
+            to_seq = await models.checkpoint(conn, CHANGES)
+    return from_seq, to_seq
+
+
+@get("/v1/diff", tags=["queries"], responses=ERRORS)
+async def diff(
+    models: Models,
+    start: Annotated[str | None, QueryParameter(name="from", description="RFC 3339 time or log sequence.",
+                                                max_length=64)] = None,
+    end: Annotated[str | None, QueryParameter(name="to", description="RFC 3339 time or log sequence "
+                                              "(default: now).", max_length=64)] = None,
+    site: Text = None, selector: Text = None, min_seq: MinSeq = None,
+) -> DiffAnswer:
+    """What changed between two moments: per site and snapshot (as run at `to`), how many devices
+    moved from what to what (snapshot, online, health, drift, registered), with a few of their ids;
+    `GET /v1/diff/devices?group=KEY` pages through all of a group's devices. `selector` matches the
+    devices' labels as they are now."""
+    from_seq, to_seq = await _diff_window(models, start, end, min_seq)
+    computed = await fleet_diff(models.pool, models.diffs, from_seq, to_seq, site=_id(site, "site"),
+                                selector=parse_selector(selector) if selector else EVERYTHING,
+                                selector_text=selector)
+    return DiffAnswer(from_seq=from_seq, to_seq=to_seq, as_of_seq=to_seq, lag=await models.lag(to_seq),
+                      changes=computed.changes, devices_changed=len(computed.devices), totals=computed.totals,
+                      groups=computed.groups)
+
+
+@get("/v1/diff/devices", tags=["queries"], responses=ERRORS)
+async def diff_devices(
+    models: Models,
+    group: Annotated[str, QueryParameter(description="The `key` of a group of GET /v1/diff.", max_length=1024)],
+    start: Annotated[str | None, QueryParameter(name="from", max_length=64)] = None,
+    end: Annotated[str | None, QueryParameter(name="to", max_length=64)] = None,
+    site: Text = None, selector: Text = None, cursor: Cursor = None, limit: Limit = 100,
+    min_seq: MinSeq = None,
+) -> DiffDevicePage:
+    """The devices behind one number of a diff, by id, with their state at both ends."""
+    from_seq, to_seq = await _diff_window(models, start, end, min_seq)
+    computed = await fleet_diff(models.pool, models.diffs, from_seq, to_seq, site=_id(site, "site"),
+                                selector=parse_selector(selector) if selector else EVERYTHING,
+                                selector_text=selector)
+    found = next((g for g in computed.groups if g.key == group), None)
+    if found is None:
+        raise NotFound(f"no group {group!r} in this diff", field="group")
+    key = query_key("diff", {"from": from_seq, "to": to_seq, "site": site, "selector": selector, "group": group})
+    after = read_cursor(cursor, key)
+    ids = computed.members[group]
+    start_at = 0 if after is None else bisect.bisect_right(ids, str(after))
+    page = ids[start_at:start_at + limit]
+    more = start_at + limit < len(ids)
+    items = [DiffDevice(device_id=d, before=computed.devices[d][0], after=computed.devices[d][1]) for d in page]
+    return DiffDevicePage(from_seq=from_seq, to_seq=to_seq, as_of_seq=to_seq, group=found, items=items,
+                          next_cursor=make_cursor(key, page[-1]) if more else None)
 
 
 @get("/v1/projections", tags=["operations"], responses=ERRORS)
@@ -319,7 +417,8 @@ def create_app(models: Models) -> Litestar:
 
     return Litestar(
         route_handlers=[healthz, readyz, metrics, dashboard, openapi_json, summary, devices, device,
-                        device_history, changes, rollouts, rollout, snapshots, sites, projections,
+                        device_history, changes, rollouts, rollout, snapshots, sites, diff, diff_devices,
+                        projections,
                         *COMMAND_ROUTES],
         dependencies={"models": Provide(provide_models, sync_to_thread=False)},
         exception_handlers={

@@ -19,6 +19,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from projections.api.diff import DiffCache
 from projections.api.schemas import (
     ChangePage,
     Counts,
@@ -28,10 +29,12 @@ from projections.api.schemas import (
     ProjectionsAnswer,
     ProjectionState,
     RolloutAnswer,
+    RolloutItem,
     RolloutPage,
     SiteCounts,
     SiteItem,
     SitePage,
+    SiteSnapshot,
     SnapshotCounts,
     SnapshotItem,
     SnapshotPage,
@@ -40,14 +43,14 @@ from projections.api.schemas import (
 )
 from projections.changes.model import ChangeRow
 from projections.fleet import model
-from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SiteRow, SnapshotRow
-from projections.fleet.store import DEVICES, ROLLOUTS, SITES, SNAPSHOTS
+from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SnapshotRow
+from projections.fleet.store import DEVICES, ROLLOUTS, SITES, SNAPSHOTS, load_progress
 from projections.pointintime import PointInTime
 from projections.selector import to_sql
 from shared.errors import Invalid, NotFound, Unavailable
 from shared.eventlog import EventLog
 from shared.selectors import EVERYTHING, Selector
-from shared.times import format_time, utcnow
+from shared.times import format_time, parse_time, utcnow
 
 FLEET, CHANGES = "fleet", "changes"
 MIN_SEQ_WAIT = 5.0
@@ -170,6 +173,7 @@ class ChangeFilter(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _DEVICE_ROW = msgspec.json.Decoder(DeviceRow)
+CHANGE_COLUMNS = list(ChangeRow.__struct_fields__)
 _CHECKPOINT = "SELECT checkpoint FROM projection_status WHERE name = $1"
 
 
@@ -199,6 +203,7 @@ class ReadModels:
         self.pool = pool
         self.log = eventlog
         self.pit = PointInTime(pool, eventlog)
+        self.diffs = DiffCache()
         self.ready_lag = ready_lag
         self._head: tuple[float, int | None] = (float("-inf"), None)
         self._refreshing: asyncio.Future[int | None] | None = None
@@ -436,8 +441,7 @@ class ReadModels:
         if after is not None:
             conds.append(f"seq {'<' if desc else '>'} {p(after)}")
         where = " AND ".join(conds) or "TRUE"
-        sql = (f"SELECT seq, at, type, aggregate, aggregate_id, actor, event_id, summary, device_id, "
-               f"site_id, snapshot_id, rollout_id FROM rm_changes.changes WHERE {where} "
+        sql = (f"SELECT {', '.join(CHANGE_COLUMNS)} FROM rm_changes.changes WHERE {where} "
                f"ORDER BY seq {'DESC' if desc else 'ASC'} LIMIT {p(limit + 1)}")
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             live = await self.checkpoint(conn, CHANGES)
@@ -475,36 +479,85 @@ class ReadModels:
             raise Invalid(f"not a {endpoint} cursor", field="cursor")
         return key, after
 
+    async def _moment(self, at_seq: int, at_text: str | None) -> str:
+        """When a historical question is set: the time asked, or the time of the event at `at_seq`."""
+        if at_text is not None:
+            return format_time(parse_time(at_text, "at"))
+        async with self.pool.acquire() as conn:
+            when = await conn.fetchval(
+                "SELECT at FROM rm_changes.changes WHERE seq <= $1 ORDER BY seq DESC LIMIT 1", at_seq)
+        return format_time(when) if when is not None else format_time(utcnow())
+
+    async def _with_progress(self, rows: list[RolloutRow], at_seq: int | None, at_text: str | None,
+                             conn: asyncpg.Connection | None = None) -> list[RolloutItem]:
+        """Rollout rows with their progress per wave as of the moment asked about."""
+        if not rows:
+            return []
+        ids = [r.rollout_id for r in rows]
+        overdue: dict[str, dict[int, int]] = {}
+        if at_seq is None:
+            now = format_time(utcnow())
+            assert conn is not None
+            progress = await load_progress(conn, ids, "rm_fleet.")
+            for r in await conn.fetch(
+                    "SELECT rollout_id, rollout_wave, count(*) AS n FROM rm_fleet.devices "
+                    "WHERE rollout_id = ANY($1::text[]) AND rollout_status = 'in_flight' "
+                    "AND rollout_deadline <= $2 GROUP BY rollout_id, rollout_wave", ids, now):
+                overdue.setdefault(r["rollout_id"], {})[r["rollout_wave"]] = int(r["n"])
+        else:
+            state = await self._historical(at_seq)
+            progress = state.progress
+            moment = await self._moment(at_seq, at_text)
+            overdue = model.overdue_in(state, ids, moment)
+        items = []
+        for row in rows:
+            waves = model.wave_progress(row, progress.get(row.rollout_id, {}), overdue.get(row.rollout_id, {}))
+            items.append(RolloutItem(**msgspec.structs.asdict(row), progress=waves,
+                                     totals=model.progress_totals(waves)))
+        return items
+
     async def rollouts(self, cursor: str | None, limit: int, at_seq: int | None,
                        at_text: str | None) -> RolloutPage:
-        """A page of rollouts by id."""
+        """A page of rollouts by id, each with its progress."""
         key, after = self._page_after("rollouts", cursor, at_seq)
         if at_seq is None:
-            seq, records = await self._rows("rollouts", ROLLOUTS.columns, "rollout_id", after, limit=limit)
-            rows = [ROLLOUTS.from_record(r) for r in records]
+            params: list[Any] = [limit + 1] + ([after] if after is not None else [])
+            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                       readonly=True):
+                seq = await self.checkpoint(conn, FLEET)
+                records = await conn.fetch(
+                    f"SELECT {', '.join(ROLLOUTS.columns)} FROM rm_fleet.rollouts "
+                    f"WHERE {'rollout_id > $2' if after is not None else 'TRUE'} ORDER BY rollout_id LIMIT $1",
+                    *params)
+                rows = [ROLLOUTS.from_record(r) for r in records]
+                more, rows = len(rows) > limit, rows[:limit]
+                items = await self._with_progress(rows, None, None, conn)
         else:
             state = await self._historical(at_seq)
             rows = _page_of(state.rollouts, after, limit)
+            more, rows = len(rows) > limit, rows[:limit]
+            items = await self._with_progress(rows, at_seq, at_text)
             seq = at_seq
-        more, rows = len(rows) > limit, rows[:limit]
         return RolloutPage(as_of_seq=seq, lag=await self.lag(seq), historical=at_seq is not None, at=at_text,
-                           items=rows, next_cursor=make_cursor(key, rows[-1].rollout_id) if more else None)
+                           items=items, next_cursor=make_cursor(key, rows[-1].rollout_id) if more else None)
 
     async def rollout(self, rollout_id: str, at_seq: int | None, at_text: str | None) -> RolloutAnswer:
-        """One rollout."""
+        """One rollout, with its progress per wave."""
         row: RolloutRow | None
         if at_seq is None:
             async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                        readonly=True):
                 seq = await self.checkpoint(conn, FLEET)
                 row = (await ROLLOUTS.load(conn, [rollout_id], "rm_fleet")).get(rollout_id)
+                items = await self._with_progress([row] if row else [], None, None, conn)
         else:
             row = (await self._historical(at_seq)).rollouts.get(rollout_id)
+            items = await self._with_progress([row] if row else [], at_seq, at_text)
             seq = at_seq
-        if row is None:
+        if not items:
             raise NotFound(f"no rollout {rollout_id!r}", field="rollout_id")
         return RolloutAnswer(as_of_seq=seq, lag=await self.lag(seq), historical=at_seq is not None,
-                             at=at_text, rollout=row)
+                             at=at_text, rollout=items[0])
 
     async def snapshots(self, cursor: str | None, limit: int, at_seq: int | None,
                         at_text: str | None) -> SnapshotPage:
@@ -530,34 +583,56 @@ class ReadModels:
                             at=at_text, items=items,
                             next_cursor=make_cursor(key, items[-1].snapshot_id) if more else None)
 
-    async def sites(self, cursor: str | None, limit: int, at_seq: int | None, at_text: str | None) -> SitePage:
-        """A page of sites by id, with device counts."""
-        key, after = self._page_after("sites", cursor, at_seq)
-        counts: dict[str, dict[str, int]] = {}
+    async def sites(self, cursor: str | None, limit: int, at_seq: int | None, at_text: str | None, *,
+                    order: str = "id", problems: bool | None = None) -> SitePage:
+        """A page of sites with their health (device counts) and the snapshots running there; by
+        id, or worst first (`order="worst"`, see `site_badness`); `problems=True`: only sites with
+        a device offline, failed, degraded, drifted or stuck (False: only sites without)."""
+        key = query_key("sites", {"at_seq": at_seq, "order": order, "problems": problems})
+        after = read_cursor(cursor, key)
+        by_id = order == "id"
+        if after is not None and not isinstance(after, str if by_id else int):
+            raise Invalid("not a sites cursor", field="cursor")
         if at_seq is None:
-            seq, records = await self._rows("sites", SITES.columns, "site_id", after, limit=limit)
-            sites = [SITES.from_record(r) for r in records]
-            async with self.pool.acquire() as conn:
-                cells = await conn.fetch(
-                    "SELECT site_id, " + ", ".join(f"sum({f})::bigint AS {f}" for f in COUNTER_FIELDS)
-                    + " FROM rm_fleet.device_counts WHERE site_id = ANY($1::text[]) GROUP BY site_id",
-                    [s.site_id for s in sites])
-            counts = {r["site_id"]: _cell_counts(r) for r in cells}
+            # Every site and its counter cells (sites x snapshots: small), in one snapshot.
+            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                       readonly=True):
+                seq = await self.checkpoint(conn, FLEET)
+                site_rows = [SITES.from_record(r) for r in await conn.fetch(
+                    f"SELECT {', '.join(SITES.columns)} FROM rm_fleet.sites ORDER BY site_id")]
+                cells = [((r["site_id"], r["snapshot_id"]), [int(r[f]) for f in COUNTER_FIELDS]) for r in
+                         await conn.fetch("SELECT * FROM rm_fleet.device_counts WHERE total > 0")]
         else:
             state = await self._historical(at_seq)
-            for (site_id, _), values in model.count_all(state).items():
-                cell = counts.setdefault(site_id, dict.fromkeys(COUNTER_FIELDS, 0))
-                for f, v in zip(COUNTER_FIELDS, values, strict=True):
-                    cell[f] += v
-            site_rows: list[SiteRow] = _page_of(state.sites, after, limit)
-            sites = site_rows
+            site_rows = [state.sites[k] for k in sorted(state.sites)]
+            cells = [(k, v) for k, v in model.count_all(state).items() if v[0] > 0]
             seq = at_seq
+        counts: dict[str, dict[str, int]] = {}
+        running: dict[str, list[SiteSnapshot]] = {}
+        for (site_id, snap), values in cells:
+            cell = counts.setdefault(site_id, dict.fromkeys(COUNTER_FIELDS, 0))
+            for f, v in zip(COUNTER_FIELDS, values, strict=True):
+                cell[f] += v
+            running.setdefault(site_id, []).append(SiteSnapshot(snapshot_id=snap, devices=values[0]))
         items = [SiteItem(**msgspec.structs.asdict(s),
-                          counts=Counts(**counts.get(s.site_id, dict.fromkeys(COUNTER_FIELDS, 0))))
-                 for s in sites]
-        more, items = len(items) > limit, items[:limit]
+                          counts=Counts(**counts.get(s.site_id, dict.fromkeys(COUNTER_FIELDS, 0))),
+                          snapshots=sorted(running.get(s.site_id, []), key=lambda r: (-r.devices, r.snapshot_id)))
+                 for s in site_rows]
+        if problems is not None:
+            items = [i for i in items if (site_badness(i.counts) != (0.0, 0.0)) == problems]
+        if by_id:
+            items = [i for i in items if after is None or i.site_id > after]  # type: ignore[operator]
+            start = 0
+        else:
+            items.sort(key=lambda i: (*(-b for b in site_badness(i.counts)), i.site_id))
+            start = int(after or 0)
+        page = items[start:start + limit + 1]
+        more, page = len(page) > limit, page[:limit]
+        next_cursor = None
+        if more:
+            next_cursor = make_cursor(key, page[-1].site_id if by_id else start + limit)
         return SitePage(as_of_seq=seq, lag=await self.lag(seq), historical=at_seq is not None, at=at_text,
-                        items=items, next_cursor=make_cursor(key, items[-1].site_id) if more else None)
+                        items=page, next_cursor=next_cursor)
 
     # --- projections -------------------------------------------------------------------------------
 
@@ -596,6 +671,14 @@ class ReadModels:
             for r in records
         ]
         return ProjectionsAnswer(log_last_seq=head, items=items)
+
+
+def site_badness(counts: Counts) -> tuple[float, float]:
+    """How bad a site looks, for worst-first order: the share of its devices offline or failed,
+    then the share stuck, degraded or drifted ((0, 0): nothing wrong there)."""
+    total = max(counts.total, 1)
+    return ((counts.offline + counts.failed) / total,
+            (counts.stuck + counts.degraded + counts.drifted) / total)
 
 
 def _bisect_right(ids: list[str], after: str) -> int:

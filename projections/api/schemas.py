@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 
 from projections.changes.model import ChangeRow
-from projections.fleet.model import DeviceRow, RolloutRow, SiteRow, SnapshotRow
+from projections.fleet.model import DeviceRow, ProgressCounts, RolloutRow, SiteRow, SnapshotRow, WaveProgress
 
 
 class Counts(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,6 +89,14 @@ class ChangePage(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
+class RolloutItem(RolloutRow, frozen=True, kw_only=True):
+    """A rollout with its progress per wave and in total, counted as `fleet rollout status` counts
+    (a device in flight past its apply timeout at the moment asked about is timed out)."""
+
+    progress: list[WaveProgress] = []
+    totals: ProgressCounts = ProgressCounts()
+
+
 class RolloutPage(msgspec.Struct, frozen=True, kw_only=True):
     """A page of rollouts."""
 
@@ -96,7 +104,7 @@ class RolloutPage(msgspec.Struct, frozen=True, kw_only=True):
     lag: int | None
     historical: bool
     at: str | None
-    items: list[RolloutRow]
+    items: list[RolloutItem]
     next_cursor: str | None
 
 
@@ -107,7 +115,7 @@ class RolloutAnswer(msgspec.Struct, frozen=True, kw_only=True):
     lag: int | None
     historical: bool
     at: str | None
-    rollout: RolloutRow
+    rollout: RolloutItem
 
 
 class SnapshotItem(SnapshotRow, frozen=True, kw_only=True):
@@ -127,10 +135,18 @@ class SnapshotPage(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
+class SiteSnapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A snapshot running at a site, and on how many of its devices ("" = reporting none yet)."""
+
+    snapshot_id: str
+    devices: int
+
+
 class SiteItem(SiteRow, frozen=True, kw_only=True):
-    """A site and its device counts."""
+    """A site, its device counts and the snapshots running there."""
 
     counts: Counts = Counts()
+    snapshots: list[SiteSnapshot] = []
 
 
 class SitePage(msgspec.Struct, frozen=True, kw_only=True):

@@ -3,14 +3,15 @@ that lets observed-state events be filed under their site."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import asyncpg
 import msgspec
 
-from projections.changes.model import ChangeRow, change_row, site_change
+from projections.changes.model import ChangeRow, DeviceState, change_row, device_after
 from projections.runner import Item, Poison, Statement
+from projections.sqlrows import RowTable
 
 _COLUMNS = list(ChangeRow.__struct_fields__)
 # Rows go over as one JSON array, encoded by msgspec in one call, and are taken apart by PostgreSQL
@@ -21,10 +22,30 @@ _INSERT_SQL = (
     "FROM json_populate_recordset(NULL::changes, $1::json)"
 )
 _ENCODER = msgspec.json.Encoder()
-_SITES_SQL = (
-    "INSERT INTO device_sites (device_id, site_id) SELECT * FROM unnest($1::text[], $2::text[]) "
-    "ON CONFLICT (device_id) DO UPDATE SET site_id = EXCLUDED.site_id"
-)
+# Each device's current state (site, and what a fleet diff compares), so the next event about it
+# can be filed under its site and carry the device as it stands after it.
+STATES = RowTable("device_sites", DeviceState, "device_id", {
+    "online": "boolean", "drifted": "boolean", "present": "boolean"})
+
+
+def _site_of(states: dict[str, DeviceState]) -> Callable[[str], str | None]:
+    def site_of(device_id: str) -> str | None:
+        state = states.get(device_id)
+        return state.site_id or None if state is not None else None
+
+    return site_of
+
+
+def fold(states: dict[str, DeviceState], item: Item) -> tuple[ChangeRow, DeviceState | None]:
+    """One event's change row, and the state of the device it is about (also put in `states`)."""
+    event = item.event
+    device_id = getattr(event, "device_id", None)
+    old = states.get(device_id) if isinstance(device_id, str) else None
+    after = device_after(old, event)
+    row = change_row(item.seq, item.envelope, event, _site_of(states), after)
+    if after is not None:
+        states[after.device_id] = after
+    return row, after
 
 
 class ChangesProjection:
@@ -40,25 +61,19 @@ class ChangesProjection:
     async def apply_batch(self, conn: asyncpg.Connection, items: Sequence[Item]) -> None:
         """Append one change row per event."""
         devices = {item.event.device_id for item in items if hasattr(item.event, "device_id")}
-        sites: dict[str, str] = {}
-        if devices:
-            records = await conn.fetch(
-                "SELECT device_id, site_id FROM device_sites WHERE device_id = ANY($1::text[])",
-                list(devices))
-            sites = {r["device_id"]: r["site_id"] for r in records}
-        moved: dict[str, str] = {}
+        states = await STATES.load(conn, devices)
+        changed: dict[str, DeviceState] = {}
         rows: list[ChangeRow] = []
         for index, item in enumerate(items):
             try:
-                rows.append(change_row(item.seq, item.envelope, item.event, sites.get))
-                placed = site_change(item.event)
+                row, after = fold(states, item)
             except Exception as exc:
                 raise Poison(index, item.seq, exc) from exc
-            if placed is not None:
-                sites[placed[0]] = moved[placed[0]] = placed[1]
+            rows.append(row)
+            if after is not None:
+                changed[after.device_id] = after
         await _insert(conn, rows)
-        if moved:
-            await conn.execute(_SITES_SQL, list(moved), list(moved.values()))
+        await STATES.upsert(conn, list(changed.values()))
 
 
 async def _insert(conn: asyncpg.Connection, rows: Sequence[ChangeRow]) -> None:
@@ -74,29 +89,28 @@ class ChangesBuilder:
 
     def __init__(self) -> None:
         self.rows: list[ChangeRow] = []
-        self.sites: dict[str, str] = {}
+        self.states: dict[str, DeviceState] = {}
 
     def add(self, items: Sequence[Item], last_seq: int, last_at: str) -> None:
         """Make the rows of a batch."""
         for index, item in enumerate(items):
             try:
-                self.rows.append(change_row(item.seq, item.envelope, item.event, self.sites.get))
-                placed = site_change(item.event)
+                self.rows.append(fold(self.states, item)[0])
             except Exception as exc:
                 raise Poison(index, item.seq, exc) from exc
-            if placed is not None:
-                self.sites[placed[0]] = placed[1]
 
     def should_flush(self) -> bool:
         """Enough rows for a few large inserts."""
         return len(self.rows) >= 5 * self.CHUNK
 
     def take(self, *, final: bool) -> list[Statement]:
-        """Inserts of the pending rows, a chunk each; when `final`, of the device -> site map too."""
+        """Inserts of the pending rows, a chunk each; when `final`, of the devices' states too."""
         rows, self.rows = self.rows, []
         out = [insert_statement(rows[start:start + self.CHUNK]) for start in range(0, len(rows), self.CHUNK)]
-        if final and self.sites:
-            out.append((_SITES_SQL, (list(self.sites), list(self.sites.values()))))
+        if final and self.states:
+            states = list(self.states.values())
+            out += [STATES.insert_json(states[start:start + self.CHUNK])
+                    for start in range(0, len(states), self.CHUNK)]
         return out
 
 

@@ -9,12 +9,15 @@ computed by one piece of code. Nothing here reads a clock or does I/O.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import timedelta
 from typing import Any
 
 import msgspec
 
 from shared.envelope import Envelope, Event
 from shared.events import desired, observed, registry, rollout, snapshot
+from shared.times import format_time, parse_time
 
 HEALTHS = ("ok", "degraded", "failed", "unknown")
 
@@ -50,6 +53,13 @@ class DeviceRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     added_at: str | None = None
     updated_at: str | None = None
     updated_seq: int = 0
+    # The device in its latest rollout (`rollout_id`): the wave that assigned it (-1: not yet),
+    # when it must have applied, the config hash that rollout gave it, and where it stands
+    # (`rollout_status`): "" | in_flight | converged | failed | restored.
+    rollout_wave: int = -1
+    rollout_deadline: str | None = None
+    rollout_hash: str | None = None
+    rollout_status: str = ""
 
 
 class SiteRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -93,16 +103,80 @@ class RolloutRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     started_at: str | None = None
     updated_at: str | None = None
     updated_seq: int = 0
+    wave_sizes: list[int] = []
+    apply_timeout_seconds: float = 300.0
+
+
+# Per rollout and wave: how many devices were assigned, and where they stand. `timed_out` here
+# holds only devices that left the rollout (a later rollout took them) while still in flight; a
+# device in flight past its deadline is told apart when the question is asked (it depends on when).
+PROGRESS_FIELDS = ("assigned", "in_flight", "converged", "failed", "timed_out", "restored")
+Progress = dict[str, dict[int, list[int]]]  # rollout id -> wave -> counters (PROGRESS_FIELDS)
+
+
+class ProgressCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """Devices of a rollout (or one wave) by where they stand, as `fleet rollout status` counts
+    them: pending (not assigned yet), in flight, converged, failed, timed out, restored."""
+
+    size: int = 0
+    assigned: int = 0
+    pending: int = 0
+    in_flight: int = 0
+    converged: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    restored: int = 0
+
+
+class WaveProgress(ProgressCounts, frozen=True, kw_only=True):
+    """One wave's progress (wave 0 is the canary when there is one)."""
+
+    wave: int
+
+
+def wave_progress(row: RolloutRow, counters: dict[int, list[int]], overdue: dict[int, int]) -> list[WaveProgress]:
+    """Each wave's progress from its counters and how many of its in-flight devices are past their
+    deadline at the moment asked about (`overdue`)."""
+    out = []
+    for wave, size in enumerate(row.wave_sizes):
+        c = dict(zip(PROGRESS_FIELDS, counters.get(wave, [0] * len(PROGRESS_FIELDS)), strict=True))
+        late = overdue.get(wave, 0)
+        out.append(WaveProgress(wave=wave, size=size, assigned=c["assigned"], pending=size - c["assigned"],
+                                in_flight=c["in_flight"] - late, converged=c["converged"], failed=c["failed"],
+                                timed_out=c["timed_out"] + late, restored=c["restored"]))
+    return out
+
+
+def progress_totals(waves: list[WaveProgress]) -> ProgressCounts:
+    """The waves added up."""
+    fields = list(ProgressCounts.__struct_fields__)
+    return ProgressCounts(**{f: sum(getattr(w, f) for w in waves) for f in fields})
+
+
+def overdue_in(state: FleetState, rollout_ids: Iterable[str], now: str) -> dict[str, dict[int, int]]:
+    """Per rollout and wave, the devices in flight past their deadline at `now` (an in-memory
+    state; one pass over the devices for all the rollouts asked about)."""
+    wanted = set(rollout_ids)
+    out: dict[str, dict[int, int]] = {}
+    for row in state.devices.values():
+        if (row.rollout_status == "in_flight" and row.rollout_id in wanted
+                and row.rollout_deadline is not None and row.rollout_deadline <= now):
+            waves = out.setdefault(row.rollout_id, {})
+            waves[row.rollout_wave] = waves.get(row.rollout_wave, 0) + 1
+    return out
 
 
 class FleetState(msgspec.Struct, kw_only=True):
-    """Rows by id, and the log sequence they reflect. The runner holds only a batch's rows."""
+    """Rows by id, and the log sequence they reflect. The runner holds only a batch's rows (and
+    `progress` as deltas to add to the stored counters); a rebuild or a point-in-time state holds
+    everything (and `progress` whole)."""
 
     seq: int = 0
     devices: dict[str, DeviceRow] = {}
     sites: dict[str, SiteRow] = {}
     snapshots: dict[str, SnapshotRow] = {}
     rollouts: dict[str, RolloutRow] = {}
+    progress: Progress = {}
 
 
 # --- the fold ---------------------------------------------------------------------------------------
@@ -133,8 +207,11 @@ def _apply_device(state: FleetState, env: Envelope, seq: int, event: Event) -> N
         case registry.DeviceRetired():
             row = _replace(_device(state, event.device_id), retired=True, **stamp)
         case desired.DesiredStateAssigned():
-            row = _replace(_device(state, event.device_id, event.site_id),
-                           desired_snapshot_id=event.snapshot_id, desired_config_hash=event.config_hash,
+            row = _device(state, event.device_id, event.site_id)
+            if event.rollout_id != row.rollout_id or event.reason != "rollback":
+                # a new rollout (or none): it places the device in a wave when it assigns it
+                row = _replace(row, rollout_wave=-1, rollout_deadline=None, rollout_hash=event.config_hash)
+            row = _replace(row, desired_snapshot_id=event.snapshot_id, desired_config_hash=event.config_hash,
                            desired_revision=event.revision, rollout_id=event.rollout_id, **stamp)
         case observed.DeviceCameOnline():
             row = _device(state, event.device_id, event.site_id)
@@ -168,7 +245,52 @@ def _apply_device(state: FleetState, env: Envelope, seq: int, event: Event) -> N
                            reconcile_attempts=event.attempts, **stamp)
         case _:
             return
+    put_device(state, row)
+
+
+def rollout_status(row: DeviceRow) -> str:
+    """Where a device stands in its latest rollout, as the rollout service judges it
+    (`services.rollout.domain.device_status`, less the deadline, which depends on when one asks)."""
+    if row.rollout_id is None or row.rollout_wave < 0:
+        return ""
+    if row.rollout_status == "restored":
+        return "restored"
+    if row.reported_config_hash is not None and row.reported_config_hash == row.rollout_hash:
+        return "failed" if row.health == "failed" else "converged"
+    return "failed" if row.health == "failed" else "in_flight"
+
+
+def _bump(state: FleetState, rollout_id: str, wave: int, field: str, by: int) -> None:
+    waves = state.progress.setdefault(rollout_id, {})
+    cell = waves.setdefault(wave, [0] * len(PROGRESS_FIELDS))
+    cell[PROGRESS_FIELDS.index(field)] += by
+
+
+def put_device(state: FleetState, row: DeviceRow) -> None:
+    """Store a device row, with its rollout standing brought up to date and the rollout's
+    progress counters moved by the difference. A device that leaves a rollout (a later one assigns
+    it) keeps counting where it stood then in the earlier one; still in flight, it timed out."""
+    old = state.devices.get(row.device_id)
+    status = rollout_status(row)
+    if status != row.rollout_status:
+        row = _replace(row, rollout_status=status)
     state.devices[row.device_id] = row
+    left = old is not None and old.rollout_status and old.rollout_id is not None and (
+        old.rollout_id != row.rollout_id or row.rollout_wave < 0)
+    if left and old is not None and old.rollout_id is not None:
+        if old.rollout_status == "in_flight":
+            _bump(state, old.rollout_id, old.rollout_wave, "in_flight", -1)
+            _bump(state, old.rollout_id, old.rollout_wave, "timed_out", 1)
+        old = None
+    if row.rollout_id is None or not status:
+        return
+    if old is None or not old.rollout_status:
+        _bump(state, row.rollout_id, row.rollout_wave, "assigned", 1)
+    elif old.rollout_status == status:
+        return
+    else:
+        _bump(state, row.rollout_id, row.rollout_wave, old.rollout_status, -1)
+    _bump(state, row.rollout_id, row.rollout_wave, status, 1)
 
 
 def _apply_site(state: FleetState, env: Envelope, seq: int, event: Event) -> None:
@@ -223,7 +345,8 @@ def _rollout_row(row: RolloutRow | None, env: Envelope, seq: int, event: Event) 
                           status="running", wave=0,
                           counts={"devices": sum(sizes), "waves": len(sizes or event.wave_percents),
                                   "assigned": 0, "restored": 0},
-                          started_at=env.at, updated_at=env.at, updated_seq=seq)
+                          started_at=env.at, updated_at=env.at, updated_seq=seq, wave_sizes=list(sizes),
+                          apply_timeout_seconds=event.apply_timeout_seconds)
     old = row or RolloutRow(rollout_id=env.aggregate_id)
     stamp = {"updated_at": env.at, "updated_seq": seq}
     match event:
@@ -268,6 +391,20 @@ def _apply_rollout(state: FleetState, env: Envelope, seq: int, event: Event) -> 
     row = _rollout_row(state.rollouts.get(env.aggregate_id), env, seq, event)
     if row is not None:
         state.rollouts[row.rollout_id] = row
+    match event:
+        case rollout.RolloutDevicesAssigned():
+            timeout = row.apply_timeout_seconds if row is not None else 300.0
+            deadline = format_time(parse_time(event.at) + timedelta(seconds=timeout))
+            for device_id in event.devices:
+                device = _device(state, device_id)
+                put_device(state, _replace(device, rollout_id=event.rollout_id, rollout_wave=event.wave,
+                                           rollout_deadline=deadline, updated_at=env.at, updated_seq=seq))
+        case rollout.RolloutDevicesRestored():
+            for device_id in event.devices:
+                device = _device(state, device_id)
+                if device.rollout_id == event.rollout_id and device.rollout_wave >= 0:
+                    put_device(state, _replace(device, rollout_status="restored", updated_at=env.at,
+                                               updated_seq=seq))
 
 
 _BY_AGGREGATE = {
@@ -293,6 +430,13 @@ def touches(env: Envelope) -> tuple[str, str] | None:
     table = {"device": "devices", "desired": "devices", "observed": "devices", "site": "sites",
              "snapshot": "snapshots", "rollout": "rollouts"}.get(env.aggregate)
     return (table, env.aggregate_id) if table else None
+
+
+def devices_named(event: Event) -> list[str]:
+    """Devices a rollout event changes besides its own row (their standing in the rollout)."""
+    if isinstance(event, rollout.RolloutDevicesAssigned | rollout.RolloutDevicesRestored):
+        return event.devices
+    return []
 
 
 # --- counters: what one device contributes to the summary -----------------------------------------

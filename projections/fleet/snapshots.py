@@ -43,6 +43,7 @@ def changed_since(state: FleetState, base_seq: int) -> FleetState:
         sites={k: r for k, r in state.sites.items() if r.updated_seq > base_seq},
         snapshots={k: r for k, r in state.snapshots.items() if r.updated_seq > base_seq},
         rollouts={k: r for k, r in state.rollouts.items() if r.updated_seq > base_seq},
+        progress=state.progress,  # small: carried whole
     )
 
 
@@ -52,6 +53,7 @@ def lay_over(state: FleetState, delta: FleetState) -> None:
     state.sites.update(delta.sites)
     state.snapshots.update(delta.snapshots)
     state.rollouts.update(delta.rollouts)
+    state.progress = {k: {w: list(v) for w, v in waves.items()} for k, waves in delta.progress.items()}
     state.seq = delta.seq
 
 

@@ -11,21 +11,30 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from projections.fleet import model, snapshots
-from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SiteRow, SnapshotRow
+from projections.fleet.model import (
+    COUNTER_FIELDS,
+    PROGRESS_FIELDS,
+    DeviceRow,
+    FleetState,
+    RolloutRow,
+    SiteRow,
+    SnapshotRow,
+)
 from projections.runner import Item, Poison, Statement
 from projections.sqlrows import RowTable
 
 DEVICES = RowTable("devices", DeviceRow, "device_id", {
     "labels": "jsonb", "metadata": "jsonb", "registered": "boolean", "retired": "boolean",
     "desired_revision": "integer", "online": "boolean", "stuck": "boolean", "acknowledged": "boolean",
-    "reconcile_attempts": "integer", "updated_seq": "bigint"})
+    "reconcile_attempts": "integer", "updated_seq": "bigint", "rollout_wave": "integer"})
 SITES = RowTable("sites", SiteRow, "site_id", {
     "labels": "jsonb", "metadata": "jsonb", "retired": "boolean", "updated_seq": "bigint"})
 SNAPSHOTS = RowTable("snapshots", SnapshotRow, "snapshot_id", {
     "version": "integer", "artifacts": "jsonb", "known_good_targets": "jsonb", "retired": "boolean",
     "updated_seq": "bigint"})
 ROLLOUTS = RowTable("rollouts", RolloutRow, "rollout_id", {
-    "wave": "integer", "counts": "jsonb", "last_gate": "jsonb", "updated_seq": "bigint"})
+    "wave": "integer", "counts": "jsonb", "last_gate": "jsonb", "updated_seq": "bigint", "wave_sizes": "jsonb",
+    "apply_timeout_seconds": "double precision"})
 TABLES: dict[str, RowTable[Any]] = {"devices": DEVICES, "sites": SITES, "snapshots": SNAPSHOTS, "rollouts": ROLLOUTS}
 
 _COUNTS_SQL = (
@@ -34,6 +43,13 @@ _COUNTS_SQL = (
     + ", ".join(f"${i}::bigint[]" for i in range(3, 3 + len(COUNTER_FIELDS))) + ") "
     "ON CONFLICT (site_id, snapshot_id) DO UPDATE SET "
     + ", ".join(f"{f} = device_counts.{f} + EXCLUDED.{f}" for f in COUNTER_FIELDS)
+)
+_PROGRESS_SQL = (
+    "INSERT INTO rollout_progress (rollout_id, wave, " + ", ".join(PROGRESS_FIELDS) + ") "
+    "SELECT * FROM unnest($1::text[], $2::integer[], "
+    + ", ".join(f"${i}::bigint[]" for i in range(3, 3 + len(PROGRESS_FIELDS))) + ") "
+    "ON CONFLICT (rollout_id, wave) DO UPDATE SET "
+    + ", ".join(f"{f} = rollout_progress.{f} + EXCLUDED.{f}" for f in PROGRESS_FIELDS)
 )
 
 
@@ -60,6 +76,7 @@ class FleetProjection:
             touched = model.touches(item.envelope)
             if touched is not None:
                 wanted[touched[0]].add(touched[1])
+            wanted["devices"].update(model.devices_named(item.event))
         state = FleetState(
             devices=await DEVICES.load(conn, wanted["devices"]),
             sites=await SITES.load(conn, wanted["sites"]),
@@ -83,6 +100,9 @@ class FleetProjection:
             model.add_counts(cells, row, 1)
         await DEVICES.upsert(conn, changed)
         await _write_counts(conn, cells)
+        progress = _progress_statement(state.progress)  # deltas: the batch's state started from none
+        if progress is not None:
+            await conn.execute(progress[0], *progress[1])
         for table, rows in (("sites", state.sites), ("snapshots", state.snapshots),
                             ("rollouts", state.rollouts)):
             if wanted[table]:
@@ -104,6 +124,29 @@ def _counts_statement(cells: dict[model.CounterKey, list[int]]) -> Statement | N
     return _COUNTS_SQL, tuple(columns)
 
 
+def _progress_statement(progress: model.Progress) -> Statement | None:
+    """Add per-wave counters (whole ones into an empty table, or a batch's deltas)."""
+    cells = [(rollout_id, wave, values) for rollout_id, waves in progress.items()
+             for wave, values in waves.items() if any(values)]
+    if not cells:
+        return None
+    columns: list[list[object]] = [[c[0] for c in cells], [c[1] for c in cells]]
+    columns += [[c[2][i] for c in cells] for i in range(len(PROGRESS_FIELDS))]
+    return _PROGRESS_SQL, tuple(columns)
+
+
+async def load_progress(conn: asyncpg.Connection, rollout_ids: list[str] | None = None,
+                        schema: str = "") -> model.Progress:
+    """Per-wave counters of some rollouts (None: of all)."""
+    where = "" if rollout_ids is None else " WHERE rollout_id = ANY($1::text[])"
+    records = await conn.fetch(f"SELECT rollout_id, wave, {', '.join(PROGRESS_FIELDS)} FROM "
+                               f"{schema}rollout_progress{where}", *(() if rollout_ids is None else (rollout_ids,)))
+    out: model.Progress = {}
+    for r in records:
+        out.setdefault(r["rollout_id"], {})[r["wave"]] = [int(r[f]) for f in PROGRESS_FIELDS]
+    return out
+
+
 async def load_state(conn: asyncpg.Connection, changed_after: int | None = None) -> FleetState:
     """The whole read model as an in-memory state (for point-in-time copies); with
     `changed_after`, only the rows changed after that sequence (for a delta)."""
@@ -118,6 +161,7 @@ async def load_state(conn: asyncpg.Connection, changed_after: int | None = None)
                                  prefetch=5000)
             async for record in cursor:
                 target[record[rows.key]] = rows.from_record(record)
+    state.progress = await load_progress(conn)  # small (rollouts x waves): always whole
     return state
 
 
@@ -174,6 +218,9 @@ class FleetBuilder:
             counts = _counts_statement(model.count_all(state))
             if counts is not None:
                 out.append(counts)
+            progress = _progress_statement(state.progress)
+            if progress is not None:
+                out.append(progress)
         return out
 
 

@@ -26,6 +26,7 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
         "last gate (wave 1): failed", "error_rate p95 = 0.5",  # with the gate's inputs
         "drift ended (converged)",                           # tampering found and reconciled
         "What runs where", "historical, as of",              # now and before v3
+        "Sites, worst first", "devices differ",              # site health; the fleet diff since before v3
         "events written to",                                 # the audit export
     ]
     missing = [text for text in expected if text not in out]

@@ -93,10 +93,13 @@ async def dump(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
         for table, order in (("rm_fleet.devices", "device_id"), ("rm_fleet.sites", "site_id"),
                              ("rm_fleet.snapshots", "snapshot_id"), ("rm_fleet.rollouts", "rollout_id"),
                              ("rm_fleet.device_counts", "site_id, snapshot_id"), ("rm_changes.changes", "seq"),
+                             ("rm_fleet.rollout_progress", "rollout_id, wave"),
                              ("rm_changes.device_sites", "device_id")):
             rows = [dict(r) for r in await conn.fetch(f"SELECT * FROM {table} ORDER BY {order}")]
             if table.endswith("device_counts"):
                 rows = [r for r in rows if any(r[f] for f in model.COUNTER_FIELDS)]
+            if table.endswith("rollout_progress"):
+                rows = [r for r in rows if any(r[f] for f in model.PROGRESS_FIELDS)]
             out[table] = rows
     return out
 

@@ -210,4 +210,5 @@ def test_rollout_events_fold_into_the_rollouts_row() -> None:
     assert state.rollouts["r1"].status == "rolled_back"
     row8 = change_row(8, seal(history[4], actor="service:rollout", at=T0), history[4], lambda _: None)
     assert row8.rollout_id == "r1"
-    assert row8.summary == "rollout r1 wave 0 gate failed: failed 0.50 > 0.05"
+    assert row8.summary == ("rollout r1 wave 1 gate failed: failed 0.50 > 0.05 (healthy 1/2, failed 1, offline 0, "
+                            "timed out 0)")

@@ -35,11 +35,12 @@ def test_a_waiting_wave_shows_on_the_rollouts_row_and_in_the_changes() -> None:
         statuses.append(state.rollouts["r1"].status)
         summaries.append(change_row(i, envelope, event, lambda _: None).summary)
     assert statuses == ["running", "running", "waiting", "running", "running", "running"]
-    assert summaries[0] == "rollout r1 of b to every device started, not before 2026-11-02T00:00:00.000000Z"
-    assert summaries[2] == ("rollout r1 wave 0 waits for maintenance windows: ber (opens 2026-11-02T21:00:00.000000Z), "
+    assert summaries[0] == ("rollout r1 of b to every device started: 2 devices in 1 waves (2), on failure pause, "
+                            "not before 2026-11-02T00:00:00.000000Z")
+    assert summaries[2] == ("rollout r1 wave 1 waits for maintenance windows: ber (opens 2026-11-02T21:00:00.000000Z), "
                             "nyc (opens not within 8 days)")
     assert summaries[3] == "rollout r1 ignores maintenance windows from now: CVE fix"
-    assert summaries[4] == "rollout r1 wave 0 no longer waits for maintenance windows"
+    assert summaries[4] == "rollout r1 wave 1 no longer waits for maintenance windows"
     last_gate = state.rollouts["r1"].last_gate
     assert last_gate is not None
     assert "distributions" not in last_gate["inputs"]
