@@ -13,13 +13,26 @@ import logging
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, MediaType, Request, Response, Router, get
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
+from projections.api.auth import (
+    COMMAND,
+    METRICS,
+    PUBLIC,
+    READ,
+    SECURITY,
+    SECURITY_SCHEMES,
+    AuthPolicy,
+    BadHost,
+    default_allowed_hosts,
+    gatekeeper,
+)
 from projections.api.commands import ROUTES as COMMAND_ROUTES
 from projections.api.dashboard import dashboard
 from projections.api.queries import CHANGES, FLEET, ChangeFilter, DeviceFilter, ReadModels
@@ -39,6 +52,7 @@ from projections.api.schemas import (
 )
 from projections.api.service_metrics import gather_stats
 from projections.api.service_metrics import render as render_service_metrics
+from projections.api.tokens import ROUTES as TOKEN_ROUTES
 from projections.selector import parse as parse_selector
 from shared.errors import FleetError, Invalid, Unavailable
 from shared.ids import check_id
@@ -61,6 +75,8 @@ HealthName = Literal["ok", "degraded", "failed", "unknown"]
 
 ERRORS = {
     400: ResponseSpec(ErrorBody, description="Bad input; `error.field` names the parameter."),
+    401: ResponseSpec(ErrorBody, description="No valid bearer token (code `unauthenticated`)."),
+    403: ResponseSpec(ErrorBody, description="The token's role may not do this (code `forbidden`)."),
     404: ResponseSpec(ErrorBody, description="No such device or rollout (at that moment)."),
     503: ResponseSpec(ErrorBody, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
 }
@@ -282,10 +298,17 @@ def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorB
     return _error(400, "invalid", f"{field}: {message}" if field else str(message), field)
 
 
+_HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}
+
+
 def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, HTTPException)
-    code = "not_found" if isinstance(exc, NotFoundException) else "invalid" if exc.status_code < 500 else "internal"
-    return _error(exc.status_code, code, exc.detail, None)
+    code = _HTTP_CODES.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
+    if isinstance(exc, NotFoundException):
+        code = "not_found"
+    response = _error(exc.status_code, code, exc.detail, "host" if isinstance(exc, BadHost) else None)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def _on_db_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -307,16 +330,33 @@ def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorB
     return _error(500, "internal", f"the query failed ({type(exc).__name__})", None)
 
 
-def create_app(models: Models) -> Litestar:
-    """The Litestar application over `models`."""
+def create_app(models: Models, auth: AuthPolicy | None = None) -> Litestar:
+    """The Litestar application over `models`. `auth` says how requests are checked (default:
+    tokens from the `fleet_tokens` bucket on the models' NATS connection, this host's loopback
+    names on port 8080, /metrics behind a token)."""
+    if auth is None:
+        from shared.tokens import TokenVerifier
+
+        auth = AuthPolicy(TokenVerifier(models.log.nc), default_allowed_hosts("http://127.0.0.1:8080"))
 
     def provide_models() -> ReadModels:
         return models
 
+    # Each router gives its routes an access level (projections.api.auth) and, unless public,
+    # the bearer scheme in OpenAPI; a route may still declare its own level in `opt`.
+    routers = [
+        Router("/", route_handlers=[healthz, readyz, dashboard, openapi_json], opt={"access": PUBLIC}),
+        Router("/", route_handlers=[metrics], opt={"access": METRICS},
+               security=None if auth.metrics_public else SECURITY),
+        Router("/", route_handlers=[summary, devices, device, device_history, changes, rollouts, rollout,
+                                    snapshots, sites, projections], opt={"access": READ}, security=SECURITY),
+        Router("/", route_handlers=COMMAND_ROUTES, opt={"access": COMMAND}, security=SECURITY),
+        Router("/", route_handlers=TOKEN_ROUTES, security=SECURITY),
+    ]
     return Litestar(
-        route_handlers=[healthz, readyz, metrics, dashboard, openapi_json, summary, devices, device,
-                        device_history, changes, rollouts, rollout, snapshots, sites, projections,
-                        *COMMAND_ROUTES],
+        route_handlers=routers,
+        guards=[gatekeeper],
+        state=State({"auth": auth}),
         dependencies={"models": Provide(provide_models, sync_to_thread=False)},
         exception_handlers={
             FleetError: _on_fleet_error,
@@ -329,6 +369,6 @@ def create_app(models: Models) -> Litestar:
             Exception: _on_unexpected,
         },
         openapi_config=OpenAPIConfig(title="Fleetplane query API", version="1",
-                                     components=Components(), path="/schema"),
+                                     components=Components(security_schemes=SECURITY_SCHEMES), path="/schema"),
         debug=False,
     )
