@@ -22,7 +22,6 @@ from litestar.openapi.spec import Components
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
 from projections.api.auth import (
-    COMMAND,
     METRICS,
     PUBLIC,
     READ,
@@ -31,6 +30,7 @@ from projections.api.auth import (
     AuthPolicy,
     BadHost,
     default_allowed_hosts,
+    document_refusals,
     gatekeeper,
 )
 from projections.api.commands import ROUTES as COMMAND_ROUTES
@@ -75,8 +75,6 @@ HealthName = Literal["ok", "degraded", "failed", "unknown"]
 
 ERRORS = {
     400: ResponseSpec(ErrorBody, description="Bad input; `error.field` names the parameter."),
-    401: ResponseSpec(ErrorBody, description="No valid bearer token (code `unauthenticated`)."),
-    403: ResponseSpec(ErrorBody, description="The token's role may not do this (code `forbidden`)."),
     404: ResponseSpec(ErrorBody, description="No such device or rollout (at that moment)."),
     503: ResponseSpec(ErrorBody, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
 }
@@ -152,7 +150,7 @@ async def metrics(models: Models) -> str:
 def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The OpenAPI 3 document."""
     schema: dict[str, Any] = request.app.openapi_schema.to_schema()
-    return schema
+    return document_refusals(schema)
 
 
 @get("/v1/summary", tags=["queries"], responses=ERRORS)
@@ -348,10 +346,11 @@ def create_app(models: Models, auth: AuthPolicy | None = None) -> Litestar:
         Router("/", route_handlers=[healthz, readyz, dashboard, openapi_json], opt={"access": PUBLIC}),
         Router("/", route_handlers=[metrics], opt={"access": METRICS},
                security=None if auth.metrics_public else SECURITY),
+        # (commands and tokens declare their own, higher, level; one router, because two routers
+        # serving one path each add an OPTIONS handler for it)
         Router("/", route_handlers=[summary, devices, device, device_history, changes, rollouts, rollout,
-                                    snapshots, sites, projections], opt={"access": READ}, security=SECURITY),
-        Router("/", route_handlers=COMMAND_ROUTES, opt={"access": COMMAND}, security=SECURITY),
-        Router("/", route_handlers=TOKEN_ROUTES, security=SECURITY),
+                                    snapshots, sites, projections, *COMMAND_ROUTES, *TOKEN_ROUTES],
+               opt={"access": READ}, security=SECURITY),
     ]
     return Litestar(
         route_handlers=routers,

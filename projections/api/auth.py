@@ -126,3 +126,19 @@ async def gatekeeper(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     if access not in GRANTS.get(principal.role, frozenset()):
         raise PermissionDeniedException(f"role {principal.role} may not do this ({access} access needed)")
     connection.scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
+
+
+def document_refusals(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the 401 and 403 answers to every operation of an OpenAPI document that needs a token."""
+    error = {"$ref": "#/components/schemas/ErrorBody"}
+    refusals = {
+        "401": {"description": "No valid bearer token (`error.code` = `unauthenticated`).",
+                "content": {"application/json": {"schema": error}}},
+        "403": {"description": "The token's role may not do this (`error.code` = `forbidden`).",
+                "content": {"application/json": {"schema": error}}},
+    }
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if isinstance(operation, dict) and operation.get("security"):
+                operation.setdefault("responses", {}).update(refusals)
+    return schema

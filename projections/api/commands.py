@@ -14,7 +14,7 @@ from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
-from projections.api.auth import principal_of
+from projections.api.auth import COMMAND, principal_of
 from projections.api.queries import ReadModels
 from shared.commands import CommandClient, Reply
 
@@ -65,14 +65,14 @@ async def _forward(models: ReadModels, request: Request[Any, Any, Any], command:
     return Response(reply, status_code=status)
 
 
-@post("/v1/rollouts", tags=["commands"], status_code=200)
+@post("/v1/rollouts", tags=["commands"], status_code=200, opt={"access": COMMAND})
 async def start_rollout(models: NamedDependency[ReadModels], request: Request[Any, Any, Any],
                         data: JSONBody[StartRollout]) -> Response[Reply]:
     """Start a rollout (forwarded to the rollout service)."""
     return await _forward(models, request, "start", msgspec.structs.asdict(data))
 
 
-@post("/v1/rollouts/{rollout_id:str}/{action:str}", tags=["commands"], status_code=200)
+@post("/v1/rollouts/{rollout_id:str}/{action:str}", tags=["commands"], status_code=200, opt={"access": COMMAND})
 async def act_on_rollout(models: NamedDependency[ReadModels], request: Request[Any, Any, Any],
                          rollout_id: FromPath[str], action: FromPath[str],
                          data: JSONBody[RolloutAction | None] = None) -> Response[Reply]:
