@@ -80,6 +80,9 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
             assert (database.split("//", 1)[1].split("@", 1)[0] if database else None) == want, part["name"]
         raw = (data / "endpoints.json").read_text()
         assert not any(secret in raw for secret in (*passwords, superuser_password, token))
+        # The CLI finds the owner's role and its password file through endpoints.json alone.
+        rebuilt = fleet(data, "projections", "rebuild", "changes", "--json", timeout=120)
+        assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
 
         second = fleet(data, "up")
         assert second.returncode == 4
