@@ -1,12 +1,13 @@
 """Who may call the query API, and how (DESIGN §11): one guard on every route.
 
 In order, for every request: the `Host` header must be one the API answers to (400 otherwise:
-no DNS rebinding); a state-changing request (POST/PUT/PATCH/DELETE) with an `Origin` header must
-come from the API's own origin (403) and must say `Content-Type: application/json` (415), which
-no HTML form can send; then, unless the route is public, a bearer token (401 without a valid
-one) whose role grants the route's access level (403 otherwise). Errors have the API's error
-shape. Routes declare their level in `opt={"access": ...}`; a route that declares none needs
-admin, so a new route is closed until someone opens it.
+no DNS rebinding; public GETs such as probes are exempt); a state-changing request
+(POST/PUT/PATCH/DELETE) with an `Origin` header must come from the API's own origin (403) and
+must say `Content-Type: application/json` (415), which no HTML form can send; then, unless the
+route is public, a bearer token (401 without a valid one) whose role grants the route's access
+level (403 otherwise). Errors have the API's error shape. Routes declare their level in
+`opt={"access": ...}`; a route that declares none needs admin, so a new route is closed until
+someone opens it.
 """
 
 from __future__ import annotations
@@ -79,9 +80,14 @@ def default_allowed_hosts(api_url: str, configured: str = "") -> frozenset[str]:
     if configured.strip():
         return frozenset(h.strip().lower() for h in configured.split(",") if h.strip())
     url = urlsplit(api_url)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    names = {url.hostname or "127.0.0.1", "127.0.0.1", "localhost", "[::1]"}
-    return frozenset(f"{name.lower()}:{port}" for name in names)
+    default_port = 443 if url.scheme == "https" else 80
+    port = url.port or default_port
+    names = {(url.hostname or "127.0.0.1").lower(), "127.0.0.1", "localhost", "[::1]"}
+    names = {f"[{n}]" if ":" in n and not n.startswith("[") else n for n in names}
+    allowed = {f"{name}:{port}" for name in names}
+    if port == default_port:  # browsers leave the default port out of Host
+        allowed |= names
+    return frozenset(allowed)
 
 
 def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
@@ -101,18 +107,21 @@ async def gatekeeper(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     """The guard of every route: Host, then origin and content type, then token and role."""
     policy: AuthPolicy = connection.app.state.auth
     host = connection.headers.get("host", "")
-    if not policy.host_allowed(host):
+    safe = connection.scope.get("method", "GET") in _SAFE_METHODS
+    access = handler.opt.get("access", ADMIN)
+    if access == METRICS:
+        access = PUBLIC if policy.metrics_public else READ
+    # Public reads (probes, the page's HTML, the OpenAPI document) answer any Host: a Kubernetes
+    # probe sends the pod's IP, and they hold nothing a rebinding page could use.
+    if not (safe and access == PUBLIC) and not policy.host_allowed(host):
         raise BadHost(f"the API does not answer to Host {host[:100]!r} (see FLEET_API_ALLOWED_HOSTS)")
-    if connection.scope.get("method", "GET") not in _SAFE_METHODS:
+    if not safe:
         origin = connection.headers.get("origin")
         if origin is not None and not _same_origin(origin, host):
             raise PermissionDeniedException(f"cross-origin request from {origin[:100]!r} refused")
         media = connection.headers.get("content-type", "").split(";", 1)[0].strip().lower()
         if media != "application/json":
             raise UnsupportedMediaType("state-changing requests must be sent as Content-Type: application/json")
-    access = handler.opt.get("access", ADMIN)
-    if access == METRICS:
-        access = PUBLIC if policy.metrics_public else READ
     if access == PUBLIC:
         return
     scheme, _, token = connection.headers.get("authorization", "").partition(" ")

@@ -195,13 +195,14 @@ async def test_csrf_shaped_and_foreign_host_requests_are_refused(
         # A body cannot choose the actor: the principal is the token's.
         response = await client.post(url, json={"actor": "operator:mallory"})
         assert response.status_code == 400 and "actor" in response.json()["error"]["message"]
-        for path in ("/healthz", "/v1/summary", url):
+        for path in ("/v1/summary", "/metrics", url):
             response = await client.request("GET" if path != url else "POST", path, json={} if path == url else None,
                                             headers={"Host": "evil.example"})
             assert response.status_code == 400, path
             assert response.json()["error"] == {"code": "invalid", "field": "host",
                                                 "message": response.json()["error"]["message"]}
-        assert (await client.get("/healthz", headers={"Host": "localhost:8080"})).status_code == 200
+        assert (await client.get("/v1/summary", headers={"Host": "localhost:8080"})).status_code == 200
+        assert (await client.get("/healthz", headers={"Host": "10.1.2.3:8080"})).status_code == 200  # a probe
     assert len(fake.seen) == 2  # only the two accepted commands reached the service
 
 
