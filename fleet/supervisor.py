@@ -32,8 +32,9 @@ from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, fre
 from shared.errors import Conflict
 from shared.eventlog import EventLog
 from shared.pgroles import ensure_roles
+from shared.secretfiles import secrets_dir
 from shared.times import format_time, utcnow
-from shared.tokens import bootstrap_admin_token, secrets_dir
+from shared.tokens import bootstrap_admin_token
 
 log = logging.getLogger("fleet.up")
 PARTS = ("registry", "snapshot", "drift", "rollout", "projections", "api")

@@ -44,7 +44,7 @@ async def ensure_roles(superuser_dsn: str, database: str, passfile: Path) -> tup
     passwords to `passfile` (0600), and return the owner's and the reader's URLs (no password)."""
     import asyncpg
 
-    from shared.tokens import write_secret
+    from shared.secretfiles import write_secret
 
     url = urlparse(superuser_dsn)
     host, port = url.hostname or "127.0.0.1", url.port or 5432

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from nats.js import api
 
 from shared.errors import Conflict, Invalid, NotFound, Unavailable
 from shared.ids import check_id
+from shared.secretfiles import secrets_dir, write_secret
 
 BUCKET = "fleet_tokens"
 ROLES = ("viewer", "operator", "auditor", "admin")
@@ -214,30 +214,14 @@ class TokenVerifier:
 
 def token_file(data_dir: Path) -> Path:
     """Where `fleet up` keeps the admin API token it issued (0600, in the 0700 secrets dir)."""
-    return secrets_dir(data_dir) / "api-token"
-
-
-def secrets_dir(data_dir: Path) -> Path:
-    """`<data-dir>/secrets`, created 0700."""
-    path = data_dir / "secrets"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
-    return path
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write a secret file atomically, readable only by its owner."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
+    return data_dir / "secrets" / "api-token"
 
 
 async def bootstrap_admin_token(nc: NATS, data_dir: Path, created_at: str) -> Path:
     """On `fleet up`: make sure `<data-dir>/secrets/api-token` holds a live admin token (issued
     on first start, re-issued if its record is gone); returns the file's path."""
     await ensure_bucket(nc)
+    secrets_dir(data_dir)
     path = token_file(data_dir)
     if path.exists():
         parsed = parse_token(path.read_text())
@@ -254,8 +238,7 @@ async def bootstrap_admin_token(nc: NATS, data_dir: Path, created_at: str) -> Pa
 
 def read_token(data_dir: Path) -> str | None:
     """The token `fleet up` left in `data_dir` (None when there is none)."""
-    path = data_dir / "secrets" / "api-token"
     try:
-        return path.read_text().strip() or None
+        return token_file(data_dir).read_text().strip() or None
     except OSError:
         return None
