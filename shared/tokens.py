@@ -122,13 +122,15 @@ async def get_record(nc: NATS, token_id: str, timeout: float = 2.0) -> TokenReco
 
 
 async def list_records(nc: NATS) -> list[TokenRecord]:
-    """Every stored token record, by name."""
+    """Every stored token record, by name. The keys come from the bucket stream's per-subject
+    state (one request, consistent with the last write; a KV key watcher can stop early under
+    load), then each record by direct get."""
     try:
-        kv = await nc.jetstream().key_value(BUCKET)
-        keys = await kv.keys()
-    except (nats.js.errors.NoKeysError, nats.js.errors.BucketNotFoundError):
+        info = await nc.jetstream().stream_info(f"KV_{BUCKET}", subjects_filter=f"$KV.{BUCKET}.>")
+    except nats.js.errors.NotFoundError:
         return []
-    records = [await get_record(nc, key) for key in keys]
+    ids = [subject.rsplit(".", 1)[1] for subject in (info.state.subjects or {})]
+    records = await asyncio.gather(*(get_record(nc, token_id) for token_id in ids))
     return sorted((r for r in records if r is not None), key=lambda r: r.name)
 
 
@@ -146,7 +148,8 @@ async def create(nc: NATS, name: str, role: str, created_by: str, created_at: st
 
 async def revoke(nc: NATS, id_or_name: str) -> TokenRecord:
     """Delete a token's record (named by id or name); the API refuses it within seconds."""
-    matches = [r for r in await list_records(nc) if id_or_name in (r.id, r.name)]
+    by_id = await get_record(nc, id_or_name) if parse_token(f"{PREFIX}_{id_or_name}_{'x' * 16}") else None
+    matches = [by_id] if by_id else [r for r in await list_records(nc) if r.name == id_or_name]
     if not matches:
         raise NotFound(f"no token with id or name {id_or_name!r}", field="token")
     kv = await nc.jetstream().key_value(BUCKET)
