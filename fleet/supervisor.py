@@ -38,6 +38,8 @@ from shared.tokens import bootstrap_admin_token
 
 log = logging.getLogger("fleet.up")
 PARTS = ("registry", "snapshot", "drift", "rollout", "projections", "api")
+# The services need no database: a blank URL also hides the one endpoints.json names.
+_NO_DATABASE = {"FLEET_DATABASE_URL": ""}
 STATUS_FILE = "status.json"
 
 
@@ -157,7 +159,7 @@ class Supervisor:
             logfile = (self.log_dir / f"{part.status.name}.log").open("ab")
             part.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fleet", "service", part.status.name,
-                env={**self.env, **self.part_env.get(part.status.name, {})},
+                env={**self.env, **self.part_env.get(part.status.name, _NO_DATABASE)},
                 stdout=logfile, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 preexec_fn=die_with_parent)
             logfile.close()
