@@ -113,7 +113,7 @@ class Supervisor:
             (self.data / "nats.port").write_text(str(self.nats.port))
             nats_url = self.nats.url
         database_url = self.settings.database_url
-        passfile = self.settings.database_passfile
+        passfile = self.settings.database_passfile or os.environ.get("PGPASSFILE")
         reader_url = self.settings.api_database_url
         if not database_url:
             self.postgres = await EmbeddedPostgres(self.data / "postgres",
