@@ -60,6 +60,7 @@ from projections.fleet.store import FleetProjection, load_state
 from projections.pointintime import FLEET_VERSION, SNAPSHOT_EVERY, snapshot_hook
 from projections.runner import Runner, create_pool, decode_batch, rebuild
 from projections.synthetic import fleet_history
+from shared import tokens
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shared.envelope import Envelope, decode_event, seal
 from shared.eventlog import EventLog, Write
@@ -207,9 +208,9 @@ async def reader_only(log: EventLog, head: int) -> None:
         decode_batch(batch)
 
 
-async def api_latencies(base: str, head: int, now: datetime) -> dict[str, float]:
+async def api_latencies(base: str, head: int, now: datetime, token: str) -> dict[str, float]:
     out: dict[str, float] = {}
-    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=120, headers={"Authorization": f"Bearer {token}"}) as client:
         for _ in range(200):  # until it answers
             try:
                 if (await client.get("/healthz")).status_code == 200:
@@ -428,7 +429,9 @@ async def main(args: argparse.Namespace) -> None:
                "FLEET_LOG_LEVEL": "warning"}
         api_proc = subprocess.Popen(  # noqa: ASYNC220 - started once, not awaited on
             [sys.executable, "-c", "from fleet.cli import main; main()", "service", "api"], env=env, cwd=ROOT)
-        figures.update(await api_latencies(f"http://127.0.0.1:{port}", head, now))
+        # under auth, as deployed: a viewer token (verified once with argon2, then cached)
+        token, _ = await tokens.create(log.nc, f"bench-{port}", "viewer", "benchmark", now.isoformat())
+        figures.update(await api_latencies(f"http://127.0.0.1:{port}", head, now, token))
         loads.append(os.getloadavg())
         print({k: round(v, 2) for k, v in figures.items()}, flush=True)
         api_proc.terminate()

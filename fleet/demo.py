@@ -113,7 +113,9 @@ class Demo:
                 self.console.print(f"[red]the demo stopped: {exc}[/red]")
                 ok = False
             self.chapter("Done" if ok else "Done, with surprises (see above)")
-            self.say(f"The dashboard is at [bold]{status.api_url}/[/bold] — the fleet keeps running there.")
+            self.say(f"The dashboard is at [bold]{status.api_url}/[/bold] — the fleet keeps running there. "
+                     f"Sign in with the admin API token `fleet up` left in {supervisor.token_file} "
+                     "(or make one: `fleet token create --role viewer --name YOU`).")
             if keep_running:
                 self.say("Press Ctrl-C to stop everything.")
                 supervisor_task = asyncio.create_task(supervisor.run_until_stopped())

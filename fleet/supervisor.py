@@ -31,10 +31,15 @@ from shared.connection import connect_nats
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
 from shared.errors import Conflict
 from shared.eventlog import EventLog
+from shared.pgroles import ensure_roles
+from shared.secretfiles import secrets_dir
 from shared.times import format_time, utcnow
+from shared.tokens import bootstrap_admin_token
 
 log = logging.getLogger("fleet.up")
 PARTS = ("registry", "snapshot", "drift", "rollout", "projections", "api")
+# The services need no database: a blank URL also hides the one endpoints.json names.
+_NO_DATABASE = {"FLEET_DATABASE_URL": ""}
 STATUS_FILE = "status.json"
 
 
@@ -84,6 +89,8 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self._lock: IO[str] | None = None
         self.env: dict[str, str] = {}
+        self.part_env: dict[str, dict[str, str]] = {}
+        self.token_file: Path | None = None
         self.status: UpStatus | None = None
 
     def _take_lock(self) -> None:
@@ -106,22 +113,38 @@ class Supervisor:
             (self.data / "nats.port").write_text(str(self.nats.port))
             nats_url = self.nats.url
         database_url = self.settings.database_url
+        passfile = self.settings.database_passfile or os.environ.get("PGPASSFILE")
+        reader_url = self.settings.api_database_url
         if not database_url:
             self.postgres = await EmbeddedPostgres(self.data / "postgres",
                                                    port=_port_from(self.data / "postgres.port")).start()
             (self.data / "postgres.port").write_text(str(self.postgres.port))
-            database_url = await self._database(self.postgres)
+            passfile = str(secrets_dir(self.data) / "pgpass")
+            database_url, reader_url = await ensure_roles(self.postgres.dsn(), "fleet", Path(passfile))
+        elif not reader_url:
+            log.warning("FLEET_API_DATABASE_URL is not set: the API reads with the projections' role "
+                        "(see README, Security model, for the read-only role to create)")
+        # Only the parts that use PostgreSQL are told where it is, each with its own role.
+        self.part_env = {"projections": {"FLEET_DATABASE_URL": database_url},
+                         "api": {"FLEET_DATABASE_URL": reader_url or database_url}}
+        if passfile:
+            for extra in self.part_env.values():
+                extra["PGPASSFILE"] = passfile
         api_url = self.settings.api_url or f"http://127.0.0.1:{self.api_port or free_port()}"
         nc = await connect_nats(msgspec.structs.replace(self.settings, nats_url=nats_url), "up")
         await EventLog(nc).ensure_stream()
+        self.token_file = await bootstrap_admin_token(nc, self.data, format_time(utcnow()))
         await nc.close()
-        self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_DATABASE_URL": database_url,
-                    "FLEET_API_URL": api_url, "FLEET_DATA_DIR": str(self.data)}
+        self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_API_URL": api_url,
+                    "FLEET_DATA_DIR": str(self.data)}
+        for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
+            self.env.pop(name, None)
         for name in ("heartbeat_interval", "offline_after", "drift_grace", "reconcile_backoff",
                      "reconcile_max_tries"):
             self.env[f"FLEET_{name.upper()}"] = str(getattr(self.settings, name))
-        write_endpoints(self.data, Endpoints(nats_url=nats_url, database_url=database_url, api_url=api_url,
-                                             pid=os.getpid()))
+        write_endpoints(self.data, Endpoints(nats_url=nats_url, database_url=_without_password(database_url),
+                                             api_url=api_url,
+                                             database_passfile=passfile, pid=os.getpid()))
         self.status = UpStatus(pid=os.getpid(), started_at=format_time(utcnow()), nats_url=nats_url,
                                api_url=api_url, database_embedded=self.postgres is not None)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -130,24 +153,13 @@ class Supervisor:
             part.task = asyncio.create_task(self._supervise(part))
         return self.status
 
-    async def _database(self, server: EmbeddedPostgres) -> str:
-        import asyncpg
-
-        conn = await asyncpg.connect(server.dsn())
-        try:
-            exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'fleet'")
-            if not exists:
-                await conn.execute('CREATE DATABASE "fleet"')
-        finally:
-            await conn.close()
-        return server.dsn("fleet")
-
     async def _supervise(self, part: _Part) -> None:
         failures = 0
         while not self.stopping.is_set():
             logfile = (self.log_dir / f"{part.status.name}.log").open("ab")
             part.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fleet", "service", part.status.name, env=self.env,
+                sys.executable, "-m", "fleet", "service", part.status.name,
+                env={**self.env, **self.part_env.get(part.status.name, _NO_DATABASE)},
                 stdout=logfile, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 preexec_fn=die_with_parent)
             logfile.close()
@@ -210,6 +222,17 @@ class Supervisor:
             (self.data / "endpoints.json").unlink(missing_ok=True)
             self._lock.close()
             self._lock = None
+
+
+def _without_password(url: str) -> str:
+    """endpoints.json never holds a secret: a password in an external URL stays in the env."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
 
 
 def _port_from(path: Path) -> int | None:

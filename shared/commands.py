@@ -212,10 +212,12 @@ def _decode(decoder: msgspec.json.Decoder[C], data: bytes) -> C:
 class CommandClient:
     """Sends commands and turns error replies into typed exceptions."""
 
-    def __init__(self, nc: NATS, *, actor: str = "anonymous", timeout: float = 10.0) -> None:
+    def __init__(self, nc: NATS, *, actor: str = "anonymous", timeout: float = 10.0,
+                 headers: dict[str, str] | None = None) -> None:
         self.nc = nc
         self.actor = actor
         self.timeout = timeout
+        self.headers = headers or {}  # sent with every command (e.g. the API's Fleet-On-Behalf-Of)
 
     async def request(self, service: str, command: str, body: dict[str, Any],
                       timeout: float | None = None) -> Reply:
@@ -227,7 +229,7 @@ class CommandClient:
             try:
                 msg = await self.nc.request(
                     subject, _ENCODER.encode(payload), timeout or self.timeout,
-                    headers=telemetry.inject_headers() or None,
+                    headers={**self.headers, **telemetry.inject_headers()} or None,
                 )
             except nats.errors.NoRespondersError:
                 raise Unavailable(f"no {service} service is answering on {subject}") from None

@@ -28,6 +28,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_tls_ca: str | None = None
     database_url: str | None = None
     api_url: str | None = None
+    api_token: str | None = None  # bearer token for the query API (else <data-dir>/secrets/api-token)
+    api_allowed_hosts: str = ""  # comma-separated Host values the API accepts ("" = its own + loopback)
+    api_database_url: str | None = None  # read-only role for the API (`fleet up` with external PostgreSQL)
+    database_passfile: str | None = None  # pgpass file with the PostgreSQL passwords (never in URLs)
+    metrics_public: bool = False  # /metrics without a token
     actor: str = ""
     heartbeat_interval: float = 10.0
     offline_after: int = 3
@@ -54,7 +59,8 @@ class Endpoints(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What `fleet up` writes to `<data-dir>/endpoints.json` so the CLI finds it without flags."""
 
     nats_url: str
-    database_url: str | None = None
+    database_url: str | None = None  # without a password: that is in database_passfile
+    database_passfile: str | None = None
     api_url: str | None = None
     pid: int | None = None
 
@@ -100,7 +106,8 @@ def read_endpoints(data_dir: Path) -> dict[str, Any]:
 
 
 def write_endpoints(data_dir: Path, endpoints: Endpoints) -> Path:
-    """Write endpoints.json atomically, readable only by the owner (it holds a DB password)."""
+    """Write endpoints.json atomically, readable only by the owner (it holds no secret: the
+    database password is in the pgpass file it names)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / ENDPOINTS_FILE
     tmp = path.with_suffix(".tmp")

@@ -48,6 +48,12 @@ class Forbidden(FleetError):
     code = "forbidden"
 
 
+class Unauthenticated(FleetError):
+    """The caller did not prove who it is (no, or a revoked, credential)."""
+
+    code = "unauthenticated"
+
+
 class Unavailable(FleetError):
     """A server (NATS, PostgreSQL) could not be reached; the same call may succeed later."""
 
@@ -62,7 +68,7 @@ class StreamMisconfigured(FleetError):
 
 
 ERRORS_BY_CODE: dict[str, type[FleetError]] = {
-    cls.code: cls for cls in (Invalid, NotFound, Conflict, Forbidden, Unavailable, FleetError)
+    cls.code: cls for cls in (Invalid, NotFound, Conflict, Forbidden, Unauthenticated, Unavailable, FleetError)
 }
 
 

@@ -11,18 +11,21 @@ import asyncio
 import contextlib
 import itertools
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from shared import tokens
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.eventlog import EventLog
 from shared.subjects import EVENTS_STREAM
+from shared.times import format_time, utcnow
 
 _db_counter = itertools.count()
+_token_counter = itertools.count()
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +61,18 @@ async def eventlog(nc: NATS) -> EventLog:
                 raise
             await asyncio.sleep(0.05)
     return log
+
+
+@pytest.fixture
+async def issue_token(nc: NATS) -> Callable[[str], Awaitable[str]]:
+    """Issues an HTTP API token of a role (a fresh name each time) in this module's NATS."""
+
+    async def issue(role: str = "viewer") -> str:
+        text, _ = await tokens.create(nc, f"{role}-{next(_token_counter)}", role, "operator:test",
+                                      format_time(utcnow()))
+        return text
+
+    return issue
 
 
 @pytest.fixture(scope="session")

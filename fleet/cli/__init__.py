@@ -15,6 +15,7 @@ from fleet.cli import query as query_cli
 from fleet.cli import registry as registry_cli
 from fleet.cli import rollout as rollout_cli
 from fleet.cli import snapshot as snapshot_cli
+from fleet.cli import token as token_cli
 from fleet.cli import up as up_cli
 from fleet.cli import views as views_cli
 
@@ -66,6 +67,7 @@ app.command("sites", help="Site health, worst first: offline, failed, degraded, 
 app.command("diff", help="What changed between two moments, per site and snapshot.")(views_cli.diff)
 app.add_typer(projections_cli.app, name="projections")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(token_cli.app, name="token")
 app.command("up", help="Run everything on this machine, supervised.")(up_cli.up)
 app.command("status", help="What `fleet up` runs, and how it is.")(up_cli.status)
 app.command("agent", help="Run the agent of one device.")(agent_cli.agent)

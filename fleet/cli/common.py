@@ -19,9 +19,10 @@ from shared.errors import FleetError
 
 T = TypeVar("T")
 
-# Exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 conflict, 5 unavailable.
+# Exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 conflict, 5 unavailable,
+# 6 refused (forbidden, or not authenticated).
 EXIT_CODES = {"invalid": 2, "misconfigured": 2, "not_found": 3, "conflict": 4, "unavailable": 5,
-              "forbidden": 6}
+              "forbidden": 6, "unauthenticated": 6}
 
 console = Console()
 err_console = Console(stderr=True)

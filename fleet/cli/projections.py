@@ -67,7 +67,7 @@ async def _rebuild(conf: Settings, name: str | None, *, quiet: bool) -> dict[str
     if not conf.database_url:
         raise Invalid("no database: set FLEET_DATABASE_URL or run `fleet up`", field="database_url")
     nc = await connect_nats(conf, "cli", connect_for=5.0)
-    pool = await create_pool(conf.database_url, min_size=1, max_size=3)
+    pool = await create_pool(conf.database_url, min_size=1, max_size=3, passfile=conf.database_passfile)
     out: dict[str, int] = {}
     try:
         log = EventLog(nc)

@@ -12,6 +12,7 @@ from rich.table import Table
 from fleet.cli.common import JsonOption, console, emit, run, settings
 from shared.config import Settings
 from shared.errors import Unavailable, error_from_code
+from shared.tokens import read_token
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 _RANK = {"offline": 0, "failed": 1, "stuck": 2, "degraded": 3, "drifted": 4}
@@ -29,8 +30,10 @@ async def api_get(conf: Settings, path: str, params: dict[str, Any] | None = Non
     clean = {k: ("true" if v is True else "false" if v is False else v)
              for k, v in (params or {}).items() if v is not None}
     url = api_url(conf)
+    token = conf.api_token or read_token(conf.data_path)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        async with httpx.AsyncClient(base_url=url, timeout=30.0) as client:
+        async with httpx.AsyncClient(base_url=url, timeout=30.0, headers=headers) as client:
             response = await client.get(path, params=clean)
     except httpx.HTTPError as exc:
         raise Unavailable(f"cannot reach the query API at {url} ({exc!r}); is `fleet up` running, "
@@ -38,8 +41,11 @@ async def api_get(conf: Settings, path: str, params: dict[str, Any] | None = Non
     body = response.json() if response.content else {}
     if response.status_code >= 400:
         error = body.get("error", {}) if isinstance(body, dict) else {}
-        raise error_from_code(error.get("code", "internal"), error.get("message", response.text),
-                              error.get("field"))
+        message = error.get("message", response.text)
+        if response.status_code == 401:
+            message += ("; set FLEET_API_TOKEN (from `fleet token create`)" if not token else
+                        "; the token in FLEET_API_TOKEN or <data-dir>/secrets/api-token was refused")
+        raise error_from_code(error.get("code", "internal"), message, error.get("field"))
     return body
 
 

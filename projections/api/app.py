@@ -14,13 +14,26 @@ import logging
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from litestar import Litestar, MediaType, Request, Response, get
+from litestar import Litestar, MediaType, Request, Response, Router, get
+from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components
 from litestar.params import FromQuery, PathParameter, QueryParameter
 
+from projections.api.auth import (
+    METRICS,
+    PUBLIC,
+    READ,
+    SECURITY,
+    SECURITY_SCHEMES,
+    AuthPolicy,
+    BadHost,
+    default_allowed_hosts,
+    document_refusals,
+    gatekeeper,
+)
 from projections.api.commands import ROUTES as COMMAND_ROUTES
 from projections.api.dashboard import dashboard
 from projections.api.diff import DiffAnswer, DiffDevice, DiffDevicePage, fleet_diff
@@ -50,6 +63,7 @@ from projections.api.schemas import (
 )
 from projections.api.service_metrics import gather_stats
 from projections.api.service_metrics import render as render_service_metrics
+from projections.api.tokens import ROUTES as TOKEN_ROUTES
 from projections.selector import parse as parse_selector
 from shared.errors import FleetError, Invalid, NotFound, Unavailable
 from shared.ids import check_id
@@ -151,7 +165,7 @@ async def metrics(models: Models) -> str:
 def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The OpenAPI 3 document."""
     schema: dict[str, Any] = request.app.openapi_schema.to_schema()
-    return schema
+    return document_refusals(schema)
 
 
 @get("/v1/summary", tags=["queries"], responses=ERRORS)
@@ -384,10 +398,17 @@ def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorB
     return _error(400, "invalid", f"{field}: {message}" if field else str(message), field)
 
 
+_HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}
+
+
 def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, HTTPException)
-    code = "not_found" if isinstance(exc, NotFoundException) else "invalid" if exc.status_code < 500 else "internal"
-    return _error(exc.status_code, code, exc.detail, None)
+    code = _HTTP_CODES.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
+    if isinstance(exc, NotFoundException):
+        code = "not_found"
+    response = _error(exc.status_code, code, exc.detail, "host" if isinstance(exc, BadHost) else None)
+    response.headers.update(exc.headers or {})
+    return response
 
 
 def _on_db_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -409,17 +430,35 @@ def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorB
     return _error(500, "internal", f"the query failed ({type(exc).__name__})", None)
 
 
-def create_app(models: Models) -> Litestar:
-    """The Litestar application over `models`."""
+def create_app(models: Models, auth: AuthPolicy | None = None) -> Litestar:
+    """The Litestar application over `models`. `auth` says how requests are checked (default:
+    tokens from the `fleet_tokens` bucket on the models' NATS connection, this host's loopback
+    names on port 8080, /metrics behind a token)."""
+    if auth is None:
+        from shared.tokens import TokenVerifier
+
+        auth = AuthPolicy(TokenVerifier(models.log.nc), default_allowed_hosts("http://127.0.0.1:8080"))
 
     def provide_models() -> ReadModels:
         return models
 
+    # Each router gives its routes an access level (projections.api.auth) and, unless public,
+    # the bearer scheme in OpenAPI; a route may still declare its own level in `opt`.
+    routers = [
+        Router("/", route_handlers=[healthz, readyz, dashboard, openapi_json], opt={"access": PUBLIC}),
+        Router("/", route_handlers=[metrics], opt={"access": METRICS},
+               security=None if auth.metrics_public else SECURITY),
+        # (commands and tokens declare their own, higher, level; one router, because two routers
+        # serving one path each add an OPTIONS handler for it)
+        Router("/", route_handlers=[summary, devices, device, device_history, changes, rollouts, rollout,
+                                    snapshots, sites, diff, diff_devices, projections, *COMMAND_ROUTES,
+                                    *TOKEN_ROUTES],
+               opt={"access": READ}, security=SECURITY),
+    ]
     return Litestar(
-        route_handlers=[healthz, readyz, metrics, dashboard, openapi_json, summary, devices, device,
-                        device_history, changes, rollouts, rollout, snapshots, sites, diff, diff_devices,
-                        projections,
-                        *COMMAND_ROUTES],
+        route_handlers=routers,
+        guards=[gatekeeper],
+        state=State({"auth": auth}),
         dependencies={"models": Provide(provide_models, sync_to_thread=False)},
         exception_handlers={
             FleetError: _on_fleet_error,
@@ -432,6 +471,6 @@ def create_app(models: Models) -> Litestar:
             Exception: _on_unexpected,
         },
         openapi_config=OpenAPIConfig(title="Fleetplane query API", version="1",
-                                     components=Components(), path="/schema"),
+                                     components=Components(security_schemes=SECURITY_SCHEMES), path="/schema"),
         debug=False,
     )

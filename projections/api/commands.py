@@ -1,16 +1,20 @@
 """Commands over HTTP (DESIGN §7): the API forwards them to the owning service over NATS and
 returns its reply unchanged (`{"ok", "events", "result"}`), with the HTTP status of its error
-code. The events' highest sequence can be passed back as `min_seq` to read your own writes."""
+code. The events' highest sequence can be passed back as `min_seq` to read your own writes.
+
+The API sends under its own NATS identity, on behalf of the caller's authenticated principal
+(`Fleet-On-Behalf-Of: operator:<token name>`, DESIGN §11); a body cannot name an actor."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import msgspec
-from litestar import Response, post
+from litestar import Request, Response, post
 from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody
 
+from projections.api.auth import COMMAND, principal_of
 from projections.api.queries import ReadModels
 from shared.commands import CommandClient, Reply
 
@@ -40,7 +44,6 @@ class StartRollout(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     ignore_windows: bool = False
     rollback_in_windows: bool = False
     command_id: str | None = None
-    actor: str = "operator:http"
 
 
 class RolloutAction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -50,25 +53,31 @@ class RolloutAction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     to_snapshot_id: str | None = None
     plan_only: bool = False
     command_id: str | None = None
-    actor: str = "operator:http"
 
 
-async def _forward(models: ReadModels, command: str, body: dict[str, Any]) -> Response[Reply]:
+ON_BEHALF_OF = "Fleet-On-Behalf-Of"
+
+
+async def _forward(models: ReadModels, request: Request[Any, Any, Any], command: str,
+                   body: dict[str, Any]) -> Response[Reply]:
     body = {k: v for k, v in body.items() if v is not None}
-    client = CommandClient(models.log.nc, actor=str(body.pop("actor", "operator:http")))
+    principal = str(principal_of(request))
+    client = CommandClient(models.log.nc, actor=principal, headers={ON_BEHALF_OF: principal})
     reply = await client.request("rollout", command, body)
     status = 200 if reply.ok else _STATUS.get(reply.error.code if reply.error else "", 500)
     return Response(reply, status_code=status)
 
 
-@post("/v1/rollouts", tags=["commands"], status_code=200)
-async def start_rollout(models: NamedDependency[ReadModels], data: JSONBody[StartRollout]) -> Response[Reply]:
+@post("/v1/rollouts", tags=["commands"], status_code=200, opt={"access": COMMAND})
+async def start_rollout(models: NamedDependency[ReadModels], request: Request[Any, Any, Any],
+                        data: JSONBody[StartRollout]) -> Response[Reply]:
     """Start a rollout (forwarded to the rollout service)."""
-    return await _forward(models, "start", msgspec.structs.asdict(data))
+    return await _forward(models, request, "start", msgspec.structs.asdict(data))
 
 
-@post("/v1/rollouts/{rollout_id:str}/{action:str}", tags=["commands"], status_code=200)
-async def act_on_rollout(models: NamedDependency[ReadModels], rollout_id: FromPath[str], action: FromPath[str],
+@post("/v1/rollouts/{rollout_id:str}/{action:str}", tags=["commands"], status_code=200, opt={"access": COMMAND})
+async def act_on_rollout(models: NamedDependency[ReadModels], request: Request[Any, Any, Any],
+                         rollout_id: FromPath[str], action: FromPath[str],
                          data: JSONBody[RolloutAction | None] = None) -> Response[Reply]:
     """pause | resume | abort | promote | rollback | ignore_windows one rollout (forwarded to the rollout
     service)."""
@@ -79,14 +88,13 @@ async def act_on_rollout(models: NamedDependency[ReadModels], rollout_id: FromPa
                                                                    f"{', '.join(ACTIONS)}", "action")),
                         status_code=400)
     args = msgspec.structs.asdict(data) if data is not None else {}
-    body: dict[str, Any] = {"rollout_id": rollout_id, "command_id": args.get("command_id"),
-                            "actor": args.get("actor", "operator:http")}
+    body: dict[str, Any] = {"rollout_id": rollout_id, "command_id": args.get("command_id")}
     if action == "rollback":
         body.update(to_snapshot_id=args.get("to_snapshot_id"), plan_only=args.get("plan_only", False),
                     reason=args.get("reason", ""))
     else:
         body["reason"] = args.get("reason", "")
-    return await _forward(models, action, body)
+    return await _forward(models, request, action, body)
 
 
 ROUTES = [start_rollout, act_on_rollout]

@@ -11,12 +11,14 @@ from urllib.parse import urlparse
 import uvicorn
 
 from projections.api.app import create_app
+from projections.api.auth import AuthPolicy, default_allowed_hosts
 from projections.api.queries import ReadModels
 from projections.runner import create_pool
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.errors import Invalid
 from shared.eventlog import EventLog
+from shared.tokens import TokenVerifier
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 
@@ -33,11 +35,14 @@ async def run(settings: Settings) -> None:
     """Serve until cancelled on the host/port of `settings.api_url` (default 127.0.0.1:8080)."""
     if not settings.database_url:
         raise Invalid("no database: set FLEET_DATABASE_URL or run `fleet up`", field="database_url")
-    url = urlparse(settings.api_url or os.environ.get("FLEET_API_URL") or DEFAULT_API_URL)
+    api_url = settings.api_url or os.environ.get("FLEET_API_URL") or DEFAULT_API_URL
+    url = urlparse(api_url)
     nc = await connect_nats(settings, "api")
     pool = await create_pool(settings.database_url, min_size=1, max_size=8)
     try:
-        app = create_app(ReadModels(pool, EventLog(nc)))
+        auth = AuthPolicy(TokenVerifier(nc), default_allowed_hosts(api_url, settings.api_allowed_hosts),
+                          metrics_public=settings.metrics_public)
+        app = create_app(ReadModels(pool, EventLog(nc)), auth)
         config = uvicorn.Config(app, host=url.hostname or "127.0.0.1", port=url.port or 8080,
                                 log_level=settings.log_level.lower(), access_log=False)
         server = _Server(config)

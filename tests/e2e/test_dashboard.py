@@ -6,19 +6,23 @@ test is skipped with that instruction."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 from pathlib import Path
 
+import httpx
 import msgspec
 import pytest
 
 from fleet.supervisor import Supervisor
 from services.agent.simulator import FleetSimulator, SimOptions
+from shared import tokens
 from shared.commands import CommandClient
 from shared.config import load_settings
 from shared.connection import connect_nats
+from shared.times import format_time, utcnow
 
 CHROMIUM = os.environ.get("FLEET_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
@@ -51,10 +55,30 @@ async def test_dashboard_shows_a_rollout_and_pauses_it(tmp_path: Path) -> None:
                 "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"])
             page = await browser.new_page(viewport={"width": 1400, "height": 1000})
             await page.goto(status.api_url + "/")
+            # The page asks for a token; a wrong one is refused, a viewer's shows the fleet but may
+            # not pause, an operator's lets the buttons work.
+            await expect(page.locator("#login")).to_be_visible(timeout=15_000)
+            await page.fill("#token", "fpt_0011223344556677_not-a-real-secret-at-all")
+            await page.click("#sign-in")
+            await expect(page.locator("#login-error")).to_contain_text("refused", timeout=15_000)
+            viewer, _ = await tokens.create(nc, "dashboard-viewer", "viewer", "test", format_time(utcnow()))
+            await page.fill("#token", viewer)
+            await page.click("#sign-in")
+            await expect(page.locator("#login")).to_be_hidden()
             await expect(page.locator('[data-counter="devices"] .n')).to_have_text("60", timeout=30_000)
             rollout = page.locator('[data-rollout-id="r-web"]')
             await expect(rollout.locator("[data-status]")).to_have_text(re.compile("running|baking"), timeout=30_000)
             await expect(page.locator("#matrix")).to_contain_text("web-s000", timeout=30_000)
+            await rollout.locator('button[data-action="pause"]').click()
+            await expect(page.locator("#action-result")).to_contain_text("not allowed", timeout=15_000)
+            await page.evaluate("sessionStorage.clear()")
+            await page.reload()
+            await expect(page.locator("#login")).to_be_visible(timeout=15_000)
+            operator, _ = await tokens.create(nc, "dashboard-test", "operator", "test", format_time(utcnow()))
+            await page.fill("#token", operator)
+            await page.click("#sign-in")
+            await expect(page.locator("#login")).to_be_hidden()
+            await expect(rollout.locator("[data-status]")).to_have_text(re.compile("running|baking"), timeout=30_000)
             await rollout.locator('button[data-action="pause"]').click()
             await expect(page.locator("#action-result")).to_contain_text("pause r-web: paused", timeout=15_000)
             await expect(rollout.locator("[data-status]")).to_have_text("paused", timeout=15_000)
@@ -66,6 +90,18 @@ async def test_dashboard_shows_a_rollout_and_pauses_it(tmp_path: Path) -> None:
             await browser.close()
         reply = await client.send("rollout", "get", {"rollout_id": "r-web"})
         assert reply.result["status"] == "paused"
+        # The pause is recorded as the token's principal, and `fleet up`'s admin token reads the API.
+        assert supervisor.token_file is not None and supervisor.token_file.stat().st_mode & 0o777 == 0o600
+        admin = {"Authorization": f"Bearer {supervisor.token_file.read_text().strip()}"}
+        async with httpx.AsyncClient(base_url=status.api_url, headers=admin, timeout=10) as http:
+            actors: set[str] = set()
+            for _ in range(100):  # until the changes projection has applied the pause
+                page = (await http.get("/v1/changes", params={"rollout": "r-web", "type": "RolloutPaused"})).json()
+                actors = {c["actor"] for c in page["items"]}
+                if actors:
+                    break
+                await asyncio.sleep(0.2)
+        assert actors == {"operator:dashboard-test"}
     finally:
         await sim.stop()
         await nc.close()

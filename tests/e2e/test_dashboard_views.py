@@ -132,7 +132,10 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
         client = CommandClient(nc, actor="operator:test", timeout=30)
         await client.wait_ready("registry", "snapshot", "rollout", "drift", timeout=90)
         await sim.start()
-        async with httpx.AsyncClient(base_url=status.api_url, timeout=30) as http:
+        assert supervisor.token_file is not None
+        token = supervisor.token_file.read_text().strip()  # `fleet up`'s admin token
+        async with httpx.AsyncClient(base_url=status.api_url, timeout=30,
+                                     headers={"Authorization": f"Bearer {token}"}) as http:
             views = Views(client, http)
             before_good = datetime.now(UTC).replace(microsecond=0)  # the dashboard's time fields hold seconds
             good = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 1}})).result["snapshot_id"]
@@ -152,6 +155,8 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
                     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"]))
                 page = await browser[1].new_page(viewport={"width": 1400, "height": 1400}, timezone_id="UTC")
                 await page.goto(status.api_url + "/")
+                await page.fill("#token", token)
+                await page.click("#sign-in")
                 await _check_page(page, views, "r-good")
 
             bad = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 2}})).result["snapshot_id"]

@@ -60,6 +60,29 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
         endpoints = json.loads((data / "endpoints.json").read_text())
         assert endpoints["nats_url"].startswith("nats://127.0.0.1:")
         assert (data / "endpoints.json").stat().st_mode & 0o777 == 0o600
+        # Least privilege: secrets only under secrets/ (0700, files 0600), never in endpoints.json,
+        # the environment or the arguments of a part; a PostgreSQL role per part that needs one.
+        secrets = data / "secrets"
+        assert secrets.stat().st_mode & 0o777 == 0o700
+        assert {f.name: f.stat().st_mode & 0o777 for f in secrets.iterdir() if f.name in ("pgpass", "api-token")} == {
+            "pgpass": 0o600, "api-token": 0o600}
+        passwords = [line.rsplit(":", 1)[1] for line in (secrets / "pgpass").read_text().splitlines()]
+        superuser_password = (data / "postgres" / "password").read_text().strip()
+        assert endpoints["database_url"].startswith("postgresql://fleet_owner@")
+        token = (secrets / "api-token").read_text().strip()
+        for part in status(data)["up"]["parts"]:
+            proc = psutil.Process(part["pid"])
+            seen = " ".join(proc.cmdline()) + " " + json.dumps(proc.environ())
+            for secret in (*passwords, superuser_password, token):
+                assert secret not in seen, part["name"]
+            database = proc.environ().get("FLEET_DATABASE_URL")
+            want = {"projections": "fleet_owner", "api": "fleet_reader"}.get(part["name"])
+            assert (database.split("//", 1)[1].split("@", 1)[0] if database else None) == want, part["name"]
+        raw = (data / "endpoints.json").read_text()
+        assert not any(secret in raw for secret in (*passwords, superuser_password, token))
+        # The CLI finds the owner's role and its password file through endpoints.json alone.
+        rebuilt = fleet(data, "projections", "rebuild", "changes", "--json", timeout=120)
+        assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
 
         second = fleet(data, "up")
         assert second.returncode == 4
@@ -99,7 +122,13 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
 
         # /metrics: the projections' lag and every service's own metrics (from $SRV.STATS)
         api_url = status(data)["api_url"]
-        with urllib.request.urlopen(f"{api_url}/metrics", timeout=10) as response:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{api_url}/metrics", timeout=10)
+        assert refused.value.code == 401
+        refused.value.close()
+        token = (data / "secrets" / "api-token").read_text().strip()
+        request = urllib.request.Request(f"{api_url}/metrics", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
             metrics = response.read().decode()
         assert 'fleet_projection_lag_events{projection="fleet"}' in metrics
         assert 'fleet_commands_total{service="fleet-registry",command="add_site",result="ok"' in metrics

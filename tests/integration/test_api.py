@@ -4,7 +4,7 @@ at that moment."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from shared.times import format_time
 from tests.integration.test_projections import append_history, wait_caught_up
 
 FRESHNESS = ("lag", "historical", "at")
+BASE = "http://127.0.0.1:8080"  # a Host the app answers to by default
 
 
 class Api:
@@ -39,7 +40,7 @@ class Api:
 
 
 @pytest.fixture
-async def api(eventlog: EventLog, database_url: str) -> AsyncIterator[Api]:
+async def api(eventlog: EventLog, database_url: str, issue_token: Callable[[str], Awaitable[str]]) -> AsyncIterator[Api]:
     import asyncio
 
     pool = await create_pool(database_url, min_size=1, max_size=8)
@@ -51,7 +52,8 @@ async def api(eventlog: EventLog, database_url: str) -> AsyncIterator[Api]:
     await wait_caught_up(pool, eventlog)
     app = create_app(ReadModels(pool, eventlog))
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE,
+                                     headers={"Authorization": f"Bearer {await issue_token('viewer')}"}) as client:
             yield Api(client, pool, eventlog)
     finally:
         for task in tasks:
@@ -264,13 +266,14 @@ async def test_point_in_time_equals_the_live_answer_recorded_then(api: Api) -> N
     assert _strip(await api.get("/v1/summary", at_seq=0))["totals"]["total"] == 0
 
 
-async def test_postgres_down_is_a_503(eventlog: EventLog) -> None:
+async def test_postgres_down_is_a_503(eventlog: EventLog, issue_token: Callable[[str], Awaitable[str]]) -> None:
     from shared.embedded import free_port
 
     pool = await create_pool(f"postgresql://nobody:x@127.0.0.1:{free_port()}/none", min_size=0, max_size=1)
     try:
         app = create_app(ReadModels(pool, eventlog))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE,
+                                     headers={"Authorization": f"Bearer {await issue_token('viewer')}"}) as client:
             for path in ("/v1/summary", "/v1/devices", "/v1/changes", "/v1/sites", "/readyz", "/metrics"):
                 response = await client.get(path)
                 assert response.status_code == 503, (path, response.text)

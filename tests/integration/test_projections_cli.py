@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,17 +18,20 @@ from typer.testing import CliRunner
 
 from fleet.cli import app
 from projections.api.app import create_app
+from projections.api.auth import AuthPolicy, default_allowed_hosts
 from projections.api.queries import ReadModels
 from projections.runner import create_pool
 from shared.embedded import EmbeddedNats, free_port
 from shared.envelope import decode_envelope, seal
 from shared.eventlog import EventLog
 from shared.events import observed
+from shared.tokens import TokenVerifier
 from tests.integration.test_projections import append_history, running, wait_caught_up
 
 
 @pytest.fixture
 async def served(eventlog: EventLog, database_url: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """The API on a free port; the CLI finds its token in FLEET_API_TOKEN (see `token_env`)."""
     pool: asyncpg.Pool = await create_pool(database_url, min_size=1, max_size=8)
     await append_history(eventlog, 20, rounds=1)
     stuck = observed.DeviceStuck(device_id="dev-0000002", attempts=5)
@@ -36,8 +39,9 @@ async def served(eventlog: EventLog, database_url: str) -> AsyncIterator[tuple[s
     async with running(pool, eventlog):
         await wait_caught_up(pool, eventlog)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(ReadModels(pool, eventlog)), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="off"))
+    auth = AuthPolicy(TokenVerifier(eventlog.nc), default_allowed_hosts(f"http://127.0.0.1:{port}"))
+    server = uvicorn.Server(uvicorn.Config(create_app(ReadModels(pool, eventlog), auth), host="127.0.0.1",
+                                           port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     while not server.started:
         await asyncio.sleep(0.02)
@@ -56,10 +60,14 @@ async def fleet(*args: str, env: dict[str, str]) -> tuple[int, str]:
 
 
 async def test_query_commands(served: tuple[str, asyncpg.Pool], tmp_path: Path, nats_server: EmbeddedNats,
-                              database_url: str) -> None:
+                              database_url: str, issue_token: Callable[[str], Awaitable[str]]) -> None:
     url, _ = served
     env = {"FLEET_API_URL": url, "FLEET_DATA_DIR": str(tmp_path), "FLEET_NATS_URL": nats_server.url,
            "FLEET_DATABASE_URL": database_url}
+    code, out = await fleet("where", "--json", env=env)
+    assert code == 6 and json.loads(out)["error"]["code"] == "unauthenticated"
+    assert "FLEET_API_TOKEN" in json.loads(out)["error"]["message"]
+    env["FLEET_API_TOKEN"] = await issue_token("viewer")
     code, out = await fleet("where", "--json", env=env)
     assert code == 0, out
     assert json.loads(out)["summary"]["totals"]["total"] == 20
@@ -126,13 +134,13 @@ async def test_audit_export_writes_the_log_as_json_lines(eventlog: EventLog, tmp
 
 async def test_a_message_that_is_no_event_is_skipped_shown_and_survives_a_rebuild(
     served: tuple[str, asyncpg.Pool], eventlog: EventLog, tmp_path: Path, nats_server: EmbeddedNats,
-    database_url: str,
+    database_url: str, issue_token: Callable[[str], Awaitable[str]],
 ) -> None:
     """23 bytes of non-JSON on `fleet.evt.*` once stopped both projections for good (and every
     rebuild): now each records it, skips it, goes on, and says so."""
     url, pool = served
     env = {"FLEET_API_URL": url, "FLEET_DATA_DIR": str(tmp_path), "FLEET_NATS_URL": nats_server.url,
-           "FLEET_DATABASE_URL": database_url}
+           "FLEET_DATABASE_URL": database_url, "FLEET_API_TOKEN": await issue_token("viewer")}
     ack = await eventlog.nc.jetstream().publish("fleet.evt.device.junk", b"this is not json at all")
     came = observed.DeviceWentOffline(device_id="dev-0000005", last_seen="2026-11-28T00:00:00.000000Z")
     await eventlog.append(came.subject, [seal(came, actor="service:drift", at=datetime.now(UTC))], None)

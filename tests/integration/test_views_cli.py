@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -13,10 +14,12 @@ import httpx
 from tests.integration.test_projections_cli import fleet, served  # noqa: F401 - the fixture
 
 
-async def test_sites_and_diff_commands(served: tuple[str, asyncpg.Pool], tmp_path: Path) -> None:
+async def test_sites_and_diff_commands(served: tuple[str, asyncpg.Pool], tmp_path: Path,
+                                       issue_token: Callable[[str], Awaitable[str]]) -> None:
     url, _ = served
-    env = {"FLEET_API_URL": url, "FLEET_DATA_DIR": str(tmp_path), "COLUMNS": "200"}
-    async with httpx.AsyncClient(base_url=url) as client:
+    token = await issue_token("viewer")
+    env = {"FLEET_API_URL": url, "FLEET_DATA_DIR": str(tmp_path), "COLUMNS": "200", "FLEET_API_TOKEN": token}
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}) as client:
         api_sites = (await client.get("/v1/sites", params={"order": "worst", "limit": 1000})).json()
         api_diff = (await client.get("/v1/diff", params={"from": "0"})).json()
     code, out = await fleet("sites", "--json", env=env)
