@@ -27,15 +27,14 @@ import msgspec
 import nkeys
 
 from shared.auth import jwt
-from shared.auth.roles import DEVICE_TEMPLATE, FLEET, OPS, ROLES, role
+from shared.auth.roles import DEVICE_TEMPLATE, FLEET, OPS, ROLE_TAG, ROLES, role
 from shared.errors import Invalid
 from shared.ids import check_id
 from shared.subjects import COMMANDS_PREFIX
 
-SECRETS_DIR = "secrets"
 _KEYS = {"operator": jwt.PREFIX_OPERATOR, "sys": jwt.PREFIX_ACCOUNT, "fleet": jwt.PREFIX_ACCOUNT,
          "ops": jwt.PREFIX_ACCOUNT, "devices": jwt.PREFIX_ACCOUNT}
-ROLE_TAG = "fleet-role:"
+
 
 
 class _State(msgspec.Struct):

@@ -21,6 +21,7 @@ LEASES_BUCKET = "fleet_leases"
 TOKENS_BUCKET = "fleet_tokens"
 DEVICE_PAYLOAD = 8 * 1024  # a heartbeat is a few KiB at most (DESIGN §11)
 NAME_TEMPLATE = "{{name()}}"
+ROLE_TAG = "fleet-role:"  # user JWT tag naming the role; the server stamps it on requests
 
 # Per service: the event families it appends to (DESIGN §1), the extra subjects it may publish,
 # and the extra subjects it may subscribe to besides its own commands and the log.
