@@ -52,6 +52,7 @@ def stream_config(replicas: int = 1) -> api.StreamConfig:
         max_consumers=-1,
         discard=api.DiscardPolicy.NEW,
         deny_delete=True,
+        deny_purge=True,  # nobody wipes every device's desired state at once (DESIGN §11)
         allow_rollup_hdrs=True,
         duplicate_window=120.0,
         allow_direct=True,
@@ -69,8 +70,11 @@ async def ensure_bucket(nc: NATS, replicas: int = 1) -> api.StreamInfo:
             return await js.add_stream(stream_config(replicas))
         except nats.js.errors.BadRequestError:  # created concurrently by another starter
             info = await js.stream_info(DESIRED_STREAM)
-    if not info.config.allow_atomic or not info.config.allow_direct:
-        info = await js.update_stream(info.config.evolve(allow_atomic=True, allow_direct=True))
+        except nats.errors.TimeoutError:  # the server refused: only admin creates buckets
+            raise Unavailable(f"the {DESIRED_STREAM} bucket does not exist and this identity may not "
+                              "create it; `fleet up` (admin) creates it") from None
+    if not info.config.allow_atomic or not info.config.allow_direct or not info.config.deny_purge:
+        info = await js.update_stream(info.config.evolve(allow_atomic=True, allow_direct=True, deny_purge=True))
     return info
 
 

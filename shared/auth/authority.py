@@ -25,6 +25,7 @@ from pathlib import Path
 
 import msgspec
 import nkeys
+from nats.aio.client import Client as NATS
 
 from shared.auth import jwt
 from shared.auth.roles import DEVICE_TEMPLATE, FLEET, OPS, ROLE_TAG, ROLES, role
@@ -40,6 +41,7 @@ _KEYS = {"operator": jwt.PREFIX_OPERATOR, "sys": jwt.PREFIX_ACCOUNT, "fleet": jw
 class _State(msgspec.Struct):
     revocations: dict[str, int] = {}  # user public key -> revoked every JWT issued up to then
     last_iat: int = 0
+    handled_seq: int = 0  # the revoker has seen the device events up to this log sequence
 
 
 def write_secret(path: Path, text: str) -> Path:
@@ -186,10 +188,17 @@ class Authority:
 
     # --- revoking ------------------------------------------------------------------------------
 
-    def revoke_device(self, device_id: str, at: int | None = None) -> str:
+    def revoke_device(self, device_id: str, at: int | None = None, *, handled_seq: int | None = None) -> str:
         """Revoke every JWT of this device issued up to `at` (now); returns FLEET's new JWT,
         which must be pushed to the server (`push_account`)."""
+        if handled_seq is not None:
+            self.state.handled_seq = handled_seq
         return self.revoke_key(jwt.public(self.device_key(device_id)), at)
+
+    def handled(self, seq: int) -> None:
+        """Remember that the device events up to `seq` have been seen."""
+        self.state.handled_seq = seq
+        self._save()
 
     def revoke_key(self, user_public_key: str, at: int | None = None) -> str:
         """Revoke every JWT of one user key issued up to `at` (now); returns FLEET's new JWT."""
@@ -220,12 +229,9 @@ def roles_known() -> list[str]:
     return sorted(r for r in ROLES if r != "device")
 
 
-async def push_account(sys_nc: object, account_jwt: str, timeout: float = 5.0) -> None:
+async def push_account(sys_nc: NATS, account_jwt: str, timeout: float = 5.0) -> None:
     """Send an account JWT to the server's resolver (`$SYS.REQ.CLAIMS.UPDATE`, as the system
     account's user); the server applies it at once, cutting off revoked users."""
-    from nats.aio.client import Client as NATS
-
-    assert isinstance(sys_nc, NATS)
     reply = await sys_nc.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.encode(), timeout=timeout)
     answer = msgspec.json.decode(reply.data)
     if isinstance(answer, dict) and answer.get("error"):
