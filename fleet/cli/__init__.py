@@ -10,6 +10,7 @@ from fleet.cli import agent as agent_cli
 from fleet.cli import audit as audit_cli
 from fleet.cli import demo, service
 from fleet.cli import drift as drift_cli
+from fleet.cli import identity as identity_cli
 from fleet.cli import projections as projections_cli
 from fleet.cli import query as query_cli
 from fleet.cli import registry as registry_cli
@@ -51,7 +52,9 @@ app.command("demo", help="Show Fleetplane working end to end on this machine.")(
 app.command("service", help="Run one Fleetplane service in the foreground.")(service.service)
 app.add_typer(registry_cli.site_app, name="site")
 registry_cli.device_app.command("history", help="Everything that happened to one device.")(query_cli.history)
+registry_cli.device_app.command("enroll", help="Write a NATS credentials file for one device.")(identity_cli.enroll)
 app.add_typer(registry_cli.device_app, name="device")
+app.add_typer(identity_cli.creds_app, name="creds")
 app.add_typer(snapshot_cli.snapshot_app, name="snapshot")
 app.add_typer(rollout_cli.app, name="rollout")
 app.add_typer(drift_cli.app, name="drift")

@@ -175,6 +175,8 @@ class Agent:
             "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
             "connect_timeout": 2, "reconnected_cb": reconnected, "error_cb": quiet,
             "pending_size": 256 * 1024,
+            # A device may read only its own inbox (DESIGN §11: part of the wire contract).
+            "inbox_prefix": f"_INBOX.{self.options.device_id}",
         }
         if self.settings.nats_creds:
             options["user_credentials"] = self.settings.nats_creds
