@@ -23,13 +23,14 @@ DEVICE_PAYLOAD = 8 * 1024  # a heartbeat is a few KiB at most (DESIGN §11)
 NAME_TEMPLATE = "{{name()}}"
 ROLE_TAG = "fleet-role:"  # user JWT tag naming the role; the server stamps it on requests
 
-# Per service: the event families it appends to (DESIGN §1), the extra subjects it may publish,
-# and the extra subjects it may subscribe to besides its own commands and the log.
+# Per service: the event families it appends to (DESIGN §1), the extra subjects it may publish
+# ("DESIRED": it reads the desired-state bucket), and the extra subjects it may subscribe to
+# besides its own commands and the log.
 SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "registry": (("site", "device"), (), ()),
     "snapshot": (("snapshot",), (), ()),
-    "rollout": (("rollout", "desired"), (f"$KV.{DESIRED_BUCKET}.>",), (f"{HEARTBEATS_PREFIX}.>",)),
-    "drift": (("observed",), (f"$KV.{DESIRED_BUCKET}.>", f"{COMMANDS_PREFIX}.drift-*.*"),
+    "rollout": (("rollout", "desired"), (f"$KV.{DESIRED_BUCKET}.>", "DESIRED"), (f"{HEARTBEATS_PREFIX}.>",)),
+    "drift": (("observed",), (f"$KV.{DESIRED_BUCKET}.>", "DESIRED", f"{COMMANDS_PREFIX}.drift-*.*"),
               (f"{HEARTBEATS_PREFIX}.>", "fleet.hbp.>", f"{COMMANDS_PREFIX}.drift-*.*")),
     "audit": (("audit",), (), ()),
     "projections": ((), (), ()),
@@ -85,7 +86,8 @@ def service_role(service: str) -> Role:
     """`service:<name>`: appends only its own families, serves only its own commands."""
     families, pubs, subs = SERVICES[service]
     pub = [f"{EVENTS_PREFIX}.{family}.>" for family in families]
-    pub += [*pubs, *_LOG_READ, *_DESIRED_READ, *_LEASES, "$SRV.>", "_INBOX.>"]
+    pub += [*(p for p in pubs if p != "DESIRED"), *(_DESIRED_READ if "DESIRED" in pubs else []),
+            *_LOG_READ, *_LEASES, "$SRV.>", "_INBOX.>"]
     sub = [f"{COMMANDS_PREFIX}.{service}.*", *subs, "$SRV.>", "_INBOX.>"]
     return Role(f"service:{service}", FLEET, _perm(pub, sub, deny_pub=_MANAGEMENT, resp=True),
                 f"the {service} service")

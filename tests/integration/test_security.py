@@ -1,0 +1,298 @@
+"""DESIGN §11 against the real nats-server in JWT mode: for each role, every probe an attacker
+tried (the issue's list) is refused by the server with a permissions violation and leaves the
+log unchanged, and what the role is for works. The actor of an event is who authenticated, a
+forged one never reaches the log, a forwarder's hand-over is honoured from the API alone, and a
+retired device is cut off and cannot come back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import pytest
+from nats.aio.client import Client as NATS
+
+from services.registry.handlers import start as start_registry
+from shared.auth.actor import ON_BEHALF_OF
+from shared.auth.authority import Authority, push_account
+from shared.commands import CommandClient
+from shared.desired import DESIRED_STREAM, ensure_bucket
+from shared.embedded import EmbeddedNats
+from shared.eventlog import EventLog
+from shared.subjects import EVENTS_STREAM
+
+Connect = Callable[..., Awaitable[NATS]]
+SETTLE = 10.0  # bound on waiting for the server's verdict (never a sleep: we wait for an answer)
+
+
+@dataclass
+class Probe:
+    """One connection under test: it records the server's asynchronous permission errors."""
+
+    nc: NATS
+    violations: list[str] = field(default_factory=list)
+    refused: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+async def probe_as(connect_as: Connect, role: str, name: str) -> Probe:
+    probe: Probe
+
+    async def on_error(exc: Exception) -> None:
+        if "permissions violation" in str(exc).lower():
+            probe.violations.append(str(exc))
+            probe.refused.set()
+
+    nc = await connect_as(role, name, error_cb=on_error, max_reconnect_attempts=0)
+    probe = Probe(nc)
+    return probe
+
+
+async def verdict(probe: Probe, witness: Awaitable[Any]) -> str:
+    """`refused` when the server reports a permissions violation first, `allowed` when the
+    action's effect is seen first."""
+    seen = asyncio.ensure_future(witness)
+    refused = asyncio.ensure_future(probe.refused.wait())
+    done, _ = await asyncio.wait({seen, refused}, timeout=SETTLE, return_when=asyncio.FIRST_COMPLETED)
+    if refused in done:
+        answer = "refused"
+    elif seen in done and seen.exception() is None:
+        answer = "allowed"
+    else:
+        answer = f"no verdict ({probe.violations}, {seen.exception() if seen.done() else 'pending'!r})"
+    for task in (seen, refused):
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+    return answer
+
+
+async def published(probe: Probe, admin: NATS, subject: str, data: bytes = b"{}") -> str:
+    """Publish `subject` as the probe; allowed when admin sees the message."""
+    sub = await admin.subscribe(subject)
+    await admin.flush()
+    try:
+        await probe.nc.publish(subject, data)
+        await probe.nc.flush()
+        return await verdict(probe, sub.next_msg(SETTLE))
+    finally:
+        await sub.unsubscribe()
+
+
+async def requested(probe: Probe, subject: str, data: bytes = b"{}", headers: dict[str, str] | None = None) -> str:
+    """Send a request as the probe; allowed when any reply comes back."""
+    return await verdict(probe, probe.nc.request(subject, data, timeout=SETTLE, headers=headers))
+
+
+async def subscribed(probe: Probe, admin: NATS, subject: str, sample: str, queue: str = "") -> str:
+    """Subscribe as the probe; allowed when it receives what admin publishes on `sample`."""
+    sub = await probe.nc.subscribe(subject, queue=queue)
+    await probe.nc.flush()
+    try:
+        await admin.publish(sample, b"{}")
+        await admin.flush()
+        return await verdict(probe, sub.next_msg(SETTLE))
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+def _direct_get_key(device: str) -> str:
+    return f"$JS.API.DIRECT.GET.{DESIRED_STREAM}.$KV.fleet_desired.{device}"
+
+
+# Every probe of the issue, as (name, how to try it). `me` is the probe's own name.
+PROBES: dict[str, Callable[[Probe, NATS, str], Awaitable[str]]] = {
+    "own heartbeat": lambda p, a, me: published(p, a, f"fleet.hb.s1.{me}"),
+    "another device's heartbeat": lambda p, a, me: published(p, a, "fleet.hb.s1.victim"),
+    "read own key": lambda p, a, me: requested(p, _direct_get_key(me)),
+    "read another device's key": lambda p, a, me: requested(p, _direct_get_key("victim")),
+    "write a device's key": lambda p, a, me: published(p, a, "$KV.fleet_desired.victim"),
+    # an event of a family the role does not own (a service may append to its own only)
+    "publish fleet.evt.*": lambda p, a, me: published(
+        p, a, "fleet.evt.rollout.forged" if me != "rollout" else "fleet.evt.device.forged"),
+    "send a command": lambda p, a, me: requested(p, "fleet.cmd.registry.add_site", b'{"command_id": "c-1"}'),
+    "join a service's queue group": lambda p, a, me: subscribed(p, a, "fleet.cmd.registry.*",
+                                                                "fleet.cmd.registry.probe", queue="fleet-registry"),
+    "delete the stream": lambda p, a, me: requested(p, f"$JS.API.STREAM.DELETE.{EVENTS_STREAM}", b""),
+    "update the stream": lambda p, a, me: requested(p, f"$JS.API.STREAM.UPDATE.{EVENTS_STREAM}",
+                                                    msgspec.json.encode({"name": EVENTS_STREAM, "max_msgs": 2})),
+    "purge the stream": lambda p, a, me: requested(p, f"$JS.API.STREAM.PURGE.{EVENTS_STREAM}", b""),
+    "purge the bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.PURGE.{DESIRED_STREAM}", b""),
+    "delete the bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.DELETE.{DESIRED_STREAM}", b""),
+    "subscribe to fleet.>": lambda p, a, me: subscribed(p, a, "fleet.>", "fleet.hb.s1.someone"),
+    "read the log": lambda p, a, me: requested(p, f"$JS.API.DIRECT.GET.{EVENTS_STREAM}",
+                                               msgspec.json.encode({"seq": 1})),
+}
+
+# role -> (name, the probes it is allowed; every other probe must be refused)
+ALLOWED: dict[str, tuple[str, set[str]]] = {
+    "device": ("dev-1", {"own heartbeat", "read own key"}),
+    "operator": ("alice", {"send a command"}),
+    "auditor": ("audrey", {"read the log"}),
+    "service:registry": ("registry", {"join a service's queue group", "read the log"}),
+    "service:snapshot": ("snapshot", {"read the log"}),
+    "service:rollout": ("rollout", {"read the log", "read own key", "read another device's key",
+                                    "write a device's key"}),
+    "api": ("api", {"read the log", "send a command", "read own key", "read another device's key"}),
+    "simulator": ("sim", {"own heartbeat", "another device's heartbeat", "read own key",
+                          "read another device's key", "send a command"}),
+}
+
+
+@pytest.fixture
+async def world(nc: NATS, eventlog: EventLog) -> AsyncIterator[EventLog]:
+    """The log, the bucket, and a stand-in responder on the registry's commands."""
+    await ensure_bucket(nc)
+    async def respond(msg: Any) -> None:
+        if msg.reply:
+            await msg.respond(b'{"ok": true}')
+
+    responder = await nc.subscribe("fleet.cmd.registry.*", queue="probe-responder", cb=respond)
+    yield eventlog
+    await responder.unsubscribe()
+
+
+async def log_state(nc: NATS) -> tuple[int, int, int]:
+    info = await nc.jetstream().stream_info(EVENTS_STREAM)
+    return info.state.messages, info.state.last_seq, info.state.first_seq
+
+
+@pytest.mark.parametrize("role", list(ALLOWED))
+async def test_each_role_is_refused_everything_else(role: str, world: EventLog, nc: NATS, connect_as: Connect) -> None:
+    name, allowed = ALLOWED[role]
+    before = await log_state(nc)
+    results: dict[str, str] = {}
+    for probe_name, attempt in PROBES.items():
+        probe = await probe_as(connect_as, role, name)  # a fresh connection: verdicts do not mix
+        results[probe_name] = await attempt(probe, nc, name)
+        await probe.nc.close()
+    expected = {p: ("allowed" if p in allowed else "refused") for p in PROBES}
+    assert results == expected
+    assert await log_state(nc) == before  # nothing any probe tried reached the log
+    assert (await nc.jetstream().stream_info(EVENTS_STREAM)).config.max_msgs == -1
+    assert (await nc.jetstream().stream_info(DESIRED_STREAM)).config.deny_purge
+
+
+async def test_the_bucket_denies_purge_even_to_admin(world: EventLog, nc: NATS) -> None:
+    await nc.jetstream().publish("$KV.fleet_desired.x", b"{}")
+    with pytest.raises(nats.js.errors.APIError):
+        await nc.jetstream().purge_stream(DESIRED_STREAM)
+    assert (await nc.jetstream().stream_info(DESIRED_STREAM)).state.messages >= 1
+
+
+async def test_a_device_reads_its_own_key_only_from_its_own_inbox(world: EventLog, nc: NATS,
+                                                                  connect_as: Connect) -> None:
+    """Replies to a device go to `_INBOX.<id>`; another inbox is someone else's."""
+    probe = await probe_as(connect_as, "device", "dev-2")
+    assert await subscribed(probe, nc, "_INBOX.dev-1.>", "_INBOX.dev-1.x") == "refused"
+    probe = await probe_as(connect_as, "device", "dev-2")
+    assert await subscribed(probe, nc, "_INBOX.dev-2.>", "_INBOX.dev-2.x") == "allowed"
+
+
+# --- the actor is who authenticated --------------------------------------------------------------
+
+
+@pytest.fixture
+async def registry(eventlog: EventLog, connect_as: Connect) -> AsyncIterator[None]:
+    """The registry service under its own identity."""
+    own = await connect_as("service:registry", "registry")
+    _, service = await start_registry(own, EventLog(own))
+    yield
+    await service.stop()
+
+
+async def actor_of_site(eventlog: EventLog, site: str) -> str:
+    events, _ = await eventlog.load(f"fleet.evt.site.{site}")
+    return events[-1].envelope.actor
+
+
+async def test_a_forged_actor_never_reaches_the_log(registry: None, eventlog: EventLog, connect_as: Connect) -> None:
+    alice = await connect_as("operator", "alice")
+    body = msgspec.json.encode({"command_id": "c-forged", "site_id": "s-forged", "actor": "operator:mallory"})
+    # the body names someone else, the hand-over header too, and so does a forged server stamp
+    reply = await alice.request("fleet.cmd.registry.add_site", body, timeout=10, headers={
+        ON_BEHALF_OF: "operator:mallory",
+        "Nats-Request-Info": '{"acc": "x", "name_tag": "mallory", "tags": ["fleet-role:admin"]}'})
+    assert msgspec.json.decode(reply.data)["ok"] is True
+    assert await actor_of_site(eventlog, "s-forged") == "operator:alice"
+
+
+async def test_the_api_hands_over_its_callers_principal(registry: None, eventlog: EventLog,
+                                                        connect_as: Connect) -> None:
+    api = await connect_as("api", "api")
+    await CommandClient(api, actor="operator:bob").send("registry", "add_site", {"site_id": "s-api"})
+    assert await actor_of_site(eventlog, "s-api") == "operator:bob"
+
+
+async def test_only_forwarders_may_hand_over_a_principal(registry: None, eventlog: EventLog, nc: NATS,
+                                                         connect_as: Connect) -> None:
+    """An operator's `Fleet-On-Behalf-Of` is ignored; services and devices cannot send commands."""
+    carol = await connect_as("operator", "carol")
+    await CommandClient(carol, actor="operator:bob").send("registry", "add_site", {"site_id": "s-carol"})
+    assert await actor_of_site(eventlog, "s-carol") == "operator:carol"
+    before = await log_state(nc)
+    for role, name in (("service:snapshot", "snapshot"), ("device", "dev-3"), ("auditor", "audrey")):
+        probe = await probe_as(connect_as, role, name)
+        body = msgspec.json.encode({"command_id": f"c-{name}", "site_id": f"s-{name}"})
+        assert await requested(probe, "fleet.cmd.registry.add_site", body, {ON_BEHALF_OF: "operator:bob"}) == "refused"
+    assert await log_state(nc) == before
+
+
+# --- revocation ----------------------------------------------------------------------------------
+
+
+async def test_a_retired_device_is_cut_off_and_cannot_reconnect(
+    registry: None, eventlog: EventLog, nc: NATS, nats_server: EmbeddedNats, authority: Authority,
+    creds: Callable[[str, str], str], connect_as: Connect,
+) -> None:
+    from shared.auth.revoker import revoke_retired
+
+    operator = CommandClient(await connect_as("operator", "alice"))
+    await operator.send("registry", "add_site", {"site_id": "s-rev"})
+    await operator.send("registry", "add_device", {"device_id": "dev-gone", "site_id": "s-rev"})
+    closed = asyncio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    device = await connect_as("device", "dev-gone", closed_cb=on_closed, max_reconnect_attempts=3,
+                              reconnect_time_wait=0.1)
+    await device.publish("fleet.hb.s-rev.dev-gone", b"{}")
+    await device.flush()
+    system = await nats.connect(nats_server.url, user_credentials=creds("sys", "revoker"))
+    revoker = asyncio.create_task(revoke_retired(EventLog(nc), system, authority))
+    try:
+        await operator.send("registry", "retire_device", {"device_id": "dev-gone"})
+        await asyncio.wait_for(closed.wait(), 10)  # cut off within seconds
+        with pytest.raises(nats.errors.Error):
+            await nats.connect(nats_server.url, user_credentials=creds("device", "dev-gone"),
+                               allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+        # re-enrolment (rotation) after the revocation issues credentials that work again
+        fresh = authority.write_creds(authority.directory / "dev-gone-new.creds", await _later(authority, "dev-gone"))
+        again = await nats.connect(nats_server.url, user_credentials=str(fresh), inbox_prefix="_INBOX.dev-gone")
+        await again.close()
+    finally:
+        revoker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await revoker
+        # leave the account as it was for the next tests of this module
+        authority.state.revocations.clear()
+        await push_account(system, authority.account_jwt("FLEET"))
+        await system.close()
+
+
+async def _later(authority: Authority, device: str) -> str:
+    """Credentials issued after the revocation (revocations refuse JWTs issued up to then)."""
+    import time
+
+    revoked_at = max(authority.state.revocations.values())
+    while int(time.time()) <= revoked_at:  # wait for the clock: JWT times have one-second resolution
+        await asyncio.sleep(0.05)
+    return authority.issue_device(device)
