@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,7 +34,7 @@ from shared.eventlog import EventLog
 from shared.subjects import EVENTS_STREAM
 
 Connect = Callable[..., Awaitable[NATS]]
-SETTLE = 10.0  # bound on waiting for the server's verdict (never a sleep: we wait for an answer)
+SETTLE = 30.0  # bound on waiting for the server's verdict (never a sleep: we wait for an answer)
 
 
 @dataclass
@@ -296,3 +301,42 @@ async def _later(authority: Authority, device: str) -> str:
     while int(time.time()) <= revoked_at:  # wait for the clock: JWT times have one-second resolution
         await asyncio.sleep(0.05)
     return authority.issue_device(device)
+
+
+# --- a device in another language ------------------------------------------------------------------
+
+NODE_CACHE = Path(os.environ.get("FLEET_NODE_CACHE", Path.home() / ".cache" / "fleetplane-node"))
+
+
+def _node_nats() -> Path:
+    """The Node `nats` package, installed once into a cache dir (skips without node/npm)."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed for the foreign-client test (apt-get install nodejs npm)")
+    if not (NODE_CACHE / "node_modules" / "nats").exists():
+        NODE_CACHE.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund", "--prefix",
+                               str(NODE_CACHE), "nats@2"], capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"could not install the Node nats package: {done.stderr.strip()[:300]}")
+    return NODE_CACHE / "node_modules"
+
+
+async def test_a_device_in_node_works_for_its_own_subjects_only(world: EventLog, nc: NATS, nats_server: EmbeddedNats,
+                                                                creds: Callable[[str, str], str]) -> None:
+    modules = _node_nats()
+    beats = await nc.subscribe("fleet.hb.s1.*")
+    await nc.flush()
+    script = Path(__file__).with_name("foreign_device.js")
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(script), nats_server.url, creds("device", "node-1"), "node-1",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "NODE_PATH": str(modules)})
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, (out, err)
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    # its own heartbeats arrive; the other device's, sent between them, never does
+    first, last = await beats.next_msg(10), await beats.next_msg(10)
+    assert [m.subject for m in (first, last)] == ["fleet.hb.s1.node-1"] * 2
+    assert [json.loads(m.data)["seq"] for m in (first, last)] == [1, 3]
+    assert report["own"] == 404  # its own key answers (404: no desired state yet)
+    assert report["other"] == "refused: PERMISSIONS_VIOLATION"
+    assert "PERMISSIONS_VIOLATION" in report["errors"], report
