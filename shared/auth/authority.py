@@ -156,6 +156,8 @@ class Authority:
         """A credentials file (text) for a user of `role_name` called `name`."""
         if role_name == "device":
             return self.issue_device(name, expires_in=expires_in)
+        if role_name == "service":  # `--role service --name registry` is `service:registry`
+            role_name = f"service:{name}"
         if role_name == "sys":
             return self._user(jwt.new_key(jwt.PREFIX_USER), "push", "sys", jwt.UserNats(), expires_in)
         the_role = role(role_name)
@@ -226,7 +228,7 @@ class Authority:
 
 def roles_known() -> list[str]:
     """Every role `fleet creds create` can issue."""
-    return sorted(r for r in ROLES if r != "device")
+    return ["service", *sorted(r for r in ROLES if r != "device")]
 
 
 async def push_account(sys_nc: NATS, account_jwt: str, timeout: float = 5.0) -> None:
