@@ -218,10 +218,10 @@ class CommandClient:
         or not); raises Unavailable when no service answers."""
         payload = {"command_id": new_command_id(), **body}
         subject = command_subject(service, command)
-        headers = telemetry.inject_headers()
-        if self.actor:
-            headers[ON_BEHALF_OF] = self.actor
         with telemetry.tracer.start_as_current_span(f"send {service}.{command}"):
+            headers = telemetry.inject_headers()  # inside the span: the service continues it
+            if self.actor:
+                headers[ON_BEHALF_OF] = self.actor
             try:
                 msg = await self.nc.request(
                     subject, _ENCODER.encode(payload), timeout or self.timeout,
