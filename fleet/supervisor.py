@@ -32,6 +32,7 @@ from nats.aio.client import Client as NATS
 
 from shared.aio import wait_set
 from shared.auth.authority import Authority
+from shared.auth.renewal import serve_renewals
 from shared.auth.revoker import revoke_retired
 from shared.config import ADMIN_CREDS, OPERATOR_CREDS, Endpoints, Settings, write_endpoints
 from shared.connection import connect_nats
@@ -169,8 +170,10 @@ class Supervisor:
         return str(write(secrets / ADMIN_CREDS, self.authority.issue("admin", "admin")))
 
     async def _start_revoker(self, nc: NATS, admin: Settings) -> None:
-        """Run the duty that revokes retired devices (it needs the account keys kept here)."""
+        """Run the duties that need the account keys kept here: revoking retired devices and
+        renewing the short-lived credentials of the others."""
         assert self.authority is not None
+        await serve_renewals(nc, self.authority)
         system = await connect_nats(msgspec.structs.replace(
             admin, nats_creds=str(self.authority.directory / "system.creds")), "up-revoker")
         self._duty_conns += [nc, system]

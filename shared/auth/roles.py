@@ -21,6 +21,7 @@ LEASES_BUCKET = "fleet_leases"
 TOKENS_BUCKET = "fleet_tokens"
 DEVICE_PAYLOAD = 8 * 1024  # a heartbeat is a few KiB at most (DESIGN §11)
 NAME_TEMPLATE = "{{name()}}"
+RENEW_PREFIX = "fleet.renew"  # a device asks for a fresh JWT on fleet.renew.<its id>
 ROLE_TAG = "fleet-role:"  # user JWT tag naming the role; the server stamps it on requests
 
 # Per service: the event families it appends to (DESIGN §1), the extra subjects it may publish
@@ -95,7 +96,8 @@ def service_role(service: str) -> Role:
 
 DEVICE_TEMPLATE = _perm(
     [f"{HEARTBEATS_PREFIX}.*.{NAME_TEMPLATE}",
-     f"$JS.API.DIRECT.GET.KV_{DESIRED_BUCKET}.$KV.{DESIRED_BUCKET}.{NAME_TEMPLATE}"],
+     f"$JS.API.DIRECT.GET.KV_{DESIRED_BUCKET}.$KV.{DESIRED_BUCKET}.{NAME_TEMPLATE}",
+     f"{RENEW_PREFIX}.{NAME_TEMPLATE}"],
     [f"$KV.{DESIRED_BUCKET}.{NAME_TEMPLATE}", f"_INBOX.{NAME_TEMPLATE}.>"],
     payload=DEVICE_PAYLOAD,
 )

@@ -340,3 +340,35 @@ async def test_a_device_in_node_works_for_its_own_subjects_only(world: EventLog,
     assert report["own"] == 404  # its own key answers (404: no desired state yet)
     assert report["other"] == "refused: PERMISSIONS_VIOLATION"
     assert "PERMISSIONS_VIOLATION" in report["errors"], report
+
+
+async def test_an_agent_renews_short_lived_credentials_and_stays_connected(
+    world: EventLog, nc: NATS, nats_server: EmbeddedNats, authority: Authority, tmp_path: Path,
+) -> None:
+    """Credentials that expire in seconds: the agent asks `fleet.renew.<id>` for a new JWT before
+    then, and is still heartbeating after the first one has expired (the server ended that
+    session; nats-py reconnected with the renewed file)."""
+    import time
+
+    from services.agent.agent import Agent, AgentOptions
+    from shared.auth.renewal import claims_of, serve_renewals
+    from shared.config import Settings
+
+    path = authority.write_creds(tmp_path / "short.creds", authority.issue_device("dev-short", expires_in=3))
+    first = claims_of(path)
+    assert first.exp is not None
+    renewer = await serve_renewals(nc, authority, lifetime=3600)
+    beats = await nc.subscribe("fleet.hb.s1.dev-short")
+    agent = Agent(AgentOptions(device_id="dev-short", site_id="s1", state_dir=tmp_path / "state", interval=0.2),
+                  Settings(nats_url=nats_server.url, nats_creds=str(path)))
+    task = asyncio.create_task(agent.run())
+    try:
+        while time.time() <= first.exp + 1:  # heartbeats keep coming past the first JWT's expiry
+            await beats.next_msg(SETTLE)
+        await beats.next_msg(SETTLE)
+        assert (claims_of(path).exp or 0) > first.exp + 3000
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await renewer.unsubscribe()
