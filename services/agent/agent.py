@@ -214,9 +214,13 @@ class Agent:
                 return
             claims = renewed
             log.info("agent %s: credentials renewed until %s", self.options.device_id, claims.exp)
-            # nats-py ends a connection whose JWT expires instead of reconnecting: reconnect now,
-            # under the renewed file (it is read at every connect).
-            await self.nc.force_reconnect()
+            # nats-py closes (does not reconnect) a connection whose JWT expires: open a new one
+            # under the renewed file now, then let the old one go.
+            old = self.nc
+            await self._connect()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), 5.0)
+            self._refresh.set()
 
     async def _on_value(self, msg: Msg) -> None:
         if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):

@@ -4,8 +4,8 @@ A device enrolled with a lifetime (`fleet device enroll --expires`) asks for a f
 `fleet.renew.<its id>` before its own expires; the server lets a device publish there for its own
 id only (the device template), so the subject says who asks. `fleet up`, which holds the keys,
 answers with a new JWT for the same key unless the device was revoked. The agent writes it into
-its credentials file (the seed stays) and reconnects at once: nats-py reads that file at each
-connect, and it would close (not reconnect) a connection whose JWT the server expires.
+its credentials file (the seed stays) and opens a new connection under it before letting the old
+one go: nats-py would close, not reconnect, a connection whose JWT the server expires.
 
 Because every device JWT then expires by itself, a revocation can be dropped once the longest
 lifetime has passed (`Authority.prune_revocations`): the list holds one lifetime of retirements,
