@@ -34,7 +34,7 @@ import nats
 from nats.aio.client import Client as NATS
 
 from benchmarks.eventlog import history, our_batch, our_single, uid
-from shared.auth.authority import Authority
+from shared.auth.authority import Authority, inbox_of_creds
 from shared.desired import ensure_bucket, put_desired
 from shared.devices import DesiredState
 from shared.embedded import EmbeddedNats
@@ -54,6 +54,9 @@ class Side:
             path = self.tmp / f"{self.name}-{role.replace(':', '-')}.creds"
             self.authority.write_creds(path, self.authority.issue(role, name))
             options["user_credentials"] = str(path)
+            prefix = inbox_of_creds(path)
+            if prefix is not None:
+                options["inbox_prefix"] = prefix
         nc = await nats.connect(self.server.url, **options)  # type: ignore[arg-type]
         self.conns[role] = nc
         return nc

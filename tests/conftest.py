@@ -25,7 +25,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from shared.auth.authority import Authority
+from shared.auth.authority import Authority, inbox_of_creds
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.eventlog import EventLog
 from shared.subjects import EVENTS_STREAM
@@ -71,12 +71,13 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory, authority: Authority, 
 @pytest.fixture
 async def connect_as(nats_server: EmbeddedNats, creds: Creds) -> AsyncIterator[Callable[..., Awaitable[NATS]]]:
     """`await connect_as(role, name, **options)`: a connection under that identity, closed after
-    the test. Devices get their own inbox prefix (`_INBOX.<id>`, DESIGN §11)."""
+    the test, with the identity's own inbox prefix (a device's is `_INBOX.<id>`, DESIGN §11)."""
     opened: list[NATS] = []
 
     async def connect(role: str, name: str, **options: Any) -> NATS:
-        if role == "device":
-            options.setdefault("inbox_prefix", f"_INBOX.{name}")
+        prefix = inbox_of_creds(creds(role, name))  # its own inbox, as shared.connection does
+        if prefix is not None:
+            options.setdefault("inbox_prefix", prefix)
         options.setdefault("max_reconnect_attempts", -1)
         options.setdefault("reconnect_time_wait", 0.2)
         client = await nats.connect(nats_server.url, user_credentials=creds(role, name), **options)

@@ -28,7 +28,7 @@ import nkeys
 from nats.aio.client import Client as NATS
 
 from shared.auth import jwt
-from shared.auth.roles import DEVICE_TEMPLATE, FLEET, OPS, ROLE_TAG, ROLES, role
+from shared.auth.roles import DEVICE_TEMPLATE, FLEET, INBOX, OPS, ROLE_TAG, ROLES, inbox_prefix, role
 from shared.errors import Invalid
 from shared.ids import check_id
 from shared.subjects import COMMANDS_PREFIX
@@ -163,7 +163,11 @@ class Authority:
         the_role = role(role_name)
         check_id(name, "name")
         perms = the_role.permissions
-        nats = jwt.UserNats(pub=perms.pub, sub=perms.sub, resp=perms.resp, payload=perms.payload,
+        sub = perms.sub
+        prefix = inbox_prefix(the_role.name, name)
+        if prefix is not None and sub is not None and sub.allow is not None:  # its own inbox only
+            sub = jwt.Permission(allow=[f"{prefix}.>" if s == INBOX else s for s in sub.allow], deny=sub.deny)
+        nats = jwt.UserNats(pub=perms.pub, sub=sub, resp=perms.resp, payload=perms.payload,
                             tags=[f"{ROLE_TAG}{the_role.name}"])
         return self._user(jwt.new_key(jwt.PREFIX_USER), name, the_role.account.lower(), nats, expires_in)
 
@@ -224,6 +228,22 @@ class Authority:
     def write_creds(self, path: Path, text: str) -> Path:
         """Write a credentials file 0600."""
         return write_secret(path, text)
+
+
+def inbox_of_creds(path: str | Path) -> str | None:
+    """The inbox prefix the identity in a credentials file must use (None: the default)."""
+    view = _identity(jwt.jwt_of_creds(Path(path).read_text()))
+    return inbox_prefix(*view) if view else None
+
+
+def _identity(token: str) -> tuple[str, str] | None:
+    import base64
+
+    body = token.split(".")[1]
+    claims = msgspec.json.decode(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    tags = claims.get("nats", {}).get("tags") or []
+    role_name = next((t[len(ROLE_TAG):] for t in tags if t.startswith(ROLE_TAG)), None)
+    return (role_name, claims.get("name", "")) if role_name else None
 
 
 def roles_known() -> list[str]:

@@ -23,6 +23,7 @@ DEVICE_PAYLOAD = 8 * 1024  # a heartbeat is a few KiB at most (DESIGN §11)
 NAME_TEMPLATE = "{{name()}}"
 RENEW_PREFIX = "fleet.renew"  # a device asks for a fresh JWT on fleet.renew.<its id>
 ROLE_TAG = "fleet-role:"  # user JWT tag naming the role; the server stamps it on requests
+INBOX = "_INBOX.>"  # stands for the identity's own inbox prefix in the table below (`inbox_prefix`)
 
 # Per service: the event families it appends to (DESIGN §1), the extra subjects it may publish
 # ("DESIRED": it reads the desired-state bucket), and the extra subjects it may subscribe to
@@ -128,6 +129,18 @@ ROLES: dict[str, Role] = {
 # Roles whose in-account requests may name the principal they act for (Fleet-On-Behalf-Of):
 # only these may publish on fleet.cmd.> inside FLEET at all (see shared.auth.actor).
 FORWARDERS = ("admin", "api", "service:drift", "simulator")
+
+
+def inbox_prefix(role_name: str, name: str) -> str | None:
+    """The inbox prefix of an identity: `_INBOX.<id>` for a device (the wire contract), a prefix
+    of its own for every other FLEET identity but admin, so none can read another's replies;
+    None (nats-py's default `_INBOX`) for admin and OPS identities."""
+    if role_name == "device":
+        return f"_INBOX.{name}"
+    the_role = ROLES.get(role_name)
+    if the_role is None or the_role.account != FLEET or role_name == "admin":
+        return None
+    return f"_INBOX_{role_name.replace(':', '_')}.{name}"
 
 
 def role(name: str) -> Role:

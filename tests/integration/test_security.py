@@ -132,6 +132,7 @@ PROBES: dict[str, Callable[[Probe, NATS, str], Awaitable[str]]] = {
     "purge the bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.PURGE.{DESIRED_STREAM}", b""),
     "delete the bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.DELETE.{DESIRED_STREAM}", b""),
     "subscribe to fleet.>": lambda p, a, me: subscribed(p, a, "fleet.>", "fleet.hb.s1.someone"),
+    "read every inbox": lambda p, a, me: subscribed(p, a, "_INBOX.>", "_INBOX.victim.x"),
     "read the log": lambda p, a, me: requested(p, f"$JS.API.DIRECT.GET.{EVENTS_STREAM}",
                                                msgspec.json.encode({"seq": 1})),
 }
@@ -174,11 +175,13 @@ async def test_each_role_is_refused_everything_else(role: str, world: EventLog, 
     name, allowed = ALLOWED[role]
     before = await log_state(nc)
     results: dict[str, str] = {}
-    for probe_name, attempt in PROBES.items():
+    # Operators live in OPS, whose inboxes hold operators' replies only: FLEET's are out of reach.
+    probes = {p: a for p, a in PROBES.items() if not (role == "operator" and p == "read every inbox")}
+    for probe_name, attempt in probes.items():
         probe = await probe_as(connect_as, role, name)  # a fresh connection: verdicts do not mix
         results[probe_name] = await attempt(probe, nc, name)
         await probe.nc.close()
-    expected = {p: ("allowed" if p in allowed else "refused") for p in PROBES}
+    expected = {p: ("allowed" if p in allowed else "refused") for p in probes}
     assert results == expected
     assert await log_state(nc) == before  # nothing any probe tried reached the log
     assert (await nc.jetstream().stream_info(EVENTS_STREAM)).config.max_msgs == -1
@@ -382,3 +385,13 @@ async def test_an_agent_renews_short_lived_credentials_and_stays_connected(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await renewer.unsubscribe()
+
+
+async def test_each_identity_reads_only_its_own_inbox(world: EventLog, nc: NATS, connect_as: Connect) -> None:
+    """A stolen service identity cannot read the replies meant for others in its account."""
+    for role, name in (("service:registry", "registry"), ("auditor", "audrey"), ("api", "api")):
+        probe = await probe_as(connect_as, role, name)
+        assert await subscribed(probe, nc, "_INBOX.>", "_INBOX.dev-1.x") == "refused"
+        probe = await probe_as(connect_as, role, name)
+        own = probe.nc._inbox_prefix.decode()
+        assert await subscribed(probe, nc, f"{own}.>", f"{own}.x") == "allowed"
