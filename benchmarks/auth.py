@@ -4,7 +4,8 @@ nats-server and against one in JWT mode, each client under the identity Fleetpla
     .venv/bin/python -m benchmarks.auth [--rounds N] [--quick]
 
 Two EmbeddedNats (durable, `sync_interval: always`) run side by side; each round does every path
-on both, interleaved in blocks, so load from elsewhere on the machine falls on both alike. The
+on both, one side after the other (the first side alternates between rounds), so load from
+elsewhere on the machine falls on both alike. The
 "raw limit" of each row is the open server doing the same work; the ratio is JWT / open (1.00 =
 auth costs nothing). Paths:
 - single append: `EventLog.append` of one event as `service:registry` (permission check on a
@@ -131,7 +132,7 @@ async def bench(rounds: int, quick: bool, tmp: Path) -> list[tuple[str, float, f
                     f"fleet.evt.device.fill{start}", history(f"fill{start}", 1000), 0)])
         for r in range(rounds):
             print(f"round {r + 1}/{rounds}", file=sys.stderr, flush=True)
-            for side in sides:
+            for side in (sides if r % 2 == 0 else sides[::-1]):  # alternate who goes first
                 registry, projections, rollout, sim, drift = logs[side.name]
                 for path, n, seconds in (
                     ("single append (service:registry)", single, await our_single(registry, single)),
