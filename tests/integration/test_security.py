@@ -395,3 +395,54 @@ async def test_each_identity_reads_only_its_own_inbox(world: EventLog, nc: NATS,
         probe = await probe_as(connect_as, role, name)
         own = probe.nc._inbox_prefix.decode()
         assert await subscribed(probe, nc, f"{own}.>", f"{own}.x") == "allowed"
+
+
+async def test_enroll_create_and_revoke_from_the_cli(world: EventLog, nc: NATS, nats_server: EmbeddedNats,
+                                                     authority: Authority, creds: Callable[[str, str], str],
+                                                     tmp_path: Path) -> None:
+    """`fleet device enroll`, `fleet creds create` and `fleet creds revoke-device` against the keys
+    in `<data-dir>/secrets/`: the files are 0600 and work, and a revoked device is refused."""
+    import sys
+
+    data = authority.directory.parent
+    authority.write_creds(authority.directory / "system.creds", authority.issue("sys", "cli"))
+    env = {**os.environ, "FLEET_NATS_URL": nats_server.url}
+
+    async def fleet(*args: str) -> dict[str, Any]:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "fleet", "--data-dir", str(data), *args, "--json", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        return json.loads(out)  # type: ignore[no-any-return]
+
+    device_file, operator_file = tmp_path / "dev-cli.creds", tmp_path / "zed.creds"
+    enrolled = await fleet("device", "enroll", "dev-cli", "--out", str(device_file))
+    assert enrolled["name"] == "dev-cli" and device_file.stat().st_mode & 0o777 == 0o600
+    created = await fleet("creds", "create", "--role", "operator", "--name", "zed", "--out", str(operator_file))
+    assert created["name"] == "zed" and operator_file.stat().st_mode & 0o777 == 0o600
+
+    beats = await nc.subscribe("fleet.hb.s1.dev-cli")
+    device = await nats.connect(nats_server.url, user_credentials=str(device_file), inbox_prefix="_INBOX.dev-cli")
+    await device.publish("fleet.hb.s1.dev-cli", b"{}")
+    await device.flush()
+    await beats.next_msg(SETTLE)
+    await device.close()
+    zed = await nats.connect(nats_server.url, user_credentials=str(operator_file))
+    reply = await zed.request("fleet.cmd.registry.add_site", b'{"command_id": "c-zed"}', timeout=SETTLE)
+    assert reply.data  # the stand-in responder answered an operator's command
+    await zed.close()
+
+    try:
+        assert (await fleet("creds", "revoke-device", "dev-cli"))["revoked"] is True
+        refused = NATS()
+        with pytest.raises(nats.errors.Error):
+            await refused.connect(nats_server.url, user_credentials=str(device_file),
+                                  allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2)
+        _close_refused(refused)
+    finally:
+        system = await nats.connect(nats_server.url, user_credentials=creds("sys", "restore"))
+        authority.state.revocations.clear()  # the CLI saved its revocation: drop it again
+        authority._save()
+        await push_account(system, authority.account_jwt("FLEET"))
+        await system.close()
