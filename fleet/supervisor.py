@@ -120,13 +120,16 @@ class Supervisor:
         self._take_lock()
         nats_url = self.settings.nats_url
         admin = self.settings
+        secrets = self.settings.secrets_path.resolve()
+        if not nats_url or Authority.exists(secrets):
+            # embedded NATS, or an external one that trusts our operator (`fleet creds server-config`)
+            self.authority = Authority.load_or_create(secrets)
+            admin = msgspec.structs.replace(self.settings, nats_creds=self._issue_identities())
         if not nats_url:
-            self.authority = Authority.load_or_create(self.settings.secrets_path.resolve())
             self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port"),
                                            authority=self.authority).start()
             (self.data / "nats.port").write_text(str(self.nats.port))
             nats_url = self.nats.url
-            admin = msgspec.structs.replace(self.settings, nats_creds=self._issue_identities())
         database_url = self.settings.database_url
         if not database_url:
             self.postgres = await EmbeddedPostgres(self.data / "postgres",

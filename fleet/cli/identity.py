@@ -4,6 +4,7 @@ and `fleet creds revoke-device`. They need the account keys that `fleet up` keep
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -95,3 +96,19 @@ def revoke_device(
 
     emit(run(main(), json_out=json_out), json_out=json_out,
          render=lambda r: console.print(f"revoked the credentials of {r['device_id']}"))
+
+
+@creds_app.command("server-config")
+def server_config(
+    ctx: typer.Context,
+    resolver_dir: Path = typer.Option(Path("jwt"), "--resolver-dir",
+                                      help="Where the server keeps pushed account JWTs."),
+) -> None:
+    """Print the nats-server configuration that trusts this deployment's operator (operator JWT,
+    system account, a full resolver preloaded with the accounts), making the keys in
+    `<data-dir>/secrets/` on first use. Include it in an external server's config; `fleet up`
+    with FLEET_NATS_URL then issues every part its own identity as with the embedded server.
+    It holds no secret (JWTs are public)."""
+    conf = settings(ctx)
+    authority = Authority.load_or_create(conf.secrets_path)
+    sys.stdout.write(authority.server_config(resolver_dir))
