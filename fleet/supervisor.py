@@ -167,7 +167,9 @@ class Supervisor:
         secrets = self.authority.directory
         write = self.authority.write_creds
         for part in self.part_names:
-            self.creds[part] = str(write(secrets / f"{part}.creds", self.authority.issue(PART_ROLES[part], part)))
+            # a new service part is `service:<name>` (one line in shared.auth.roles.SERVICES)
+            role = PART_ROLES.get(part, f"service:{part}")
+            self.creds[part] = str(write(secrets / f"{part}.creds", self.authority.issue(role, part)))
         write(secrets / OPERATOR_CREDS, self.authority.issue("operator", _local_user()))
         write(secrets / "system.creds", self.authority.issue("sys", "revoker"))
         return str(write(secrets / ADMIN_CREDS, self.authority.issue("admin", "admin")))
