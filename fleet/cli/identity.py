@@ -79,23 +79,48 @@ def revoke_device(
     """Revoke every credential issued to a device so far (retiring it does this by itself);
     re-enrolling it afterwards issues working credentials again (rotation)."""
     async def main() -> dict[str, Any]:
-        from shared.connection import connect_nats
-
         conf = settings(ctx)
         authority = _authority(conf)
-        account = authority.revoke_device(device)
-        import msgspec
-
-        nc = await connect_nats(msgspec.structs.replace(
-            conf, nats_creds=str(conf.secrets_path / "system.creds")), "cli-revoke", connect_for=5.0)
-        try:
-            await push_account(nc, account)
-        finally:
-            await nc.close()
+        await _push(conf, authority.revoke_device(device))
         return {"device_id": device, "revoked": True}
 
     emit(run(main(), json_out=json_out), json_out=json_out,
          render=lambda r: console.print(f"revoked the credentials of {r['device_id']}"))
+
+
+async def _push(conf: Settings, account_jwt: str) -> None:
+    import msgspec
+
+    from shared.connection import connect_nats
+
+    nc = await connect_nats(msgspec.structs.replace(
+        conf, nats_creds=str(conf.secrets_path / "system.creds")), "cli-revoke", connect_for=5.0)
+    try:
+        await push_account(nc, account_jwt)
+    finally:
+        await nc.close()
+
+
+@creds_app.command("prune-revocations")
+def prune_revocations(
+    ctx: typer.Context,
+    older_than: str = typer.Option(..., "--older-than",
+                                   help="The longest lifetime of any device credentials (e.g. 720h)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Drop revocations older than the longest credential lifetime: every JWT they refused has
+    expired by itself. Only safe when every device was enrolled with `--expires` no longer than
+    that (a device enrolled without an expiry would get its revoked identity back)."""
+    async def main() -> dict[str, Any]:
+        conf = settings(ctx)
+        authority = _authority(conf)
+        dropped = authority.prune_revocations(parse_duration(older_than, field="older_than"))
+        if dropped:
+            await _push(conf, authority.account_jwt("FLEET"))
+        return {"dropped": dropped, "kept": len(authority.state.revocations)}
+
+    emit(run(main(), json_out=json_out), json_out=json_out,
+         render=lambda r: console.print(f"dropped {r['dropped']} revocations, kept {r['kept']}"))
 
 
 @creds_app.command("server-config")

@@ -435,6 +435,8 @@ async def test_enroll_create_and_revoke_from_the_cli(world: EventLog, nc: NATS, 
 
     try:
         assert (await fleet("creds", "revoke-device", "dev-cli"))["revoked"] is True
+        # a revocation younger than the longest credential lifetime is kept
+        assert (await fleet("creds", "prune-revocations", "--older-than", "1h"))["dropped"] == 0
         refused = NATS()
         with pytest.raises(nats.errors.Error):
             await refused.connect(nats_server.url, user_credentials=str(device_file),
