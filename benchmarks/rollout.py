@@ -30,6 +30,7 @@ import nats
 import psutil
 
 from services.agent.simulator import FleetSimulator, SimOptions
+from shared.auth.authority import Authority
 from shared.commands import CommandClient
 from shared.configs import config_hash
 from shared.desired import ensure_bucket
@@ -110,18 +111,27 @@ async def rollout(client: CommandClient, rollout_id: str, snapshot: str, args: a
 
 async def main(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-rollout-"))
-    server = await EmbeddedNats(work / "nats").start()
+    # --auth: JWT mode as `fleet up` runs it; each service under its own identity (issue 10)
+    authority = Authority.load_or_create(work / "secrets") if args.auth else None
+    server = await EmbeddedNats(work / "nats", authority=authority).start()
     env = {**os.environ, "FLEET_NATS_URL": server.url, "FLEET_DATA_DIR": str(work), "FLEET_LOG_LEVEL": "info",
            "FLEET_HEARTBEAT_INTERVAL": str(args.interval), "FLEET_DRIFT_GRACE": "60s"}
+    env.pop("FLEET_NATS_CREDS", None)
+    creds: dict[str, str] = {}
+    if authority is not None:
+        for role, name in (("admin", "bench"), *((f"service:{n}", n) for n in ("registry", "snapshot", "drift", "rollout"))):
+            creds[name] = str(authority.write_creds(work / "secrets" / f"{name}.creds", authority.issue(role, name)))
     procs: dict[str, subprocess.Popen[bytes]] = {}
-    nc = await nats.connect(server.url, max_reconnect_attempts=-1)
+    nc = await nats.connect(server.url, max_reconnect_attempts=-1,
+                            **({"user_credentials": creds["bench"]} if authority else {}))  # type: ignore[arg-type]
     sim: FleetSimulator | None = None
     try:
         await EventLog(nc).ensure_stream()
         await ensure_bucket(nc)
         for name in ("registry", "snapshot", "drift", "rollout"):
             procs[name] = subprocess.Popen(  # noqa: ASYNC220 - started once, outside the timed part
-                [sys.executable, "-m", "fleet", "service", name], env=env,
+                [sys.executable, "-m", "fleet", "service", name],
+                env={**env, **({"FLEET_NATS_CREDS": creds[name]} if authority else {})},
                 stdout=(work / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
                 preexec_fn=die_with_parent)  # noqa: PLW1509
         client = CommandClient(nc, actor="operator:bench", timeout=120)
@@ -194,4 +204,5 @@ if __name__ == "__main__":
     parser.add_argument("--sites", type=int, default=100)
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--max-in-flight", type=int, default=100_000)
+    parser.add_argument("--auth", action="store_true", help="run nats-server in JWT mode, each part under its identity")
     asyncio.run(main(parser.parse_args()))

@@ -99,9 +99,18 @@ class Demo:
         supervisor = Supervisor(msgspec.structs.replace(self.settings, **FAST))
         status = await supervisor.start()
         self.env = {**os.environ, "FLEET_DATA_DIR": str(data), "FLEET_NATS_URL": status.nats_url,
-                    "FLEET_API_URL": status.api_url, "FLEET_ACTOR": "operator:demo"}
+                    "FLEET_API_URL": status.api_url}
         self.env.pop("FLEET_DATABASE_URL", None)
-        nc = await connect_nats(msgspec.structs.replace(self.settings, nats_url=status.nats_url), "demo")
+        sim_settings = msgspec.structs.replace(self.settings, nats_url=status.nats_url)
+        if supervisor.authority is not None:  # embedded NATS: the demo's own identities
+            secrets = supervisor.authority.directory
+            issue, write = supervisor.authority.issue, supervisor.authority.write_creds
+            # commands under an operator called `demo` (the actor the story filters on)
+            self.env["FLEET_COMMAND_CREDS"] = str(write(secrets / "demo-operator.creds", issue("operator", "demo")))
+            # the simulator speaks for many devices: the test-only simulator role
+            sim_creds = write(secrets / "simulator.creds", issue("simulator", "demo"))
+            sim_settings = msgspec.structs.replace(sim_settings, nats_creds=str(sim_creds))
+        nc = await connect_nats(sim_settings, "demo")
         sim = FleetSimulator(nc, SimOptions(devices=self.devices, sites=self.sites, interval=FAST["heartbeat_interval"],
                                             apply_delay=0.3, seed=42, prefix="plant"))
         try:

@@ -5,6 +5,10 @@ log stream exists, then runs each part — the four services, the projection run
 as its own `fleet service NAME` process. A part that exits is restarted with exponential backoff
 (the restart is logged and counted). SIGINT/SIGTERM stop the parts in reverse order, then the
 servers, leaving no process behind. `endpoints.json` lets the CLI find everything with no flags;
+the embedded NATS runs in JWT mode (DESIGN §11): on first start the operator/account keys are
+made under `<data-dir>/secrets/` (0700), each part gets its own identity through
+`FLEET_NATS_CREDS` (a path, never the secret itself), the CLI gets an admin and an operator
+identity there, and a duty here revokes the identity of every retired device;
 `status.json` (rewritten every second) is what `fleet status` shows. A lock file keeps a second
 `fleet up` off the same data dir.
 """
@@ -24,10 +28,15 @@ from pathlib import Path
 from typing import IO
 
 import msgspec
+from nats.aio.client import Client as NATS
 
 from shared.aio import wait_set
-from shared.config import Endpoints, Settings, write_endpoints
+from shared.auth.authority import Authority
+from shared.auth.renewal import serve_renewals
+from shared.auth.revoker import revoke_retired
+from shared.config import ADMIN_CREDS, OPERATOR_CREDS, Endpoints, Settings, write_endpoints
 from shared.connection import connect_nats
+from shared.desired import ensure_bucket
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
 from shared.errors import Conflict
 from shared.eventlog import EventLog
@@ -40,6 +49,11 @@ log = logging.getLogger("fleet.up")
 PARTS = ("registry", "snapshot", "drift", "rollout", "projections", "api")
 # The services need no database: a blank URL also hides the one endpoints.json names.
 _NO_DATABASE = {"FLEET_DATABASE_URL": ""}
+
+# The identity each part runs under (shared.auth.roles).
+PART_ROLES = {"registry": "service:registry", "snapshot": "service:snapshot", "drift": "service:drift",
+              "rollout": "service:rollout", "projections": "service:projections", "api": "api",
+              "audit": "service:audit"}
 STATUS_FILE = "status.json"
 
 
@@ -92,9 +106,14 @@ class Supervisor:
         self.part_env: dict[str, dict[str, str]] = {}
         self.token_file: Path | None = None
         self.status: UpStatus | None = None
+        self.authority: Authority | None = None
+        self.creds: dict[str, str] = {}  # part -> its credentials file
+        self._duties: list[asyncio.Task[None]] = []
+        self._duty_conns: list[NATS] = []
 
     def _take_lock(self) -> None:
-        self.data.mkdir(parents=True, exist_ok=True)
+        self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.data.chmod(0o700)
         handle = (self.data / "fleet-up.lock").open("a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -108,8 +127,15 @@ class Supervisor:
         """Start servers and parts; returns once everything has been launched."""
         self._take_lock()
         nats_url = self.settings.nats_url
+        admin = self.settings
+        secrets = self.settings.secrets_path.resolve()
+        if not nats_url or Authority.exists(secrets):
+            # embedded NATS, or an external one that trusts our operator (`fleet creds server-config`)
+            self.authority = Authority.load_or_create(secrets)
+            admin = msgspec.structs.replace(self.settings, nats_creds=self._issue_identities())
         if not nats_url:
-            self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port")).start()
+            self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port"),
+                                           authority=self.authority).start()
             (self.data / "nats.port").write_text(str(self.nats.port))
             nats_url = self.nats.url
         database_url = self.settings.database_url
@@ -131,10 +157,15 @@ class Supervisor:
             for extra in self.part_env.values():
                 extra["PGPASSFILE"] = passfile
         api_url = self.settings.api_url or f"http://127.0.0.1:{self.api_port or free_port()}"
-        nc = await connect_nats(msgspec.structs.replace(self.settings, nats_url=nats_url), "up")
-        await EventLog(nc).ensure_stream()
+        admin = msgspec.structs.replace(admin, nats_url=nats_url)
+        nc = await connect_nats(admin, "up")
+        await EventLog(nc).ensure_stream()  # created by admin only: services merely check them
+        await ensure_bucket(nc)
         self.token_file = await bootstrap_admin_token(nc, self.data, format_time(utcnow()))
-        await nc.close()
+        if self.authority is not None:
+            await self._start_revoker(nc, admin)
+        else:
+            await nc.close()
         self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_API_URL": api_url,
                     "FLEET_DATA_DIR": str(self.data)}
         for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
@@ -153,13 +184,51 @@ class Supervisor:
             part.task = asyncio.create_task(self._supervise(part))
         return self.status
 
+    def _issue_identities(self) -> str:
+        """Credentials for each part, the CLI's admin and operator, and the revoker's system
+        user, all under secrets/ (0600); returns the admin's."""
+        assert self.authority is not None
+        secrets = self.authority.directory
+        write = self.authority.write_creds
+        for part in self.part_names:
+            # a new service part is `service:<name>` (one line in shared.auth.roles.SERVICES)
+            role = PART_ROLES.get(part, f"service:{part}")
+            self.creds[part] = str(write(secrets / f"{part}.creds", self.authority.issue(role, part)))
+        write(secrets / OPERATOR_CREDS, self.authority.issue("operator", local_user()))
+        write(secrets / "system.creds", self.authority.issue("sys", "revoker"))
+        return str(write(secrets / ADMIN_CREDS, self.authority.issue("admin", "admin")))
+
+    async def _start_revoker(self, nc: NATS, admin: Settings) -> None:
+        """Run the duties that need the account keys kept here: revoking retired devices and
+        renewing the short-lived credentials of the others."""
+        assert self.authority is not None
+        await serve_renewals(nc, self.authority)
+        system = await connect_nats(msgspec.structs.replace(
+            admin, nats_creds=str(self.authority.directory / "system.creds")), "up-revoker")
+        self._duty_conns += [nc, system]
+        self._duties.append(asyncio.create_task(self._keep_revoking(EventLog(nc), system)))
+
+    async def _keep_revoking(self, events: EventLog, system: NATS) -> None:
+        assert self.authority is not None
+        while not self.stopping.is_set():
+            try:
+                await revoke_retired(events, system, self.authority)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the duty alive: log, back off, follow again
+                log.exception("revoking retired devices failed; retrying")
+                await wait_set(self.stopping, 2.0)
+
     async def _supervise(self, part: _Part) -> None:
         failures = 0
         while not self.stopping.is_set():
             logfile = (self.log_dir / f"{part.status.name}.log").open("ab")
+            env = dict(self.env)
+            if part.status.name in self.creds:
+                env["FLEET_NATS_CREDS"] = self.creds[part.status.name]
             part.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fleet", "service", part.status.name,
-                env={**self.env, **self.part_env.get(part.status.name, _NO_DATABASE)},
+                env={**env, **self.part_env.get(part.status.name, _NO_DATABASE)},
                 stdout=logfile, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 preexec_fn=die_with_parent)
             logfile.close()
@@ -214,6 +283,13 @@ class Supervisor:
             if part.task is not None:
                 await part.task
         self.write_status()
+        for duty in self._duties:
+            duty.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await duty
+        for conn in self._duty_conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
         if self.nats is not None:
@@ -233,6 +309,18 @@ def _without_password(url: str) -> str:
         return url
     host = parts.netloc.rsplit("@", 1)[1]
     return urlunsplit(parts._replace(netloc=f"{parts.username}@{host}"))
+
+
+def local_user() -> str:
+    """The CLI's operator identity is named after the local user (a valid id)."""
+    import getpass
+    import re
+
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "operator"
+    return re.sub(r"[^A-Za-z0-9_-]", "-", name)[:64].lstrip("-_") or "operator"
 
 
 def _port_from(path: Path) -> int | None:

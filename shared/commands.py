@@ -29,6 +29,7 @@ from nats.micro.service import Service
 from opentelemetry import context as otel_context
 
 from shared import telemetry
+from shared.auth.actor import ON_BEHALF_OF, actor_of
 from shared.bounds import check_no_control
 from shared.errors import FleetError, Invalid, Unavailable, error_from_code
 from shared.eventlog import Appended
@@ -158,7 +159,8 @@ class CommandService:
                 known = ", ".join(sorted(self._routes))
                 raise Invalid(f"unknown command {command!r} for {self.name}; known: {known}",
                               field="command")
-            cmd = _decode(route.decoder, data)
+            # The actor is who the server says sent it (shared.auth.actor), never the body's.
+            cmd = msgspec.structs.replace(_decode(route.decoder, data), actor=actor_of(headers))
             check_id(cmd.command_id, "command_id")  # a subject-safe token, like every id
             key = (command, cmd.command_id)
             cached = self._replies.get(key)
@@ -212,24 +214,28 @@ def _decode(decoder: msgspec.json.Decoder[C], data: bytes) -> C:
 class CommandClient:
     """Sends commands and turns error replies into typed exceptions."""
 
-    def __init__(self, nc: NATS, *, actor: str = "anonymous", timeout: float = 10.0,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(self, nc: NATS, *, actor: str | None = None, timeout: float = 10.0) -> None:
+        """`actor`: the principal a forwarder (the HTTP API, drift's hand-over, admin) acts for,
+        sent as `Fleet-On-Behalf-Of`; services honour it only from those identities, and
+        otherwise record who authenticated (shared.auth.actor)."""
         self.nc = nc
         self.actor = actor
         self.timeout = timeout
-        self.headers = headers or {}  # sent with every command (e.g. the API's Fleet-On-Behalf-Of)
 
     async def request(self, service: str, command: str, body: dict[str, Any],
                       timeout: float | None = None) -> Reply:
-        """Send one command; `command_id` and `actor` are filled in when absent. Returns the
-        reply as is (ok or not); raises Unavailable when no service answers."""
-        payload = {"command_id": new_command_id(), "actor": self.actor, **body}
+        """Send one command; `command_id` is filled in when absent. Returns the reply as is (ok
+        or not); raises Unavailable when no service answers."""
+        payload = {"command_id": new_command_id(), **body}
         subject = command_subject(service, command)
         with telemetry.tracer.start_as_current_span(f"send {service}.{command}"):
+            headers = telemetry.inject_headers()  # inside the span: the service continues it
+            if self.actor:
+                headers[ON_BEHALF_OF] = self.actor
             try:
                 msg = await self.nc.request(
                     subject, _ENCODER.encode(payload), timeout or self.timeout,
-                    headers={**self.headers, **telemetry.inject_headers()} or None,
+                    headers=headers or None,
                 )
             except nats.errors.NoRespondersError:
                 raise Unavailable(f"no {service} service is answering on {subject}") from None

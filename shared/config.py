@@ -3,7 +3,6 @@ data dir's `endpoints.json` (in that order of precedence), read once at start-up
 
 from __future__ import annotations
 
-import getpass
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +14,9 @@ from shared.errors import Invalid
 from shared.times import parse_duration
 
 ENDPOINTS_FILE = "endpoints.json"
+SECRETS_DIR = "secrets"
+ADMIN_CREDS = "admin.creds"
+OPERATOR_CREDS = "operator.creds"
 DEFAULT_DATA_DIR = ".fleet"
 _DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace", "flap_window")
 
@@ -25,6 +27,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = DEFAULT_DATA_DIR
     nats_url: str | None = None
     nats_creds: str | None = None
+    command_creds: str | None = None  # the identity commands are sent under (default: nats_creds)
     nats_tls_ca: str | None = None
     database_url: str | None = None
     api_url: str | None = None
@@ -33,7 +36,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_database_url: str | None = None  # read-only role for the API (`fleet up` with external PostgreSQL)
     database_passfile: str | None = None  # pgpass file with the PostgreSQL passwords (never in URLs)
     metrics_public: bool = False  # /metrics without a token
-    actor: str = ""
     heartbeat_interval: float = 10.0
     offline_after: int = 3
     drift_grace: float = 60.0
@@ -48,6 +50,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def data_path(self) -> Path:
         """The data dir as a Path."""
         return Path(self.data_dir)
+
+    @property
+    def secrets_path(self) -> Path:
+        """Where `fleet up` keeps keys and credentials (0700)."""
+        return self.data_path / SECRETS_DIR
 
     @property
     def endpoints_path(self) -> Path:
@@ -84,8 +91,14 @@ def load_settings(flags: Mapping[str, Any] | None = None,
     for name in _DURATIONS:
         if name in values:
             values[name] = parse_duration(values[name], field=name)
-    if not values.get("actor"):
-        values["actor"] = f"operator:{_user()}"
+    # `fleet up` keeps the CLI's identities in the data dir (DESIGN §11): admin for the log and
+    # identities, an operator named after the local user for commands.
+    secrets = Path(data_dir) / SECRETS_DIR
+    if not values.get("nats_creds") and (secrets / ADMIN_CREDS).exists():
+        values["nats_creds"] = str(secrets / ADMIN_CREDS)
+    if not values.get("command_creds"):
+        operator = secrets / OPERATOR_CREDS
+        values["command_creds"] = str(operator) if operator.exists() else values.get("nats_creds")
     try:
         return msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
@@ -117,9 +130,3 @@ def write_endpoints(data_dir: Path, endpoints: Endpoints) -> Path:
     tmp.replace(path)
     return path
 
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

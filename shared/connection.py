@@ -11,6 +11,7 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from shared.auth.authority import inbox_of_creds
 from shared.config import Settings
 from shared.errors import Unavailable
 
@@ -31,6 +32,9 @@ async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30
     }
     if settings.nats_creds:
         options["user_credentials"] = settings.nats_creds
+        prefix = inbox_of_creds(settings.nats_creds)  # an identity may read only its own inbox
+        if prefix is not None:
+            options["inbox_prefix"] = prefix
     if settings.nats_tls_ca:
         options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
 

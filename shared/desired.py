@@ -4,8 +4,8 @@ with a direct get, read them all in pages, and put many values in atomic batches
 The bucket is a JetStream stream (`KV_fleet_desired`) created here rather than through nats-py's
 `create_key_value`, because that helper cannot set `allow_atomic`, which batched puts need
 (DESIGN §4: atomic batches of puts are ~8x faster than concurrent single puts). The layout is the
-one every KV client understands: subjects `$KV.fleet_desired.<key>`, one value per key, rollup
-headers allowed, direct gets on.
+one every KV client understands: subjects `$KV.fleet_desired.<key>`, one value per key, no rollup
+headers and no purge (DESIGN §11), direct gets on.
 """
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def stream_config(replicas: int = 1) -> api.StreamConfig:
         max_consumers=-1,
         discard=api.DiscardPolicy.NEW,
         deny_delete=True,
-        allow_rollup_hdrs=True,
+        deny_purge=True,  # nobody wipes every device's desired state at once (DESIGN §11)
+        allow_rollup_hdrs=False,  # a roll-up is a purge (the server refuses it with deny_purge)
         duplicate_window=120.0,
         allow_direct=True,
         allow_atomic=True,
@@ -69,8 +70,13 @@ async def ensure_bucket(nc: NATS, replicas: int = 1) -> api.StreamInfo:
             return await js.add_stream(stream_config(replicas))
         except nats.js.errors.BadRequestError:  # created concurrently by another starter
             info = await js.stream_info(DESIRED_STREAM)
-    if not info.config.allow_atomic or not info.config.allow_direct:
-        info = await js.update_stream(info.config.evolve(allow_atomic=True, allow_direct=True))
+        except nats.errors.TimeoutError:  # the server refused: only admin creates buckets
+            raise Unavailable(f"the {DESIRED_STREAM} bucket does not exist and this identity may not "
+                              "create it; `fleet up` (admin) creates it") from None
+    if not (info.config.allow_atomic and info.config.allow_direct and info.config.deny_purge) \
+            or info.config.allow_rollup_hdrs:
+        info = await js.update_stream(info.config.evolve(allow_atomic=True, allow_direct=True, deny_purge=True,
+                                                         allow_rollup_hdrs=False))
     return info
 
 

@@ -21,8 +21,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shared.errors import Unavailable
+
+if TYPE_CHECKING:
+    from shared.auth.authority import Authority
 
 PG_SYSTEM_USER = "fleetpg"
 
@@ -105,12 +109,15 @@ def _stop_process(proc: subprocess.Popen[bytes] | None, sig: int, timeout: float
 
 
 class EmbeddedNats:
-    """A nats-server with JetStream on loopback, every write fsynced (`sync_interval: always`)."""
+    """A nats-server with JetStream on loopback, every write fsynced (`sync_interval: always`).
+    With an `authority` it runs in JWT mode: every client authenticates (DESIGN §11)."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, *, sync_always: bool = True) -> None:
+    def __init__(self, data_dir: Path, port: int | None = None, *, sync_always: bool = True,
+                 authority: Authority | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.sync_always = sync_always
+        self.authority = authority
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -128,12 +135,17 @@ class EmbeddedNats:
         store.mkdir(parents=True, exist_ok=True)
         sync = "sync_interval: always" if self.sync_always else ""
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(
-            f'server_name: "fleet-{self.port}"\n'
-            f"listen: 127.0.0.1:{self.port}\n"
-            "max_payload: 8MB\n"
-            f'jetstream {{\n  store_dir: "{store}"\n  {sync}\n}}\n'
-        )
+        auth = self.authority.server_config(self.data_dir / "jwt") if self.authority else ""
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(
+                f'server_name: "fleet-{self.port}"\n'
+                f"listen: 127.0.0.1:{self.port}\n"
+                "max_payload: 8MB\n"
+                f'jetstream {{\n  store_dir: "{store}"\n  {sync}\n}}\n'
+                + auth
+            )
+        conf.chmod(0o600)  # it holds the operator JWT; no secret, but nobody else's business
         return conf
 
     async def start(self, timeout: float = 20.0) -> EmbeddedNats:

@@ -191,6 +191,9 @@ class EventLog:
                 return await self.js.add_stream(stream_config(replicas))
             except nats.js.errors.BadRequestError:  # created by a concurrent starter meanwhile
                 info = await self.js.stream_info(self.stream)
+            except nats.errors.TimeoutError:  # the server refused: only admin creates the log
+                raise Unavailable(f"stream {self.stream} does not exist and this identity may not create "
+                                  "it; `fleet up` (admin) creates it") from None
         problems = weaker_settings(info.config)
         if problems:
             raise StreamMisconfigured(

@@ -10,6 +10,7 @@ from fleet.cli import agent as agent_cli
 from fleet.cli import audit as audit_cli
 from fleet.cli import demo, service
 from fleet.cli import drift as drift_cli
+from fleet.cli import identity as identity_cli
 from fleet.cli import projections as projections_cli
 from fleet.cli import query as query_cli
 from fleet.cli import registry as registry_cli
@@ -55,7 +56,9 @@ app.add_typer(registry_cli.site_app, name="site")
 registry_cli.device_app.command("history", help="Everything that happened to one device.")(query_cli.history)
 app.command("sites", help="Site health, worst first: offline, failed, degraded, drifted, stuck.")(views_cli.sites)
 app.command("diff", help="What changed between two moments, per site and snapshot.")(views_cli.diff)
+registry_cli.device_app.command("enroll", help="Write a NATS credentials file for one device.")(identity_cli.enroll)
 app.add_typer(registry_cli.device_app, name="device")
+app.add_typer(identity_cli.creds_app, name="creds")
 app.add_typer(snapshot_cli.snapshot_app, name="snapshot")
 app.add_typer(rollout_cli.app, name="rollout")
 app.add_typer(drift_cli.app, name="drift")

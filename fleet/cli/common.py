@@ -67,16 +67,22 @@ def emit(data: Any, *, json_out: bool, render: Callable[[Any], None]) -> None:
         render(data)
 
 
+def command_settings(conf: Settings) -> Settings:
+    """The settings to send commands with: under the operator identity, whose name the services
+    record as the actor (DESIGN §11)."""
+    return msgspec.structs.replace(conf, nats_creds=conf.command_creds or conf.nats_creds)
+
+
 async def send(conf: Settings, service: str, command: str, body: dict[str, Any],
                timeout: float = 30.0) -> Reply:
-    """Connect, send one command as the configured actor, disconnect; a refusal raises its typed
+    """Connect, send one command under the operator identity, disconnect; a refusal raises its typed
     FleetError (which `run` turns into a message and an exit code)."""
     from shared.commands import CommandClient
     from shared.connection import connect_nats
 
-    nc = await connect_nats(conf, "cli", connect_for=5.0)
+    nc = await connect_nats(command_settings(conf), "cli", connect_for=5.0)
     try:
-        return await CommandClient(nc, actor=conf.actor, timeout=timeout).send(service, command, body)
+        return await CommandClient(nc, timeout=timeout).send(service, command, body)
     finally:
         await nc.close()
 

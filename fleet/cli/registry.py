@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, send, settings
+from fleet.cli.common import JsonOption, command_settings, console, emit, run, send, settings
 from shared.commands import CommandClient, Reply
 from shared.config import Settings
 from shared.connection import connect_nats
@@ -451,9 +451,9 @@ async def _import(conf: Settings, file: Path, json_out: bool) -> int:
 
 async def _send_lines(conf: Settings, sendable: list[Line], report: dict[str, Any], json_out: bool) -> None:
     """Send the readable lines in commands, adding each reply to the report."""
-    nc = await connect_nats(conf, "cli", connect_for=5.0)
+    nc = await connect_nats(command_settings(conf), "cli", connect_for=5.0)
     try:
-        client = CommandClient(nc, actor=conf.actor)
+        client = CommandClient(nc)
         progress = Progress(TextColumn("importing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                             console=console, disable=json_out or len(sendable) < PROGRESS_FROM)
         with progress:

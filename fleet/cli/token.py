@@ -40,12 +40,14 @@ def create(ctx: typer.Context,
            name: str = typer.Option(..., "--name", help="Who or what uses it (recorded as the actor)."),
            json_out: bool = JsonOption) -> None:
     """Issue a token and print it once (it is stored only as an argon2id hash)."""
+    from fleet.supervisor import local_user
     from shared import tokens
     from shared.times import format_time, utcnow
 
     conf = settings(ctx)
-    text, record = run(_with_nats(conf, lambda nc: tokens.create(nc, name, role, conf.actor,
-                                                                  format_time(utcnow()))), json_out=json_out)
+    by = f"admin:{local_user()}"  # the CLI writes the bucket under the admin identity
+    text, record = run(_with_nats(conf, lambda nc: tokens.create(nc, name, role, by, format_time(utcnow()))),
+                       json_out=json_out)
     emit({**_info(record), "token": text}, json_out=json_out, render=lambda r: console.print(
         f"{escape(r['role'])} token {escape(r['name'])} (id {r['id']}); shown once, keep it secret:\n{r['token']}",
         highlight=False, soft_wrap=True))

@@ -55,14 +55,11 @@ class RolloutAction(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     command_id: str | None = None
 
 
-ON_BEHALF_OF = "Fleet-On-Behalf-Of"
-
-
 async def _forward(models: ReadModels, request: Request[Any, Any, Any], command: str,
                    body: dict[str, Any]) -> Response[Reply]:
     body = {k: v for k, v in body.items() if v is not None}
     principal = str(principal_of(request))
-    client = CommandClient(models.log.nc, actor=principal, headers={ON_BEHALF_OF: principal})
+    client = CommandClient(models.log.nc, actor=principal)  # sent as Fleet-On-Behalf-Of
     reply = await client.request("rollout", command, body)
     status = 200 if reply.ok else _STATUS.get(reply.error.code if reply.error else "", 500)
     return Response(reply, status_code=status)

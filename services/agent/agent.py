@@ -146,6 +146,7 @@ class Agent:
         try:
             await self._connect()
             tasks.append(asyncio.create_task(self._refresh_loop(), name="agent-refresh"))
+            tasks.append(asyncio.create_task(self._renew_loop(), name="agent-renew"))
             self._refresh.set()
             while True:
                 await self.check_once()
@@ -175,6 +176,8 @@ class Agent:
             "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
             "connect_timeout": 2, "reconnected_cb": reconnected, "error_cb": quiet,
             "pending_size": 256 * 1024,
+            # A device may read only its own inbox (DESIGN §11: part of the wire contract).
+            "inbox_prefix": f"_INBOX.{self.options.device_id}",
         }
         if self.settings.nats_creds:
             options["user_credentials"] = self.settings.nats_creds
@@ -189,6 +192,35 @@ class Agent:
                 await self.check_local()
                 await asyncio.sleep(min(self.options.interval, 2.0))
         await self.nc.subscribe(desired_key_subject(self.options.device_id), cb=self._on_value)
+
+    async def _renew_loop(self) -> None:
+        """With expiring credentials, renew them when two thirds of their life has passed
+        (shared.auth.renewal); on a failure try again a little later, until they expire."""
+        from shared.auth.renewal import claims_of, renew, renew_at
+
+        if not self.settings.nats_creds:
+            return
+        creds = Path(self.settings.nats_creds)
+        claims = claims_of(creds)
+        while (when := renew_at(claims)) is not None and self.nc is not None:
+            await asyncio.sleep(max(0.0, when - time.time()))
+            try:
+                renewed = await renew(self.nc, self.options.device_id, creds)
+            except (nats.errors.Error, TimeoutError) as exc:
+                log.warning("agent %s: credential renewal failed (%r); retrying", self.options.device_id, exc)
+                await asyncio.sleep(min(self.options.interval, max(0.1, (claims.exp or 0) - time.time()) / 4))
+                continue
+            if renewed is None:  # refused: revoked; nothing more to do
+                return
+            claims = renewed
+            log.info("agent %s: credentials renewed until %s", self.options.device_id, claims.exp)
+            # nats-py closes (does not reconnect) a connection whose JWT expires: open a new one
+            # under the renewed file now, then let the old one go.
+            old = self.nc
+            await self._connect()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), 5.0)
+            self._refresh.set()
 
     async def _on_value(self, msg: Msg) -> None:
         if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):

@@ -8,6 +8,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -17,6 +18,7 @@ from services.rollout.main import run as run_rollout
 from services.snapshot.main import run as run_snapshot
 from shared.commands import CommandClient
 from shared.config import Settings, load_settings
+from shared.desired import ensure_bucket
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
 
@@ -29,10 +31,13 @@ class Stack:
 
     settings: Settings
     client: CommandClient
+    creds: Callable[[str, str], str]
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
     def start(self, name: str, run: Callable[[Settings], Awaitable[None]]) -> None:
-        self.tasks[name] = asyncio.create_task(run(self.settings), name=name)
+        """Run a service under its own identity (DESIGN §11), as `fleet up` does."""
+        own = msgspec.structs.replace(self.settings, nats_creds=self.creds(f"service:{name}", name))
+        self.tasks[name] = asyncio.create_task(run(own), name=name)
 
     async def stop(self, name: str) -> None:
         task = self.tasks.pop(name)
@@ -67,9 +72,11 @@ class Stack:
 
 
 @pytest.fixture
-async def stack(nats_server: EmbeddedNats, nc: NATS, eventlog: EventLog, tmp_path) -> AsyncIterator[Stack]:  # type: ignore[no-untyped-def]
+async def stack(nats_server: EmbeddedNats, nc: NATS, eventlog: EventLog, tmp_path,  # type: ignore[no-untyped-def]
+                creds: Callable[[str, str], str]) -> AsyncIterator[Stack]:
     settings = load_settings({"nats_url": nats_server.url, "data_dir": str(tmp_path), **FAST}, env={})
-    stack = Stack(settings, CommandClient(nc, actor="operator:test", timeout=30))
+    await ensure_bucket(nc)  # admin creates what services only check
+    stack = Stack(settings, CommandClient(nc, actor="operator:test", timeout=30), creds)
     for name, run in (("registry", run_registry), ("snapshot", run_snapshot), ("drift", run_drift),
                       ("rollout", run_rollout)):
         stack.start(name, run)

@@ -76,7 +76,8 @@ def test_parse_metrics() -> None:
         "error_rate": 0.02, "latency_ms": 12.0}
 
 
-async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: EmbeddedNats, tmp_path: Path) -> None:
+async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: EmbeddedNats, tmp_path: Path,
+                                                     creds: Callable[[str, str], str]) -> None:
     await ensure_bucket(nc)
     marker = tmp_path / "applied.txt"
     health = tmp_path / "health.sh"
@@ -86,7 +87,7 @@ async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: Embe
                            apply_cmd=f'echo "$FLEET_SNAPSHOT_ID" >> {marker}',
                            health_cmd=f"sh {health}", interval=0.2)
     beats = await listen(nc, "s1", "a1")
-    agent = Agent(options, Settings(nats_url=nats_server.url))
+    agent = Agent(options, Settings(nats_url=nats_server.url, nats_creds=creds("device", "a1")))  # its own identity
     async with running(agent):
         # no desired state yet: heartbeats with nulls
         await wait_for(lambda: beats.last() is not None, "a first heartbeat")
@@ -129,10 +130,11 @@ async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: Embe
         assert agent.applies == applies + 1 and agent.applied.revision == 3  # type: ignore[union-attr]
 
 
-async def test_reported_hash_is_of_the_file_on_disk(nc: NATS, nats_server: EmbeddedNats, tmp_path: Path) -> None:
+async def test_reported_hash_is_of_the_file_on_disk(nc: NATS, nats_server: EmbeddedNats, tmp_path: Path,
+                                                    creds: Callable[[str, str], str]) -> None:
     await ensure_bucket(nc)
     options = AgentOptions(device_id="a2", site_id="s1", state_dir=tmp_path / "state", interval=0.2)
-    agent = Agent(options, Settings(nats_url=nats_server.url))
+    agent = Agent(options, Settings(nats_url=nats_server.url, nats_creds=creds("device", "a2")))
     config = {"k": "v"}
     async with running(agent):
         await put_desired(nc, [desired("a2", config)])

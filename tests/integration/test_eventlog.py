@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from pathlib import Path
 
 import msgspec
@@ -121,7 +122,7 @@ async def test_batch_frames_carry_their_headers_and_refuse_forged_ones(eventlog:
 async def test_a_batch_cut_off_mid_way_stores_nothing(eventlog: EventLog, nats_server: EmbeddedNats) -> None:
     # A writer that dies after sending part of an atomic batch (no commit): the server must
     # discard the partial batch, and a later append works normally.
-    writer = await nats.connect(nats_server.url)
+    writer = await nats.connect(nats_server.url, user_credentials=os.environ["FLEET_NATS_CREDS"])
     for index in (1, 2):
         await writer.publish("fleet.evt.counter.cut", msgspec.json.encode({"value": index}),
                              headers={HDR_BATCH_ID: "cut-batch", HDR_BATCH_SEQ: str(index)})
@@ -141,7 +142,7 @@ async def test_concurrent_writers_lose_no_update(eventlog: EventLog, nats_server
     conflicts = {"w1": 0, "w2": 0}
 
     async def writer(name: str) -> None:
-        client = await nats.connect(nats_server.url)
+        client = await nats.connect(nats_server.url, user_credentials=os.environ["FLEET_NATS_CREDS"])
         log = EventLog(client)
         done = 0
         while done < rounds:

@@ -1,0 +1,260 @@
+"""The authority of one deployment: the operator and account nkeys under `<data-dir>/secrets/`
+(dir 0700, files 0600), the account JWTs the server loads, and the issuing and revoking of
+users.
+
+Accounts: SYS (the server's system account; its user pushes account updates), FLEET (JetStream:
+the log and the buckets; services, devices, auditors, the API, admin) and OPS (operators; imports
+FLEET's commands with `share: true`). Device users are signed by a *scoped* signing key of FLEET,
+so whatever a device JWT says, the server gives it only the device template, filled with the
+device id by `{{name()}}`: issuing a device touches no server config and no account JWT.
+
+A device's user nkey is derived from its id (HMAC-SHA256 with a secret of this authority), so
+revoking a device needs no table of issued keys: the revocation names the derived public key and
+the time, and every JWT of that key issued up to then is refused; a later re-enrolment (issued
+after it) works again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import nkeys
+from nats.aio.client import Client as NATS
+
+from shared.auth import jwt
+from shared.auth.roles import DEVICE_TEMPLATE, FLEET, INBOX, OPS, ROLE_TAG, ROLES, inbox_prefix, role
+from shared.errors import Invalid
+from shared.ids import check_id
+from shared.subjects import COMMANDS_PREFIX
+
+_KEYS = {"operator": jwt.PREFIX_OPERATOR, "sys": jwt.PREFIX_ACCOUNT, "fleet": jwt.PREFIX_ACCOUNT,
+         "ops": jwt.PREFIX_ACCOUNT, "devices": jwt.PREFIX_ACCOUNT}
+
+
+
+class _State(msgspec.Struct):
+    revocations: dict[str, int] = {}  # user public key -> revoked every JWT issued up to then
+    last_iat: int = 0
+    handled_seq: int = 0  # the revoker has seen the device events up to this log sequence
+
+
+def write_secret(path: Path, text: str) -> Path:
+    """Write a secret file atomically with mode 0600 (its directory 0700)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    tmp.replace(path)
+    return path
+
+
+@dataclass
+class Authority:
+    """Operator/account keys of one deployment and what they sign."""
+
+    directory: Path
+    keys: dict[str, nkeys.KeyPair]
+    device_secret: bytes
+    state: _State
+
+    @classmethod
+    def load_or_create(cls, directory: Path) -> Authority:
+        """The authority kept in `directory`, created on first use."""
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        directory.chmod(0o700)
+        keys: dict[str, nkeys.KeyPair] = {}
+        for name, prefix in _KEYS.items():
+            path = directory / f"{name}.nk"
+            if not path.exists():
+                write_secret(path, jwt.seed_text(jwt.new_key(prefix)) + "\n")
+            keys[name] = nkeys.from_seed(bytearray(path.read_text().strip().encode()))
+        secret_path = directory / "device-seeds.key"
+        if not secret_path.exists():
+            write_secret(secret_path, os.urandom(32).hex() + "\n")
+        state_path = directory / "revocations.json"
+        state = (msgspec.json.decode(state_path.read_bytes(), type=_State) if state_path.exists()
+                 else _State())
+        return cls(directory, keys, bytes.fromhex(secret_path.read_text().strip()), state)
+
+    @classmethod
+    def exists(cls, directory: Path) -> bool:
+        """Whether an authority was created in `directory`."""
+        return (directory / "operator.nk").exists()
+
+    # --- keys and accounts ---------------------------------------------------------------------
+
+    def account_key(self, account: str) -> str:
+        """The public key of FLEET, OPS or SYS."""
+        return jwt.public(self.keys[account.lower()])
+
+    def _iat(self) -> int:
+        self.state.last_iat = max(int(time.time()), self.state.last_iat)
+        return self.state.last_iat
+
+    def operator_jwt(self) -> str:
+        """The operator JWT the server trusts."""
+        op = self.keys["operator"]
+        claims = jwt.Claims(sub=jwt.public(op), name="fleetplane",
+                            nats=jwt.OperatorNats(system_account=self.account_key("sys")))
+        return jwt.encode(claims, op, issued_at=self._iat())
+
+    def account_jwt(self, account: str) -> str:
+        """The current JWT of one account (FLEET carries the device scope and revocations)."""
+        op = self.keys["operator"]
+        fleet, ops = self.account_key(FLEET), self.account_key(OPS)
+        if account == "SYS":
+            nats = jwt.AccountNats(limits=jwt.AccountLimits(), exports=[
+                jwt.Export(name="account-monitoring-services", subject="$SYS.REQ.ACCOUNT.*.*",
+                           response_type="Stream"),
+                jwt.Export(name="account-monitoring-streams", subject="$SYS.ACCOUNT.*.>", type="stream"),
+            ])
+        elif account == FLEET:
+            scope = jwt.UserScope(key=jwt.public(self.keys["devices"]), role="device",
+                                  template=DEVICE_TEMPLATE, description="one identity per device")
+            nats = jwt.AccountNats(
+                limits=jwt.AccountLimits(mem_storage=-1, disk_storage=-1, streams=-1, consumer=-1),
+                exports=[jwt.Export(name="commands", subject=f"{COMMANDS_PREFIX}.>", response_type="Singleton"),
+                         jwt.Export(name="services", subject="$SRV.>", response_type="Stream")],
+                signing_keys=[scope],
+                revocations=dict(self.state.revocations) or None,
+            )
+        elif account == OPS:
+            nats = jwt.AccountNats(limits=jwt.AccountLimits(), imports=[
+                jwt.Import(name="commands", subject=f"{COMMANDS_PREFIX}.>", account=fleet, share=True),
+                jwt.Import(name="services", subject="$SRV.>", account=fleet, share=True),
+            ])
+        else:
+            raise Invalid(f"unknown account {account!r}", field="account")
+        key = {"SYS": "sys", FLEET: "fleet", OPS: "ops"}[account]
+        claims = jwt.Claims(sub=jwt.public(self.keys[key]), name=account, nats=nats)
+        del ops
+        return jwt.encode(claims, op, issued_at=self._iat())
+
+    def server_config(self, resolver_dir: Path) -> str:
+        """The part of nats-server.conf that turns on JWT mode for this authority: the operator,
+        the system account, and a full resolver (accepts pushed account updates, keeps them on
+        disk) preloaded with the current account JWTs."""
+        preload = "\n".join(f"  {self.account_key(a)}: {self.account_jwt(a)}" for a in ("SYS", FLEET, OPS))
+        return (
+            f"operator: {self.operator_jwt()}\n"
+            f"system_account: {self.account_key('sys')}\n"
+            f'resolver: {{\n  type: full\n  dir: "{resolver_dir}"\n  allow_delete: false\n'
+            '  interval: "2m"\n  timeout: "2s"\n}\n'
+            f"resolver_preload: {{\n{preload}\n}}\n"
+        )
+
+    # --- users ---------------------------------------------------------------------------------
+
+    def issue(self, role_name: str, name: str, *, expires_in: float | None = None) -> str:
+        """A credentials file (text) for a user of `role_name` called `name`."""
+        if role_name == "device":
+            return self.issue_device(name, expires_in=expires_in)
+        if role_name == "service":  # `--role service --name registry` is `service:registry`
+            role_name = f"service:{name}"
+        if role_name == "sys":
+            return self._user(jwt.new_key(jwt.PREFIX_USER), "push", "sys", jwt.UserNats(), expires_in)
+        the_role = role(role_name)
+        check_id(name, "name")
+        perms = the_role.permissions
+        sub = perms.sub
+        prefix = inbox_prefix(the_role.name, name)
+        if prefix is not None and sub is not None and sub.allow is not None:  # its own inbox only
+            sub = jwt.Permission(allow=[f"{prefix}.>" if s == INBOX else s for s in sub.allow], deny=sub.deny)
+        nats = jwt.UserNats(pub=perms.pub, sub=sub, resp=perms.resp, payload=perms.payload,
+                            tags=[f"{ROLE_TAG}{the_role.name}"])
+        return self._user(jwt.new_key(jwt.PREFIX_USER), name, the_role.account.lower(), nats, expires_in)
+
+    def device_key(self, device_id: str) -> nkeys.KeyPair:
+        """The user nkey of one device, derived from its id."""
+        raw = hmac.new(self.device_secret, device_id.encode(), hashlib.sha256).digest()
+        return jwt.key_from_raw(raw, jwt.PREFIX_USER)
+
+    def issue_device(self, device_id: str, *, expires_in: float | None = None) -> str:
+        """A credentials file for one device, signed by FLEET's scoped device key: the server
+        applies the device template whatever this JWT says."""
+        check_id(device_id, "device_id")
+        # A scoped key's users must carry no permissions or limits at all (zero, not -1).
+        nats = jwt.UserNats(issuer_account=self.account_key(FLEET), tags=[f"{ROLE_TAG}device"],
+                            subs=0, data=0, payload=0)
+        return self._user(self.device_key(device_id), device_id, "devices", nats, expires_in)
+
+    def _user(self, user: nkeys.KeyPair, name: str, signer: str, nats: jwt.UserNats,
+              expires_in: float | None) -> str:
+        now = int(time.time())
+        claims = jwt.Claims(sub=jwt.public(user), name=name, nats=nats,
+                            exp=now + int(expires_in) if expires_in else None)
+        return jwt.creds(jwt.encode(claims, self.keys[signer], issued_at=now), jwt.seed_text(user))
+
+    # --- revoking ------------------------------------------------------------------------------
+
+    def revoke_device(self, device_id: str, at: int | None = None, *, handled_seq: int | None = None) -> str:
+        """Revoke every JWT of this device issued up to `at` (now); returns FLEET's new JWT,
+        which must be pushed to the server (`push_account`)."""
+        if handled_seq is not None:
+            self.state.handled_seq = handled_seq
+        return self.revoke_key(jwt.public(self.device_key(device_id)), at)
+
+    def handled(self, seq: int) -> None:
+        """Remember that the device events up to `seq` have been seen."""
+        self.state.handled_seq = seq
+        self._save()
+
+    def revoke_key(self, user_public_key: str, at: int | None = None) -> str:
+        """Revoke every JWT of one user key issued up to `at` (now); returns FLEET's new JWT."""
+        self.state.revocations[user_public_key] = int(time.time()) if at is None else at
+        self._save()
+        return self.account_jwt(FLEET)
+
+    def prune_revocations(self, max_user_lifetime: float) -> int:
+        """Drop revocations older than the longest lifetime of a user JWT: every JWT they
+        refused has expired by itself since. Returns how many were dropped."""
+        cutoff = int(time.time() - max_user_lifetime)
+        old = [k for k, t in self.state.revocations.items() if t < cutoff]
+        for key in old:
+            del self.state.revocations[key]
+        self._save()
+        return len(old)
+
+    def _save(self) -> None:
+        write_secret(self.directory / "revocations.json", msgspec.json.encode(self.state).decode())
+
+    def write_creds(self, path: Path, text: str) -> Path:
+        """Write a credentials file 0600."""
+        return write_secret(path, text)
+
+
+def inbox_of_creds(path: str | Path) -> str | None:
+    """The inbox prefix the identity in a credentials file must use (None: the default)."""
+    view = _identity(jwt.jwt_of_creds(Path(path).read_text()))
+    return inbox_prefix(*view) if view else None
+
+
+def _identity(token: str) -> tuple[str, str] | None:
+    import base64
+
+    body = token.split(".")[1]
+    claims = msgspec.json.decode(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    tags = claims.get("nats", {}).get("tags") or []
+    role_name = next((t[len(ROLE_TAG):] for t in tags if t.startswith(ROLE_TAG)), None)
+    return (role_name, claims.get("name", "")) if role_name else None
+
+
+def roles_known() -> list[str]:
+    """Every role `fleet creds create` can issue."""
+    return ["service", *sorted(r for r in ROLES if r != "device")]
+
+
+async def push_account(sys_nc: NATS, account_jwt: str, timeout: float = 5.0) -> None:
+    """Send an account JWT to the server's resolver (`$SYS.REQ.CLAIMS.UPDATE`, as the system
+    account's user); the server applies it at once, cutting off revoked users."""
+    reply = await sys_nc.request("$SYS.REQ.CLAIMS.UPDATE", account_jwt.encode(), timeout=timeout)
+    answer = msgspec.json.decode(reply.data)
+    if isinstance(answer, dict) and answer.get("error"):
+        raise Invalid(f"the server refused the account update: {answer['error']}", field="account")

@@ -1,0 +1,30 @@
+"""Retiring a device revokes its identity (DESIGN §11): this duty follows the device events and,
+for each `DeviceRetired`, adds the device's key to FLEET's revocations and pushes the new account
+JWT to the server, which cuts the device's live connections off at once and refuses it from then.
+
+It needs the account keys, so it runs where they are: in `fleet up` (the supervisor), never in a
+service. It remembers the last sequence it handled, so a restart does not re-read the log."""
+
+from __future__ import annotations
+
+import logging
+
+from nats.aio.client import Client as NATS
+
+from shared.auth.authority import Authority, push_account
+from shared.eventlog import EventLog
+from shared.subjects import aggregate_wildcard
+
+log = logging.getLogger(__name__)
+
+
+async def revoke_retired(events: EventLog, system: NATS, authority: Authority) -> None:
+    """Follow `fleet.evt.device.*` for ever, revoking every retired device."""
+    start = authority.state.handled_seq + 1
+    async for recorded in events.replay(start, subjects=aggregate_wildcard("device"), follow=True):
+        if recorded.envelope.type == "DeviceRetired":
+            device_id = recorded.envelope.aggregate_id
+            await push_account(system, authority.revoke_device(device_id, handled_seq=recorded.seq))
+            log.info("revoked the identity of retired device %s", device_id)
+        elif recorded.seq - authority.state.handled_seq >= 10_000:
+            authority.handled(recorded.seq)

@@ -1,0 +1,105 @@
+"""The pure parts of NATS identities: JWTs we sign verify with the issuer's key and carry the
+claims the server reads, credentials files round-trip, and the actor comes from the server's
+stamp or a forwarder's hand-over, never from anything else."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from shared.auth import jwt
+from shared.auth.actor import INTERNAL, ON_BEHALF_OF, REQUEST_INFO, actor_of
+from shared.auth.authority import Authority
+from shared.auth.roles import ROLES, SERVICES
+from shared.errors import Invalid
+
+
+def _part(token: str, index: int) -> dict:  # type: ignore[type-arg]
+    raw = token.split(".")[index]
+    return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))  # type: ignore[no-any-return]
+
+
+def test_a_signed_jwt_verifies_with_the_issuer_key_and_names_its_type() -> None:
+    account = jwt.new_key(jwt.PREFIX_ACCOUNT)
+    user = jwt.new_key(jwt.PREFIX_USER)
+    token = jwt.encode(jwt.Claims(sub=jwt.public(user), name="alice", nats=jwt.UserNats(tags=["x"])), account)
+    head, body, sig = token.split(".")
+    assert _part(token, 0) == {"typ": "JWT", "alg": "ed25519-nkey"}
+    claims = _part(token, 1)
+    assert (claims["iss"], claims["sub"], claims["name"]) == (jwt.public(account), jwt.public(user), "alice")
+    assert (claims["nats"]["type"], claims["nats"]["version"]) == ("user", 2)  # the server needs both
+    assert account.verify(f"{head}.{body}".encode(), base64.urlsafe_b64decode(sig + "=" * (-len(sig) % 4)))
+    assert jwt.read_claims(token).name == "alice"
+
+
+def test_exports_and_imports_keep_their_type_on_the_wire() -> None:
+    export = json.loads(json.dumps(jwt.to_builtins(jwt.Export(name="c", subject="fleet.cmd.>"))))
+    assert export["type"] == "service"  # the server refuses an account whose export has no type
+    imp = jwt.to_builtins(jwt.Import(name="c", subject="fleet.cmd.>", account="A", share=True))
+    assert (imp["type"], imp["share"]) == ("service", True)
+
+
+def test_creds_round_trip(tmp_path: Path) -> None:
+    authority = Authority.load_or_create(tmp_path / "secrets")
+    text = authority.issue("operator", "alice")
+    assert jwt.read_claims(jwt_token := jwt.jwt_of_creds(text)).name == "alice"
+    assert _part(jwt_token, 1)["nats"]["tags"] == ["fleet-role:operator"]
+    assert "-----BEGIN USER NKEY SEED-----\nSU" in text
+    path = authority.write_creds(tmp_path / "out" / "a.creds", text)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "secrets").stat().st_mode & 0o777 == 0o700
+
+
+def test_device_keys_are_derived_from_the_id_and_carry_no_permissions(tmp_path: Path) -> None:
+    authority = Authority.load_or_create(tmp_path / "secrets")
+    again = Authority.load_or_create(tmp_path / "secrets")
+    assert jwt.public(authority.device_key("d-1")) == jwt.public(again.device_key("d-1"))
+    assert jwt.public(authority.device_key("d-1")) != jwt.public(authority.device_key("d-2"))
+    claims = _part(jwt.jwt_of_creds(authority.issue_device("d-1")), 1)
+    assert claims["name"] == "d-1"
+    assert claims["nats"]["issuer_account"] == authority.account_key("FLEET")
+    # a scoped signing key's users must carry no permissions or limits: the template decides
+    assert claims["nats"]["pub"] is None and claims["nats"]["subs"] == 0 and claims["nats"]["payload"] == 0
+    with pytest.raises(Invalid):
+        authority.issue_device("not a valid id")
+
+
+def test_revocations_land_in_the_fleet_account_and_can_be_pruned(tmp_path: Path) -> None:
+    authority = Authority.load_or_create(tmp_path / "secrets")
+    account = authority.revoke_device("d-9", at=1000)
+    assert _part(account, 1)["nats"]["revocations"] == {jwt.public(authority.device_key("d-9")): 1000}
+    assert Authority.load_or_create(tmp_path / "secrets").state.revocations  # kept on disk
+    assert authority.prune_revocations(max_user_lifetime=60) == 1
+    assert _part(authority.account_jwt("FLEET"), 1)["nats"]["revocations"] is None
+
+
+def test_every_service_has_a_role_and_unknown_roles_are_refused(tmp_path: Path) -> None:
+    assert {f"service:{name}" for name in SERVICES} <= set(ROLES)
+    authority = Authority.load_or_create(tmp_path / "secrets")
+    assert _part(jwt.jwt_of_creds(authority.issue("service", "registry")), 1)["nats"]["tags"] == [
+        "fleet-role:service:registry"]
+    with pytest.raises(Invalid):
+        authority.issue("root", "x")
+
+
+def _stamp(name: str, tags: list[str]) -> str:
+    return json.dumps({"acc": "AOPS", "user": "UKEY", "name_tag": name, "tags": tags})
+
+
+@pytest.mark.parametrize(("headers", "actor"), [
+    ({REQUEST_INFO: _stamp("alice", ["fleet-role:operator"])}, "operator:alice"),
+    # the server's stamp wins over any hand-over the requester adds
+    ({REQUEST_INFO: _stamp("alice", ["fleet-role:operator"]), ON_BEHALF_OF: "operator:bob"}, "operator:alice"),
+    ({REQUEST_INFO: _stamp("registry", ["fleet-role:service:registry"])}, "service:registry"),
+    ({REQUEST_INFO: _stamp("x y", ["fleet-role:operator"])}, INTERNAL),  # not a principal
+    ({REQUEST_INFO: "not json"}, INTERNAL),
+    ({ON_BEHALF_OF: "operator:bob"}, "operator:bob"),  # in-account: only forwarders can send
+    ({ON_BEHALF_OF: "operator:bob\nx"}, INTERNAL),
+    ({ON_BEHALF_OF: "nobody"}, INTERNAL),
+    ({}, INTERNAL),
+])
+def test_the_actor_comes_from_the_stamp_or_a_forwarders_hand_over(headers: dict[str, str], actor: str) -> None:
+    assert actor_of(headers) == actor
