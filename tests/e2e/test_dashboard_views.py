@@ -125,6 +125,7 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
                               "offline_after": 4, "drift_grace": 2.0}, env={})
     supervisor = Supervisor(settings)
     status = await supervisor.start()
+    settings = load_settings({"data_dir": str(tmp_path / "fleet")}, env={})  # now with the admin identity
     nc = await connect_nats(msgspec.structs.replace(settings, nats_url=status.nats_url), "test")
     sim = FleetSimulator(nc, SimOptions(devices=60, sites=3, interval=0.5, apply_delay=0.2, seed=1, prefix="web"))
     browser = None
