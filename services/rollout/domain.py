@@ -409,8 +409,8 @@ def taken(state: Rollout, device: str, view: FleetView) -> Rollout:
     if device in state.restored:
         left = "restored"
     else:
+        # judged as at its deadline: whatever has not converged or failed by now has timed out
         left = _judge_device(state, device, assignment, view, assignment.deadline)
-        left = "timed_out" if left == "in_flight" else left
     state.assigned[device] = msgspec.structs.replace(assignment, left=sys.intern(left))
     return state
 
