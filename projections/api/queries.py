@@ -42,14 +42,13 @@ from projections.api.schemas import (
     SummaryCell,
 )
 from projections.changes.model import ChangeRow
-from projections.fleet import model
-from projections.fleet.model import COUNTER_FIELDS, DeviceRow, FleetState, RolloutRow, SnapshotRow
-from projections.fleet.store import DEVICES, ROLLOUTS, SITES, SNAPSHOTS, load_progress
+from projections.fleet import model, reads
+from projections.fleet.filters import DeviceFilter
+from projections.fleet.model import COUNTER_FIELDS, FleetState, RolloutRow, SnapshotRow
+from projections.fleet.store import DEVICES, ROLLOUTS, load_progress
 from projections.pointintime import PointInTime
-from projections.selector import to_sql
 from shared.errors import Invalid, NotFound, Unavailable
 from shared.eventlog import EventLog
-from shared.selectors import EVERYTHING, Selector
 from shared.times import format_time, parse_time, utcnow
 
 FLEET, CHANGES = "fleet", "changes"
@@ -90,73 +89,7 @@ def read_cursor(cursor: str | None, key: str) -> str | int | None:
     return last
 
 
-# --- filters ---------------------------------------------------------------------------------------
-
-class DeviceFilter(msgspec.Struct, frozen=True, kw_only=True):
-    """Filters of GET /v1/devices."""
-
-    site: str | None = None
-    snapshot: str | None = None
-    desired_snapshot: str | None = None
-    health: str | None = None
-    online: bool | None = None
-    drifted: bool | None = None
-    problems: bool | None = None
-    rollout: str | None = None
-    include_retired: bool = False
-    selector: Selector = EVERYTHING
-    selector_text: str | None = None
-
-    def params(self) -> dict[str, Any]:
-        """The filter as plain values, for the cursor fingerprint."""
-        out = msgspec.structs.asdict(self)
-        out.pop("selector")
-        return out
-
-    def sql(self, params: list[Any]) -> list[str]:
-        """WHERE conditions."""
-
-        def p(value: Any) -> str:
-            params.append(value)
-            return f"${len(params)}"
-
-        conds = [] if self.include_retired else ["NOT retired"]
-        if self.site is not None:
-            conds.append(f"site_id = {p(self.site)}")
-        if self.snapshot is not None:
-            conds.append(f"reported_snapshot_id = {p(self.snapshot)}")
-        if self.desired_snapshot is not None:
-            conds.append(f"desired_snapshot_id = {p(self.desired_snapshot)}")
-        if self.health is not None:
-            conds.append(f"health = {p(self.health)}")
-        if self.online is not None:
-            conds.append("online" if self.online else "NOT online")
-        if self.drifted is not None:
-            conds.append("drifted_since IS NOT NULL" if self.drifted else "drifted_since IS NULL")
-        if self.rollout is not None:
-            conds.append(f"rollout_id = {p(self.rollout)}")
-        if self.problems is not None:
-            problem = "(NOT online OR health <> 'ok' OR drifted_since IS NOT NULL OR stuck)"
-            conds.append(problem if self.problems else f"NOT {problem}")
-        conds += to_sql(self.selector, params)
-        return conds
-
-    def test(self, row: DeviceRow) -> bool:
-        """The same filter in memory."""
-        return (
-            (self.include_retired or not row.retired)
-            and row.registered
-            and (self.site is None or row.site_id == self.site)
-            and (self.snapshot is None or row.reported_snapshot_id == self.snapshot)
-            and (self.desired_snapshot is None or row.desired_snapshot_id == self.desired_snapshot)
-            and (self.health is None or row.health == self.health)
-            and (self.online is None or row.online == self.online)
-            and (self.drifted is None or (row.drifted_since is not None) == self.drifted)
-            and (self.rollout is None or row.rollout_id == self.rollout)
-            and (self.problems is None or (model.problem_rank(row) < 9) == self.problems)
-            and self.selector.matches(row.labels, row.site_id, row.kind)
-        )
-
+# --- filters (the device filter is the fleet projection's: projections.fleet.filters) -----------
 
 class ChangeFilter(msgspec.Struct, frozen=True, kw_only=True):
     """Filters of GET /v1/changes."""
@@ -172,20 +105,14 @@ class ChangeFilter(msgspec.Struct, frozen=True, kw_only=True):
     order: str = "desc"
 
 
-_DEVICE_ROW = msgspec.json.Decoder(DeviceRow)
+__all__ = ["ChangeFilter", "DeviceFilter", "ReadModels"]
 CHANGE_COLUMNS = list(ChangeRow.__struct_fields__)
-_CHECKPOINT = "SELECT checkpoint FROM projection_status WHERE name = $1"
 
 
-def _checkpoint_of(records: list[Any], name: str) -> int:
-    value = records[0]["_checkpoint"] if records else None
+def _checkpoint_of(value: int | None, name: str) -> int:
     if value is None:
         raise Unavailable(f"the {name} projection has not been built yet", field="projection")
     return int(value)
-
-
-def _cell_counts(record: Any) -> dict[str, int]:
-    return {f: int(record[f]) for f in COUNTER_FIELDS}
 
 
 def _sum(cells: Iterable[dict[str, int]]) -> Counts:
@@ -308,11 +235,10 @@ class ReadModels:
         if at_seq is None:
             # One statement is one snapshot: the checkpoint and the counters agree, in one round trip.
             async with self.pool.acquire() as conn:
-                records = await conn.fetch(
-                    f"SELECT ({_CHECKPOINT}) AS _checkpoint, c.* FROM (SELECT 1) AS one "
-                    "LEFT JOIN rm_fleet.device_counts c ON c.total > 0", FLEET)
-            seq = _checkpoint_of(records, FLEET)
-            cells = [(r["site_id"], r["snapshot_id"], _cell_counts(r)) for r in records if r["site_id"] is not None]
+                checkpoint, counters = await reads.counter_cells(conn, FLEET)
+            seq = _checkpoint_of(checkpoint, FLEET)
+            cells = [(site, snap, dict(zip(COUNTER_FIELDS, values, strict=True)))
+                     for (site, snap), values in counters]
             historical = False
         else:
             key = ("summary", at_seq)
@@ -350,25 +276,9 @@ class ReadModels:
         if after is not None and not isinstance(after, str):
             raise Invalid("not a device cursor", field="cursor")
         if at_seq is None:
-            params: list[Any] = []
-            conds = flt.sql(params)
-            if after is not None:
-                params.append(after)
-                conds.append(f"device_id > ${len(params)}")
-            params.append(limit + 1)
-            where = " AND ".join(conds) or "TRUE"
-            params.append(FLEET)
-            # Rows come back as JSON text and are decoded by msgspec straight into DeviceRow: several
-            # times cheaper than building each struct from a record's columns.
-            sql = (f"SELECT ({_CHECKPOINT.replace('$1', f'${len(params)}')}) AS _checkpoint, "
-                   "CASE WHEN page.device_id IS NULL THEN NULL ELSE row_to_json(page)::text END AS row "
-                   f"FROM (SELECT 1) AS one LEFT JOIN (SELECT {', '.join(DEVICES.columns)} FROM rm_fleet.devices "
-                   f"WHERE {where} ORDER BY device_id LIMIT ${len(params) - 1}) AS page ON true "
-                   "ORDER BY page.device_id")
             async with self.pool.acquire() as conn:
-                records = await conn.fetch(sql, *params)
-            seq = _checkpoint_of(records, FLEET)
-            rows = [_DEVICE_ROW.decode(r["row"]) for r in records if r["row"] is not None]
+                checkpoint, rows = await reads.device_page(conn, FLEET, flt, after, limit + 1)  # type: ignore[arg-type]
+            seq = _checkpoint_of(checkpoint, FLEET)
             historical = False
         else:
             state = await self._historical(at_seq)
@@ -378,9 +288,10 @@ class ReadModels:
                 self.pit.remember(("device_ids", at_seq), ids)
             rows = []
             start = 0 if after is None else _bisect_right(ids, after)  # type: ignore[arg-type]
+            matches = flt.predicate()
             for device_id in ids[start:]:  # type: ignore[index]
                 row = state.devices[device_id]
-                if flt.test(row):
+                if matches(row):
                     rows.append(row)
                     if len(rows) > limit:
                         break
@@ -459,19 +370,6 @@ class ReadModels:
 
     # --- rollouts, snapshots, sites ----------------------------------------------------------------
 
-    async def _rows(self, table: str, columns: list[str], key_column: str, after: str | None, *, limit: int,
-                    extra: str = "") -> tuple[int, list[asyncpg.Record]]:
-        params: list[Any] = [limit + 1]
-        cond = "TRUE"
-        if after is not None:
-            params.append(after)
-            cond = f"{key_column} > $2"
-        sql = (f"SELECT {', '.join(columns)}{extra} FROM rm_fleet.{table} WHERE {cond} "
-               f"ORDER BY {key_column} LIMIT $1")
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            seq = await self.checkpoint(conn, FLEET)
-            return seq, await conn.fetch(sql, *params)
-
     def _page_after(self, endpoint: str, cursor: str | None, at_seq: int | None) -> tuple[str, str | None]:
         key = query_key(endpoint, {"at_seq": at_seq})
         after = read_cursor(cursor, key)
@@ -499,11 +397,7 @@ class ReadModels:
             now = format_time(utcnow())
             assert conn is not None
             progress = await load_progress(conn, ids, "rm_fleet.")
-            for r in await conn.fetch(
-                    "SELECT rollout_id, rollout_wave, count(*) AS n FROM rm_fleet.devices "
-                    "WHERE rollout_id = ANY($1::text[]) AND rollout_status = 'in_flight' "
-                    "AND rollout_deadline <= $2 GROUP BY rollout_id, rollout_wave", ids, now):
-                overdue.setdefault(r["rollout_id"], {})[r["rollout_wave"]] = int(r["n"])
+            overdue = await reads.overdue(conn, ids, now)
         else:
             state = await self._historical(at_seq)
             progress = state.progress
@@ -521,15 +415,10 @@ class ReadModels:
         """A page of rollouts by id, each with its progress."""
         key, after = self._page_after("rollouts", cursor, at_seq)
         if at_seq is None:
-            params: list[Any] = [limit + 1] + ([after] if after is not None else [])
             async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                        readonly=True):
                 seq = await self.checkpoint(conn, FLEET)
-                records = await conn.fetch(
-                    f"SELECT {', '.join(ROLLOUTS.columns)} FROM rm_fleet.rollouts "
-                    f"WHERE {'rollout_id > $2' if after is not None else 'TRUE'} ORDER BY rollout_id LIMIT $1",
-                    *params)
-                rows = [ROLLOUTS.from_record(r) for r in records]
+                rows = await reads.rollout_page(conn, after, limit + 1)
                 more, rows = len(rows) > limit, rows[:limit]
                 items = await self._with_progress(rows, None, None, conn)
         else:
@@ -564,11 +453,11 @@ class ReadModels:
         """A page of snapshots by id, with how many devices report each."""
         key, after = self._page_after("snapshots", cursor, at_seq)
         if at_seq is None:
-            extra = (", (SELECT coalesce(sum(total), 0) FROM rm_fleet.device_counts c "
-                     "WHERE c.snapshot_id = snapshots.snapshot_id)::bigint AS devices")
-            seq, records = await self._rows("snapshots", SNAPSHOTS.columns, "snapshot_id", after, limit=limit,
-                                            extra=extra)
-            items = [msgspec.convert(dict(r), SnapshotItem) for r in records]
+            async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
+                                                                       readonly=True):
+                seq = await self.checkpoint(conn, FLEET)
+                records = await reads.snapshot_page(conn, after, limit + 1)
+            items = [msgspec.convert(r, SnapshotItem) for r in records]
         else:
             state = await self._historical(at_seq)
             running: dict[str, int] = {}
@@ -598,10 +487,7 @@ class ReadModels:
             async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read",
                                                                        readonly=True):
                 seq = await self.checkpoint(conn, FLEET)
-                site_rows = [SITES.from_record(r) for r in await conn.fetch(
-                    f"SELECT {', '.join(SITES.columns)} FROM rm_fleet.sites ORDER BY site_id")]
-                cells = [((r["site_id"], r["snapshot_id"]), [int(r[f]) for f in COUNTER_FIELDS]) for r in
-                         await conn.fetch("SELECT * FROM rm_fleet.device_counts WHERE total > 0")]
+                site_rows, cells = await reads.sites_and_cells(conn)
         else:
             state = await self._historical(at_seq)
             site_rows = [state.sites[k] for k in sorted(state.sites)]

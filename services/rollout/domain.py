@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -91,11 +92,14 @@ class FleetView(msgspec.Struct):
 
 
 class Assignment(msgspec.Struct, frozen=True):
-    """When a device must have applied (its apply timeout), in which wave, and what it had before."""
+    """When a device must have applied (its apply timeout), in which wave, and what it had before;
+    `left`: where it stood when a later rollout (or another desired state) took it ("": still
+    this rollout's). One short interned string per device, so a fleet of 100,000 costs nothing more."""
 
     wave: int
     deadline: datetime
     previous: tuple[str, str] | None = None
+    left: str = ""
 
 
 class Rollout(msgspec.Struct):
@@ -360,11 +364,23 @@ def rollback(state: Rollout, reason: str = "", to_snapshot_id: str | None = None
 
 
 def device_status(state: Rollout, device: str, view: FleetView, now: datetime) -> str:
-    """pending | in_flight | converged | failed | timed_out, for one planned device."""
+    """pending | in_flight | converged | failed | timed_out | restored, for one planned device.
+    A device a later rollout took counts as it stood then (`taken`), whatever it reports now."""
     spec = state.spec
     assignment = state.assigned.get(device)
     if spec is None or assignment is None:
         return "pending"
+    if assignment.left:
+        return assignment.left
+    if device in state.restored:
+        return "restored"
+    return _judge_device(state, device, assignment, view, now)
+
+
+def _judge_device(state: Rollout, device: str, assignment: Assignment, view: FleetView, now: datetime) -> str:
+    """converged | failed | in_flight | timed_out from what the device reports now."""
+    assert state.spec is not None
+    spec = state.spec
     observed = view.observed.get(device)
     wanted = spec.config_hashes.get(view.site_of.get(device, ""))
     if observed is not None and observed.config_hash is not None and observed.config_hash == wanted:
@@ -372,6 +388,31 @@ def device_status(state: Rollout, device: str, view: FleetView, now: datetime) -
     if observed is not None and observed.health == "failed":
         return "failed"
     return "timed_out" if now >= assignment.deadline else "in_flight"
+
+
+def taken_from(before: Desired | None, event: DesiredStateAssigned) -> str | None:
+    """The rollout whose desired state `event` replaces on its device (None: no rollout's, or the
+    same rollout's own — its rollback restoring the device)."""
+    if before is None or before.rollout_id is None or before.rollout_id == event.rollout_id:
+        return None
+    return before.rollout_id
+
+
+def taken(state: Rollout, device: str, view: FleetView) -> Rollout:
+    """Another desired state (a later rollout's, or another rollout's rollback) replaced this
+    rollout's on `device`: from now on the device counts here as it stood at that moment
+    (converged, failed or restored stay so; one still in flight timed out), as the fleet read
+    model counts it (`projections.fleet.model.put_device`). In place; returns the state."""
+    assignment = state.assigned.get(device)
+    if state.spec is None or assignment is None or assignment.left:
+        return state
+    if device in state.restored:
+        left = "restored"
+    else:
+        # judged as at its deadline: whatever has not converged or failed by now has timed out
+        left = _judge_device(state, device, assignment, view, assignment.deadline)
+    state.assigned[device] = msgspec.structs.replace(assignment, left=sys.intern(left))
+    return state
 
 
 def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:

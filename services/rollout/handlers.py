@@ -186,7 +186,19 @@ class RolloutService:
                 self._started_at[event.rollout_id] = parse_time(recorded.envelope.at)
             self.store.apply(recorded, event)
         else:
+            if isinstance(event, DesiredStateAssigned):
+                self._taken(recorded.seq, event)
             self.index.apply(recorded.seq, event)
+
+    def _taken(self, seq: int, event: DesiredStateAssigned) -> None:
+        """A desired state from another rollout (or none) replaces the one a rollout gave: that
+        rollout counts the device as it stands now, from here on (`domain.taken`)."""
+        if seq <= self.index.desired_seq.get(event.device_id, 0):
+            return  # already folded in
+        loser = domain.taken_from(self.index.view.desired.get(event.device_id), event)
+        slot = self.store.slots.get(loser) if loser is not None else None
+        if slot is not None:
+            domain.taken(slot.state, event.device_id, self.index.view)
 
     async def caught_up(self, timeout: float = 10.0) -> None:
         """Wait until this service has seen everything in the log as of now (read-your-writes: a
@@ -549,8 +561,7 @@ class RolloutService:
             for number, wave in enumerate(state.waves):
                 counts: dict[str, int] = {}
                 for device in wave:
-                    status = ("restored" if device in state.restored
-                              else domain.device_status(state, device, self.index.view, now))
+                    status = domain.device_status(state, device, self.index.view, now)
                     counts[status] = counts.get(status, 0) + 1
                 waves.append({"wave": number, "size": len(wave), **counts})
             out["wave_progress"] = waves

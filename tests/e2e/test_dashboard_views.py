@@ -1,8 +1,8 @@
 """What an operator reads is true (issue 14), on a whole `fleet up` with a simulated fleet:
 
 - the rollout service (`fleet rollout status`) and the query API (`GET /v1/rollouts/{id}`, live and
-  `at_seq=`) give the same per-wave progress for the same rollout, after it completes and after
-  another one is rolled back;
+  `at_seq=`) give the same per-wave progress for the same rollout, after it completes, after
+  another one is rolled back, and after a third one has taken and changed the first two's devices;
 - in a real browser (Debian's Chromium, Playwright), the numbers the dashboard shows for a rollout
   and for a site equal the API's, after a rollout completes and after a rollback.
 
@@ -174,6 +174,22 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
             # and as of the moment it completed, the API gives what the service said then
             past = (await views.api("/v1/rollouts/r-good", at_seq=completed_seq))["rollout"]
             assert _api_waves(past) == completed
+            # A later rollout takes every device of both and changes them: both still read as they
+            # stood, in the service (which re-judged them against what they now report, before) and
+            # in the API, live and as of now
+            sim.options.fail_snapshots = set()
+            newer = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 3}})).result["snapshot_id"]
+            await client.send("rollout", "start", {"rollout_id": "r-new", "snapshot_id": newer, "waves": "100"})
+            await views.wait_status("r-new", ("completed",))
+            _, taken = await views.same_progress("r-new")
+            assert sum(w.get("converged", 0) for w in taken) == 60, taken
+            now_seq, good_after = await views.same_progress("r-good")
+            assert good_after == completed
+            _, bad_after = await views.same_progress("r-bad")
+            assert bad_after == rolled_back
+            for rollout_id, expected in (("r-good", completed), ("r-bad", rolled_back)):
+                pinned = (await views.api(f"/v1/rollouts/{rollout_id}", at_seq=now_seq))["rollout"]
+                assert _api_waves(pinned) == expected, rollout_id
             if page is not None:
                 await _check_page(page, views, "r-bad")
                 await _check_page(page, views, "r-good")

@@ -1,6 +1,7 @@
 """Rollout progress in the fleet read model (issue 14): per wave, the projection counts exactly
 what the rollout service's `device_status` says of each device, at every step of random
-histories; a device a later rollout takes keeps counting where it stood in the earlier one."""
+histories; a device a later rollout takes keeps counting where it stood in the earlier one, on
+both sides (`domain.taken`)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,10 @@ class World:
         self.seq += 1
         env = seal(event, actor="t", at=self.now)
         model.apply(self.state, self.seq, env, event)
+        if isinstance(event, desired.DesiredStateAssigned):  # as the rollout service's handlers do
+            loser = domain.taken_from(self.index.view.desired.get(event.device_id), event)
+            if loser in self.rollouts:
+                domain.taken(self.rollouts[loser], event.device_id, self.index.view)
         self.index.apply(self.seq, event)
         if env.aggregate == "rollout":
             state = self.rollouts.setdefault(env.aggregate_id, domain.initial(env.aggregate_id))
@@ -50,8 +55,7 @@ class World:
         for number, wave in enumerate(state.waves):
             counts = {"wave": number, "size": len(wave)}
             for device in wave:
-                status = ("restored" if device in state.restored
-                          else domain.device_status(state, device, self.index.view, self.now))
+                status = domain.device_status(state, device, self.index.view, self.now)
                 counts[status] = counts.get(status, 0) + 1
             out.append(counts)
         return out
@@ -137,6 +141,59 @@ def test_projected_progress_equals_the_rollout_services_status(steps: list[tuple
     assert totals.size == len(DEVICES)
 
 
+later = st.tuples(st.integers(0, 7), st.sampled_from(DEVICES), st.integers(0, 3), st.integers(0, 2),
+                 st.integers(0, 8))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(later, max_size=50))
+def test_both_count_alike_when_a_later_rollout_takes_devices(steps: list[tuple[int, str, int, int, int]]) -> None:
+    """r1 assigns, r2 takes some of its devices (and others), r1 may roll back (taking its devices
+    back from r2); both rollouts' progress agrees between the projection and the service."""
+    world = _fleet()
+    _start(world, "r1", "v")
+    by: dict[str, set[str]] = {"r1": set(), "r2": set()}
+    rolled_back = False
+    for kind, device, choice, health_choice, seconds in steps:
+        world.now += timedelta(seconds=seconds)
+        reported = (f"{HASHES[SITE_OF[device]]}-v", f"{HASHES[SITE_OF[device]]}-w", "other", None)[choice]
+        health = ("ok", "degraded", "failed")[health_choice]
+        match kind:
+            case 0 | 1 if not rolled_back:
+                rollout_id, snapshot = ("r1", "v") if kind == 0 else ("r2", "w")
+                if rollout_id not in world.rollouts:
+                    _start(world, rollout_id, snapshot)
+                mine = by[rollout_id]
+                wave = 0 if any(d not in mine for d in WAVES[0]) else 1
+                # r1 assigns only devices nobody had; r2 takes any it has not had yet
+                todo = [d for d in WAVES[wave] if d not in mine and (kind == 1 or d not in by["r2"])][: choice + 1]
+                if todo:
+                    _assign(world, rollout_id, snapshot, wave, todo)
+                    mine.update(todo)
+            case 2:
+                world.feed(observed.DeviceCameOnline(device_id=device, site_id=SITE_OF[device], snapshot_id="v",
+                                                     config_hash=reported, health=health))
+            case 3:
+                world.feed(observed.DeviceReportedState(device_id=device, snapshot_id="v", config_hash=reported))
+            case 4:
+                world.feed(observed.DeviceHealthChanged(device_id=device, health=health, previous="ok"))
+            case 5:
+                world.feed(observed.DeviceWentOffline(device_id=device, last_seen=format_time(world.now)))
+            case 6 if by["r1"] and not rolled_back:
+                rolled_back = True
+                world.feed(rollout.RolloutRollbackStarted(rollout_id="r1", devices=len(by["r1"])))
+                for d in sorted(by["r1"]):
+                    world.feed(desired.DesiredStateAssigned(device_id=d, site_id=SITE_OF[d], snapshot_id="old",
+                                                            config_hash="h-old", revision=2, rollout_id="r1",
+                                                            reason="rollback"))
+                world.feed(rollout.RolloutDevicesRestored(rollout_id="r1", devices=sorted(by["r1"])))
+                world.feed(rollout.RolloutRolledBack(rollout_id="r1"))
+            case _:
+                pass
+        for rollout_id in world.rollouts:
+            assert world.projected(rollout_id) == world.service_progress(rollout_id), rollout_id
+
+
 def test_a_device_taken_by_a_later_rollout_keeps_its_standing_in_the_earlier_one() -> None:
     world = _fleet()
     _start(world, "r1", "v")
@@ -158,6 +215,9 @@ def test_a_device_taken_by_a_later_rollout_keeps_its_standing_in_the_earlier_one
     assert world.projected("r1") == [{"wave": 0, "size": 2, "converged": 2},
                                      {"wave": 1, "size": 4, "converged": 3, "timed_out": 1}]
     assert world.projected("r2") == [{"wave": 0, "size": 2, "converged": 2}, {"wave": 1, "size": 4, "converged": 4}]
+    # and the rollout service counts both the same way
+    assert world.service_progress("r1") == world.projected("r1")
+    assert world.service_progress("r2") == world.projected("r2")
 
 
 def test_progress_survives_a_point_in_time_copy() -> None:
