@@ -1,8 +1,9 @@
 """`fleet up`: everything on one machine, supervised.
 
 Starts the embedded NATS and PostgreSQL (unless external URLs are given), makes sure the event
-log stream exists, then runs each part — the four services, the projection runner and the API —
-as its own `fleet service NAME` process. A part that exits is restarted with exponential backoff
+log stream exists, then runs each part — the audit checkpoint writer, the four services, the
+projection runner and the API — as its own `fleet service NAME` process. A part that exits is
+restarted with exponential backoff
 (the restart is logged and counted). SIGINT/SIGTERM stop the parts in reverse order, then the
 servers, leaving no process behind. `endpoints.json` lets the CLI find everything with no flags;
 `status.json` (rewritten every second) is what `fleet status` shows. A lock file keeps a second
@@ -34,7 +35,8 @@ from shared.eventlog import EventLog
 from shared.times import format_time, utcnow
 
 log = logging.getLogger("fleet.up")
-PARTS = ("registry", "snapshot", "drift", "rollout", "projections", "api")
+# audit first: started first, stopped last, so its shutdown checkpoint covers everything the others wrote
+PARTS = ("audit", "registry", "snapshot", "drift", "rollout", "projections", "api")
 STATUS_FILE = "status.json"
 
 

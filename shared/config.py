@@ -35,6 +35,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reconcile_backoff: float = 5.0
     reconcile_max_tries: int = 5
     drift_partition: str = ""  # "k/N": this drift instance watches partition k of N ("" = all)
+    audit_every: int = 1000  # events between two signed audit checkpoints (docs/audit.md)
     log_level: str = "info"
 
     @property

@@ -15,9 +15,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -389,6 +390,30 @@ class EventLog:
 
         Stops at `to_seq`, or at the end of the log as it was when replay began, unless `follow`
         is set, in which case it keeps yielding new events as they are appended."""
+        # aclosing: a reader that stops early closes the subscription now, not when collected
+        async with contextlib.aclosing(self._replay_msgs(from_seq, to_seq, subjects=subjects,
+                                                         follow=follow)) as messages:
+            async for seq, msg in messages:
+                yield Recorded(seq, msg.subject, decode_envelope(msg.data), (msg.headers or {}).get("traceparent"))
+
+    async def replay_raw(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        *,
+        subjects: str | Sequence[str] = EVENTS_WILDCARD,
+        follow: bool = False,
+    ) -> AsyncIterator[tuple[int, str, bytes]]:
+        """As `replay`, but (seq, subject, the exact stored body) with nothing decoded: what the
+        audit chain hashes, and a body that is not an envelope is passed on too."""
+        async with contextlib.aclosing(self._replay_msgs(from_seq, to_seq, subjects=subjects,
+                                                         follow=follow)) as messages:
+            async for seq, msg in messages:
+                yield seq, msg.subject, msg.data
+
+    async def _replay_msgs(
+        self, from_seq: int, to_seq: int | None, *, subjects: str | Sequence[str], follow: bool
+    ) -> AsyncGenerator[tuple[int, Msg]]:
         if to_seq is None and not follow:
             to_seq = await self.last_stream_seq()
         if to_seq is not None and to_seq < from_seq:
@@ -411,7 +436,7 @@ class EventLog:
                 seq = _stream_seq(msg)
                 if to_seq is not None and seq > to_seq:
                     return
-                yield Recorded(seq, msg.subject, decode_envelope(msg.data), (msg.headers or {}).get("traceparent"))
+                yield seq, msg
                 if to_seq is not None and seq >= to_seq:
                     return
                 if not follow and _num_pending(msg) == 0:

@@ -1,0 +1,120 @@
+"""The checkpoint writer's I/O: resume from the log's newest checkpoint, announce the signing key,
+follow the log hashing every message, append a signed checkpoint every N events and at shutdown.
+
+Exactly one call site decides whether this instance may write: `_may_write`, which asks the
+`may_write` hook (the HA lease once one exists; always yes without it). Two writers cannot
+corrupt anything anyway: checkpoint n lives on its own subject `fleet.evt.audit.<n>` and is
+appended with expected subject sequence 0, so the server refuses a second checkpoint n and the
+loser adopts the winner's."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+
+from nacl.signing import SigningKey
+
+from services.audit.domain import Chain, announcement
+from shared.audit.chain import AUDIT_SUBJECT_PREFIX, key_id
+from shared.envelope import seal
+from shared.errors import Conflict, FleetError
+from shared.eventlog import Appended, EventLog
+from shared.events.audit import AuditCheckpointed, AuditKeyAnnounced
+from shared.times import utcnow
+
+log = logging.getLogger(__name__)
+
+ACTOR = "service:audit"
+
+
+async def _always() -> bool:
+    return True
+
+
+class CheckpointWriter:
+    """The one writer of checkpoints over one event log."""
+
+    def __init__(self, eventlog: EventLog, key: SigningKey, *, every: int,
+                 previous_key: Callable[[str], SigningKey | None] = lambda _kid: None,
+                 may_write: Callable[[], Awaitable[bool]] = _always,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        if every < 1:
+            raise ValueError("a checkpoint needs at least one event")
+        self.log = eventlog
+        self.key = key
+        self.key_id = key_id(bytes(key.verify_key))
+        self.every = every
+        self.previous_key = previous_key
+        self.may_write = may_write
+        self.clock = clock
+        self.chain = Chain()
+        self.written = 0  # checkpoints this instance appended
+
+    async def resume(self) -> None:
+        """Take up the chain at the log's newest checkpoint and make sure our key is announced."""
+        last = await self.log.last_stream_seq()
+        keys: list[AuditKeyAnnounced] = []
+        newest: AuditCheckpointed | None = None
+        async for record in self.log.replay(1, last, subjects=f"{AUDIT_SUBJECT_PREFIX}>"):
+            event = record.event
+            if isinstance(event, AuditKeyAnnounced):
+                keys.append(event)
+            elif isinstance(event, AuditCheckpointed) and (newest is None or event.number > newest.number):
+                newest = event
+        if newest is not None:
+            self.chain.adopt(newest)
+        if all(k.key_id != self.key_id for k in keys) and await self._may_write():
+            previous = self.previous_key(keys[-1].key_id) if keys else None
+            event = announcement(self.key, previous)
+            with contextlib.suppress(Conflict):  # announced meanwhile by an instance with the same key
+                await self.log.append(event.subject, [seal(event, actor=ACTOR, at=self.clock())], 0)
+
+    async def follow(self) -> None:
+        """Hash the log as it grows, checkpointing every `every` events, until cancelled."""
+        async for seq, subject, body in self.log.replay_raw(self.chain.seq + 1, follow=True):
+            self.chain.advance(seq, subject, body)
+            if self.chain.due(self.every):
+                await self.write()
+
+    async def catch_up(self) -> None:
+        """Hash everything appended so far (bounded read to the log's current end)."""
+        last = await self.log.last_stream_seq()
+        if last > self.chain.seq:
+            async for seq, subject, body in self.log.replay_raw(self.chain.seq + 1, last):
+                self.chain.advance(seq, subject, body)
+
+    async def finish(self) -> Appended | None:
+        """At shutdown: catch up and checkpoint what is not covered yet (unless only our own
+        checkpoints are, so restarts do not add checkpoints of checkpoints)."""
+        await self.catch_up()
+        return await self.write() if self.chain.news else None
+
+    async def write(self) -> Appended | None:
+        """Append the next checkpoint through the last hashed sequence, if we may write."""
+        if not await self._may_write():
+            return None
+        event = self.chain.checkpoint(self.key)
+        try:
+            appended = await self.log.append(event.subject, [seal(event, actor=ACTOR, at=self.clock())], 0)
+        except Conflict:
+            await self._adopt_written(event.subject)
+            return None
+        self.chain.adopt(event)
+        self.written += 1
+        log.info("checkpoint %d through seq %d at seq %d", event.number, event.through_seq, appended[0].seq)
+        return appended[0]
+
+    async def _may_write(self) -> bool:
+        """The one place that decides whether this instance writes to the log (lease hook)."""
+        return await self.may_write()
+
+    async def _adopt_written(self, subject: str) -> None:
+        """Someone else wrote checkpoint n first: take theirs if it agrees with our chain."""
+        recorded, _ = await self.log.load(subject)
+        for record in recorded:
+            event = record.event
+            if isinstance(event, AuditCheckpointed) and not self.chain.adopt(event):
+                raise FleetError(f"checkpoint {event.number} in the log (seq {record.seq}) signs another "
+                                 f"chain value for seq {event.through_seq} than this writer computed")

@@ -1,0 +1,37 @@
+"""`fleet service audit`: the checkpoint writer (DESIGN §8, docs/audit.md). Connects as `audit`,
+loads or creates the signing key under `<data-dir>/secrets/`, resumes from the log's newest
+checkpoint, follows the log and checkpoints every `FLEET_AUDIT_EVERY` events and at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+
+from services.audit.handlers import CheckpointWriter
+from shared.audit.keys import load_or_create, retired_key
+from shared.config import Settings
+from shared.connection import connect_nats
+from shared.eventlog import EventLog
+
+
+async def run(settings: Settings) -> None:
+    """Write checkpoints until cancelled, then one last one."""
+    nc = await connect_nats(settings, "audit")
+    try:
+        eventlog = EventLog(nc)
+        await eventlog.ensure_stream()
+        writer = CheckpointWriter(eventlog, load_or_create(settings.data_path), every=settings.audit_every,
+                                  previous_key=functools.partial(retired_key, settings.data_path))
+        await writer.resume()
+        following = asyncio.create_task(writer.follow(), name="audit-follow")
+        try:
+            await following
+        finally:
+            following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await following
+            await writer.finish()
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.drain()
