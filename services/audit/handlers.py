@@ -79,11 +79,14 @@ class CheckpointWriter:
                 await self.write()
 
     async def catch_up(self) -> None:
-        """Hash everything appended so far (bounded read to the log's current end)."""
+        """Hash everything appended so far (a bounded read to the log's current end),
+        checkpointing every `every` events as `follow` does."""
         last = await self.log.last_stream_seq()
         if last > self.chain.seq:
             async for seq, subject, body in self.log.replay_raw(self.chain.seq + 1, last):
                 self.chain.advance(seq, subject, body)
+                if self.chain.due(self.every):
+                    await self.write()
 
     async def finish(self) -> Appended | None:
         """At shutdown: catch up and checkpoint what is not covered yet (unless only our own

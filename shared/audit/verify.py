@@ -177,6 +177,7 @@ class Verifier:
         self.events = 0
         self.last_seq = self.start_seq - 1
         self.first_jump: Problem | None = None
+        self.suspect: _Suspect | None = None  # a chain mismatch, read on to name it well
 
     def feed(self, seq: int, subject: str, body: bytes) -> bool:
         """Take the next message; False once a problem is found or the range is done."""
@@ -184,7 +185,10 @@ class Verifier:
             return False
         if self.to_seq is not None and seq > self.to_seq:
             return False
-        while self.pending and self.pending[0].event.through_seq < seq:
+        if self.suspect is not None and seq > self.suspect.until:
+            self._settle()
+            return False
+        while self.suspect is None and self.pending and self.pending[0].event.through_seq < seq:
             self._check(self.pending.pop(0))
             if self.problem is not None:
                 return False
@@ -196,6 +200,8 @@ class Verifier:
         self.buffer.append((seq, event_digest(subject, body)))
         self.events += 1
         self.last_seq = seq
+        if self.suspect is not None:
+            return True
         if self.expect is not None and seq == self.expect[0]:
             self.expect_checked = True
             if self.chain != self.expect[1]:
@@ -203,14 +209,16 @@ class Verifier:
                     f"the chain at seq {seq} is {self.chain.hex()}, not the remembered "
                     f"{self.expect[1].hex()}: the history up to seq {seq} is not the one verified before"))
                 return False
-        while self.pending and self.pending[0].event.through_seq == seq:
+        while self.suspect is None and self.pending and self.pending[0].event.through_seq == seq:
             self._check(self.pending.pop(0))
         return self.problem is None
 
     def report(self) -> Report:
         """Finish: checkpoints the log ended before, the unsigned tail, --expect; the verdict."""
-        while self.problem is None and self.pending:
+        while self.problem is None and self.suspect is None and self.pending:
             self._check(self.pending.pop(0))
+        if self.suspect is not None:
+            self._settle()
         if self.problem is None and self.first_jump is not None and self.first_jump.seq > self.signed_through:
             self.problem = self.first_jump  # a gap in the unsigned tail
         if (self.problem is None and self.expect is not None and not self.expect_checked
@@ -255,13 +263,39 @@ class Verifier:
             self.range_start = cp.through_seq + 1
             self.buffer.clear()
             return
-        digests = unb64(cp.digests)
-        expected = [digests[i:i + DIGEST_SIZE] for i in range(0, len(digests), DIGEST_SIZE)]
+        # The chain says something before through_seq is wrong; the digests say where. A dropped
+        # or inserted message near the end of the range shows only with what follows, so read on
+        # through the next checkpoint's range (when it is signed) before naming it.
+        expected, until = _digests(cp), cp.through_seq
+        following = self.pending[0] if self.pending else None
+        if (following is not None and following.event.from_seq == cp.through_seq + 1
+                and self._signature_problem(following) is None):
+            expected += _digests(following.event)
+            until = following.event.through_seq
+            self.pending.pop(0)
+        where = (f"the chain at seq {cp.through_seq} differs from checkpoint {cp.number} (seq {checkpoint.seq}) "
+                 f"somewhere in seq {self.range_start}-{cp.through_seq}")
         skip = max(0, cp.from_seq - self.range_start)  # checkpoints before this one were unreadable
-        self.problem = locate(expected, cp.from_seq, self.buffer[skip:]) or Problem(
-            self.range_start, "altered",
-            f"the chain at seq {cp.through_seq} differs from checkpoint {cp.number} (seq {checkpoint.seq}) "
-            f"somewhere in seq {self.range_start}-{cp.through_seq}")
+        self.suspect = _Suspect(expected, cp.from_seq, skip, until, Problem(self.range_start, "altered", where))
+
+    def _settle(self) -> None:
+        suspect, self.suspect = self.suspect, None
+        assert suspect is not None
+        self.problem = locate(suspect.expected, suspect.from_seq, self.buffer[suspect.skip:]) or suspect.fallback
+
+
+@dataclass(frozen=True)
+class _Suspect:
+    expected: list[bytes]
+    from_seq: int
+    skip: int
+    until: int
+    fallback: Problem
+
+
+def _digests(cp: AuditCheckpointed) -> list[bytes]:
+    digests = unb64(cp.digests)
+    return [digests[i:i + DIGEST_SIZE] for i in range(0, len(digests), DIGEST_SIZE)]
 
 
 def locate(expected: list[bytes], from_seq: int, actual: list[tuple[int, bytes]]) -> Problem | None:
