@@ -326,8 +326,8 @@ def locate(expected: list[bytes], from_seq: int, actual: list[tuple[int, bytes]]
             return Problem(seq, "inserted", f"seq {seq} holds an event no checkpoint signed; the event "
                            f"signed for seq {seq} follows at seq {actual[present_later][0]}")
         if signed_later is not None:
-            return Problem(seq, "missing", f"the event signed for seq {seq} is absent; seq {seq} holds "
-                           f"the one signed for seq {from_seq + signed_later}")
+            return Problem(seq, "missing", f"the event signed for seq {seq} is absent; where it should be "
+                           f"is the one signed for seq {from_seq + signed_later}")
         return Problem(seq, "altered", f"the event at seq {seq} is not the one signed for it")
     return None
 
