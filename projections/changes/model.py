@@ -9,7 +9,7 @@ from collections.abc import Callable
 import msgspec
 
 from shared.envelope import Envelope, Event
-from shared.events import desired, observed, registry, rollout, snapshot
+from shared.events import audit, desired, observed, registry, rollout, snapshot
 
 
 class ChangeRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -110,6 +110,10 @@ def _summary(event: Event) -> str:
             what = {"RolloutCompleted": "completed", "RolloutRolledBack": "rolled back",
                     "RolloutResumed": "resumed"}[type(event).__name__]
             return f"rollout {event.rollout_id} {what}"
+        case audit.AuditCheckpointed():
+            return f"audit checkpoint {event.number} signed seq {event.from_seq}-{event.through_seq}"
+        case audit.AuditKeyAnnounced():
+            return f"audit signing key {event.key_id} announced"
     return f"{type(event).__name__} on {event.aggregate} {event.aggregate_id}"
 
 

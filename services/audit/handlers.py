@@ -9,6 +9,7 @@ loser adopts the winner's."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,7 @@ class CheckpointWriter:
         self.clock = clock
         self.chain = Chain()
         self.written = 0  # checkpoints this instance appended
+        self._writing: asyncio.Task[Appended | None] | None = None  # at most one append in flight
 
     async def resume(self) -> None:
         """Take up the chain at the log's newest checkpoint and make sure our key is announced."""
@@ -73,26 +75,49 @@ class CheckpointWriter:
 
     async def follow(self) -> None:
         """Hash the log as it grows, checkpointing every `every` events, until cancelled."""
-        async for seq, subject, body in self.log.replay_raw(self.chain.seq + 1, follow=True):
-            self.chain.advance(seq, subject, body)
-            if self.chain.due(self.every):
-                await self.write()
+        try:
+            async for seq, subject, body in self.log.replay_raw(self.chain.seq + 1, follow=True):
+                self.chain.advance(seq, subject, body)
+                if self.chain.due(self.every):
+                    await self._write_behind()
+        finally:
+            await self._written()
 
     async def catch_up(self) -> None:
         """Hash everything appended so far (a bounded read to the log's current end),
         checkpointing every `every` events as `follow` does."""
         last = await self.log.last_stream_seq()
         if last > self.chain.seq:
-            async for seq, subject, body in self.log.replay_raw(self.chain.seq + 1, last):
-                self.chain.advance(seq, subject, body)
-                if self.chain.due(self.every):
-                    await self.write()
+            try:
+                async for seq, subject, body in self.log.replay_raw(self.chain.seq + 1, last):
+                    self.chain.advance(seq, subject, body)
+                    if self.chain.due(self.every):
+                        await self._write_behind()
+            finally:
+                await self._written()
 
     async def finish(self) -> Appended | None:
         """At shutdown: catch up and checkpoint what is not covered yet (unless only our own
         checkpoints are, so restarts do not add checkpoints of checkpoints)."""
         await self.catch_up()
         return await self.write() if self.chain.news else None
+
+    async def _write_behind(self) -> None:
+        """Start appending the due checkpoint and go on hashing while the server stores it (an
+        fsynced append costs milliseconds); a checkpoint still in flight is awaited first."""
+        if self._writing is not None:
+            if not self._writing.done():
+                return
+            await self._written()
+            if not self.chain.due(self.every):
+                return
+        self._writing = asyncio.create_task(self.write(), name="audit-checkpoint")
+
+    async def _written(self) -> None:
+        """Wait for the checkpoint in flight, if any (its failure is raised here)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing
 
     async def write(self) -> Appended | None:
         """Append the next checkpoint through the last hashed sequence, if we may write."""

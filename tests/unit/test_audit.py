@@ -243,6 +243,6 @@ def test_projections_pass_over_audit_events_cleanly() -> None:
         apply(state, seq, envelope, event)
         if envelope.aggregate == "audit":
             row = change_row(seq, envelope, event, lambda _device: None)
-            assert row.summary.startswith(("AuditKeyAnnounced on audit key-", "AuditCheckpointed on audit "))
+            assert row.summary.startswith(("audit signing key ", "audit checkpoint "))
     assert state.seq == log[-1][0]
     assert len(state.sites) == 5 and not state.devices
