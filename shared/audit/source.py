@@ -60,19 +60,21 @@ def read_export(path: Path) -> Iterator[tuple[int, str, bytes]]:
 
 def verify_file(path: Path, *, pinned: Iterable[bytes] = (), from_seq: int | None = None,
                 to_seq: int | None = None, expect: tuple[int, bytes] | None = None) -> Report:
-    """Verify an export offline. A file that does not start at seq 1 is verified from the first
-    checkpoint boundary in it (the chain before it is vouched for by that checkpoint)."""
+    """Verify an export offline, from the checkpoint boundary at or before `from_seq` as on the
+    stream. A file that does not start at seq 1 is verified from a checkpoint boundary inside it
+    (the checkpoint that ends there vouches for the chain before it)."""
     if not path.is_file():
         raise Invalid(f"{path} is not a file", field="file")
     index = AuditIndex.of(m for m in read_export(path) if m[1].startswith(AUDIT_SUBJECT_PREFIX))
     first = next((seq for seq, _, _ in read_export(path)), 1)
-    start = max(from_seq or 1, first)
-    if start > 1:
-        boundaries = sorted(c.event.through_seq + 1 for c in index.checkpoints if c.event.through_seq + 1 >= start)
+    start = from_seq or 1
+    if first > 1:  # the file begins later than the log: start at a checkpoint boundary inside it
+        boundaries = sorted(c.event.through_seq + 1 for c in index.checkpoints if c.event.through_seq + 1 >= first)
         if not boundaries:
             raise Invalid(f"{path} starts at seq {first} and holds no checkpoint that vouches for the "
                           "chain from there on: export from seq 1 or a checkpoint boundary", field="file")
-        start = boundaries[0]
+        before = [b for b in boundaries if b <= start]  # as on the stream: the boundary at or before --from
+        start = before[-1] if before else boundaries[0]
     verifier = Verifier(index, pinned=pinned, from_seq=start, to_seq=to_seq, expect=expect)
     started = False
     for seq, subject, body in read_export(path):

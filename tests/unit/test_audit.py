@@ -246,3 +246,11 @@ def test_projections_pass_over_audit_events_cleanly() -> None:
             assert row.summary.startswith(("audit signing key ", "audit checkpoint "))
     assert state.seq == log[-1][0]
     assert len(state.sites) == 5 and not state.devices
+
+
+def test_from_means_the_same_boundary_on_a_file_as_on_the_stream(tmp_path: Path) -> None:
+    log = build_log(95, every=20)
+    path = tmp_path / "export.jsonl"
+    path.write_bytes(b"".join(export_line(*m) for m in log))
+    assert verify_file(path, from_seq=50).from_seq == verify(log, from_seq=50).from_seq == 41
+    assert verify_file(path, from_seq=50, to_seq=70).to_seq == 70
