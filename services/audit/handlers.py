@@ -103,15 +103,13 @@ class CheckpointWriter:
         return await self.write() if self.chain.news else None
 
     async def _write_behind(self) -> None:
-        """Start appending the due checkpoint and go on hashing while the server stores it (an
-        fsynced append costs milliseconds); a checkpoint still in flight is awaited first."""
-        if self._writing is not None:
-            if not self._writing.done():
-                return
-            await self._written()
-            if not self.chain.due(self.every):
-                return
-        self._writing = asyncio.create_task(self.write(), name="audit-checkpoint")
+        """Make the due checkpoint now (through the sequence just hashed) and append it while
+        hashing goes on (an fsynced append costs milliseconds); the previous one is awaited
+        first, so at most one is in flight and checkpoints stay `every` events apart."""
+        await self._written()
+        if self.chain.due(self.every):
+            self._writing = asyncio.create_task(self._append(self.chain.checkpoint(self.key)),
+                                                name="audit-checkpoint")
 
     async def _written(self) -> None:
         """Wait for the checkpoint in flight, if any (its failure is raised here)."""
@@ -121,9 +119,12 @@ class CheckpointWriter:
 
     async def write(self) -> Appended | None:
         """Append the next checkpoint through the last hashed sequence, if we may write."""
+        await self._written()
+        return await self._append(self.chain.checkpoint(self.key))
+
+    async def _append(self, event: AuditCheckpointed) -> Appended | None:
         if not await self._may_write():
             return None
-        event = self.chain.checkpoint(self.key)
         try:
             appended = await self.log.append(event.subject, [seal(event, actor=ACTOR, at=self.clock())], 0)
         except Conflict:

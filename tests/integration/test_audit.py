@@ -20,7 +20,7 @@ from nats.js import api
 
 from services.audit.handlers import CheckpointWriter
 from shared.audit.chain import b64
-from shared.audit.keys import load_or_create, retired_key, rotate
+from shared.audit.keys import load_or_create, retired_key
 from shared.audit.source import verify_stream
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
@@ -55,6 +55,8 @@ async def test_the_writer_checkpoints_every_n_and_at_shutdown(eventlog: EventLog
     last = await eventlog.last_stream_seq()
     assert [cp.number for _, cp in cps] == list(range(1, len(cps) + 1))
     assert all(cp.from_seq == prev.through_seq + 1 for (_, prev), (_, cp) in itertools.pairwise(cps))
+    sizes = [cp.through_seq - cp.from_seq + 1 for _, cp in cps]
+    assert set(sizes[:-1]) == {25} and sizes[-1] <= 25  # every 25 messages, then the shutdown one
     last_event = max([seq async for seq, subject, _ in eventlog.replay_raw() if ".audit." not in subject])
     assert cps[-1][0] == last and cps[-1][1].through_seq >= last_event  # the shutdown checkpoint
     assert writer.written == len(cps)
@@ -211,7 +213,11 @@ async def test_expect_and_key_commands(eventlog: EventLog, tmp_path: Path, nats_
     code, out = await fleet("audit", "verify", "--expect", "12:nothex", env=env)
     assert code == 2
 
-    old, new = rotate(tmp_path)  # the new key is announced endorsed by the retired one
+    code, out = await fleet("audit", "rotate-key", "--json", env=env)  # announced endorsed by the retired one
+    assert code == 0, out
+    old, new = json.loads(out)["old_key_id"], json.loads(out)["new_key_id"]
+    assert old == announced["key_id"]
+    assert (tmp_path / "secrets" / f"audit-signing.{old}.retired").exists()
     rotated = CheckpointWriter(eventlog, load_or_create(tmp_path), every=25,
                                previous_key=functools.partial(retired_key, tmp_path))
     assert rotated.key_id == new
