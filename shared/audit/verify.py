@@ -8,6 +8,7 @@ checkpoint's per-event digests only name the first bad sequence and what is wron
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -80,11 +81,13 @@ class AuditIndex:
 
     keys: list[tuple[int, AuditKeyAnnounced]] = field(default_factory=list)
     checkpoints: list[_Checkpoint] = field(default_factory=list)
+    digests: set[bytes] = field(default_factory=set)  # of every audit message, to place them
 
     def add(self, seq: int, subject: str, body: bytes) -> None:
         """Take one message; anything that is not a readable audit event is left to the chain."""
         if not subject.startswith(AUDIT_SUBJECT_PREFIX):
             return
+        self.digests.add(event_digest(subject, body))
         try:
             event = decode_event(decode_envelope(body))
         except (FleetError, msgspec.MsgspecError):
@@ -147,6 +150,7 @@ class Verifier:
                  to_seq: int | None = None, expect: tuple[int, bytes] | None = None) -> None:
         pins = list(pinned)
         self.pinned = bool(pins)
+        self.audit_digests = index.digests
         self.trusted, self.keys = trusted_keys(index, pins)
         self.to_seq = to_seq
         self.expect = expect
@@ -268,8 +272,9 @@ class Verifier:
         # through the next checkpoint's range (when it is signed) before naming it.
         expected, until = _digests(cp), cp.through_seq
         following = self.pending[0] if self.pending else None
-        if (following is not None and following.event.from_seq == cp.through_seq + 1
-                and self._signature_problem(following) is None):
+        if following is None:
+            until = self.to_seq if self.to_seq is not None else sys.maxsize  # the unsigned tail
+        elif following.event.from_seq == cp.through_seq + 1 and self._signature_problem(following) is None:
             expected += _digests(following.event)
             until = following.event.through_seq
             self.pending.pop(0)
@@ -281,7 +286,8 @@ class Verifier:
     def _settle(self) -> None:
         suspect, self.suspect = self.suspect, None
         assert suspect is not None
-        self.problem = locate(suspect.expected, suspect.from_seq, self.buffer[suspect.skip:]) or suspect.fallback
+        self.problem = locate(suspect.expected, suspect.from_seq, self.buffer[suspect.skip:],
+                              self.audit_digests) or suspect.fallback
 
 
 @dataclass(frozen=True)
@@ -298,11 +304,14 @@ def _digests(cp: AuditCheckpointed) -> list[bytes]:
     return [digests[i:i + DIGEST_SIZE] for i in range(0, len(digests), DIGEST_SIZE)]
 
 
-def locate(expected: list[bytes], from_seq: int, actual: list[tuple[int, bytes]]) -> Problem | None:
+def locate(expected: list[bytes], from_seq: int, actual: list[tuple[int, bytes]],
+           checkpoints: set[bytes] = frozenset()) -> Problem | None:  # type: ignore[assignment]
     """The first position where the log differs from what a checkpoint signed, classified.
 
     `expected`: the signed digests of seq from_seq, from_seq+1, ...; `actual`: (seq, digest) as
-    read, in order. None when they agree (then only a digest collision could hide a change)."""
+    read, in order; `checkpoints`: digests of the log's audit messages, which belong after the
+    range they sign (so one met too early was moved up, not forged). None when they agree (then
+    only a digest collision could hide a change)."""
     actual_digests = [digest for _, digest in actual]
     for i in range(max(len(expected), len(actual))):
         seq = from_seq + i
@@ -318,16 +327,19 @@ def locate(expected: list[bytes], from_seq: int, actual: list[tuple[int, bytes]]
                 return Problem(seq, "altered", f"the event signed for seq {seq} is stored as seq {got_seq}")
             continue
         signed_later = _index(expected, got, i + 1)
+        later = f"seq {from_seq + signed_later}" if signed_later is not None else "a later checkpoint"
+        if signed_later is None and got not in checkpoints:
+            later = ""
         present_later = _index(actual_digests, want, i + 1)
-        if signed_later is not None and present_later is not None:
-            return Problem(seq, "reordered", f"seq {seq} holds the event signed for seq "
-                           f"{from_seq + signed_later}, and the one signed for seq {seq} comes later")
+        if later and present_later is not None:
+            return Problem(seq, "reordered", f"seq {seq} holds the message signed for {later}, "
+                           f"and the one signed for seq {seq} comes later")
         if present_later is not None:
             return Problem(seq, "inserted", f"seq {seq} holds an event no checkpoint signed; the event "
                            f"signed for seq {seq} follows at seq {actual[present_later][0]}")
-        if signed_later is not None:
+        if later:
             return Problem(seq, "missing", f"the event signed for seq {seq} is absent; where it should be "
-                           f"is the one signed for seq {from_seq + signed_later}")
+                           f"is the message signed for {later}")
         return Problem(seq, "altered", f"the event at seq {seq} is not the one signed for it")
     return None
 
