@@ -20,7 +20,7 @@ from nacl.signing import SigningKey
 from services.audit.domain import Chain, announcement
 from shared.audit.chain import AUDIT_SUBJECT_PREFIX, key_id
 from shared.envelope import seal
-from shared.errors import Conflict, FleetError
+from shared.errors import Conflict, FleetError, Invalid
 from shared.eventlog import Appended, EventLog
 from shared.events.audit import AuditCheckpointed, AuditKeyAnnounced
 from shared.times import utcnow
@@ -42,7 +42,7 @@ class CheckpointWriter:
                  may_write: Callable[[], Awaitable[bool]] = _always,
                  clock: Callable[[], datetime] = utcnow) -> None:
         if every < 1:
-            raise ValueError("a checkpoint needs at least one event")
+            raise Invalid(f"FLEET_AUDIT_EVERY must be at least 1, not {every}", field="audit_every")
         self.log = eventlog
         self.key = key
         self.key_id = key_id(bytes(key.verify_key))
