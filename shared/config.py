@@ -16,7 +16,7 @@ from shared.times import parse_duration
 
 ENDPOINTS_FILE = "endpoints.json"
 DEFAULT_DATA_DIR = ".fleet"
-_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace")
+_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace", "audit_max_delay")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -36,6 +36,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reconcile_max_tries: int = 5
     drift_partition: str = ""  # "k/N": this drift instance watches partition k of N ("" = all)
     audit_every: int = 1000  # events between two signed audit checkpoints (docs/audit.md)
+    audit_max_delay: float = 60.0  # longest an event waits for a checkpoint while the log is quiet
     log_level: str = "info"
 
     @property

@@ -53,6 +53,7 @@ class CheckpointWriter:
         self.chain = Chain()
         self.written = 0  # checkpoints this instance appended
         self._writing: asyncio.Task[Appended | None] | None = None  # at most one append in flight
+        self._turn = asyncio.Lock()  # the follower's and the timer's checkpoints, one at a time
 
     async def resume(self) -> None:
         """Take up the chain at the log's newest checkpoint and make sure our key is announced."""
@@ -106,10 +107,19 @@ class CheckpointWriter:
         """Make the due checkpoint now (through the sequence just hashed) and append it while
         hashing goes on (an fsynced append costs milliseconds); the previous one is awaited
         first, so at most one is in flight and checkpoints stay `every` events apart."""
-        await self._written()
-        if self.chain.due(self.every):
-            self._writing = asyncio.create_task(self._append(self.chain.checkpoint(self.key)),
-                                                name="audit-checkpoint")
+        async with self._turn:
+            await self._written()
+            if self.chain.due(self.every):
+                self._writing = asyncio.create_task(self._append(self.chain.checkpoint(self.key)),
+                                                    name="audit-checkpoint")
+
+    async def tick(self) -> Appended | None:
+        """The timer's duty (every FLEET_AUDIT_MAX_DELAY): checkpoint what the follower has hashed
+        if any event other than our own checkpoints is uncovered, so a quiet log is not left
+        unsigned until the next N events or the next shutdown."""
+        async with self._turn:
+            await self._written()
+            return await self._append(self.chain.checkpoint(self.key)) if self.chain.news else None
 
     async def _written(self) -> None:
         """Wait for the checkpoint in flight, if any (its failure is raised here)."""
@@ -119,8 +129,9 @@ class CheckpointWriter:
 
     async def write(self) -> Appended | None:
         """Append the next checkpoint through the last hashed sequence, if we may write."""
-        await self._written()
-        return await self._append(self.chain.checkpoint(self.key))
+        async with self._turn:
+            await self._written()
+            return await self._append(self.chain.checkpoint(self.key))
 
     async def _append(self, event: AuditCheckpointed) -> Appended | None:
         if not await self._may_write():

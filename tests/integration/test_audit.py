@@ -81,6 +81,20 @@ async def test_the_follower_checkpoints_as_the_log_grows(eventlog: EventLog) -> 
     assert (await verify_stream(eventlog)).intact
 
 
+async def test_a_quiet_log_is_checkpointed_by_the_timer_duty(eventlog: EventLog) -> None:
+    writer = CheckpointWriter(eventlog, KEY, every=1000)  # N is never reached here
+    await writer.resume()
+    head = await append_history(eventlog, 3, rounds=0)
+    await writer.catch_up()
+    assert writer.written == 0
+    appended = await writer.tick()
+    assert appended is not None
+    [(_, cp)] = await checkpoints(eventlog)
+    assert cp.through_seq == head
+    await writer.catch_up()
+    assert await writer.tick() is None  # only its own checkpoint is uncovered: nothing to sign
+
+
 async def test_a_restarted_writer_resumes_without_a_second_checkpoint_for_a_sequence(eventlog: EventLog) -> None:
     first = CheckpointWriter(eventlog, KEY, every=20)
     await first.resume()
