@@ -226,6 +226,15 @@ async def test_expect_and_key_commands(eventlog: EventLog, tmp_path: Path, nats_
     assert code == 7 and json.loads(out)["problem"]["kind"] == "bad_signature"
     code, out = await fleet("audit", "verify", "--expect", "12:nothex", env=env)
     assert code == 2
+    cps = await checkpoints(eventlog)
+    boundary = cps[0][1].through_seq + 1
+    code, out = await fleet("audit", "verify", "--from", str(boundary + 3), "--to", str(boundary + 30), "--json",
+                            env=env)
+    ranged = json.loads(out)
+    assert code == 0, out
+    assert (ranged["from_seq"], ranged["to_seq"]) == (boundary, boundary + 30)  # from the boundary before --from
+    code, out = await fleet("audit", "verify", "--from", str(boundary + 3), "--expect", "2:" + "00" * 32, env=env)
+    assert code == 2, out  # an --expect before where verification starts is refused
 
     code, out = await fleet("audit", "rotate-key", "--json", env=env)  # announced endorsed by the retired one
     assert code == 0, out
