@@ -2,7 +2,8 @@
 follow the log hashing every message, append a signed checkpoint every N events and at shutdown.
 
 Exactly one call site decides whether this instance may write: `_may_write`, which asks the
-`may_write` hook (the HA lease once one exists; always yes without it). Two writers cannot
+`may_write` hook (the HA lease once one exists; always yes without it). An instance that may not
+write follows the chain and takes in the writer's checkpoints, ready to take over. Two writers cannot
 corrupt anything anyway: checkpoint n lives on its own subject `fleet.evt.audit.<n>` and is
 appended with expected subject sequence 0, so the server refuses a second checkpoint n and the
 loser adopts the winner's."""
@@ -15,11 +16,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 
+import msgspec
 from nacl.signing import SigningKey
 
 from services.audit.domain import Chain, announcement
 from shared.audit.chain import AUDIT_SUBJECT_PREFIX, key_id
-from shared.envelope import seal
+from shared.envelope import decode_envelope, decode_event, seal
 from shared.errors import Conflict, FleetError, Invalid
 from shared.eventlog import Appended, EventLog
 from shared.events.audit import AuditCheckpointed, AuditKeyAnnounced
@@ -54,6 +56,8 @@ class CheckpointWriter:
         self.written = 0  # checkpoints this instance appended
         self._writing: asyncio.Task[Appended | None] | None = None  # at most one append in flight
         self._turn = asyncio.Lock()  # the follower's and the timer's checkpoints, one at a time
+        self._announced = False  # is our key in the log?
+        self._last_key: str | None = None  # the newest key announced before ours
 
     async def resume(self) -> None:
         """Take up the chain at the log's newest checkpoint and make sure our key is announced."""
@@ -68,17 +72,26 @@ class CheckpointWriter:
                 newest = event
         if newest is not None:
             self.chain.adopt(newest)
-        if all(k.key_id != self.key_id for k in keys) and await self._may_write():
-            previous = self.previous_key(keys[-1].key_id) if keys else None
-            event = announcement(self.key, previous)
-            with contextlib.suppress(Conflict):  # announced meanwhile by an instance with the same key
-                await self.log.append(event.subject, [seal(event, actor=ACTOR, at=self.clock())], 0)
+        self._announced = any(k.key_id == self.key_id for k in keys)
+        self._last_key = keys[-1].key_id if keys else None
+        if await self._may_write():
+            await self._announce()
+
+    async def _announce(self) -> None:
+        """Put our key in the log (once), endorsed by the previous key when we hold it."""
+        if self._announced:
+            return
+        previous = self.previous_key(self._last_key) if self._last_key else None
+        event = announcement(self.key, previous)
+        with contextlib.suppress(Conflict):  # announced meanwhile by an instance with the same key
+            await self.log.append(event.subject, [seal(event, actor=ACTOR, at=self.clock())], 0)
+        self._announced = True
 
     async def follow(self) -> None:
         """Hash the log as it grows, checkpointing every `every` events, until cancelled."""
         try:
             async for seq, subject, body in self.log.replay_raw(self.chain.seq + 1, follow=True):
-                self.chain.advance(seq, subject, body)
+                self._advance(seq, subject, body)
                 if self.chain.due(self.every):
                     await self._write_behind()
         finally:
@@ -91,7 +104,7 @@ class CheckpointWriter:
         if last > self.chain.seq:
             try:
                 async for seq, subject, body in self.log.replay_raw(self.chain.seq + 1, last):
-                    self.chain.advance(seq, subject, body)
+                    self._advance(seq, subject, body)
                     if self.chain.due(self.every):
                         await self._write_behind()
             finally:
@@ -102,6 +115,27 @@ class CheckpointWriter:
         checkpoints are, so restarts do not add checkpoints of checkpoints)."""
         await self.catch_up()
         return await self.write() if self.chain.news else None
+
+    def _advance(self, seq: int, subject: str, body: bytes) -> None:
+        """Hash one message; an audit event written by another instance (the lease holder, when
+        this one stands by) is taken in, so a standby's chain stays trimmed and numbered."""
+        if seq <= self.chain.seq:
+            return
+        self.chain.advance(seq, subject, body)
+        if not subject.startswith(AUDIT_SUBJECT_PREFIX):
+            return
+        try:
+            event = decode_event(decode_envelope(body))
+        except (FleetError, msgspec.MsgspecError):
+            log.error("audit message at seq %d is not an audit event", seq)
+            return
+        if isinstance(event, AuditKeyAnnounced):
+            self._last_key = event.key_id
+            self._announced = self._announced or event.key_id == self.key_id
+        elif isinstance(event, AuditCheckpointed) and not self.chain.adopt(event):
+            log.error("checkpoint %d at seq %d signs another chain value for seq %d than this writer "
+                      "computed: the log differs from what its checkpoints signed (run fleet audit verify)",
+                      event.number, seq, event.through_seq)
 
     async def _write_behind(self) -> None:
         """Make the due checkpoint now (through the sequence just hashed) and append it while
@@ -136,6 +170,7 @@ class CheckpointWriter:
     async def _append(self, event: AuditCheckpointed) -> Appended | None:
         if not await self._may_write():
             return None
+        await self._announce()  # a writer that could not write at start announces before signing
         try:
             appended = await self.log.append(event.subject, [seal(event, actor=ACTOR, at=self.clock())], 0)
         except Conflict:

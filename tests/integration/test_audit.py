@@ -11,6 +11,7 @@ import itertools
 import json
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,55 @@ async def test_a_quiet_log_is_checkpointed_by_the_timer_duty(eventlog: EventLog)
     assert cp.through_seq == head
     await writer.catch_up()
     assert await writer.tick() is None  # only its own checkpoint is uncovered: nothing to sign
+
+
+async def test_only_a_writer_that_may_write_writes_and_it_announces_its_key_first(eventlog: EventLog) -> None:
+    holding = False
+
+    async def lease() -> bool:  # what the HA lease will answer
+        return holding
+
+    writer = CheckpointWriter(eventlog, KEY, every=10, may_write=lease)
+    await writer.resume()
+    await append_history(eventlog, 4, rounds=1)
+    await writer.catch_up()
+    assert await writer.finish() is None
+    assert await checkpoints(eventlog) == []
+    holding = True
+    await writer.catch_up()
+    await writer.finish()
+    assert await checkpoints(eventlog)
+    report = await verify_stream(eventlog, pinned=[bytes(KEY.verify_key)])
+    assert report.intact, report.problem
+    assert [k.seq > 1 for k in report.keys] == [True]  # announced when it first could write
+
+
+async def test_a_standby_follows_the_holders_checkpoints_and_takes_over(eventlog: EventLog) -> None:
+    holder = {"a": True}
+
+    def lease(name: str) -> Callable[[], Awaitable[bool]]:
+        async def held() -> bool:
+            return holder["a"] == (name == "a")
+        return held
+
+    a = CheckpointWriter(eventlog, KEY, every=10, may_write=lease("a"))
+    b = CheckpointWriter(eventlog, KEY, every=10, may_write=lease("b"))
+    await a.resume()
+    await b.resume()
+    await append_history(eventlog, 5, rounds=1)
+    await a.catch_up()
+    await b.catch_up()
+    assert b.written == 0
+    assert b.chain.number == a.chain.number > 0  # the standby took in the holder's checkpoints
+    assert len(b.chain.seqs) < 10 + a.chain.number  # and keeps only what they do not cover
+    holder["a"] = False  # the lease moves to b
+    await append_history(eventlog, 3, rounds=0, seed=4)
+    await b.catch_up()
+    await b.finish()
+    assert b.written >= 1
+    cps = await checkpoints(eventlog)
+    assert [cp.number for _, cp in cps] == list(range(1, len(cps) + 1))
+    assert (await verify_stream(eventlog, pinned=[bytes(KEY.verify_key)])).intact
 
 
 async def test_a_restarted_writer_resumes_without_a_second_checkpoint_for_a_sequence(eventlog: EventLog) -> None:
