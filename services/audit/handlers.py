@@ -58,6 +58,7 @@ class CheckpointWriter:
         self._turn = asyncio.Lock()  # the follower's and the timer's checkpoints, one at a time
         self._announced = False  # is our key in the log?
         self._last_key: str | None = None  # the newest key announced before ours
+        self._next_try = 0  # after a refused write: hashed sequence at which to ask again
 
     async def resume(self) -> None:
         """Take up the chain at the log's newest checkpoint and make sure our key is announced."""
@@ -141,6 +142,8 @@ class CheckpointWriter:
         """Make the due checkpoint now (through the sequence just hashed) and append it while
         hashing goes on (an fsynced append costs milliseconds); the previous one is awaited
         first, so at most one is in flight and checkpoints stay `every` events apart."""
+        if self.chain.seq < self._next_try:
+            return  # standing by: ask the lease again only every `every` messages
         async with self._turn:
             await self._written()
             if self.chain.due(self.every):
@@ -169,6 +172,7 @@ class CheckpointWriter:
 
     async def _append(self, event: AuditCheckpointed) -> Appended | None:
         if not await self._may_write():
+            self._next_try = self.chain.seq + self.every
             return None
         await self._announce()  # a writer that could not write at start announces before signing
         try:
