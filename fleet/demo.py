@@ -230,6 +230,11 @@ class Demo:
         self.say("The audit trail is the log itself: `fleet audit export` writes it as JSON lines.")
         exported = data / "audit.jsonl"
         await self.fleet("audit", "export", "--out", str(exported))
+        self.say("And it proves itself intact: the audit service signs the log's hash chain every 1,000 events "
+                 "and at shutdown; `fleet audit verify` re-hashes the log and checks every signature "
+                 "(docs/audit.md), online or on the export, offline.")
+        await self.fleet("audit", "verify")
+        await self.fleet("audit", "verify", "--file", str(exported))
         return ok
 
     async def _wait(self, predicate: Callable[[], bool], timeout: float) -> bool:

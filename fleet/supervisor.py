@@ -1,8 +1,9 @@
 """`fleet up`: everything on one machine, supervised.
 
 Starts the embedded NATS and PostgreSQL (unless external URLs are given), makes sure the event
-log stream exists, then runs each part — the four services, the projection runner and the API —
-as its own `fleet service NAME` process. A part that exits is restarted with exponential backoff
+log stream exists, then runs each part — the audit checkpoint writer, the four services, the
+projection runner and the API — as its own `fleet service NAME` process. A part that exits is
+restarted with exponential backoff
 (the restart is logged and counted). SIGINT/SIGTERM stop the parts in reverse order, then the
 servers, leaving no process behind. `endpoints.json` lets the CLI find everything with no flags;
 the embedded NATS runs in JWT mode (DESIGN §11): on first start the operator/account keys are
@@ -46,7 +47,8 @@ from shared.times import format_time, utcnow
 from shared.tokens import bootstrap_admin_token
 
 log = logging.getLogger("fleet.up")
-PARTS = ("registry", "snapshot", "drift", "rollout", "projections", "api")
+# audit first: started first, stopped last, so its shutdown checkpoint covers everything the others wrote
+PARTS = ("audit", "registry", "snapshot", "drift", "rollout", "projections", "api")
 # The services need no database: a blank URL also hides the one endpoints.json names.
 _NO_DATABASE = {"FLEET_DATABASE_URL": ""}
 

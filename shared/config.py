@@ -18,7 +18,8 @@ SECRETS_DIR = "secrets"
 ADMIN_CREDS = "admin.creds"
 OPERATOR_CREDS = "operator.creds"
 DEFAULT_DATA_DIR = ".fleet"
-_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace", "flap_window")
+_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace", "flap_window",
+              "audit_max_delay")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -44,6 +45,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     flap_window: float = 60.0  # a device whose reports flip flap_changes times within it is flapping
     flap_changes: int = 6  # (0: never); its flips are then no events until it holds still
     drift_partition: str = ""  # "k/N": this drift instance watches partition k of N ("" = all)
+    audit_every: int = 1000  # events between two signed audit checkpoints (docs/audit.md)
+    audit_max_delay: float = 60.0  # longest an event waits for a checkpoint while the log is quiet
     log_level: str = "info"
 
     @property

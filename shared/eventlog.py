@@ -15,9 +15,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -390,9 +391,27 @@ class EventLog:
         follow: bool = False,
     ) -> AsyncIterator[Recorded]:
         """Events in sequence order from `from_seq`, one at a time (see `batches`)."""
-        async for batch in self.batches(from_seq, to_seq, subjects=subjects, follow=follow):
-            for record in batch:
-                yield record
+        # aclosing: a reader that stops early closes the subscription now, not when collected
+        async with contextlib.aclosing(self.batches(from_seq, to_seq, subjects=subjects, follow=follow)) as parts:
+            async for batch in parts:
+                for record in batch:
+                    yield record
+
+    async def replay_raw(
+        self,
+        from_seq: int = 1,
+        to_seq: int | None = None,
+        *,
+        subjects: str | Sequence[str] = EVENTS_WILDCARD,
+        follow: bool = False,
+    ) -> AsyncIterator[tuple[int, str, bytes]]:
+        """As `replay`, but (seq, subject, the exact stored body) with nothing decoded: what the
+        audit chain hashes, and a body that is not an envelope is passed on too."""
+        async with contextlib.aclosing(self._messages(from_seq, to_seq, subjects=subjects, follow=follow,
+                                                      size=1000)) as parts:
+            async for batch in parts:
+                for seq, msg in batch:
+                    yield seq, msg.subject, msg.data
 
     async def batches(
         self,
@@ -402,7 +421,7 @@ class EventLog:
         subjects: str | Sequence[str] = EVENTS_WILDCARD,
         follow: bool = False,
         size: int = 1000,
-    ) -> AsyncIterator[list[Recorded]]:
+    ) -> AsyncGenerator[list[Recorded]]:
         """The one reader of the log: events in sequence order from `from_seq` through an ordered
         consumer, of the subjects matching `subjects` (one filter or several), in batches of what
         has arrived (up to `size`). Memory stays bounded: see `_Delivery`.
@@ -411,6 +430,15 @@ class EventLog:
         is set, in which case it keeps yielding new events as they are appended. A body that is no
         event envelope comes as a record of type UNDECODABLE (never silently dropped, never fatal
         to the reader: who applies it decides)."""
+        async with contextlib.aclosing(self._messages(from_seq, to_seq, subjects=subjects, follow=follow,
+                                                      size=size)) as parts:
+            async for batch in parts:
+                yield [_recorded(msg, seq) for seq, msg in batch]
+
+    async def _messages(
+        self, from_seq: int, to_seq: int | None, *, subjects: str | Sequence[str], follow: bool, size: int
+    ) -> AsyncGenerator[list[tuple[int, Msg]]]:
+        """What `batches` and `replay_raw` read: (stream sequence, message) in batches."""
         if to_seq is None and not follow:
             to_seq = await self.last_stream_seq()
         if to_seq is not None and to_seq < from_seq:
@@ -427,7 +455,7 @@ class EventLog:
                         # A subject filter may match nothing more before `to_seq`: stop once the
                         # consumer has nothing left to deliver instead of waiting forever.
                         return
-                batch: list[Recorded] = []
+                batch: list[tuple[int, Msg]] = []
                 last = False
                 while buffer and len(batch) < size and not last:
                     msg = buffer.popleft()
@@ -435,7 +463,7 @@ class EventLog:
                     if to_seq is not None and seq > to_seq:
                         last = True
                         break
-                    batch.append(_recorded(msg, seq))
+                    batch.append((seq, msg))
                     # the end: `to_seq`, or the last event matching the filter (which may end sooner)
                     last = (to_seq is not None and seq >= to_seq) or (not follow and _num_pending(msg) == 0)
                 if delivery.resume_from and len(buffer) <= _REPLAY_BUFFER // 2:

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import msgspec
 
 from shared.envelope import Envelope, Event
-from shared.events import desired, observed, registry, rollout, snapshot
+from shared.events import audit, desired, observed, registry, rollout, snapshot
 
 
 class ChangeRow(msgspec.Struct, frozen=True, kw_only=True, gc=False):
@@ -147,6 +147,11 @@ def _summary(event: Event) -> str:
             return f"device {event.device_id} reconciliation forced" + _why(event.reason)
         case observed.DriftAcknowledged():
             return f"device {event.device_id} drift acknowledged" + _why(event.reason)
+        case audit.AuditCheckpointed():
+            return (f"audit checkpoint {event.number} signed log sequences {event.from_seq} to "
+                    f"{event.through_seq} with key {event.key_id}")
+        case audit.AuditKeyAnnounced():
+            return f"audit signing key {event.key_id} announced"
         case _:
             return _rollout_summary(event)
 

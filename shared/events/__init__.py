@@ -1,6 +1,6 @@
 """Event types, one module per aggregate family. Importing this package registers them all, so
 any consumer of the log can decode every known type."""
 
-from shared.events import desired, observed, registry, rollout, snapshot
+from shared.events import audit, desired, observed, registry, rollout, snapshot
 
-__all__ = ["desired", "observed", "registry", "rollout", "snapshot"]
+__all__ = ["audit", "desired", "observed", "registry", "rollout", "snapshot"]
