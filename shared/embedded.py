@@ -255,8 +255,6 @@ class EmbeddedPostgres:
         pwfile = self.data_dir / ".pwfile"
         pwfile.write_text(self.password_file.read_text())
         if ids is not None:
-            _make_traversable(self.data_dir)
-            _make_traversable(_pg_bin())
             os.chown(self.pgdata, *ids)
             os.chown(pwfile, *ids)
         try:
@@ -272,6 +270,12 @@ class EmbeddedPostgres:
     async def start(self, timeout: float = 60.0) -> EmbeddedPostgres:
         """Initialise the cluster if needed, start the server and wait until it accepts connections."""
         ids = self._ids()
+        if ids is not None:
+            # At every start: an owner may have closed a parent again since (`fleet up` keeps its
+            # data dir 0700; o+x lets the server's user pass through it, not list it).
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            _make_traversable(self.data_dir)
+            _make_traversable(_pg_bin())
         await asyncio.to_thread(self._init_cluster, ids)
         socket_dir = self.data_dir / "socket"
         socket_dir.mkdir(exist_ok=True)

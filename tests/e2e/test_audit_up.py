@@ -18,9 +18,12 @@ from tests.e2e.test_up import FLEET, fleet, status, wait_for
 
 
 def start(data: Path) -> subprocess.Popen[str]:
+    # its output goes to a file: an unread pipe would block `fleet up` once full
+    log = (data.parent / "up.log").open("a")
     up = subprocess.Popen([*FLEET, "--data-dir", str(data), "up", "--api-port", str(free_port())],
-                          env={**os.environ, "FLEET_AUDIT_EVERY": "5"}, stdout=subprocess.PIPE,
+                          env={**os.environ, "FLEET_AUDIT_EVERY": "5"}, stdout=log,
                           stderr=subprocess.STDOUT, text=True)
+    log.close()
     wait_for(lambda: (data / "endpoints.json").exists() and all(
         p["state"] == "running" for p in status(data)["up"]["parts"]), what="all parts running")
     return up
@@ -28,8 +31,8 @@ def start(data: Path) -> subprocess.Popen[str]:
 
 def stop(up: subprocess.Popen[str]) -> None:
     up.send_signal(signal.SIGTERM)
-    output, _ = up.communicate(timeout=60)
-    assert up.returncode == 0, output
+    up.wait(timeout=60)
+    assert up.returncode == 0
 
 
 def verify(data: Path, *args: str) -> dict[str, Any]:
