@@ -16,7 +16,7 @@ from shared.times import parse_duration
 
 ENDPOINTS_FILE = "endpoints.json"
 DEFAULT_DATA_DIR = ".fleet"
-_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace")
+_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace", "lease_ttl")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,6 +35,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     reconcile_backoff: float = 5.0
     reconcile_max_tries: int = 5
     drift_partition: str = ""  # "k/N": this drift instance watches partition k of N ("" = all)
+    replicas: int = 0  # of FLEET_EVENTS and the buckets; 0 = 3 on a cluster of 3+ servers, else 1
+    lease_ttl: float = 6.0  # lease time of one-driver-at-a-time work (shared/lease.py)
     log_level: str = "info"
 
     @property

@@ -60,6 +60,7 @@ _TRANSIENT = (
     nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
     nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,  # no stream leader yet: an election on a cluster
     asyncio.TimeoutError,
 )
 
@@ -190,6 +191,9 @@ class EventLog:
             except nats.js.errors.BadRequestError:  # created by a concurrent starter meanwhile
                 info = await self.js.stream_info(self.stream)
         problems = weaker_settings(info.config)
+        if (info.config.num_replicas or 1) < replicas:
+            problems.append(f"num_replicas is {info.config.num_replicas or 1} (< {replicas} asked by "
+                            "FLEET_REPLICAS or the cluster's size)")
         if problems:
             raise StreamMisconfigured(
                 f"stream {self.stream} exists with settings weaker than the event-log contract: "
