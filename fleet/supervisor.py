@@ -7,6 +7,10 @@ as its own `fleet service NAME` process. A part that exits is restarted with exp
 servers, leaving no process behind. `endpoints.json` lets the CLI find everything with no flags;
 `status.json` (rewritten every second) is what `fleet status` shows. A lock file keeps a second
 `fleet up` off the same data dir.
+
+`fleet up --cluster 3` is the scale-out topology on one machine (DESIGN §13): three nats-server
+nodes from deploy/nats/ on loopback instead of one, and two instances of every part (`NAME` and
+`NAME-2`; the second API on its own port), so failover can be tried by killing any of them.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from typing import IO
 import msgspec
 
 from shared.aio import wait_set
+from shared.cluster import ensure_log
 from shared.config import Endpoints, Settings, write_endpoints
 from shared.connection import connect_nats
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
+from shared.embedded_cluster import EmbeddedNatsCluster
 from shared.errors import Conflict
-from shared.eventlog import EventLog
 from shared.times import format_time, utcnow
 
 log = logging.getLogger("fleet.up")
@@ -43,6 +48,7 @@ class PartStatus(msgspec.Struct):
 
     name: str
     pid: int | None = None
+    instance: int = 1  # 2 for the second instance of a part (`fleet up --cluster`)
     up_since: str | None = None
     restarts: int = 0
     state: str = "starting"  # starting running restarting stopped
@@ -63,6 +69,8 @@ class UpStatus(msgspec.Struct):
 @dataclass
 class _Part:
     status: PartStatus
+    service: str = ""  # what `fleet service` runs ("" = status.name)
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     ran_since: float = field(default_factory=time.monotonic)
@@ -72,8 +80,10 @@ class Supervisor:
     """Runs and watches the parts of one Fleetplane deployment."""
 
     def __init__(self, settings: Settings, *, api_port: int | None = None, parts: tuple[str, ...] = PARTS,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, cluster: int = 0) -> None:
         self.settings = settings
+        self.cluster_size = cluster  # 0: one embedded nats-server; 3: a cluster and two instances
+        self.cluster: EmbeddedNatsCluster | None = None
         self.data = settings.data_path.resolve()
         self.api_port = api_port
         self.part_names = parts
@@ -101,6 +111,12 @@ class Supervisor:
         """Start servers and parts; returns once everything has been launched."""
         self._take_lock()
         nats_url = self.settings.nats_url
+        if not nats_url and self.cluster_size:
+            self.cluster = EmbeddedNatsCluster(self.data / "nats-cluster", self.cluster_size,
+                                               ports=_ports_from(self.data / "nats-cluster.ports"))
+            await self.cluster.start()
+            (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
+            nats_url = self.cluster.url
         if not nats_url:
             self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port")).start()
             (self.data / "nats.port").write_text(str(self.nats.port))
@@ -113,12 +129,12 @@ class Supervisor:
             database_url = await self._database(self.postgres)
         api_url = self.settings.api_url or f"http://127.0.0.1:{self.api_port or free_port()}"
         nc = await connect_nats(msgspec.structs.replace(self.settings, nats_url=nats_url), "up")
-        await EventLog(nc).ensure_stream()
+        await ensure_log(nc, self.settings)
         await nc.close()
         self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_DATABASE_URL": database_url,
                     "FLEET_API_URL": api_url, "FLEET_DATA_DIR": str(self.data)}
         for name in ("heartbeat_interval", "offline_after", "drift_grace", "reconcile_backoff",
-                     "reconcile_max_tries"):
+                     "reconcile_max_tries", "replicas", "lease_ttl"):
             self.env[f"FLEET_{name.upper()}"] = str(getattr(self.settings, name))
         write_endpoints(self.data, Endpoints(nats_url=nats_url, database_url=database_url, api_url=api_url,
                                              pid=os.getpid()))
@@ -126,8 +142,13 @@ class Supervisor:
                                api_url=api_url, database_embedded=self.postgres is not None)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in self.part_names:
-            part = self.parts[name] = _Part(PartStatus(name))
+            part = self.parts[name] = _Part(PartStatus(name), service=name)
             part.task = asyncio.create_task(self._supervise(part))
+        if self.cluster is not None:  # the second instance of every part
+            for name in self.part_names:
+                env = {"FLEET_API_URL": f"http://127.0.0.1:{free_port()}"} if name == "api" else {}
+                part = self.parts[f"{name}-2"] = _Part(PartStatus(f"{name}-2", instance=2), service=name, env=env)
+                part.task = asyncio.create_task(self._supervise(part))
         return self.status
 
     async def _database(self, server: EmbeddedPostgres) -> str:
@@ -147,7 +168,8 @@ class Supervisor:
         while not self.stopping.is_set():
             logfile = (self.log_dir / f"{part.status.name}.log").open("ab")
             part.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fleet", "service", part.status.name, env=self.env,
+                sys.executable, "-m", "fleet", "service", part.service or part.status.name,
+                env={**self.env, **part.env},
                 stdout=logfile, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 preexec_fn=die_with_parent)
             logfile.close()
@@ -206,6 +228,8 @@ class Supervisor:
             await asyncio.to_thread(self.postgres.stop)
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)
         if self._lock is not None:  # only the holder of the data dir cleans it up
             (self.data / "endpoints.json").unlink(missing_ok=True)
             self._lock.close()
@@ -225,6 +249,14 @@ def _port_from(path: Path) -> int | None:
             sock.bind(("127.0.0.1", port))
             return port
     return None
+
+
+def _ports_from(path: Path) -> list[tuple[int, int, int]] | None:
+    """The cluster's ports of the last run (a restarted node must find its routes again)."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=list[tuple[int, int, int]])
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def read_status(data_dir: Path) -> UpStatus | None:
