@@ -91,13 +91,21 @@ async def lease_bucket(nc: NATS, ttl: float = DEFAULT_TTL, replicas: int = 1) ->
     return kv, float(status.ttl or ttl)
 
 
-async def holder_of(nc: NATS, name: str) -> str | None:
-    """Who holds lease `name` now, by the bucket (None when nobody does)."""
-    kv = await nc.jetstream().key_value(LEASE_BUCKET)
-    try:
-        entry = await kv.get(name)
-    except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
-        return None
+async def holder_of(nc: NATS, name: str, timeout: float = 30.0) -> str | None:
+    """Who holds lease `name` now, by the bucket (None when nobody does). Asked again through a
+    leader election of the bucket, for up to `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            kv = await nc.jetstream(timeout=2.0).key_value(LEASE_BUCKET)
+            entry = await kv.get(name)
+            break
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+            return None
+        except _TRANSIENT:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
     if not entry.value:
         return None
     return _DECODER.decode(entry.value).holder

@@ -137,14 +137,15 @@ async def test_a_rollout_survives_the_loss_of_the_stream_leader_and_of_an_instan
         try:
             snap = (await retrying(client, "snapshot", "create", {"name": "app", "config": {"v": 2}})).result
             await start_rollout(client, "r-fail", snap["snapshot_id"])
-            await wait_rollout(client, "r-fail", lambda s: s["assigned"] >= 200)  # in progress
+            in_progress = await wait_rollout(client, "r-fail", lambda s: s["assigned"] >= 200)
+            assert in_progress["status"] == "running", in_progress
 
-            leader = await stream_leader(nc, EVENTS_STREAM)
-            killed_node = cluster.index_of(leader)
-            cluster.kill(killed_node)
             holder = await holder_of(nc, TICKS_LEASE)
             assert holder is not None
             rollout_holder = part_of_pid(supervisor, int(holder.rsplit(":", 1)[1]))
+            leader = await stream_leader(nc, EVENTS_STREAM)
+            killed_node = cluster.index_of(leader)
+            cluster.kill(killed_node)
             for name in ("registry", "snapshot", "drift", "projections", "api"):
                 kill_part(supervisor, name)
             kill_part(supervisor, rollout_holder)
