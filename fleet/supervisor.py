@@ -144,7 +144,7 @@ class Supervisor:
         for name in self.part_names:
             part = self.parts[name] = _Part(PartStatus(name), service=name)
             part.task = asyncio.create_task(self._supervise(part))
-        if self.cluster is not None:  # the second instance of every part
+        if self.cluster_size:  # the second instance of every part (on the local or an external cluster)
             for name in self.part_names:
                 env = {"FLEET_API_URL": f"http://127.0.0.1:{free_port()}"} if name == "api" else {}
                 part = self.parts[f"{name}-2"] = _Part(PartStatus(f"{name}-2", instance=2), service=name, env=env)
