@@ -100,7 +100,8 @@ async def holder_of(nc: NATS, name: str, timeout: float = 30.0) -> str | None:
             kv = await nc.jetstream(timeout=2.0).key_value(LEASE_BUCKET)
             entry = await kv.get(name)
             break
-        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError):
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError,
+                nats.js.errors.BucketNotFoundError):
             return None
         except _TRANSIENT:
             if time.monotonic() > deadline:
