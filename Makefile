@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration bench clean
+.PHONY: demo test test-cluster lint unit integration bench clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Fleetplane needs Python 3.11+"'
@@ -18,6 +18,10 @@ demo: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+# The failover e2e on a 3-node NATS cluster with two instances of every part (a few minutes).
+test-cluster: $(STAMP)
+	$(BIN)/pytest -m cluster tests/e2e/test_cluster_failover.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -12,6 +12,10 @@ made under `<data-dir>/secrets/` (0700), each part gets its own identity through
 identity there, and a duty here revokes the identity of every retired device;
 `status.json` (rewritten every second) is what `fleet status` shows. A lock file keeps a second
 `fleet up` off the same data dir.
+
+`fleet up --cluster 3` is the scale-out topology on one machine (DESIGN §13): three nats-server
+nodes from deploy/nats/ on loopback instead of one, and two instances of every part (`NAME` and
+`NAME-2`; the second API on its own port), so failover can be tried by killing any of them.
 """
 
 from __future__ import annotations
@@ -35,10 +39,11 @@ from shared.aio import wait_set
 from shared.auth.authority import Authority
 from shared.auth.renewal import serve_renewals
 from shared.auth.revoker import revoke_retired
+from shared.cluster import ensure_log
 from shared.config import ADMIN_CREDS, OPERATOR_CREDS, Endpoints, Settings, write_endpoints
 from shared.connection import connect_nats
-from shared.desired import ensure_bucket
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
+from shared.embedded_cluster import EmbeddedNatsCluster
 from shared.errors import Conflict
 from shared.eventlog import EventLog
 from shared.pgroles import ensure_roles
@@ -64,6 +69,7 @@ class PartStatus(msgspec.Struct):
 
     name: str
     pid: int | None = None
+    instance: int = 1  # 2 for the second instance of a part (`fleet up --cluster`)
     up_since: str | None = None
     restarts: int = 0
     state: str = "starting"  # starting running restarting stopped
@@ -84,6 +90,8 @@ class UpStatus(msgspec.Struct):
 @dataclass
 class _Part:
     status: PartStatus
+    service: str = ""  # what `fleet service` runs ("" = status.name)
+    env: dict[str, str] = field(default_factory=dict)  # on top of the supervisor's
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     ran_since: float = field(default_factory=time.monotonic)
@@ -93,8 +101,10 @@ class Supervisor:
     """Runs and watches the parts of one Fleetplane deployment."""
 
     def __init__(self, settings: Settings, *, api_port: int | None = None, parts: tuple[str, ...] = PARTS,
-                 log_dir: Path | None = None) -> None:
+                 log_dir: Path | None = None, cluster: int = 0) -> None:
         self.settings = settings
+        self.cluster_size = cluster  # 0: one embedded nats-server; 3: a cluster and two instances
+        self.cluster: EmbeddedNatsCluster | None = None
         self.data = settings.data_path.resolve()
         self.api_port = api_port
         self.part_names = parts
@@ -135,6 +145,13 @@ class Supervisor:
             # embedded NATS, or an external one that trusts our operator (`fleet creds server-config`)
             self.authority = Authority.load_or_create(secrets)
             admin = msgspec.structs.replace(self.settings, nats_creds=self._issue_identities())
+        if not nats_url and self.cluster_size:
+            self.cluster = EmbeddedNatsCluster(self.data / "nats-cluster", self.cluster_size,
+                                               ports=_ports_from(self.data / "nats-cluster.ports"),
+                                               authority=self.authority, creds=admin.nats_creds)
+            await self.cluster.start()
+            (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
+            nats_url = self.cluster.url
         if not nats_url:
             self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port"),
                                            authority=self.authority).start()
@@ -161,8 +178,7 @@ class Supervisor:
         api_url = self.settings.api_url or f"http://127.0.0.1:{self.api_port or free_port()}"
         admin = msgspec.structs.replace(admin, nats_url=nats_url)
         nc = await connect_nats(admin, "up")
-        await EventLog(nc).ensure_stream()  # created by admin only: services merely check them
-        await ensure_bucket(nc)
+        await ensure_log(nc, self.settings)  # created by admin only: services merely check them
         self.token_file = await bootstrap_admin_token(nc, self.data, format_time(utcnow()))
         if self.authority is not None:
             await self._start_revoker(nc, admin)
@@ -173,7 +189,7 @@ class Supervisor:
         for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
             self.env.pop(name, None)
         for name in ("heartbeat_interval", "offline_after", "drift_grace", "reconcile_backoff",
-                     "reconcile_max_tries"):
+                     "reconcile_max_tries", "replicas", "lease_ttl"):
             self.env[f"FLEET_{name.upper()}"] = str(getattr(self.settings, name))
         write_endpoints(self.data, Endpoints(nats_url=nats_url, database_url=_without_password(database_url),
                                              api_url=api_url,
@@ -182,8 +198,13 @@ class Supervisor:
                                api_url=api_url, database_embedded=self.postgres is not None)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for name in self.part_names:
-            part = self.parts[name] = _Part(PartStatus(name))
+            part = self.parts[name] = _Part(PartStatus(name), service=name)
             part.task = asyncio.create_task(self._supervise(part))
+        if self.cluster_size:  # the second instance of every part (on the local or an external cluster)
+            for name in self.part_names:
+                env = {"FLEET_API_URL": f"http://127.0.0.1:{free_port()}"} if name == "api" else {}
+                part = self.parts[f"{name}-2"] = _Part(PartStatus(f"{name}-2", instance=2), service=name, env=env)
+                part.task = asyncio.create_task(self._supervise(part))
         return self.status
 
     def _issue_identities(self) -> str:
@@ -226,11 +247,12 @@ class Supervisor:
         while not self.stopping.is_set():
             logfile = (self.log_dir / f"{part.status.name}.log").open("ab")
             env = dict(self.env)
-            if part.status.name in self.creds:
-                env["FLEET_NATS_CREDS"] = self.creds[part.status.name]
+            service = part.service or part.status.name
+            if service in self.creds:  # every instance of a part runs under the part's identity
+                env["FLEET_NATS_CREDS"] = self.creds[service]
             part.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "fleet", "service", part.status.name,
-                env={**env, **self.part_env.get(part.status.name, _NO_DATABASE)},
+                sys.executable, "-m", "fleet", "service", service,
+                env={**env, **part.env, **self.part_env.get(service, _NO_DATABASE)},
                 stdout=logfile, stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL,
                 preexec_fn=die_with_parent)
             logfile.close()
@@ -296,6 +318,8 @@ class Supervisor:
             await asyncio.to_thread(self.postgres.stop)
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
+        if self.cluster is not None:
+            await asyncio.to_thread(self.cluster.stop)
         if self._lock is not None:  # only the holder of the data dir cleans it up
             (self.data / "endpoints.json").unlink(missing_ok=True)
             self._lock.close()
@@ -338,6 +362,14 @@ def _port_from(path: Path) -> int | None:
             sock.bind(("127.0.0.1", port))
             return port
     return None
+
+
+def _ports_from(path: Path) -> list[tuple[int, int, int]] | None:
+    """The cluster's ports of the last run (a restarted node must find its routes again)."""
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=list[tuple[int, int, int]])
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
 
 
 def read_status(data_dir: Path) -> UpStatus | None:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 from projections.changes.store import ChangesProjection
 from projections.fleet.store import FleetProjection
 from projections.pointintime import SNAPSHOT_EVERY, snapshot_hook
 from projections.runner import Projection, Runner, create_pool
+from shared.cluster import ensure_log, replicas_for
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.errors import Invalid
 from shared.eventlog import EventLog
+from shared.lease import Lease, instance_name, lease_bucket, run_while_held
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +39,22 @@ async def run(settings: Settings) -> None:
     pool = await create_pool(settings.database_url, min_size=1, max_size=4)
     try:
         eventlog = EventLog(nc)
-        await eventlog.ensure_stream()
+        await ensure_log(nc, settings, eventlog)
+        # Each projection has one runner at a time across instances (DESIGN §13): the holder of
+        # its lease. (A second runner would be harmless, only wasted work: a batch commits only
+        # if the checkpoint is still the one it started from.)
+        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
         runners = [runner_for(pool, eventlog, p) for p in all_projections()]
-        await asyncio.gather(*(r.run() for r in runners))
+        leases = [Lease(kv, f"projection-{r.name}", instance_name("projections"), ttl=ttl) for r in runners]
+        holding = [asyncio.create_task(lease.run()) for lease in leases]
+        try:
+            await asyncio.gather(*(run_while_held(lease, r.run) for lease, r in zip(leases, runners, strict=True)))
+        finally:
+            for lease in leases:
+                lease.stop()
+            for task in holding:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
     finally:
         await pool.close()
         await nc.close()

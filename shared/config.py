@@ -19,7 +19,7 @@ ADMIN_CREDS = "admin.creds"
 OPERATOR_CREDS = "operator.creds"
 DEFAULT_DATA_DIR = ".fleet"
 _DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace", "flap_window",
-              "audit_max_delay")
+              "audit_max_delay", "lease_ttl")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -47,6 +47,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     drift_partition: str = ""  # "k/N": this drift instance watches partition k of N ("" = all)
     audit_every: int = 1000  # events between two signed audit checkpoints (docs/audit.md)
     audit_max_delay: float = 60.0  # longest an event waits for a checkpoint while the log is quiet
+    replicas: int = 0  # of FLEET_EVENTS and the buckets; 0 = 3 on a cluster of 3+ servers, else 1
+    lease_ttl: float = 6.0  # lease time of one-driver-at-a-time work (shared/lease.py)
     log_level: str = "info"
 
     @property

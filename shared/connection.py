@@ -23,7 +23,7 @@ async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30
     """Connect, retrying for `connect_for` seconds; raise Unavailable with the URL if it fails."""
     url = settings.nats_url or DEFAULT_URL
     options: dict[str, object] = {
-        "servers": [url],
+        "servers": [u.strip() for u in url.split(",") if u.strip()],  # a cluster: every node's URL
         "name": f"fleet-{name}",
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,

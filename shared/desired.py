@@ -18,15 +18,17 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.atomic import Message, publish_atomic
 from shared.devices import DESIRED_DECODER, DESIRED_ENCODER, DesiredState, EncodedDesiredState
-from shared.errors import Unavailable
+from shared.errors import StreamMisconfigured, Unavailable
 from shared.subjects import DESIRED_BUCKET, desired_key_subject
 
 DESIRED_STREAM = f"KV_{DESIRED_BUCKET}"
 DESIRED_WILDCARD = f"$KV.{DESIRED_BUCKET}.>"
 MAX_BATCH = 1000
+RETRY_FOR = 30.0  # seconds a put keeps resending through a leader election
 _DIRECT = f"$JS.API.DIRECT.GET.{DESIRED_STREAM}"
 _ENCODER = msgspec.json.Encoder()
 
@@ -73,6 +75,11 @@ async def ensure_bucket(nc: NATS, replicas: int = 1) -> api.StreamInfo:
         except nats.errors.TimeoutError:  # the server refused: only admin creates buckets
             raise Unavailable(f"the {DESIRED_STREAM} bucket does not exist and this identity may not "
                               "create it; `fleet up` (admin) creates it") from None
+    if (info.config.num_replicas or 1) < replicas:
+        raise StreamMisconfigured(
+            f"bucket {DESIRED_BUCKET} has {info.config.num_replicas or 1} replicas (< {replicas} asked by "
+            "FLEET_REPLICAS or the cluster's size). Fleetplane will not change an existing stream's "
+            "replicas; raise them by hand (`nats stream edit --replicas`).", field="replicas")
     if not (info.config.allow_atomic and info.config.allow_direct and info.config.deny_purge) \
             or info.config.allow_rollup_hdrs:
         info = await js.update_stream(info.config.evolve(allow_atomic=True, allow_direct=True, deny_purge=True,
@@ -158,8 +165,19 @@ async def put_desired(nc: NATS, values: Sequence[DesiredState | EncodedDesiredSt
     Each batch is stored all or nothing (ADR-50); a refused batch raises."""
     last = 0
     for start in range(0, len(values), MAX_BATCH):
-        last = await _put_batch(nc, values[start:start + MAX_BATCH], timeout)
+        batch = values[start:start + MAX_BATCH]
+        # A put is idempotent (the same value again), so a batch that met a leader election on a
+        # cluster is simply sent again, for up to RETRY_FOR seconds.
+        async for attempt in AsyncRetrying(retry=retry_if_exception_type(_Transient), reraise=True,
+                                           wait=wait_exponential(multiplier=0.05, max=1.0),
+                                           stop=stop_after_delay(RETRY_FOR)):
+            with attempt:
+                last = await _put_batch(nc, batch, timeout)
     return last
+
+
+class _Transient(Unavailable):
+    """The bucket had no leader or did not answer in time: sending again is safe."""
 
 
 async def _put_batch(nc: NATS, values: Sequence[DesiredState | EncodedDesiredState], timeout: float) -> int:
@@ -171,16 +189,19 @@ async def _put_batch(nc: NATS, values: Sequence[DesiredState | EncodedDesiredSta
         try:
             ack = await js.publish(desired_key_subject(value.device_id), DESIRED_ENCODER.encode(value),
                                    timeout=timeout)
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            raise Unavailable(f"desired-state bucket not reachable: {exc!r}") from exc
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError,
+                nats.js.errors.NoStreamResponseError) as exc:
+            raise _Transient(f"desired-state bucket not reachable: {exc!r}") from exc
         return int(ack.seq)
     messages: list[Message] = [(desired_key_subject(v.device_id), DESIRED_ENCODER.encode(v), {}) for v in values]
     try:
         return await publish_atomic(nc, messages, timeout)
+    except nats.js.errors.ServiceUnavailableError as exc:
+        raise _Transient(f"desired-state bucket unavailable: {exc.description}") from exc
     except nats.js.errors.APIError as exc:
         raise Unavailable(f"desired-state batch refused: {exc.description} (err {exc.err_code})",
                           field="desired") from exc
     except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-        raise Unavailable(f"desired-state bucket not reachable: {exc!r}") from exc
+        raise _Transient(f"desired-state bucket not reachable: {exc!r}") from exc
 
 

@@ -62,6 +62,7 @@ _TRANSIENT = (
     nats.errors.StaleConnectionError,
     nats.errors.OutboundBufferLimitError,
     nats.js.errors.ServiceUnavailableError,
+    nats.js.errors.NoStreamResponseError,  # no stream leader yet: an election on a cluster
     asyncio.TimeoutError,
 )
 
@@ -196,6 +197,9 @@ class EventLog:
                 raise Unavailable(f"stream {self.stream} does not exist and this identity may not create "
                                   "it; `fleet up` (admin) creates it") from None
         problems = weaker_settings(info.config)
+        if (info.config.num_replicas or 1) < replicas:
+            problems.append(f"num_replicas is {info.config.num_replicas or 1} (< {replicas} asked by "
+                            "FLEET_REPLICAS or the cluster's size)")
         if problems:
             raise StreamMisconfigured(
                 f"stream {self.stream} exists with settings weaker than the event-log contract: "

@@ -14,7 +14,7 @@ from rich.table import Table
 
 from fleet.cli.common import JsonOption, console, emit, run, settings
 from fleet.supervisor import PARTS, Supervisor, read_status
-from shared.errors import Unavailable
+from shared.errors import Invalid, Unavailable
 
 
 def up(
@@ -24,6 +24,8 @@ def up(
     offline_after: Optional[int] = typer.Option(None, "--offline-after", envvar="FLEET_OFFLINE_AFTER"),  # noqa: UP045
     drift_grace: Optional[str] = typer.Option(None, "--drift-grace", envvar="FLEET_DRIFT_GRACE"),  # noqa: UP045
     reconcile_backoff: Optional[str] = typer.Option(None, "--reconcile-backoff", envvar="FLEET_RECONCILE_BACKOFF"),  # noqa: UP045
+    cluster: int = typer.Option(0, "--cluster", help="Run a NATS cluster of this many nodes (3) on loopback "
+                                "and two instances of every part: the scale-out topology on one machine."),
 ) -> None:
     """Run NATS, PostgreSQL (embedded unless URLs are given), the services, projections and API."""
     obj = dict(ctx.find_root().obj or {})
@@ -33,13 +35,16 @@ def up(
     conf = settings(ctx)
 
     async def main() -> None:
-        supervisor = Supervisor(conf, api_port=api_port)
+        if cluster not in (0, 3):
+            raise Invalid(f"--cluster {cluster}: the cluster config in deploy/nats/ has 3 nodes", field="cluster")
+        supervisor = Supervisor(conf, api_port=api_port, cluster=cluster)
         try:
             status = await supervisor.start()
         except BaseException:
             await supervisor.stop()
             raise
-        console.print(f"fleet up: NATS {status.nats_url}, API {status.api_url}, parts {', '.join(PARTS)}; "
+        parts = ", ".join(supervisor.parts) or ", ".join(PARTS)
+        console.print(f"fleet up: NATS {status.nats_url}, API {status.api_url}, parts {parts}; "
                       f"data in {conf.data_path.resolve()} (Ctrl-C stops everything)")
         await supervisor.run_until_stopped()
         console.print("fleet up: stopped")

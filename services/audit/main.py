@@ -12,9 +12,11 @@ from collections.abc import Awaitable, Callable
 
 from services.audit.handlers import CheckpointWriter
 from shared.audit.keys import load_or_create, retired_key
+from shared.cluster import ensure_log, replicas_for
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
+from shared.lease import Lease, instance_name, lease_bucket
 
 
 async def run(settings: Settings) -> None:
@@ -22,9 +24,19 @@ async def run(settings: Settings) -> None:
     nc = await connect_nats(settings, "audit")
     try:
         eventlog = EventLog(nc)
-        await eventlog.ensure_stream()
+        await ensure_log(nc, settings, eventlog)
+        # One writer at a time across instances (DESIGN §13): the holder of the `audit` lease. (Two
+        # would be safe anyway: the log refuses a second checkpoint with the same number.)
+        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
+        lease = Lease(kv, "audit", instance_name("audit"), ttl=ttl)
+        holding = asyncio.create_task(lease.run(), name="audit-lease")
+
+        async def may_write() -> bool:
+            return lease.held
+
         writer = CheckpointWriter(eventlog, load_or_create(settings.data_path), every=settings.audit_every,
-                                  previous_key=functools.partial(retired_key, settings.data_path))
+                                  previous_key=functools.partial(retired_key, settings.data_path),
+                                  may_write=may_write)
         await writer.resume()
         following = asyncio.create_task(writer.follow(), name="audit-follow")
         timer = asyncio.create_task(_every(settings.audit_max_delay, writer.tick), name="audit-timer")
@@ -36,6 +48,9 @@ async def run(settings: Settings) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await writer.finish()
+            lease.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -4,24 +4,54 @@ rebuild the device view from the log, then serve heartbeats until cancelled."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+
+from nats.aio.client import Client as NATS
 
 from services.drift.handlers import DriftService, policy_from
+from shared.cluster import ensure_log, replicas_for
 from shared.commands import CommandService
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.errors import Invalid
 from shared.eventlog import EventLog
+from shared.lease import Lease, instance_name, lease_bucket, run_while_held
 
 
 async def run(settings: Settings) -> None:
-    """Run the drift service until cancelled."""
+    """Run the drift service until cancelled.
+
+    Several instances may run with the same partition (or none): the holder of the partition's
+    lease (`drift-<k>-of-<N>`, or `drift`) serves it, the others stand by and take over when it
+    dies, rebuilding from the log (docs/decisions.md, "Drift with two or more instances")."""
     nc = await connect_nats(settings, "drift")
+    try:
+        eventlog = EventLog(nc)
+        await ensure_log(nc, settings, eventlog)
+        partition = _partition(settings.drift_partition)
+        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
+        lease = Lease(kv, lease_name(partition), instance_name("drift"), ttl=ttl)
+        holding = asyncio.create_task(lease.run(), name="drift-lease")
+        try:
+            await run_while_held(lease, lambda: _serve(nc, eventlog, settings, partition))
+        finally:
+            lease.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
+    finally:
+        await nc.drain()
+
+
+def lease_name(partition: tuple[int, int] | None) -> str:
+    """The lease of one partition (or of the whole fleet when drift is not partitioned)."""
+    return "drift" if partition is None else f"drift-{partition[0]}-of-{partition[1]}"
+
+
+async def _serve(nc: NATS, eventlog: EventLog, settings: Settings, partition: tuple[int, int] | None) -> None:
     service: DriftService | None = None
     commands: list[CommandService] = []
     try:
-        eventlog = EventLog(nc)
-        await eventlog.ensure_stream()
-        service = DriftService(nc, eventlog, policy_from(settings), partition=_partition(settings.drift_partition))
+        service = DriftService(nc, eventlog, policy_from(settings), partition=partition)
         await service.start()
         commands = service.command_services()
         for command_service in commands:
@@ -32,7 +62,6 @@ async def run(settings: Settings) -> None:
             await command_service.stop()
         if service is not None:
             await service.stop()
-        await nc.drain()
 
 
 def _partition(text: str) -> tuple[int, int] | None:

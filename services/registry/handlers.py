@@ -221,9 +221,22 @@ class Registry:
     ) -> Outcome:
         """add_device, update_device, relabel_device, move_device, retire_device."""
         check_id(cmd.device_id, "device_id")
-        appended = await self.devices.execute(
-            cmd.device_id, lambda state: domain.decide_device(state, cmd, self),
-            command_id=cmd.command_id, actor=cmd.actor, now=ctx.now)
+
+        async def execute() -> list[Appended]:
+            return await self.devices.execute(
+                cmd.device_id, lambda state: domain.decide_device(state, cmd, self),
+                command_id=cmd.command_id, actor=cmd.actor, now=ctx.now)
+
+        try:
+            appended = await execute()
+        except NotFound as exc:
+            # With two or more instances the site may have been added by another one a moment
+            # ago, before this one's follower saw it: read the site from the log, decide again.
+            site_id = getattr(cmd, "site_id", None)
+            if exc.field != "site_id" or not site_id:
+                raise
+            await self.sites.reload(site_id)
+            appended = await execute()
         return Outcome(appended, self.device(cmd.device_id))
 
     async def import_devices(self, cmd: ImportDevices, ctx: Context) -> Outcome:

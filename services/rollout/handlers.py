@@ -42,6 +42,7 @@ from shared.events.rollout import (
     RolloutStarted,
 )
 from shared.ids import check_id
+from shared.lease import Lease
 from shared.selectors import parse as parse_selector
 from shared.subjects import AGGREGATE_OWNERS, HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
 from shared.times import format_time, parse_duration, parse_time, utcnow
@@ -118,8 +119,12 @@ class WhatIf(Command, frozen=True, kw_only=True):
 class RolloutService:
     """Owns rollout aggregates and desired state; one instance per deployment."""
 
-    def __init__(self, nc: NATS, eventlog: EventLog, *, tick_interval: float = 0.25) -> None:
+    def __init__(self, nc: NATS, eventlog: EventLog, *, tick_interval: float = 0.25,
+                 lease: Lease | None = None) -> None:
         self.nc = nc
+        # With two or more instances, only the holder of this lease ticks (DESIGN §13); commands
+        # are served by every instance.
+        self.lease = lease
         self.log = eventlog
         self.tick_interval = tick_interval
         self.index = FleetIndex()
@@ -252,6 +257,8 @@ class RolloutService:
         pause = self.tick_interval
         while True:
             await asyncio.sleep(pause)
+            if not self.ticking:
+                continue
             try:
                 deciding = await self.tick_all(utcnow())
             except Exception:  # isolated: logged and retried on the next tick, never fatal
@@ -262,6 +269,11 @@ class RolloutService:
             # follower and commands get the rest.
             pause = max(self.tick_interval, 4 * deciding)
 
+    @property
+    def ticking(self) -> bool:
+        """Does this instance drive the rollouts now (it holds the lease, or there is none)?"""
+        return self.lease is None or self.lease.held
+
     async def tick_all(self, now: datetime) -> float:
         """Advance every running or rolling-back rollout; returns the seconds spent deciding."""
         deciding = 0.0
@@ -269,6 +281,8 @@ class RolloutService:
             watch: set[str] = set()
             for rollout_id, slot in list(self.store.slots.items()):
                 state = slot.state
+                if not self.ticking:  # the fence: the lease ran out while ticking
+                    break
                 if state.status in ("running", "rolling_back"):
                     started = time.perf_counter()
                     try:  # one rollout that cannot advance never holds back the others

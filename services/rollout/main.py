@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from services.rollout.handlers import RolloutService
+from shared.cluster import ensure_log, replicas_for
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
+from shared.lease import Lease, instance_name, lease_bucket
+
+TICKS_LEASE = "rollout-ticks"
 
 
 async def run(settings: Settings) -> None:
@@ -15,12 +20,18 @@ async def run(settings: Settings) -> None:
     nc = await connect_nats(settings, "rollout")
     try:
         log = EventLog(nc)
-        await log.ensure_stream()
-        service = RolloutService(nc, log)
+        await ensure_log(nc, settings, log)
+        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
+        lease = Lease(kv, TICKS_LEASE, instance_name("rollout"), ttl=ttl)
+        service = RolloutService(nc, log, lease=lease)
         await service.start()
+        holding = asyncio.create_task(lease.run(), name="rollout-lease")
         try:
             await asyncio.Event().wait()
         finally:
             await service.stop()
+            lease.stop()  # released: a standby takes over at its next try
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
     finally:
         await nc.close()

@@ -11,9 +11,11 @@ import contextlib
 
 from services.snapshot.handlers import start, stop
 from services.snapshot.reactions import follow_rollouts
+from shared.cluster import ensure_log
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
+from shared.peers import follow_peers
 
 
 async def run(settings: Settings) -> None:
@@ -21,15 +23,21 @@ async def run(settings: Settings) -> None:
     nc = await connect_nats(settings, "snapshot")
     try:
         eventlog = EventLog(nc)
-        await eventlog.ensure_stream()
+        await ensure_log(nc, settings, eventlog)
+        last = await eventlog.last_stream_seq()
         snapshots, service = await start(nc, eventlog)
+        # Two instances may both react to one completed rollout: the reaction's command id is the
+        # RolloutCompleted event's id, so the second finds it done (after a conflict) and appends
+        # nothing. Other instances' snapshot writes are folded in by follow_peers.
         reactions = asyncio.create_task(follow_rollouts(snapshots, eventlog), name="snapshot-rollouts")
+        peers = asyncio.create_task(follow_peers(eventlog, [snapshots.store], last + 1), name="snapshot-peers")
         try:
             await asyncio.Event().wait()
         finally:
-            reactions.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reactions
+            for task in (reactions, peers):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await stop(snapshots, service)
     finally:
         with contextlib.suppress(Exception):
