@@ -33,12 +33,6 @@ _DIRECT = f"$JS.API.DIRECT.GET.{DESIRED_STREAM}"
 _ENCODER = msgspec.json.Encoder()
 
 
-
-
-
-
-
-
 def stream_config(replicas: int = 1) -> api.StreamConfig:
     """The KV stream of `fleet_desired`, with atomic batches and direct gets allowed."""
     return api.StreamConfig(

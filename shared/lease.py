@@ -37,7 +37,7 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from shared.aio import wait_set
-from shared.errors import Invalid
+from shared.errors import Invalid, Unavailable
 
 log = logging.getLogger(__name__)
 LEASE_BUCKET = "fleet_leases"
@@ -87,6 +87,9 @@ async def lease_bucket(nc: NATS, ttl: float = DEFAULT_TTL, replicas: int = 1) ->
                 storage=api.StorageType.FILE, description="Fleetplane leases: one driver at a time"))
         except nats.js.errors.BadRequestError:  # created concurrently by another instance
             kv = await js.key_value(LEASE_BUCKET)
+        except nats.errors.TimeoutError:  # the server refused: only admin creates buckets
+            raise Unavailable(f"the {LEASE_BUCKET} bucket does not exist and this identity may not "
+                              "create it; `fleet up` (admin) creates it") from None
     status = await kv.status()
     return kv, float(status.ttl or ttl)
 

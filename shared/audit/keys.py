@@ -12,15 +12,9 @@ from nacl.signing import SigningKey
 
 from shared.audit.chain import b64, key_id, unb64
 from shared.errors import Invalid
+from shared.secretfiles import secrets_dir
 
 KEY_FILE = "audit-signing.key"
-
-
-def secrets_dir(data_dir: Path) -> Path:
-    """`<data-dir>/secrets`, created 0700 if missing."""
-    path = data_dir / "secrets"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return path
 
 
 def public_key(key: SigningKey) -> bytes:
@@ -39,7 +33,7 @@ def load_or_create(data_dir: Path) -> SigningKey:
 
 def retired_key(data_dir: Path, kid: str) -> SigningKey | None:
     """The rotated-out key with this id, if it is kept here."""
-    path = data_dir / "secrets" / f"audit-signing.{kid}.retired"
+    path = secrets_dir(data_dir) / f"audit-signing.{kid}.retired"
     return _read(path) if path.exists() else None
 
 

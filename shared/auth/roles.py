@@ -61,6 +61,8 @@ _JS_COMMON = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]
 _LOG_READ = [*_JS_COMMON, *_reads(EVENTS_STREAM)]
 _DESIRED_READ = _reads(f"KV_{DESIRED_BUCKET}")
 _LEASES = [*_reads(f"KV_{LEASES_BUCKET}"), f"$KV.{LEASES_BUCKET}.>"]
+# Every process checks the log and the buckets' settings at start (shared.cluster.ensure_log).
+_CHECK_DESIRED = f"$JS.API.STREAM.INFO.KV_{DESIRED_BUCKET}"
 # Nobody but admin changes a stream's existence, settings or history.
 _MANAGEMENT = ["$JS.API.STREAM.CREATE.>", "$JS.API.STREAM.UPDATE.>", "$JS.API.STREAM.DELETE.>",
                "$JS.API.STREAM.PURGE.>", "$JS.API.STREAM.MSG.DELETE.>", "$JS.API.STREAM.RESTORE.>",
@@ -89,7 +91,7 @@ def service_role(service: str) -> Role:
     families, pubs, subs = SERVICES[service]
     pub = [f"{EVENTS_PREFIX}.{family}.>" for family in families]
     pub += [*(p for p in pubs if p != "DESIRED"), *(_DESIRED_READ if "DESIRED" in pubs else []),
-            *_LOG_READ, *_LEASES, "$SRV.>", "_INBOX.>"]
+            *_LOG_READ, *_LEASES, _CHECK_DESIRED, "$SRV.>", "_INBOX.>"]
     sub = [f"{COMMANDS_PREFIX}.{service}.*", *subs, "$SRV.>", "_INBOX.>"]
     return Role(f"service:{service}", FLEET, _perm(pub, sub, deny_pub=_MANAGEMENT, resp=True),
                 f"the {service} service")

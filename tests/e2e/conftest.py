@@ -16,9 +16,9 @@ from services.drift.main import run as run_drift
 from services.registry.main import run as run_registry
 from services.rollout.main import run as run_rollout
 from services.snapshot.main import run as run_snapshot
+from shared.cluster import ensure_log
 from shared.commands import CommandClient
 from shared.config import Settings, load_settings
-from shared.desired import ensure_bucket
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
 
@@ -75,12 +75,12 @@ class Stack:
 async def stack(nats_server: EmbeddedNats, nc: NATS, eventlog: EventLog, tmp_path,  # type: ignore[no-untyped-def]
                 creds: Callable[[str, str], str]) -> AsyncIterator[Stack]:
     settings = load_settings({"nats_url": nats_server.url, "data_dir": str(tmp_path), **FAST}, env={})
-    await ensure_bucket(nc)  # admin creates what services only check
+    await ensure_log(nc, settings)  # admin creates what services only check
     stack = Stack(settings, CommandClient(nc, actor="operator:test", timeout=30), creds)
     for name, run in (("registry", run_registry), ("snapshot", run_snapshot), ("drift", run_drift),
                       ("rollout", run_rollout)):
         stack.start(name, run)
-    for name in ("registry", "snapshot", "rollout"):  # drift serves no commands: it only listens
+    for name in ("registry", "snapshot", "rollout", "drift"):
         await stack.ready(name)
     yield stack
     for name in list(stack.tasks):

@@ -49,7 +49,9 @@ def test_the_cluster_runs_the_deploy_config_verbatim(cluster: EmbeddedNatsCluste
     assert "sync_interval: always" in text
     assert "include ./auth.conf" in text
     for node in cluster.nodes:
-        assert str(NODE_CONFIG) in node.log_path.read_text()  # "Using configuration file: ..."
+        copy = node.data_dir / NODE_CONFIG.name
+        assert copy.read_bytes() == NODE_CONFIG.read_bytes()  # byte for byte, beside its auth.conf
+        assert str(copy) in node.log_path.read_text()  # "Using configuration file: ..."
 
 
 async def test_replicas_follow_the_cluster_size_and_the_setting(cnc: NATS, nc: NATS) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import nats
 import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
-from shared.embedded import EmbeddedNats
 from shared.lease import LEASE_BUCKET, Lease, holder_of, lease_bucket, run_while_held
 
 TTL = 1.5  # short, so takeovers happen within a test
@@ -22,10 +21,6 @@ TTL = 1.5  # short, so takeovers happen within a test
 async def fresh_bucket(nc: NATS) -> None:
     with contextlib.suppress(nats.js.errors.NotFoundError, nats.js.errors.BucketNotFoundError):
         await nc.jetstream().delete_key_value(LEASE_BUCKET)
-
-
-async def _connect(server: EmbeddedNats) -> NATS:
-    return await nats.connect(server.url, max_reconnect_attempts=0)
 
 
 @contextlib.asynccontextmanager
@@ -64,10 +59,10 @@ async def test_one_holder_and_takeover_after_a_clean_stop(nc: NATS, fresh_bucket
             assert await holder_of(nc, "ticks") == "b"
 
 
-async def test_takeover_after_the_holder_is_cut_off(nats_server: EmbeddedNats, nc: NATS,
+async def test_takeover_after_the_holder_is_cut_off(connect_as: Callable[..., Awaitable[NATS]], nc: NATS,
                                                      fresh_bucket: None) -> None:
     await lease_bucket(nc, ttl=TTL)
-    holder_nc = await _connect(nats_server)
+    holder_nc = await connect_as("service:drift", "a", max_reconnect_attempts=0)  # a service may take leases
     holder_kv, ttl = await lease_bucket(holder_nc)
     holder = Lease(holder_kv, "drift-0", "a", ttl=ttl)
     standby = Lease((await lease_bucket(nc))[0], "drift-0", "b", ttl=ttl)
