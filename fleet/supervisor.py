@@ -3,11 +3,13 @@
 Starts the embedded NATS and PostgreSQL (unless external URLs are given), makes sure the event
 log stream exists, then runs each part — the audit checkpoint writer, the four services, the
 projection runner and the API — as its own `fleet service NAME` process. A part that exits is
-restarted with exponential backoff
-(the restart is logged and counted). SIGINT/SIGTERM stop the parts in reverse order, then the
-servers, leaving no process behind. `endpoints.json` lets the CLI find everything with no flags;
-the embedded NATS runs in JWT mode (DESIGN §11): on first start the operator/account keys are
-made under `<data-dir>/secrets/` (0700), each part gets its own identity through
+restarted with exponential backoff (the restart is logged and counted), and so is an embedded
+nats-server or PostgreSQL that dies: on the same port and data, so every client — parts, agents,
+the CLI — reconnects to the URL it already has (the ports are kept in the data dir across runs
+too). SIGINT/SIGTERM stop the parts in reverse order, then the servers, leaving no process behind.
+`endpoints.json` lets the CLI find everything with no flags; the embedded NATS runs in JWT mode
+(DESIGN §11): on first start the operator/account keys are made under `<data-dir>/secrets/`
+(0700), each part gets its own identity through
 `FLEET_NATS_CREDS` (a path, never the secret itself), the CLI gets an admin and an operator
 identity there, and a duty here revokes the identity of every retired device;
 `status.json` (rewritten every second) is what `fleet status` shows. A lock file keeps a second
@@ -23,11 +25,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import signal
+import socket
+import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -85,6 +91,7 @@ class UpStatus(msgspec.Struct):
     api_url: str
     database_embedded: bool
     parts: list[PartStatus] = []
+    servers: list[PartStatus] = []  # the embedded nats-server(s) and PostgreSQL
 
 
 @dataclass
@@ -95,6 +102,22 @@ class _Part:
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     ran_since: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class _Server:
+    """An embedded server watched like a part: its process, and how to start it again."""
+
+    status: PartStatus
+    process: Callable[[], subprocess.Popen[bytes] | None]
+    restart: Callable[[], Awaitable[object]]
+    ran_since: float = field(default_factory=time.monotonic)
+
+
+def _backoff(failures: int, ran_since: float) -> tuple[int, float]:
+    """(failures, delay) after an exit: a run longer than 30 s resets the count; 0.5 s doubling to 30 s."""
+    failures = 0 if time.monotonic() - ran_since > 30 else failures + 1
+    return failures, min(30.0, 0.5 * 2 ** failures)
 
 
 class Supervisor:
@@ -110,6 +133,7 @@ class Supervisor:
         self.part_names = parts
         self.log_dir = log_dir or self.data / "logs"
         self.parts: dict[str, _Part] = {}
+        self.servers: list[_Server] = []
         self.nats: EmbeddedNats | None = None
         self.postgres: EmbeddedPostgres | None = None
         self.stopping = asyncio.Event()
@@ -152,11 +176,16 @@ class Supervisor:
             await self.cluster.start()
             (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
             nats_url = self.cluster.url
+            for index, node in enumerate(self.cluster.nodes):
+                self._watch(node.name, lambda node=node: node.proc,  # type: ignore[misc]
+                            functools.partial(self.cluster.start_node, index))
         if not nats_url:
             self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port"),
                                            authority=self.authority).start()
             (self.data / "nats.port").write_text(str(self.nats.port))
             nats_url = self.nats.url
+            nats_server = self.nats
+            self._watch("nats", lambda: nats_server.proc, nats_server.start)
         database_url = self.settings.database_url
         passfile = self.settings.database_passfile or os.environ.get("PGPASSFILE")
         reader_url = self.settings.api_database_url
@@ -164,6 +193,8 @@ class Supervisor:
             self.postgres = await EmbeddedPostgres(self.data / "postgres",
                                                    port=_port_from(self.data / "postgres.port")).start()
             (self.data / "postgres.port").write_text(str(self.postgres.port))
+            postgres = self.postgres
+            self._watch("postgres", lambda: postgres.proc, postgres.start)
             passfile = str(secrets_dir(self.data) / "pgpass")
             database_url, reader_url = await ensure_roles(self.postgres.dsn(), "fleet", Path(passfile))
         elif not reader_url:
@@ -206,6 +237,46 @@ class Supervisor:
                 part = self.parts[f"{name}-2"] = _Part(PartStatus(f"{name}-2", instance=2), service=name, env=env)
                 part.task = asyncio.create_task(self._supervise(part))
         return self.status
+
+    def _watch(self, name: str, process: Callable[[], subprocess.Popen[bytes] | None],
+               restart: Callable[[], Awaitable[object]]) -> None:
+        proc = process()
+        server = _Server(PartStatus(name, pid=proc.pid if proc else None, state="running",
+                                    up_since=format_time(utcnow())), process, restart)
+        self.servers.append(server)
+        self._duties.append(asyncio.create_task(self._supervise_server(server), name=f"watch-{name}"))
+
+    async def _supervise_server(self, server: _Server) -> None:
+        """Notice the death of an embedded server (reaping it: no zombie) and start it again on
+        the same port and data, with the parts' backoff, until it runs or `fleet up` stops."""
+        failures = 0
+        while not self.stopping.is_set():
+            proc = server.process()
+            code = proc.poll() if proc is not None else None
+            if code is None:
+                await wait_set(self.stopping, 0.5)
+                continue
+            failures, delay = _backoff(failures, server.ran_since)
+            server.status.last_exit, server.status.pid, server.status.state = code, None, "restarting"
+            server.status.restarts += 1
+            log.warning("%s exited with %s; restart #%d in %.1fs", server.status.name, code,
+                        server.status.restarts, delay)
+            await wait_set(self.stopping, delay)
+            if self.stopping.is_set():
+                break
+            server.ran_since = time.monotonic()
+            try:
+                await server.restart()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # not up yet (a port still held, old backends exiting): back off, retry
+                log.exception("%s did not start again", server.status.name)
+                continue
+            proc = server.process()
+            server.status.pid = proc.pid if proc is not None else None
+            server.status.state, server.status.up_since = "running", format_time(utcnow())
+            log.warning("%s is running again (pid %s)", server.status.name, server.status.pid)
+        server.status.state = "stopped"
 
     def _issue_identities(self) -> str:
         """Credentials for each part, the CLI's admin and operator, and the revoker's system
@@ -263,8 +334,7 @@ class Supervisor:
             part.status.last_exit, part.status.pid = code, None
             if self.stopping.is_set():
                 break
-            failures = 0 if time.monotonic() - part.ran_since > 30 else failures + 1
-            delay = min(30.0, 0.5 * 2 ** failures)
+            failures, delay = _backoff(failures, part.ran_since)
             part.status.restarts += 1
             part.status.state = "restarting"
             log.warning("part %s exited with %s; restart #%d in %.1fs", part.status.name, code,
@@ -277,6 +347,7 @@ class Supervisor:
         if self.status is None:
             return
         self.status.parts = [p.status for p in self.parts.values()]
+        self.status.servers = [s.status for s in self.servers]
         path = self.data / STATUS_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(msgspec.json.encode(self.status))
@@ -355,12 +426,12 @@ def _port_from(path: Path) -> int | None:
         port = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    with contextlib.suppress(OSError):
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", port))
-            return port
+    with contextlib.suppress(OSError), socket.socket() as sock:
+        # as nats-server and PostgreSQL bind: connections of the last run in TIME-WAIT do not
+        # hold the port; only a listener does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        return port
     return None
 
 

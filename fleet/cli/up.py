@@ -53,7 +53,7 @@ def up(
 
 
 def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
-    """Each part (pid, up since, restarts), the API's readiness and projection lag."""
+    """Each embedded server and part (state, pid, up since, restarts, last exit), the API's readiness."""
     conf = settings(ctx)
     local = read_status(conf.data_path)
     if local is not None and not _alive(local.pid):
@@ -72,10 +72,10 @@ def _render(result: dict[str, Any]) -> None:
     up_ = result["up"]
     if up_:
         console.print(f"fleet up (pid {up_['pid']}) since {up_['started_at']}; NATS {up_['nats_url']}")
-        table = Table("part", "state", "pid", "up since", "restarts")
-        for part in up_["parts"]:
+        table = Table("part", "state", "pid", "up since", "restarts", "last exit")
+        for part in [*up_.get("servers", []), *up_["parts"]]:
             table.add_row(part["name"], part["state"], str(part["pid"] or "-"), part["up_since"] or "-",
-                          str(part["restarts"]))
+                          str(part["restarts"]), "-" if part["last_exit"] is None else str(part["last_exit"]))
         console.print(table)
     console.print(f"API {result['api_url']}: {json.dumps(result['api']) if result['api'] else 'not answering'}")
 
