@@ -176,7 +176,8 @@ async def lease_failover(tmp: Path, kills: int) -> tuple[list[float], list[float
     took, progressed = [], []
     await supervisor.start()
     assert supervisor.cluster is not None
-    nc = await nats.connect(supervisor.cluster.urls, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+    nc = await nats.connect(supervisor.cluster.urls, reconnect_time_wait=0.1, max_reconnect_attempts=-1,
+                            user_credentials=supervisor.admin_creds)
     sim = FleetSimulator(nc, SimOptions(devices=300, sites=6, interval=1.0, apply_delay=0.1, seed=1))
     try:
         client = CommandClient(nc, actor="operator:bench", timeout=10)

@@ -144,6 +144,7 @@ class Supervisor:
         self.status: UpStatus | None = None
         self.authority: Authority | None = None
         self.creds: dict[str, str] = {}  # part -> its credentials file
+        self.admin_creds: str | None = None  # the CLI's admin identity (tests and benchmarks connect as it)
         self._duties: list[asyncio.Task[None]] = []
         self._duty_conns: list[NATS] = []
 
@@ -168,7 +169,8 @@ class Supervisor:
         if not nats_url or Authority.exists(secrets):
             # embedded NATS, or an external one that trusts our operator (`fleet creds server-config`)
             self.authority = Authority.load_or_create(secrets)
-            admin = msgspec.structs.replace(self.settings, nats_creds=self._issue_identities())
+            self.admin_creds = self._issue_identities()
+            admin = msgspec.structs.replace(self.settings, nats_creds=self.admin_creds)
         if not nats_url and self.cluster_size:
             self.cluster = EmbeddedNatsCluster(self.data / "nats-cluster", self.cluster_size,
                                                ports=_ports_from(self.data / "nats-cluster.ports"),

@@ -4,7 +4,8 @@ progress; then the stream's leader node and one instance of every part are kille
 
 The rollout completes; every device is assigned exactly once; every command the client saw
 acknowledged is in the log; the log is identical on the two surviving replicas and, after the
-killed node restarts, on all three; the read models equal a fresh rebuild. A second test kills
+killed node is restarted (by `fleet up` itself), on all three; the read models equal a fresh
+rebuild. A second test kills
 the holder of the rollout-ticks lease and checks another instance takes over and drives on.
 
 Run by `make test-cluster` (and `.ci/run`), not by `make test`: it takes a few minutes."""
@@ -17,7 +18,7 @@ import os
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,8 @@ async def scaled_out(data: Path) -> AsyncIterator[tuple[Supervisor, NATS, Comman
     try:
         await supervisor.start()
         assert supervisor.cluster is not None
-        nc = await nats.connect(supervisor.cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+        nc = await nats.connect(supervisor.cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1,
+                                user_credentials=supervisor.admin_creds)
         try:
             client = CommandClient(nc, actor="operator:test", timeout=10)
             await client.wait_ready(*SERVICES, timeout=120)
@@ -100,6 +102,21 @@ def kill_part(supervisor: Supervisor, name: str) -> int:
     assert proc is not None and proc.returncode is None, name
     os.kill(proc.pid, signal.SIGKILL)
     return proc.pid
+
+
+def _node_status(supervisor: Supervisor, index: int) -> bool:
+    assert supervisor.cluster is not None
+    name = supervisor.cluster.nodes[index].name
+    server = next(s.status for s in supervisor.servers if s.status.name == name)
+    return server.restarts >= 1 and server.state == "running"
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.2)
 
 
 def part_of_pid(supervisor: Supervisor, pid: int) -> str:
@@ -172,7 +189,8 @@ async def test_a_rollout_survives_the_loss_of_the_stream_leader_and_of_an_instan
             common = min(max(d) for d in digests)  # drift may append meanwhile: compare the common prefix
             assert {s: h for s, h in digests[0].items() if s <= common} == \
                    {s: h for s, h in digests[1].items() if s <= common}
-            await cluster.start_node(killed_node)
+            # `fleet up` restarts the killed node by itself, on its ports and store
+            await wait_until(lambda: _node_status(supervisor, killed_node), "the killed node restarted")
             await move_leader(nc, EVENTS_STREAM, cluster.nodes[killed_node].name, timeout=60)
             restarted = await log_digests(nc, EVENTS_STREAM)
             assert {s: h for s, h in restarted.items() if s <= common} == \
@@ -184,7 +202,8 @@ async def test_a_rollout_survives_the_loss_of_the_stream_leader_and_of_an_instan
 
         # The read models equal a fresh rebuild (with the fleet quiet: the simulator stopped and
         # the devices' offline events written).
-        pool = await create_pool(supervisor.env["FLEET_DATABASE_URL"], min_size=1, max_size=4)
+        owner = supervisor.part_env["projections"]  # the projections' role and its password file
+        pool = await create_pool(owner["FLEET_DATABASE_URL"], passfile=owner["PGPASSFILE"], min_size=1, max_size=4)
         try:
             await _equal_to_rebuild(pool, EventLog(nc))
         finally:
