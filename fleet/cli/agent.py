@@ -4,16 +4,13 @@ process), DESIGN §5."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
-from collections.abc import Awaitable
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from fleet.cli.common import console, run, settings
+from fleet.cli.common import console, run, settings, until_signalled
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.times import parse_duration
@@ -21,15 +18,6 @@ from shared.times import parse_duration
 
 def _duration(text: str, name: str) -> float:
     return parse_duration(text, field=name)
-
-
-async def _until_signalled(work: Awaitable[None]) -> None:
-    task = asyncio.ensure_future(work)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
 
 
 def agent(
@@ -58,7 +46,7 @@ def agent(
     async def main() -> None:
         options = AgentOptions(device_id=device, site_id=site, state_dir=state_dir, apply_cmd=apply_cmd,
                                health_cmd=health_cmd, interval=_duration(interval, "interval"))
-        await _until_signalled(Agent(options, conf).run())
+        await until_signalled(Agent(options, conf).run())
 
     run(main())
 
@@ -107,7 +95,7 @@ def simulate(
                     console.print(f"heartbeats {s.heartbeats}  applies {s.applies} "
                                   f"(failed {s.failed_applies})  offline episodes {s.went_offline}  "
                                   f"tampered {s.tampered}")
-            await _until_signalled(report())
+            await until_signalled(report())
         finally:
             await sim.stop()
             await nc.drain()

@@ -4,8 +4,12 @@ exit codes scripts can use, and running async code with errors turned into clean
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
+import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
@@ -101,3 +105,29 @@ def reason_command(app: typer.Typer, service: str, name: str, doc: str, id_field
 
     command.__doc__ = doc
     app.command(name)(command)
+
+
+STOP_GRACE = 15.0  # seconds a process has to wind down after SIGINT/SIGTERM
+
+
+async def until_signalled(work: Awaitable[None]) -> None:
+    """Run `work` until SIGINT/SIGTERM cancels it. If winding down hangs (its NATS or PostgreSQL
+    gone, as when `fleet up` died with its servers), the process exits anyway after STOP_GRACE:
+    nobody may be left to kill it."""
+    task = asyncio.ensure_future(work)
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        task.cancel()
+        loop.call_later(STOP_GRACE, _exit_stuck)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _exit_stuck() -> None:
+    logging.getLogger("fleet").error("still stopping %.0f s after the signal (NATS or PostgreSQL unreachable?); "
+                                     "exiting now", STOP_GRACE)
+    os._exit(1)

@@ -5,16 +5,13 @@ until cancelled (SIGINT/SIGTERM)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib
-import signal
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 import typer
 
-from fleet.cli.common import run, settings
+from fleet.cli.common import run, settings, until_signalled
 from shared import telemetry
 from shared.config import Settings
 from shared.errors import Invalid
@@ -45,13 +42,4 @@ def service(
     telemetry.setup_logging(conf.log_level)
     telemetry.setup(name)
     entry = cast(Callable[[Settings], Awaitable[None]], importlib.import_module(module_name).run)
-    run(_until_signalled(entry(conf)))
-
-
-async def _until_signalled(work: Awaitable[None]) -> None:
-    task = asyncio.ensure_future(work)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    run(until_signalled(entry(conf)))

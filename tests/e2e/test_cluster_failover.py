@@ -5,8 +5,8 @@ progress; then the stream's leader node and one instance of every part are kille
 The rollout completes; every device is assigned exactly once; every command the client saw
 acknowledged is in the log; the log is identical on the two surviving replicas and, after the
 killed node is restarted (by `fleet up` itself), on all three; the read models equal a fresh
-rebuild. A second test kills
-the holder of the rollout-ticks lease and checks another instance takes over and drives on.
+rebuild. A second test kills the holder of the rollout-ticks lease and checks another instance
+takes over and drives on.
 
 Run by `make test-cluster` (and `.ci/run`), not by `make test`: it takes a few minutes."""
 
@@ -22,14 +22,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import nats
 import pytest
 from nats.aio.client import Client as NATS
 
 from fleet.supervisor import Supervisor
-from projections.main import all_projections
-from projections.runner import create_pool, rebuild
 from services.agent.simulator import FleetSimulator, SimOptions
 from services.rollout.main import TICKS_LEASE
 from shared.commands import CommandClient
@@ -39,7 +36,7 @@ from shared.errors import FleetError
 from shared.eventlog import EventLog
 from shared.lease import holder_of
 from shared.subjects import EVENTS_STREAM
-from tests.integration.test_projections import dump, wait_caught_up
+from tests.integration.test_projections import equal_to_rebuild
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -203,25 +200,7 @@ async def test_a_rollout_survives_the_loss_of_the_stream_leader_and_of_an_instan
         # The read models equal a fresh rebuild (with the fleet quiet: the simulator stopped and
         # the devices' offline events written).
         owner = supervisor.part_env["projections"]  # the projections' role and its password file
-        pool = await create_pool(owner["FLEET_DATABASE_URL"], passfile=owner["PGPASSFILE"], min_size=1, max_size=4)
-        try:
-            await _equal_to_rebuild(pool, EventLog(nc))
-        finally:
-            await pool.close()
-
-
-async def _equal_to_rebuild(pool: asyncpg.Pool, eventlog: EventLog) -> None:
-    for _ in range(20):
-        head = await wait_caught_up(pool, eventlog, timeout=120)
-        incremental = await dump(pool)
-        for projection in all_projections():
-            await rebuild(pool, eventlog, projection)
-        rebuilt = await dump(pool)
-        if await eventlog.last_stream_seq() == head:  # nothing appended meanwhile
-            assert incremental == rebuilt
-            return
-        await asyncio.sleep(2)
-    raise AssertionError("the log never stopped growing long enough to compare")
+        assert await equal_to_rebuild(owner["FLEET_DATABASE_URL"], owner["PGPASSFILE"], EventLog(nc))
 
 
 async def test_the_rollout_lease_holder_killed_another_instance_drives_on(tmp_path: Path) -> None:

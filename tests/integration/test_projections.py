@@ -104,6 +104,25 @@ async def dump(pool: asyncpg.Pool) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+async def equal_to_rebuild(database_url: str, passfile: str | None, eventlog: EventLog) -> bool:
+    """Whether the read models equal a fresh rebuild of every projection from the log, compared
+    at a moment when nothing was appended between the two reads (tried until the log stands still)."""
+    pool = await create_pool(database_url, passfile=passfile, min_size=1, max_size=4)
+    try:
+        for _ in range(30):
+            head = await wait_caught_up(pool, eventlog, timeout=120)
+            incremental = await dump(pool)
+            for projection in all_projections():
+                await rebuild(pool, eventlog, projection)
+            rebuilt = await dump(pool)
+            if await eventlog.last_stream_seq() == head:  # nothing appended meanwhile
+                return incremental == rebuilt
+            await asyncio.sleep(2)
+        raise AssertionError("the log never stopped growing long enough to compare")
+    finally:
+        await pool.close()
+
+
 def recount(devices: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The counters recomputed from device rows (what the incremental counters must equal)."""
     state = model.FleetState(devices={d["device_id"]: msgspec.convert(d, model.DeviceRow) for d in devices})
