@@ -12,7 +12,7 @@ after another, in a shuffled round of every kind: kill -9 of a part, of nats-ser
 PostgreSQL; SIGSTOP of a part for 2-6 s then SIGCONT (a frozen process); SIGTERM of a part (a
 restart). After each fault the run waits until the system has recovered — every server and part
 running, every service answering its `$SRV.PING`, a command acknowledged, the API ready — and
-records how long that took.
+records how long that took from the kill (from the SIGCONT for a freeze).
 
 At the end, with the faults over, it checks from the log: every acknowledged command's event is
 present exactly once; no device was assigned twice by one rollout; every rollout ended or stands
@@ -224,13 +224,13 @@ def _pid(supervisor: Supervisor, name: str) -> int | None:
 
 
 async def _inject(kind: str, supervisor: Supervisor, rng: random.Random, say: Callable[[str], None]) -> float:
-    """Inject one fault; returns when it started (monotonic)."""
+    """Inject one fault; returns the moment recovery is counted from (monotonic): the kill or the
+    SIGTERM, or the SIGCONT that ends a freeze."""
     target = {"kill -9 nats-server": "nats", "kill -9 postgres": "postgres"}.get(kind) or rng.choice(PARTS)
     pid = _pid(supervisor, target)
     while pid is None:  # between a restart and its process: wait for it
         await asyncio.sleep(0.1)
         pid = _pid(supervisor, target)
-    began = time.monotonic()
     if kind == "freeze part":
         frozen = rng.uniform(2, 6)
         os.kill(pid, signal.SIGSTOP)
@@ -238,9 +238,13 @@ async def _inject(kind: str, supervisor: Supervisor, rng: random.Random, say: Ca
         await asyncio.sleep(frozen)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGCONT)
-    else:
-        os.kill(pid, signal.SIGTERM if kind == "restart part" else signal.SIGKILL)
-        say(f"{kind}: {target} (pid {pid})")
+        return time.monotonic()  # recovery counts from the thaw
+    began = time.monotonic()
+    os.kill(pid, signal.SIGTERM if kind == "restart part" else signal.SIGKILL)
+    say(f"{kind}: {target} (pid {pid})")
+    # until `fleet up` has seen it go (a graceful stop takes a moment)
+    while _pid(supervisor, target) == pid and time.monotonic() - began < RECOVERY_LIMIT:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
     return began
 
 
