@@ -179,7 +179,7 @@ class Supervisor:
             (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
             nats_url = self.cluster.url
             for index, node in enumerate(self.cluster.nodes):
-                self._watch(node.name, lambda node=node: node.proc,  # type: ignore[misc]
+                self._watch(node.name, functools.partial(getattr, node, "proc"),
                             functools.partial(self.cluster.start_node, index))
         if not nats_url:
             self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port"),

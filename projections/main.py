@@ -27,8 +27,8 @@ def all_projections() -> list[Projection]:
 
 def runner_for(pool: object, eventlog: EventLog, projection: Projection) -> Runner:
     """A runner with the projection's hooks (the fleet projection keeps point-in-time copies)."""
-    hook = snapshot_hook(pool=pool) if projection.name == "fleet" else None  # type: ignore[arg-type]
-    return Runner(pool, eventlog, projection, after_batch=hook)  # type: ignore[arg-type]
+    hook = snapshot_hook(pool=pool) if projection.name == "fleet" else None
+    return Runner(pool, eventlog, projection, after_batch=hook)
 
 
 async def run(settings: Settings) -> None:

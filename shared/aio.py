@@ -36,8 +36,8 @@ async def _wait_for(fut: Awaitable[T], timeout: float | None) -> T:
 def install() -> None:
     """Use the 3.12 `wait_for` on Python 3.11 (a no-op on 3.12 and later)."""
     if sys.version_info < (3, 12):
-        asyncio.wait_for = _wait_for  # type: ignore[assignment]
-        asyncio.tasks.wait_for = _wait_for  # type: ignore[assignment]
+        asyncio.wait_for = _wait_for  # type: ignore[assignment]  # replacing the stdlib function on purpose
+        asyncio.tasks.wait_for = _wait_for  # type: ignore[assignment]  # (same)
 
 
 async def wait_set(event: asyncio.Event, seconds: float) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import Any
 
 import nats
 import nats.errors
@@ -22,7 +23,7 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30.0) -> NATS:
     """Connect, retrying for `connect_for` seconds; raise Unavailable with the URL if it fails."""
     url = settings.nats_url or DEFAULT_URL
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "servers": [u.strip() for u in url.split(",") if u.strip()],  # a cluster: every node's URL
         "name": f"fleet-{name}",
         "allow_reconnect": True,
@@ -45,7 +46,7 @@ async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30
     # unlimited, so the overall deadline is what bounds it.
     try:
         nc: NATS = await asyncio.wait_for(
-            nats.connect(**options, error_cb=_quiet),  # type: ignore[arg-type]
+            nats.connect(**options, error_cb=_quiet),
             timeout=connect_for,
         )
     except (OSError, nats.errors.Error, TimeoutError) as exc:

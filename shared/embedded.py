@@ -238,7 +238,7 @@ class EmbeddedPostgres:
         kwargs: dict[str, object] = {}
         if ids is not None:
             kwargs = {"user": ids[0], "group": ids[1], "extra_groups": []}
-        result = subprocess.run(args, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]
+        result = subprocess.run(args, capture_output=True, text=True, check=False, **kwargs)  # type: ignore[call-overload]  # user/group in kwargs
         if result.returncode != 0:
             raise Unavailable(f"{Path(args[0]).name} failed: {result.stderr.strip()}")
 
@@ -294,7 +294,7 @@ class EmbeddedPostgres:
         if ids is not None:
             popen_kwargs = {"user": ids[0], "group": ids[1], "extra_groups": []}
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(  # type: ignore[call-overload]  # noqa: ASYNC220
+            self.proc = subprocess.Popen(  # type: ignore[call-overload]  # noqa: ASYNC220 - user/group in kwargs; a daemon child
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, preexec_fn=die_with_parent, **popen_kwargs,  # noqa: PLW1509
             )

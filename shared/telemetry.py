@@ -94,7 +94,7 @@ def metrics_snapshot() -> list[tuple[str, dict[str, str], float]]:
     for resource_metrics in data.resource_metrics:
         for scope in resource_metrics.scope_metrics:
             for metric in scope.metrics:
-                for point in metric.data.data_points:  # type: ignore[attr-defined]
+                for point in metric.data.data_points:
                     labels = {k: str(v) for k, v in (point.attributes or {}).items()}
                     if hasattr(point, "value"):
                         out.append((metric.name, labels, float(point.value)))

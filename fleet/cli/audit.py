@@ -70,7 +70,7 @@ async def _export(conf: Settings, start: str | None, end: str | None, out: Path 
                 except FleetError:
                     at = None  # not an envelope: it belongs to the run it sits in
                 if not started:
-                    started = at is not None and at >= from_time  # type: ignore[operator]
+                    started = at is not None and at >= from_time  # type: ignore[operator]  # from_time is set whenever `started` is False
                     if not started:
                         continue
                 if to_time is not None and at is not None and at > to_time:

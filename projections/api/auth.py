@@ -92,7 +92,7 @@ def default_allowed_hosts(api_url: str, configured: str = "") -> frozenset[str]:
 
 def principal_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Principal:
     """The principal the guard authenticated for this request."""
-    principal = connection.scope.get(PRINCIPAL_KEY)  # type: ignore[misc]
+    principal = connection.scope.get(PRINCIPAL_KEY)
     if not isinstance(principal, Principal):
         raise NotAuthorizedException("no authenticated principal")
     return principal
@@ -134,7 +134,7 @@ async def gatekeeper(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
                                      headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
     if access not in GRANTS.get(principal.role, frozenset()):
         raise PermissionDeniedException(f"role {principal.role} may not do this ({access} access needed)")
-    connection.scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]
+    connection.scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]  # our key in the ASGI scope TypedDict
 
 
 def document_refusals(schema: dict[str, Any]) -> dict[str, Any]:

@@ -248,7 +248,7 @@ class ReadModels:
                 cached = [(k[0], k[1], dict(zip(COUNTER_FIELDS, v, strict=True)))
                           for k, v in model.count_all(state).items() if v[0] > 0]
                 self.pit.remember(key, cached)
-            cells = cached  # type: ignore[assignment]
+            cells = cached  # type: ignore[assignment]  # the point-in-time cache holds `object`s
             seq, historical = at_seq, True
         cells = [c for c in cells if (site is None or c[0] == site) and (snapshot is None or c[1] == snapshot)]
         cells.sort(key=lambda c: (c[0], c[1]))
@@ -277,7 +277,7 @@ class ReadModels:
             raise Invalid("not a device cursor", field="cursor")
         if at_seq is None:
             async with self.pool.acquire() as conn:
-                checkpoint, rows = await reads.device_page(conn, FLEET, flt, after, limit + 1)  # type: ignore[arg-type]
+                checkpoint, rows = await reads.device_page(conn, FLEET, flt, after, limit + 1)
             seq = _checkpoint_of(checkpoint, FLEET)
             historical = False
         else:
@@ -287,7 +287,7 @@ class ReadModels:
                 ids = sorted(state.devices)
                 self.pit.remember(("device_ids", at_seq), ids)
             rows = []
-            start = 0 if after is None else _bisect_right(ids, after)  # type: ignore[arg-type]
+            start = 0 if after is None else _bisect_right(ids, after)  # type: ignore[arg-type]  # ids from the `object` cache
             matches = flt.predicate()
             for device_id in ids[start:]:  # type: ignore[index]
                 row = state.devices[device_id]
@@ -507,7 +507,7 @@ class ReadModels:
         if problems is not None:
             items = [i for i in items if (site_badness(i.counts) != (0.0, 0.0)) == problems]
         if by_id:
-            items = [i for i in items if after is None or i.site_id > after]  # type: ignore[operator]
+            items = [i for i in items if after is None or i.site_id > after]  # type: ignore[operator]  # not narrowed in a comprehension
             start = 0
         else:
             items.sort(key=lambda i: (*(-b for b in site_badness(i.counts)), i.site_id))

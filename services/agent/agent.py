@@ -352,7 +352,7 @@ class Agent:
         return Heartbeat(
             device_id=self.options.device_id, site=self.options.site_id, seq=self.seq,
             at=format_time(utcnow()), snapshot_id=applied.snapshot_id if applied else None,
-            config_hash=on_disk, health=self.health,  # type: ignore[arg-type]
+            config_hash=on_disk, health=self.health,  # type: ignore[arg-type]  # a HEALTH value; the field is a Literal
             metrics=self.metrics, agent_version=AGENT_VERSION)
 
     async def heartbeat(self) -> None:

@@ -201,7 +201,7 @@ class FleetSimulator:
         handle: asyncio.TimerHandle | None = None
 
         def done() -> None:
-            self._applies.discard(handle)  # type: ignore[arg-type]
+            self._applies.discard(handle)
             if self.desired[i] is value:  # a newer value supersedes one still being applied
                 self._applied(i, value)
         handle = loop.call_later(delay, done)
@@ -280,7 +280,7 @@ class FleetSimulator:
         health = self.health[i]
         hb = Heartbeat(device_id=self.ids[i], site=self.sites[i], seq=self.seq[i], at=at,
                        snapshot_id=self.snapshot[i], config_hash=self.hash[i],
-                       health=health,  # type: ignore[arg-type]
+                       health=health,  # type: ignore[arg-type]  # one of HEALTH by construction; the field is a Literal
                        metrics={"error_rate": 0.5 if health != "ok" else 0.001},
                        agent_version=AGENT_VERSION)
         if not self.nc.is_connected:  # nothing is queued while NATS is away

@@ -163,7 +163,7 @@ class RolloutService:
             ("rollback", Rollback, self._rollback), ("get", Get, self._get), ("list", List, self._list),
             ("what_if", WhatIf, self._what_if),
         ):
-            self.commands.route(route, kind, handler)  # type: ignore[arg-type]
+            self.commands.route(route, kind, handler)  # type: ignore[arg-type]  # a table of (type, handler of that type)
         await self.commands.start()
         self._tasks = [asyncio.create_task(self._follow(caught_up + 1)),
                        asyncio.create_task(self._tick_forever())]

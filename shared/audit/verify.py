@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 import msgspec
@@ -305,7 +306,7 @@ def _digests(cp: AuditCheckpointed) -> list[bytes]:
 
 
 def locate(expected: list[bytes], from_seq: int, actual: list[tuple[int, bytes]],
-           checkpoints: set[bytes] = frozenset()) -> Problem | None:  # type: ignore[assignment]
+           checkpoints: AbstractSet[bytes] = frozenset()) -> Problem | None:
     """The first position where the log differs from what a checkpoint signed, classified.
 
     `expected`: the signed digests of seq from_seq, from_seq+1, ...; `actual`: (seq, digest) as
