@@ -243,7 +243,7 @@ async def _inject(kind: str, supervisor: Supervisor, rng: random.Random, say: Ca
     os.kill(pid, signal.SIGTERM if kind == "restart part" else signal.SIGKILL)
     say(f"{kind}: {target} (pid {pid})")
     # until `fleet up` has seen it go (a graceful stop takes a moment)
-    while _pid(supervisor, target) == pid and time.monotonic() - began < RECOVERY_LIMIT:  # noqa: ASYNC110
+    while _pid(supervisor, target) == pid and time.monotonic() - began < RECOVERY_LIMIT:  # noqa: ASYNC110 - polling other processes
         await asyncio.sleep(0.05)
     return began
 

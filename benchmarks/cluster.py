@@ -206,10 +206,10 @@ async def lease_failover(tmp: Path, kills: int) -> tuple[list[float], list[float
             os.kill(pid, signal.SIGKILL)
             killed = time.perf_counter()
             at_kill = await assigned()
-            while (now := await holder_of(nc, TICKS_LEASE)) in (holder, None):  # noqa: ASYNC110
+            while (now := await holder_of(nc, TICKS_LEASE)) in (holder, None):  # noqa: ASYNC110 - polling other processes
                 await asyncio.sleep(0.05)
             took.append(time.perf_counter() - killed)
-            while await assigned() <= at_kill:  # noqa: ASYNC110
+            while await assigned() <= at_kill:  # noqa: ASYNC110 - polling other processes
                 await asyncio.sleep(0.05)
             progressed.append(time.perf_counter() - killed)
             print(f"lease failover {k + 1}/{kills}: held again after {took[-1]:.2f} s by {now}, rollout "

@@ -133,7 +133,7 @@ async def main(args: argparse.Namespace) -> None:
                 [sys.executable, "-m", "fleet", "service", name],
                 env={**env, **({"FLEET_NATS_CREDS": creds[name]} if authority else {})},
                 stdout=(work / f"{name}.log").open("wb"), stderr=subprocess.STDOUT,
-                preexec_fn=die_with_parent)  # noqa: PLW1509
+                preexec_fn=die_with_parent)  # noqa: PLW1509 - the child runs only a pre-resolved prctl call
         client = CommandClient(nc, actor="operator:bench", timeout=120)
         await client.wait_ready(*procs, timeout=60)
         assert server.proc is not None

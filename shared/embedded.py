@@ -156,7 +156,7 @@ class EmbeddedNats:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - a daemon child, waited for below
                 [str(nats_server_binary()), "-c", str(conf)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
+                start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509 - the child runs only a pre-resolved prctl call
             )
         await _wait_for_port(self.port, self.proc, "nats-server", self.log_path, timeout)
         return self
@@ -296,7 +296,7 @@ class EmbeddedPostgres:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(  # type: ignore[call-overload]  # noqa: ASYNC220 - user/group in kwargs; a daemon child
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=die_with_parent, **popen_kwargs,  # noqa: PLW1509
+                start_new_session=True, preexec_fn=die_with_parent, **popen_kwargs,  # noqa: PLW1509 - the child runs only a pre-resolved prctl call
             )
         await _wait_for_port(self.port, self.proc, "postgres", self.log_path, timeout)
         await self._wait_ready(timeout)

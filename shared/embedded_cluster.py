@@ -136,7 +136,7 @@ class EmbeddedNatsCluster:
             node.proc = subprocess.Popen(  # noqa: ASYNC220 - a daemon child, waited for below
                 [str(nats_server_binary()), "-c", str(config)], env=self._env(node),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509
+                start_new_session=True, preexec_fn=die_with_parent,  # noqa: PLW1509 - the child runs only a pre-resolved prctl call
             )
         await _wait_for_port(node.port, node.proc, node.name, node.log_path, timeout)
         return node

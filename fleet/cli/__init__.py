@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 from fleet.cli import agent as agent_cli
@@ -31,15 +29,15 @@ app = typer.Typer(
 @app.callback()
 def _global(
     ctx: typer.Context,
-    data_dir: Optional[str] = typer.Option(  # noqa: UP045 - typer reads Optional
+    data_dir: str | None = typer.Option(
         None, "--data-dir", envvar="FLEET_DATA_DIR", help="Data dir of `fleet up` (default ./.fleet)."),
-    nats_url: Optional[str] = typer.Option(  # noqa: UP045
+    nats_url: str | None = typer.Option(
         None, "--nats-url", envvar="FLEET_NATS_URL",
         help="NATS server to use instead of the embedded one."),
-    database_url: Optional[str] = typer.Option(  # noqa: UP045
+    database_url: str | None = typer.Option(
         None, "--database-url", envvar="FLEET_DATABASE_URL",
         help="PostgreSQL to use instead of the embedded one."),
-    api_url: Optional[str] = typer.Option(  # noqa: UP045
+    api_url: str | None = typer.Option(
         None, "--api-url", envvar="FLEET_API_URL", help="Query API of a remote deployment."),
 ) -> None:
     if ctx.invoked_subcommand != "service":  # a service sets up telemetry under its own name

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -25,14 +24,14 @@ def agent(
     device: str = typer.Option(..., "--device", help="This device's id."),
     site: str = typer.Option(..., "--site", help="The site the device is registered at."),
     state_dir: Path = typer.Option(..., "--state-dir", help="Where the effective config is written."),
-    apply_cmd: Optional[str] = typer.Option(  # noqa: UP045 - typer reads Optional
+    apply_cmd: str | None = typer.Option(
         None, "--apply-cmd", help="Shell command run after a new config is written (FLEET_CONFIG names it)."),
-    health_cmd: Optional[str] = typer.Option(  # noqa: UP045
+    health_cmd: str | None = typer.Option(
         None, "--health-cmd",
         help="Shell command run every interval: exit 0 ok, 1 degraded, other failed; "
              "stdout name=value lines are metrics."),
     interval: str = typer.Option("10s", "--interval", help="Heartbeat interval (e.g. 10s, 500ms)."),
-    creds: Optional[str] = typer.Option(  # noqa: UP045
+    creds: str | None = typer.Option(
         None, "--creds", help="NATS credentials file of this device."),
 ) -> None:
     """Run the agent of one device until interrupted."""

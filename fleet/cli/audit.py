@@ -7,7 +7,7 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 import typer
 
@@ -33,9 +33,9 @@ def _bound(text: str | None, field: str) -> tuple[int | None, datetime | None]:
 @app.command("export")
 def export(
     ctx: typer.Context,
-    start: Optional[str] = typer.Option(None, "--from", help="First log sequence or RFC 3339 time."),  # noqa: UP045
-    end: Optional[str] = typer.Option(None, "--to", help="Last log sequence or RFC 3339 time."),  # noqa: UP045
-    out: Optional[Path] = typer.Option(None, "--out", help="Write here instead of stdout."),  # noqa: UP045
+    start: str | None = typer.Option(None, "--from", help="First log sequence or RFC 3339 time."),
+    end: str | None = typer.Option(None, "--to", help="Last log sequence or RFC 3339 time."),
+    out: Path | None = typer.Option(None, "--out", help="Write here instead of stdout."),
     json_out: bool = JsonOption,
 ) -> None:
     """Messages in sequence order, one `{"seq", "subject", "body"}` line each, the body being the
@@ -116,12 +116,12 @@ def _keys(texts: list[str]) -> list[bytes]:
 @app.command("verify")
 def verify(
     ctx: typer.Context,
-    start: Optional[int] = typer.Option(None, "--from", help="Start at the checkpoint boundary at or before SEQ."),  # noqa: UP045
-    end: Optional[int] = typer.Option(None, "--to", help="Stop after SEQ."),  # noqa: UP045
-    expect: Optional[str] = typer.Option(None, "--expect", help="SEQ:HEAD from an earlier verification."),  # noqa: UP045
+    start: int | None = typer.Option(None, "--from", help="Start at the checkpoint boundary at or before SEQ."),
+    end: int | None = typer.Option(None, "--to", help="Stop after SEQ."),
+    expect: str | None = typer.Option(None, "--expect", help="SEQ:HEAD from an earlier verification."),
     key: list[str] = typer.Option([], "--key", help="Trusted public key (base64 or hex); repeatable."),
-    file: Optional[Path] = typer.Option(None, "--file", help="Verify this export offline (no server)."),  # noqa: UP045
-    stream: Optional[str] = typer.Option(None, "--stream", help="Verify this stream (e.g. a restored copy)."),  # noqa: UP045
+    file: Path | None = typer.Option(None, "--file", help="Verify this export offline (no server)."),
+    stream: str | None = typer.Option(None, "--stream", help="Verify this stream (e.g. a restored copy)."),
     json_out: bool = JsonOption,
 ) -> None:
     """Re-compute the hash chain and check every checkpoint: exit 0 and one line when intact,

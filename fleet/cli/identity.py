@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 
@@ -41,7 +41,7 @@ def enroll(
     ctx: typer.Context,
     device: str = typer.Argument(..., help="The device id: its identity's name."),
     out: Path = typer.Option(..., "--out", help="Where to write the credentials file (mode 0600)."),
-    expires: Optional[str] = typer.Option(  # noqa: UP045
+    expires: str | None = typer.Option(
         None, "--expires", help="Lifetime of the credentials (e.g. 30d as 720h); default: until revoked."),
     json_out: bool = JsonOption,
 ) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -43,7 +43,7 @@ def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
 @app.command("rebuild")
 def rebuild(
     ctx: typer.Context,
-    name: Optional[str] = typer.Argument(None, help="One projection (default: all)."),  # noqa: UP045
+    name: str | None = typer.Argument(None, help="One projection (default: all)."),
     json_out: bool = JsonOption,
 ) -> None:
     """Replay the log from the start into fresh tables and swap them in atomically; queries keep

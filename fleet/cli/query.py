@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote
 
 import typer
@@ -73,9 +73,9 @@ def _fresh(answer: dict[str, Any]) -> str:
 
 def where(
     ctx: typer.Context,
-    site: Optional[str] = typer.Option(None, "--site", help="Only this site."),  # noqa: UP045
-    snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Only devices reporting this snapshot."),  # noqa: UP045
-    at: Optional[str] = typer.Option(None, "--at", help="RFC 3339 time (or log sequence): as it stood then."),  # noqa: UP045
+    site: str | None = typer.Option(None, "--site", help="Only this site."),
+    snapshot: str | None = typer.Option(None, "--snapshot", help="Only devices reporting this snapshot."),
+    at: str | None = typer.Option(None, "--at", help="RFC 3339 time (or log sequence): as it stood then."),
     devices: bool = typer.Option(False, "--devices", help="Also list the devices."),
     limit: int = typer.Option(200, "--limit", help="At most this many devices with --devices."),
     json_out: bool = JsonOption,
@@ -144,7 +144,7 @@ def _device_table(devices: list[dict[str, Any]], problems: bool = False) -> None
 
 def degraded(
     ctx: typer.Context,
-    site: Optional[str] = typer.Option(None, "--site", help="Only this site."),  # noqa: UP045
+    site: str | None = typer.Option(None, "--site", help="Only this site."),
     limit: int = typer.Option(1000, "--limit", help="At most this many devices."),
     json_out: bool = JsonOption,
 ) -> None:
@@ -173,14 +173,14 @@ def degraded(
 
 def changes(
     ctx: typer.Context,
-    since: Optional[str] = typer.Option(None, "--since", help="How far back, e.g. 1h (default 1h)."),  # noqa: UP045
-    start: Optional[str] = typer.Option(None, "--from", help="RFC 3339 start."),  # noqa: UP045
-    end: Optional[str] = typer.Option(None, "--to", help="RFC 3339 end."),  # noqa: UP045
-    device: Optional[str] = typer.Option(None, "--device"),  # noqa: UP045
-    site: Optional[str] = typer.Option(None, "--site"),  # noqa: UP045
-    snapshot: Optional[str] = typer.Option(None, "--snapshot"),  # noqa: UP045
-    rollout: Optional[str] = typer.Option(None, "--rollout"),  # noqa: UP045
-    actor: Optional[str] = typer.Option(None, "--actor"),  # noqa: UP045
+    since: str | None = typer.Option(None, "--since", help="How far back, e.g. 1h (default 1h)."),
+    start: str | None = typer.Option(None, "--from", help="RFC 3339 start."),
+    end: str | None = typer.Option(None, "--to", help="RFC 3339 end."),
+    device: str | None = typer.Option(None, "--device"),
+    site: str | None = typer.Option(None, "--site"),
+    snapshot: str | None = typer.Option(None, "--snapshot"),
+    rollout: str | None = typer.Option(None, "--rollout"),
+    actor: str | None = typer.Option(None, "--actor"),
     limit: int = typer.Option(200, "--limit", help="At most this many changes (the newest)."),
     json_out: bool = JsonOption,
 ) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.live import Live
@@ -98,7 +98,7 @@ def start(
     ctx: typer.Context,
     snapshot: str = typer.Argument(..., help="Snapshot id to roll out."),
     target: str = typer.Option("", "--target", help="Label selector, e.g. 'site in (a,b),tier=edge'."),
-    rollout_id: Optional[str] = typer.Option(None, "--id", help="Rollout id (default: derived)."),  # noqa: UP045
+    rollout_id: str | None = typer.Option(None, "--id", help="Rollout id (default: derived)."),
     canary: str = typer.Option("", "--canary", help="5 | 2% | site:a,b"),
     waves: str = typer.Option("100", "--waves", help="Cumulative percentages, e.g. 10,50,100."),
     bake: str = typer.Option("0s", "--bake", help="Bake time per wave."),
@@ -111,7 +111,7 @@ def start(
     on_failure: str = typer.Option("pause", "--on-failure", help="pause | rollback"),
     approve_after: list[int] = typer.Option([], "--approve-after", help="Hold after wave N for promote."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and when each wave is expected to run."),
-    not_before: Optional[str] = typer.Option(None, "--not-before", help="Assign nothing before this RFC 3339 time."),  # noqa: UP045
+    not_before: str | None = typer.Option(None, "--not-before", help="Assign nothing before this RFC 3339 time."),
     ignore_windows: bool = typer.Option(False, "--ignore-windows",
                                         help="Emergency: assign regardless of maintenance windows (recorded)."),
     rollback_in_windows: bool = typer.Option(False, "--rollback-in-windows",
@@ -154,7 +154,7 @@ def ignore_windows(ctx: typer.Context, rollout_id: str = typer.Argument(...),
 def rollback(
     ctx: typer.Context,
     rollout_id: str = typer.Argument(...),
-    to: Optional[str] = typer.Option(None, "--to", help="Give touched devices this snapshot instead."),  # noqa: UP045
+    to: str | None = typer.Option(None, "--to", help="Give touched devices this snapshot instead."),
     plan: bool = typer.Option(False, "--plan", help="Only show what would be restored."),
     json_out: bool = JsonOption,
 ) -> None:
@@ -197,11 +197,11 @@ def _render_what_if(result: dict[str, Any]) -> None:
 @app.command("what-if")
 def what_if(
     ctx: typer.Context,
-    rollout_id: Optional[str] = typer.Argument(None, help="One rollout (or use --since)."),  # noqa: UP045
-    since: Optional[str] = typer.Option(None, "--since", help="Every rollout started within, e.g. 30d."),  # noqa: UP045
-    min_healthy: Optional[str] = typer.Option(None, "--min-healthy", help="Proposed, e.g. 99%."),  # noqa: UP045
-    max_failed: Optional[str] = typer.Option(None, "--max-failed", help="Proposed, e.g. 1%."),  # noqa: UP045
-    max_offline: Optional[str] = typer.Option(None, "--max-offline", help="Proposed, e.g. 5%."),  # noqa: UP045
+    rollout_id: str | None = typer.Argument(None, help="One rollout (or use --since)."),
+    since: str | None = typer.Option(None, "--since", help="Every rollout started within, e.g. 30d."),
+    min_healthy: str | None = typer.Option(None, "--min-healthy", help="Proposed, e.g. 99%."),
+    max_failed: str | None = typer.Option(None, "--max-failed", help="Proposed, e.g. 1%."),
+    max_offline: str | None = typer.Option(None, "--max-offline", help="Proposed, e.g. 5%."),
     metric: list[str] = typer.Option([], "--metric", help="Proposed metric gates (replace the recorded ones)."),
     json_out: bool = JsonOption,
 ) -> None:

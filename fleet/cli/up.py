@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import urllib.request
-from typing import Any, Optional
+from typing import Any
 
 import msgspec
 import typer
@@ -19,11 +19,11 @@ from shared.errors import Invalid, Unavailable
 
 def up(
     ctx: typer.Context,
-    api_port: Optional[int] = typer.Option(None, "--api-port", help="Port of the query API (default: free)."),  # noqa: UP045
-    heartbeat_interval: Optional[str] = typer.Option(None, "--heartbeat-interval", envvar="FLEET_HEARTBEAT_INTERVAL"),  # noqa: UP045
-    offline_after: Optional[int] = typer.Option(None, "--offline-after", envvar="FLEET_OFFLINE_AFTER"),  # noqa: UP045
-    drift_grace: Optional[str] = typer.Option(None, "--drift-grace", envvar="FLEET_DRIFT_GRACE"),  # noqa: UP045
-    reconcile_backoff: Optional[str] = typer.Option(None, "--reconcile-backoff", envvar="FLEET_RECONCILE_BACKOFF"),  # noqa: UP045
+    api_port: int | None = typer.Option(None, "--api-port", help="Port of the query API (default: free)."),
+    heartbeat_interval: str | None = typer.Option(None, "--heartbeat-interval", envvar="FLEET_HEARTBEAT_INTERVAL"),
+    offline_after: int | None = typer.Option(None, "--offline-after", envvar="FLEET_OFFLINE_AFTER"),
+    drift_grace: str | None = typer.Option(None, "--drift-grace", envvar="FLEET_DRIFT_GRACE"),
+    reconcile_backoff: str | None = typer.Option(None, "--reconcile-backoff", envvar="FLEET_RECONCILE_BACKOFF"),
     cluster: int = typer.Option(0, "--cluster", help="Run a NATS cluster of this many nodes (3) on loopback "
                                 "and two instances of every part: the scale-out topology on one machine."),
 ) -> None:

@@ -3,7 +3,7 @@ operator views over the query API."""
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -16,7 +16,7 @@ def sites(
     ctx: typer.Context,
     problems: bool = typer.Option(False, "--problems", help="Only sites with a device in trouble."),
     by_id: bool = typer.Option(False, "--by-id", help="Order by site id instead of worst first."),
-    at: Optional[str] = typer.Option(None, "--at", help="RFC 3339 time (or log sequence): as it stood then."),  # noqa: UP045
+    at: str | None = typer.Option(None, "--at", help="RFC 3339 time (or log sequence): as it stood then."),
     limit: int = typer.Option(1000, "--limit", help="At most this many sites."),
     json_out: bool = JsonOption,
 ) -> None:
@@ -57,9 +57,9 @@ def sites(
 def diff(
     ctx: typer.Context,
     start: str = typer.Option(..., "--from", help="RFC 3339 time or log sequence."),
-    end: Optional[str] = typer.Option(None, "--to", help="RFC 3339 time or log sequence (default: now)."),  # noqa: UP045
-    site: Optional[str] = typer.Option(None, "--site", help="Only devices of this site."),  # noqa: UP045
-    selector: Optional[str] = typer.Option(None, "--selector", help="Only devices matching (labels as now)."),  # noqa: UP045
+    end: str | None = typer.Option(None, "--to", help="RFC 3339 time or log sequence (default: now)."),
+    site: str | None = typer.Option(None, "--site", help="Only devices of this site."),
+    selector: str | None = typer.Option(None, "--selector", help="Only devices matching (labels as now)."),
     devices: bool = typer.Option(False, "--devices", help="Also list the devices behind each number."),
     limit: int = typer.Option(100, "--limit", help="With --devices: at most this many per number."),
     json_out: bool = JsonOption,

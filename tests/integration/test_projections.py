@@ -198,7 +198,7 @@ async def test_kill_9_mid_batch_then_resume_applies_each_event_once(
     for projection in all_projections():  # built and live: the child then follows batch by batch
         await rebuild(pool, eventlog, projection)
     head = await append_history(eventlog, 400, rounds=2, seed=3)
-    child = subprocess.Popen([sys.executable, "-c", _CHILD, nats_server.url, database_url, "23"],  # noqa: ASYNC220
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, nats_server.url, database_url, "23"],  # noqa: ASYNC220 - a child that outlives this call
                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
         for _ in range(600):
