@@ -1,5 +1,1 @@
 """The contract in code: ids, events, subjects, the event log, command serving, embedded servers."""
-
-from shared import aio
-
-aio.install()

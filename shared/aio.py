@@ -5,7 +5,9 @@ completes (CPython gh-86296, fixed in 3.12 by building `wait_for` on `asyncio.ti
 told to stop then carries on; in a loop it runs forever (seen here: the simulator's heartbeat
 loop and the rollout service's follower each hung a test once in a few dozen runs, through
 nats-py's own `wait_for` calls in `flush` and `request`). `install()` puts the 3.12 version in
-place for every caller, nats-py included; it runs when `shared` is imported."""
+place for every caller, nats-py included. Importing a module changes nothing: the entry points
+call it — the `fleet` command (and so every part `fleet up` runs), the tests' conftest and the
+benchmarks package."""
 
 from __future__ import annotations
 

@@ -9,18 +9,6 @@ COMMANDS_PREFIX = "fleet.cmd"
 HEARTBEATS_PREFIX = "fleet.hb"
 DESIRED_BUCKET = "fleet_desired"
 
-# Aggregate families and the service that is the single writer of each.
-AGGREGATE_OWNERS: dict[str, str] = {
-    "site": "registry",
-    "device": "registry",
-    "snapshot": "snapshot",
-    "rollout": "rollout",
-    "desired": "rollout",
-    "observed": "drift",
-    "audit": "audit",
-}
-
-
 def event_subject(aggregate: str, aggregate_id: str) -> str:
     """`fleet.evt.<aggregate>.<id>`: one subject per aggregate instance."""
     return f"{EVENTS_PREFIX}.{aggregate}.{aggregate_id}"

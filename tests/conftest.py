@@ -25,12 +25,14 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from shared import tokens
+from shared import aio, tokens
 from shared.auth.authority import Authority, inbox_of_creds
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.eventlog import EventLog
 from shared.subjects import EVENTS_STREAM
 from shared.times import format_time, utcnow
+
+aio.install()  # the tests' entry point, as `fleet` and the benchmarks install it
 
 _db_counter = itertools.count()
 _token_counter = itertools.count()

@@ -17,6 +17,7 @@ from fleet.cli import snapshot as snapshot_cli
 from fleet.cli import token as token_cli
 from fleet.cli import up as up_cli
 from fleet.cli import views as views_cli
+from shared import aio
 
 app = typer.Typer(
     name="fleet",
@@ -76,5 +77,6 @@ app.command("simulate", help="Simulate many devices in one process.")(agent_cli.
 
 
 def main() -> None:
-    """Entry point of the `fleet` script."""
+    """Entry point of the `fleet` script (every part `fleet up` runs starts here too)."""
+    aio.install()
     app()

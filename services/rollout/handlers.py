@@ -44,7 +44,7 @@ from shared.events.rollout import (
 from shared.ids import check_id
 from shared.lease import Lease
 from shared.selectors import parse as parse_selector
-from shared.subjects import AGGREGATE_OWNERS, HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
+from shared.subjects import HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
 from shared.times import format_time, parse_duration, parse_time, utcnow
 from shared.wire import Expression, Reason
 
@@ -52,7 +52,9 @@ log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
 _JSON = msgspec.json.Encoder()
 PIPELINE = 4  # atomic batches of one commit in flight at once
-FOLLOWED = [aggregate_wildcard(family) for family in AGGREGATE_OWNERS if family != "desired"]
+# What the rollout service follows: the fleet it rolls over, its own rollouts (another instance's
+# too) and the devices' observed state. Not `desired` (it writes those itself) nor `audit`.
+FOLLOWED = [aggregate_wildcard(family) for family in ("site", "device", "snapshot", "rollout", "observed")]
 
 
 class Start(Command, frozen=True, kw_only=True):
