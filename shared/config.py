@@ -18,7 +18,7 @@ SECRETS_DIR = "secrets"
 ADMIN_CREDS = "admin.creds"
 OPERATOR_CREDS = "operator.creds"
 DEFAULT_DATA_DIR = ".fleet"
-_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "apply_grace", "flap_window",
+_DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "flap_window",
               "audit_max_delay", "lease_ttl")
 
 
@@ -60,11 +60,6 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def secrets_path(self) -> Path:
         """Where `fleet up` keeps keys and credentials (0700)."""
         return self.data_path / SECRETS_DIR
-
-    @property
-    def endpoints_path(self) -> Path:
-        """Where `fleet up` publishes its endpoints."""
-        return self.data_path / ENDPOINTS_FILE
 
 
 class Endpoints(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

@@ -107,15 +107,15 @@ class FleetIndex:
                     self.view.desired[event.device_id] = Desired(
                         event.snapshot_id, event.config_hash, event.revision, event.rollout_id)
             case DeviceCameOnline():
-                observed = self._observed(event.device_id)
+                observed = self.observed(event.device_id)
                 observed.online, observed.health = True, event.health
                 observed.config_hash = event.config_hash
             case DeviceWentOffline():
-                self._observed(event.device_id).online = False
+                self.observed(event.device_id).online = False
             case DeviceReportedState():
-                self._observed(event.device_id).config_hash = event.config_hash
+                self.observed(event.device_id).config_hash = event.config_hash
             case DeviceHealthChanged():
-                observed = self._observed(event.device_id)
+                observed = self.observed(event.device_id)
                 observed.health = event.health
                 if event.metrics:
                     observed.metrics = dict(event.metrics)
@@ -146,7 +146,8 @@ class FleetIndex:
         else:
             self.view.device_windows.pop(device, None)
 
-    def _observed(self, device: str) -> Observed:
+    def observed(self, device: str) -> Observed:
+        """The observed state of a device, made empty on first use (heartbeat metrics land here)."""
         observed = self.view.observed.get(device)
         if observed is None:
             observed = self.view.observed[device] = Observed()

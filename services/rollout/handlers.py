@@ -325,7 +325,7 @@ class RolloutService:
             heartbeat = HEARTBEAT_DECODER.decode(msg.data)
         except msgspec.DecodeError:
             return  # the drift service counts malformed heartbeats; metrics simply skip them
-        self.index._observed(device).metrics = dict(heartbeat.metrics)
+        self.index.observed(device).metrics = dict(heartbeat.metrics)
 
     # --- appending ------------------------------------------------------------------------------
 
