@@ -19,6 +19,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -64,7 +65,6 @@ from shared.events.observed import ObservedEvent, ReconcileAttempted
 from shared.events.registry import DeviceRetired
 from shared.ids import check_id
 from shared.subjects import HEARTBEATS_PREFIX, event_subject, parse_event_subject
-from shared.times import utcnow
 from shared.wire import Reason
 
 log = logging.getLogger(__name__)
@@ -303,8 +303,9 @@ class DriftService:
     # --- deciding and appending ----------------------------------------------------------------
 
     def _emit(self, state: DeviceState, events: list[ObservedEvent], now: float) -> DeviceState:
-        """Fold our own events into the state at once and queue them for the writer."""
-        at = utcnow()
+        """Fold our own events into the state at once and queue them for the writer; they are
+        stamped with `now`, the injected clock's time of the decision."""
+        at = datetime.fromtimestamp(now, UTC)
         queue = self._pending.setdefault(state.device_id, [])
         counts = self.stats.events
         for event in events:
