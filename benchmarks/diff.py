@@ -3,7 +3,7 @@
 
     .venv/bin/python -m benchmarks.diff [--devices 1000000] [--rounds 2] [--windows 1000,10000,100000]
 
-Builds the `changes` read model of a generated fleet history (`projections.synthetic.fleet_history`,
+Builds the `changes` read model of a generated fleet history (`benchmarks.synthetic.fleet_history`,
 the generator of benchmarks/projections.py: about devices x (4 + rounds/2) events) straight into an
 EmbeddedPostgres with the projection's own rebuild code (`ChangesBuilder`: the same rows, bulk
 writes, indexes after the load), without NATS: the diff never reads the log. Then, for each window
@@ -33,10 +33,10 @@ from pathlib import Path
 
 import asyncpg
 
+from benchmarks.synthetic import fleet_history
 from projections.api.diff import DiffCache, fleet_diff
 from projections.changes.store import ChangesBuilder, ChangesProjection
 from projections.runner import Item, create_pool, migration_parts, version_of
-from projections.synthetic import fleet_history
 from shared.embedded import EmbeddedPostgres
 from shared.envelope import decode_event
 

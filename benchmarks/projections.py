@@ -54,12 +54,12 @@ import nats
 from nats.js import api
 
 from benchmarks.eventlog import configure_eventsourcing
+from benchmarks.synthetic import fleet_history
 from projections.changes.store import ChangesProjection
 from projections.fleet import model, snapshots
 from projections.fleet.store import FleetProjection, load_state
 from projections.pointintime import FLEET_VERSION, SNAPSHOT_EVERY, snapshot_hook
 from projections.runner import Runner, create_pool, decode_batch, rebuild
-from projections.synthetic import fleet_history
 from shared import tokens
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from shared.envelope import Envelope, decode_event, seal

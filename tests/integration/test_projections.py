@@ -21,6 +21,7 @@ import asyncpg
 import msgspec
 import pytest
 
+from benchmarks.synthetic import fleet_history
 from projections.changes.store import ChangesProjection
 from projections.fleet import model, snapshots
 from projections.fleet.store import FleetBuilder, FleetProjection
@@ -35,7 +36,6 @@ from projections.runner import (
     decode_batch,
     rebuild,
 )
-from projections.synthetic import fleet_history
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.envelope import Envelope, seal
 from shared.eventlog import EventLog
