@@ -442,9 +442,15 @@ class RolloutService:
 
     # --- commands -------------------------------------------------------------------------------
 
-    def _state(self, rollout_id: str) -> Rollout:
+    async def _state(self, rollout_id: str) -> Rollout:
+        """The rollout's state; one this instance has not seen is looked for again once it has
+        followed the log to its head: another instance may have started it a moment ago, and its
+        client may ask this one next (read your writes across instances)."""
         check_id(rollout_id, "rollout_id")
         state = self.store.get(rollout_id).state
+        if state.spec is None:
+            await self.caught_up()
+            state = self.store.get(rollout_id).state
         if state.spec is None:
             raise NotFound(f"rollout {rollout_id} does not exist", field="rollout_id")
         return state
@@ -511,13 +517,13 @@ class RolloutService:
         """A handler for one operator action on a rollout."""
 
         async def handle(cmd: Act, ctx: Context) -> Outcome:
-            state = self._state(cmd.rollout_id)
+            state = await self._state(cmd.rollout_id)
             return await self._run(cmd, cmd.rollout_id, lambda: decide(state, cmd), ctx)
 
         return handle
 
     async def _rollback(self, cmd: Rollback, ctx: Context) -> Outcome:
-        state = self._state(cmd.rollout_id)
+        state = await self._state(cmd.rollout_id)
         hashes: dict[str, str] = {}
         if cmd.to_snapshot_id is not None:
             snap = self.index.snapshots.get(cmd.to_snapshot_id)
@@ -539,12 +545,12 @@ class RolloutService:
         return Outcome(outcome.appended, {**outcome.result, "plan": plan, "in_windows": in_windows})
 
     async def _get(self, cmd: Get, ctx: Context) -> Outcome:
-        return Outcome((), self.describe(self._state(cmd.rollout_id), ctx.now, detail=True))
+        return Outcome((), self.describe(await self._state(cmd.rollout_id), ctx.now, detail=True))
 
     async def _what_if(self, cmd: WhatIf, ctx: Context) -> Outcome:
         proposal = whatif.Proposal.parse(cmd.min_healthy, cmd.max_failed, cmd.max_offline, cmd.metrics)
         if cmd.rollout_id is not None:
-            states = [self._state(cmd.rollout_id)]
+            states = [await self._state(cmd.rollout_id)]
         else:
             since = ctx.now - timedelta(seconds=whatif.parse_since(cmd.since)) if cmd.since else None
             states = [slot.state for rollout_id, slot in sorted(self.store.slots.items(), key=lambda i: -i[1].seq)
