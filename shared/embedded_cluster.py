@@ -225,8 +225,15 @@ async def log_digests(nc: NATS, stream: str, subjects: str = ">") -> dict[int, s
     digests: dict[int, str] = {}
     if not last:
         return digests
-    sub = await js.subscribe(subjects, stream=stream, ordered_consumer=True,
-                             pending_msgs_limit=-1, pending_bytes_limit=-1)
+    for attempt in range(5):  # a consumer asked for right after a leader change may time out
+        try:
+            sub = await js.subscribe(subjects, stream=stream, ordered_consumer=True,
+                                     pending_msgs_limit=-1, pending_bytes_limit=-1)
+            break
+        except nats.errors.TimeoutError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5)
     try:
         while True:
             msg = await sub.next_msg(timeout=10)

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.chaos import KINDS, run
+from tests.e2e.test_cluster_failover import KILLED_CONNECTIONS
+
+pytestmark = KILLED_CONNECTIONS  # the run kills nats-server under this process's connection
 
 
 @pytest.mark.timeout(600)

@@ -38,7 +38,11 @@ from shared.lease import holder_of
 from shared.subjects import EVENTS_STREAM
 from tests.integration.test_projections import equal_to_rebuild
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(600)]
+# Connections to the nodes this test kills leave nats-py's stream writers to the garbage collector.
+KILLED_CONNECTIONS = [pytest.mark.filterwarnings("ignore:unclosed <StreamWriter:ResourceWarning"),
+                      pytest.mark.filterwarnings("ignore:Exception ignored in. <function StreamWriter.__del__"
+                                                 ":pytest.PytestUnraisableExceptionWarning")]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(600), *KILLED_CONNECTIONS]
 
 SERVICES = ("registry", "snapshot", "rollout")
 FAST = {"heartbeat_interval": 1.0, "offline_after": 6, "drift_grace": 5.0, "reconcile_backoff": 1.0,
