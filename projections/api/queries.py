@@ -289,7 +289,7 @@ class ReadModels:
             rows = []
             start = 0 if after is None else _bisect_right(ids, after)  # type: ignore[arg-type]  # ids from the `object` cache
             matches = flt.predicate()
-            for device_id in ids[start:]:  # type: ignore[index]
+            for device_id in ids[start:]:  # type: ignore[index]  # ids from the `object` cache
                 row = state.devices[device_id]
                 if matches(row):
                     rows.append(row)
