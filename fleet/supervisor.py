@@ -36,7 +36,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -104,12 +104,18 @@ class _Part:
     ran_since: float = field(default_factory=time.monotonic)
 
 
+class _Runs(Protocol):
+    """What runs an embedded server: EmbeddedNats, EmbeddedPostgres, a cluster node."""
+
+    proc: subprocess.Popen[bytes] | None
+
+
 @dataclass
 class _Server:
-    """An embedded server watched like a part: its process, and how to start it again."""
+    """An embedded server watched like a part: what runs it, and how to start it again."""
 
     status: PartStatus
-    process: Callable[[], subprocess.Popen[bytes] | None]
+    runs: _Runs
     restart: Callable[[], Awaitable[object]]
     ran_since: float = field(default_factory=time.monotonic)
 
@@ -179,15 +185,13 @@ class Supervisor:
             (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
             nats_url = self.cluster.url
             for index, node in enumerate(self.cluster.nodes):
-                self._watch(node.name, functools.partial(getattr, node, "proc"),
-                            functools.partial(self.cluster.start_node, index))
+                self.watch(node.name, node, functools.partial(self.cluster.start_node, index))
         if not nats_url:
             self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port"),
                                            authority=self.authority).start()
             (self.data / "nats.port").write_text(str(self.nats.port))
             nats_url = self.nats.url
-            nats_server = self.nats
-            self._watch("nats", lambda: nats_server.proc, nats_server.start)
+            self.watch("nats", self.nats, self.nats.start)
         database_url = self.settings.database_url
         passfile = self.settings.database_passfile or os.environ.get("PGPASSFILE")
         reader_url = self.settings.api_database_url
@@ -195,8 +199,7 @@ class Supervisor:
             self.postgres = await EmbeddedPostgres(self.data / "postgres",
                                                    port=_port_from(self.data / "postgres.port")).start()
             (self.data / "postgres.port").write_text(str(self.postgres.port))
-            postgres = self.postgres
-            self._watch("postgres", lambda: postgres.proc, postgres.start)
+            self.watch("postgres", self.postgres, self.postgres.start)
             passfile = str(secrets_dir(self.data) / "pgpass")
             database_url, reader_url = await ensure_roles(self.postgres.dsn(), "fleet", Path(passfile))
         elif not reader_url:
@@ -240,11 +243,10 @@ class Supervisor:
                 part.task = asyncio.create_task(self._supervise(part))
         return self.status
 
-    def _watch(self, name: str, process: Callable[[], subprocess.Popen[bytes] | None],
-               restart: Callable[[], Awaitable[object]]) -> None:
-        proc = process()
-        server = _Server(PartStatus(name, pid=proc.pid if proc else None, state="running",
-                                    up_since=format_time(utcnow())), process, restart)
+    def watch(self, name: str, runs: _Runs, restart: Callable[[], Awaitable[object]]) -> None:
+        """Supervise a started embedded server: `restart` starts it again after it died."""
+        pid = runs.proc.pid if runs.proc else None
+        server = _Server(PartStatus(name, pid=pid, state="running", up_since=format_time(utcnow())), runs, restart)
         self.servers.append(server)
         self._duties.append(asyncio.create_task(self._supervise_server(server), name=f"watch-{name}"))
 
@@ -252,33 +254,35 @@ class Supervisor:
         """Notice the death of an embedded server (reaping it: no zombie) and start it again on
         the same port and data, with the parts' backoff, until it runs or `fleet up` stops."""
         failures = 0
-        while not self.stopping.is_set():
-            proc = server.process()
-            code = proc.poll() if proc is not None else None
-            if code is None:
-                await wait_set(self.stopping, 0.5)
-                continue
-            failures, delay = _backoff(failures, server.ran_since)
-            server.status.last_exit, server.status.pid, server.status.state = code, None, "restarting"
-            server.status.restarts += 1
-            log.warning("%s exited with %s; restart #%d in %.1fs", server.status.name, code,
-                        server.status.restarts, delay)
-            await wait_set(self.stopping, delay)
-            if self.stopping.is_set():
-                break
-            server.ran_since = time.monotonic()
-            try:
-                await server.restart()
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # not up yet (a port still held, old backends exiting): back off, retry
-                log.exception("%s did not start again", server.status.name)
-                continue
-            proc = server.process()
-            server.status.pid = proc.pid if proc is not None else None
-            server.status.state, server.status.up_since = "running", format_time(utcnow())
-            log.warning("%s is running again (pid %s)", server.status.name, server.status.pid)
-        server.status.state = "stopped"
+        try:
+            while not self.stopping.is_set():
+                proc = server.runs.proc
+                code = proc.poll() if proc is not None else None
+                if code is None:
+                    await wait_set(self.stopping, 0.5)
+                    continue
+                failures, delay = _backoff(failures, server.ran_since)
+                server.status.last_exit, server.status.pid, server.status.state = code, None, "restarting"
+                server.status.restarts += 1
+                log.warning("%s exited with %s; restart #%d in %.1fs", server.status.name, code,
+                            server.status.restarts, delay)
+                if not await wait_set(self.stopping, delay):
+                    await self._restart_server(server)
+        finally:
+            server.status.state = "stopped"
+
+    async def _restart_server(self, server: _Server) -> None:
+        server.ran_since = time.monotonic()
+        try:
+            await server.restart()
+        except Exception:  # not up (a port still held, old backends exiting): the next round retries
+            log.exception("%s did not start again", server.status.name)
+            await asyncio.to_thread(_end, server.runs.proc)  # a half-started one would never be retried
+            return
+        proc = server.runs.proc
+        server.status.pid = proc.pid if proc is not None else None
+        server.status.state, server.status.up_since = "running", format_time(utcnow())
+        log.warning("%s is running again (pid %s)", server.status.name, server.status.pid)
 
     def _issue_identities(self) -> str:
         """Credentials for each part, the CLI's admin and operator, and the revoker's system
@@ -379,7 +383,6 @@ class Supervisor:
                     await part.proc.wait()
             if part.task is not None:
                 await part.task
-        self.write_status()
         for duty in self._duties:
             duty.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -393,10 +396,18 @@ class Supervisor:
             await asyncio.to_thread(self.nats.stop)
         if self.cluster is not None:
             await asyncio.to_thread(self.cluster.stop)
+        self.write_status()  # every part and server stopped
         if self._lock is not None:  # only the holder of the data dir cleans it up
             (self.data / "endpoints.json").unlink(missing_ok=True)
             self._lock.close()
             self._lock = None
+
+
+def _end(proc: subprocess.Popen[bytes] | None) -> None:
+    """Kill a process if it still runs, and reap it."""
+    if proc is not None and proc.poll() is None:
+        proc.kill()
+        proc.wait()
 
 
 def _without_password(url: str) -> str:

@@ -22,6 +22,7 @@ import msgspec
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
 from shared.embedded import _stop_process, _wait_for_port, die_with_parent, free_port, nats_server_binary
 from shared.errors import Unavailable
@@ -225,15 +226,12 @@ async def log_digests(nc: NATS, stream: str, subjects: str = ">") -> dict[int, s
     digests: dict[int, str] = {}
     if not last:
         return digests
-    for attempt in range(5):  # a consumer asked for right after a leader change may time out
-        try:
+    # a consumer asked for right after a leader change may time out: ask again
+    async for attempt in AsyncRetrying(retry=retry_if_exception_type(nats.errors.TimeoutError), reraise=True,
+                                       wait=wait_fixed(0.5), stop=stop_after_attempt(5)):
+        with attempt:
             sub = await js.subscribe(subjects, stream=stream, ordered_consumer=True,
                                      pending_msgs_limit=-1, pending_bytes_limit=-1)
-            break
-        except nats.errors.TimeoutError:
-            if attempt == 4:
-                raise
-            await asyncio.sleep(0.5)
     try:
         while True:
             msg = await sub.next_msg(timeout=10)

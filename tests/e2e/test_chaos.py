@@ -27,4 +27,4 @@ async def test_a_minute_of_faults_loses_and_duplicates_nothing(tmp_path: Path) -
     assert outcome.assigned_twice == []
     assert outcome.rollouts and outcome.unsettled == []
     assert outcome.devices_registered == outcome.devices
-    assert outcome.models_equal
+    assert outcome.models_differ == []

@@ -12,6 +12,7 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client as NATS
 
+from shared.errors import Unavailable
 from shared.lease import LEASE_BUCKET, Lease, holder_of, lease_bucket, run_while_held
 
 TTL = 1.5  # short, so takeovers happen within a test
@@ -74,6 +75,13 @@ async def test_takeover_after_the_holder_is_cut_off(connect_as: Callable[..., Aw
             assert not holder.held
             await asyncio.wait_for(standby.gained.wait(), 10)
             assert await holder_of(nc, "drift-0") == "b"
+
+
+async def test_a_service_finds_no_bucket_it_may_not_create(connect_as: Callable[..., Awaitable[NATS]],
+                                                            fresh_bucket: None) -> None:
+    service_nc = await connect_as("service:drift", "a")
+    with pytest.raises(Unavailable, match="fleet up"):  # only admin creates buckets; it says who does
+        await lease_bucket(service_nc, ttl=TTL)
 
 
 async def test_fence_follows_the_clock(nc: NATS, fresh_bucket: None) -> None:

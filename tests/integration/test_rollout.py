@@ -26,7 +26,7 @@ from shared.eventlog import EventLog, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import DeviceCameOnline, DeviceHealthChanged, DeviceReportedState
 from shared.events.registry import DeviceAdded, SiteAdded
-from shared.events.rollout import RolloutDevicesAssigned
+from shared.events.rollout import RolloutDevicesAssigned, RolloutStarted
 from shared.events.snapshot import SnapshotCreated
 from shared.times import utcnow
 
@@ -271,6 +271,23 @@ async def test_a_batch_an_earlier_instance_landed_late_gets_its_kv_values(
     assert value is not None and value.snapshot_id == snap("v2") and value.config_hash == digest
     assert service.index.view.desired[late].snapshot_id == snap("v2")
     assert late in service.store.get("r-late").state.assigned
+
+
+async def test_a_rollout_started_elsewhere_a_moment_ago_is_found_not_refused(
+        service: RolloutService, nc: NATS, eventlog: EventLog) -> None:
+    """Read your writes across instances: a client whose start another instance answered may ask
+    this one next, before its follower has folded the start in. It waits for the follower
+    (held back here by holding the lock it applies under) instead of answering not_found."""
+    await seed(eventlog, devices=4)
+    client = CommandClient(nc)
+    async with service._lock:
+        await append(eventlog, [RolloutStarted(rollout_id="r-elsewhere", snapshot_id=snap("v1"), target="tier=edge")])
+        asking = asyncio.ensure_future(client.send("rollout", "get", {"rollout_id": "r-elsewhere"}))
+        done, _ = await asyncio.wait({asking}, timeout=1.0)
+        assert not done, "answered before its follower had read the log to its head"
+    assert (await asking).result["rollout_id"] == "r-elsewhere"
+    with pytest.raises(NotFound):  # one that exists nowhere is still not found, once caught up
+        await client.send("rollout", "get", {"rollout_id": "r-nowhere"})
 
 
 async def test_a_large_wave_is_assigned_in_pipelined_chunks_and_a_refused_chunk_is_redone(
