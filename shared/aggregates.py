@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
+import msgspec
+
 from shared.envelope import Event, seal
 from shared.errors import Conflict, FleetError
 from shared.eventlog import Appended, EventLog, Recorded
@@ -25,6 +27,15 @@ from shared.subjects import aggregate_wildcard, event_subject, parse_event_subje
 
 S = TypeVar("S")
 MAX_ATTEMPTS = 10
+
+
+class StoreImage(msgspec.Struct, Generic[S], frozen=True):
+    """An AggregateStore's contents for a checkpoint: each aggregate's state with the sequence
+    of its last event, and the command ids remembered (oldest first)."""
+
+    slots: dict[str, tuple[S, int]]
+    commands: list[tuple[str, list[Appended]]]
+    applied_through: int
 
 
 @dataclass
@@ -100,6 +111,18 @@ class AggregateStore(Generic[S]):
         for item in recorded:
             self.apply(item)
         return self.get(aggregate_id)
+
+    def image(self) -> StoreImage[S]:
+        """The store's contents, for a checkpoint (aggregate states are shared, not copied: they
+        are immutable, or encoded before the next event changes them)."""
+        return StoreImage({key: (slot.state, slot.seq) for key, slot in self.slots.items()},
+                          list(self._commands.items()), self.applied_through)
+
+    def restore(self, image: StoreImage[S]) -> None:
+        """Take the contents of a checkpoint (replacing whatever the store held)."""
+        self.slots = {key: Slot(state, seq) for key, (state, seq) in image.slots.items()}
+        self._commands = OrderedDict(image.commands)
+        self.applied_through = image.applied_through
 
     def already_done(self, command_id: str) -> list[Appended] | None:
         """The events a command id already caused, if this store has seen it."""

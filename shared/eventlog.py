@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -214,6 +215,21 @@ class EventLog:
         """The sequence of the newest event in the log (0 when empty)."""
         info = await self.js.stream_info(self.stream)
         return int(info.state.last_seq)
+
+    async def created(self) -> str:
+        """When the stream was created: what tells this log from another of the same name."""
+        info = await self.js.stream_info(self.stream)
+        return info.created.isoformat() if info.created else ""
+
+    async def fingerprint(self, seq: int) -> str:
+        """SHA-256 of the subject and body of the event at `seq` ("" for 0 or a missing one)."""
+        if seq <= 0:
+            return ""
+        msg = await self._direct({"seq": seq})
+        if _status(msg) is not None:
+            return ""
+        subject = (msg.headers or {}).get("Nats-Subject", "")
+        return hashlib.sha256(subject.encode() + b"\n" + msg.data).hexdigest()
 
     # --- appending ------------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ skipped."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shared.aggregates import AggregateStore
@@ -19,8 +19,10 @@ from shared.subjects import aggregate_wildcard, parse_event_subject
 log = logging.getLogger(__name__)
 
 
-async def follow_peers(eventlog: EventLog, stores: Sequence[AggregateStore[Any]], from_seq: int) -> None:
-    """Apply every new event of the stores' families to them, from `from_seq`, forever."""
+async def follow_peers(eventlog: EventLog, stores: Sequence[AggregateStore[Any]], from_seq: int,
+                       after: Callable[[int], None] | None = None) -> None:
+    """Apply every new event of the stores' families to them, from `from_seq`, forever; `after`
+    is told the sequence of each event applied (every earlier one of these families is in)."""
     by_family = {store.aggregate: store for store in stores}
     subjects = [aggregate_wildcard(family) for family in by_family]
     async for recorded in eventlog.replay(from_seq, subjects=subjects, follow=True):
@@ -28,3 +30,5 @@ async def follow_peers(eventlog: EventLog, stores: Sequence[AggregateStore[Any]]
         store = by_family.get(aggregate)
         if store is not None:
             store.apply(recorded)
+        if after is not None:
+            after(recorded.seq)

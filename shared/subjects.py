@@ -8,6 +8,13 @@ EVENTS_WILDCARD = f"{EVENTS_PREFIX}.>"
 COMMANDS_PREFIX = "fleet.cmd"
 HEARTBEATS_PREFIX = "fleet.hb"
 DESIRED_BUCKET = "fleet_desired"
+# Services whose state is checkpointed (shared.checkpoint), each in a bucket of its own.
+CHECKPOINTED = ("registry", "rollout", "drift")
+
+
+def checkpoint_bucket(service: str) -> str:
+    """The object store bucket holding `service`'s checkpoints (only it and admin write there)."""
+    return f"fleet_ckpt_{service}"
 
 def event_subject(aggregate: str, aggregate_id: str) -> str:
     """`fleet.evt.<aggregate>.<id>`: one subject per aggregate instance."""

@@ -361,11 +361,12 @@ def observe(state: DeviceState, heartbeat: Heartbeat, now: float) -> DeviceState
 
 def resume(state: DeviceState, now: float) -> DeviceState:
     """After a restart: every device that was online gets one full offline window from `now`,
-    and a device whose last report differs from desired starts its grace period afresh."""
-    if not state.online:
-        return msgspec.structs.replace(state, last_seq=0, mismatch_since=None)
-    mismatch_since = None if state.matches_desired or state.drifted else now
-    return msgspec.structs.replace(state, last_seen=now, last_seq=0, mismatch_since=mismatch_since)
+    and a device whose last report differs from desired starts its grace period afresh. What
+    the heartbeats taught before the restart (the volatile fields) is forgotten, so a state
+    restored from a checkpoint resumes exactly as one replayed from the log."""
+    mismatch_since = None if not state.online or state.matches_desired or state.drifted else now
+    return msgspec.structs.replace(state, last_seen=now if state.online else 0.0, last_seq=0,
+                                   mismatch_since=mismatch_since, seen=None, flips=())
 
 
 def _fmt(epoch: float) -> str:

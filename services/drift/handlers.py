@@ -52,6 +52,7 @@ from services.drift.domain import (
 )
 from shared import telemetry
 from shared.atomic import MAX_BATCH
+from shared.checkpoint import Checkpoints
 from shared.commands import Command as CommandBody
 from shared.commands import CommandClient, CommandService, Context, Outcome
 from shared.config import Settings
@@ -64,7 +65,7 @@ from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import ObservedEvent, ReconcileAttempted
 from shared.events.registry import DeviceRetired
 from shared.ids import check_id
-from shared.subjects import HEARTBEATS_PREFIX, event_subject, parse_event_subject
+from shared.subjects import HEARTBEATS_PREFIX, aggregate_wildcard, event_subject, parse_event_subject
 from shared.wire import Reason
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,14 @@ ACTOR = "service:drift"
 QUEUE_GROUP = "fleet-drift"
 PARTITIONED_PREFIX = "fleet.hbp"  # where a server subject mapping puts heartbeats by partition
 _FAMILIES = ("device", "desired", "observed")
+_FOLLOWED = [aggregate_wildcard(family) for family in _FAMILIES]
+
+
+class DriftImage(msgspec.Struct, frozen=True):
+    """The drift service's state in a checkpoint."""
+
+    devices: dict[str, DeviceState]
+    seqs: dict[str, int]
 
 
 class Reconcile(CommandBody, frozen=True, kw_only=True):
@@ -116,10 +125,12 @@ class DriftService:
 
     def __init__(self, nc: NATS, eventlog: EventLog, policy: Policy, *,
                  clock: Callable[[], float] = time.time, tick: float | None = None,
-                 partition: tuple[int, int] | None = None) -> None:
+                 partition: tuple[int, int] | None = None,
+                 checkpoints: Checkpoints[DriftImage] | None = None) -> None:
         """`partition` = (index, count): this instance owns the devices of one partition and
         takes heartbeats from `fleet.hbp.<index>.<site>.<device>`, where the server's subject
-        mapping puts them (see docs/decisions.md); None owns every device (`fleet.hb.*.*`)."""
+        mapping puts them (see docs/decisions.md); None owns every device (`fleet.hb.*.*`).
+        `checkpoints`: where this partition's state is checkpointed."""
         if partition is not None and not 0 <= partition[0] < partition[1]:
             raise Invalid(f"partition {partition[0]} of {partition[1]} does not exist", field="partition")
         self.partition = partition
@@ -140,6 +151,8 @@ class DriftService:
         self._tasks: list[asyncio.Task[None]] = []
         self._follower: asyncio.Task[None] | None = None
         self._next_seq = 1  # the next log sequence to apply
+        self._last_written = 0  # sequence of the newest event this instance appended
+        self.checkpoints = checkpoints
         self._sub: Subscription | None = None
         self._dropped_counter = telemetry.meter.create_counter(
             "fleet_heartbeats_dropped_total", description="Heartbeats dropped, by reason")
@@ -149,7 +162,9 @@ class DriftService:
     async def start(self) -> None:
         """Rebuild from the log, then serve heartbeats, follow the log and tick."""
         await ensure_bucket(self.nc)
-        end = await self.log.last_stream_seq()
+        end = max(await asyncio.gather(*(self.log.last_seq(subjects) for subjects in _FOLLOWED)))
+        if self.checkpoints is not None:
+            self._next_seq = await self.checkpoints.resume(self.restore)
         self._follower = asyncio.create_task(self._follow(end), name="drift-follow")
         await self._ready.wait()
         now = self.clock()
@@ -158,6 +173,9 @@ class DriftService:
         await self.serve_heartbeats()
         self._tasks.append(asyncio.create_task(self._tick_loop(), name="drift-tick"))
         self._tasks.append(asyncio.create_task(self._write_loop(), name="drift-writer"))
+        if self.checkpoints is not None:
+            self._tasks.append(asyncio.create_task(
+                self.checkpoints.run(lambda: self._next_seq - 1, self.image), name="drift-checkpoints"))
         log.info("drift: %d devices known, serving heartbeats", len(self.devices))
 
     async def serve_heartbeats(self) -> None:
@@ -191,6 +209,20 @@ class DriftService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+        if self.checkpoints is not None:
+            await self.checkpoints.close()
+
+    def image(self) -> DriftImage | None:
+        """The state for a checkpoint, at a moment when it is exactly the log's events through
+        `_next_seq - 1` (None otherwise): no decision waits to be written and every event this
+        instance wrote has come back through the follower."""
+        if self._pending or self._write_lock.locked() or self._last_written >= self._next_seq:
+            return None
+        return DriftImage(self.devices, self._seqs)
+
+    def restore(self, image: DriftImage) -> None:
+        """Take the devices from a checkpoint."""
+        self.devices, self._seqs = image.devices, image.seqs
 
     def owns(self, device_id: str) -> bool:
         """Whether this instance is the one that watches the device."""
@@ -403,6 +435,7 @@ class DriftService:
                 else:
                     for where in appended:
                         self._seqs[parse_event_subject(where.subject)[1]] = where.seq
+                        self._last_written = max(self._last_written, where.seq)
                     self.stats.appended += len(appended)
                 del items[:len(chunk)]
         finally:
@@ -463,15 +496,16 @@ class DriftService:
         be gone with the server's restart)."""
         if self._follower is not None:
             self._follower.cancel()
-        self._follower = asyncio.create_task(self._follow(0), name="drift-follow")
+        self._follower = asyncio.create_task(self._follow(0), name="drift-follow")  # ready already
 
     async def _follow(self, end: int) -> None:
-        if end == 0:
+        """Apply the followed families from `_next_seq` on; ready once through `end`."""
+        if end < self._next_seq:
             self._ready.set()
         while True:
             next_seq = self._next_seq
             try:
-                async for recorded in self.log.replay(next_seq, follow=True):
+                async for recorded in self.log.replay(next_seq, follow=True, subjects=_FOLLOWED):
                     next_seq = self._next_seq = recorded.seq + 1
                     try:
                         self._apply(recorded, live=self._ready.is_set())

@@ -8,7 +8,8 @@ import contextlib
 
 from nats.aio.client import Client as NATS
 
-from services.drift.handlers import DriftService, policy_from
+from services.drift.handlers import DriftImage, DriftService, policy_from
+from shared.checkpoint import Checkpoints
 from shared.cluster import ensure_log, replicas_for
 from shared.commands import CommandService
 from shared.config import Settings
@@ -51,7 +52,10 @@ async def _serve(nc: NATS, eventlog: EventLog, settings: Settings, partition: tu
     service: DriftService | None = None
     commands: list[CommandService] = []
     try:
-        service = DriftService(nc, eventlog, policy_from(settings), partition=partition)
+        checkpoints = Checkpoints(nc, eventlog, "drift", DriftImage, name=lease_name(partition),
+                                  every=settings.checkpoint_every)
+        service = DriftService(nc, eventlog, policy_from(settings), partition=partition,
+                               checkpoints=checkpoints)
         await service.start()
         commands = service.command_services()
         for command_service in commands:

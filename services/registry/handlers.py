@@ -30,21 +30,31 @@ from services.registry.domain import (
     UpdateDevice,
     UpdateSite,
 )
-from shared.aggregates import AggregateStore, Slot
+from shared.aggregates import AggregateStore, Slot, StoreImage
 from shared.atomic import MAX_BATCH
+from shared.checkpoint import Checkpoints
 from shared.commands import Command, CommandService, Context, Outcome, decode_error_field
 from shared.envelope import Envelope, Event
 from shared.errors import Conflict, FleetError, Invalid, NotFound
 from shared.eventlog import Appended, EventLog, Write
 from shared.events.registry import DeviceAdded
 from shared.ids import check_id, new_event_id
+from shared.peers import follow_peers
 from shared.selectors import Selector, parse
-from shared.subjects import event_subject, parse_event_subject
+from shared.subjects import aggregate_wildcard, event_subject, parse_event_subject
 from shared.times import format_time
 
 log = logging.getLogger(__name__)
 
 SERVICE = "registry"
+FAMILIES = [aggregate_wildcard("site"), aggregate_wildcard("device")]
+
+
+class RegistryImage(msgspec.Struct, frozen=True):
+    """The registry's state in a checkpoint."""
+
+    sites: StoreImage[Site]
+    devices: StoreImage[Device]
 BATCHES_IN_FLIGHT = 2  # atomic batches of one import at the server at once
 IMPORT_MAX_LINES = 2500  # per command, so even a reply refusing every line fits in 1 MB
 LIST_LIMIT_MAX = 5000
@@ -155,6 +165,7 @@ class Registry:
                                                           domain.evolve_site)
         self.devices: AggregateStore[Device] = AggregateStore(log, "device", domain.initial_device,
                                                               domain.evolve_device)
+        self.followed_through = 0  # every site and device event through this sequence is in
 
     # --- View ------------------------------------------------------------------------------------
 
@@ -173,22 +184,37 @@ class Registry:
 
     # --- wiring ----------------------------------------------------------------------------------
 
-    async def rebuild(self) -> int:
-        """Replay sites and devices from the log, in one pass over the whole log up to its end.
-
-        One unfiltered pass rather than a filtered replay per family: it reads both families in
-        log order, and a bounded replay always ends on the log's last event."""
+    async def rebuild(self, from_seq: int = 1, to_seq: int | None = None) -> int:
+        """Replay site and device events from `from_seq` through `to_seq` (the log's end when
+        None), in log order."""
         count = 0
-        async for recorded in self.log.replay():
+        async for recorded in self.log.replay(from_seq, to_seq, subjects=FAMILIES):
             aggregate, _ = parse_event_subject(recorded.subject)
-            if aggregate == "device":
-                self.devices.apply(recorded)
-            elif aggregate == "site":
-                self.sites.apply(recorded)
-            else:
-                continue
+            (self.devices if aggregate == "device" else self.sites).apply(recorded)
             count += 1
         return count
+
+    async def follow(self, checkpoints: Checkpoints[RegistryImage] | None = None) -> None:
+        """Forever: fold in other instances' writes (DESIGN §13) as the log stores them, and
+        take checkpoints at the sequence followed."""
+
+        def followed(seq: int) -> None:
+            self.followed_through = seq
+
+        peers = follow_peers(self.log, [self.sites, self.devices], self.followed_through + 1, after=followed)
+        if checkpoints is None:
+            await peers
+            return
+        await asyncio.gather(peers, checkpoints.run(lambda: self.followed_through, self.image))
+
+    def image(self) -> RegistryImage:
+        """Sites and devices, for a checkpoint."""
+        return RegistryImage(self.sites.image(), self.devices.image())
+
+    def restore(self, image: RegistryImage) -> None:
+        """Take sites and devices from a checkpoint."""
+        self.sites.restore(image.sites)
+        self.devices.restore(image.devices)
 
     def register(self, service: CommandService) -> None:
         """Route every registry command to its handler."""
@@ -475,13 +501,18 @@ def _device_id_of(raw: msgspec.Raw) -> str | None:
     return value if isinstance(value, str) else None
 
 
-async def start(nc: NATS, eventlog: EventLog) -> tuple[Registry, CommandService]:
-    """Rebuild the registry from the log and start answering its commands."""
+async def start(nc: NATS, eventlog: EventLog, checkpoints: Checkpoints[RegistryImage] | None = None,
+                ) -> tuple[Registry, CommandService]:
+    """Rebuild the registry (from its newest checkpoint, if any, and the log after it) and
+    start answering its commands."""
     registry = Registry(eventlog)
-    count = await registry.rebuild()
+    last = await eventlog.last_stream_seq()
+    from_seq = await checkpoints.resume(registry.restore) if checkpoints else 1
+    count = await registry.rebuild(from_seq, last)
+    registry.followed_through = last
     service = CommandService(nc, SERVICE)
     registry.register(service)
     await service.start()
-    log.info("registry ready: %d events replayed, %d sites, %d devices", count,
-             len(registry.sites.slots), len(registry.devices.slots))
+    log.info("registry ready: %d events replayed after sequence %d, %d sites, %d devices", count,
+             from_seq - 1, len(registry.sites.slots), len(registry.devices.slots))
     return registry, service

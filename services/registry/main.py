@@ -7,12 +7,15 @@ import asyncio
 import contextlib
 import gc
 
-from services.registry.handlers import start
+from services.registry.handlers import SERVICE, RegistryImage, start
+from shared.checkpoint import Checkpoints
 from shared.cluster import ensure_log
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
-from shared.peers import follow_peers
+from shared.lease import Lease, instance_name, lease_bucket
+
+CHECKPOINT_LEASE = "registry-checkpoints"
 
 
 async def run(settings: Settings) -> None:
@@ -20,23 +23,31 @@ async def run(settings: Settings) -> None:
     nc = await connect_nats(settings, "registry")
     try:
         eventlog = EventLog(nc)
-        await ensure_log(nc, settings, eventlog)
-        last = await eventlog.last_stream_seq()
+        replicas = await ensure_log(nc, settings, eventlog)
+        # One instance writes the checkpoints (any may load them).
+        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas)
+        writer = Lease(kv, CHECKPOINT_LEASE, instance_name(SERVICE), ttl=ttl)
+        holding = asyncio.create_task(writer.run(), name="registry-checkpoint-lease")
+        checkpoints = Checkpoints(nc, eventlog, SERVICE, RegistryImage, every=settings.checkpoint_every,
+                                  may_write=lambda: writer.held)
         # The registry keeps every site and device in memory for the life of the process, and a
         # bulk import allocates them by the hundred thousand: collect the young generation less
         # often, and keep the rebuilt state out of full collections.
         gc.set_threshold(50_000, 20, 100)
-        registry, service = await start(nc, eventlog)
+        registry, service = await start(nc, eventlog, checkpoints)
         gc.freeze()
-        # Other instances' writes (DESIGN §13: every service runs as two or more instances).
-        peers = asyncio.create_task(follow_peers(eventlog, [registry.sites, registry.devices], last + 1))
+        following = asyncio.create_task(registry.follow(checkpoints), name="registry-follow")
         try:
             await asyncio.Event().wait()
         finally:
-            peers.cancel()
+            following.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await peers
+                await following
             await service.stop()
+            await checkpoints.close()
+            writer.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await holding
     finally:
         with contextlib.suppress(Exception):
             await nc.drain()

@@ -20,12 +20,13 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from services.rollout import domain, whatif
-from services.rollout.domain import Rollout
-from services.rollout.fleet_index import FleetIndex
+from services.rollout.domain import FleetView, Rollout
+from services.rollout.fleet_index import DeviceInfo, FleetIndex, SnapshotInfo
 from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gate, parse_waves
 from shared import telemetry
-from shared.aggregates import AggregateStore
+from shared.aggregates import AggregateStore, StoreImage
 from shared.aio import wait_set
+from shared.checkpoint import Checkpoints
 from shared.commands import Command, CommandService, Context, Outcome
 from shared.configs import effective_config
 from shared.desired import ensure_bucket, put_desired
@@ -118,11 +119,23 @@ class WhatIf(Command, frozen=True, kw_only=True):
     metrics: list[str] | None = None
 
 
+class RolloutImage(msgspec.Struct, frozen=True):
+    """The rollout service's state in a checkpoint: its fleet index and its rollouts."""
+
+    devices: dict[str, DeviceInfo]
+    snapshots: dict[str, SnapshotInfo]
+    view: FleetView
+    desired_seq: dict[str, int]
+    rollouts: StoreImage[Rollout]
+    started_at: dict[str, datetime]
+
+
 class RolloutService:
     """Owns rollout aggregates and desired state; one instance per deployment."""
 
     def __init__(self, nc: NATS, eventlog: EventLog, *, tick_interval: float = 0.25,
-                 lease: Lease | None = None) -> None:
+                 lease: Lease | None = None, checkpoints: Checkpoints[RolloutImage] | None = None) -> None:
+        """`checkpoints`: where the state is checkpointed (written by the lease holder only)."""
         self.nc = nc
         # With two or more instances, only the holder of this lease ticks (DESIGN §13); commands
         # are served by every instance.
@@ -132,11 +145,17 @@ class RolloutService:
         self.index = FleetIndex()
         self.store: AggregateStore[Rollout] = AggregateStore(eventlog, "rollout", domain.initial, domain.evolve)
         self.commands = CommandService(nc, "rollout")
+        self.checkpoints = checkpoints
+        if checkpoints is not None:
+            checkpoints.may_write = lambda: self.ticking
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._watch: set[str] = set()
         self._heartbeats: Subscription | None = None
         self.applied_seq = 0
+        # Every followed event through this sequence is in (a commit's own events may be in
+        # already too: folding them again changes nothing), so a checkpoint may be taken there.
+        self.followed_seq = 0
         self._progressed = asyncio.Event()
         self._effective: dict[tuple[str, str], msgspec.Raw] = {}
         self._started_at: dict[str, datetime] = {}  # rollout -> its RolloutStarted's time (what-if --since)
@@ -152,8 +171,11 @@ class RolloutService:
         """Rebuild from the log, then serve commands, follow new events and tick."""
         await ensure_bucket(self.nc)
         caught_up = await self.log.last_stream_seq()
-        async for recorded in self.log.replay(1, caught_up):
-            self._apply(recorded)
+        from_seq = await self.checkpoints.resume(self.restore) if self.checkpoints else 1
+        if from_seq <= caught_up:
+            async for recorded in self.log.replay(from_seq, caught_up):
+                self._apply(recorded)
+        self.followed_seq = caught_up
         await self._rewrite_kv_of_active()
         for route, kind, handler in (
             ("start", Start, self._start),
@@ -169,6 +191,8 @@ class RolloutService:
         await self.commands.start()
         self._tasks = [asyncio.create_task(self._follow(caught_up + 1)),
                        asyncio.create_task(self._tick_forever())]
+        if self.checkpoints is not None:
+            self._tasks.append(asyncio.create_task(self.checkpoints.run(lambda: self.followed_seq, self.image)))
 
     async def stop(self) -> None:
         """Stop serving and ticking."""
@@ -179,6 +203,22 @@ class RolloutService:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.checkpoints is not None:
+            await self.checkpoints.close()
+
+    def image(self) -> RolloutImage:
+        """The fleet index and the rollouts, for a checkpoint."""
+        index = self.index
+        return RolloutImage(index.devices, index.snapshots, index.view, index.desired_seq,
+                            self.store.image(), self._started_at)
+
+    def restore(self, image: RolloutImage) -> None:
+        """Take the fleet index and the rollouts from a checkpoint."""
+        self.index.devices, self.index.snapshots = image.devices, image.snapshots
+        self.index.view, self.index.desired_seq = image.view, image.desired_seq
+        self.store.restore(image.rollouts)
+        self._started_at = image.started_at
+        self.applied_seq = image.rollouts.applied_through
 
     def _apply(self, recorded: Recorded, event: Event | None = None) -> None:
         """Fold one event in (`event`: the recorded one, when the caller has it decoded)."""
@@ -236,6 +276,7 @@ class RolloutService:
                     # their KV values may never have been written.
                     await self._adopt(event.devices)
                 self._apply(recorded, event)
+                self.followed_seq = recorded.seq
 
     async def _adopt(self, devices: Sequence[str]) -> None:
         """Fold in the desired events of `devices` this process has not seen, and write their KV

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from services.rollout.handlers import RolloutService
+from services.rollout.handlers import RolloutImage, RolloutService
+from shared.checkpoint import Checkpoints
 from shared.cluster import ensure_log, replicas_for
 from shared.config import Settings
 from shared.connection import connect_nats
@@ -23,7 +24,8 @@ async def run(settings: Settings) -> None:
         await ensure_log(nc, settings, log)
         kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
         lease = Lease(kv, TICKS_LEASE, instance_name("rollout"), ttl=ttl)
-        service = RolloutService(nc, log, lease=lease)
+        checkpoints = Checkpoints(nc, log, "rollout", RolloutImage, every=settings.checkpoint_every)
+        service = RolloutService(nc, log, lease=lease, checkpoints=checkpoints)
         await service.start()
         holding = asyncio.create_task(lease.run(), name="rollout-lease")
         try:

@@ -156,17 +156,14 @@ class Snapshots:
     # --- wiring ----------------------------------------------------------------------------------
 
     async def rebuild(self) -> int:
-        """Replay snapshots and sites from the log in one pass, then follow site events."""
+        """Replay snapshots and sites from the log in one pass (only these two families: a few
+        events even in a log of millions), then follow site events."""
         last = await self.log.last_stream_seq()
         count = 0
-        async for recorded in self.log.replay(1, last):
+        async for recorded in self.log.replay(1, last, subjects=[aggregate_wildcard("snapshot"),
+                                                                 aggregate_wildcard("site")]):
             aggregate, _ = parse_event_subject(recorded.subject)
-            if aggregate == "snapshot":
-                self.store.apply(recorded)
-            elif aggregate == "site":
-                self.sites.apply(recorded)
-            else:
-                continue
+            (self.store if aggregate == "snapshot" else self.sites).apply(recorded)
             count += 1
         self._follower = asyncio.create_task(self.sites.follow(last + 1), name="snapshot-site-follower")
         return count

@@ -13,7 +13,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared.auth.jwt import Permission, ResponsePermission, UserPermissions
-from shared.subjects import COMMANDS_PREFIX, DESIRED_BUCKET, EVENTS_PREFIX, EVENTS_STREAM, HEARTBEATS_PREFIX
+from shared.subjects import (
+    CHECKPOINTED,
+    COMMANDS_PREFIX,
+    DESIRED_BUCKET,
+    EVENTS_PREFIX,
+    EVENTS_STREAM,
+    HEARTBEATS_PREFIX,
+    checkpoint_bucket,
+)
 
 FLEET = "FLEET"
 OPS = "OPS"
@@ -86,14 +94,31 @@ def _perm(pub: list[str], sub: list[str], *, deny_pub: list[str] | None = None,
                            resp=_REPLIES if resp else None, payload=payload)
 
 
+def _checkpoints(service: str) -> tuple[list[str], list[str]]:
+    """Publish rights on the service's own checkpoint bucket (objects are chunks and a meta
+    message; replacing one purges the old chunks), and what it must not purge instead."""
+    if service not in CHECKPOINTED:
+        return [], ["$JS.API.STREAM.PURGE.>"]
+    stream = f"OBJ_{checkpoint_bucket(service)}"
+    others = [f"$JS.API.STREAM.PURGE.OBJ_{checkpoint_bucket(s)}" for s in CHECKPOINTED if s != service]
+    logs = [f"$JS.API.STREAM.PURGE.{s}" for s in (EVENTS_STREAM, f"KV_{DESIRED_BUCKET}",
+                                                    f"KV_{LEASES_BUCKET}", f"KV_{TOKENS_BUCKET}")]
+    return [*_reads(stream), f"$O.{checkpoint_bucket(service)}.>", f"$JS.API.STREAM.PURGE.{stream}"], \
+        [*logs, *others]
+
+
 def service_role(service: str) -> Role:
-    """`service:<name>`: appends only its own families, serves only its own commands."""
+    """`service:<name>`: appends only its own families, serves only its own commands, writes
+    only its own checkpoints."""
     families, pubs, subs = SERVICES[service]
+    checkpoints, no_purge = _checkpoints(service)
     pub = [f"{EVENTS_PREFIX}.{family}.>" for family in families]
     pub += [*(p for p in pubs if p != "DESIRED"), *(_DESIRED_READ if "DESIRED" in pubs else []),
-            *_LOG_READ, *_LEASES, _CHECK_DESIRED, "$SRV.>", "_INBOX.>"]
+            *_LOG_READ, *_LEASES, _CHECK_DESIRED, *checkpoints, "$SRV.>", "_INBOX.>"]
     sub = [f"{COMMANDS_PREFIX}.{service}.*", *subs, "$SRV.>", "_INBOX.>"]
-    return Role(f"service:{service}", FLEET, _perm(pub, sub, deny_pub=_MANAGEMENT, resp=True),
+    # Purging is denied outright except on the service's own bucket (a deny beats any allow).
+    deny = [m for m in _MANAGEMENT if m != "$JS.API.STREAM.PURGE.>"] + no_purge
+    return Role(f"service:{service}", FLEET, _perm(pub, sub, deny_pub=deny, resp=True),
                 f"the {service} service")
 
 
