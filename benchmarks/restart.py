@@ -64,7 +64,8 @@ PROBES: dict[str, tuple[str, str, dict[str, Any], str | None]] = {
 
 def spawn(name: str, url: str, every: int, logs: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "FLEET_NATS_URL": url, "FLEET_CHECKPOINT_EVERY": str(every),
-           "FLEET_HEARTBEAT_INTERVAL": "1h", "FLEET_LOG_LEVEL": "INFO", "OTEL_SDK_DISABLED": "true"}
+           "FLEET_HEARTBEAT_INTERVAL": "1h", "FLEET_LOG_LEVEL": "INFO", "OTEL_SDK_DISABLED": "true",
+           "FLEET_INSTANCE": f"bench/{name}"}  # a slot's name, as `fleet up` gives it
     env.pop("FLEET_NATS_CREDS", None)
     with (logs / f"{name}.log").open("ab") as out:
         return subprocess.Popen([sys.executable, "-c", "from fleet.cli import main; main()", "service", name],
@@ -202,7 +203,9 @@ async def measure(nc: NATS, log: EventLog, url: str, name: str, args: argparse.N
         if freed is not None:  # drift serves only while it holds its lease (one driver at a time)
             after_lease.append(restarts[-1] - await freed)
             note = f" ({after_lease[-1]:.2f} s after the dead holder's lease ran out)"
-        print(f"{name}: kill -9, answered again after {restarts[-1]:.2f} s{note}", flush=True)
+        loaded = [line for line in (logs / f"{name}.log").read_text().splitlines() if "loaded" in line or "ready" in line]
+        print(f"{name}: kill -9, answered again after {restarts[-1]:.2f} s{note}; {' | '.join(loaded[-2:])}",
+              flush=True)
     raw_get = await raw_object_get(nc, name) if PROBES[name][3] is not None else 0.0
     kill(proc, signal.SIGTERM)
     p50, worst = statistics.median(restarts), max(restarts)

@@ -327,6 +327,11 @@ class Supervisor:
             service = part.service or part.status.name
             if service in self.creds:  # every instance of a part runs under the part's identity
                 env["FLEET_NATS_CREDS"] = self.creds[service]
+            # The slot's name, the same across its restarts: a part restarted after kill -9 takes
+            # back the leases its dead run held at once (shared.lease.instance_name). Unique: the
+            # data dir's lock allows one `fleet up` per data dir, and it restarts a part only
+            # after the part's process has exited.
+            env["FLEET_INSTANCE"] = f"{socket.gethostname()}:{self.data.resolve()}/{part.status.name}"
             part.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fleet", "service", service,
                 env={**env, **part.env, **self.part_env.get(service, _NO_DATABASE)},

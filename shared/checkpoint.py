@@ -22,9 +22,9 @@ decides *when* the state is a consistent cut of the log (see each service's `che
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
-import io
 import logging
 import time
 from collections.abc import Callable
@@ -34,6 +34,7 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.object_store import ObjectStore
 
@@ -43,6 +44,7 @@ from shared.subjects import CHECKPOINTED, checkpoint_bucket
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+FETCH_TIMEOUT = 120.0  # seconds to read a checkpoint before giving up on it
 DEFAULT_EVERY = 50_000  # followed events between two checkpoints (FLEET_CHECKPOINT_EVERY)
 
 
@@ -142,13 +144,13 @@ class Checkpoints(Generic[T]):
         """(state, sequence, size), or why the checkpoint cannot be trusted, or None (none)."""
         assert self._store is not None
         try:
-            buffer = io.BytesIO()
-            await self._store.get(self.name, writeinto=buffer)
-            data = buffer.getvalue()
+            data = await self._fetch()
         except nats.js.errors.ObjectNotFoundError:
             return None
-        except (nats.js.errors.Error, nats.errors.Error, ValueError) as exc:
+        except (nats.js.errors.Error, nats.errors.Error, ValueError, TimeoutError) as exc:
             return f"unreadable ({exc!r})"
+        if data is None:
+            return "its content does not match its SHA-256 digest"
         try:
             stored = msgspec.msgpack.decode(data, type=_Stored)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -171,6 +173,32 @@ class Checkpoints(Generic[T]):
             return 1
         restore(loaded[0])
         return loaded[1] + 1
+
+    async def _fetch(self) -> bytes | None:
+        """The object's bytes (None when they do not match its digest). nats-py's `get` hands
+        each chunk to a thread and reads at ~60 MB/s; an ordered consumer whose callback only
+        keeps the chunks reads the same object about seven times faster."""
+        assert self._store is not None
+        info = await self._store.get_info(self.name)
+        chunks: list[bytes] = []
+        done = asyncio.Event()
+
+        async def keep(msg: Msg) -> None:
+            chunks.append(msg.data)
+            if msg.metadata.num_pending == 0:
+                done.set()
+
+        if info.chunks:
+            sub = await self.nc.jetstream(timeout=5.0).subscribe(
+                f"$O.{checkpoint_bucket(self.service)}.C.{info.nuid}", ordered_consumer=True, cb=keep,
+                pending_msgs_limit=-1, pending_bytes_limit=-1)
+            try:
+                await asyncio.wait_for(done.wait(), FETCH_TIMEOUT)
+            finally:
+                await sub.unsubscribe()
+        data = b"".join(chunks)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode()
+        return data if info.digest and info.digest.split("=", 1)[-1] == digest else None
 
     async def _mismatch(self, stored: _Stored) -> str:
         if stored.service != self.service:

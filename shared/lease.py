@@ -67,8 +67,11 @@ _DECODER = msgspec.json.Decoder(LeaseValue)
 
 
 def instance_name(service: str) -> str:
-    """A name for this process that differs between instances: `service@host:pid`."""
-    return f"{service}@{socket.gethostname()}:{os.getpid()}"
+    """A name for this process that differs between instances: `service@<FLEET_INSTANCE>` when
+    the process runs in a slot of a supervisor (which restarts it only after it died, so one
+    live process at most bears the name), else `service@host:pid`."""
+    slot = os.environ.get("FLEET_INSTANCE")
+    return f"{service}@{slot}" if slot else f"{service}@{socket.gethostname()}:{os.getpid()}"
 
 
 async def lease_bucket(nc: NATS, ttl: float = DEFAULT_TTL, replicas: int = 1) -> tuple[KeyValue, float]:
@@ -166,7 +169,12 @@ class Lease:
             else:
                 revision = await self.kv.update(self.name, self._value, last=self.revision)
         except nats.js.errors.KeyWrongLastSequenceError:
-            if self.revision is not None:
+            if self.revision is None:
+                reclaimed = await self._reclaim()
+                if reclaimed is not None:
+                    self._held(reclaimed, sent)
+                    return
+            else:
                 log.warning("lease %s: taken by another instance", self.name)
             self.revision = None
             self._lose()
@@ -174,6 +182,24 @@ class Lease:
         except _TRANSIENT as exc:  # keep the lease until it runs out; try again next time
             log.debug("lease %s: %r", self.name, exc)
             return
+        self._held(revision, sent)
+
+    async def _reclaim(self) -> int | None:
+        """The key bears this very holder name: an earlier run of this instance's slot wrote it and
+        died without releasing it (names are unique among live processes, see `instance_name`).
+        Take it back at once instead of waiting for it to run out; the new revision, or None."""
+        try:
+            entry = await self.kv.get(self.name)
+            if entry.value is None or _DECODER.decode(entry.value).holder != self.holder:
+                return None
+            revision = await self.kv.update(self.name, self._value, last=entry.revision)
+        except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError,
+                nats.js.errors.KeyWrongLastSequenceError, msgspec.DecodeError, *_TRANSIENT):
+            return None
+        log.info("lease %s: reclaimed from an earlier run of %s", self.name, self.holder)
+        return int(revision)
+
+    def _held(self, revision: int, sent: float) -> None:
         self.revision = revision
         self.valid_until = sent + self.ttl
         if not self.gained.is_set():

@@ -76,7 +76,7 @@ class Policy(msgspec.Struct, frozen=True, kw_only=True):
         return float(self.reconcile_backoff * 2 ** (attempt - 1))
 
 
-class DeviceState(msgspec.Struct, frozen=True, kw_only=True):
+class DeviceState(msgspec.Struct, frozen=True, kw_only=True, array_like=True, gc=False):
     """What the drift service knows about one device."""
 
     device_id: str

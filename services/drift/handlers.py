@@ -162,11 +162,15 @@ class DriftService:
     async def start(self) -> None:
         """Rebuild from the log, then serve heartbeats, follow the log and tick."""
         await ensure_bucket(self.nc)
+        started = time.perf_counter()
         end = max(await asyncio.gather(*(self.log.last_seq(subjects) for subjects in _FOLLOWED)))
         if self.checkpoints is not None:
             self._next_seq = await self.checkpoints.resume(self.restore)
+        resumed = self._next_seq
         self._follower = asyncio.create_task(self._follow(end), name="drift-follow")
         await self._ready.wait()
+        log.info("drift ready: followed the log from sequence %d to %d, %d devices, in %.2f s", resumed,
+                 self._next_seq - 1, len(self.devices), time.perf_counter() - started)
         now = self.clock()
         for device_id, state in self.devices.items():
             self.devices[device_id] = resume(state, now)

@@ -60,7 +60,7 @@ TERMINAL = ("completed", "aborted", "rolled_back")
 # --- what the rollout sees of the fleet (built by the handlers from the log) --------------------
 
 
-class Observed(msgspec.Struct):
+class Observed(msgspec.Struct, array_like=True):
     """What a device last reported, as far as the rollout cares."""
 
     online: bool = False
@@ -69,7 +69,7 @@ class Observed(msgspec.Struct):
     metrics: dict[str, float] = {}
 
 
-class Desired(msgspec.Struct, frozen=True):
+class Desired(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """What a device is currently meant to run."""
 
     snapshot_id: str
@@ -91,7 +91,7 @@ class FleetView(msgspec.Struct):
 # --- state --------------------------------------------------------------------------------------
 
 
-class Assignment(msgspec.Struct, frozen=True):
+class Assignment(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """When a device must have applied (its apply timeout), in which wave, and what it had before;
     `left`: where it stood when a later rollout (or another desired state) took it ("": still
     this rollout's). One short interned string per device, so a fleet of 100,000 costs nothing more."""

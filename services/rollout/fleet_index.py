@@ -35,7 +35,7 @@ from shared.windows import DEVICE_LABEL, Window, parse_label_windows, parse_wind
 log = logging.getLogger(__name__)
 
 
-class DeviceInfo(msgspec.Struct):
+class DeviceInfo(msgspec.Struct, array_like=True):
     """A registered device as the rollout service needs it."""
 
     site: str

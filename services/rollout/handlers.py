@@ -170,11 +170,17 @@ class RolloutService:
     async def start(self) -> None:
         """Rebuild from the log, then serve commands, follow new events and tick."""
         await ensure_bucket(self.nc)
+        started = time.perf_counter()
         caught_up = await self.log.last_stream_seq()
         from_seq = await self.checkpoints.resume(self.restore) if self.checkpoints else 1
+        replayed = 0
         if from_seq <= caught_up:
             async for recorded in self.log.replay(from_seq, caught_up):
                 self._apply(recorded)
+                replayed += 1
+        log.info("rollout ready: %d events replayed after sequence %d, %d rollouts, %d devices, in %.2f s",
+                 replayed, from_seq - 1, len(self.store.slots), len(self.index.devices),
+                 time.perf_counter() - started)
         self.followed_seq = caught_up
         await self._rewrite_kv_of_active()
         for route, kind, handler in (

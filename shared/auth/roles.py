@@ -94,30 +94,29 @@ def _perm(pub: list[str], sub: list[str], *, deny_pub: list[str] | None = None,
                            resp=_REPLIES if resp else None, payload=payload)
 
 
-def _checkpoints(service: str) -> tuple[list[str], list[str]]:
-    """Publish rights on the service's own checkpoint bucket (objects are chunks and a meta
-    message; replacing one purges the old chunks), and what it must not purge instead."""
+def _checkpoints(service: str) -> list[str]:
+    """Rights on the service's own checkpoint bucket: read it (info, gets, ordered consumers),
+    write objects (chunks and a meta message) and purge the chunks an object replaced. Written
+    with wildcards to keep the user JWT short (a server refuses a CONNECT line over 4 KiB); what
+    they would also match (creating, changing or deleting the stream) stays denied."""
     if service not in CHECKPOINTED:
-        return [], ["$JS.API.STREAM.PURGE.>"]
+        return []
     stream = f"OBJ_{checkpoint_bucket(service)}"
-    others = [f"$JS.API.STREAM.PURGE.OBJ_{checkpoint_bucket(s)}" for s in CHECKPOINTED if s != service]
-    logs = [f"$JS.API.STREAM.PURGE.{s}" for s in (EVENTS_STREAM, f"KV_{DESIRED_BUCKET}",
-                                                    f"KV_{LEASES_BUCKET}", f"KV_{TOKENS_BUCKET}")]
-    return [*_reads(stream), f"$O.{checkpoint_bucket(service)}.>", f"$JS.API.STREAM.PURGE.{stream}"], \
-        [*logs, *others]
+    return [f"$JS.API.*.*.{stream}", f"$JS.API.*.*.{stream}.>", f"$JS.API.STREAM.MSG.GET.{stream}",
+            f"$JS.FC.{stream}.>", f"$O.{checkpoint_bucket(service)}.>"]
 
 
 def service_role(service: str) -> Role:
     """`service:<name>`: appends only its own families, serves only its own commands, writes
     only its own checkpoints."""
     families, pubs, subs = SERVICES[service]
-    checkpoints, no_purge = _checkpoints(service)
     pub = [f"{EVENTS_PREFIX}.{family}.>" for family in families]
     pub += [*(p for p in pubs if p != "DESIRED"), *(_DESIRED_READ if "DESIRED" in pubs else []),
-            *_LOG_READ, *_LEASES, _CHECK_DESIRED, *checkpoints, "$SRV.>", "_INBOX.>"]
+            *_LOG_READ, *_LEASES, _CHECK_DESIRED, *_checkpoints(service), "$SRV.>", "_INBOX.>"]
     sub = [f"{COMMANDS_PREFIX}.{service}.*", *subs, "$SRV.>", "_INBOX.>"]
-    # Purging is denied outright except on the service's own bucket (a deny beats any allow).
-    deny = [m for m in _MANAGEMENT if m != "$JS.API.STREAM.PURGE.>"] + no_purge
+    # Purging is not denied outright (a deny beats any allow): only the checkpoint bucket's
+    # purge is allowed, and nothing else that purges.
+    deny = [m for m in _MANAGEMENT if m != "$JS.API.STREAM.PURGE.>"]
     return Role(f"service:{service}", FLEET, _perm(pub, sub, deny_pub=deny, resp=True),
                 f"the {service} service")
 

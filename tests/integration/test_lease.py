@@ -77,6 +77,24 @@ async def test_takeover_after_the_holder_is_cut_off(connect_as: Callable[..., Aw
             assert await holder_of(nc, "drift-0") == "b"
 
 
+async def test_a_restarted_slot_reclaims_its_own_lease_at_once(nc: NATS, fresh_bucket: None) -> None:
+    """kill -9 leaves the key behind; the same slot's next run takes it back without waiting for
+    it to run out, while another name still waits."""
+    kv, _ = await lease_bucket(nc, ttl=60.0)  # far longer than the test: only a reclaim can take it
+    dead = Lease(kv, "drift", "drift@host/slot", ttl=60.0)
+    await dead._attempt()  # taken; then the process "dies": never renewed, never released
+    assert dead.held
+    other = Lease(kv, "drift", "drift@elsewhere", ttl=60.0)
+    await other._attempt()
+    assert not other.held
+    again = Lease(kv, "drift", "drift@host/slot", ttl=60.0)
+    async with running(again):
+        await asyncio.wait_for(again.gained.wait(), 2.0)
+        assert again.held and await holder_of(nc, "drift") == "drift@host/slot"
+        await other._attempt()
+        assert not other.held
+
+
 async def test_a_service_finds_no_bucket_it_may_not_create(connect_as: Callable[..., Awaitable[NATS]],
                                                             fresh_bucket: None) -> None:
     service_nc = await connect_as("service:drift", "a")

@@ -30,7 +30,7 @@ from shared.commands import CommandClient
 from shared.desired import DESIRED_STREAM, ensure_bucket
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
-from shared.subjects import EVENTS_STREAM
+from shared.subjects import CHECKPOINTED, EVENTS_STREAM, checkpoint_bucket
 
 Connect = Callable[..., Awaitable[NATS]]
 SETTLE = 30.0  # bound on waiting for the server's verdict (never a sleep: we wait for an answer)
@@ -134,17 +134,28 @@ PROBES: dict[str, Callable[[Probe, NATS, str], Awaitable[str]]] = {
     "read every inbox": lambda p, a, me: subscribed(p, a, "_INBOX.>", "_INBOX.victim.x"),
     "read the log": lambda p, a, me: requested(p, f"$JS.API.DIRECT.GET.{EVENTS_STREAM}",
                                                msgspec.json.encode({"seq": 1})),
+    # checkpoints: a checkpointed service writes (and purges replaced chunks of) its own bucket only
+    "write its checkpoint": lambda p, a, me: published(p, a, f"$O.{_own_bucket(me)}.C.probe"),
+    "purge its checkpoint bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.PURGE.OBJ_{_own_bucket(me)}", b""),
+    "delete its checkpoint bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.DELETE.OBJ_{_own_bucket(me)}", b""),
+    "write another's checkpoint": lambda p, a, me: published(p, a, f"$O.{checkpoint_bucket('drift')}.M.probe"),
 }
+
+
+def _own_bucket(me: str) -> str:
+    return checkpoint_bucket(me if me in CHECKPOINTED else "registry")
+
 
 # role -> (name, the probes it is allowed; every other probe must be refused)
 ALLOWED: dict[str, tuple[str, set[str]]] = {
     "device": ("dev-1", {"own heartbeat", "read own key"}),
     "operator": ("alice", {"send a command"}),
     "auditor": ("audrey", {"read the log"}),
-    "service:registry": ("registry", {"join a service's queue group", "read the log"}),
+    "service:registry": ("registry", {"join a service's queue group", "read the log", "write its checkpoint",
+                                      "purge its checkpoint bucket"}),
     "service:snapshot": ("snapshot", {"read the log"}),
     "service:rollout": ("rollout", {"read the log", "read own key", "read another device's key",
-                                    "write a device's key"}),
+                                    "write a device's key", "write its checkpoint", "purge its checkpoint bucket"}),
     "api": ("api", {"read the log", "send a command", "read own key", "read another device's key"}),
     "simulator": ("sim", {"own heartbeat", "another device's heartbeat", "read own key",
                           "read another device's key", "send a command"}),
