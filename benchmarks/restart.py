@@ -48,7 +48,6 @@ from shared.envelope import seal
 from shared.errors import Unavailable
 from shared.eventlog import EventLog, Write
 from shared.events.observed import DeviceHealthChanged
-from shared.lease import holder_of
 from shared.subjects import checkpoint_bucket
 from shared.times import utcnow
 
@@ -121,13 +120,6 @@ async def raw_object_get(nc: NATS, name: str) -> float:
     return time.perf_counter() - started
 
 
-async def lease_freed(nc: NATS, holder: str, started: float) -> float:
-    """Seconds from `started` until `holder` no longer holds the drift lease."""
-    while await holder_of(nc, "drift", timeout=5.0) == holder:  # noqa: ASYNC110  # another process's lease: polled
-        await asyncio.sleep(0.05)
-    return time.perf_counter() - started
-
-
 async def append_tail(log: EventLog, devices: int, count: int, rng: random.Random) -> None:
     now = utcnow()
     chosen = rng.sample(range(devices), min(count, devices))
@@ -190,29 +182,23 @@ async def measure(nc: NATS, log: EventLog, url: str, name: str, args: argparse.N
     size = 0
     if PROBES[name][3] is not None:
         size = await checkpoint_at_least(nc, name, started_wall)
-    restarts, after_lease = [], []
+    restarts = []
     for _ in range(args.restarts):
         await append_tail(log, args.devices, args.tail, rng)
-        holder = await holder_of(nc, "drift") if name == "drift" else None
         kill(proc)
-        started = time.perf_counter()
+        started, started_wall = time.perf_counter(), time.time()
         proc = spawn(name, url, args.tail, logs)
-        freed = asyncio.create_task(lease_freed(nc, holder, started)) if holder else None
         restarts.append(await answering(nc, name, started, proc))
-        note = ""
-        if freed is not None:  # drift serves only while it holds its lease (one driver at a time)
-            after_lease.append(restarts[-1] - await freed)
-            note = f" ({after_lease[-1]:.2f} s after the dead holder's lease ran out)"
         loaded = [line for line in (logs / f"{name}.log").read_text().splitlines() if "loaded" in line or "ready" in line]
-        print(f"{name}: kill -9, answered again after {restarts[-1]:.2f} s{note}; {' | '.join(loaded[-2:])}",
+        print(f"{name}: kill -9, answered again after {restarts[-1]:.2f} s; {' | '.join(loaded[-2:])}",
               flush=True)
+        if PROBES[name][3] is not None:  # as in steady state: the tail since the last checkpoint
+            await checkpoint_at_least(nc, name, started_wall)  # is checkpointed before the next kill
     raw_get = await raw_object_get(nc, name) if PROBES[name][3] is not None else 0.0
     kill(proc, signal.SIGTERM)
     p50, worst = statistics.median(restarts), max(restarts)
     per_device = (rss - bare) * 1024 * 1024 / args.devices
     ratio = f"{raw_get / p50:.2f}x" if raw_get else "-"
-    if after_lease:
-        ratio += f"; after the lease: {statistics.median(after_lease):.2f} / {max(after_lease):.2f} s"
     line = (f"| {name} | {full:.2f} | {p50:.2f} / {worst:.2f} | {raw_get:.2f} | {ratio} | "
             f"{size / 1e6:.0f} | {rss:.0f} ({bare:.0f}) | {per_device:,.0f} B |")
     return {"name": name, "full": full, "restarts": restarts, "rss": rss, "line": line}

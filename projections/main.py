@@ -45,7 +45,8 @@ async def run(settings: Settings) -> None:
         # if the checkpoint is still the one it started from.)
         kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
         runners = [runner_for(pool, eventlog, p) for p in all_projections()]
-        leases = [Lease(kv, f"projection-{r.name}", instance_name("projections"), ttl=ttl) for r in runners]
+        holder = instance_name("projections", settings.instance)
+        leases = [Lease(kv, f"projection-{r.name}", holder, ttl=ttl) for r in runners]
         holding = [asyncio.create_task(lease.run()) for lease in leases]
         try:
             await asyncio.gather(*(run_while_held(lease, r.run) for lease, r in zip(leases, runners, strict=True)))

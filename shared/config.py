@@ -45,6 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     flap_window: float = 60.0  # a device whose reports flip flap_changes times within it is flapping
     flap_changes: int = 6  # (0: never); its flips are then no events until it holds still
     drift_partition: str = ""  # "k/N": this drift instance watches partition k of N ("" = all)
+    instance: str = ""  # this process's slot, the same across its restarts (shared.lease.instance_name)
     checkpoint_every: int = 50_000  # followed events between two checkpoints of a service's state; 0: none
     audit_every: int = 1000  # events between two signed audit checkpoints (docs/audit.md)
     audit_max_delay: float = 60.0  # longest an event waits for a checkpoint while the log is quiet

@@ -66,11 +66,10 @@ _ENCODER = msgspec.json.Encoder()
 _DECODER = msgspec.json.Decoder(LeaseValue)
 
 
-def instance_name(service: str) -> str:
-    """A name for this process that differs between instances: `service@<FLEET_INSTANCE>` when
-    the process runs in a slot of a supervisor (which restarts it only after it died, so one
-    live process at most bears the name), else `service@host:pid`."""
-    slot = os.environ.get("FLEET_INSTANCE")
+def instance_name(service: str, slot: str = "") -> str:
+    """A name for this process that differs between instances: `service@<slot>` when the process
+    runs in a slot of a supervisor (FLEET_INSTANCE: it restarts the process only after it died, so
+    one live process at most bears the name), else `service@host:pid`."""
     return f"{service}@{slot}" if slot else f"{service}@{socket.gethostname()}:{os.getpid()}"
 
 

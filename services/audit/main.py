@@ -28,7 +28,7 @@ async def run(settings: Settings) -> None:
         # One writer at a time across instances (DESIGN §13): the holder of the `audit` lease. (Two
         # would be safe anyway: the log refuses a second checkpoint with the same number.)
         kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
-        lease = Lease(kv, "audit", instance_name("audit"), ttl=ttl)
+        lease = Lease(kv, "audit", instance_name("audit", settings.instance), ttl=ttl)
         holding = asyncio.create_task(lease.run(), name="audit-lease")
 
         async def may_write() -> bool:

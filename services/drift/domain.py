@@ -365,6 +365,9 @@ def resume(state: DeviceState, now: float) -> DeviceState:
     the heartbeats taught before the restart (the volatile fields) is forgotten, so a state
     restored from a checkpoint resumes exactly as one replayed from the log."""
     mismatch_since = None if not state.online or state.matches_desired or state.drifted else now
+    if not state.online and state.last_seen == state.last_seq == 0 and state.seen is None and not state.flips \
+            and state.mismatch_since is None:
+        return state  # nothing to forget (most offline devices): no copy
     return msgspec.structs.replace(state, last_seen=now if state.online else 0.0, last_seq=0,
                                    mismatch_since=mismatch_since, seen=None, flips=())
 

@@ -31,7 +31,7 @@ async def run(settings: Settings) -> None:
         await ensure_log(nc, settings, eventlog)
         partition = _partition(settings.drift_partition)
         kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
-        lease = Lease(kv, lease_name(partition), instance_name("drift"), ttl=ttl)
+        lease = Lease(kv, lease_name(partition), instance_name("drift", settings.instance), ttl=ttl)
         holding = asyncio.create_task(lease.run(), name="drift-lease")
         try:
             await run_while_held(lease, lambda: _serve(nc, eventlog, settings, partition))

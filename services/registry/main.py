@@ -26,7 +26,7 @@ async def run(settings: Settings) -> None:
         replicas = await ensure_log(nc, settings, eventlog)
         # One instance writes the checkpoints (any may load them).
         kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas)
-        writer = Lease(kv, CHECKPOINT_LEASE, instance_name(SERVICE), ttl=ttl)
+        writer = Lease(kv, CHECKPOINT_LEASE, instance_name(SERVICE, settings.instance), ttl=ttl)
         holding = asyncio.create_task(writer.run(), name="registry-checkpoint-lease")
         checkpoints = Checkpoints(nc, eventlog, SERVICE, RegistryImage, every=settings.checkpoint_every,
                                   may_write=lambda: writer.held)

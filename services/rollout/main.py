@@ -23,7 +23,7 @@ async def run(settings: Settings) -> None:
         log = EventLog(nc)
         await ensure_log(nc, settings, log)
         kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
-        lease = Lease(kv, TICKS_LEASE, instance_name("rollout"), ttl=ttl)
+        lease = Lease(kv, TICKS_LEASE, instance_name("rollout", settings.instance), ttl=ttl)
         checkpoints = Checkpoints(nc, log, "rollout", RolloutImage, every=settings.checkpoint_every)
         service = RolloutService(nc, log, lease=lease, checkpoints=checkpoints)
         await service.start()

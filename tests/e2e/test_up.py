@@ -95,6 +95,11 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
                                            and p["restarts"] == 1 and p["state"] == "running"), None),
                              what="registry to be restarted")
         assert restarted["pid"] != parts["registry"]["pid"]
+        # The restarted slot takes back the lease its killed run held, without waiting for it to
+        # run out (the slot's name is the same across restarts: FLEET_INSTANCE).
+        assert psutil.Process(restarted["pid"]).environ()["FLEET_INSTANCE"].endswith("/registry")
+        wait_for(lambda: "lease registry-checkpoints: reclaimed from an earlier run"
+                 in (data / "logs" / "registry.log").read_text(), what="the registry to reclaim its lease")
 
         # One command, one trace: from the CLI, through NATS into the registry, into the event it
         # appended, and on into the projection that applied that event.
