@@ -13,15 +13,14 @@ Per service (registry, rollout, drift, snapshot), run as `fleet service NAME` su
    FLEET_CHECKPOINT_EVERY = tail), kill -9, start again, time to first answer.
 
 Raw limits measured in the same run: a bare nats-py ordered consumer reading the whole log
-(what a full replay could reach), and a bare nats-py object store get of the service's
-checkpoint (the floor of a restart from it). Run: `python -m benchmarks.restart [--devices N]`.
+(what a full replay could reach), and a bare ordered consumer reading the service's
+checkpoint's bytes (the floor of a restart from it). Run: `python -m benchmarks.restart [--devices N]`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import os
 import random
 import signal
@@ -30,10 +29,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import nats.errors
 import nats.js.errors
@@ -97,6 +97,20 @@ def kill(proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
     proc.wait(30)
 
 
+def timeline(path: Path, since: float) -> str:
+    """When the service's own log lines of this start came, in seconds after its spawn."""
+    marks = []
+    for line in path.read_text().splitlines():
+        try:
+            entry = msgspec.json.decode(line)
+            at = datetime.strptime(entry["at"], "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC).timestamp()
+        except (msgspec.DecodeError, KeyError, ValueError):
+            continue
+        if at >= since - 0.01:
+            marks.append(f"{at - since:.2f} s {entry.get('msg', '')[:90]}")
+    return "\n    " + "\n    ".join(marks)
+
+
 async def checkpoint_at_least(nc: NATS, name: str, mtime_after: float, timeout: float = 900.0) -> int:
     """Wait until the service's checkpoint object was written after `mtime_after`; its size."""
     store = await nc.jetstream().object_store(checkpoint_bucket(name))
@@ -113,11 +127,25 @@ async def checkpoint_at_least(nc: NATS, name: str, mtime_after: float, timeout: 
 
 
 async def raw_object_get(nc: NATS, name: str) -> float:
-    """A bare nats-py object store get of the checkpoint (the floor of a restart from it)."""
+    """A bare ordered consumer reading the checkpoint's chunks, keeping them and nothing else:
+    the floor of a restart from it (nats-py's own `ObjectStore.get` is about 7x slower)."""
     store = await nc.jetstream().object_store(checkpoint_bucket(name))
+    info = await store.get_info(PROBES[name][3] or name)
+    chunks: list[bytes] = []
+    done = asyncio.Event()
+
+    async def keep(msg: Any) -> None:
+        chunks.append(msg.data)
+        if msg.metadata.num_pending == 0:
+            done.set()
+
     started = time.perf_counter()
-    await store.get(PROBES[name][3] or name, writeinto=io.BytesIO())
-    return time.perf_counter() - started
+    sub = await nc.jetstream().subscribe(f"$O.{checkpoint_bucket(name)}.C.{info.nuid}", ordered_consumer=True,
+                                         cb=keep, pending_msgs_limit=-1, pending_bytes_limit=-1)
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await sub.unsubscribe()
+    return elapsed
 
 
 async def append_tail(log: EventLog, devices: int, count: int, rng: random.Random) -> None:
@@ -189,9 +217,8 @@ async def measure(nc: NATS, log: EventLog, url: str, name: str, args: argparse.N
         started, started_wall = time.perf_counter(), time.time()
         proc = spawn(name, url, args.tail, logs)
         restarts.append(await answering(nc, name, started, proc))
-        loaded = [line for line in (logs / f"{name}.log").read_text().splitlines() if "loaded" in line or "ready" in line]
-        print(f"{name}: kill -9, answered again after {restarts[-1]:.2f} s; {' | '.join(loaded[-2:])}",
-              flush=True)
+        print(f"{name}: kill -9, answered again after {restarts[-1]:.2f} s; "
+              + timeline(logs / f"{name}.log", started_wall), flush=True)
         if PROBES[name][3] is not None:  # as in steady state: the tail since the last checkpoint
             await checkpoint_at_least(nc, name, started_wall)  # is checkpointed before the next kill
     raw_get = await raw_object_get(nc, name) if PROBES[name][3] is not None else 0.0

@@ -70,6 +70,7 @@ def _collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        gc.freeze()  # and they are long-lived: later collections need not walk them either
         if enabled:
             gc.enable()
 
@@ -119,6 +120,7 @@ class Checkpoints(Generic[T]):
         self.written = 0  # checkpoints written by this process
         self.last_bytes = 0
         self.last_encode_seconds = 0.0
+        self.fetch_seconds = 0.0  # reading the newest checkpoint's bytes (load)
         self._decoder = msgspec.msgpack.Decoder(state_type)
         self._store: ObjectStore | None = None
         self._writing: asyncio.Task[None] | None = None
@@ -151,15 +153,17 @@ class Checkpoints(Generic[T]):
             return None
         state, seq, size = found
         self.through_seq = self.loaded_through = seq
-        log.info("%s: checkpoint through %d loaded (%d bytes) in %.2f s", self.service, seq, size,
-                 time.perf_counter() - started)
+        log.info("%s: checkpoint through %d loaded (%d bytes) in %.2f s (read in %.2f s)", self.service,
+                 seq, size, time.perf_counter() - started, self.fetch_seconds)
         return state, seq
 
     async def _read(self) -> tuple[T, int, int] | str | None:
         """(state, sequence, size), or why the checkpoint cannot be trusted, or None (none)."""
         assert self._store is not None
         try:
+            started = time.perf_counter()
             data = await self._fetch()
+            self.fetch_seconds = time.perf_counter() - started
         except nats.js.errors.ObjectNotFoundError:
             return None
         except (nats.js.errors.Error, nats.errors.Error, ValueError, TimeoutError) as exc:
