@@ -234,7 +234,7 @@ async def measure(nc: NATS, log: EventLog, url: str, name: str, args: argparse.N
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1_000_000)
-    parser.add_argument("--tail", type=int, default=50_000,
+    parser.add_argument("--tail", type=int, default=25_000,
                         help="events appended before each kill (and FLEET_CHECKPOINT_EVERY)")
     parser.add_argument("--restarts", type=int, default=3)
     parser.add_argument("--services", nargs="+", default=list(PROBES))

@@ -45,6 +45,7 @@ from shared.aio import wait_set
 from shared.auth.authority import Authority
 from shared.auth.renewal import serve_renewals
 from shared.auth.revoker import revoke_retired
+from shared.checkpoint import ensure_buckets as ensure_checkpoint_buckets
 from shared.cluster import ensure_log
 from shared.config import ADMIN_CREDS, OPERATOR_CREDS, Endpoints, Settings, write_endpoints
 from shared.connection import connect_nats
@@ -154,6 +155,15 @@ class Supervisor:
         self._duties: list[asyncio.Task[None]] = []
         self._duty_conns: list[NATS] = []
 
+    def slot(self, part: str) -> str:
+        """The FLEET_INSTANCE of a part: its slot's name, the same across its restarts."""
+        return f"{socket.gethostname()}:{self.data.resolve()}/{part}"
+
+    def part_holding(self, holder: str) -> str | None:
+        """The part whose slot a lease holder's name (`service@<slot>`) is, if one of ours."""
+        slot = holder.split("@", 1)[-1]
+        return next((name for name in self.parts if self.slot(name) == slot), None)
+
     def _take_lock(self) -> None:
         self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data.chmod(0o700)
@@ -214,7 +224,8 @@ class Supervisor:
         api_url = self.settings.api_url or f"http://127.0.0.1:{self.api_port or free_port()}"
         admin = msgspec.structs.replace(admin, nats_url=nats_url)
         nc = await connect_nats(admin, "up")
-        await ensure_log(nc, self.settings)  # created by admin only: services merely check them
+        replicas = await ensure_log(nc, self.settings)  # created by admin only: services merely check them
+        await ensure_checkpoint_buckets(nc, replicas)  # each service only uses its own
         self.token_file = await bootstrap_admin_token(nc, self.data, format_time(utcnow()))
         if self.authority is not None:
             await self._start_revoker(nc, admin)
@@ -331,7 +342,7 @@ class Supervisor:
             # back the leases its dead run held at once (shared.lease.instance_name). Unique: the
             # data dir's lock allows one `fleet up` per data dir, and it restarts a part only
             # after the part's process has exited.
-            env["FLEET_INSTANCE"] = f"{socket.gethostname()}:{self.data.resolve()}/{part.status.name}"
+            env["FLEET_INSTANCE"] = self.slot(part.status.name)
             part.proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "fleet", "service", service,
                 env={**env, **part.env, **self.part_env.get(service, _NO_DATABASE)},

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 FETCH_TIMEOUT = 120.0  # seconds to read a checkpoint before giving up on it
-DEFAULT_EVERY = 50_000  # followed events between two checkpoints (FLEET_CHECKPOINT_EVERY)
+DEFAULT_EVERY = 25_000  # followed events between two checkpoints (FLEET_CHECKPOINT_EVERY)
 
 
 class _Stored(msgspec.Struct, frozen=True):
@@ -81,12 +81,12 @@ def schema_of(state_type: type[object], version: int) -> str:
     return f"{version}:{hashlib.sha256(shape).hexdigest()[:16]}"
 
 
-async def ensure_buckets(nc: NATS, replicas: int = 1) -> None:
-    """Create the checkpoint buckets that are missing, where this identity may (admin, or a
-    server without authorization); services only use them. Never fails: without a bucket a
-    service replays from zero, as `Checkpoints.open` says."""
+async def ensure_buckets(nc: NATS, replicas: int = 1, *, only: str | None = None) -> None:
+    """Create the checkpoint buckets that are missing (`only` one service's), where this identity
+    may: admin (`fleet up`), or anyone on a server without authorization. Never fails: without a
+    bucket a service replays from zero, as `Checkpoints.open` says."""
     js = nc.jetstream(timeout=5.0)
-    for service in CHECKPOINTED:
+    for service in (only,) if only else CHECKPOINTED:
         try:
             await js.object_store(checkpoint_bucket(service))
         except nats.js.errors.NotFoundError:
@@ -127,11 +127,17 @@ class Checkpoints(Generic[T]):
         self._stream_created = ""
 
     async def open(self) -> bool:
-        """Find the bucket; False (checkpoints off, with a warning) when it does not exist."""
+        """Find the bucket (created here when missing and this identity may: a server without
+        authorization); False, with a warning, when there is none: checkpoints are off."""
         if self.every <= 0:
             return False
+        js = self.nc.jetstream(timeout=5.0)
         try:
-            self._store = await self.nc.jetstream(timeout=5.0).object_store(checkpoint_bucket(self.service))
+            try:
+                self._store = await js.object_store(checkpoint_bucket(self.service))
+            except nats.js.errors.NotFoundError:
+                await ensure_buckets(self.nc, only=self.service)
+                self._store = await js.object_store(checkpoint_bucket(self.service))
             self._stream_created = await self.log.created()
         except (nats.js.errors.NotFoundError, nats.errors.TimeoutError) as exc:
             log.warning("%s: no checkpoints (bucket %s unavailable: %r); every start replays the log",
@@ -266,7 +272,8 @@ class Checkpoints(Generic[T]):
             return
         self.written += 1
         self.last_bytes = len(data)
-        log.info("%s: checkpoint through %d written (%d bytes)", self.service, seq, len(data))
+        log.info("%s: checkpoint through %d written (%d bytes; encoded in %.2f s)", self.service, seq, len(data),
+                 self.last_encode_seconds)
 
     async def _prune(self, keep: str) -> None:
         """Purge chunks no object refers to (left by a writer killed in the middle of a write).

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from shared.checkpoint import ensure_buckets as ensure_checkpoint_buckets
 from shared.config import Settings
 from shared.desired import ensure_bucket
 from shared.eventlog import EventLog
@@ -36,12 +35,11 @@ def replicas_for(settings: Settings, nc: NATS) -> int:
 
 
 async def ensure_log(nc: NATS, settings: Settings, eventlog: EventLog | None = None) -> int:
-    """Create or check FLEET_EVENTS, the desired-state bucket, the leases bucket and the
-    checkpoint buckets with the replicas asked; returns the replicas. (`fleet up` calls it first, so with per-service
+    """Create or check FLEET_EVENTS, the desired-state bucket and the leases bucket with the
+    replicas asked; returns the replicas. (`fleet up` calls it first, so with per-service
     permissions the buckets already exist when a service that may not create streams starts.)"""
     replicas = replicas_for(settings, nc)
     await (eventlog or EventLog(nc)).ensure_stream(replicas)
     await ensure_bucket(nc, replicas)
     await lease_bucket(nc, settings.lease_ttl, replicas)
-    await ensure_checkpoint_buckets(nc, replicas)
     return replicas

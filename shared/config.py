@@ -46,7 +46,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     flap_changes: int = 6  # (0: never); its flips are then no events until it holds still
     drift_partition: str = ""  # "k/N": this drift instance watches partition k of N ("" = all)
     instance: str = ""  # this process's slot, the same across its restarts (shared.lease.instance_name)
-    checkpoint_every: int = 50_000  # followed events between two checkpoints of a service's state; 0: none
+    checkpoint_every: int = 25_000  # followed events between two checkpoints of a service's state; 0: none
     audit_every: int = 1000  # events between two signed audit checkpoints (docs/audit.md)
     audit_max_delay: float = 60.0  # longest an event waits for a checkpoint while the log is quiet
     replicas: int = 0  # of FLEET_EVENTS and the buckets; 0 = 3 on a cluster of 3+ servers, else 1
