@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import random
+import re
 import signal
 import statistics
 import subprocess
@@ -193,8 +194,8 @@ async def main(args: argparse.Namespace) -> None:
             await nc.close()
             server.stop()
     print("\n| service | full replay (s) | from checkpoint p50 / max (s) | raw object get (s) | "
-          "raw / ours | checkpoint (MB) | memory (MiB, bare) | per device |")
-    print("|---|---|---|---|---|---|---|---|")
+          "raw / ours | checkpoint (MB) | encode pause, max (s) | memory (MiB, bare) | per device |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row["line"])
 
@@ -222,12 +223,14 @@ async def measure(nc: NATS, log: EventLog, url: str, name: str, args: argparse.N
         if PROBES[name][3] is not None:  # as in steady state: the tail since the last checkpoint
             await checkpoint_at_least(nc, name, started_wall)  # is checkpointed before the next kill
     raw_get = await raw_object_get(nc, name) if PROBES[name][3] is not None else 0.0
+    encodes = [float(m.group(1)) for m in re.finditer(r"encoded in ([0-9.]+) s", (logs / f"{name}.log").read_text())]
     kill(proc, signal.SIGTERM)
     p50, worst = statistics.median(restarts), max(restarts)
     per_device = (rss - bare) * 1024 * 1024 / args.devices
     ratio = f"{raw_get / p50:.2f}x" if raw_get else "-"
+    pause = f"{max(encodes):.2f}" if encodes else "-"
     line = (f"| {name} | {full:.2f} | {p50:.2f} / {worst:.2f} | {raw_get:.2f} | {ratio} | "
-            f"{size / 1e6:.0f} | {rss:.0f} ({bare:.0f}) | {per_device:,.0f} B |")
+            f"{size / 1e6:.0f} | {pause} | {rss:.0f} ({bare:.0f}) | {per_device:,.0f} B |")
     return {"name": name, "full": full, "restarts": restarts, "rss": rss, "line": line}
 
 

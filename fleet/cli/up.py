@@ -9,6 +9,8 @@ import urllib.request
 from typing import Any
 
 import msgspec
+import nats.errors
+import nats.js.errors
 import typer
 from rich.table import Table
 
@@ -103,3 +105,38 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def init(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+    """Create or check the event log and every bucket on an external NATS, as admin: what `fleet up`
+    does before it starts the parts, for deployments whose parts may only use them (Kubernetes,
+    hosts). Run it once with admin credentials (FLEET_NATS_URL, FLEET_NATS_CREDS); running it again
+    only checks."""
+    conf = settings(ctx)
+    result = run(_init(conf), json_out=json_out)
+    emit(result, json_out=json_out, render=lambda r: console.print(
+        f"{r['stream']} and the buckets {', '.join(r['buckets'])} are in place with {r['replicas']} "
+        f"replica{'s' if r['replicas'] > 1 else ''}"))
+
+
+async def _init(conf: Any) -> dict[str, Any]:
+    from shared.checkpoint import ensure_buckets
+    from shared.cluster import ensure_log
+    from shared.connection import connect_nats
+    from shared.lease import LEASE_BUCKET
+    from shared.subjects import CHECKPOINTED, DESIRED_BUCKET, EVENTS_STREAM, checkpoint_bucket
+
+    nc = await connect_nats(conf, "init")
+    try:
+        replicas = await ensure_log(nc, conf)
+        await ensure_buckets(nc, replicas)
+        buckets = [DESIRED_BUCKET, LEASE_BUCKET, *(checkpoint_bucket(s) for s in CHECKPOINTED)]
+        for bucket in buckets[2:]:  # ensure_buckets never fails: say so when one is missing
+            try:
+                await nc.jetstream(timeout=5.0).object_store(bucket)
+            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
+                raise Unavailable(f"bucket {bucket} does not exist and this identity may not create it: "
+                                  "run `fleet init` with admin credentials") from None
+        return {"stream": EVENTS_STREAM, "replicas": replicas, "buckets": buckets}
+    finally:
+        await nc.close()

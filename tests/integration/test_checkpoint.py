@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,9 +24,11 @@ from services.registry.handlers import start as start_registry
 from services.rollout.handlers import RolloutImage, RolloutService
 from shared.checkpoint import Checkpoints, _Stored, ensure_buckets
 from shared.commands import CommandClient
+from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
-from shared.subjects import EVENTS_STREAM, checkpoint_bucket
+from shared.subjects import CHECKPOINTED, EVENTS_STREAM, checkpoint_bucket
 from tests.integration.test_drift import POLICY
+from tests.integration.test_registry import fleet
 from tests.integration.test_simulator import until
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -206,3 +209,18 @@ async def test_a_service_identity_writes_and_reads_its_own_checkpoints_only(
         await resumed.stop()
     # Another service's bucket is out of reach altogether (the server refuses even its info).
     assert not await Checkpoints(registry_nc, as_registry, "rollout", RolloutImage).open()
+
+
+async def test_fleet_init_creates_the_log_and_every_bucket_as_admin(nats_server: EmbeddedNats, nc: NATS,
+                                                                    eventlog: EventLog) -> None:
+    js = nc.jetstream()
+    for service in CHECKPOINTED:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_object_store(checkpoint_bucket(service))
+    code, out, err = await fleet(nats_server.url, "init", "--json")  # the fixture's admin identity
+    assert code == 0, err
+    assert json.loads(out)["buckets"][2:] == [checkpoint_bucket(s) for s in CHECKPOINTED]
+    for service in CHECKPOINTED:
+        await js.object_store(checkpoint_bucket(service))
+    again = await fleet(nats_server.url, "init")  # only checks
+    assert again[0] == 0 and "are in place" in again[1]
