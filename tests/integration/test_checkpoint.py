@@ -196,12 +196,14 @@ async def test_a_service_identity_writes_and_reads_its_own_checkpoints_only(
     first = await run("registry", registry_nc, as_registry)
     head = await eventlog.last_stream_seq()
     await until(lambda: first.checkpoints.written >= 1, "a checkpoint written as service:registry")
+    # the chunks of a write killed half-way: stored, but no object refers to them
+    await nc.jetstream().publish(f"$O.{checkpoint_bucket('registry')}.C.orphan", b"half a checkpoint")
     await append(eventlog, HISTORY[3:6])  # round 5 relabels devices: registry events
     await until(lambda: first.checkpoints.written >= 2, "a second one, replacing the first")
     await first.stop()
     info = await nc.jetstream().stream_info(f"OBJ_{checkpoint_bucket('registry')}", subjects_filter="$O.>")
     chunks = [s for s in (info.state.subjects or {}) if ".C." in s]
-    assert len(chunks) == 1  # the replaced object's chunks were purged
+    assert len(chunks) == 1  # the replaced object's chunks and the orphan were purged
     resumed = await run("registry", registry_nc, as_registry, every=10**9)
     try:
         assert resumed.checkpoints.loaded_through > head
