@@ -16,6 +16,7 @@ def checkpoint_bucket(service: str) -> str:
     """The object store bucket holding `service`'s checkpoints (only it and admin write there)."""
     return f"fleet_ckpt_{service}"
 
+
 def event_subject(aggregate: str, aggregate_id: str) -> str:
     """`fleet.evt.<aggregate>.<id>`: one subject per aggregate instance."""
     return f"{EVENTS_PREFIX}.{aggregate}.{aggregate_id}"

@@ -9,8 +9,6 @@ import urllib.request
 from typing import Any
 
 import msgspec
-import nats.errors
-import nats.js.errors
 import typer
 from rich.table import Table
 
@@ -129,14 +127,10 @@ async def _init(conf: Any) -> dict[str, Any]:
     nc = await connect_nats(conf, "init")
     try:
         replicas = await ensure_log(nc, conf)
-        await ensure_buckets(nc, replicas)
+        missing = await ensure_buckets(nc, replicas)
+        if missing:
+            raise Unavailable(f"{', '.join(missing)} could not be created: `fleet init` needs admin credentials")
         buckets = [DESIRED_BUCKET, LEASE_BUCKET, *(checkpoint_bucket(s) for s in CHECKPOINTED)]
-        for bucket in buckets[2:]:  # ensure_buckets never fails: say so when one is missing
-            try:
-                await nc.jetstream(timeout=5.0).object_store(bucket)
-            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
-                raise Unavailable(f"bucket {bucket} does not exist and this identity may not create it: "
-                                  "run `fleet init` with admin credentials") from None
         return {"stream": EVENTS_STREAM, "replicas": replicas, "buckets": buckets}
     finally:
         await nc.close()

@@ -48,6 +48,11 @@ log = logging.getLogger(__name__)
 
 SERVICE = "registry"
 FAMILIES = [aggregate_wildcard("site"), aggregate_wildcard("device")]
+BATCHES_IN_FLIGHT = 2  # atomic batches of one import at the server at once
+IMPORT_MAX_LINES = 2500  # per command, so even a reply refusing every line fits in 1 MB
+LIST_LIMIT_MAX = 5000
+PAGE_MAX_BYTES = 512 * 1024  # a page stops short of `limit` rather than outgrow a NATS message
+REFUSAL_TEXT_MAX = 200  # a refusal echoes at most this much of a message (and 64 of an id)
 
 
 class RegistryImage(msgspec.Struct, frozen=True):
@@ -55,11 +60,6 @@ class RegistryImage(msgspec.Struct, frozen=True):
 
     sites: StoreImage[Site]
     devices: StoreImage[Device]
-BATCHES_IN_FLIGHT = 2  # atomic batches of one import at the server at once
-IMPORT_MAX_LINES = 2500  # per command, so even a reply refusing every line fits in 1 MB
-LIST_LIMIT_MAX = 5000
-PAGE_MAX_BYTES = 512 * 1024  # a page stops short of `limit` rather than outgrow a NATS message
-REFUSAL_TEXT_MAX = 200  # a refusal echoes at most this much of a message (and 64 of an id)
 
 
 @dataclass

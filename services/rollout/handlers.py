@@ -184,7 +184,9 @@ class RolloutService:
         log.info("rollout ready: %d events replayed after sequence %d, %d rollouts, %d devices, in %.2f s",
                  replayed, from_seq - 1, len(self.store.slots), len(self.index.devices),
                  time.perf_counter() - started)
-        self.followed_seq = caught_up
+        # Every followed event through caught_up is in now (a checkpoint's rollouts alone may
+        # end far earlier: applied_seq must not wait for events it already holds).
+        self.applied_seq = self.followed_seq = max(self.applied_seq, caught_up)
         await self._rewrite_kv_of_active()
         for route, kind, handler in (
             ("start", Start, self._start),
@@ -229,7 +231,6 @@ class RolloutService:
         self.index.view.site_of = {device: info.site for device, info in image.devices.items()}
         self.store.restore(image.rollouts)
         self._started_at = image.started_at
-        self.applied_seq = image.rollouts.applied_through
 
     def _apply(self, recorded: Recorded, event: Event | None = None) -> None:
         """Fold one event in (`event`: the recorded one, when the caller has it decoded)."""

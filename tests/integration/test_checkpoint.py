@@ -115,6 +115,24 @@ async def test_a_restart_from_a_checkpoint_equals_a_full_replay(
     assert from_checkpoint == replayed
 
 
+async def test_a_rollout_service_restarted_from_a_checkpoint_has_caught_up_at_once(
+        nc: NATS, eventlog: EventLog, buckets: None) -> None:
+    """Its checkpoint holds no rollout event (none happened): it has still read the log through
+    the checkpoint's sequence, so a read that waits for the log's head does not wait."""
+    head = await append(eventlog, HISTORY)
+    first = await run("rollout", nc, eventlog)
+    await until(lambda: first.checkpoints.through_seq == head, "a rollout checkpoint through the head")
+    await first.stop()
+    rollout = RolloutService(nc, eventlog, checkpoints=Checkpoints(nc, eventlog, "rollout", RolloutImage,
+                                                                   every=10**9))
+    await rollout.start()
+    try:
+        assert rollout.checkpoints is not None and rollout.checkpoints.loaded_through == head
+        await rollout.caught_up(timeout=2.0)  # raised Unavailable when it counted rollout events only
+    finally:
+        await rollout.stop()
+
+
 async def test_a_registry_restarted_from_a_checkpoint_answers_a_repeated_command_as_before(
         nc: NATS, eventlog: EventLog, buckets: None) -> None:
     first = await run("registry", nc, eventlog)
@@ -151,13 +169,18 @@ async def _put(nc: NATS, data: bytes) -> None:
     await store.put("registry", data)
 
 
-@pytest.mark.parametrize("spoil", ["corrupt", "older schema", "another stream", "other event", "beyond the log"])
+@pytest.mark.parametrize("spoil", ["corrupt", "altered chunk", "older schema", "another stream", "other event",
+                                   "beyond the log"])
 async def test_a_checkpoint_that_does_not_match_the_log_is_ignored(
         spoil: str, nc: NATS, eventlog: EventLog, buckets: None, caplog: pytest.LogCaptureFixture) -> None:
     _, stored, head = await _stored(nc, eventlog)
     version = 1
     if spoil == "corrupt":
         await _put(nc, b"\x93not a checkpoint")
+    elif spoil == "altered chunk":  # one more chunk on the object's subject: the digest no longer holds
+        store = await nc.jetstream().object_store(checkpoint_bucket("registry"))
+        info = await store.get_info("registry")
+        await nc.jetstream().publish(f"$O.{checkpoint_bucket('registry')}.C.{info.nuid}", b"tampered")
     elif spoil == "older schema":
         version = 2
     elif spoil == "another stream":  # the same history appended again to a new FLEET_EVENTS
@@ -210,7 +233,7 @@ async def test_a_service_identity_writes_and_reads_its_own_checkpoints_only(
     finally:
         await resumed.stop()
     # Another service's bucket is out of reach altogether (the server refuses even its info).
-    assert not await Checkpoints(registry_nc, as_registry, "rollout", RolloutImage).open()
+    assert not await Checkpoints(registry_nc, as_registry, "rollout", RolloutImage, every=1).open()
 
 
 async def test_fleet_init_creates_the_log_and_every_bucket_as_admin(nats_server: EmbeddedNats, nc: NATS,
