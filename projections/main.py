@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from projections.changes.store import ChangesProjection
@@ -18,6 +17,7 @@ from shared.eventlog import EventLog
 from shared.lease import Lease, instance_name, lease_bucket, run_while_held
 
 log = logging.getLogger(__name__)
+POOL_CLOSE_TIMEOUT = 5.0  # seconds the pool may take to close gracefully before it is cut
 
 
 def all_projections() -> list[Projection]:
@@ -47,15 +47,21 @@ async def run(settings: Settings) -> None:
         runners = [runner_for(pool, eventlog, p) for p in all_projections()]
         holder = instance_name("projections", settings.instance)
         leases = [Lease(kv, f"projection-{r.name}", holder, ttl=ttl) for r in runners]
-        holding = [asyncio.create_task(lease.run()) for lease in leases]
         try:
-            await asyncio.gather(*(run_while_held(lease, r.run) for lease, r in zip(leases, runners, strict=True)))
-        finally:
-            for lease in leases:
-                lease.stop()
-            for task in holding:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            # One runner failing for a reason it does not retry ends them all, and the process:
+            # its supervisor starts it afresh (a runner left going would hold the pool open).
+            async with asyncio.TaskGroup() as group:
+                for lease, runner in zip(leases, runners, strict=True):
+                    group.create_task(lease.run())
+                    group.create_task(run_while_held(lease, runner.run))
+        except* Exception as failed:
+            for exc in failed.exceptions:
+                log.error("projections: stopping on %r", exc, exc_info=exc)
+            raise
     finally:
-        await pool.close()
+        # Bounded: a connection still busy (its server gone) must not keep a dying process alive.
+        try:
+            await asyncio.wait_for(pool.close(), POOL_CLOSE_TIMEOUT)
+        except TimeoutError:
+            pool.terminate()
         await nc.close()

@@ -19,6 +19,7 @@ transaction, so redelivery or a crash between apply and ack never applies an eve
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -137,6 +138,7 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,
     asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.InternalClientError,  # how asyncpg may report a connection lost mid-operation
     asyncpg.exceptions.SerializationError,
     asyncpg.exceptions.DeadlockDetectedError,
 )
@@ -145,13 +147,24 @@ TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
 RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, FleetError)
 
 
+async def _unlock(conn: asyncpg.Connection, sql: str, *args: object) -> None:
+    """Release a session's advisory lock. When the connection cannot say it (its server went away
+    mid-operation), it is closed instead: the session's end releases the lock as well, and the
+    error that brought us here is the one raised."""
+    try:
+        await conn.execute(sql, *args)
+    except TRANSIENT_DB_ERRORS:
+        with contextlib.suppress(asyncpg.InterfaceError):  # already closed or handed back
+            conn.terminate()
+
+
 async def ensure_control(conn: asyncpg.Connection) -> None:
     """Create the control tables if missing (idempotent)."""
     await conn.execute("SELECT pg_advisory_lock(724201)")  # concurrent starters: one at a time
     try:
         await conn.execute(CONTROL_SQL.read_text())
     finally:
-        await conn.execute("SELECT pg_advisory_unlock(724201)")
+        await _unlock(conn, "SELECT pg_advisory_unlock(724201)")
 
 
 def decode_batch(records: Sequence[Recorded]) -> tuple[list[Item], int]:
@@ -197,6 +210,12 @@ def _batches(log_: EventLog, from_seq: int, to_seq: int | None, follow: bool,
     return log_.batches(from_seq, to_seq, follow=follow, size=size)
 
 
+def _cancelled() -> bool:
+    """Is the running task being cancelled (even if what it awaited raised something else)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 class Runner:
     """Keeps one projection up to date with the log."""
 
@@ -223,6 +242,8 @@ class Runner:
             except _Restart:
                 continue
             except RETRYABLE as exc:
+                if _cancelled():  # a cancellation asyncpg reported as a lost connection: end
+                    raise asyncio.CancelledError from exc
                 log.warning("projection %s: %r; retrying in %.1fs from its checkpoint",
                             self.name, exc, wait)
                 await asyncio.sleep(wait)
@@ -377,7 +398,7 @@ async def rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection
             return await _rebuild(pool, eventlog, projection, batch_size=batch_size,
                                   after_batch=after_batch, progress=progress)
         finally:
-            await lock.execute("SELECT pg_advisory_unlock(hashtext($1))", f"rebuild:{projection.name}")
+            await _unlock(lock, "SELECT pg_advisory_unlock(hashtext($1))", f"rebuild:{projection.name}")
 
 
 async def _rebuild(pool: asyncpg.Pool, eventlog: EventLog, projection: Projection, *, batch_size: int,

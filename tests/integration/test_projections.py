@@ -474,3 +474,28 @@ async def test_postgres_outage_runner_retries_and_resumes_without_duplicates(
             await pool.close()
     finally:
         server.stop()
+
+
+async def test_kill_9_of_postgresql_while_projections_start_never_stops_them(
+    eventlog: EventLog, tmp_path: Path
+) -> None:
+    # PostgreSQL killed at moments of the runners' first build (control tables, advisory locks,
+    # the build schema): each time they come back by themselves and catch up, and stop when told.
+    # (Killed a few ms into the build, asyncpg reported the lost connection as an error the runner
+    # did not retry, and a cancellation as one it did: the projections process never ended.)
+    server = EmbeddedPostgres(tmp_path / "pg", durable=True)
+    await server.start()
+    try:
+        await append_history(eventlog, 20, rounds=1)
+        for n, delay in enumerate((0.0, 0.002, 0.004, 0.006, 0.01, 0.02)):
+            pool = await create_pool(await server.create_database(f"start_{n}"), min_size=0, max_size=4)
+            try:
+                async with running(pool, eventlog):
+                    await asyncio.sleep(delay)
+                    server.kill()
+                    await server.start()
+                    await wait_caught_up(pool, eventlog, timeout=60)
+            finally:
+                await asyncio.wait_for(pool.close(), 10)
+    finally:
+        server.stop()
