@@ -152,6 +152,7 @@ class DriftService:
         self._follower: asyncio.Task[None] | None = None
         self._next_seq = 1  # the next log sequence to apply
         self._last_written = 0  # sequence of the newest event this instance appended
+        self._outage = False  # our NATS connection was seen down by a tick
         self.checkpoints = checkpoints
         self._sub: Subscription | None = None
         self._dropped_counter = telemetry.meter.create_counter(
@@ -363,33 +364,37 @@ class DriftService:
             self.devices[device_id] = self._emit(state, events, now)
 
     async def _tick_loop(self) -> None:
-        outage = False
         while True:
             await asyncio.sleep(self.tick_every)
-            now = self.clock()
-            if not self.nc.is_connected:
-                # We hear nobody while our own connection is down: that says nothing about devices.
-                outage = True
-                continue
-            if outage:  # back: every device gets a full offline window again, as after a restart
-                outage = False
-                self._restart_follow()
-                for device_id, state in self.devices.items():
-                    self.devices[device_id] = resume(state, now)
-                log.info("drift: NATS connection back; liveness windows restarted")
-                continue
-            tick = Tick()
-            policy = self.policy
+            self.tick()
+
+    def tick(self) -> None:
+        """One pass of the devices' clocks at the injected clock's time: offline, the end of the
+        drift grace, reconcile retries; what it decides is queued for the writer."""
+        now = self.clock()
+        if not self.nc.is_connected:
+            # We hear nobody while our own connection is down: that says nothing about devices.
+            self._outage = True
+            return
+        if self._outage:  # back: every device gets a full offline window again, as after a restart
+            self._outage = False
+            self._restart_follow()
             for device_id, state in self.devices.items():
-                if tick_due(state, now, policy):
-                    try:  # one device that cannot be decided never stops the others' clocks
-                        events = decide(state, tick, now, policy)
-                    except Exception:
-                        log.exception("drift: tick of device %s failed; the others go on", device_id)
-                        self.stats.errors += 1
-                        continue
-                    if events:
-                        self.devices[device_id] = self._emit(state, events, now)
+                self.devices[device_id] = resume(state, now)
+            log.info("drift: NATS connection back; liveness windows restarted")
+            return
+        tick = Tick()
+        policy = self.policy
+        for device_id, state in self.devices.items():
+            if tick_due(state, now, policy):
+                try:  # one device that cannot be decided never stops the others' clocks
+                    events = decide(state, tick, now, policy)
+                except Exception:
+                    log.exception("drift: tick of device %s failed; the others go on", device_id)
+                    self.stats.errors += 1
+                    continue
+                if events:
+                    self.devices[device_id] = self._emit(state, events, now)
 
     async def _write_loop(self) -> None:
         while True:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -175,7 +176,7 @@ async def test_pause_resume_abort_and_overlap(service: RolloutService, nc: NATS,
     paused = await client.send("rollout", "pause", {"rollout_id": "r1"})
     assert paused.result["status"] == "paused"
     assigned = paused.result["assigned"]
-    await asyncio.sleep(0.3)
+    await service.tick_all(utcnow() + timedelta(hours=2))  # long past every deadline: still nothing
     assert (await client.send("rollout", "get", {"rollout_id": "r1"})).result["assigned"] == assigned
     assert (await client.send("rollout", "resume", {"rollout_id": "r1"})).result["status"] == "running"
     aborted = await client.send("rollout", "abort", {"rollout_id": "r1"})
