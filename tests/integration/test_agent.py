@@ -19,7 +19,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.agent.agent import Agent, AgentOptions, disk_hash, parse_metrics
+from services.agent.agent import Agent, AgentOptions, disk_hash
 from shared.config import Settings
 from shared.configs import config_hash
 from shared.desired import ensure_bucket, put_desired
@@ -69,11 +69,6 @@ async def listen(nc: NATS, site: str, device: str) -> Beats:
     beats = Beats()
     await nc.subscribe(heartbeat_subject(site, device), cb=beats.on)
     return beats
-
-
-def test_parse_metrics() -> None:
-    assert parse_metrics("error_rate=0.02\nnoise\n latency_ms = 12 \nbad=x\n=3\n") == {
-        "error_rate": 0.02, "latency_ms": 12.0}
 
 
 async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: EmbeddedNats, tmp_path: Path,

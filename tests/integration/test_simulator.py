@@ -66,20 +66,6 @@ async def until(check: Callable[[], object], what: str, timeout: float = 20.0) -
         await asyncio.sleep(0.05)
 
 
-def test_same_seed_same_story() -> None:
-    def story(seed: int) -> tuple[list[list[int]], list[tuple[bool, bool]]]:
-        sim = FleetSimulator.__new__(FleetSimulator)  # pure parts only: no connection needed
-        sim.options = SimOptions(devices=500, sites=7, interval=1.0, offline=0.05, tamper=0.05, seed=seed)
-        return sim.slots(), [sim.fate(i, r) for i in range(500) for r in range(20)]
-
-    assert story(3) == story(3)
-    assert story(3) != story(4)
-    slots, fates = story(3)
-    assert sorted(i for slot in slots for i in slot) == list(range(500))
-    offline = sum(o for o, _ in fates) / len(fates)
-    assert 0.03 < offline < 0.07
-
-
 async def test_register_fails_clearly_without_a_registry(nc: NATS, eventlog: EventLog) -> None:
     sim = FleetSimulator(nc, SimOptions(devices=3, sites=1, interval=0.2, prefix="lonely"))
     with pytest.raises(Unavailable, match="--no-register"):
