@@ -14,15 +14,15 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from services.rollout.spec import Canary
 from shared.envelope import Event
-from shared.errors import Conflict, Invalid
+from shared.errors import Conflict, Invalid, NotFound
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import (
     GateInputs,
@@ -100,6 +100,16 @@ class Assignment(msgspec.Struct, frozen=True, array_like=True, gc=False):
     deadline: datetime
     previous: tuple[str, str] | None = None
     left: str = ""
+
+
+class SnapshotView(Protocol):
+    """What starting a rollout needs to know of its snapshot (`fleet_index.SnapshotInfo` is one)."""
+
+    retired: bool
+
+    def hash_for_site(self, site: str) -> str:
+        """The config hash of the snapshot's effective config at `site`."""
+        ...
 
 
 class Rollout(msgspec.Struct):
@@ -218,8 +228,9 @@ def start(
     *,
     snapshot_id: str,
     target: str,
+    snapshot: SnapshotView | None,
     devices: Mapping[str, str],
-    config_hashes: Mapping[str, str],
+    others: Iterable[Rollout] = (),
     canary: Canary,
     canary_text: str,
     percents: Sequence[int],
@@ -234,11 +245,22 @@ def start(
     ignore_windows: bool = False,
     rollback_in_windows: bool = False,
 ) -> list[Event]:
-    """Events that start a rollout: the spec and the recorded wave plan."""
+    """Events that start a rollout of `snapshot` (None: it does not exist) to `devices` (the
+    target's active devices, with their sites): the spec, with each site's config hash, and the
+    recorded wave plan. A device may be in one active rollout at a time: `others` are the other
+    rollouts, and one holding a target device refuses the start."""
+    if snapshot is None:
+        raise NotFound(f"snapshot {snapshot_id} does not exist", field="snapshot_id")
+    if snapshot.retired:
+        raise Invalid(f"snapshot {snapshot_id} is retired and cannot be rolled out", field="snapshot_id")
     if state.status != "new":
         raise Conflict(f"rollout {rollout_id} already exists ({state.status})", field="rollout_id")
     if not devices:
         raise Invalid(f"the target {target!r} matches no active device", field="target")
+    busy = sorted({d for other in others if other.active for d in other.devices if d in devices})
+    if busy:
+        shown = ", ".join(busy[:10]) + (f" and {len(busy) - 10} more" if len(busy) > 10 else "")
+        raise Conflict(f"{len(busy)} target devices are already in an active rollout: {shown}", field="target")
     if on_failure not in ("pause", "rollback"):
         raise Invalid("on_failure must be pause or rollback", field="on_failure")
     if not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
@@ -253,7 +275,8 @@ def start(
         wave_percents=list(percents), wave_sizes=[len(w) for w in waves],
         max_in_flight=max_in_flight, bake_seconds=bake_seconds,
         apply_timeout_seconds=apply_timeout_seconds, gates=gates, on_failure=on_failure,
-        approve_after=sorted(set(approve_after)), config_hashes=dict(config_hashes),
+        approve_after=sorted(set(approve_after)),
+        config_hashes={site: snapshot.hash_for_site(site) for site in sorted(set(devices.values()))},
         not_before=format_time(not_before) if not_before is not None else None,
         ignore_windows=ignore_windows, rollback_in_windows=rollback_in_windows,
     )]
@@ -270,7 +293,7 @@ def start(
 
 def _require_started(state: Rollout) -> RolloutStarted:
     if state.spec is None:
-        raise Invalid(f"rollout {state.rollout_id} does not exist", field="rollout_id")
+        raise NotFound(f"rollout {state.rollout_id} does not exist", field="rollout_id")
     return state.spec
 
 

@@ -32,7 +32,7 @@ from shared.configs import effective_config
 from shared.desired import ensure_bucket, put_desired
 from shared.devices import HEARTBEAT_DECODER, EncodedDesiredState
 from shared.envelope import Envelope, Event, seal
-from shared.errors import Conflict, Invalid, NotFound, Unavailable
+from shared.errors import Conflict, NotFound, Unavailable
 from shared.eventlog import Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import (
@@ -531,27 +531,16 @@ class RolloutService:
         timeout = parse_duration(cmd.apply_timeout, "apply_timeout")
         not_before = parse_time(cmd.not_before, "not_before") if cmd.not_before else None
         await self.caught_up()
-        snap = self.index.snapshots.get(cmd.snapshot_id)
-        if snap is None:
-            raise NotFound(f"snapshot {cmd.snapshot_id} does not exist", field="snapshot_id")
-        if snap.retired:
-            raise Invalid(f"snapshot {cmd.snapshot_id} is retired and cannot be rolled out", field="snapshot_id")
         async with self._lock:
             done = self.store.already_done(cmd.command_id)
             if done is not None:
                 return Outcome(done, self.describe(self.store.get(rollout_id).state))
             devices = {d: info.site for d, info in self.index.devices.items()
                        if not info.retired and selector.matches(info.labels, info.site, info.kind)}
-            busy = sorted(d for s in self.store.slots.values() if s.state.active
-                          for d in s.state.devices if d in devices)
-            if busy:
-                shown = ", ".join(busy[:10]) + (f" and {len(busy) - 10} more" if len(busy) > 10 else "")
-                raise Conflict(f"{len(busy)} target devices are already in an active rollout: {shown}",
-                               field="target")
-            hashes = {site: snap.hash_for_site(site) for site in set(devices.values())}
             events = domain.start(
-                rollout_id, snapshot_id=cmd.snapshot_id, target=cmd.target, devices=devices,
-                config_hashes=hashes, canary=canary, canary_text=cmd.canary, percents=percents,
+                rollout_id, snapshot_id=cmd.snapshot_id, snapshot=self.index.snapshots.get(cmd.snapshot_id),
+                target=cmd.target, devices=devices, others=(slot.state for slot in self.store.slots.values()),
+                canary=canary, canary_text=cmd.canary, percents=percents,
                 max_in_flight=cmd.max_in_flight, bake_seconds=bake, apply_timeout_seconds=timeout,
                 gates=gates, on_failure=cmd.on_failure, approve_after=cmd.approve_after,
                 state=self.store.get(rollout_id).state, not_before=not_before,
@@ -560,8 +549,9 @@ class RolloutService:
                 preview = domain.initial(rollout_id)
                 for event in events:
                     domain.evolve(preview, event)
-                return Outcome((), {**self.describe(preview), "dry_run": True,
-                                    "plan": preview.waves, "config_hashes": hashes,
+                hashes = preview.spec.config_hashes if preview.spec else {}
+                return Outcome((), {**self.describe(preview), "dry_run": True, "plan": preview.waves,
+                                    "config_hashes": hashes,
                                     "schedule": domain.expected_schedule(preview, self.index.view, ctx.now)})
             appended = await self._commit(rollout_id, events, cmd.command_id, ctx.now, cmd.actor)
             return Outcome(appended, self.describe(self.store.get(rollout_id).state))

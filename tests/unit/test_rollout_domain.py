@@ -15,17 +15,20 @@ from services.rollout import domain
 from services.rollout.domain import Desired, FleetView, Observed, Rollout
 from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gate, parse_waves
 from shared.envelope import Event
-from shared.errors import Conflict, Invalid
+from shared.errors import Conflict, Invalid, NotFound
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import (
     Gates,
     RolloutDevicesAssigned,
     RolloutGateEvaluated,
     RolloutResumed,
+    RolloutStarted,
+    RolloutWavePlanned,
     RolloutWaveStarted,
 )
 from shared.times import parse_time
 from shared.windows import is_open, parse_windows
+from tests.unit.snapshots import FixedSnapshot
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 NEW = "hash-new"
@@ -41,7 +44,7 @@ def begin(devices: dict[str, str], *, canary: str = "", waves: str = "50,100", m
     state = domain.initial("r1")
     events = domain.start(
         "r1", snapshot_id="snap-2", target="tier=edge", devices=devices,
-        config_hashes=dict.fromkeys(set(devices.values()), NEW), canary=parse_canary(canary),
+        snapshot=FixedSnapshot(NEW), canary=parse_canary(canary),
         canary_text=canary, percents=parse_waves(waves), max_in_flight=max_in_flight,
         bake_seconds=bake, apply_timeout_seconds=timeout, gates=gates or Gates(min_healthy=1.0, max_failed=0),
         on_failure=on_failure, approve_after=list(approve_after), state=state, **windows)
@@ -224,7 +227,7 @@ def test_held_wave_waits_for_promote() -> None:
 
 
 def test_commands_refuse_what_makes_no_sense() -> None:
-    with pytest.raises(Invalid, match="does not exist"):
+    with pytest.raises(NotFound, match="does not exist"):
         domain.pause(domain.initial("nope"))
     with pytest.raises(Invalid, match="matches no active device"):
         begin({})
@@ -238,7 +241,7 @@ def test_commands_refuse_what_makes_no_sense() -> None:
     with pytest.raises(Conflict):
         domain.promote(state)
     with pytest.raises(Conflict, match="already exists"):
-        domain.start("r1", snapshot_id="s", target="", devices=fleet(2), config_hashes={"s0": "h", "s1": "h"},
+        domain.start("r1", snapshot_id="s", target="", devices=fleet(2), snapshot=FixedSnapshot("h"),
                      canary=parse_canary(""), canary_text="", percents=[100], max_in_flight=1,
                      bake_seconds=0, apply_timeout_seconds=1, gates=Gates(), on_failure="pause",
                      approve_after=[], state=state)
@@ -335,3 +338,42 @@ def test_random_interleavings_keep_the_invariants(
         if state.status == "paused":
             step(domain.resume(state))
     assert state.status in ("completed", "aborted", "rolled_back")
+
+
+@given(target=st.sets(st.integers(0, 29), max_size=30),
+       others=st.lists(st.tuples(st.sets(st.integers(0, 29), max_size=10),
+                                 st.sampled_from([*domain.ACTIVE, *domain.TERMINAL])), max_size=4),
+       snapshot=st.sampled_from(["ok", "missing", "retired"]))
+def test_start_refuses_what_it_must_and_plans_each_target_device_once(
+        target: set[int], others: list[tuple[set[int], str]], snapshot: str) -> None:
+    devices = {f"d{i:03d}": f"s{i % 4}" for i in sorted(target)}
+    rollouts = [Rollout(f"o{n}", status=status, waves=[[f"d{i:03d}" for i in sorted(held)]])
+                for n, (held, status) in enumerate(others)]
+    busy = {d for r in rollouts if r.active for d in r.devices} & devices.keys()
+
+    def start() -> list[Event]:
+        chosen = {"ok": FixedSnapshot("h"), "missing": None, "retired": FixedSnapshot("h", retired=True)}[snapshot]
+        return domain.start("r1", snapshot_id="snap", snapshot=chosen, target="t", devices=devices, others=rollouts,
+                            canary=parse_canary(""), canary_text="", percents=[50, 100], max_in_flight=5,
+                            bake_seconds=0, apply_timeout_seconds=60, gates=Gates(), on_failure="pause",
+                            approve_after=[], state=domain.initial("r1"))
+
+    if snapshot == "missing":
+        with pytest.raises(NotFound, match="snap does not exist"):
+            start()
+    elif snapshot == "retired":
+        with pytest.raises(Invalid, match="retired"):
+            start()
+    elif not devices:
+        with pytest.raises(Invalid, match="matches no active device"):
+            start()
+    elif busy:  # a device is in one active rollout at a time
+        with pytest.raises(Conflict, match=f"{len(busy)} target devices are already in an active rollout"):
+            start()
+    else:
+        events = start()
+        started = events[0]
+        assert isinstance(started, RolloutStarted)
+        assert started.config_hashes == dict.fromkeys(set(devices.values()), "h")
+        planned = [d for e in events if isinstance(e, RolloutWavePlanned) for d in e.devices]
+        assert sorted(planned) == sorted(devices)  # every target device, once

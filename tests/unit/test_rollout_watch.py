@@ -17,6 +17,7 @@ from services.rollout.spec import parse_canary, parse_waves
 from shared.envelope import Event
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import Gates
+from tests.unit.snapshots import FixedSnapshot
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -34,7 +35,7 @@ class Driven:
         self.view = FleetView(site_of=dict(devices), desired={d: Desired("old", "h-old", 1) for d in devices},
                               observed={d: Observed(online=True, config_hash="h-old") for d in devices})
         self.pending: deque[Event] = deque(domain.start(
-            "r1", snapshot_id="new", target="", devices=devices, config_hashes={"s0": "h-new", "s1": "h-new"},
+            "r1", snapshot_id="new", target="", devices=devices, snapshot=FixedSnapshot("h-new"),
             canary=parse_canary("2"), canary_text="2", percents=parse_waves("50,100"), max_in_flight=10,
             bake_seconds=bake, apply_timeout_seconds=60, gates=Gates(min_healthy=1.0), on_failure=on_failure,
             approve_after=approve_after or [], state=self.state))

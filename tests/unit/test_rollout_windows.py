@@ -20,6 +20,7 @@ from shared.errors import Invalid
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import Gates, RolloutRolledBack, RolloutWaveWaiting
 from shared.windows import parse_label_windows, parse_windows
+from tests.unit.snapshots import FixedSnapshot
 
 # Monday 2026-03-02 21:30 UTC: 22:30 in Berlin (its night window is open), 16:30 in New York
 # (closed until 22:00 New York = 03:00 UTC), Tokyo has no windows at all.
@@ -33,7 +34,7 @@ def begin(**options: Any) -> tuple[Rollout, FleetView, list[Event]]:
     state = domain.initial("r1")
     settings: dict[str, Any] = {"bake_seconds": 60.0, "on_failure": "pause", "gates": Gates(), **options}
     events = domain.start(
-        "r1", snapshot_id="new", target="", devices=DEVICES, config_hashes=dict.fromkeys(WINDOWS.keys() | {"tyo"}, "h"),
+        "r1", snapshot_id="new", target="", devices=DEVICES, snapshot=FixedSnapshot("h"),
         canary=parse_canary(""), canary_text="", percents=parse_waves("100"), max_in_flight=100,
         apply_timeout_seconds=600, approve_after=[], state=state, **settings)
     for event in events:

@@ -19,6 +19,7 @@ from services.rollout.whatif import Proposal
 from shared.errors import Invalid
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import GateInputs, Gates, RolloutGateEvaluated
+from tests.unit.snapshots import FixedSnapshot
 
 T0 = datetime(2026, 5, 4, tzinfo=UTC)
 
@@ -38,7 +39,7 @@ def run_rollout(error_rates: list[float], *, gates: Gates, healthy: bool = True)
     """A two-wave rollout through the pure domain; devices report `error_rates` (cycled)."""
     devices = {f"d{i:03d}": "s0" for i in range(len(error_rates))}
     state = domain.initial("r1")
-    for event in domain.start("r1", snapshot_id="new", target="", devices=devices, config_hashes={"s0": "h"},
+    for event in domain.start("r1", snapshot_id="new", target="", devices=devices, snapshot=FixedSnapshot("h"),
                               canary=parse_canary(""), canary_text="", percents=parse_waves("50,100"),
                               max_in_flight=1000, bake_seconds=10, apply_timeout_seconds=60, gates=gates,
                               on_failure="pause", approve_after=[], state=state):
