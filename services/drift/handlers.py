@@ -51,6 +51,7 @@ from services.drift.domain import (
     tick_due,
 )
 from shared import telemetry
+from shared.appending import Pipeline
 from shared.atomic import MAX_BATCH
 from shared.checkpoint import Checkpoints
 from shared.commands import Command as CommandBody
@@ -281,7 +282,7 @@ class DriftService:
                               correlation_id=cmd.command_id) for e in events]
             subject = event_subject("observed", cmd.device_id)
             self._own.update(e.id for e in envelopes)
-            appended = await self.log.append(subject, envelopes, self._seqs.get(cmd.device_id, 0))
+            appended = await Pipeline.once(self.log, [Write(subject, envelopes, self._seqs.get(cmd.device_id, 0))])
             self._seqs[cmd.device_id] = appended[-1].seq
             state = self.devices.get(cmd.device_id) or state  # heartbeats may have moved it meanwhile
             for event in events:
@@ -427,29 +428,37 @@ class DriftService:
         # Take what is pending now; events decided while this append is in flight wait for the next.
         batch, self._pending = self._pending, {}
         items = list(batch.items())
+        settled: set[str] = set()  # devices whose events landed, or were found in the log or refused
+
+        def landed(chunk: list[tuple[str, list[Envelope]]], appended: list[Appended]) -> None:
+            for where in appended:
+                self._seqs[parse_event_subject(where.subject)[1]] = where.seq
+                self._last_written = max(self._last_written, where.seq)
+            self.stats.appended += len(appended)
+            settled.update(device_id for device_id, _ in chunk)
+
+        async def refused(chunk: list[tuple[str, list[Envelope]]], exc: Conflict) -> None:
+            await self._resynchronise(chunk, exc)
+            settled.update(device_id for device_id, _ in chunk)
+
         try:
-            while items:
-                chunk: list[tuple[str, list[Envelope]]] = []
-                size = 0
-                for device_id, envelopes in items:
-                    if chunk and size + len(envelopes) > MAX_BATCH:
-                        break
-                    chunk.append((device_id, envelopes))
-                    size += len(envelopes)
-                writes = [Write(event_subject("observed", d), envs, self._seqs.get(d, 0)) for d, envs in chunk]
-                try:
-                    appended = await self.log.append_batch(writes)
-                except Conflict as exc:
-                    await self._resynchronise(chunk, exc)
-                else:
-                    for where in appended:
-                        self._seqs[parse_event_subject(where.subject)[1]] = where.seq
-                        self._last_written = max(self._last_written, where.seq)
-                    self.stats.appended += len(appended)
-                del items[:len(chunk)]
+            async with Pipeline[list[tuple[str, list[Envelope]]]](self.log, landed=landed, refused=refused) as pipe:
+                start = 0
+                while start < len(items):
+                    chunk: list[tuple[str, list[Envelope]]] = []
+                    size = 0
+                    for device_id, envelopes in items[start:]:
+                        if chunk and size + len(envelopes) > MAX_BATCH:
+                            break
+                        chunk.append((device_id, envelopes))
+                        size += len(envelopes)
+                    start += len(chunk)
+                    await pipe.send([Write(event_subject("observed", d), envs, self._seqs.get(d, 0))
+                                     for d, envs in chunk], chunk)
         finally:
-            if items:  # not written (NATS away): put back in front of anything decided since
-                later, self._pending = self._pending, dict(items)
+            rest = [(d, envs) for d, envs in items if d not in settled]
+            if rest:  # not written (NATS away): put back in front of anything decided since
+                later, self._pending = self._pending, dict(rest)
                 for device_id, envelopes in later.items():
                     self._pending.setdefault(device_id, []).extend(envelopes)
         if self._reconcile:

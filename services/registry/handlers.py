@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -31,14 +30,15 @@ from services.registry.domain import (
     UpdateSite,
 )
 from shared.aggregates import AggregateStore, Slot, StoreImage
+from shared.appending import Pipeline
 from shared.atomic import MAX_BATCH
 from shared.checkpoint import Checkpoints
 from shared.commands import Command, CommandService, Context, Outcome, decode_error_field
-from shared.envelope import Envelope, Event
+from shared.envelope import Event, seal
 from shared.errors import Conflict, FleetError, Invalid, NotFound
 from shared.eventlog import Appended, EventLog, Write
 from shared.events.registry import DeviceAdded
-from shared.ids import check_id, new_event_id
+from shared.ids import check_id
 from shared.peers import follow_peers
 from shared.selectors import Selector, parse
 from shared.subjects import aggregate_wildcard, event_subject, parse_event_subject
@@ -63,12 +63,20 @@ class RegistryImage(msgspec.Struct, frozen=True):
 
 
 @dataclass
-class _Flight:
-    """One atomic batch of an import on its way to the log."""
+class _Chunk:
+    """One atomic batch of an import: its lines, and the devices they add."""
 
-    task: asyncio.Task[list[Appended]]
-    chunk: Sequence[tuple[int, DeviceAdded]]
+    lines: Sequence[tuple[int, DeviceAdded]]
     ids: set[str]
+
+
+@dataclass
+class _Imported:
+    """What an import's batches came to: events stored, lines refused or changing nothing."""
+
+    appended: list[Appended] = field(default_factory=list)
+    refused: list[Refusal] = field(default_factory=list)
+    unchanged: int = 0
 
 
 class Refusal(msgspec.Struct, frozen=True):
@@ -308,57 +316,40 @@ class Registry:
 
     async def _append_in_order(self, accepted: Sequence[tuple[int, DeviceAdded]], cmd: Command,
                                ctx: Context) -> tuple[list[Appended], list[Refusal], int]:
-        """Append accepted lines in atomic batches of up to 1,000, in order. Up to
-        BATCHES_IN_FLIGHT batches are at the server at once, except that a batch naming a parent
-        added by a batch still in flight waits for it, so a parent is always stored before its
-        children. The next batch is sealed, and a stored one folded into memory, while others are
-        in flight."""
-        appended: list[Appended] = []
-        refused: list[Refusal] = []
-        unchanged = 0
-        window: deque[_Flight] = deque()
+        """Append accepted lines in atomic batches of up to 1,000, in order, BATCHES_IN_FLIGHT
+        batches at the server at once, except that a batch naming a parent added by a batch still
+        in flight waits for it, so a parent is always stored before its children. A batch refused
+        (someone wrote one of its devices meanwhile) is decided again line by line."""
+        done = _Imported()
 
-        async def settle_oldest() -> None:
-            nonlocal unchanged
-            flight = window.popleft()
-            try:
-                where = await flight.task
-            except Conflict:
-                # Someone wrote one of these devices meanwhile: the batch was refused whole, so
-                # decide its lines one by one against the log.
-                landed, late_refusals, late_unchanged = await self._add_one_by_one(flight.chunk, cmd, ctx)
-                appended.extend(landed)
-                refused.extend(late_refusals)
-                unchanged += late_unchanged
-                return
-            self._fold_new_devices(flight.chunk, where)
-            appended.extend(where)
+        def landed(chunk: _Chunk, where: list[Appended]) -> None:
+            self._fold_new_devices(chunk.lines, where)
+            done.appended.extend(where)
 
-        try:
+        async def one_by_one(chunk: _Chunk, _: Conflict) -> None:
+            landed_late, refusals, same = await self._add_one_by_one(chunk.lines, cmd, ctx)
+            done.appended.extend(landed_late)
+            done.refused.extend(refusals)
+            done.unchanged += same
+
+        at = format_time(ctx.now)  # once for the whole import
+        async with Pipeline[_Chunk](self.log, window=BATCHES_IN_FLIGHT, landed=landed, refused=one_by_one) as pipe:
             for start in range(0, len(accepted), MAX_BATCH):
-                chunk = accepted[start:start + MAX_BATCH]
-                envelopes = await self._seal(chunk, cmd, ctx)
-                parents = {event.parent_id for _, event in chunk if event.parent_id is not None}
-                while window and (len(window) >= BATCHES_IN_FLIGHT
-                                  or any(not parents.isdisjoint(flight.ids) for flight in window)):
-                    await settle_oldest()
-                # Every accepted line adds a device that has no event yet: expected sequence 0.
-                writes = [Write(event_subject("device", envelope.aggregate_id), [envelope], 0)
-                          for envelope in envelopes]
-                task = asyncio.create_task(self.log.append_batch(writes))
-                window.append(_Flight(task, chunk, {event.device_id for _, event in chunk}))
-                await asyncio.sleep(0)  # let the batch go out before anything else
-            while window:
-                await settle_oldest()
-        except BaseException:
-            # The command fails (e.g. the log is unreachable): still wait for the batches already
-            # sent, so none is left running unobserved, and fold in those that were stored.
-            results = await asyncio.gather(*(flight.task for flight in window), return_exceptions=True)
-            for flight, result in zip(window, results, strict=True):
-                if isinstance(result, list):
-                    self._fold_new_devices(flight.chunk, result)
-            raise
-        return appended, refused, unchanged
+                lines = accepted[start:start + MAX_BATCH]
+                writes = []  # every accepted line adds a device that has no event yet: expected sequence 0
+                for n, (_, event) in enumerate(lines, 1):
+                    envelope = seal(event, actor=cmd.actor, at=at, causation_id=cmd.command_id,
+                                    correlation_id=cmd.command_id)
+                    writes.append(Write(event_subject("device", event.device_id), [envelope], 0))
+                    if n % 200 == 0:
+                        await asyncio.sleep(0)  # the batch in flight gets its acknowledgement handled
+                parents = {event.parent_id for _, event in lines if event.parent_id is not None}
+
+                def adds_a_parent(flying: _Chunk, parents: set[str] = parents) -> bool:
+                    return not parents.isdisjoint(flying.ids)
+
+                await pipe.send(writes, _Chunk(lines, {event.device_id for _, event in lines}), after=adds_a_parent)
+        return done.appended, done.refused, done.unchanged
 
     def _fold_new_devices(self, chunk: Sequence[tuple[int, DeviceAdded]], where: list[Appended]) -> None:
         """Each of these devices is new and this batch is its first event: fold it straight in
@@ -369,22 +360,6 @@ class Registry:
                                           at.seq)
         if where:
             self.devices.applied_through = max(self.devices.applied_through, where[-1].seq)
-
-    @staticmethod
-    async def _seal(chunk: Sequence[tuple[int, DeviceAdded]], cmd: Command, ctx: Context) -> list[Envelope]:
-        """Envelopes as `shared.envelope.seal` makes them, with the time formatted once for the
-        whole batch rather than once per event (it showed in profiles of large imports)."""
-        at = format_time(ctx.now)
-        envelopes = []
-        for n, (_, event) in enumerate(chunk, 1):
-            envelopes.append(Envelope(
-                type=type(event).__name__, v=event.schema_version, id=new_event_id(),
-                aggregate=event.aggregate, aggregate_id=event.aggregate_id, at=at, actor=cmd.actor,
-                causation_id=cmd.command_id, correlation_id=cmd.command_id,
-                data=msgspec.Raw(_EVENT_ENCODER.encode(event))))
-            if n % 200 == 0:
-                await asyncio.sleep(0)  # the batch in flight gets its acknowledgement handled
-        return envelopes
 
     async def _add_one_by_one(self, chunk: Sequence[tuple[int, DeviceAdded]], cmd: Command,
                               ctx: Context) -> tuple[list[Appended], list[Refusal], int]:

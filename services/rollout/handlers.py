@@ -11,6 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
@@ -26,6 +27,7 @@ from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gat
 from shared import telemetry
 from shared.aggregates import AggregateStore, StoreImage
 from shared.aio import wait_set
+from shared.appending import Pipeline
 from shared.checkpoint import Checkpoints
 from shared.commands import Command, CommandService, Context, Outcome
 from shared.configs import effective_config
@@ -388,70 +390,57 @@ class RolloutService:
         one atomic batch each) and write the devices' KV values, then fold everything in.
 
         Chunk groups (desired events and the one RolloutDevicesAssigned/Restored that names them)
-        are pipelined: up to PIPELINE batches in flight, since a batch's round trip, not this
-        process's CPU, is what bounds a large assignment. Every other group waits until all
-        earlier ones have landed and carries the rollout's expected sequence, so their order in
-        the log is the decided order; a chunk sent while others are in flight carries only its
-        devices' expected sequences (they alone guard against a device being assigned twice,
-        and the chunks of one commit are independent). A group's KV values are written once the
-        log has it, and the state advances only once all KV writes are done, so a reply never
-        claims more than the devices can see."""
-
+        are pipelined, up to PIPELINE batches in flight: a batch's round trip, not this process's
+        CPU, is what bounds a large assignment. Every other group waits until all earlier ones
+        have landed and carries the rollout's expected sequence, so their order in the log is the
+        decided order; a chunk sent while others are in flight carries only its devices' expected
+        sequences (they alone guard against a device being assigned twice, and the chunks of one
+        commit are independent). A group's KV values are written once the log has it, and the
+        state advances only once all KV writes are done, so a reply never claims more than the
+        devices can see. A refused group fails the commit, after the devices it named and the
+        rollout are read again from the log."""
         at = format_time(now)
-
-        def seal_(event: Event) -> Envelope:
-            return seal(event, actor=actor, at=at, causation_id=command_id, correlation_id=command_id or rollout_id)
-
         subject = event_subject("rollout", rollout_id)
-        rollout_seq = self.store.get(rollout_id).seq
-        in_flight: list[asyncio.Task[list[Appended]]] = []
-        sent: list[tuple[asyncio.Task[list[Appended]], list[Write], list[Event]]] = []  # events as in writes
         kv_writes: list[asyncio.Task[None]] = []
+        stale: list[str] = []  # devices of refused groups: read again from the log
 
-        async def append(writes: list[Write], desired: list[DesiredStateAssigned]) -> list[Appended]:
-            nonlocal rollout_seq
-            stored = await self.log.append_batch(writes)
-            if desired:  # the log has them: now the devices may see them
-                kv_writes.append(asyncio.create_task(self._put_kv(desired)))
-            if writes[-1].subject == subject:  # the rollout's own events come last in a batch
-                rollout_seq = max(rollout_seq, stored[-1].seq)
-            return stored
+        def landed(group: _Group, _: list[Appended]) -> None:
+            if group.desired:  # the log has them: now the devices may see them
+                kv_writes.append(asyncio.create_task(self._put_kv(group.desired)))
 
+        async def refused(group: _Group, exc: Conflict) -> None:
+            stale.extend(e.device_id for e in group.desired)
+            raise exc
+
+        pipeline = Pipeline[_Group](self.log, window=PIPELINE, landed=landed, refused=refused)
         try:
-            for group in _groups(events):
-                desired = [e for e in group if isinstance(e, DesiredStateAssigned)]
-                own = [e for e in group if not isinstance(e, DesiredStateAssigned)]
-                chunk = len(own) == 1 and isinstance(own[0], RolloutDevicesAssigned | RolloutDevicesRestored)
-                if in_flight and (not chunk or len(in_flight) >= PIPELINE):
-                    await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED if chunk
-                                       else asyncio.ALL_COMPLETED)
-                for task in in_flight:
-                    if task.done():
-                        task.result()  # a failed batch stops the commit here
-                in_flight = [task for task in in_flight if not task.done()]
-                writes = [Write(e.subject, [seal_(e)], self.index.desired_seq.get(e.device_id, 0)) for e in desired]
-                if own:
-                    writes.append(Write(subject, [seal_(e) for e in own], None if in_flight else rollout_seq))
-                task = asyncio.create_task(append(writes, desired))
-                in_flight.append(task)
-                sent.append((task, writes, [*desired, *own]))
+            async with pipeline:
+                for events_of_group in _groups(events):
+                    desired = [e for e in events_of_group if isinstance(e, DesiredStateAssigned)]
+                    own = [e for e in events_of_group if not isinstance(e, DesiredStateAssigned)]
+                    chunk = len(own) == 1 and isinstance(own[0], RolloutDevicesAssigned | RolloutDevicesRestored)
+                    if not chunk:
+                        await pipeline.drain()  # in the decided order, after everything before it
+                    group = _Group(desired, [*desired, *own], [
+                        seal(e, actor=actor, at=at, causation_id=command_id,
+                             correlation_id=command_id or rollout_id) for e in [*desired, *own]])
+                    writes = [Write(e.subject, [envelope], self.index.desired_seq.get(e.device_id, 0))
+                              for e, envelope in zip(desired, group.envelopes[:len(desired)], strict=True)]
+                    if own:
+                        expected = max(self.store.get(rollout_id).seq, pipeline.last.get(subject, 0))
+                        writes.append(Write(subject, group.envelopes[len(desired):],
+                                            None if pipeline.in_flight else expected))
+                    await pipeline.send(writes, group)
         finally:
-            outcomes = await asyncio.gather(*(task for task, _, _ in sent), return_exceptions=True)
             await asyncio.gather(*kv_writes)
-            landed = [(Recorded(where.seq, where.subject, envelope), event)
-                      for stored, (_, writes, decided) in zip(outcomes, sent, strict=True) if isinstance(stored, list)
-                      for where, envelope, event in zip(stored, [e for w in writes for e in w.envelopes], decided,
-                                                        strict=True)]
-            for recorded, event in sorted(landed, key=lambda pair: pair[0].seq):  # in the order stored
+            landed_events = [(Recorded(where.seq, where.subject, envelope), event)
+                             for group, stored in pipeline.stored
+                             for where, envelope, event in zip(stored, group.envelopes, group.events, strict=True)]
+            for recorded, event in sorted(landed_events, key=lambda pair: pair[0].seq):  # in the order stored
                 self._apply(recorded, event)
-            failed = [(outcome, decided) for outcome, (_, _, decided) in zip(outcomes, sent, strict=True)
-                      if isinstance(outcome, BaseException)]
-            if any(isinstance(outcome, Conflict) for outcome, _ in failed):
-                await self._resync([e.device_id for _, decided in failed for e in decided
-                                    if isinstance(e, DesiredStateAssigned)], rollout_id)
-        for outcome, _ in failed:
-            raise outcome
-        return [where for stored in outcomes if isinstance(stored, list) for where in stored]
+            if stale:
+                await self._resync(stale, rollout_id)
+        return [where for _, stored in pipeline.stored for where in stored]
 
     async def _resync(self, devices: list[str], rollout_id: str) -> None:
         await self._load_desired(devices)
@@ -639,6 +628,16 @@ def _gate_summary(gate: RolloutGateEvaluated) -> dict[str, Any]:
     summary: dict[str, Any] = msgspec.to_builtins(gate)
     summary["inputs"].pop("distributions", None)
     return summary
+
+
+@dataclass
+class _Group:
+    """One atomic batch of a commit: its desired events, all its events and their envelopes
+    (in the order written: desired events first)."""
+
+    desired: list[DesiredStateAssigned]
+    events: list[Event]
+    envelopes: list[Envelope]
 
 
 def _groups(events: Sequence[Event]) -> list[list[Event]]:

@@ -18,7 +18,7 @@ from services.drift.main import lease_name
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
 from shared.lease import holder_of
-from tests.integration.test_drift import Device, beating, observed, register, types
+from tests.integration.test_drift import Device, observed, register, types
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -41,12 +41,15 @@ async def holder_pid(nc: NATS, among: set[int], not_: int | None = None) -> int:
     raise AssertionError("no drift instance took the lease")
 
 
-async def wait_for(eventlog: EventLog, device: str, kinds: list[str]) -> None:
+async def wait_for(eventlog: EventLog, device: Device, kinds: list[str]) -> None:
+    """Until the device's observed events begin with `kinds`, the device heartbeating meanwhile
+    (the instances run on the wall clock: separate processes)."""
     for _ in range(300):
-        if types(await observed(eventlog, device))[:len(kinds)] == kinds:
+        await device.beat()
+        if types(await observed(eventlog, device.device))[:len(kinds)] == kinds:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{device}: {types(await observed(eventlog, device))}")
+    raise AssertionError(f"{device.device}: {types(await observed(eventlog, device.device))}")
 
 
 async def test_the_standby_takes_over_when_the_holder_is_killed(
@@ -55,16 +58,13 @@ async def test_the_standby_takes_over_when_the_holder_is_killed(
     procs = {p.pid: p for p in (spawn(nats_server, tmp_path), spawn(nats_server, tmp_path))}
     try:
         first = await holder_pid(nc, set(procs))
-        before = Device(nc, "sb-1", "site-a")
-        async with beating(before):
-            await wait_for(eventlog, "sb-1", ["DeviceCameOnline"])
+        await wait_for(eventlog, Device(nc, "sb-1", "site-a"), ["DeviceCameOnline"])
         os.kill(first, signal.SIGKILL)
         procs[first].wait(10)
         second = await holder_pid(nc, set(procs), not_=first)
         assert second != first
-        after = Device(nc, "sb-2", "site-a")
-        async with beating(after):  # a device only the new holder can have seen
-            await wait_for(eventlog, "sb-2", ["DeviceCameOnline"])
+        # a device only the new holder can have seen
+        await wait_for(eventlog, Device(nc, "sb-2", "site-a"), ["DeviceCameOnline"])
     finally:
         for proc in procs.values():
             if proc.poll() is None:
