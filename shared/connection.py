@@ -55,3 +55,14 @@ async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30
             "running, or is FLEET_NATS_URL right?"
         ) from None
     return nc
+
+
+async def settled(nc: NATS) -> None:
+    """Return once the server has processed everything this connection sent before the call (a
+    subscription is in place, a publish delivered to whoever listened). nats-py's `flush()` alone
+    does not promise that: it writes its PING straight to the socket while the commands before
+    it may still wait for the flusher task, so the PONG can come back before the server saw them
+    (a message published in that gap to a fresh subscription was lost in ~3-7% of tries). The
+    first flush lets the flusher write them; the second one's PING goes out behind them."""
+    await nc.flush()
+    await nc.flush()

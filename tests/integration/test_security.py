@@ -27,6 +27,7 @@ from services.registry.handlers import start as start_registry
 from shared.auth.actor import ON_BEHALF_OF
 from shared.auth.authority import Authority, push_account
 from shared.commands import CommandClient
+from shared.connection import settled
 from shared.desired import DESIRED_STREAM, ensure_bucket
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
@@ -80,10 +81,10 @@ async def verdict(probe: Probe, witness: Awaitable[Any]) -> str:
 async def published(probe: Probe, admin: NATS, subject: str, data: bytes = b"{}") -> str:
     """Publish `subject` as the probe; allowed when admin sees the message."""
     sub = await admin.subscribe(subject)
-    await admin.flush()
+    await settled(admin)
     try:
         await probe.nc.publish(subject, data)
-        await probe.nc.flush()
+        await settled(probe.nc)
         return await verdict(probe, sub.next_msg(SETTLE))
     finally:
         await sub.unsubscribe()
@@ -97,10 +98,10 @@ async def requested(probe: Probe, subject: str, data: bytes = b"{}", headers: di
 async def subscribed(probe: Probe, admin: NATS, subject: str, sample: str, queue: str = "") -> str:
     """Subscribe as the probe; allowed when it receives what admin publishes on `sample`."""
     sub = await probe.nc.subscribe(subject, queue=queue)
-    await probe.nc.flush()
+    await settled(probe.nc)
     try:
         await admin.publish(sample, b"{}")
-        await admin.flush()
+        await settled(admin)
         return await verdict(probe, sub.next_msg(SETTLE))
     finally:
         with contextlib.suppress(Exception):
@@ -350,7 +351,7 @@ async def test_a_device_in_node_works_for_its_own_subjects_only(world: EventLog,
                                                                 creds: Callable[[str, str], str]) -> None:
     modules = _node_nats()
     beats = await nc.subscribe("fleet.hb.s1.*")
-    await nc.flush()
+    await settled(nc)
     script = Path(__file__).with_name("foreign_device.js")
     proc = await asyncio.create_subprocess_exec(
         str(NODE), str(script), nats_server.url, creds("device", "node-1"), "node-1",
@@ -435,6 +436,7 @@ async def test_enroll_create_and_revoke_from_the_cli(world: EventLog, nc: NATS, 
     assert created["name"] == "zed" and operator_file.stat().st_mode & 0o777 == 0o600
 
     beats = await nc.subscribe("fleet.hb.s1.dev-cli")
+    await settled(nc)
     device = await nats.connect(nats_server.url, user_credentials=str(device_file), inbox_prefix="_INBOX.dev-cli")
     await device.publish("fleet.hb.s1.dev-cli", b"{}")
     await device.flush()
