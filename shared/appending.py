@@ -68,11 +68,10 @@ class Pipeline(Generic[T]):
 
     @staticmethod
     async def once(log: EventLog, writes: Sequence[Write]) -> list[Appended]:
-        """Append one atomic batch and return where it landed (a refusal raises `Conflict`)."""
-        pipeline: Pipeline[None] = Pipeline(log)
-        async with pipeline:
-            await pipeline.send(writes, None)
-        return pipeline.stored[0][1]
+        """Append one atomic batch and return where it landed (a refusal raises `Conflict`): with
+        nothing else in flight there is no window to keep, so it is awaited directly (a task per
+        call cost single commands ~6%)."""
+        return await log.append_batch(writes)
 
     @property
     def in_flight(self) -> int:
