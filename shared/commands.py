@@ -62,6 +62,7 @@ Handler = Callable[[C, Context], Awaitable[Outcome]]
 
 _ENCODER = msgspec.json.Encoder()
 _REPLY_DECODER = msgspec.json.Decoder(Reply)
+SEND_ATTEMPTS = 2  # a command unanswered in time is sent once more, with the same id
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 _FIELD_MISSING = re.compile(r"missing required field `([^`]*)`")
 _FIELD_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
@@ -225,22 +226,30 @@ class CommandClient:
     async def request(self, service: str, command: str, body: dict[str, Any],
                       timeout: float | None = None) -> Reply:
         """Send one command; `command_id` is filled in when absent. Returns the reply as is (ok
-        or not); raises Unavailable when no service answers."""
+        or not); raises Unavailable when no service answers.
+
+        A command whose reply does not come in time is sent once more with the same command id:
+        a service that applied it answers with its original events (commands are idempotent by
+        id), and a reply can be lost on its way (nats-server drops the replies in flight when
+        the services' account is updated, e.g. by a revocation: docs/decisions.md)."""
         payload = {"command_id": new_command_id(), **body}
         subject = command_subject(service, command)
+        data = _ENCODER.encode(payload)
         with telemetry.tracer.start_as_current_span(f"send {service}.{command}"):
             headers = telemetry.inject_headers()  # inside the span: the service continues it
             if self.actor:
                 headers[ON_BEHALF_OF] = self.actor
-            try:
-                msg = await self.nc.request(
-                    subject, _ENCODER.encode(payload), timeout or self.timeout,
-                    headers=headers or None,
-                )
-            except nats.errors.NoRespondersError:
-                raise Unavailable(f"no {service} service is answering on {subject}") from None
-            except nats.errors.TimeoutError:
-                raise Unavailable(f"the {service} service did not answer {command} in time") from None
+            for attempt in range(SEND_ATTEMPTS):
+                try:
+                    msg = await self.nc.request(subject, data, timeout or self.timeout, headers=headers or None)
+                    break
+                except nats.errors.NoRespondersError:
+                    raise Unavailable(f"no {service} service is answering on {subject}") from None
+                except nats.errors.TimeoutError:
+                    if attempt + 1 == SEND_ATTEMPTS:
+                        raise Unavailable(f"the {service} service did not answer {command} in time") from None
+                    log.warning("no answer to %s.%s (command %s) in time; sending it once more",
+                                service, command, payload["command_id"])
         return _REPLY_DECODER.decode(msg.data)
 
     async def wait_ready(self, *services: str, timeout: float = 60.0) -> None:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Sequence
 import msgspec
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from shared.aggregates import AggregateStore
 from shared.commands import Command, CommandClient, CommandService, Context, Outcome
@@ -153,6 +154,32 @@ async def test_duplicate_command_id_gives_same_reply_and_one_event(
     assert first == again
     recorded, _ = await eventlog.load("fleet.evt.account.acc")
     assert [r.envelope.type for r in recorded] == ["Opened", "Deposited"]
+
+
+async def test_a_lost_reply_is_asked_for_again_with_the_same_command_id(
+    bank: CommandService, nc: NATS, eventlog: EventLog
+) -> None:
+    # A stand-in for the server dropping a reply in flight (it does, across an update of the
+    # services' account): the first answer is swallowed, the command was applied all the same.
+    seen: list[str] = []
+
+    async def lossy(msg: Msg) -> None:
+        seen.append(json.loads(msg.data)["command_id"])
+        answer = await nc.request(msg.subject.replace(".lossy.", ".bank."), msg.data, timeout=5)
+        if len(seen) > 1:
+            await msg.respond(answer.data)
+
+    relay = await nc.subscribe("fleet.cmd.lossy.*", cb=lossy)
+    try:
+        client = CommandClient(nc, timeout=1.0)
+        await client.send("bank", "open", {"account_id": "acc-lost"})
+        reply = await client.send("lossy", "deposit", {"account_id": "acc-lost", "amount": 7})
+    finally:
+        await relay.unsubscribe()
+    assert reply.result == {"balance": 7}
+    assert len(seen) == 2 and seen[0] == seen[1]  # the same command, twice
+    recorded, _ = await eventlog.load("fleet.evt.account.acc-lost")
+    assert [r.envelope.type for r in recorded] == ["Opened", "Deposited"]  # applied once
 
 
 async def test_duplicate_command_id_after_restart_adds_no_event(nc: NATS, eventlog: EventLog) -> None:

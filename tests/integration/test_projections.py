@@ -35,6 +35,7 @@ from projections.runner import (
     create_pool,
     decode_batch,
     rebuild,
+    version_of,
 )
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.envelope import Envelope, seal
@@ -376,9 +377,11 @@ async def test_changed_schema_version_rebuilds_and_queries_keep_answering(eventl
             async with pool.acquire() as conn:
                 row = await conn.fetchrow("SELECT generation, version, checkpoint FROM projection_status "
                                           "WHERE name = 'fleet'")
-            if row["generation"] > generation and row["version"] == 1:
+            if row["generation"] > generation and row["version"] == version_of(FleetProjection()):
                 break
             await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"the fleet projection was not rebuilt: {dict(row)}")
         await wait_caught_up(pool, eventlog, ["fleet"])
     stop.set()
     await reader
