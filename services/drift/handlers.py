@@ -443,16 +443,14 @@ class DriftService:
 
         try:
             async with Pipeline[list[tuple[str, list[Envelope]]]](self.log, landed=landed, refused=refused) as pipe:
-                start = 0
-                while start < len(items):
+                taken = 0
+                while taken < len(items):
                     chunk: list[tuple[str, list[Envelope]]] = []
                     size = 0
-                    for device_id, envelopes in items[start:]:
-                        if chunk and size + len(envelopes) > MAX_BATCH:
-                            break
-                        chunk.append((device_id, envelopes))
-                        size += len(envelopes)
-                    start += len(chunk)
+                    while taken < len(items) and not (chunk and size + len(items[taken][1]) > MAX_BATCH):
+                        chunk.append(items[taken])
+                        size += len(items[taken][1])
+                        taken += 1
                     await pipe.send([Write(event_subject("observed", d), envs, self._seqs.get(d, 0))
                                      for d, envs in chunk], chunk)
         finally:
