@@ -5,8 +5,9 @@ writer) sends atomic batches (`EventLog.append_batch`: all or nothing, each writ
 expected subject sequence) and needs the same things around them, written once here:
 
 - a window: up to `window` batches at the server at once (a batch's round trip, not the CPU,
-  bounds a large write), a batch that depends on one in flight (`after`) or must go alone
-  (`alone`, e.g. one that carries an aggregate's expected sequence) waiting until they landed;
+  bounds a large write), a batch that depends on one in flight (`after`) waiting until that
+  one landed, and `drain()` waiting for all (before a write whose expected sequence depends on
+  everything sent so far);
 - settlement in the order sent: what landed is handed to `landed` (the fold-back into memory)
   and recorded in `stored`; the newest landed sequence of every subject is kept (`last`), for
   the expected sequence of a later write;
@@ -56,11 +57,10 @@ class Pipeline(Generic[T]):
         self.stored: list[tuple[T, list[Appended]]] = []  # every batch that landed, in the order settled
         self.last: dict[str, int] = {}  # subject -> the newest sequence landed on it
 
-    async def send(self, writes: Sequence[Write], tag: T, *, after: Callable[[T], bool] | None = None,
-                   alone: bool = False) -> None:
-        """Send one atomic batch once there is room in the window, no batch in flight is one it
-        comes `after`, and, when `alone`, none is in flight at all."""
-        while self._flights and (len(self._flights) >= self.window or alone
+    async def send(self, writes: Sequence[Write], tag: T, *, after: Callable[[T], bool] | None = None) -> None:
+        """Send one atomic batch once there is room in the window and no batch in flight is one
+        it comes `after`."""
+        while self._flights and (len(self._flights) >= self.window
                                  or (after is not None and any(after(f.tag) for f in self._flights))):
             await self._settle_oldest()
         self._flights.append(_Flight(asyncio.create_task(self.log.append_batch(writes)), tag))
