@@ -38,7 +38,7 @@ from shared.envelope import Event, seal
 from shared.errors import Conflict, FleetError, Invalid, NotFound
 from shared.eventlog import Appended, EventLog, Write
 from shared.events.registry import DeviceAdded
-from shared.ids import check_id
+from shared.ids import ID_RE, check_id
 from shared.peers import follow_peers
 from shared.selectors import Selector, parse
 from shared.subjects import aggregate_wildcard, event_subject, parse_event_subject
@@ -285,12 +285,14 @@ class Registry:
         accepted: list[tuple[int, DeviceAdded]] = []
         refused: list[Refusal] = []
         unchanged = 0
+        lines: list[tuple[int, DeviceSpec]] = []
         for index, raw in enumerate(cmd.devices):
             try:
-                spec = _decode_spec(raw)
+                lines.append((index, _decode_spec(raw)))
             except FleetError as exc:
                 refused.append(_refusal(index, _device_id_of(raw), exc))
-                continue
+        await self._read_unknown_sites({spec.site_id for _, spec in lines})
+        for index, spec in lines:
             current = view.device(spec.device_id)
             try:
                 events = domain.add_device(current, spec, view)
@@ -313,6 +315,14 @@ class Registry:
         log.info("import: %d added, %d unchanged, %d refused", report.added, report.unchanged,
                  len(report.refused))
         return Outcome(appended, report)
+
+    async def _read_unknown_sites(self, site_ids: set[str]) -> None:
+        """With two or more instances a site may have been added by another one a moment ago,
+        before this one's follower saw it: read the sites named that this one does not know
+        from the log before deciding (a name that is not an id is left to the decision)."""
+        unknown = sorted(s for s in site_ids - self.sites.slots.keys() if ID_RE.match(s))
+        for start in range(0, len(unknown), 100):
+            await asyncio.gather(*(self.sites.reload(site_id) for site_id in unknown[start:start + 100]))
 
     async def _append_in_order(self, accepted: Sequence[tuple[int, DeviceAdded]], cmd: Command,
                                ctx: Context) -> tuple[list[Appended], list[Refusal], int]:

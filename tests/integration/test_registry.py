@@ -14,9 +14,11 @@ from nats.aio.client import Client as NATS
 
 from services.registry.handlers import Registry, start
 from shared.commands import CommandClient, CommandService, Reply
+from shared.envelope import seal
 from shared.errors import Conflict, FleetError, Invalid, NotFound
 from shared.eventlog import EventLog
-from shared.events.registry import DeviceAdded
+from shared.events.registry import DeviceAdded, SiteAdded
+from shared.times import utcnow
 
 
 @pytest.fixture
@@ -464,3 +466,22 @@ async def test_replies_fit_in_one_message_whatever_the_input(registry: Registry,
     assert 0 < len(page["devices"]) < 100 and page["next"] == page["devices"][-1]["device_id"]
     assert page["total"] == 100
     assert len(msgspec.json.encode(page)) < nc.max_payload
+
+
+async def test_a_site_another_instance_added_a_moment_ago_is_read_from_the_log(
+        registry: Registry, client: CommandClient, eventlog: EventLog) -> None:
+    # The fixture's registry does not follow the log: a site appended by someone else (another
+    # instance) is unknown to it until it reads the log. Both ways of adding devices do.
+    for site in ("elsewhere-1", "elsewhere-2"):
+        await eventlog.append(f"fleet.evt.site.{site}", [seal(SiteAdded(site_id=site), actor="operator:x",
+                                                               at=utcnow())], 0)
+    assert registry.sites.slots.keys().isdisjoint({"elsewhere-1", "elsewhere-2"})
+    await send(client, "add_device", device_id="one-by-one", site_id="elsewhere-1")
+    reply = await send(client, "import_devices", devices=[
+        {"device_id": "imported", "site_id": "elsewhere-2"},
+        {"device_id": "nowhere", "site_id": "never-added"},
+        {"device_id": "bad-site", "site_id": "a.>"},
+    ])
+    assert reply.result["added"] == 1
+    assert [(r["device_id"], r["code"]) for r in reply.result["refused"]] == [
+        ("nowhere", "not_found"), ("bad-site", "invalid")]
