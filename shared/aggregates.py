@@ -19,10 +19,9 @@ from typing import Generic, TypeVar
 
 import msgspec
 
-from shared.appending import Pipeline
 from shared.envelope import Event, seal
 from shared.errors import Conflict, FleetError
-from shared.eventlog import Appended, EventLog, Recorded, Write
+from shared.eventlog import Appended, EventLog, Recorded
 from shared.subjects import aggregate_wildcard, event_subject, parse_event_subject
 
 S = TypeVar("S")
@@ -163,7 +162,7 @@ class AggregateStore(Generic[S]):
                 for e in events
             ]
             try:
-                appended = await Pipeline.once(self.log, [Write(subject, envelopes, slot.seq)])
+                appended = await self.log.append(subject, envelopes, slot.seq)
             except Conflict:
                 # Jittered pause so two writers racing on one aggregate do not stay in lockstep.
                 await asyncio.sleep(random.uniform(0, 0.002 * (attempt + 1)))

@@ -282,7 +282,7 @@ class DriftService:
                               correlation_id=cmd.command_id) for e in events]
             subject = event_subject("observed", cmd.device_id)
             self._own.update(e.id for e in envelopes)
-            appended = await Pipeline.once(self.log, [Write(subject, envelopes, self._seqs.get(cmd.device_id, 0))])
+            appended = await self.log.append(subject, envelopes, self._seqs.get(cmd.device_id, 0))
             self._seqs[cmd.device_id] = appended[-1].seq
             state = self.devices.get(cmd.device_id) or state  # heartbeats may have moved it meanwhile
             for event in events:

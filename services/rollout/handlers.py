@@ -421,7 +421,7 @@ class RolloutService:
                     chunk = len(own) == 1 and isinstance(own[0], RolloutDevicesAssigned | RolloutDevicesRestored)
                     if not chunk:
                         await pipeline.drain()  # in the decided order, after everything before it
-                    group = _Group(desired, [*desired, *own], [
+                    group = _Group([*desired, *own], [
                         seal(e, actor=actor, at=at, causation_id=command_id,
                              correlation_id=command_id or rollout_id) for e in [*desired, *own]])
                     writes = [Write(e.subject, [envelope], self.index.desired_seq.get(e.device_id, 0))
@@ -632,12 +632,15 @@ def _gate_summary(gate: RolloutGateEvaluated) -> dict[str, Any]:
 
 @dataclass
 class _Group:
-    """One atomic batch of a commit: its desired events, all its events and their envelopes
-    (in the order written: desired events first)."""
+    """One atomic batch of a commit: its events and their envelopes, in the order written
+    (desired events first, then the rollout's own)."""
 
-    desired: list[DesiredStateAssigned]
     events: list[Event]
     envelopes: list[Envelope]
+
+    @property
+    def desired(self) -> list[DesiredStateAssigned]:
+        return [e for e in self.events if isinstance(e, DesiredStateAssigned)]
 
 
 def _groups(events: Sequence[Event]) -> list[list[Event]]:

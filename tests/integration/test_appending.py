@@ -77,9 +77,3 @@ async def test_a_failure_still_settles_and_folds_in_every_batch_sent(eventlog: E
     assert [tag for tag, _ in folded] == ["c", "d"]  # sent before the failure was known: folded in
     assert pipeline.in_flight == 0
 
-
-async def test_once_appends_one_batch_or_raises_conflict(eventlog: EventLog) -> None:
-    stored = await Pipeline.once(eventlog, batch("one", 1, 2, expected=0))
-    assert [where.seq for where in stored] == [1, 2]
-    with pytest.raises(Conflict):
-        await Pipeline.once(eventlog, batch("one", 3, expected=0))

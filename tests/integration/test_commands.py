@@ -15,7 +15,7 @@ from nats.aio.msg import Msg
 from shared.aggregates import AggregateStore
 from shared.commands import Command, CommandClient, CommandService, Context, Outcome
 from shared.envelope import Event
-from shared.errors import Conflict, Invalid, NotFound
+from shared.errors import Conflict, Invalid, NotFound, Unavailable
 from shared.eventlog import EventLog
 from shared.ids import check_id
 
@@ -180,6 +180,21 @@ async def test_a_lost_reply_is_asked_for_again_with_the_same_command_id(
     assert len(seen) == 2 and seen[0] == seen[1]  # the same command, twice
     recorded, _ = await eventlog.load("fleet.evt.account.acc-lost")
     assert [r.envelope.type for r in recorded] == ["Opened", "Deposited"]  # applied once
+
+
+async def test_a_command_unanswered_twice_is_unavailable(nc: NATS) -> None:
+    seen: list[str] = []
+
+    async def silent(msg: Msg) -> None:
+        seen.append(json.loads(msg.data)["command_id"])
+
+    sink = await nc.subscribe("fleet.cmd.mute.*", cb=silent)
+    try:
+        with pytest.raises(Unavailable, match="did not answer deposit in time"):
+            await CommandClient(nc, timeout=0.3).send("mute", "deposit", {"account_id": "a", "amount": 1})
+    finally:
+        await sink.unsubscribe()
+    assert len(seen) == 2 and seen[0] == seen[1]  # sent once more with its id, then given up
 
 
 async def test_duplicate_command_id_after_restart_adds_no_event(nc: NATS, eventlog: EventLog) -> None:
