@@ -14,12 +14,14 @@ from __future__ import annotations
 import hashlib
 import math
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
+from itertools import chain
 from typing import Any, Protocol
 
 import msgspec
 
+from services.rollout.ledger import Ledger
 from services.rollout.spec import Canary
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
@@ -94,12 +96,14 @@ class FleetView(msgspec.Struct):
 class Assignment(msgspec.Struct, frozen=True, array_like=True, gc=False):
     """When a device must have applied (its apply timeout), in which wave, and what it had before;
     `left`: where it stood when a later rollout (or another desired state) took it ("": still
-    this rollout's). One short interned string per device, so a fleet of 100,000 costs nothing more."""
+    this rollout's; one short interned string per device, so a fleet of 100,000 costs nothing
+    more); `restored`: a rollback gave it back what it had."""
 
     wave: int
     deadline: datetime
     previous: tuple[str, str] | None = None
     left: str = ""
+    restored: bool = False
 
 
 class SnapshotView(Protocol):
@@ -112,34 +116,83 @@ class SnapshotView(Protocol):
         ...
 
 
-class Rollout(msgspec.Struct):
-    """One rollout's state."""
+class Rollout(msgspec.Struct, frozen=True):
+    """One rollout's state: an immutable value, like every aggregate's (`evolve` returns a new
+    one). Its per-device bookkeeping is a `Ledger` indexed by plan position, so a new version
+    shares all but the blocks a chunk touched with the one before (see `ledger`)."""
 
     rollout_id: str
     status: str = "new"  # new running paused completed aborted rolling_back rolled_back
     phase: str = "assigning"  # assigning baking held gate_failed
     spec: RolloutStarted | None = None
-    waves: list[list[str]] = []
+    waves: tuple[tuple[str, ...], ...] = ()
+    parts: tuple[RolloutWavePlanned, ...] = ()  # the plan's parts so far, until it is whole
+    # device -> its position in the plan (waves in order), built once when the plan is whole and
+    # never changed after: the index into `ledger`.
+    positions: Mapping[str, int] = {}
+    ledger: Ledger[Assignment] = Ledger()
     wave: int = 0
     bake_until: str | None = None
-    assigned: dict[str, Assignment] = {}
-    restored: set[str] = set()
     last_gate: RolloutGateEvaluated | None = None
     rollback: RolloutRollbackStarted | None = None
     reason: str = ""
     waiting: RolloutWaveWaiting | None = None  # sites whose closed windows hold devices back
     windows_ignored: bool = False  # an operator said so after the start (RolloutWindowsIgnored)
-    gate_history: list[RolloutGateEvaluated] = []  # every verdict, in order (for what-if)
+    gate_history: tuple[RolloutGateEvaluated, ...] = ()  # every verdict, in order (for what-if)
 
     @property
-    def devices(self) -> list[str]:
+    def devices(self) -> Iterator[str]:
         """Every device of the plan, wave by wave."""
-        return [d for wave in self.waves for d in wave]
+        return chain.from_iterable(self.waves)
+
+    @property
+    def planned(self) -> int:
+        """How many devices the plan holds."""
+        return sum(map(len, self.waves))
 
     @property
     def active(self) -> bool:
         """Does this rollout still hold its devices (blocks other rollouts on them)?"""
         return self.status in ACTIVE
+
+    @property
+    def assigned(self) -> Assigned:
+        """The devices this rollout has assigned so far, with their assignments (plan order)."""
+        return Assigned(self)
+
+    def wave_assignments(self, wave: int) -> Iterator[tuple[str, Assignment | None]]:
+        """Each device of `wave` with its assignment (None: not assigned yet)."""
+        start = sum(map(len, self.waves[:wave]))
+        devices = self.waves[wave]
+        if not self.ledger.size:  # the plan is not whole yet: nothing is assigned
+            return ((device, None) for device in devices)
+        return zip(devices, self.ledger.values(start, start + len(devices)), strict=True)
+
+
+class Assigned(Mapping[str, Assignment]):
+    """A rollout's assigned devices as a read-only mapping over its ledger."""
+
+    __slots__ = ("_rollout",)
+
+    def __init__(self, rollout: Rollout) -> None:
+        self._rollout = rollout
+
+    def __getitem__(self, device: str) -> Assignment:
+        position = self._rollout.positions.get(device)
+        assignment = self._rollout.ledger[position] if position is not None else None
+        if assignment is None:
+            raise KeyError(device)
+        return assignment
+
+    def __iter__(self) -> Iterator[str]:
+        return (device for device, _ in self.items())
+
+    def __len__(self) -> int:
+        return self._rollout.ledger.filled
+
+    def items(self) -> Iterator[tuple[str, Assignment]]:  # type: ignore[override]  # an iterator, not a view: one pass over the ledger
+        pairs = zip(self._rollout.devices, self._rollout.ledger, strict=False)  # no ledger before the plan is whole
+        return ((device, a) for device, a in pairs if a is not None)
 
 
 def initial(rollout_id: str) -> Rollout:
@@ -148,55 +201,74 @@ def initial(rollout_id: str) -> Rollout:
 
 
 def evolve(state: Rollout, event: Event) -> Rollout:
-    """Fold one rollout event into the state (in place; returns it)."""
+    """The rollout after one of its events (a new value: `state` is left as it was)."""
+    change = msgspec.structs.replace
     match event:
         case RolloutStarted():
-            state.status, state.spec = "running", event
-            state.waves = [[] for _ in event.wave_sizes]
-            state.wave, state.phase = 0, "assigning"
+            return change(state, status="running", spec=event, waves=tuple(() for _ in event.wave_sizes),
+                          wave=0, phase="assigning")
         case RolloutWavePlanned():
-            state.waves[event.wave].extend(event.devices)
+            return _planned(state, event)
         case RolloutWaveStarted():
-            state.wave, state.phase, state.bake_until = event.wave, "assigning", None
-            state.waiting = None
+            return change(state, wave=event.wave, phase="assigning", bake_until=None, waiting=None)
         case RolloutWaveWaiting():
-            state.waiting = event if event.opens else None
+            return change(state, waiting=event if event.opens else None)
         case RolloutWindowsIgnored():
-            state.windows_ignored, state.waiting = True, None
+            return change(state, windows_ignored=True, waiting=None)
         case RolloutDevicesAssigned():
             assert state.spec is not None
             deadline = parse_time(event.at) + timedelta(seconds=state.spec.apply_timeout_seconds)
+            assigned = []
             for device in event.devices:
-                prev = event.previous.get(device)
-                state.assigned[device] = Assignment(event.wave, deadline, (prev[0], prev[1]) if prev else None)
+                position = state.positions.get(device)
+                if position is not None:  # always, by construction: the plan was recorded whole first
+                    prev = event.previous.get(device)
+                    assigned.append((position, Assignment(event.wave, deadline, (prev[0], prev[1]) if prev else None)))
+            return change(state, ledger=state.ledger.updated(assigned))
         case RolloutWaveBaking():
-            state.phase, state.bake_until = "baking", event.until
+            return change(state, phase="baking", bake_until=event.until)
         case RolloutGateEvaluated():
-            state.last_gate = event
-            state.gate_history = [*state.gate_history, event]  # a new list: evolve_copy shares the old
-            if not event.passed:
-                state.phase = "gate_failed"
+            return change(state, last_gate=event, gate_history=(*state.gate_history, event),
+                          phase=state.phase if event.passed else "gate_failed")
         case RolloutWaveHeld():
-            state.phase = "held"
+            return change(state, phase="held")
         case RolloutPromoted():
-            state.phase = "promoted"
+            return change(state, phase="promoted")
         case RolloutPaused():
             # A paused rollout waits for its operator, not for windows; resuming records the wait again.
-            state.status, state.reason, state.waiting = "paused", event.reason, None
+            return change(state, status="paused", reason=event.reason, waiting=None)
         case RolloutResumed():
-            state.status = "running"
+            return change(state, status="running")
         case RolloutAborted():
-            state.status, state.reason = "aborted", event.reason
+            return change(state, status="aborted", reason=event.reason)
         case RolloutRollbackStarted():
-            state.status, state.rollback, state.reason = "rolling_back", event, event.reason
-            state.waiting = None
+            return change(state, status="rolling_back", rollback=event, reason=event.reason, waiting=None)
         case RolloutDevicesRestored():
-            state.restored.update(event.devices)
+            positions = [p for p in map(state.positions.get, event.devices) if p is not None]
+            return change(state, ledger=state.ledger.changed(positions, _restored))
         case RolloutRolledBack():
-            state.status = "rolled_back"
+            return change(state, status="rolled_back")
         case RolloutCompleted():
-            state.status = "completed"
+            return change(state, status="completed")
     return state
+
+
+def _restored(_: int, assignment: Assignment) -> Assignment:
+    return msgspec.structs.replace(assignment, restored=True)
+
+
+def _planned(state: Rollout, event: RolloutWavePlanned) -> Rollout:
+    """One part of the wave plan. Parts are gathered until the plan is whole; then the waves are
+    built once, indexed, and the ledger opened (no wave is copied per part)."""
+    assert state.spec is not None
+    parts = (*state.parts, event)
+    total = sum(state.spec.wave_sizes)
+    if sum(len(part.devices) for part in parts) < total:
+        return msgspec.structs.replace(state, parts=parts)
+    waves = tuple(tuple(chain.from_iterable(part.devices for part in parts if part.wave == wave))
+                  for wave in range(len(state.spec.wave_sizes)))
+    positions = dict(zip(chain.from_iterable(waves), range(total), strict=False))
+    return msgspec.structs.replace(state, waves=waves, parts=(), positions=positions, ledger=Ledger.empty(total))
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -358,15 +430,16 @@ def rollback_plan(
     state: Rollout, to_snapshot_id: str | None = None, to_hashes: Mapping[str, str] | None = None,
     site_of: Mapping[str, str] | None = None,
 ) -> list[tuple[str, str | None, str | None]]:
-    """(device, snapshot to restore, config hash to restore) for every touched device; None when
-    the device had nothing before this rollout and no target snapshot was given (left as is)."""
+    """(device, snapshot to restore, config hash to restore) for every touched device, in the
+    order of the plan (the order they are restored in); None when the device had nothing before
+    this rollout and no target snapshot was given (left as is)."""
     plan: list[tuple[str, str | None, str | None]] = []
-    for device in sorted(state.assigned):
+    for device, assignment in state.assigned.items():
         if to_snapshot_id is not None:
             site = (site_of or {}).get(device, "")
             plan.append((device, to_snapshot_id, (to_hashes or {}).get(site)))
         else:
-            previous = state.assigned[device].previous
+            previous = assignment.previous
             plan.append((device, previous[0], previous[1]) if previous else (device, None, None))
     return plan
 
@@ -389,13 +462,16 @@ def rollback(state: Rollout, reason: str = "", to_snapshot_id: str | None = None
 def device_status(state: Rollout, device: str, view: FleetView, now: datetime) -> str:
     """pending | in_flight | converged | failed | timed_out | restored, for one planned device.
     A device a later rollout took counts as it stood then (`taken`), whatever it reports now."""
-    spec = state.spec
-    assignment = state.assigned.get(device)
-    if spec is None or assignment is None:
+    return status_of(state, device, state.assigned.get(device), view, now)
+
+
+def status_of(state: Rollout, device: str, assignment: Assignment | None, view: FleetView, now: datetime) -> str:
+    """`device_status` of a device whose assignment the caller has at hand (`wave_assignments`)."""
+    if state.spec is None or assignment is None:
         return "pending"
     if assignment.left:
         return assignment.left
-    if device in state.restored:
+    if assignment.restored:
         return "restored"
     return _judge_device(state, device, assignment, view, now)
 
@@ -421,21 +497,24 @@ def taken_from(before: Desired | None, event: DesiredStateAssigned) -> str | Non
     return before.rollout_id
 
 
-def taken(state: Rollout, device: str, view: FleetView) -> Rollout:
+def taken(state: Rollout, devices: Iterable[str], view: FleetView) -> Rollout:
     """Another desired state (a later rollout's, or another rollout's rollback) replaced this
-    rollout's on `device`: from now on the device counts here as it stood at that moment
-    (converged, failed or restored stay so; one still in flight timed out), as the fleet read
-    model counts it (`projections.fleet.model.put_device`). In place; returns the state."""
-    assignment = state.assigned.get(device)
-    if state.spec is None or assignment is None or assignment.left:
+    rollout's on `devices`: from now on each counts here as it stood at that moment (converged,
+    failed or restored stay so; one still in flight timed out), as the fleet read model counts it
+    (`projections.fleet.model.put_device`). Returns the new state (one version for all of them)."""
+    if state.spec is None:
         return state
-    if device in state.restored:
-        left = "restored"
-    else:
+    device_at = {position: device for device in devices if (position := state.positions.get(device)) is not None}
+
+    def leave(position: int, assignment: Assignment) -> Assignment:
+        if assignment.left:
+            return assignment
         # judged as at its deadline: whatever has not converged or failed by now has timed out
-        left = _judge_device(state, device, assignment, view, assignment.deadline)
-    state.assigned[device] = msgspec.structs.replace(assignment, left=sys.intern(left))
-    return state
+        left = "restored" if assignment.restored else _judge_device(state, device_at[position], assignment, view,
+                                                                      assignment.deadline)
+        return msgspec.structs.replace(assignment, left=sys.intern(left))
+
+    return msgspec.structs.replace(state, ledger=state.ledger.changed(device_at, leave))
 
 
 def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
@@ -448,10 +527,9 @@ def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
     if spec.not_before is not None and now < parse_time(spec.not_before):
         return []  # a scheduled start: the plan is recorded, nothing is assigned yet
     if state.phase == "assigning":
-        wave = state.waves[state.wave]
-        statuses = {d: device_status(state, d, view, now) for d in wave}
-        in_flight = sum(1 for s in statuses.values() if s == "in_flight")
-        pending = [d for d in wave if statuses[d] == "pending"]
+        statuses = [(d, status_of(state, d, a, view, now)) for d, a in state.wave_assignments(state.wave)]
+        in_flight = sum(1 for _, s in statuses if s == "in_flight")
+        pending = [d for d, s in statuses if s == "pending"]
         ready, events = _inside_windows(state, pending, view, now, spec.ignore_windows or state.windows_ignored)
         if ready:
             room = spec.max_in_flight - in_flight
@@ -471,7 +549,7 @@ def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
             return [verdict, *_advance(state)]
         reason = f"gate failed on wave {state.wave + 1}: " + "; ".join(verdict.reasons)
         if spec.on_failure == "rollback":
-            return [verdict, *rollback(evolve_copy(state, verdict), reason=reason)]
+            return [verdict, *rollback(evolve(state, verdict), reason=reason)]
         return [verdict, RolloutPaused(rollout_id=state.rollout_id, reason=reason)]
     return []
 
@@ -512,11 +590,6 @@ def _inside_windows(state: Rollout, devices: list[str], view: FleetView, now: da
     return ready, [RolloutWaveWaiting(rollout_id=state.rollout_id, wave=state.wave, opens=opens)]
 
 
-def evolve_copy(state: Rollout, event: Event) -> Rollout:
-    """`state` with `event` applied, leaving `state` untouched."""
-    return evolve(msgspec.structs.replace(state), event)
-
-
 def _advance(state: Rollout) -> list[Event]:
     if state.wave + 1 < len(state.waves):
         return [RolloutWaveStarted(rollout_id=state.rollout_id, wave=state.wave + 1)]
@@ -552,7 +625,7 @@ def _restore(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
     assert state.rollback is not None
     assert state.spec is not None
     target = state.rollback
-    pending = [d for d in sorted(state.assigned) if d not in state.restored]
+    pending = [d for d, assignment in state.assigned.items() if not assignment.restored]
     # Rollbacks ignore maintenance windows unless the rollout was started to respect them there too.
     ignore = state.spec.ignore_windows or state.windows_ignored or not state.spec.rollback_in_windows
     todo, events = _inside_windows(state, pending, view, now, ignore)
@@ -702,8 +775,8 @@ def evaluate_gate(state: Rollout, view: FleetView, now: datetime) -> RolloutGate
     wave = state.waves[state.wave]
     counts: dict[str, Any] = dict.fromkeys(("healthy", "converged", "failed", "timed_out", "offline", "degraded"), 0)
     samples: dict[str, list[float]] = {}
-    for device in wave:
-        status = device_status(state, device, view, now)
+    for device, assignment in state.wave_assignments(state.wave):
+        status = status_of(state, device, assignment, view, now)
         observed = view.observed.get(device, Observed())
         if status == "converged":
             counts["converged"] += 1

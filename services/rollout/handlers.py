@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -236,30 +236,33 @@ class RolloutService:
 
     def _apply(self, recorded: Recorded, event: Event | None = None) -> None:
         """Fold one event in (`event`: the recorded one, when the caller has it decoded)."""
-        self.applied_seq = max(self.applied_seq, recorded.seq)
-        self._progressed.set()
-        if event is None:
-            event = recorded.event
-        if event is None:
-            return
-        if event.aggregate == "rollout":
-            if isinstance(event, RolloutStarted):
-                self._started_at[event.rollout_id] = parse_time(recorded.envelope.at)
-            self.store.apply(recorded, event)
-        else:
-            if isinstance(event, DesiredStateAssigned):
-                self._taken(recorded.seq, event)
-            self.index.apply(recorded.seq, event)
+        self._fold([(recorded, event if event is not None else recorded.event)])
 
-    def _taken(self, seq: int, event: DesiredStateAssigned) -> None:
-        """A desired state from another rollout (or none) replaces the one a rollout gave: that
-        rollout counts the device as it stands now, from here on (`domain.taken`)."""
-        if seq <= self.index.desired_seq.get(event.device_id, 0):
-            return  # already folded in
-        loser = domain.taken_from(self.index.view.desired.get(event.device_id), event)
-        slot = self.store.slots.get(loser) if loser is not None else None
-        if slot is not None:
-            domain.taken(slot.state, event.device_id, self.index.view)
+    def _fold(self, landed: Iterable[tuple[Recorded, Event | None]]) -> None:
+        """Fold events in, in stream order. A desired state from another rollout (or none) that
+        replaces the one a rollout gave makes that rollout count the device as it stands now, from
+        here on (`domain.taken`): marked after the events, once per rollout for all its devices."""
+        taken: dict[str, list[str]] = {}
+        for recorded, event in landed:
+            self.applied_seq = max(self.applied_seq, recorded.seq)
+            if event is None:
+                continue
+            if event.aggregate == "rollout":
+                if isinstance(event, RolloutStarted):
+                    self._started_at[event.rollout_id] = parse_time(recorded.envelope.at)
+                self.store.apply(recorded, event)
+                continue
+            if (isinstance(event, DesiredStateAssigned)
+                    and recorded.seq > self.index.desired_seq.get(event.device_id, 0)):  # not folded in yet
+                loser = domain.taken_from(self.index.view.desired.get(event.device_id), event)
+                if loser is not None:
+                    taken.setdefault(loser, []).append(event.device_id)
+            self.index.apply(recorded.seq, event)
+        for loser, devices in taken.items():
+            slot = self.store.slots.get(loser)
+            if slot is not None:
+                slot.state = domain.taken(slot.state, devices, self.index.view)
+        self._progressed.set()
 
     async def caught_up(self, timeout: float = 10.0) -> None:
         """Wait until this service has seen everything in the log as of now (read-your-writes: a
@@ -436,8 +439,7 @@ class RolloutService:
             landed_events = [(Recorded(where.seq, where.subject, envelope), event)
                              for group, stored in pipeline.stored
                              for where, envelope, event in zip(stored, group.envelopes, group.events, strict=True)]
-            for recorded, event in sorted(landed_events, key=lambda pair: pair[0].seq):  # in the order stored
-                self._apply(recorded, event)
+            self._fold(sorted(landed_events, key=lambda pair: pair[0].seq))  # in the order stored
             if stale:
                 await self._resync(stale, rollout_id)
         return [where for _, stored in pipeline.stored for where in stored]
@@ -537,7 +539,7 @@ class RolloutService:
             if cmd.dry_run:
                 preview = domain.initial(rollout_id)
                 for event in events:
-                    domain.evolve(preview, event)
+                    preview = domain.evolve(preview, event)
                 hashes = preview.spec.config_hashes if preview.spec else {}
                 return Outcome((), {**self.describe(preview), "dry_run": True, "plan": preview.waves,
                                     "config_hashes": hashes,
@@ -602,7 +604,7 @@ class RolloutService:
         spec = state.spec
         out: dict[str, Any] = {
             "rollout_id": state.rollout_id, "status": state.status, "phase": state.phase,
-            "wave": state.wave, "waves": len(state.waves), "devices": len(state.devices),
+            "wave": state.wave, "waves": len(state.waves), "devices": state.planned,
             "assigned": len(state.assigned), "reason": state.reason,
             "snapshot_id": spec.snapshot_id if spec else None, "target": spec.target if spec else None,
             "last_gate": _gate_summary(state.last_gate) if state.last_gate else None,
@@ -614,8 +616,8 @@ class RolloutService:
             waves = []
             for number, wave in enumerate(state.waves):
                 counts: dict[str, int] = {}
-                for device in wave:
-                    status = domain.device_status(state, device, self.index.view, now)
+                for device, assignment in state.wave_assignments(number):
+                    status = domain.status_of(state, device, assignment, self.index.view, now)
                     counts[status] = counts.get(status, 0) + 1
                 waves.append({"wave": number, "size": len(wave), **counts})
             out["wave_progress"] = waves

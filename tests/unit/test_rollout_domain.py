@@ -7,6 +7,7 @@ import contextlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,7 +50,7 @@ def begin(devices: dict[str, str], *, canary: str = "", waves: str = "50,100", m
         bake_seconds=bake, apply_timeout_seconds=timeout, gates=gates or Gates(min_healthy=1.0, max_failed=0),
         on_failure=on_failure, approve_after=list(approve_after), state=state, **windows)
     for event in events:
-        domain.evolve(state, event)
+        state = domain.evolve(state, event)
     return state, events
 
 
@@ -59,27 +60,33 @@ def view_for(devices: dict[str, str]) -> FleetView:
                      observed={d: Observed(online=True, config_hash="hash-old") for d in devices})
 
 
-def apply(state: Rollout, view: FleetView, events: list[Event]) -> None:
+def apply(state: Rollout, view: FleetView, events: list[Event]) -> Rollout:
+    """The rollout after `events` (and the view with their desired states); `state` itself never
+    changes: evolve returns new values."""
+    before = msgspec.msgpack.encode(state)
     for event in events:
         if isinstance(event, DesiredStateAssigned):
             view.desired[event.device_id] = Desired(event.snapshot_id, event.config_hash, event.revision,
                                                     event.rollout_id)
         else:
-            domain.evolve(state, event)
+            after = domain.evolve(state, event)
+            assert msgspec.msgpack.encode(state) == before, f"evolve changed its input on {type(event).__name__}"
+            state, before = after, msgspec.msgpack.encode(after)
+    return state
 
 
-def run_to_rest(state: Rollout, view: FleetView, now: datetime, converge: bool = True) -> datetime:
+def run_to_rest(state: Rollout, view: FleetView, now: datetime, converge: bool = True) -> tuple[Rollout, datetime]:
     """Tick, letting every assigned device converge healthy, until nothing more happens."""
     for _ in range(1000):
         events = domain.tick(state, view, now)
-        apply(state, view, events)
+        state = apply(state, view, events)
         if converge:
             for device in state.assigned:
                 view.observed[device] = Observed(online=True, config_hash=view.desired[device].config_hash)
         if not events:
             now += timedelta(seconds=1)
             if not domain.tick(state, view, now):
-                return now
+                return state, now
     raise AssertionError("did not come to rest")
 
 
@@ -127,9 +134,9 @@ def test_healthy_rollout_completes_wave_by_wave_within_max_in_flight() -> None:
     assigned = [e for e in first if isinstance(e, DesiredStateAssigned)]
     assert len(assigned) == 2  # canary of 2 (< max_in_flight)
     assert all(e.previous_snapshot_id == "snap-1" and e.revision == 2 for e in assigned)
-    apply(state, view, first)
+    state = apply(state, view, first)
     assert domain.tick(state, view, T0) == []  # in flight, nothing more in the canary wave
-    run_to_rest(state, view, T0)
+    state, _ = run_to_rest(state, view, T0)
     assert state.status == "completed"
     assert all(view.desired[d].snapshot_id == "snap-2" for d in devices)
 
@@ -139,11 +146,11 @@ def test_failed_gate_pauses_with_its_inputs_and_resume_overrides() -> None:
     state, _ = begin(devices, canary="site:s0", waves="100")
     view = view_for(devices)
     now = T0
-    apply(state, view, domain.tick(state, view, now))
+    state = apply(state, view, domain.tick(state, view, now))
     for d in state.assigned:
         view.observed[d] = Observed(online=True, config_hash=NEW, health="failed")
     events = domain.tick(state, view, now)  # all settled -> bake
-    apply(state, view, events)
+    state = apply(state, view, events)
     events = domain.tick(state, view, now)  # bake 0 -> gate
     verdict = events[0]
     assert isinstance(verdict, RolloutGateEvaluated)
@@ -151,7 +158,7 @@ def test_failed_gate_pauses_with_its_inputs_and_resume_overrides() -> None:
     assert verdict.inputs.failed == 2
     assert verdict.inputs.devices == 2
     assert any("failed 2/2" in r for r in verdict.reasons)
-    apply(state, view, events)
+    state = apply(state, view, events)
     assert state.status == "paused"
     assert domain.tick(state, view, now + timedelta(hours=1)) == []  # never advances past it
     resumed = domain.resume(state)
@@ -164,16 +171,16 @@ def test_failed_gate_rolls_back_every_touched_device_once() -> None:
     devices = fleet(8)
     state, _ = begin(devices, canary="site:s0", waves="100", on_failure="rollback")
     view = view_for(devices)
-    apply(state, view, domain.tick(state, view, T0))
+    state = apply(state, view, domain.tick(state, view, T0))
     for d in state.assigned:
         view.observed[d] = Observed(online=True, config_hash=NEW, health="failed")
-    apply(state, view, domain.tick(state, view, T0))
-    apply(state, view, domain.tick(state, view, T0))
+    state = apply(state, view, domain.tick(state, view, T0))
+    state = apply(state, view, domain.tick(state, view, T0))
     assert state.status == "rolling_back"
     plan = domain.rollback_plan(state)
-    assert plan == [(d, "snap-1", "hash-old") for d in sorted(state.assigned)]
+    assert plan == [(d, "snap-1", "hash-old") for d in state.devices if d in state.assigned]  # plan order
     restore = domain.tick(state, view, T0)
-    apply(state, view, restore)
+    state = apply(state, view, restore)
     assert state.status == "rolled_back"
     assert {d: view.desired[d].snapshot_id for d in state.assigned} == dict.fromkeys(state.assigned, "snap-1")
     assert domain.rollback(state) == []  # twice is a no-op
@@ -184,11 +191,11 @@ def test_timeout_counts_as_failed_and_offline_devices_do_not_block() -> None:
     devices = fleet(4, sites=1)
     state, _ = begin(devices, waves="100", timeout=30, max_in_flight=10)
     view = view_for(devices)
-    apply(state, view, domain.tick(state, view, T0))
+    state = apply(state, view, domain.tick(state, view, T0))
     assert all(domain.device_status(state, d, view, T0) == "in_flight" for d in devices)
     late = T0 + timedelta(seconds=31)
     assert all(domain.device_status(state, d, view, late) == "timed_out" for d in devices)
-    apply(state, view, domain.tick(state, view, late))
+    state = apply(state, view, domain.tick(state, view, late))
     gate = domain.tick(state, view, late)[0]
     assert isinstance(gate, RolloutGateEvaluated)
     assert gate.inputs.timed_out == 4
@@ -201,10 +208,10 @@ def test_metric_gate_records_the_aggregate() -> None:
                   metrics=[parse_metric_gate("error_rate p90<=0.05")])
     state, _ = begin(devices, waves="100", max_in_flight=10, gates=gates)
     view = view_for(devices)
-    apply(state, view, domain.tick(state, view, T0))
+    state = apply(state, view, domain.tick(state, view, T0))
     for i, d in enumerate(sorted(devices)):
         view.observed[d] = Observed(online=True, config_hash=NEW, metrics={"error_rate": i / 100})
-    apply(state, view, domain.tick(state, view, T0))
+    state = apply(state, view, domain.tick(state, view, T0))
     gate = domain.tick(state, view, T0)[0]
     assert isinstance(gate, RolloutGateEvaluated)
     assert gate.inputs.metrics == {"error_rate p90": 0.08}
@@ -218,11 +225,11 @@ def test_held_wave_waits_for_promote() -> None:
     view = view_for(devices)
     with pytest.raises(Conflict, match="not holding"):
         domain.promote(state)
-    now = run_to_rest(state, view, T0)
+    state, now = run_to_rest(state, view, T0)
     assert (state.status, state.phase, state.wave) == ("running", "held", 0)
     assert domain.tick(state, view, now + timedelta(days=1)) == []  # holds until promoted
-    apply(state, view, domain.promote(state))
-    run_to_rest(state, view, now)
+    state = apply(state, view, domain.promote(state))
+    state, _ = run_to_rest(state, view, now)
     assert state.status == "completed"
 
 
@@ -233,9 +240,9 @@ def test_commands_refuse_what_makes_no_sense() -> None:
         begin({})
     state, _ = begin(fleet(4))
     assert domain.pause(state)
-    apply(state, FleetView(), domain.pause(state))
+    state = apply(state, FleetView(), domain.pause(state))
     assert domain.pause(state) == []  # already paused
-    apply(state, FleetView(), domain.abort(state))
+    state = apply(state, FleetView(), domain.abort(state))
     with pytest.raises(Conflict):
         domain.resume(state)
     with pytest.raises(Conflict):
@@ -282,7 +289,7 @@ def test_random_interleavings_keep_the_invariants(
     names = sorted(devices)
 
     def step(events: list[Event]) -> None:
-        nonlocal failed_gate_pending
+        nonlocal failed_gate_pending, state
         for event in events:
             if isinstance(event, DesiredStateAssigned) and not ignore_windows and (
                     event.reason == "rollout" or rollback_in_windows):
@@ -302,7 +309,7 @@ def test_random_interleavings_keep_the_invariants(
                                                                          event.inputs.metrics)
             if isinstance(event, RolloutResumed) and event.override_gate:
                 failed_gate_pending = False
-        apply(state, view, events)
+        state = apply(state, view, events)
         if state.status == "running" and state.phase == "assigning":
             in_flight = sum(domain.device_status(state, d, view, now) == "in_flight" for d in state.waves[state.wave])
             assert in_flight <= max_in_flight
@@ -338,6 +345,8 @@ def test_random_interleavings_keep_the_invariants(
         if state.status == "paused":
             step(domain.resume(state))
     assert state.status in ("completed", "aborted", "rolled_back")
+    # The value a checkpoint stores is the value itself: decoded, it equals the folded one.
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=Rollout) == state
 
 
 @given(target=st.sets(st.integers(0, 29), max_size=30),
@@ -347,7 +356,7 @@ def test_random_interleavings_keep_the_invariants(
 def test_start_refuses_what_it_must_and_plans_each_target_device_once(
         target: set[int], others: list[tuple[set[int], str]], snapshot: str) -> None:
     devices = {f"d{i:03d}": f"s{i % 4}" for i in sorted(target)}
-    rollouts = [Rollout(f"o{n}", status=status, waves=[[f"d{i:03d}" for i in sorted(held)]])
+    rollouts = [Rollout(f"o{n}", status=status, waves=(tuple(f"d{i:03d}" for i in sorted(held)),))
                 for n, (held, status) in enumerate(others)]
     busy = {d for r in rollouts if r.active for d in r.devices} & devices.keys()
 

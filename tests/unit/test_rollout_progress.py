@@ -42,11 +42,11 @@ class World:
         if isinstance(event, desired.DesiredStateAssigned):  # as the rollout service's handlers do
             loser = domain.taken_from(self.index.view.desired.get(event.device_id), event)
             if loser in self.rollouts:
-                domain.taken(self.rollouts[loser], event.device_id, self.index.view)
+                self.rollouts[loser] = domain.taken(self.rollouts[loser], [event.device_id], self.index.view)
         self.index.apply(self.seq, event)
         if env.aggregate == "rollout":
-            state = self.rollouts.setdefault(env.aggregate_id, domain.initial(env.aggregate_id))
-            domain.evolve(state, event)
+            state = self.rollouts.get(env.aggregate_id) or domain.initial(env.aggregate_id)
+            self.rollouts[env.aggregate_id] = domain.evolve(state, event)
 
     def service_progress(self, rollout_id: str) -> list[dict[str, int]]:
         """What `fleet rollout status` shows per wave (handlers.describe)."""

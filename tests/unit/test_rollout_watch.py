@@ -49,7 +49,7 @@ class Driven:
                 self.view.observed[event.device_id] = Observed(
                     online=True, config_hash=event.config_hash, health="ok" if self.healthy else "failed")
         else:
-            domain.evolve(self.state, event)
+            self.state = domain.evolve(self.state, event)
 
     async def get(self) -> dict[str, Any]:
         if not self.pending:

@@ -38,21 +38,22 @@ def begin(**options: Any) -> tuple[Rollout, FleetView, list[Event]]:
         canary=parse_canary(""), canary_text="", percents=parse_waves("100"), max_in_flight=100,
         apply_timeout_seconds=600, approve_after=[], state=state, **settings)
     for event in events:
-        domain.evolve(state, event)
+        state = domain.evolve(state, event)
     view = FleetView(site_of=dict(DEVICES), windows=dict(WINDOWS),
                      desired={d: Desired("old", "h-old", 1) for d in DEVICES},
                      observed={d: Observed(online=True, config_hash="h-old") for d in DEVICES})
     return state, view, events
 
 
-def land(state: Rollout, view: FleetView, events: list[Event], healthy: bool = True) -> None:
+def land(state: Rollout, view: FleetView, events: list[Event], healthy: bool = True) -> Rollout:
     for event in events:
         if isinstance(event, DesiredStateAssigned):
             view.desired[event.device_id] = Desired(event.snapshot_id, event.config_hash, event.revision)
             view.observed[event.device_id] = Observed(online=True, config_hash=event.config_hash,
                                                       health="ok" if healthy else "failed")
         else:
-            domain.evolve(state, event)
+            state = domain.evolve(state, event)
+    return state
 
 
 def assigned_sites(events: list[Event]) -> set[str]:
@@ -65,7 +66,7 @@ def test_a_wave_across_time_zones_assigns_each_site_in_its_own_window_and_says_w
     assert assigned_sites(events) == {"ber", "tyo"}
     waiting = [e for e in events if isinstance(e, RolloutWaveWaiting)]
     assert [w.opens for w in waiting] == [{"nyc": "2026-03-03T03:00:00.000000Z"}]
-    land(state, view, events)
+    state = land(state, view, events)
     # Berlin and Tokyo converged; the wave neither bakes nor records the same wait again.
     for minutes in (1, 60, 300):
         assert domain.tick(state, view, MONDAY_EVENING + timedelta(minutes=minutes)) == []
@@ -76,24 +77,24 @@ def test_a_wave_across_time_zones_assigns_each_site_in_its_own_window_and_says_w
     events = domain.tick(state, view, opened)
     assert assigned_sites(events) == {"nyc"}
     assert [e.opens for e in events if isinstance(e, RolloutWaveWaiting)] == [{}]
-    land(state, view, events)
+    state = land(state, view, events)
     assert state.waiting is None
     now = opened
     while state.status == "running":
         now += timedelta(seconds=30)
-        land(state, view, domain.tick(state, view, now))
+        state = land(state, view, domain.tick(state, view, now))
     assert state.status == "completed"
 
 
 def test_a_restart_while_waiting_rebuilds_from_the_log_and_goes_on_without_repeating() -> None:
     state, view, log = begin()
     events = domain.tick(state, view, MONDAY_EVENING)
-    land(state, view, events)
+    state = land(state, view, events)
     log += [e for e in events if not isinstance(e, DesiredStateAssigned)]
     # The service restarts: the rollout is rebuilt from its recorded events alone.
     rebuilt = domain.initial("r1")
     for event in log:
-        domain.evolve(rebuilt, event)
+        rebuilt = domain.evolve(rebuilt, event)
     assert rebuilt.waiting is not None
     assert set(rebuilt.waiting.opens) == {"nyc"}
     assert domain.tick(rebuilt, view, MONDAY_EVENING + timedelta(hours=2)) == []  # still closed, said once
@@ -116,8 +117,8 @@ def test_ignore_windows_assigns_everywhere_and_a_scheduled_start_waits_for_its_t
 def test_a_rollback_ignores_windows_unless_the_rollout_asked_otherwise() -> None:
     for in_windows in (False, True):
         state, view, _ = begin(rollback_in_windows=in_windows)
-        land(state, view, domain.tick(state, view, MONDAY_EVENING))  # ber and tyo assigned
-        land(state, view, domain.rollback(state, "bad"))
+        state = land(state, view, domain.tick(state, view, MONDAY_EVENING))  # ber and tyo assigned
+        state = land(state, view, domain.rollback(state, "bad"))
         morning = datetime(2026, 3, 3, 4, 30, tzinfo=UTC)  # Berlin's window closed at 03:00 UTC
         events = domain.tick(state, view, morning)
         restored = assigned_sites(events)
@@ -126,7 +127,7 @@ def test_a_rollback_ignores_windows_unless_the_rollout_asked_otherwise() -> None
             assert [e.opens for e in events if isinstance(e, RolloutWaveWaiting)] == [
                 {"ber": "2026-03-03T21:00:00.000000Z"}]
             assert not any(isinstance(e, RolloutRolledBack) for e in events)
-            land(state, view, events)
+            state = land(state, view, events)
             events = domain.tick(state, view, datetime(2026, 3, 3, 21, 0, tzinfo=UTC))
             assert assigned_sites(events) == {"ber"}
         else:
@@ -146,10 +147,10 @@ def test_the_dry_run_schedule_follows_the_windows() -> None:
 
 def test_an_operator_can_ignore_windows_while_a_wave_waits() -> None:
     state, view, _ = begin()
-    land(state, view, domain.tick(state, view, MONDAY_EVENING))
+    state = land(state, view, domain.tick(state, view, MONDAY_EVENING))
     assert state.waiting is not None
     [ignored] = domain.ignore_windows(state, "CVE fix")
-    land(state, view, [ignored])
+    state = land(state, view, [ignored])
     assert domain.ignore_windows(state) == []  # already so
     assert state.waiting is None  # the wait is over with the operator's event
     events = domain.tick(state, view, MONDAY_EVENING + timedelta(minutes=1))
@@ -159,10 +160,10 @@ def test_an_operator_can_ignore_windows_while_a_wave_waits() -> None:
 
 def test_a_pause_while_waiting_records_the_wait_again_on_resume() -> None:
     state, view, _ = begin()
-    land(state, view, domain.tick(state, view, MONDAY_EVENING))
-    land(state, view, domain.pause(state, "lunch"))
+    state = land(state, view, domain.tick(state, view, MONDAY_EVENING))
+    state = land(state, view, domain.pause(state, "lunch"))
     assert state.waiting is None
-    land(state, view, domain.resume(state))
+    state = land(state, view, domain.resume(state))
     events = domain.tick(state, view, MONDAY_EVENING + timedelta(minutes=5))
     assert [e.opens for e in events if isinstance(e, RolloutWaveWaiting)] == [{"nyc": "2026-03-03T03:00:00.000000Z"}]
 

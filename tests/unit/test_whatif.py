@@ -43,7 +43,7 @@ def run_rollout(error_rates: list[float], *, gates: Gates, healthy: bool = True)
                               canary=parse_canary(""), canary_text="", percents=parse_waves("50,100"),
                               max_in_flight=1000, bake_seconds=10, apply_timeout_seconds=60, gates=gates,
                               on_failure="pause", approve_after=[], state=state):
-        domain.evolve(state, event)
+        state = domain.evolve(state, event)
     view = FleetView(site_of=dict(devices), desired={d: Desired("old", "h-old", 1) for d in devices})
     rates = dict(zip(sorted(devices), error_rates, strict=True))
     now = T0
@@ -54,7 +54,7 @@ def run_rollout(error_rates: list[float], *, gates: Gates, healthy: bool = True)
                     online=True, config_hash=event.config_hash, health="ok" if healthy else "failed",
                     metrics={"error_rate": rates[event.device_id], "latency_ms": 100 * rates[event.device_id]})
             else:
-                domain.evolve(state, event)
+                state = domain.evolve(state, event)
         now += timedelta(seconds=5)
     return state.gate_history
 
