@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -40,6 +41,9 @@ from shared.desired import ensure_bucket, put_desired
 from shared.devices import DesiredState
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog, Write
+
+# What one side's paths work with: registry and projections logs, rollout, simulator and drift clients.
+Clients = tuple[EventLog, EventLog, NATS, NATS, NATS]
 
 
 class Side:
@@ -58,7 +62,7 @@ class Side:
             prefix = inbox_of_creds(path)
             if prefix is not None:
                 options["inbox_prefix"] = prefix
-        nc = await nats.connect(self.server.url, **options)  # type: ignore[arg-type]
+        nc = await nats.connect(self.server.url, **options)
         self.conns[role] = nc
         return nc
 
@@ -118,7 +122,7 @@ async def bench(rounds: int, quick: bool, tmp: Path) -> list[tuple[str, float, f
     rates: dict[tuple[str, str], list[float]] = {}
     single, batch, hb, replay_n = (50, 1000, 20_000, 5_000) if quick else (200, 1000, 100_000, 20_000)
     try:
-        logs: dict[str, tuple[EventLog, EventLog, NATS, NATS, NATS]] = {}
+        logs: dict[str, Clients] = {}
         for side in sides:
             admin = await side.connect("admin", "admin")
             await EventLog(admin).ensure_stream()
@@ -132,7 +136,7 @@ async def bench(rounds: int, quick: bool, tmp: Path) -> list[tuple[str, float, f
                     f"fleet.evt.device.fill{start}", history(f"fill{start}", 1000), 0)])
         # Each path runs in small blocks, open and JWT alternating block by block (and which goes
         # first alternating too), so that load from elsewhere on the machine falls on both alike.
-        paths = [
+        paths: list[tuple[str, int, int, Callable[[Clients], Awaitable[float]]]] = [
             ("single append (service:registry)", 5, single, lambda lg: our_single(lg[0], single)),
             (f"atomic batch of {batch} (service:registry)", 10, batch, lambda lg: our_batch(lg[0], batch)),
             ("1,000 desired-state puts (service:rollout)", 10, 1000, lambda lg: puts(lg[2], 1000)),

@@ -137,7 +137,8 @@ class Operator:
             else:
                 if writes is not None:
                     self.outcome.acked[command_id] = writes
-                return reply.result  # type: ignore[no-any-return]
+                result: dict[str, Any] = reply.result
+                return result
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{service}.{command} not acknowledged within {timeout:.0f}s")
             await asyncio.sleep(0.2)

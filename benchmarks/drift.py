@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import cast
 
 import msgspec
 import nats
@@ -43,7 +44,7 @@ from services.drift.domain import Policy
 from services.drift.handlers import DriftService
 from shared.configs import config_hash
 from shared.desired import ensure_bucket, put_desired
-from shared.devices import HEARTBEAT_ENCODER, DesiredState, Heartbeat
+from shared.devices import HEARTBEAT_ENCODER, DesiredState, Health, Heartbeat
 from shared.embedded import EmbeddedNats
 from shared.envelope import seal
 from shared.eventlog import EventLog, Write
@@ -77,10 +78,10 @@ async def publish_role(url: str, devices: int, first_round: int, rounds: int) ->
     chunks: list[bytes] = []
     for r in range(first_round, first_round + rounds):
         for i in range(devices):
-            health = "degraded" if (i + r) % 100 == 0 else "ok"
+            health: Health = "degraded" if (i + r) % 100 == 0 else "ok"
             payload = HEARTBEAT_ENCODER.encode(Heartbeat(
                 device_id=device(i), site=site(i), seq=r + 1, at=at, snapshot_id="snap-1",
-                config_hash=HASH, health=health, metrics={"error_rate": 0.001, "cpu": 0.4},  # type: ignore[arg-type]
+                config_hash=HASH, health=health, metrics={"error_rate": 0.001, "cpu": 0.4},
                 agent_version="bench/1"))
             chunks.append(b"PUB fleet.hb.%s.%s %d\r\n%s\r\n" % (site(i).encode(), device(i).encode(),
                                                                    len(payload), payload))
@@ -215,11 +216,11 @@ async def drift_rate(url: str, drift: DriftService, devices: int, first_round: i
     def counted(subject: str, data: bytes) -> None:
         handle(subject, data)
         meter.hit()
-    drift.handle_heartbeat = counted  # type: ignore[method-assign]
+    drift.handle_heartbeat = counted  # type: ignore[method-assign]  # counts what the service handles
     try:
         await run_publisher(url, devices, first_round, rounds, meter, devices * rounds)
     finally:
-        drift.handle_heartbeat = handle  # type: ignore[method-assign]
+        drift.handle_heartbeat = handle  # type: ignore[method-assign]  # puts the method back
     await drift.flush()
     return meter.count / (meter.last - meter.first), meter.count
 
@@ -349,7 +350,7 @@ async def main(args: argparse.Namespace) -> None:
                 one = await part1(server, args)
             finally:
                 server.stop()
-            low, high = one["ratio_range"]  # type: ignore[misc]
+            low, high = cast(tuple[float, float], one["ratio_range"])  # part1's (min, max) of the ratios
             print(f"\n| heartbeats on one subscription | msgs/s |\n|---|---:|\n"
                   f"| raw nats-py (count only) | {one['raw']:,.0f} |\n"
                   f"| drift service (decode, check, compare, update, events on change) | {one['ours']:,.0f} |\n"

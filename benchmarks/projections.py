@@ -113,7 +113,7 @@ async def live_pauses(pool: Any, log: EventLog, devices: int, events: int, in_fl
         compose_times.append(time.perf_counter() - started if made else -1.0)
         return made
 
-    snapshots.make_full = timed_make_full  # type: ignore[assignment]
+    snapshots.make_full = timed_make_full
 
     async def timed_hook(conn: Any, seq: int, at: str) -> None:
         before = await conn.fetchval("SELECT count(*) FROM pit_snapshots WHERE version = $1", FLEET_VERSION)
@@ -131,7 +131,7 @@ async def live_pauses(pool: Any, log: EventLog, devices: int, events: int, in_fl
         await apply_batch(conn, items)
         batch_times.append(time.perf_counter() - started)
 
-    projection.apply_batch = timed_apply  # type: ignore[method-assign]
+    projection.apply_batch = timed_apply  # type: ignore[method-assign]  # times each batch the runner applies
     runner = Runner(pool, log, projection, after_batch=timed_hook)
     task = asyncio.create_task(runner.run())
     rng = random.Random(11)
@@ -157,7 +157,7 @@ async def live_pauses(pool: Any, log: EventLog, devices: int, events: int, in_fl
     await hook.idle()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    snapshots.make_full = make_full  # type: ignore[assignment]
+    snapshots.make_full = make_full
     copies = [t for t, made in hook_times if made]
     out = {"live_events": float(events), "live_seconds": took, "live_batches": float(len(batch_times)),
            "live_batch_p50_ms": _pct(batch_times, 0.5) * 1000, "live_batch_max_ms": max(batch_times) * 1000,
@@ -308,11 +308,12 @@ def peer(pg: EmbeddedPostgres, dbname: str, envelopes: list[Envelope]) -> float:
     class FleetView(PostgresTrackingRecorder):
         def __init__(self, datastore: Any, **kwargs: Any) -> None:
             super().__init__(datastore, **kwargs)
-            self.sql_create_statements += [SQL("CREATE SCHEMA IF NOT EXISTS es_view"),  # type: ignore[arg-type]
-                                           SQL("SET LOCAL search_path TO es_view, public"),  # type: ignore[arg-type]
-                                           SQL(migration.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS")  # type: ignore[arg-type]
-                                               .replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS")
-                                               .replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))]
+            ours = [SQL("CREATE SCHEMA IF NOT EXISTS es_view"),
+                    SQL("SET LOCAL search_path TO es_view, public"),
+                    SQL(migration.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS")
+                        .replace("CREATE INDEX", "CREATE INDEX IF NOT EXISTS")
+                        .replace("ADD COLUMN", "ADD COLUMN IF NOT EXISTS"))]
+            self.sql_create_statements += ours  # type: ignore[arg-type]  # SQL where eventsourcing says Composed; it runs either
 
         def apply(self, fact: Any, tracking: Tracking) -> None:
             env = Envelope(type=fact.type, v=1, id=fact.event_id, aggregate=fact.aggregate,
@@ -354,7 +355,7 @@ def peer(pg: EmbeddedPostgres, dbname: str, envelopes: list[Envelope]) -> float:
     class FleetViewProjection(Projection[FleetView]):
         name = "fleetview"
 
-        def process_event(self, domain_event: Any, tracking: Tracking) -> None:  # type: ignore[override]
+        def process_event(self, domain_event: Any, tracking: Tracking) -> None:
             self.view.apply(domain_event, tracking)
 
     started = time.perf_counter()

@@ -31,8 +31,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
+from nats.aio.client import Client as NATS
 
 from shared.commands import CommandClient
 from shared.embedded import EmbeddedNats
@@ -45,7 +47,7 @@ from shared.times import utcnow
 BATCH = 1000
 
 
-def device_line(i: int, sites: int) -> dict[str, object]:
+def device_line(i: int, sites: int) -> dict[str, Any]:
     return {"device_id": f"dev-{i:07d}", "site_id": f"site-{i % sites:03d}",
             "kind": "plc" if i % 10 else "gateway",
             "labels": {"tier": "edge" if i % 3 else "core", "line": str(i % 17)},
@@ -64,7 +66,7 @@ def raw_messages(devices: int, sites: int, family: str, start: int = 0) -> list[
     for i in range(start, start + devices):
         line = device_line(i, sites)
         event = DeviceAdded(device_id=f"{family}-{i:07d}", site_id=str(line["site_id"]), kind=str(line["kind"]),
-                            labels=line["labels"], metadata=line["metadata"])  # type: ignore[arg-type]
+                            labels=line["labels"], metadata=line["metadata"])
         envelope = seal(event, actor="bench", at=now)
         subject = f"fleet.evt.{family}.{family}-{i:07d}"
         out.append((subject, encode_envelope(envelope),
@@ -73,7 +75,7 @@ def raw_messages(devices: int, sites: int, family: str, start: int = 0) -> list[
     return out
 
 
-async def raw_batches(nc: nats.NATS, messages: list[tuple[str, bytes, dict[str, str]]]) -> float:
+async def raw_batches(nc: NATS, messages: list[tuple[str, bytes, dict[str, str]]]) -> float:
     started = time.perf_counter()
     for start in range(0, len(messages), BATCH):
         chunk = messages[start:start + BATCH]
@@ -97,7 +99,7 @@ async def eventlog_batches(log: EventLog, devices: int, sites: int) -> float:
     for i in range(devices):
         line = device_line(i, sites)
         event = DeviceAdded(device_id=f"floor-{i:07d}", site_id=str(line["site_id"]), kind=str(line["kind"]),
-                            labels=line["labels"], metadata=line["metadata"])  # type: ignore[arg-type]
+                            labels=line["labels"], metadata=line["metadata"])
         writes.append(Write(f"fleet.evt.floor.floor-{i:07d}", [seal(event, actor="bench", at=now)], 0))
     started = time.perf_counter()
     for start in range(0, len(writes), BATCH):
@@ -127,7 +129,7 @@ async def in_process_import(client: CommandClient, path: Path) -> tuple[float, i
     return time.perf_counter() - started, unchanged
 
 
-async def paired_rounds(nc: nats.NATS, client: CommandClient, devices: int, sites: int,
+async def paired_rounds(nc: NATS, client: CommandClient, devices: int, sites: int,
                         size: int = 2500) -> tuple[list[float], float, float]:
     """Raw and ours interleaved, `size` devices at a time, so load from other work on the machine
     falls on both sides of each ratio alike: raw = hand-written atomic batches of pre-encoded

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import nats
 import psutil
+from nats.aio.client import Client as NATS
 
 from services.agent.simulator import FleetSimulator, SimOptions
 from shared.auth.authority import Authority
@@ -39,7 +40,7 @@ from shared.embedded import EmbeddedNats, die_with_parent
 from shared.eventlog import EventLog
 
 
-async def raw_kv_puts(nc: nats.NATS, count: int, tag: str) -> float:
+async def raw_kv_puts(nc: NATS, count: int, tag: str) -> float:
     """Atomic batches of 1,000 puts to `$KV.fleet_desired.raw-<tag>-<i>`, hand-written with nats-py's
     public API; returns puts/s."""
     config = {"app": {"image": "x:1", "workers": 4}}
@@ -123,7 +124,7 @@ async def main(args: argparse.Namespace) -> None:
             creds[name] = str(authority.write_creds(work / "secrets" / f"{name}.creds", authority.issue(role, name)))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     nc = await nats.connect(server.url, max_reconnect_attempts=-1,
-                            **({"user_credentials": creds["bench"]} if authority else {}))  # type: ignore[arg-type]
+                            **({"user_credentials": creds["bench"]} if authority else {}))
     sim: FleetSimulator | None = None
     try:
         await EventLog(nc).ensure_stream()

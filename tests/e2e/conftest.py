@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -35,7 +37,7 @@ class Stack:
     creds: Callable[[str, str], str]
     tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
-    def start(self, name: str, run: Callable[[Settings], Awaitable[None]]) -> None:
+    def start(self, name: str, run: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
         """Run a service under its own identity (DESIGN §11), as `fleet up` does."""
         own = msgspec.structs.replace(self.settings, nats_creds=self.creds(f"service:{name}", name))
         self.tasks[name] = asyncio.create_task(run(own), name=name)
@@ -61,19 +63,20 @@ class Stack:
                     raise
                 await asyncio.sleep(0.1)
 
-    async def wait_rollout(self, rollout_id: str, statuses: tuple[str, ...], timeout: float = 90) -> dict:  # type: ignore[type-arg]
+    async def wait_rollout(self, rollout_id: str, statuses: tuple[str, ...], timeout: float = 90) -> dict[str, Any]:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             reply = await self.client.send("rollout", "get", {"rollout_id": rollout_id})
             if reply.result["status"] in statuses:
-                return reply.result  # type: ignore[no-any-return]
+                result: dict[str, Any] = reply.result
+                return result
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(f"rollout {rollout_id} stuck: {reply.result}")
             await asyncio.sleep(0.2)
 
 
 @pytest.fixture
-async def stack(nats_server: EmbeddedNats, nc: NATS, eventlog: EventLog, tmp_path,  # type: ignore[no-untyped-def]
+async def stack(nats_server: EmbeddedNats, nc: NATS, eventlog: EventLog, tmp_path: Path,
                 creds: Callable[[str, str], str]) -> AsyncIterator[Stack]:
     settings = load_settings({"nats_url": nats_server.url, "data_dir": str(tmp_path), **FAST}, env={})
     await ensure_checkpoint_buckets(nc, await ensure_log(nc, settings))  # admin creates what services only use

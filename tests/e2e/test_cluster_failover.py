@@ -86,7 +86,8 @@ async def retrying(client: CommandClient, service: str, command: str, body: dict
 
 async def rollout(client: CommandClient, rollout_id: str) -> dict[str, Any]:
     reply = await retrying(client, "rollout", "get", {"rollout_id": rollout_id})
-    return reply.result  # type: ignore[no-any-return]
+    result: dict[str, Any] = reply.result
+    return result
 
 
 async def wait_rollout(client: CommandClient, rollout_id: str, done: Any, timeout: float = 240) -> dict[str, Any]:

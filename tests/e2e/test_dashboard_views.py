@@ -48,7 +48,8 @@ class Views:
         return response.json()
 
     async def service(self, rollout_id: str) -> dict[str, Any]:
-        return (await self.client.send("rollout", "get", {"rollout_id": rollout_id})).result  # type: ignore[no-any-return]
+        result: dict[str, Any] = (await self.client.send("rollout", "get", {"rollout_id": rollout_id})).result
+        return result
 
     async def wait_status(self, rollout_id: str, statuses: tuple[str, ...], timeout: float = 120) -> None:
         deadline = asyncio.get_running_loop().time() + timeout

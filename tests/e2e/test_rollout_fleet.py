@@ -15,6 +15,7 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from services.agent.simulator import FleetSimulator, SimOptions
+from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
 from tests.e2e.conftest import Stack
 
@@ -65,7 +66,7 @@ async def test_healthy_rollout_then_unhealthy_canary_rolls_back(stack: Stack, nc
 
 @pytest.mark.timeout(300)
 async def test_rollout_service_killed_mid_wave_completes_after_restart(
-    stack: Stack, nc: NATS, eventlog: EventLog, nats_server
+    stack: Stack, nc: NATS, eventlog: EventLog, nats_server: EmbeddedNats
 ) -> None:
     await stack.stop("rollout")  # this test runs the rollout service as a real process
     env = {**os.environ, "FLEET_NATS_URL": nats_server.url}

@@ -10,7 +10,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import psutil
 import pytest
@@ -18,6 +20,7 @@ import pytest
 from shared.embedded import free_port
 
 FLEET = [sys.executable, "-m", "fleet"]
+T = TypeVar("T")
 
 
 def fleet(data: Path, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -25,7 +28,7 @@ def fleet(data: Path, *args: str, timeout: float = 30) -> subprocess.CompletedPr
                           timeout=timeout, check=False)
 
 
-def wait_for(predicate, timeout: float = 120, what: str = "condition"):  # type: ignore[no-untyped-def]
+def wait_for(predicate: Callable[[], T | None], timeout: float = 120, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -35,13 +38,14 @@ def wait_for(predicate, timeout: float = 120, what: str = "condition"):  # type:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def status(data: Path) -> dict:  # type: ignore[type-arg]
+def status(data: Path) -> dict[str, Any]:
     result = fleet(data, "status", "--json")
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    decoded: dict[str, Any] = json.loads(result.stdout)
+    return decoded
 
 
-def spans_of(path: Path) -> list[dict]:  # type: ignore[type-arg]
+def spans_of(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -29,16 +30,17 @@ def _start(data: Path, env: dict[str, str], api_port: int, log: Path) -> subproc
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
 
 
-def _running(data: Path) -> dict | None:  # type: ignore[type-arg]
+def _running(data: Path) -> dict[str, Any] | None:
     result = fleet(data, "status", "--json")  # 5 while nothing runs (or only the last run's status.json)
-    up = json.loads(result.stdout)["up"] if result.returncode == 0 else None
+    up: dict[str, Any] | None = json.loads(result.stdout)["up"] if result.returncode == 0 else None
     if up and all(p["state"] == "running" for p in [*up["parts"], *up["servers"]]):
-        return up  # type: ignore[no-any-return]
+        return up
     return None
 
 
-def _server(data: Path, name: str) -> dict:  # type: ignore[type-arg]
-    return next(s for s in status(data)["up"]["servers"] if s["name"] == name)  # type: ignore[no-any-return]
+def _server(data: Path, name: str) -> dict[str, Any]:
+    server: dict[str, Any] = next(s for s in status(data)["up"]["servers"] if s["name"] == name)
+    return server
 
 
 def _online(data: Path) -> int:

@@ -13,11 +13,13 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from services.agent.agent import Agent, AgentOptions, disk_hash
 from shared.config import Settings
@@ -28,7 +30,7 @@ from shared.embedded import EmbeddedNats
 from shared.subjects import heartbeat_subject
 
 
-def desired(device: str, config: dict[str, object], snapshot: str = "snap-1", revision: int = 1) -> DesiredState:
+def desired(device: str, config: dict[str, Any], snapshot: str = "snap-1", revision: int = 1) -> DesiredState:
     return DesiredState(device_id=device, snapshot_id=snapshot, config=config,
                         config_hash=config_hash(config), revision=revision)
 
@@ -47,8 +49,8 @@ class Beats:
     def __init__(self) -> None:
         self.received: list[Heartbeat] = []
 
-    async def on(self, msg: object) -> None:
-        self.received.append(HEARTBEAT_DECODER.decode(msg.data))  # type: ignore[attr-defined]
+    async def on(self, msg: Msg) -> None:
+        self.received.append(HEARTBEAT_DECODER.decode(msg.data))
 
     def last(self) -> Heartbeat | None:
         return self.received[-1] if self.received else None
@@ -96,7 +98,9 @@ async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: Embe
         # the apply command runs after the write (the heartbeat may report the file before it ends)
         await wait_for(lambda: marker.exists() and marker.read_text().split() == ["snap-1"], "apply command")
         await wait_for(lambda: (beats.last() or first).health == "degraded", "health from the command")
-        assert beats.last().metrics == {"error_rate": 0.25, "queue": 7.0}  # type: ignore[union-attr]
+        last = beats.last()
+        assert last is not None
+        assert last.metrics == {"error_rate": 0.25, "queue": 7.0}
         (tmp_path / "code").write_text("3")
         await wait_for(lambda: (beats.last() or first).health == "failed", "failed health")
         (tmp_path / "code").write_text("0")
@@ -106,7 +110,9 @@ async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: Embe
         newer = {"mode": "edge", "limits": {"cpu": 4}}
         await put_desired(nc, [desired("a1", newer, snapshot="snap-2", revision=2)])
         await wait_for(lambda: (beats.last() or first).snapshot_id == "snap-2", "the new snapshot")
-        assert beats.last().config_hash == config_hash(newer)  # type: ignore[union-attr]
+        last = beats.last()
+        assert last is not None
+        assert last.config_hash == config_hash(newer)
         await wait_for(lambda: marker.read_text().split() == ["snap-1", "snap-2"], "second apply command")
 
         # someone edits the file on the device: the agent notices and writes desired state back
@@ -122,7 +128,8 @@ async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: Embe
         applies = agent.applies
         await put_desired(nc, [desired("a1", newer, snapshot="snap-2", revision=3)])
         await wait_for(lambda: len(marker.read_text().split()) == 4, "the re-applied state")
-        assert agent.applies == applies + 1 and agent.applied.revision == 3  # type: ignore[union-attr]
+        assert agent.applied is not None
+        assert agent.applies == applies + 1 and agent.applied.revision == 3
 
 
 async def test_reported_hash_is_of_the_file_on_disk(nc: NATS, nats_server: EmbeddedNats, tmp_path: Path,
@@ -139,7 +146,9 @@ async def test_reported_hash_is_of_the_file_on_disk(nc: NATS, nats_server: Embed
     body = agent.heartbeat_body()
     assert body.config_hash == config_hash({"k": "w"}) != config_hash(config)
     (options.state_dir / "config.json").write_text("{broken")
-    assert agent.heartbeat_body().config_hash.startswith("unparseable-")  # type: ignore[union-attr]
+    reported = agent.heartbeat_body().config_hash
+    assert reported is not None
+    assert reported.startswith("unparseable-")
 
 
 async def test_survives_a_nats_restart(tmp_path: Path) -> None:
@@ -168,7 +177,9 @@ async def test_survives_a_nats_restart(tmp_path: Path) -> None:
             await wait_for(lambda: agent.applied is not None and agent.applied.config == second, "second apply")
             count = len(beats.received)
             await wait_for(lambda: len(beats.received) > count + 2, "heartbeats after the restart")
-            assert beats.last().config_hash == config_hash(second)  # type: ignore[union-attr]
+            last = beats.last()
+            assert last is not None
+            assert last.config_hash == config_hash(second)
         await nc.close()
     finally:
         server.stop()

@@ -33,7 +33,7 @@ class Api:
         self.pool = pool
         self.log = log
 
-    async def get(self, path: str, status: int = 200, **params: Any) -> Any:
+    async def get(self, path: str, status: int = 200, /, **params: Any) -> Any:
         response = await self.client.get(path, params=params)
         assert response.status_code == status, (path, params, response.status_code, response.text)
         return response.json() if response.headers.get("content-type", "").startswith("application/json") else response.text
@@ -52,7 +52,7 @@ async def api(eventlog: EventLog, database_url: str, issue_token: Callable[[str]
     await wait_caught_up(pool, eventlog)
     app = create_app(ReadModels(pool, eventlog))
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE,
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE,  # type: ignore[arg-type]  # Litestar's ASGI types differ from httpx's
                                      headers={"Authorization": f"Bearer {await issue_token('viewer')}"}) as client:
             yield Api(client, pool, eventlog)
     finally:
@@ -117,7 +117,7 @@ async def test_every_endpoint_answers_with_freshness(api: Api) -> None:
 
 async def test_device_filters_and_selector(api: Api) -> None:
     every = (await api.get("/v1/devices", limit=1000))["items"]
-    cases = [
+    cases: list[tuple[dict[str, Any], Callable[[Any], object]]] = [
         ({"online": "true"}, lambda d: d["online"]),
         ({"online": "false"}, lambda d: not d["online"]),
         ({"health": "failed"}, lambda d: d["health"] == "failed"),
@@ -255,7 +255,7 @@ async def test_point_in_time_equals_the_live_answer_recorded_then(api: Api) -> N
     paths = {"summary": "/v1/summary", "devices": "/v1/devices", "problems": "/v1/devices",
              "device": "/v1/devices/dev-0000007", "sites": "/v1/sites", "snapshots": "/v1/snapshots",
              "rollouts": "/v1/rollouts", "changes": "/v1/changes", "history": "/v1/devices/dev-0000007/history"}
-    extra = {"devices": {"limit": 1000}, "problems": {"limit": 1000, "problems": "true"}, "changes": {"limit": 50}}
+    extra: dict[str, dict[str, Any]] = {"devices": {"limit": 1000}, "problems": {"limit": 1000, "problems": "true"}, "changes": {"limit": 50}}
     for name, path in paths.items():
         for when in ({"at_seq": seq}, {"at": moment}):
             past = await api.get(path, **extra.get(name, {}), **when)
@@ -272,7 +272,7 @@ async def test_postgres_down_is_a_503(eventlog: EventLog, issue_token: Callable[
     pool = await create_pool(f"postgresql://nobody:x@127.0.0.1:{free_port()}/none", min_size=0, max_size=1)
     try:
         app = create_app(ReadModels(pool, eventlog))
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE,
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE,  # type: ignore[arg-type]  # Litestar's ASGI types differ from httpx's
                                      headers={"Authorization": f"Bearer {await issue_token('viewer')}"}) as client:
             for path in ("/v1/summary", "/v1/devices", "/v1/changes", "/v1/sites", "/readyz", "/metrics"):
                 response = await client.get(path)

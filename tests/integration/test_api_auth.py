@@ -111,6 +111,13 @@ async def _callers(issue_token: Callable[[str], Awaitable[str]], nc: NATS) -> di
     return out
 
 
+async def _name_of(nc: NATS, authorization: str) -> str:
+    """The name on the token record behind an `Authorization: Bearer fpt_<id>_<secret>` value."""
+    record = await tokens.get_record(nc, authorization.split("_")[1])
+    assert record is not None
+    return record.name
+
+
 def _expected(access: str, caller: str, method: str, path: str) -> int:
     if access == "public":
         return 200
@@ -162,8 +169,7 @@ async def test_every_route_for_every_role(served: tuple[Any, FakeRollout, list[f
     assert not any("actor" in body for _, _, body in fake.seen)  # the body names no actor
     assert {h["Fleet-On-Behalf-Of"] for _, h, _ in fake.seen} == {
         f"{role}:{name}" for role, name in
-        [(r, (await tokens.get_record(nc, callers[r]["Authorization"].split("_")[1])).name)  # type: ignore[union-attr]
-         for r in ("operator", "admin")]}
+        [(r, await _name_of(nc, callers[r]["Authorization"])) for r in ("operator", "admin")]}
 
 
 async def test_metrics_can_be_made_public(eventlog: EventLog, database_url: str, nc: NATS) -> None:

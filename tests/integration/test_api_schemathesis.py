@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import asyncpg
 import hypothesis
@@ -14,6 +15,7 @@ import schemathesis
 import uvicorn
 from hypothesis import HealthCheck, given
 from schemathesis.checks import not_a_server_error, response_schema_conformance
+from schemathesis.core.result import Ok
 from schemathesis.generation import GenerationMode
 
 from projections.api.app import create_app
@@ -54,6 +56,7 @@ def _fuzz(base_url: str, token: str) -> list[str]:
     schema = schemathesis.openapi.from_url(f"{base_url}/openapi.json")
     checked = []
     for result in schema.get_all_operations():
+        assert isinstance(result, Ok), result.err()  # the schema of every operation loads
         operation = result.ok()
         if operation.method.upper() != "GET":
             # Commands are forwarded to their services over NATS; with none running here their
@@ -64,7 +67,7 @@ def _fuzz(base_url: str, token: str) -> list[str]:
             @given(case=operation.as_strategy(generation_mode=mode))
             @hypothesis.settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
                                  suppress_health_check=list(HealthCheck))
-            def check(case: schemathesis.Case) -> None:
+            def check(case: schemathesis.Case[Any]) -> None:
                 case.call_and_validate(checks=[not_a_server_error, response_schema_conformance],
                                        headers={"Authorization": f"Bearer {token}"})
 

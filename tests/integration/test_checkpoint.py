@@ -160,7 +160,9 @@ async def _stored(nc: NATS, eventlog: EventLog) -> tuple[Checkpoints[Any], _Stor
     await until(lambda: first.checkpoints.written >= 1, "a registry checkpoint")
     await first.stop()
     store = await nc.jetstream().object_store(checkpoint_bucket("registry"))
-    stored = msgspec.msgpack.decode((await store.get("registry")).data, type=_Stored)
+    got = await store.get("registry")
+    assert got.data is not None
+    stored = msgspec.msgpack.decode(got.data, type=_Stored)
     return first.checkpoints, stored, head
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import msgspec
 import pytest
@@ -16,7 +17,7 @@ from shared.aggregates import AggregateStore
 from shared.commands import Command, CommandClient, CommandService, Context, Outcome
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound, Unavailable
-from shared.eventlog import EventLog
+from shared.eventlog import EventLog, Recorded
 from shared.ids import check_id
 
 
@@ -101,9 +102,10 @@ async def bank(nc: NATS, eventlog: EventLog) -> AsyncIterator[CommandService]:
     await service.stop()
 
 
-async def raw(nc: NATS, command: str, body: bytes) -> dict:  # type: ignore[type-arg]
+async def raw(nc: NATS, command: str, body: bytes) -> dict[str, Any]:
     reply = await nc.request(f"fleet.cmd.bank.{command}", body, timeout=5)
-    return json.loads(reply.data)  # type: ignore[no-any-return]
+    decoded: dict[str, Any] = json.loads(reply.data)
+    return decoded
 
 
 async def test_commands_append_events_and_reply(bank: CommandService, nc: NATS, eventlog: EventLog) -> None:
@@ -213,6 +215,12 @@ async def test_duplicate_command_id_after_restart_adds_no_event(nc: NATS, eventl
     await service.stop()
 
 
+def deposited(record: Recorded) -> Deposited:
+    event = record.event
+    assert isinstance(event, Deposited)
+    return event
+
+
 async def test_writers_racing_on_one_aggregate_are_retried_not_lost(nc: NATS, eventlog: EventLog) -> None:
     # Two service instances (as with two processes) share the queue group and deposit
     # concurrently; stale in-memory state is reloaded after each conflict.
@@ -225,7 +233,7 @@ async def test_writers_racing_on_one_aggregate_are_retried_not_lost(nc: NATS, ev
             client.send("bank", "deposit", {"account_id": "acc", "amount": 1}) for _ in range(40)])
         assert all(r.ok for r in replies)
         recorded, _ = await eventlog.load("fleet.evt.account.acc")
-        assert sum(r.event.amount for r in recorded[1:]) == 40  # type: ignore[union-attr]
+        assert sum(deposited(r).amount for r in recorded[1:]) == 40
     finally:
         await first.stop()
         await second.stop()

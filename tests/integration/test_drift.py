@@ -31,6 +31,17 @@ from shared.envelope import Event, seal
 from shared.errors import Conflict, NotFound
 from shared.eventlog import EventLog
 from shared.events.desired import DesiredStateAssigned
+from shared.events.observed import (
+    DeviceCameOnline,
+    DeviceHealthChanged,
+    DeviceReportedState,
+    DeviceStuck,
+    DeviceWentOffline,
+    DriftBegan,
+    DriftEnded,
+    ReconcileAttempted,
+    ReconcileForced,
+)
 from shared.events.registry import DeviceAdded, DeviceRetired, SiteAdded
 from shared.subjects import event_subject, heartbeat_subject
 from shared.times import format_time, parse_time, utcnow
@@ -71,13 +82,13 @@ class Device:
         self.hash: str | None = None
         self.health = "ok"
 
-    async def beat(self, **overrides: object) -> None:
+    async def beat(self, **overrides: Any) -> None:
         self.seq += 1
-        fields: dict[str, object] = {"device_id": self.device, "site": self.site, "seq": self.seq,
-                                     "at": format_time(utcnow()), "snapshot_id": self.snapshot,
-                                     "config_hash": self.hash, "health": self.health}
+        fields: dict[str, Any] = {"device_id": self.device, "site": self.site, "seq": self.seq,
+                                  "at": format_time(utcnow()), "snapshot_id": self.snapshot,
+                                  "config_hash": self.hash, "health": self.health}
         fields.update(overrides)
-        hb = Heartbeat(**fields)  # type: ignore[arg-type]
+        hb = Heartbeat(**fields)
         await self.nc.publish(heartbeat_subject(self.site, self.device), HEARTBEAT_ENCODER.encode(hb))
 
 
@@ -175,6 +186,7 @@ async def test_every_transition(nc: NATS, eventlog: EventLog, drift: DriftServic
     await dev.beat()
     events = await until(drift, eventlog, "t1", lambda e: len(e) >= 1, world)
     assert types(events) == ["DeviceCameOnline"]
+    assert isinstance(events[0], DeviceCameOnline)
     assert events[0].snapshot_id is None and events[0].site_id == "s1"
 
     # desired state assigned; the device applies it within the grace period: no drift
@@ -186,6 +198,7 @@ async def test_every_transition(nc: NATS, eventlog: EventLog, drift: DriftServic
     await drift.flush()
     events = await observed(eventlog, "t1")
     assert types(events) == ["DeviceCameOnline", "DeviceReportedState"]
+    assert isinstance(events[1], DeviceReportedState)
     assert (events[1].snapshot_id, events[1].config_hash) == ("snap-1", digest)
 
     # health changes both ways, with the metrics
@@ -193,10 +206,12 @@ async def test_every_transition(nc: NATS, eventlog: EventLog, drift: DriftServic
     dev.health = "degraded"
     events = await until(drift, eventlog, "t1", lambda e: len(e) >= 3, world)
     assert types(events)[2] == "DeviceHealthChanged"
+    assert isinstance(events[2], DeviceHealthChanged)
     assert (events[2].health, events[2].previous, events[2].metrics) == ("degraded", "ok", {"error_rate": 0.2})
     dev.health = "ok"
     await dev.beat()
     events = await until(drift, eventlog, "t1", lambda e: len(e) >= 4, world)
+    assert isinstance(events[3], DeviceHealthChanged)
     assert (events[3].health, events[3].previous) == ("ok", "degraded")
 
     # tampered: reports another hash; after the grace period drift begins and a reconcile re-puts
@@ -204,7 +219,9 @@ async def test_every_transition(nc: NATS, eventlog: EventLog, drift: DriftServic
     events = await until(drift, eventlog, "t1", lambda e: "ReconcileAttempted" in types(e), world, dev)
     assert types(events)[4:7] == ["DeviceReportedState", "DriftBegan", "ReconcileAttempted"]
     began = events[5]
+    assert isinstance(began, DriftBegan)
     assert (began.desired_config_hash, began.reported_config_hash) == (digest, "tampered")
+    assert isinstance(events[6], ReconcileAttempted)
     assert events[6].attempt == 1 and events[6].revision == 2
     await drift.flush()
     value = await get_desired(nc, "t1")
@@ -215,16 +232,19 @@ async def test_every_transition(nc: NATS, eventlog: EventLog, drift: DriftServic
     events = await until(drift, eventlog, "t1", lambda e: "DriftEnded" in types(e), world, dev)
     ended = events[-1]
     assert types(events)[-2:] == ["DeviceReportedState", "DriftEnded"]
+    assert isinstance(ended, DriftEnded)
     assert ended.resolution == "converged" and ended.duration_seconds >= POLICY.drift_grace
 
     # silence: offline after the window, with the last heartbeat's time; back online later
     count = len(events)
     events = await until(drift, eventlog, "t1", lambda e: "DeviceWentOffline" in types(e[count:]), world)
     assert types(events[count:]) == ["DeviceWentOffline"]
+    assert isinstance(events[-1], DeviceWentOffline)
     parse_time(events[-1].last_seen)
     await dev.beat()
     events = await until(drift, eventlog, "t1", lambda e: len(e) > count + 1, world)
     assert types(events[count + 1:]) == ["DeviceCameOnline"]
+    assert isinstance(events[-1], DeviceCameOnline)
     assert events[-1].config_hash == digest
 
 
@@ -244,10 +264,13 @@ async def test_reconcile_backs_off_then_stuck_until_desired_changes(
                              "ReconcileAttempted", "DeviceStuck"]
     assert len(events) == stuck_at, "a stuck device must not be retried"
     first, second = events[2], events[3]
+    assert isinstance(first, ReconcileAttempted) and isinstance(second, ReconcileAttempted)
     assert (first.attempt, first.revision, second.attempt, second.revision) == (1, 2, 2, 3)
     # the next attempt is scheduled after backoff, doubled on each attempt
+    assert first.retry_at is not None and second.retry_at is not None
     begun = parse_time(first.retry_at).timestamp() - POLICY.reconcile_backoff
     assert parse_time(second.retry_at).timestamp() - begun >= POLICY.reconcile_backoff * 3 - 0.01
+    assert isinstance(events[4], DeviceStuck)
     assert events[4].attempts == 2
     value = await get_desired(nc, "r1")
     assert value is not None and value.revision == 3 and value.config_hash == digest
@@ -257,6 +280,7 @@ async def test_reconcile_backs_off_then_stuck_until_desired_changes(
     events = await until(drift, eventlog, "r1", lambda e: types(e).count("ReconcileAttempted") >= 3, world, dev)
     after = events[stuck_at:]
     assert types(after)[:3] == ["DriftEnded", "DriftBegan", "ReconcileAttempted"]
+    assert isinstance(after[0], DriftEnded) and isinstance(after[2], ReconcileAttempted)
     assert after[0].resolution == "desired_changed"
     assert after[2].attempt == 1 and after[2].revision == 11
 
@@ -283,6 +307,7 @@ async def test_operator_forces_reconciliation_of_a_stuck_device(
         assert reply.result == {"device_id": "f1", "stuck": False, "acknowledged": False}
         events = await until(drift, eventlog, "f1",
                              lambda e: types(e)[-2:] == ["ReconcileForced", "ReconcileAttempted"], world, *both)
+        assert isinstance(events[-2], ReconcileForced) and isinstance(events[-1], ReconcileAttempted)
         assert events[-2].reason == "fixed the disk" and events[-1].attempt == 1
         # The operator then accepts the drift: no more re-puts, no `stuck`, while it lasts.
         acked = await client.send("drift", "acknowledge", {"device_id": "f1", "reason": "lab unit"})
@@ -508,9 +533,9 @@ async def test_a_device_that_cannot_be_decided_does_not_stop_the_others(
         nc: NATS, eventlog: EventLog, drift: DriftService, world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     """Round 1 ran every device's tick in one loop without a guard: one raise ended the loop, and
     no device ever went offline again. Now the failure stays with that device, counted."""
-    from services.drift import handlers
+    from services.drift import domain, handlers
 
-    real = handlers.decide
+    real = domain.decide  # the function handlers imported, and calls by this name
     cursed: set[str] = set()
 
     def decide(state: Any, command: Any, now: float, policy: Policy) -> Any:

@@ -51,7 +51,7 @@ async def test_nats_restarts_after_crash_with_the_log_intact(tmp_path: Path) -> 
     await log.ensure_stream()
     from tests.integration.test_eventlog import counted
 
-    await log.append("fleet.evt.counter.k", [counted("k", 1)], 0)  # type: ignore[list-item]
+    await log.append("fleet.evt.counter.k", [counted("k", 1)], 0)
     await nc.close()
     server.kill()
     again = await EmbeddedNats(tmp_path / "nats", port=server.port).start()

@@ -17,9 +17,9 @@ from nats.js import api
 
 from shared.atomic import HDR_BATCH_ID, HDR_BATCH_SEQ, publish_atomic
 from shared.embedded import EmbeddedNats
-from shared.envelope import Event, seal
+from shared.envelope import Envelope, Event, seal
 from shared.errors import Conflict, StreamMisconfigured
-from shared.eventlog import _REPLAY_BUFFER, EventLog, Write, stream_config
+from shared.eventlog import _REPLAY_BUFFER, EventLog, Recorded, Write, stream_config
 from shared.subjects import EVENTS_STREAM
 from shared.times import utcnow
 
@@ -34,12 +34,18 @@ class Counted(Event, frozen=True, kw_only=True):
     writer: str = ""
 
 
-def counted(counter: str, value: int, writer: str = "") -> object:
+def counted(counter: str, value: int, writer: str = "") -> Envelope:
     return seal(Counted(counter_id=counter, value=value, writer=writer), actor="test", at=utcnow())
 
 
-def values(recorded: list) -> list[int]:  # type: ignore[type-arg]
-    return [r.event.value for r in recorded]
+def counter_event(recorded: Recorded) -> Counted:
+    event = recorded.event
+    assert isinstance(event, Counted)
+    return event
+
+
+def values(recorded: list[Recorded]) -> list[int]:
+    return [counter_event(r).value for r in recorded]
 
 
 async def test_append_load_replay_round_trip(eventlog: EventLog) -> None:
@@ -147,7 +153,7 @@ async def test_concurrent_writers_lose_no_update(eventlog: EventLog, nats_server
         done = 0
         while done < rounds:
             recorded, last = await log.load("fleet.evt.counter.shared")
-            current = recorded[-1].event.value if recorded else 0  # type: ignore[union-attr]
+            current = counter_event(recorded[-1]).value if recorded else 0
             try:
                 await log.append("fleet.evt.counter.shared",
                                  [counted("shared", current + 1, name)], last)
@@ -159,7 +165,7 @@ async def test_concurrent_writers_lose_no_update(eventlog: EventLog, nats_server
     await asyncio.gather(writer("w1"), writer("w2"))
     recorded, _ = await eventlog.load("fleet.evt.counter.shared")
     assert values(recorded) == list(range(1, 2 * rounds + 1))
-    writers = [r.event.writer for r in recorded]  # type: ignore[union-attr]
+    writers = [counter_event(r).writer for r in recorded]
     assert writers.count("w1") == rounds
     assert writers.count("w2") == rounds
 

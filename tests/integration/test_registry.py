@@ -155,8 +155,9 @@ async def test_device_lifecycle(registry: Registry, client: CommandClient, event
     retired = await send(client, "retire_device", device_id="press-1", reason="scrapped")
     assert retired.result["status"] == "retired"
     assert (await send(client, "retire_device", device_id="press-1")).events == []
-    for command, body in [("relabel_device", {"labels": {}}), ("move_device", {"site_id": "s1"}),
-                          ("update_device", {"kind": "x"})]:
+    changes: list[tuple[str, dict[str, Any]]] = [("relabel_device", {"labels": {}}),
+                                                 ("move_device", {"site_id": "s1"}), ("update_device", {"kind": "x"})]
+    for command, body in changes:
         err = await refused(client, command, device_id="press-1", **body)
         assert isinstance(err, Conflict), command
     err = await refused(client, "add_device", device_id="press-1", site_id="s1")
@@ -273,8 +274,9 @@ async def test_restart_rebuilds_the_same_answers(nc: NATS, eventlog: EventLog, c
     await send(client, "move_device", device_id="d4", site_id="s2")
     await send(client, "retire_device", device_id="d5")
     await send(client, "add_device", device_id="d6b", site_id="s1", parent_id="d6")
-    queries = [("list_sites", {"include_retired": True}), ("list_devices", {"include_retired": True}),
-               ("get_device", {"device_id": "d3"}), ("get_site", {"site_id": "s2"})]
+    queries: list[tuple[str, dict[str, Any]]] = [
+        ("list_sites", {"include_retired": True}), ("list_devices", {"include_retired": True}),
+        ("get_device", {"device_id": "d3"}), ("get_site", {"site_id": "s2"})]
     before = [msgspec.json.encode((await send(client, q, **b)).result) for q, b in queries]
     await service.stop()
     reg2, service2 = await start(nc, eventlog)

@@ -22,12 +22,12 @@ from shared.configs import snapshot_id
 from shared.desired import DESIRED_WILDCARD, get_desired
 from shared.devices import DESIRED_DECODER
 from shared.envelope import Event, seal
-from shared.errors import Conflict, Invalid, NotFound
+from shared.errors import Conflict, FleetError, Invalid, NotFound
 from shared.eventlog import EventLog, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import DeviceCameOnline, DeviceHealthChanged, DeviceReportedState
 from shared.events.registry import DeviceAdded, SiteAdded
-from shared.events.rollout import RolloutDevicesAssigned, RolloutStarted
+from shared.events.rollout import RolloutDevicesAssigned, RolloutStarted, RolloutWavePlanned
 from shared.events.snapshot import SnapshotCreated
 from shared.times import utcnow
 
@@ -95,19 +95,27 @@ async def service(nc: NATS, eventlog: EventLog) -> AsyncIterator[RolloutService]
     await svc.stop()
 
 
-async def wait_status(client: CommandClient, rollout_id: str, statuses: tuple[str, ...], timeout: float = 30) -> dict:  # type: ignore[type-arg]
+async def wait_status(client: CommandClient, rollout_id: str, statuses: tuple[str, ...],
+                      timeout: float = 30) -> dict[str, Any]:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
         reply = await client.send("rollout", "get", {"rollout_id": rollout_id})
         if reply.result["status"] in statuses:
-            return reply.result  # type: ignore[no-any-return]
+            result: dict[str, Any] = reply.result
+            return result
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"rollout stuck at {reply.result}")
         await asyncio.sleep(0.05)
 
 
 async def desired_events(log: EventLog) -> list[DesiredStateAssigned]:
-    return [r.event async for r in log.replay() if r.subject.startswith("fleet.evt.desired.")]  # type: ignore[misc]
+    events: list[DesiredStateAssigned] = []
+    async for r in log.replay():
+        if r.subject.startswith("fleet.evt.desired."):
+            event = r.event
+            assert isinstance(event, DesiredStateAssigned)  # the one event type of the family
+            events.append(event)
+    return events
 
 
 async def test_healthy_rollout_completes_and_assigns_each_device_once(
@@ -131,9 +139,9 @@ async def test_healthy_rollout_completes_and_assigns_each_device_once(
     assert value is not None
     assert (value.snapshot_id, value.config, value.rollout_id) == (snap("v1"), {"level": 1}, "r-v1")
     # the canary wave was exactly the canary site
-    first_wave = [r.event async for r in eventlog.replay()
-                  if r.envelope.type == "RolloutWavePlanned" and r.event.wave == 0]  # type: ignore[union-attr]
-    assert {fleet[d] for d in first_wave[0].devices} == {"s1"}  # type: ignore[union-attr]
+    first_wave = [event async for r in eventlog.replay()
+                  if isinstance(event := r.event, RolloutWavePlanned) and event.wave == 0]
+    assert {fleet[d] for d in first_wave[0].devices} == {"s1"}
 
 
 async def test_unhealthy_canary_fails_the_gate_and_rolls_back_to_the_previous_snapshot(
@@ -198,13 +206,15 @@ async def test_dry_run_and_bad_starts_change_nothing(service: RolloutService, nc
     assert plan.result["dry_run"]
     assert [len(w) for w in plan.result["plan"]] == [5, 15, 20]
     assert set(plan.result["config_hashes"]) == set(SITES)
-    cases = [({"snapshot_id": "nope", "target": ""}, NotFound, "snapshot_id"),
-             ({"snapshot_id": snap("v1"), "target": "tier=cloud"}, Invalid, "target"),
-             ({"snapshot_id": snap("v1"), "target": "tier in (a"}, Invalid, "target"),
-             ({"snapshot_id": snap("v1"), "waves": "50"}, Invalid, "waves"),
-             ({"snapshot_id": snap("v1"), "canary": "site:nowhere"}, Invalid, "canary"),
-             ({"snapshot_id": snap("v1"), "metrics": ["error_rate"]}, Invalid, "metric"),
-             ({"snapshot_id": snap("v1"), "bake": "soon"}, Invalid, "bake")]
+    cases: list[tuple[dict[str, Any], type[FleetError], str]] = [
+        ({"snapshot_id": "nope", "target": ""}, NotFound, "snapshot_id"),
+        ({"snapshot_id": snap("v1"), "target": "tier=cloud"}, Invalid, "target"),
+        ({"snapshot_id": snap("v1"), "target": "tier in (a"}, Invalid, "target"),
+        ({"snapshot_id": snap("v1"), "waves": "50"}, Invalid, "waves"),
+        ({"snapshot_id": snap("v1"), "canary": "site:nowhere"}, Invalid, "canary"),
+        ({"snapshot_id": snap("v1"), "metrics": ["error_rate"]}, Invalid, "metric"),
+        ({"snapshot_id": snap("v1"), "bake": "soon"}, Invalid, "bake"),
+    ]
     for body, error, field in cases:
         with pytest.raises(error) as err:
             await client.send("rollout", "start", body)

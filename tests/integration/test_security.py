@@ -13,7 +13,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import nats
@@ -343,7 +343,8 @@ def _node_nats() -> Path:
                                  "nats@2"], return_completed_process=True, capture_output=True, text=True,
                                 timeout=300, check=False)
         assert done.returncode == 0, ("could not install the Node nats package from the npm registry (the test "
-                                      f"needs to reach it once; FLEET_NODE_CACHE says where): {done.stderr[:500]}")
+                                      "needs to reach it once; FLEET_NODE_CACHE says where): "
+                                      f"{cast(str, done.stderr)[:500]}")  # text=True: a str
     return NODE_CACHE / "node_modules"
 
 
@@ -427,7 +428,8 @@ async def test_enroll_create_and_revoke_from_the_cli(world: EventLog, nc: NATS, 
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
-        return json.loads(out)  # type: ignore[no-any-return]
+        decoded: dict[str, Any] = json.loads(out)
+        return decoded
 
     device_file, operator_file = tmp_path / "dev-cli.creds", tmp_path / "zed.creds"
     enrolled = await fleet("device", "enroll", "dev-cli", "--out", str(device_file))

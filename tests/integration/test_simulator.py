@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from services.agent.simulator import FleetSimulator, SimOptions
 from services.drift.domain import Policy
@@ -18,9 +20,10 @@ from services.drift.handlers import DriftService
 from shared.configs import config_hash
 from shared.desired import ensure_bucket, put_desired
 from shared.devices import DesiredState
+from shared.embedded import EmbeddedNats
 from shared.envelope import Event, seal
 from shared.errors import Unavailable
-from shared.eventlog import EventLog, Write
+from shared.eventlog import EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.registry import DeviceAdded, SiteAdded
 from shared.subjects import event_subject
@@ -30,7 +33,7 @@ POLICY = Policy(interval=0.2, offline_after=3, drift_grace=0.4, reconcile_backof
 
 
 async def assign_all(nc: NATS, eventlog: EventLog, sim: FleetSimulator, devices: range, snapshot: str,
-                     config: dict[str, object]) -> str:
+                     config: dict[str, Any]) -> str:
     """What the rollout service does for a wave: desired-state events and KV values, batched."""
     digest = config_hash(config)
     now = utcnow()
@@ -51,6 +54,12 @@ async def observed(eventlog: EventLog, device: str) -> list[Event]:
 
 def names(events: list[Event]) -> list[str]:
     return [type(e).__name__ for e in events]
+
+
+def added(record: Recorded) -> DeviceAdded:
+    event = record.event
+    assert isinstance(event, DeviceAdded)
+    return event
 
 
 async def until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:
@@ -86,7 +95,7 @@ async def test_simulated_fleet_with_registry_and_drift(nc: NATS, eventlog: Event
         await sim.start()
         for i in range(120):
             recorded, _ = await eventlog.load(event_subject("device", sim.ids[i]))
-            assert [(type(r.event), r.event.site_id) for r in recorded] == [  # type: ignore[union-attr]
+            assert [(type(r.event), added(r).site_id) for r in recorded] == [
                 (DeviceAdded, sim.sites[i])]
         for s in range(4):
             recorded, _ = await eventlog.load(event_subject("site", opts.site_id(s)))
@@ -143,7 +152,7 @@ async def test_simulated_fleet_with_registry_and_drift(nc: NATS, eventlog: Event
         await registry.stop()
 
 
-async def test_fleet_simulate_command(nc: NATS, nats_server: object) -> None:
+async def test_fleet_simulate_command(nc: NATS, nats_server: EmbeddedNats) -> None:
     """The CLI: without a registry it fails clearly (exit 5); with --no-register it heartbeats."""
     import os
     import signal
@@ -151,7 +160,7 @@ async def test_fleet_simulate_command(nc: NATS, nats_server: object) -> None:
     from pathlib import Path
 
     fleet = str(Path(sys.executable).parent / "fleet")
-    env = {**os.environ, "FLEET_NATS_URL": nats_server.url}  # type: ignore[attr-defined]
+    env = {**os.environ, "FLEET_NATS_URL": nats_server.url}
     args = [fleet, "simulate", "--devices", "6", "--sites", "2", "--interval", "0.2", "--prefix", "cli"]
     proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
@@ -161,8 +170,8 @@ async def test_fleet_simulate_command(nc: NATS, nats_server: object) -> None:
 
     seen: set[str] = set()
 
-    async def on_heartbeat(msg: object) -> None:
-        seen.add(msg.subject)  # type: ignore[attr-defined]
+    async def on_heartbeat(msg: Msg) -> None:
+        seen.add(msg.subject)
     sub = await nc.subscribe("fleet.hb.*.*", cb=on_heartbeat)
     proc = await asyncio.create_subprocess_exec(*args, "--no-register", env=env, stdout=asyncio.subprocess.DEVNULL,
                                                 stderr=asyncio.subprocess.DEVNULL)

@@ -5,8 +5,10 @@ inserted, bad signature, rewritten) — over messages in memory and over an expo
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import pytest
 from nacl.signing import SigningKey
@@ -15,7 +17,7 @@ from services.audit.domain import Chain, announcement
 from shared.audit.chain import ZERO_CHAIN, chain_step, key_id
 from shared.audit.source import export_line, read_export, verify_file
 from shared.audit.verify import AuditIndex, Report, Verifier
-from shared.envelope import encode_envelope, seal
+from shared.envelope import Event, encode_envelope, seal
 from shared.errors import Invalid
 from shared.events import registry
 
@@ -25,8 +27,8 @@ KEY = SigningKey(bytes(range(32)))
 OTHER = SigningKey(bytes(range(1, 33)))
 
 
-def _body(event: registry.SiteAdded | object, n: int) -> bytes:
-    return encode_envelope(seal(event, actor="operator:test", at=AT, event_id=f"e-{n}"))  # type: ignore[arg-type]
+def _body(event: Event, n: int) -> bytes:
+    return encode_envelope(seal(event, actor="operator:test", at=AT, event_id=f"e-{n}"))
 
 
 def build_log(events: int, every: int, key: SigningKey = KEY) -> list[Message]:
@@ -57,8 +59,17 @@ def build_log(events: int, every: int, key: SigningKey = KEY) -> list[Message]:
     return log
 
 
-def verify(messages: list[Message], **options: object) -> Report:
-    verifier = Verifier(AuditIndex.of(messages), **options)  # type: ignore[arg-type]
+class VerifyOptions(TypedDict, total=False):
+    """The keyword options of `Verifier`."""
+
+    pinned: Iterable[bytes]
+    from_seq: int
+    to_seq: int | None
+    expect: tuple[int, bytes] | None
+
+
+def verify(messages: list[Message], **options: Unpack[VerifyOptions]) -> Report:
+    verifier = Verifier(AuditIndex.of(messages), **options)
     for seq, subject, body in messages:
         if seq >= verifier.start_seq and not verifier.feed(seq, subject, body):
             break
@@ -261,7 +272,7 @@ def test_every_position_of_every_tampering_is_named(renumbered: bool) -> None:
     """A sweep: each event of a small log altered, dropped, swapped with the next message, or
     preceded by a forged one; verify always names that sequence and the right kind."""
     log = build_log(40, every=7)
-    pins = {"pinned": [bytes(KEY.verify_key)]}
+    pins: VerifyOptions = {"pinned": [bytes(KEY.verify_key)]}
     events = [seq for seq, subject, _ in log if ".audit." not in subject]
     for seq in events:
         cases = {"altered": _altered(log, seq), "missing": _dropped(log, seq, renumbered),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,9 +18,10 @@ from shared.auth.roles import ROLES, SERVICES
 from shared.errors import Invalid
 
 
-def _part(token: str, index: int) -> dict:  # type: ignore[type-arg]
+def _part(token: str, index: int) -> dict[str, Any]:
     raw = token.split(".")[index]
-    return json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))  # type: ignore[no-any-return]
+    part: dict[str, Any] = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+    return part
 
 
 def test_a_signed_jwt_verifies_with_the_issuer_key_and_names_its_type() -> None:

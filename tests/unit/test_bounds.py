@@ -38,6 +38,7 @@ def test_a_body_is_refused_exactly_when_some_string_or_key_holds_a_control_chara
     if has_control(value):
         with pytest.raises(Invalid) as info:
             check_no_control(data)
+        assert info.value.field is not None
         assert info.value.field.startswith("body")
     else:
         check_no_control(data)

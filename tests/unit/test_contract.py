@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -209,10 +210,10 @@ def test_pure_domains_import_no_io() -> None:
 @given(st.dictionaries(st.text(min_size=1, max_size=8), st.integers() | st.text(max_size=8) | st.booleans(),
                        max_size=5),
        st.none() | st.text(min_size=1, max_size=8), st.integers(min_value=1, max_value=10**6))
-def test_an_encoded_desired_state_is_byte_for_byte_a_desired_state(config: dict, rollout: str | None,  # type: ignore[type-arg]
+def test_an_encoded_desired_state_is_byte_for_byte_a_desired_state(config: dict[str, Any], rollout: str | None,
                                                                    revision: int) -> None:
-    fields = {"device_id": "d1", "snapshot_id": "s-1", "config_hash": "ab" * 32, "rollout_id": rollout,
-              "revision": revision}
+    fields: dict[str, Any] = {"device_id": "d1", "snapshot_id": "s-1", "config_hash": "ab" * 32,
+                              "rollout_id": rollout, "revision": revision}
     plain = DESIRED_ENCODER.encode(DesiredState(config=config, **fields))
     encoded = DESIRED_ENCODER.encode(EncodedDesiredState(config=msgspec.Raw(msgspec.json.encode(config)), **fields))
     assert encoded == plain

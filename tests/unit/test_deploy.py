@@ -143,7 +143,7 @@ def test_nats_helm_values_set_only_keys_the_chart_has() -> None:
 
 def test_systemd_unit_runs_the_agent_with_flags_it_has() -> None:
     unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.optionxform = str  # type: ignore[assignment,method-assign]  # configparser's documented way to keep case
     unit.read_string((DEPLOY / "systemd" / "fleet-agent.service").read_text())
     assert {"Unit", "Service", "Install"} <= set(unit.sections())
     exec_start = unit["Service"]["ExecStart"].replace("\\\n", " ")

@@ -4,7 +4,8 @@ replay of the events they produced."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -34,7 +35,7 @@ from services.drift.domain import (
     steady,
     tick_due,
 )
-from shared.devices import Heartbeat
+from shared.devices import Health, Heartbeat
 from shared.envelope import Event
 from shared.errors import Conflict, NotFound
 from shared.events.desired import DesiredStateAssigned
@@ -59,7 +60,7 @@ _VOLATILE = {"last_seen", "last_seq", "mismatch_since", "seen", "flips"}
 def hb(seq: int, snapshot: str | None = "s1", digest: str | None = "h1", health: str = "ok",
        site: str = "site-a") -> Heartbeat:
     return Heartbeat(device_id="d1", site=site, seq=seq, at="2027-01-01T00:00:00Z", snapshot_id=snapshot,
-                     config_hash=digest, health=health)  # type: ignore[arg-type]
+                     config_hash=digest, health=cast(Health, health))  # the tests pass only Health values
 
 
 def registered(desired: tuple[str, str] | None = ("s1", "h1")) -> DeviceState:
@@ -79,7 +80,7 @@ def step(state: DeviceState, command: Any, now: float) -> tuple[DeviceState, lis
     return state, list(events)
 
 
-def names(events: list[Event]) -> list[str]:
+def names(events: Sequence[Event]) -> list[str]:
     return [type(e).__name__ for e in events]
 
 
@@ -108,7 +109,8 @@ def test_online_changes_and_offline_after_the_window() -> None:
     assert events == []  # exactly at the window: not yet
     state, events = step(state, Tick(), T0 + 20.001 + POLICY.offline_window)
     assert names(events) == ["DeviceWentOffline"]
-    assert parse_time(events[0].last_seen).timestamp() == T0 + 20  # type: ignore[attr-defined]
+    assert isinstance(events[0], DeviceWentOffline)
+    assert parse_time(events[0].last_seen).timestamp() == T0 + 20
     state, events = step(state, Tick(), T0 + 500)
     assert events == []
     state, events = step(state, Beat(hb(1)), T0 + 600)  # seq restarts after offline: accepted
@@ -129,9 +131,11 @@ def test_drift_grace_reconcile_backoff_and_stuck() -> None:
     assert events == []
     state, events = step(state, Beat(hb(4, digest="other")), T0 + 65)
     assert names(events) == ["ReconcileAttempted"]
-    assert parse_time(events[0].retry_at).timestamp() == T0 + 75  # type: ignore[attr-defined]
+    assert isinstance(events[0], ReconcileAttempted) and events[0].retry_at is not None
+    assert parse_time(events[0].retry_at).timestamp() == T0 + 75
     state, events = step(state, Beat(hb(5, digest="other")), T0 + 75)
-    assert parse_time(events[0].retry_at).timestamp() == T0 + 95  # type: ignore[attr-defined]
+    assert isinstance(events[0], ReconcileAttempted) and events[0].retry_at is not None
+    assert parse_time(events[0].retry_at).timestamp() == T0 + 95
     state, events = step(state, Beat(hb(6, digest="other")), T0 + 95)
     assert names(events) == ["DeviceStuck"]
     for later in (100, 200, 1000):
@@ -153,7 +157,8 @@ def test_desired_change_ends_drift_and_clears_stuck() -> None:
     state = evolve(state, DesiredStateAssigned(device_id="d1", site_id="site-a", snapshot_id="s2",
                                                config_hash="h2", revision=7))
     state, events = step(state, DesiredChanged(), T0 + 100)
-    assert names(events) == ["DriftEnded"] and events[0].resolution == "desired_changed"  # type: ignore[attr-defined]
+    assert isinstance(events[0], DriftEnded)
+    assert names(events) == ["DriftEnded"] and events[0].resolution == "desired_changed"
     assert not state.stuck and not state.drifted
     state, events = step(state, Beat(hb(10, snapshot="s2", digest="h2")), T0 + 101)
     assert names(events) == ["DeviceReportedState"]
@@ -174,7 +179,8 @@ def test_forced_reconcile_starts_the_tries_over() -> None:
     state, events = step(state, ForceReconcile("disk replaced"), T0 + 100)
     assert names(events) == ["ReconcileForced"] and not state.stuck and state.attempts == 0
     state, events = step(state, Tick(), T0 + 100)
-    assert names(events) == ["ReconcileAttempted"] and events[0].attempt == 1  # type: ignore[attr-defined]
+    assert isinstance(events[0], ReconcileAttempted)
+    assert names(events) == ["ReconcileAttempted"] and events[0].attempt == 1
     with pytest.raises(Conflict, match="retired"):
         decide(evolve(state, DeviceRetired(device_id="d1")), ForceReconcile(), T0, POLICY)
 
@@ -219,12 +225,12 @@ def test_restart_gives_a_full_window_and_a_fresh_grace() -> None:
 
 SNAPSHOTS = [None, "s1", "s2"]
 HASHES = [None, "h1", "h2", "tampered"]
-beats = st.tuples(st.just("beat"), st.sampled_from(SNAPSHOTS), st.sampled_from(HASHES),
-                  st.sampled_from(["ok", "ok", "degraded", "failed"]), st.floats(0, 40))
+heartbeats = st.tuples(st.just("beat"), st.sampled_from(SNAPSHOTS), st.sampled_from(HASHES),
+                       st.sampled_from(["ok", "ok", "degraded", "failed"]), st.floats(0, 40))
 ticks = st.tuples(st.just("tick"), st.floats(0, 60))
 desires = st.tuples(st.just("desire"), st.sampled_from(["s1", "s2"]), st.sampled_from(["h1", "h2"]))
 operators = st.tuples(st.sampled_from(["ack", "force"]))
-steps = st.lists(st.one_of(beats, beats, ticks, desires, operators), max_size=60)
+steps = st.lists(st.one_of(heartbeats, heartbeats, ticks, desires, operators), max_size=60)
 
 
 def run(commands: list[tuple[Any, ...]]) -> tuple[DeviceState, list[tuple[float, Event]]]:

@@ -46,7 +46,7 @@ def test_a_change_shares_every_leaf_and_block_it_does_not_touch() -> None:
 
 
 def test_out_of_range_is_refused_and_a_checkpoint_decodes_it_whole() -> None:
-    ledger: Ledger[int] = Ledger.empty(100).updated([(3, 7), (99, 1)])
+    ledger: Ledger[int] = Ledger[int].empty(100).updated([(3, 7), (99, 1)])
     with pytest.raises(IndexError, match=r"slot 100 is outside 0\.\.99"):
         ledger.updated([(100, 1)])
     with pytest.raises(IndexError):

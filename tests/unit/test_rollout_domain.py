@@ -273,7 +273,7 @@ WINDOWS = {"s1": parse_windows(["Daily 00:01-00:04 UTC", "Daily 00:09-00:12 UTC"
        on_failure=st.sampled_from(["pause", "rollback"]), approve=st.booleans(), windows=st.booleans(),
        ignore_windows=st.booleans(), rollback_in_windows=st.booleans())
 def test_random_interleavings_keep_the_invariants(
-    actions: list[tuple], max_in_flight: int, canary: str, on_failure: str, approve: bool,  # type: ignore[type-arg]
+    actions: list[tuple[Any, ...]], max_in_flight: int, canary: str, on_failure: str, approve: bool,
     windows: bool, ignore_windows: bool, rollback_in_windows: bool,
 ) -> None:
     devices = fleet(30, sites=3)

@@ -18,7 +18,7 @@ from services.rollout.spec import parse_canary, parse_waves
 from shared.envelope import Event
 from shared.errors import Invalid
 from shared.events.desired import DesiredStateAssigned
-from shared.events.rollout import Gates, RolloutRolledBack, RolloutWaveWaiting
+from shared.events.rollout import Gates, RolloutRolledBack, RolloutStarted, RolloutWaveWaiting
 from shared.windows import parse_label_windows, parse_windows
 from tests.unit.snapshots import FixedSnapshot
 
@@ -106,7 +106,8 @@ def test_a_restart_while_waiting_rebuilds_from_the_log_and_goes_on_without_repea
 
 def test_ignore_windows_assigns_everywhere_and_a_scheduled_start_waits_for_its_time() -> None:
     state, view, started = begin(ignore_windows=True)
-    assert started[0].ignore_windows  # type: ignore[attr-defined]
+    assert isinstance(started[0], RolloutStarted)
+    assert started[0].ignore_windows
     assert assigned_sites(domain.tick(state, view, MONDAY_EVENING)) == {"ber", "nyc", "tyo"}
     later = MONDAY_EVENING + timedelta(hours=12)
     state, view, _ = begin(not_before=later)

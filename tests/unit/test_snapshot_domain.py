@@ -102,6 +102,7 @@ def test_override_for_a_known_site_and_effective_config() -> None:
 def test_mark_good_and_retire() -> None:
     world = World()
     [created] = world.run(create(name="web", config={}))
+    assert isinstance(created, SnapshotCreated)
     sid = created.snapshot_id
     assert world.run(MarkGood(command_id="c", snapshot_id=sid, target=" tier = edge ")) == [
         SnapshotMarkedKnownGood(snapshot_id=sid, target="tier=edge")]

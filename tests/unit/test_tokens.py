@@ -36,13 +36,13 @@ def test_roles_and_names_are_checked() -> None:
 
 
 def test_allowed_hosts() -> None:
-    local = AuthPolicy(TokenVerifier(None), default_allowed_hosts("http://127.0.0.1:8080"))  # type: ignore[arg-type]
+    local = AuthPolicy(TokenVerifier(None), default_allowed_hosts("http://127.0.0.1:8080"))  # type: ignore[arg-type]  # no NATS: host checks never reach it
     assert [local.host_allowed(h) for h in ("127.0.0.1:8080", "LOCALHOST:8080", "[::1]:8080", "127.0.0.1",
                                             "127.0.0.1:8081", "evil.example:8080", "")] == [
         True, True, True, False, False, False, False]
     public = default_allowed_hosts("https://fleet.example.com")
     assert {"fleet.example.com", "fleet.example.com:443"} <= public
-    configured = AuthPolicy(TokenVerifier(None), default_allowed_hosts(  # type: ignore[arg-type]
+    configured = AuthPolicy(TokenVerifier(None), default_allowed_hosts(  # type: ignore[arg-type]  # no NATS (as above)
         "http://0.0.0.0:8080", "fleet.example.com, 10.0.0.5:8080"))
     assert [configured.host_allowed(h) for h in ("fleet.example.com:8080", "10.0.0.5:8080", "10.0.0.5:9",
                                                  "0.0.0.0:8080")] == [True, True, False, False]

@@ -35,7 +35,7 @@ def test_a_recorded_distribution_gives_every_whole_percentile_exactly(values: li
     assert domain.aggregate_of(dist, "avg") == sum(ordered) / len(ordered)
 
 
-def run_rollout(error_rates: list[float], *, gates: Gates, healthy: bool = True) -> list[RolloutGateEvaluated]:
+def run_rollout(error_rates: list[float], *, gates: Gates, healthy: bool = True) -> tuple[RolloutGateEvaluated, ...]:
     """A two-wave rollout through the pure domain; devices report `error_rates` (cycled)."""
     devices = {f"d{i:03d}": "s0" for i in range(len(error_rates))}
     state = domain.initial("r1")
