@@ -4,7 +4,6 @@ the read models catch up with the log, equal to a rebuild."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -21,7 +20,8 @@ from projections.main import all_projections
 from projections.runner import create_pool, rebuild
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
-from shared.lease import holder_of
+from shared.lease import instance_name
+from tests.integration.leases import wait_for_holder
 from tests.integration.test_projections import append_history, dump, wait_caught_up
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -34,36 +34,28 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     await p.close()
 
 
-def spawn(server: EmbeddedNats, database_url: str, data: Path) -> subprocess.Popen[bytes]:
+def spawn(server: EmbeddedNats, database_url: str, data: Path, slot: str) -> subprocess.Popen[bytes]:
+    """A projections process, named by `slot` as `fleet up` names its instances."""
     env = {**os.environ, "FLEET_NATS_URL": server.url, "FLEET_DATABASE_URL": database_url,
-           "FLEET_DATA_DIR": str(data), "FLEET_LEASE_TTL": "1.5s"}
+           "FLEET_DATA_DIR": str(data), "FLEET_LEASE_TTL": "1.5s", "FLEET_INSTANCE": slot}
     return subprocess.Popen([sys.executable, "-m", "fleet", "service", "projections"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-async def holder_pid(nc: NATS, name: str, among: set[int]) -> int:
-    for _ in range(400):
-        holder = await holder_of(nc, name)
-        if holder is not None and int(holder.rsplit(":", 1)[1]) in among:
-            return int(holder.rsplit(":", 1)[1])
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"nobody took {name}")
 
 
 async def test_the_other_process_takes_the_runners_over(nats_server: EmbeddedNats, nc: NATS, eventlog: EventLog,
                                                         database_url: str, pool: asyncpg.Pool,
                                                         tmp_path: Path) -> None:
     await append_history(eventlog, devices=40, rounds=1)
-    procs = {p.pid: p for p in (spawn(nats_server, database_url, tmp_path),
-                                spawn(nats_server, database_url, tmp_path))}
+    procs = {instance_name("projections", slot): spawn(nats_server, database_url, tmp_path, slot)
+             for slot in ("projections-1", "projections-2")}
     try:
         await wait_caught_up(pool, eventlog, timeout=60)
-        killed = await holder_pid(nc, "projection-fleet", set(procs))
-        os.kill(killed, signal.SIGKILL)
+        killed = await wait_for_holder(nc, "projection-fleet", procs)
+        procs[killed].send_signal(signal.SIGKILL)
         procs[killed].wait(10)
         await append_history(eventlog, devices=40, rounds=1, seed=8, start=datetime(2031, 1, 1, tzinfo=UTC))
         await wait_caught_up(pool, eventlog, timeout=60)  # only the survivor can have applied these
-        survivor = await holder_pid(nc, "projection-fleet", set(procs) - {killed})
+        survivor = await wait_for_holder(nc, "projection-fleet", procs.keys() - {killed})
         assert survivor != killed
         incremental = await dump(pool)
         for projection in all_projections():
