@@ -86,8 +86,10 @@ async def ensure_buckets(nc: NATS, replicas: int = 1, *, only: str | None = None
     buckets it could neither find nor create; never raises: without its bucket a service replays
     from zero, as `Checkpoints.open` says."""
     js = nc.jetstream(timeout=5.0)
-    missing = []
-    for bucket, service in ((checkpoint_bucket(s), s) for s in ((only,) if only else CHECKPOINTED)):
+
+    async def ensure(service: str) -> str | None:
+        """None when the bucket is there, else its name."""
+        bucket = checkpoint_bucket(service)
         try:
             await js.object_store(bucket)
         except nats.js.errors.NotFoundError:
@@ -97,10 +99,14 @@ async def ensure_buckets(nc: NATS, replicas: int = 1, *, only: str | None = None
                     replicas=replicas, storage=api.StorageType.FILE))
             except (nats.errors.TimeoutError, nats.js.errors.Error) as exc:
                 log.debug("checkpoint bucket %s not created: %r", bucket, exc)
-                missing.append(bucket)
+                return bucket
         except nats.errors.TimeoutError:  # refused: this identity may not even look
-            missing.append(bucket)
-    return missing
+            return bucket
+        return None
+
+    # At once: a refused request is only known by its timeout, which should not add up per bucket.
+    found = await asyncio.gather(*(ensure(service) for service in ((only,) if only else CHECKPOINTED)))
+    return [bucket for bucket in found if bucket is not None]
 
 
 class Checkpoints(Generic[T]):

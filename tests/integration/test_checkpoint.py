@@ -27,6 +27,7 @@ from shared.commands import CommandClient
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
 from shared.subjects import CHECKPOINTED, EVENTS_STREAM, checkpoint_bucket
+from tests.conftest import Creds
 from tests.integration.test_drift import POLICY
 from tests.integration.test_registry import fleet
 from tests.integration.test_simulator import until
@@ -172,7 +173,7 @@ async def _put(nc: NATS, data: bytes) -> None:
 
 
 @pytest.mark.parametrize("spoil", ["corrupt", "altered chunk", "older schema", "another stream", "other event",
-                                   "beyond the log"])
+                                   "beyond the log", "another service"])
 async def test_a_checkpoint_that_does_not_match_the_log_is_ignored(
         spoil: str, nc: NATS, eventlog: EventLog, buckets: None, caplog: pytest.LogCaptureFixture) -> None:
     _, stored, head = await _stored(nc, eventlog)
@@ -192,6 +193,8 @@ async def test_a_checkpoint_that_does_not_match_the_log_is_ignored(
                 await eventlog.ensure_stream()
                 break
         assert await append(eventlog, HISTORY[:3]) == head
+    elif spoil == "another service":  # a checkpoint another service took, put in this one's place
+        await _put(nc, msgspec.msgpack.encode(msgspec.structs.replace(stored, service="rollout")))
     elif spoil == "other event":
         await _put(nc, msgspec.msgpack.encode(msgspec.structs.replace(stored, through_digest="0" * 64)))
     else:
@@ -203,6 +206,8 @@ async def test_a_checkpoint_that_does_not_match_the_log_is_ignored(
     finally:
         await resumed.stop()
     assert "checkpoint ignored, replaying from zero" in caplog.text
+    if spoil == "another service":
+        assert "taken by 'rollout', not 'registry'" in caplog.text
     full = await run("registry", nc, eventlog, every=0)
     try:
         assert image == full.image()
@@ -251,3 +256,17 @@ async def test_fleet_init_creates_the_log_and_every_bucket_as_admin(nats_server:
         await js.object_store(checkpoint_bucket(service))
     again = await fleet(nats_server.url, "init")  # only checks
     assert again[0] == 0 and "are in place" in again[1]
+
+
+async def test_fleet_init_as_a_service_identity_refuses_and_creates_nothing(
+        nats_server: EmbeddedNats, nc: NATS, eventlog: EventLog, creds: Creds) -> None:
+    js = nc.jetstream()
+    for service in CHECKPOINTED:
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_object_store(checkpoint_bucket(service))
+    code, out, err = await fleet(nats_server.url, "init", "--json", creds=creds("service:registry", "registry"))
+    assert code == 5, (out, err)  # unavailable: what it needs is out of this identity's reach
+    assert "needs admin credentials" in out + err
+    for service in CHECKPOINTED:
+        with pytest.raises(nats.js.errors.NotFoundError):
+            await js.object_store(checkpoint_bucket(service))

@@ -292,12 +292,14 @@ async def test_restart_rebuilds_the_same_answers(nc: NATS, eventlog: EventLog, c
         await service2.stop()
 
 
-async def fleet(nats_url: str, *args: str) -> tuple[int, str, str]:
-    """Run the real `fleet` CLI against the test's server (as a subprocess, so this loop keeps serving)."""
+async def fleet(nats_url: str, *args: str, creds: str | None = None) -> tuple[int, str, str]:
+    """Run the real `fleet` CLI against the test's server (as a subprocess, so this loop keeps
+    serving), as the fixture's admin or as the identity of `creds`."""
     import os
     import sys
 
-    env = {**os.environ, "FLEET_NATS_URL": nats_url, "COLUMNS": "200"}
+    env = {**os.environ, "FLEET_NATS_URL": nats_url, "COLUMNS": "200",
+           **({"FLEET_NATS_CREDS": creds} if creds is not None else {})}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", "from fleet.cli import main; main()", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env)
