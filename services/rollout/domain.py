@@ -126,9 +126,9 @@ class Rollout(msgspec.Struct, frozen=True):
     phase: str = "assigning"  # assigning baking held gate_failed
     spec: RolloutStarted | None = None
     waves: tuple[tuple[str, ...], ...] = ()
-    parts: tuple[RolloutWavePlanned, ...] = ()  # the plan's parts so far, until it is whole
-    # device -> its position in the plan (waves in order), built once when the plan is whole and
-    # never changed after: the index into `ledger`.
+    parts: tuple[RolloutWavePlanned, ...] = ()  # the plan's parts so far, until its first wave starts
+    # device -> its position in the plan (waves in order), built once when the first wave starts
+    # and never changed after: the index into `ledger`.
     positions: Mapping[str, int] = {}
     ledger: Ledger[Assignment] = Ledger()
     wave: int = 0
@@ -208,9 +208,11 @@ def evolve(state: Rollout, event: Event) -> Rollout:
             return change(state, status="running", spec=event, waves=tuple(() for _ in event.wave_sizes),
                           wave=0, phase="assigning")
         case RolloutWavePlanned():
-            return _planned(state, event)
+            # Gathered until the first wave starts (the same atomic batch); none comes after.
+            return state if state.positions else change(state, parts=(*state.parts, event))
         case RolloutWaveStarted():
-            return change(state, wave=event.wave, phase="assigning", bake_until=None, waiting=None)
+            planned = state if state.positions else _close_plan(state)
+            return change(planned, wave=event.wave, phase="assigning", bake_until=None, waiting=None)
         case RolloutWaveWaiting():
             return change(state, waiting=event if event.opens else None)
         case RolloutWindowsIgnored():
@@ -221,7 +223,7 @@ def evolve(state: Rollout, event: Event) -> Rollout:
             assigned = []
             for device in event.devices:
                 position = state.positions.get(device)
-                if position is not None:  # always, by construction: the plan was recorded whole first
+                if position is not None:  # always: a rollout assigns only devices of its plan
                     prev = event.previous.get(device)
                     assigned.append((position, Assignment(event.wave, deadline, (prev[0], prev[1]) if prev else None)))
             return change(state, ledger=state.ledger.updated(assigned))
@@ -257,18 +259,15 @@ def _restored(_: int, assignment: Assignment) -> Assignment:
     return msgspec.structs.replace(assignment, restored=True)
 
 
-def _planned(state: Rollout, event: RolloutWavePlanned) -> Rollout:
-    """One part of the wave plan. Parts are gathered until the plan is whole; then the waves are
-    built once, indexed, and the ledger opened (no wave is copied per part)."""
+def _close_plan(state: Rollout) -> Rollout:
+    """The plan is whole when its first wave starts: the waves are built once from the gathered
+    parts (no wave is copied per part), indexed, and the ledger opened for every planned device."""
     assert state.spec is not None
-    parts = (*state.parts, event)
-    total = sum(state.spec.wave_sizes)
-    if sum(len(part.devices) for part in parts) < total:
-        return msgspec.structs.replace(state, parts=parts)
-    waves = tuple(tuple(chain.from_iterable(part.devices for part in parts if part.wave == wave))
+    waves = tuple(tuple(chain.from_iterable(part.devices for part in state.parts if part.wave == wave))
                   for wave in range(len(state.spec.wave_sizes)))
-    positions = dict(zip(chain.from_iterable(waves), range(total), strict=False))
-    return msgspec.structs.replace(state, waves=waves, parts=(), positions=positions, ledger=Ledger.empty(total))
+    devices = tuple(chain.from_iterable(waves))
+    positions = dict(zip(devices, range(len(devices)), strict=True))
+    return msgspec.structs.replace(state, waves=waves, parts=(), positions=positions, ledger=Ledger.empty(len(devices)))
 
 
 # --- planning -----------------------------------------------------------------------------------
@@ -509,10 +508,9 @@ def taken(state: Rollout, devices: Iterable[str], view: FleetView) -> Rollout:
     def leave(position: int, assignment: Assignment) -> Assignment:
         if assignment.left:
             return assignment
-        # judged as at its deadline: whatever has not converged or failed by now has timed out
-        left = "restored" if assignment.restored else _judge_device(state, device_at[position], assignment, view,
-                                                                      assignment.deadline)
-        return msgspec.structs.replace(assignment, left=sys.intern(left))
+        # as it stood at its deadline: whatever has not converged or failed by now has timed out
+        return msgspec.structs.replace(
+            assignment, left=sys.intern(status_of(state, device_at[position], assignment, view, assignment.deadline)))
 
     return msgspec.structs.replace(state, ledger=state.ledger.changed(device_at, leave))
 

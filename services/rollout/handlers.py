@@ -241,12 +241,18 @@ class RolloutService:
     def _fold(self, landed: Iterable[tuple[Recorded, Event | None]]) -> None:
         """Fold events in, in stream order. A desired state from another rollout (or none) that
         replaces the one a rollout gave makes that rollout count the device as it stands now, from
-        here on (`domain.taken`): marked after the events, once per rollout for all its devices."""
+        here on (`domain.taken`). The marks wait and are made once per rollout for all its devices
+        (a commit takes up to 999 devices per chunk); they are made before any event that could
+        change how they judge: an observed or registry event, or one of a marked rollout's own."""
         taken: dict[str, list[str]] = {}
         for recorded, event in landed:
             self.applied_seq = max(self.applied_seq, recorded.seq)
             if event is None:
                 continue
+            if taken and not isinstance(event, DesiredStateAssigned) and (
+                    event.aggregate != "rollout" or event.aggregate_id in taken):
+                self._mark_taken(taken)
+                taken = {}
             if event.aggregate == "rollout":
                 if isinstance(event, RolloutStarted):
                     self._started_at[event.rollout_id] = parse_time(recorded.envelope.at)
@@ -258,11 +264,14 @@ class RolloutService:
                 if loser is not None:
                     taken.setdefault(loser, []).append(event.device_id)
             self.index.apply(recorded.seq, event)
+        self._mark_taken(taken)
+        self._progressed.set()
+
+    def _mark_taken(self, taken: dict[str, list[str]]) -> None:
         for loser, devices in taken.items():
             slot = self.store.slots.get(loser)
             if slot is not None:
                 slot.state = domain.taken(slot.state, devices, self.index.view)
-        self._progressed.set()
 
     async def caught_up(self, timeout: float = 10.0) -> None:
         """Wait until this service has seen everything in the log as of now (read-your-writes: a

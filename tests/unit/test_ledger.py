@@ -13,16 +13,25 @@ from services.rollout.ledger import Ledger
 changes = st.lists(st.tuples(st.integers(0, 10_000), st.one_of(st.none(), st.integers(0, 9))), max_size=50)
 
 
-@given(size=st.integers(0, 3_000), rounds=st.lists(changes, max_size=6))
-def test_every_version_reads_as_a_list_and_keeps_its_values(size: int, rounds: list[list[tuple[int, int | None]]]) -> None:
+@given(size=st.integers(0, 3_000), rounds=st.lists(st.tuples(st.booleans(), changes), max_size=6))
+def test_every_version_reads_as_a_list_and_keeps_its_values(
+        size: int, rounds: list[tuple[bool, list[tuple[int, int | None]]]]) -> None:
     ledger: Ledger[int] = Ledger.empty(size)
     model: list[int | None] = [None] * size
     versions = [(ledger, list(model))]
-    for round_ in rounds:
+    for set_values, round_ in rounds:
         applied = [(index % size, value) for index, value in round_] if size else []
-        for index, value in applied:
-            model[index] = value
-        ledger = ledger.updated(applied)
+        if set_values:  # `updated`: these values in these slots
+            for index, value in applied:
+                model[index] = value
+            ledger = ledger.updated(applied)
+        else:  # `changed`: the slots named that hold a value get value * 10 + slot % 7 (once each)
+            named = dict.fromkeys(index for index, _ in applied)
+            for index in named:
+                current = model[index]
+                if current is not None:
+                    model[index] = current * 10 + index % 7
+            ledger = ledger.changed(named, lambda index, value: value * 10 + index % 7)
         versions.append((ledger, list(model)))
     for version, expected in versions:
         assert list(version) == expected

@@ -21,8 +21,10 @@ from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import (
     Gates,
     RolloutDevicesAssigned,
+    RolloutDevicesRestored,
     RolloutGateEvaluated,
     RolloutResumed,
+    RolloutRollbackStarted,
     RolloutStarted,
     RolloutWavePlanned,
     RolloutWaveStarted,
@@ -168,18 +170,23 @@ def test_failed_gate_pauses_with_its_inputs_and_resume_overrides() -> None:
 
 
 def test_failed_gate_rolls_back_every_touched_device_once() -> None:
-    devices = fleet(8)
-    state, _ = begin(devices, canary="site:s0", waves="100", on_failure="rollback")
+    devices = fleet(40)
+    state, _ = begin(devices, canary="site:s0", waves="100", on_failure="rollback", max_in_flight=10)
     view = view_for(devices)
     state = apply(state, view, domain.tick(state, view, T0))
+    canary = state.waves[0]
+    assert len(state.assigned) == len(canary) == 10 and list(state.assigned) == list(canary)
     for d in state.assigned:
         view.observed[d] = Observed(online=True, config_hash=NEW, health="failed")
     state = apply(state, view, domain.tick(state, view, T0))
     state = apply(state, view, domain.tick(state, view, T0))
     assert state.status == "rolling_back"
     plan = domain.rollback_plan(state)
-    assert plan == [(d, "snap-1", "hash-old") for d in state.devices if d in state.assigned]  # plan order
+    # in plan order (the order restored: consecutive positions in the ledger), not sorted by id
+    assert plan == [(d, "snap-1", "hash-old") for d in canary]
+    assert list(canary) != sorted(canary)
     restore = domain.tick(state, view, T0)
+    assert [e.device_id for e in restore if isinstance(e, DesiredStateAssigned)] == list(canary)
     state = apply(state, view, restore)
     assert state.status == "rolled_back"
     assert {d: view.desired[d].snapshot_id for d in state.assigned} == dict.fromkeys(state.assigned, "snap-1")
@@ -386,3 +393,31 @@ def test_start_refuses_what_it_must_and_plans_each_target_device_once(
         assert started.config_hashes == dict.fromkeys(set(devices.values()), "h")
         planned = [d for e in events if isinstance(e, RolloutWavePlanned) for d in e.devices]
         assert sorted(planned) == sorted(devices)  # every target device, once
+
+
+@settings(max_examples=100, deadline=None)
+@given(reports=st.lists(st.sampled_from(["none", "converged", "failed", "other"]), min_size=12, max_size=12),
+       restored=st.sets(st.integers(0, 11)), chunks=st.integers(1, 12))
+def test_devices_taken_at_once_count_as_taken_one_at_a_time(reports: list[str], restored: set[int], chunks: int) -> None:
+    devices = fleet(12, sites=2)
+    state, _ = begin(devices, waves="100", max_in_flight=12, on_failure="rollback")
+    view = view_for(devices)
+    state = apply(state, view, domain.tick(state, view, T0))
+    names = list(state.waves[0])
+    state = apply(state, view, [RolloutRollbackStarted(rollout_id="r1", devices=12),
+                                RolloutDevicesRestored(rollout_id="r1", devices=[names[i] for i in sorted(restored)])])
+    for device, report in zip(names, reports, strict=True):
+        hashes = {"converged": NEW, "failed": NEW, "other": "hash-x"}
+        if report != "none":
+            view.observed[device] = Observed(online=True, config_hash=hashes[report],
+                                             health="failed" if report == "failed" else "ok")
+    one_by_one = state
+    for device in names:
+        one_by_one = domain.taken(one_by_one, [device], view)
+    at_once = state
+    for offset in range(0, 12, chunks):
+        at_once = domain.taken(at_once, names[offset:offset + chunks], view)
+    assert at_once == one_by_one
+    assert {d: a.left for d, a in at_once.assigned.items()} == {
+        d: domain.device_status(state, d, view, state.assigned[d].deadline) for d in names}
+    assert domain.taken(at_once, names, view) == at_once  # taken once: later marks change nothing

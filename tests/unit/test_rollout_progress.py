@@ -75,6 +75,7 @@ def _start(world: World, rollout_id: str, snapshot: str) -> None:
                                       config_hashes={s: f"{h}-{snapshot}" for s, h in HASHES.items()}))
     for number, wave in enumerate(WAVES):
         world.feed(rollout.RolloutWavePlanned(rollout_id=rollout_id, wave=number, devices=wave))
+    world.feed(rollout.RolloutWaveStarted(rollout_id=rollout_id, wave=0))  # as domain.start records it
 
 
 def _assign(world: World, rollout_id: str, snapshot: str, wave: int, devices: list[str]) -> None:
