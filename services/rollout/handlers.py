@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
 _JSON = msgspec.json.Encoder()
 PIPELINE = 4  # atomic batches of one commit in flight at once
+REPLAY_BATCH = 1_000  # events folded at a time while rebuilding at start
 # What the rollout service follows: the fleet it rolls over, its own rollouts (another instance's
 # too) and the devices' observed state. Not `desired` (it writes those itself) nor `audit`.
 FOLLOWED = [aggregate_wildcard(family) for family in ("site", "device", "snapshot", "rollout", "observed")]
@@ -180,9 +181,14 @@ class RolloutService:
         from_seq = await self.checkpoints.resume(self.restore) if self.checkpoints else 1
         replayed = 0
         if from_seq <= caught_up:
+            batch: list[tuple[Recorded, Event | None]] = []  # folded together: taken devices marked per batch
             async for recorded in self.log.replay(from_seq, caught_up, subjects=STARTED_FROM):
-                self._apply(recorded)
-                replayed += 1
+                batch.append((recorded, recorded.event))
+                if len(batch) == REPLAY_BATCH:
+                    self._fold(batch)
+                    replayed, batch = replayed + len(batch), []
+            self._fold(batch)
+            replayed += len(batch)
         log.info("rollout ready: %d events replayed after sequence %d, %d rollouts, %d devices, in %.2f s",
                  replayed, from_seq - 1, len(self.store.slots), len(self.index.devices),
                  time.perf_counter() - started)
