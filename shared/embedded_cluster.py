@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import msgspec
 import nats
 import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_fixed
 
@@ -226,9 +227,11 @@ async def log_digests(nc: NATS, stream: str, subjects: str = ">") -> dict[int, s
     digests: dict[int, str] = {}
     if not last:
         return digests
-    # a consumer asked for right after a leader change may time out: ask again
-    async for attempt in AsyncRetrying(retry=retry_if_exception_type(nats.errors.TimeoutError), reraise=True,
-                                       wait=wait_fixed(0.5), stop=stop_after_attempt(5)):
+    # a consumer asked for right after a leader change may time out, or be refused while JetStream
+    # settles ("temporarily unavailable", 503): ask again
+    async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)),
+            reraise=True, wait=wait_fixed(0.5), stop=stop_after_attempt(10)):
         with attempt:
             sub = await js.subscribe(subjects, stream=stream, ordered_consumer=True,
                                      pending_msgs_limit=-1, pending_bytes_limit=-1)

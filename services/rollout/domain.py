@@ -164,7 +164,7 @@ class Rollout(msgspec.Struct, frozen=True):
         """Each device of `wave` with its assignment (None: not assigned yet)."""
         start = sum(map(len, self.waves[:wave]))
         devices = self.waves[wave]
-        if not self.ledger.size:  # the plan is not whole yet: nothing is assigned
+        if not self.ledger.size:  # the plan is not closed yet (its first wave has not started): nothing assigned
             return ((device, None) for device in devices)
         return zip(devices, self.ledger.values(start, start + len(devices)), strict=True)
 
@@ -191,7 +191,7 @@ class Assigned(Mapping[str, Assignment]):
         return self._rollout.ledger.filled
 
     def items(self) -> Iterator[tuple[str, Assignment]]:  # type: ignore[override]  # an iterator, not a view: one pass over the ledger
-        pairs = zip(self._rollout.devices, self._rollout.ledger, strict=False)  # no ledger before the plan is whole
+        pairs = zip(self._rollout.devices, self._rollout.ledger, strict=False)  # no ledger before the plan closes
         return ((device, a) for device, a in pairs if a is not None)
 
 
@@ -501,9 +501,9 @@ def taken(state: Rollout, devices: Iterable[str], view: FleetView) -> Rollout:
     rollout's on `devices`: from now on each counts here as it stood at that moment (converged,
     failed or restored stay so; one still in flight timed out), as the fleet read model counts it
     (`projections.fleet.model.put_device`). Returns the new state (one version for all of them)."""
-    if state.spec is None:
-        return state
     device_at = {position: device for device in devices if (position := state.positions.get(device)) is not None}
+    if state.spec is None or not device_at:
+        return state
 
     def leave(position: int, assignment: Assignment) -> Assignment:
         if assignment.left:

@@ -449,56 +449,58 @@ async def test_point_in_time_copies_are_mostly_deltas_and_give_back_the_exact_st
             assert state == await _folded(eventlog, copy["seq"]), copy["seq"]
 
 
-async def test_postgres_outage_runner_retries_and_resumes_without_duplicates(
-    eventlog: EventLog, tmp_path: Path
-) -> None:
+@pytest.fixture
+async def own_postgres(tmp_path: Path) -> AsyncIterator[EmbeddedPostgres]:
+    """A PostgreSQL of the test's own (durable), which it may stop or kill."""
     server = EmbeddedPostgres(tmp_path / "pg", durable=True)
     await server.start()
     try:
-        url = await server.create_database("outage")
-        pool = await create_pool(url, min_size=0, max_size=4)
-        try:
-            await append_history(eventlog, 30, rounds=1)
-            async with running(pool, eventlog, batch_size=13):
-                await wait_caught_up(pool, eventlog)
-                server.stop()
-                await append_history(eventlog, 30, rounds=2, seed=11)  # appended while PostgreSQL is down
-                await asyncio.sleep(1.0)
-                await server.start()
-                await wait_caught_up(pool, eventlog, timeout=60)
-            live = await dump(pool)
-            head = await eventlog.last_stream_seq()
-            assert [r["seq"] for r in live["rm_changes.changes"]] == list(range(1, head + 1))
-            assert live["rm_fleet.device_counts"] == recount(live["rm_fleet.devices"])
-            for projection in (ChangesProjection(), FleetProjection()):
-                await rebuild(pool, eventlog, projection)
-            assert await dump(pool) == live
-        finally:
-            await pool.close()
+        yield server
     finally:
         server.stop()
 
 
+async def test_postgres_outage_runner_retries_and_resumes_without_duplicates(
+    eventlog: EventLog, own_postgres: EmbeddedPostgres
+) -> None:
+    server = own_postgres
+    pool = await create_pool(await server.create_database("outage"), min_size=0, max_size=4)
+    try:
+        await append_history(eventlog, 30, rounds=1)
+        async with running(pool, eventlog, batch_size=13):
+            await wait_caught_up(pool, eventlog)
+            server.stop()
+            await append_history(eventlog, 30, rounds=2, seed=11)  # appended while PostgreSQL is down
+            await asyncio.sleep(1.0)
+            await server.start()
+            await wait_caught_up(pool, eventlog, timeout=60)
+        live = await dump(pool)
+        head = await eventlog.last_stream_seq()
+        assert [r["seq"] for r in live["rm_changes.changes"]] == list(range(1, head + 1))
+        assert live["rm_fleet.device_counts"] == recount(live["rm_fleet.devices"])
+        for projection in (ChangesProjection(), FleetProjection()):
+            await rebuild(pool, eventlog, projection)
+        assert await dump(pool) == live
+    finally:
+        await pool.close()
+
+
 async def test_kill_9_of_postgresql_while_projections_start_never_stops_them(
-    eventlog: EventLog, tmp_path: Path
+    eventlog: EventLog, own_postgres: EmbeddedPostgres
 ) -> None:
     # PostgreSQL killed at moments of the runners' first build (control tables, advisory locks,
     # the build schema): each time they come back by themselves and catch up, and stop when told.
     # (Killed a few ms into the build, asyncpg reported the lost connection as an error the runner
     # did not retry, and a cancellation as one it did: the projections process never ended.)
-    server = EmbeddedPostgres(tmp_path / "pg", durable=True)
-    await server.start()
-    try:
-        await append_history(eventlog, 20, rounds=1)
-        for n, delay in enumerate((0.0, 0.002, 0.004, 0.006, 0.01, 0.02)):
-            pool = await create_pool(await server.create_database(f"start_{n}"), min_size=0, max_size=4)
-            try:
-                async with running(pool, eventlog):
-                    await asyncio.sleep(delay)
-                    server.kill()
-                    await server.start()
-                    await wait_caught_up(pool, eventlog, timeout=60)
-            finally:
-                await asyncio.wait_for(pool.close(), 10)
-    finally:
-        server.stop()
+    server = own_postgres
+    await append_history(eventlog, 20, rounds=1)
+    for n, delay in enumerate((0.0, 0.002, 0.004, 0.006, 0.01, 0.02)):
+        pool = await create_pool(await server.create_database(f"start_{n}"), min_size=0, max_size=4)
+        try:
+            async with running(pool, eventlog):
+                await asyncio.sleep(delay)
+                server.kill()
+                await server.start()
+                await wait_caught_up(pool, eventlog, timeout=60)
+        finally:
+            await asyncio.wait_for(pool.close(), 10)
