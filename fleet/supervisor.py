@@ -53,6 +53,7 @@ from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, fre
 from shared.embedded_cluster import EmbeddedNatsCluster
 from shared.errors import Conflict
 from shared.eventlog import EventLog
+from shared.liveness import PartReport, gather_reports
 from shared.pgroles import ensure_roles
 from shared.secretfiles import secrets_dir
 from shared.times import format_time, utcnow
@@ -81,6 +82,12 @@ class PartStatus(msgspec.Struct):
     restarts: int = 0
     state: str = "starting"  # starting running restarting stopped
     last_exit: int | None = None
+    # Its duties (shared.liveness), for the parts: which one stalled ("answering" when the part
+    # stopped answering at all) and since when; why it was last restarted by the duty check.
+    stalled: str | None = None
+    stalled_since: str | None = None
+    answered_at: str | None = None
+    restarted_for: str | None = None
 
 
 class UpStatus(msgspec.Struct):
@@ -103,6 +110,7 @@ class _Part:
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     ran_since: float = field(default_factory=time.monotonic)
+    answered: float = 0.0  # monotonic time of its last answer on $SRV.DUTIES
 
 
 class _Runs(Protocol):
@@ -119,6 +127,28 @@ class _Server:
     runs: _Runs
     restart: Callable[[], Awaitable[object]]
     ran_since: float = field(default_factory=time.monotonic)
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """What the duty check concludes about one running part."""
+
+    stalled: str | None = None  # the stalled duty, "answering", or None when all is well
+    since: str | None = None  # RFC 3339
+    restart: bool = False
+
+
+def judge(report: PartReport | None, *, quiet_for: float, bound: float, last_answer: str | None) -> Verdict:
+    """The duty check's rule (pure): a part that answers with a stalled duty is restarted; one
+    that has not answered for `bound` seconds (`quiet_for`: since its start, its last answer, or
+    the checker's own connection coming up, whichever is latest) is restarted too."""
+    if report is not None:
+        stalled = report.stalled
+        if stalled:
+            return Verdict(stalled[0].name, stalled[0].stalled_since, restart=True)
+        return Verdict()
+    if quiet_for > bound:
+        return Verdict("answering", last_answer, restart=True)
+    return Verdict()
 
 
 def _backoff(failures: int, ran_since: float) -> tuple[int, float]:
@@ -231,12 +261,15 @@ class Supervisor:
             await self._start_revoker(nc, admin)
         else:
             await nc.close()
+        checker = await connect_nats(admin, "up-duties")
+        self._duty_conns.append(checker)
+        self._duties.append(asyncio.create_task(self._check_duties(checker), name="duty-check"))
         self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_API_URL": api_url,
                     "FLEET_DATA_DIR": str(self.data)}
         for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
             self.env.pop(name, None)
         for name in ("heartbeat_interval", "offline_after", "drift_grace", "reconcile_backoff",
-                     "reconcile_max_tries", "replicas", "lease_ttl"):
+                     "reconcile_max_tries", "replicas", "lease_ttl", "duty_bound"):
             self.env[f"FLEET_{name.upper()}"] = str(getattr(self.settings, name))
         write_endpoints(self.data, Endpoints(nats_url=nats_url, database_url=_without_password(database_url),
                                              api_url=api_url,
@@ -294,6 +327,57 @@ class Supervisor:
         server.status.pid = proc.pid if proc is not None else None
         server.status.state, server.status.up_since = "running", format_time(utcnow())
         log.warning("%s is running again (pid %s)", server.status.name, server.status.pid)
+
+    async def _check_duties(self, nc: NATS, every: float = 2.0) -> None:
+        """Alive means working: every `every` seconds ask each part for its duties
+        (`$SRV.DUTIES`), show what stalled in status.json, and restart a part that answers with
+        a stalled duty or has stopped answering. Judged only while this checker's own connection
+        is up (and has been for a full bound): a NATS outage is nobody's stall."""
+        bound = self.settings.duty_bound
+        connected_since: float | None = None
+        while not await wait_set(self.stopping, every):
+            if not nc.is_connected:
+                connected_since = None
+                continue
+            connected_since = connected_since or time.monotonic()
+            try:
+                reports = await gather_reports(nc, wait=0.5)
+            except Exception as exc:  # the link dropped while asking: ask again next round
+                log.debug("duty check: %r", exc)
+                continue
+            by_slot = {report.instance: report for report in reports}
+            now = time.monotonic()
+            for part in self.parts.values():
+                if part.status.state != "running" or part.proc is None or part.proc.returncode is not None:
+                    continue
+                report = by_slot.get(self.slot(part.status.name))
+                if report is not None:
+                    part.answered = now
+                    part.status.answered_at = report.at
+                verdict = judge(report, quiet_for=now - max(part.ran_since, part.answered, connected_since),
+                                bound=bound, last_answer=part.status.answered_at or part.status.up_since)
+                part.status.stalled, part.status.stalled_since = verdict.stalled, verdict.since
+                if verdict.restart:
+                    self._restart_stalled(part, verdict)
+
+    def _restart_stalled(self, part: _Part, verdict: Verdict) -> None:
+        """End a part that runs but does not work; `_supervise` starts it again."""
+        proc = part.proc
+        if proc is None or proc.returncode is not None:
+            return
+        reason = f"{verdict.stalled} stalled since {verdict.since}"
+        part.status.restarted_for = reason
+        log.warning("part %s: %s; restarting it", part.status.name, reason)
+        proc.terminate()
+
+        async def kill_if_stuck() -> None:  # a part hung for good does not stop on SIGTERM
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+                return
+            if proc.returncode is None:
+                proc.kill()
+
+        self._duties.append(asyncio.create_task(kill_if_stuck(), name=f"kill-{part.status.name}"))
 
     def _issue_identities(self) -> str:
         """Credentials for each part, the CLI's admin and operator, and the revoker's system

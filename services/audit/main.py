@@ -17,12 +17,14 @@ from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
 from shared.lease import Lease, instance_name, lease_bucket
+from shared.liveness import keep_alive, serve_vitals
 
 
 async def run(settings: Settings) -> None:
     """Write checkpoints until cancelled, then one last one."""
     nc = await connect_nats(settings, "audit")
     try:
+        await serve_vitals(nc, "audit", settings)
         eventlog = EventLog(nc)
         await ensure_log(nc, settings, eventlog)
         # One writer at a time across instances (DESIGN §13): the holder of the `audit` lease. (Two
@@ -41,7 +43,7 @@ async def run(settings: Settings) -> None:
         following = asyncio.create_task(writer.follow(), name="audit-follow")
         timer = asyncio.create_task(_every(settings.audit_max_delay, writer.tick), name="audit-timer")
         try:
-            await following
+            await keep_alive(nc, [following, timer, holding])
         finally:
             for task in (timer, following):
                 task.cancel()

@@ -14,6 +14,7 @@ from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
 from shared.lease import Lease, instance_name, lease_bucket
+from shared.liveness import keep_alive, serve_vitals
 
 CHECKPOINT_LEASE = "registry-checkpoints"
 
@@ -22,6 +23,7 @@ async def run(settings: Settings) -> None:
     """Serve the registry until cancelled."""
     nc = await connect_nats(settings, "registry")
     try:
+        await serve_vitals(nc, SERVICE, settings)
         eventlog = EventLog(nc)
         replicas = await ensure_log(nc, settings, eventlog)
         # One instance writes the checkpoints (any may load them).
@@ -38,7 +40,7 @@ async def run(settings: Settings) -> None:
         gc.freeze()
         following = asyncio.create_task(registry.follow(checkpoints), name="registry-follow")
         try:
-            await asyncio.Event().wait()
+            await keep_alive(nc, [following, holding])
         finally:
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -12,6 +12,7 @@ from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
 from shared.lease import Lease, instance_name, lease_bucket
+from shared.liveness import keep_alive, serve_vitals
 
 TICKS_LEASE = "rollout-ticks"
 
@@ -20,16 +21,18 @@ async def run(settings: Settings) -> None:
     """Run the rollout service until cancelled."""
     nc = await connect_nats(settings, "rollout")
     try:
+        vitals = await serve_vitals(nc, "rollout", settings)
         log = EventLog(nc)
         await ensure_log(nc, settings, log)
         kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
         lease = Lease(kv, TICKS_LEASE, instance_name("rollout", settings.instance), ttl=ttl)
         checkpoints = Checkpoints(nc, log, "rollout", RolloutImage, every=settings.checkpoint_every)
-        service = RolloutService(nc, log, lease=lease, checkpoints=checkpoints)
+        service = RolloutService(nc, log, lease=lease, checkpoints=checkpoints, vitals=vitals,
+                                 tick_bound=settings.duty_bound)
         await service.start()
         holding = asyncio.create_task(lease.run(), name="rollout-lease")
         try:
-            await asyncio.Event().wait()
+            await keep_alive(nc, [*service.loops, holding])
         finally:
             await service.stop()
             lease.stop()  # released: a standby takes over at its next try
