@@ -70,6 +70,7 @@ PART_ROLES = {"registry": "service:registry", "snapshot": "service:snapshot", "d
               "rollout": "service:rollout", "projections": "service:projections", "api": "api",
               "audit": "service:audit"}
 STATUS_FILE = "status.json"
+START_GRACE = 60.0  # seconds a started part may take to answer for its duties the first time
 
 
 class PartStatus(msgspec.Struct):
@@ -354,8 +355,11 @@ class Supervisor:
                 if report is not None:
                     part.answered = now
                     part.status.answered_at = report.at
+                # A part still starting (imports, connections, migrations on a busy machine) has
+                # until its first answer at least START_GRACE; then the duty bound.
+                limit = bound if part.answered > part.ran_since else max(bound, START_GRACE)
                 verdict = judge(report, quiet_for=now - max(part.ran_since, part.answered, connected_since),
-                                bound=bound, last_answer=part.status.answered_at or part.status.up_since)
+                                bound=limit, last_answer=part.status.answered_at or part.status.up_since)
                 part.status.stalled, part.status.stalled_since = verdict.stalled, verdict.since
                 if verdict.restart:
                     self._restart_stalled(part, verdict)

@@ -138,8 +138,11 @@ ROLES: dict[str, Role] = {
                     "reads the log (info, direct get, ordered consumers); writes nothing"),
     "api": Role("api", FLEET,
                 _perm([*_LOG_READ, *_DESIRED_READ, *_reads(f"KV_{TOKENS_BUCKET}"),
-                       f"{COMMANDS_PREFIX}.>", "$SRV.>"], ["_INBOX.>", f"$KV.{TOKENS_BUCKET}.>"],
-                      deny_pub=_MANAGEMENT),
+                       f"{COMMANDS_PREFIX}.>", "$SRV.>"],
+                      # it answers for its own duties (shared.liveness) like every part: the
+                      # requests it may take, and one reply to each (resp)
+                      ["_INBOX.>", f"$KV.{TOKENS_BUCKET}.>", "$SRV.DUTIES", "$SRV.DUTIES.api"],
+                      deny_pub=_MANAGEMENT, resp=True),
                 "the HTTP API: reads the log, forwards commands on behalf of its callers"),
     "simulator": Role("simulator", FLEET,
                       _perm([f"{HEARTBEATS_PREFIX}.>", *_DESIRED_READ,

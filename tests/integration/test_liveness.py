@@ -20,7 +20,8 @@ import pytest
 from nats.aio.client import Client as NATS
 
 from shared.auth import jwt
-from shared.auth.authority import FLEET, Authority, push_account
+from shared.auth.authority import Authority, push_account
+from shared.auth.roles import FLEET
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.embedded import EmbeddedNats
