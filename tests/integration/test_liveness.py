@@ -19,6 +19,7 @@ import nats
 import pytest
 from nats.aio.client import Client as NATS
 
+from fleet.probe import probe
 from shared.auth import jwt
 from shared.auth.authority import Authority, push_account
 from shared.auth.roles import FLEET
@@ -113,12 +114,16 @@ async def _report_of(nc: NATS, slot: str) -> PartReport:
 
 async def test_drift_cut_off_for_good_exits_non_zero_instead_of_carrying_on_deaf(
         nats_server: EmbeddedNats, nc: NATS, eventlog: EventLog, creds: Creds, revoker: Revoker,
-        tmp_path: Path, reaped: list[subprocess.Popen[bytes]]) -> None:
+        tmp_path: Path, reaped: list[subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch) -> None:
     path = creds("admin", "drift-victim")
     drift = _spawn(nats_server, tmp_path, path, "live-drift")
     reaped.append(drift)
     report = await _report_of(nc, "live-drift")
     assert report.part == "drift" and report.stalled == []
+    monkeypatch.setenv("FLEET_NATS_URL", nats_server.url)
+    monkeypatch.setenv("FLEET_INSTANCE", "live-drift")
+    outcome = await probe("drift")  # what the Kubernetes probe runs
+    assert outcome["ok"] is True and "stalled" not in outcome
     user = await revoker.revoke(path)
     try:
         code = await asyncio.to_thread(drift.wait, 60)
