@@ -270,7 +270,7 @@ class Supervisor:
         for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
             self.env.pop(name, None)
         for name in ("heartbeat_interval", "offline_after", "drift_grace", "reconcile_backoff",
-                     "reconcile_max_tries", "replicas", "lease_ttl", "duty_bound"):
+                     "reconcile_max_tries", "replicas", "lease_ttl", "lease_renew", "duty_bound"):
             self.env[f"FLEET_{name.upper()}"] = str(getattr(self.settings, name))
         write_endpoints(self.data, Endpoints(nats_url=nats_url, database_url=_without_password(database_url),
                                              api_url=api_url,

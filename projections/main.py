@@ -9,12 +9,13 @@ from projections.changes.store import ChangesProjection
 from projections.fleet.store import FleetProjection
 from projections.pointintime import SNAPSHOT_EVERY, snapshot_hook
 from projections.runner import Projection, Runner, create_pool
-from shared.cluster import ensure_log, replicas_for
+from shared.cluster import ensure_log
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.errors import Invalid
 from shared.eventlog import EventLog
-from shared.lease import Lease, instance_name, lease_bucket, run_while_held
+from shared.lease import instance_name, run_while_held
+from shared.lease_thread import ThreadLease
 from shared.liveness import Duty, keep_alive, serve_vitals
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ def runner_for(pool: object, eventlog: EventLog, projection: Projection) -> Runn
     return Runner(pool, eventlog, projection, after_batch=hook)
 
 
-async def _watch_progress(eventlog: EventLog, watched: list[tuple[Runner, Lease, Duty]],
+async def _watch_progress(eventlog: EventLog, watched: list[tuple[Runner, ThreadLease, Duty]],
                           every: float = 5.0) -> None:
     """Each projection's `progress` duty: its lag to the log is falling, or nil, or it is being
     rebuilt, or another instance holds its lease."""
@@ -63,10 +64,9 @@ async def run(settings: Settings) -> None:
         # Each projection has one runner at a time across instances (DESIGN §13): the holder of
         # its lease. (A second runner would be harmless, only wasted work: a batch commits only
         # if the checkpoint is still the one it started from.)
-        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
         runners = [runner_for(pool, eventlog, p) for p in all_projections()]
         holder = instance_name("projections", settings.instance)
-        leases = [Lease(kv, f"projection-{r.name}", holder, ttl=ttl) for r in runners]
+        leases = [ThreadLease(settings, f"projection-{r.name}", holder) for r in runners]
         try:
             # One runner failing for a reason it does not retry ends them all, and the process:
             # its supervisor starts it afresh (a runner left going would hold the pool open).

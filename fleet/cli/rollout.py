@@ -12,8 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, reason_command, run, send, settings
-from shared.errors import Unavailable
+from fleet.cli.common import JsonOption, console, emit, fail, reason_command, run, send, settings
+from shared.errors import Invalid, Unavailable
 
 app = typer.Typer(help="Progressive rollouts: canary, waves, gates, pause/resume/abort, rollback.",
                   no_args_is_help=True)
@@ -79,9 +79,14 @@ def _render(result: dict[str, Any]) -> None:
         for site, digest in sorted(result["config_hashes"].items()):
             console.print(f"  site {site}: config {digest[:16]}")
         for entry in result.get("schedule", []):
-            starts, every, ends = (entry[k] or "unknown" for k in ("starts", "all_sites_open", "bake_ends"))
-            console.print(f"  wave {entry['wave'] + 1} expected: starts {starts}, every site open by {every}, "
-                          f"bake ends {ends}")
+            starts, every, ends = (entry.get(k) or "unknown" for k in ("starts", "all_sites_open", "bake_ends"))
+            rounds = f", {entry['rounds']} rounds of {entry['in_flight']} in flight" if "rounds" in entry else ""
+            console.print(f"  wave {entry['wave'] + 1} expected: starts {starts}, every site open by {every}"
+                          f"{rounds}, bake ends {ends}")
+        expected = result.get("expected_seconds")
+        if expected is not None:
+            console.print(f"  expected duration: about {_duration(expected)} (each round: one heartbeat "
+                          "interval for devices to apply and report)")
     elif "plan" in result:
         console.print("  the rollback waits for maintenance windows (--rollback-in-windows)" if result.get("in_windows")
                       else "  the rollback ignores maintenance windows: devices are restored at once")
@@ -93,6 +98,28 @@ def _render(result: dict[str, Any]) -> None:
         console.print(table)
 
 
+def _duration(seconds: float) -> str:
+    """`1h 5m`, `4m 10s`, `12s`."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s" if minutes else f"{secs}s"
+
+
+def _in_flight(text: str) -> dict[str, Any]:
+    """`--max-in-flight` as the command's structured fields: `500` -> a count, `10%` -> a share."""
+    text = text.strip()
+    if not text:
+        return {}
+    try:
+        if text.endswith("%"):
+            return {"max_in_flight_percent": float(text[:-1])}
+        return {"max_in_flight": int(text)}
+    except ValueError:
+        fail(Invalid(f"--max-in-flight {text!r}: give a count (500) or a share of each wave (10%)",
+                     field="max_in_flight"))
+
+
 @app.command("start")
 def start(
     ctx: typer.Context,
@@ -102,7 +129,10 @@ def start(
     canary: str = typer.Option("", "--canary", help="5 | 2% | site:a,b"),
     waves: str = typer.Option("100", "--waves", help="Cumulative percentages, e.g. 10,50,100."),
     bake: str = typer.Option("0s", "--bake", help="Bake time per wave."),
-    max_in_flight: int = typer.Option(500, "--max-in-flight"),
+    max_in_flight: str = typer.Option(
+        "", "--max-in-flight",
+        help="Devices changed at once: a count (500) or a share of each wave (10%); default: the larger "
+             "of 500 and 25% of the wave (docs/decisions.md)."),
     apply_timeout: str = typer.Option("5m", "--apply-timeout"),
     min_healthy: str = typer.Option("90%", "--min-healthy"),
     max_failed: str = typer.Option("5%", "--max-failed"),
@@ -121,7 +151,7 @@ def start(
     """Start a rollout (or, with --dry-run, show its plan)."""
     body: dict[str, Any] = {
         "snapshot_id": snapshot, "target": target, "canary": canary, "waves": waves, "bake": bake,
-        "max_in_flight": max_in_flight, "apply_timeout": apply_timeout, "min_healthy": min_healthy,
+        **_in_flight(max_in_flight), "apply_timeout": apply_timeout, "min_healthy": min_healthy,
         "max_failed": max_failed, "max_offline": max_offline, "metrics": metric, "on_failure": on_failure,
         "approve_after": [n - 1 for n in approve_after], "dry_run": dry_run,
         "ignore_windows": ignore_windows, "rollback_in_windows": rollback_in_windows}

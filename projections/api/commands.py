@@ -30,7 +30,8 @@ class StartRollout(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     rollout_id: str | None = None
     canary: str = ""
     waves: str = "100"
-    max_in_flight: int = 500
+    max_in_flight: int = 0  # 0: the default rule (services/rollout/domain.py, in_flight_rule)
+    max_in_flight_percent: float | None = None  # a share of each wave, e.g. 10.0
     bake: str = "0s"
     apply_timeout: str = "5m"
     min_healthy: str = "90%"

@@ -10,13 +10,14 @@ from nats.aio.client import Client as NATS
 
 from services.drift.handlers import DriftImage, DriftService, policy_from
 from shared.checkpoint import Checkpoints
-from shared.cluster import ensure_log, replicas_for
+from shared.cluster import ensure_log
 from shared.commands import CommandService
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.errors import Invalid
 from shared.eventlog import EventLog
-from shared.lease import Lease, instance_name, lease_bucket, run_while_held
+from shared.lease import instance_name, run_while_held
+from shared.lease_thread import ThreadLease
 from shared.liveness import Vitals, keep_alive, serve_vitals
 
 
@@ -32,8 +33,7 @@ async def run(settings: Settings) -> None:
         eventlog = EventLog(nc)
         await ensure_log(nc, settings, eventlog)
         partition = _partition(settings.drift_partition)
-        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
-        lease = Lease(kv, lease_name(partition), instance_name("drift", settings.instance), ttl=ttl)
+        lease = ThreadLease(settings, lease_name(partition), instance_name("drift", settings.instance))
         holding = asyncio.create_task(lease.run(), name="drift-lease")
         try:
             # Standing by (the lease another's) is no stall: keep_alive watches the connection

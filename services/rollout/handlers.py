@@ -45,7 +45,7 @@ from shared.events.rollout import (
     RolloutStarted,
 )
 from shared.ids import check_id
-from shared.lease import Lease
+from shared.lease import Holding
 from shared.liveness import Duty, Vitals
 from shared.selectors import parse as parse_selector
 from shared.subjects import HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
@@ -71,7 +71,8 @@ class Start(Command, frozen=True, kw_only=True):
     rollout_id: str | None = None
     canary: Expression = ""
     waves: Expression = "100"
-    max_in_flight: int = 500
+    max_in_flight: int = 0  # devices at once; 0: the default rule (domain.in_flight_rule)
+    max_in_flight_percent: float | None = None  # or a share of each wave (the count its floor)
     bake: str | float = 0.0
     apply_timeout: str | float = "5m"
     min_healthy: str | float = "90%"
@@ -141,8 +142,9 @@ class RolloutService:
     """Owns rollout aggregates and desired state; one instance per deployment."""
 
     def __init__(self, nc: NATS, eventlog: EventLog, *, tick_interval: float = 0.25,
-                 lease: Lease | None = None, checkpoints: Checkpoints[RolloutImage] | None = None,
-                 vitals: Vitals | None = None, tick_bound: float = 60.0) -> None:
+                 lease: Holding | None = None, checkpoints: Checkpoints[RolloutImage] | None = None,
+                 vitals: Vitals | None = None, tick_bound: float = 60.0,
+                 heartbeat_interval: float = 10.0) -> None:
         """`checkpoints`: where the state is checkpointed (written by the lease holder only).
         `vitals`: where the `tick` duty is reported (shared.liveness): the tick loop ran, or a
         commit made progress, within `tick_bound` seconds."""
@@ -152,6 +154,7 @@ class RolloutService:
         self.lease = lease
         self.log = eventlog
         self.tick_interval = tick_interval
+        self.heartbeat_interval = heartbeat_interval  # what a dry run's expected duration counts per round
         self.index = FleetIndex()
         self.store: AggregateStore[Rollout] = AggregateStore(eventlog, "rollout", domain.initial, domain.evolve)
         self.commands = CommandService(nc, "rollout")
@@ -551,6 +554,7 @@ class RolloutService:
         bake = parse_duration(cmd.bake, "bake")
         timeout = parse_duration(cmd.apply_timeout, "apply_timeout")
         not_before = parse_time(cmd.not_before, "not_before") if cmd.not_before else None
+        count, share = domain.in_flight_rule(cmd.max_in_flight, cmd.max_in_flight_percent)
         await self.caught_up()
         async with self._lock:
             done = self.store.already_done(cmd.command_id)
@@ -562,7 +566,8 @@ class RolloutService:
                 rollout_id, snapshot_id=cmd.snapshot_id, snapshot=self.index.snapshots.get(cmd.snapshot_id),
                 target=cmd.target, devices=devices, others=(slot.state for slot in self.store.slots.values()),
                 canary=canary, canary_text=cmd.canary, percents=percents,
-                max_in_flight=cmd.max_in_flight, bake_seconds=bake, apply_timeout_seconds=timeout,
+                max_in_flight=count, max_in_flight_percent=share, bake_seconds=bake,
+                apply_timeout_seconds=timeout,
                 gates=gates, on_failure=cmd.on_failure, approve_after=cmd.approve_after,
                 state=self.store.get(rollout_id).state, not_before=not_before,
                 ignore_windows=cmd.ignore_windows, rollback_in_windows=cmd.rollback_in_windows)
@@ -571,9 +576,15 @@ class RolloutService:
                 for event in events:
                     preview = domain.evolve(preview, event)
                 hashes = preview.spec.config_hashes if preview.spec else {}
+                # a round: the devices apply and report within about one heartbeat interval
+                schedule = domain.expected_schedule(preview, self.index.view, ctx.now,
+                                                    round_seconds=self.heartbeat_interval,
+                                                    commit_rate=domain.COMMIT_RATE)
+                ends = schedule[-1]["bake_ends"] if schedule else None
+                expected = (parse_time(ends, "bake_ends") - ctx.now).total_seconds() if ends else None
                 return Outcome((), {**self.describe(preview), "dry_run": True, "plan": preview.waves,
-                                    "config_hashes": hashes,
-                                    "schedule": domain.expected_schedule(preview, self.index.view, ctx.now)})
+                                    "config_hashes": hashes, "schedule": schedule,
+                                    "expected_seconds": expected})
             appended = await self._commit(rollout_id, events, cmd.command_id, ctx.now, cmd.actor)
             return Outcome(appended, self.describe(self.store.get(rollout_id).state))
 
