@@ -68,3 +68,16 @@ def test_the_expected_schedule_counts_rounds_of_the_in_flight_limit() -> None:
     # ten rounds of a minute, 200 devices committed at 100/s, then the 60 s bake
     assert wave["assigned_by"] == "2026-01-01T00:10:02.000000Z"
     assert wave["bake_ends"] == "2026-01-01T00:11:02.000000Z"
+
+
+def test_the_cli_parses_a_count_or_a_share() -> None:
+    import typer
+
+    from fleet.cli.rollout import _in_flight
+
+    assert _in_flight("") == {}
+    assert _in_flight("500") == {"max_in_flight": 500}
+    assert _in_flight(" 10% ") == {"max_in_flight_percent": 10.0}
+    with pytest.raises(typer.Exit) as refused:
+        _in_flight("lots")
+    assert refused.value.exit_code == 2
