@@ -34,6 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_url: str | None = None
     api_token: str | None = None  # bearer token for the query API (else <data-dir>/secrets/api-token)
     api_allowed_hosts: str = ""  # comma-separated Host values the API accepts ("" = its own + loopback)
+    api_tls_cert: str | None = None  # PEM certificate chain: the API serves HTTPS (FLEET_API_URL https://)
+    api_tls_key: str | None = None  # its private key
     api_database_url: str | None = None  # read-only role for the API (`fleet up` with external PostgreSQL)
     database_passfile: str | None = None  # pgpass file with the PostgreSQL passwords (never in URLs)
     metrics_public: bool = False  # /metrics without a token
@@ -68,6 +70,7 @@ class Endpoints(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What `fleet up` writes to `<data-dir>/endpoints.json` so the CLI finds it without flags."""
 
     nats_url: str
+    nats_tls_ca: str | None = None  # the CA the NATS servers' certificates are verified against
     database_url: str | None = None  # without a password: that is in database_passfile
     database_passfile: str | None = None
     api_url: str | None = None

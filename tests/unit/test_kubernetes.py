@@ -179,8 +179,8 @@ def test_every_part_is_the_one_deployment_shape(overlay: str, replicas: int) -> 
         creds = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "nats-creds")
         assert creds["secret"]["secretName"] == f"fleet-nats-{part}"
         if part == "api":
-            assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-            assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+            assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "https", "scheme": "HTTPS"}
+            assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "https", "scheme": "HTTPS"}
         else:
             expected = ["python", "-m", "fleet.probe"] + ([] if part == "projections" else [part])
             assert container["readinessProbe"]["exec"]["command"] == expected
@@ -256,3 +256,19 @@ def test_the_config_map_holds_only_real_settings(overlay: str) -> None:
     for key in config["data"]:
         assert key.startswith("FLEET_") and key[len("FLEET_"):].lower() in fields, key
     assert config["data"]["FLEET_REPLICAS"] == ("3" if overlay == "cluster" else "1")
+
+
+def test_the_api_serves_https_with_its_certificate() -> None:
+    docs = render("cluster")
+    api = of_kind(docs, "Deployment")["fleet-api"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in api["containers"][0]["env"]}
+    assert env["FLEET_API_URL"].startswith("https://")
+    mount = next(m for m in api["containers"][0]["volumeMounts"] if m["name"] == "api-tls")
+    assert env["FLEET_API_TLS_CERT"] == f"{mount['mountPath']}/tls.crt"
+    secret = next(v for v in api["volumes"] if v["name"] == "api-tls")["secret"]["secretName"]
+    certificate = next(c for c in of_kind(docs, "Certificate").values() if c["spec"]["secretName"] == secret)
+    service = of_kind(docs, "Service")["fleet-api"]
+    assert "fleet-api.fleet.svc" in certificate["spec"]["dnsNames"]
+    assert service["spec"]["ports"] == [{"name": "https", "port": 443, "targetPort": "https"}]
+    for host in env["FLEET_API_ALLOWED_HOSTS"].split(","):
+        assert host in certificate["spec"]["dnsNames"]
