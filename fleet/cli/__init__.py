@@ -18,6 +18,7 @@ from fleet.cli import token as token_cli
 from fleet.cli import up as up_cli
 from fleet.cli import views as views_cli
 from shared import aio
+from shared.version import VERSION
 
 app = typer.Typer(
     name="fleet",
@@ -27,9 +28,17 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fleet {VERSION}")
+        raise typer.Exit
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="Print the version and exit."),
     data_dir: str | None = typer.Option(
         None, "--data-dir", envvar="FLEET_DATA_DIR", help="Data dir of `fleet up` (default ./.fleet)."),
     nats_url: str | None = typer.Option(
