@@ -81,8 +81,10 @@ _FIELDS = set(Settings.__struct_fields__)
 
 
 def load_settings(flags: Mapping[str, Any] | None = None,
-                  env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from flags (None values ignored), FLEET_* env, and endpoints.json."""
+                  env: Mapping[str, str] | None = None,
+                  context: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from flags (None values ignored), FLEET_* env, then a named context
+    (shared.contexts) or, without one, the endpoints.json of a local `fleet up`."""
     env = os.environ if env is None else env
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     from_env = {
@@ -90,8 +92,10 @@ def load_settings(flags: Mapping[str, Any] | None = None,
         for key, value in env.items()
         if key.startswith("FLEET_") and key[len("FLEET_"):].lower() in _FIELDS
     }
-    data_dir = flags.get("data_dir") or from_env.get("data_dir") or DEFAULT_DATA_DIR
-    values: dict[str, Any] = {**read_endpoints(Path(data_dir)), **from_env, **flags}
+    from_context = {k: v for k, v in (context or {}).items() if v is not None and k in _FIELDS}
+    data_dir = flags.get("data_dir") or from_env.get("data_dir") or from_context.get("data_dir") or DEFAULT_DATA_DIR
+    underneath = from_context if context else read_endpoints(Path(data_dir))
+    values: dict[str, Any] = {**underneath, **from_env, **flags}
     values["data_dir"] = str(data_dir)
     for name in _DURATIONS:
         if name in values:
