@@ -49,8 +49,9 @@ def judge_picture(reports: list[PartReport], *, now: float, bound: float,
                                            reason="drift has not heard heartbeats it expects")
     reference = as_of if as_of is not None else watching_since
     if now - reference > bound:
-        return as_of, DeviceStateFreshness(as_of=_iso(as_of), stale=True, stale_since=_iso(reference),
-                                           reason="drift is not answering" if not hearing else "drift has not reported")
+        reason = ("drift has not reported" if hearing else
+                  "drift is starting (rebuilding its picture)" if reports else "drift is not answering")
+        return as_of, DeviceStateFreshness(as_of=_iso(as_of), stale=True, stale_since=_iso(reference), reason=reason)
     return as_of, DeviceStateFreshness(as_of=_iso(as_of), stale=False)
 
 

@@ -105,6 +105,12 @@ def test_before_drift_ever_answers_the_picture_goes_stale_from_when_the_api_star
     assert (fresh.stale, fresh.as_of, fresh.stale_since) == (True, None, T0_TEXT)
 
 
+def test_a_drift_that_answers_without_hearing_yet_is_starting() -> None:
+    starting = PartReport(part="drift", instance="x", at=T0_TEXT, duties=[])
+    _, fresh = judge_picture([starting], now=T0 + 30, bound=22, last_as_of=None, watching_since=T0)
+    assert (fresh.stale, fresh.reason) == (True, "drift is starting (rebuilding its picture)")
+
+
 def test_with_several_instances_the_picture_is_as_old_as_the_oldest_hearing() -> None:
     as_of, _ = judge_picture([_drift(T0_TEXT), _drift("2027-01-15T08:00:05.000000Z")], now=T0 + 6, bound=22,
                              last_as_of=None, watching_since=T0)
