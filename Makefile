@@ -6,11 +6,11 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-cluster lint unit integration bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml agent/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Fleetplane needs Python 3.11+"'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e ./agent -e '.[dev]'
 	@touch $(STAMP)
 
 demo: $(STAMP)

@@ -377,17 +377,17 @@ async def test_an_agent_renews_short_lived_credentials_and_stays_connected(
     session; nats-py reconnected with the renewed file)."""
     import time
 
-    from services.agent.agent import Agent, AgentOptions
+    from fleet_agent.agent import Agent, AgentOptions
+
     from shared.auth.renewal import claims_of, serve_renewals
-    from shared.config import Settings
 
     path = authority.write_creds(tmp_path / "short.creds", authority.issue_device("dev-short", expires_in=3))
     first = claims_of(path)
     assert first.exp is not None
     renewer = await serve_renewals(nc, authority, lifetime=3600)
     beats = await nc.subscribe("fleet.hb.s1.dev-short")
-    agent = Agent(AgentOptions(device_id="dev-short", site_id="s1", state_dir=tmp_path / "state", interval=0.2),
-                  Settings(nats_url=nats_server.url, nats_creds=str(path)))
+    agent = Agent(AgentOptions(device_id="dev-short", site_id="s1", state_dir=tmp_path / "state", interval=0.2,
+                               servers=(nats_server.url,), creds=path))
     task = asyncio.create_task(agent.run())
     try:
         while time.time() <= first.exp + 1:  # heartbeats keep coming past the first JWT's expiry
