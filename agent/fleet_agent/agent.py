@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import ParseResult, urlparse
 
 import msgspec
 import nats.errors
@@ -64,6 +65,14 @@ class BadOption(ValueError):
     def __init__(self, message: str, field: str) -> None:
         super().__init__(message)
         self.field = field
+
+
+def where(url: str | ParseResult | None) -> str | None:
+    """`host:port` of a server URL, without the user or password it may carry (never logged)."""
+    if url is None:
+        return None
+    parsed = urlparse(url) if isinstance(url, str) else url
+    return f"{parsed.hostname}:{parsed.port}" if parsed.port else parsed.hostname
 
 
 def parse_servers(text: str | None) -> list[str]:
@@ -173,6 +182,7 @@ class Agent:
         self.options = options
         self.backoff = Backoff(options.backoff_initial, options.backoff_cap, rng or random.Random())
         self.reconnects = 0
+        self._lost: str | None = None  # host:port of the server last connected to
         self.config_path = options.state_dir / CONFIG_FILE
         self.desired_path = options.state_dir / DESIRED_FILE
         self.applied: DesiredState | None = None  # the desired state last written to disk
@@ -234,19 +244,20 @@ class Agent:
         nc.options["max_reconnect_attempts"] = -1
         self.backoff.reset()
         self.nc = nc
-        log.info("connected to %s", nc.connected_url.netloc if nc.connected_url else "?")
+        self._lost = where(nc.connected_url)
+        log.info("connected to %s", self._lost)
         await nc.subscribe(desired_key_subject(self.options.device_id), cb=self._on_value)
 
     def _connect_options(self) -> dict[str, Any]:
         async def reconnected() -> None:
             self.backoff.reset()
             self.reconnects += 1
-            url = self.nc.connected_url.netloc if self.nc and self.nc.connected_url else "?"
+            self._lost = url = where(self.nc.connected_url) if self.nc else None
             log.info("reconnected to %s; reading desired state again", url)
             self._refresh.set()
 
         async def disconnected() -> None:
-            log.warning("disconnected from NATS; reconnecting")
+            log.warning("disconnected from NATS (%s); reconnecting", self._lost)
 
         async def quiet(exc: Exception) -> None:
             log.debug("nats: %r", exc)
@@ -267,9 +278,12 @@ class Agent:
         return options
 
     def _next_server(self, servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
-        """nats-py's reconnect hook: the next server in turn, after a jittered wait."""
-        server = servers[self.backoff.attempt % len(servers)] if servers else None
-        return server, self.backoff.next_wait()
+        """nats-py's reconnect hook: the servers in turn, the one just lost last (it is the least
+        likely to be back), each after a jittered wait."""
+        if not servers:
+            return None, self.backoff.next_wait()
+        order = sorted(servers, key=lambda s: where(s.uri) == self._lost)
+        return order[self.backoff.attempt % len(order)], self.backoff.next_wait()
 
     async def _renew_loop(self) -> None:
         """With expiring credentials, renew them when two thirds of their life has passed

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fleet_agent import AGENT_VERSION, logs
-from fleet_agent.agent import Agent, AgentOptions, BadOption, parse_servers
+from fleet_agent.agent import Agent, AgentOptions, BadOption, parse_servers, where
 from fleet_agent.credentials import adopt
 
 log = logging.getLogger("fleet_agent")
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.error("cannot start: %s", exc)
         return 2
     log.info("starting %s for device %s at site %s, servers %s", AGENT_VERSION, options.device_id,
-             options.site_id, ",".join(options.servers))
+             options.site_id, ",".join(str(where(url)) for url in options.servers))
     asyncio.run(serve(Agent(options)))
     return 0
 
