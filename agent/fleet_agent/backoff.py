@@ -22,6 +22,8 @@ class Backoff:
     cap: float = 30.0  # seconds: the widest window
     rng: random.Random = field(default_factory=random.Random)
     attempt: int = 0
+    jitter: bool = True  # False: wait the whole window (with initial == cap, a fixed period: what
+    #                      agents did before, kept to measure the difference)
 
     def window(self, attempt: int) -> float:
         """The upper bound of the wait before retry number `attempt` (0-based)."""
@@ -29,10 +31,24 @@ class Backoff:
 
     def next_wait(self) -> float:
         """The wait before the next attempt, and count it."""
-        wait = self.rng.uniform(0.0, self.window(self.attempt))
+        window = self.window(self.attempt)
+        wait = self.rng.uniform(0.0, window) if self.jitter else window
         self.attempt += 1
         return wait
 
     def reset(self) -> None:
         """The connection is up again: the next outage starts from the smallest window."""
         self.attempt = 0
+
+
+def attempts_until(backoff: Backoff, down_for: float) -> list[float]:
+    """For a device that lost its server at 0 and retries by `backoff` while the server stays away
+    for `down_for` seconds: the times of its attempts, the last one the first after the server came
+    back (it succeeds). What the simulator draws its devices' reconnections from."""
+    times: list[float] = []
+    at = 0.0
+    while not times or at < down_for:
+        at += backoff.next_wait()
+        times.append(at)
+    backoff.reset()
+    return times

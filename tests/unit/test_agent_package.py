@@ -120,3 +120,28 @@ def test_renewal_is_due_after_two_thirds_of_the_life() -> None:
     assert (life.iat, life.exp) == (1000, 4000)
     assert renew_at(life) == 3000
     assert renew_at(lifetime_of("aaa.eyJpYXQiOjEwMDB9.sig")) is None  # never expires
+
+
+def test_after_an_outage_each_device_gets_back_at_its_first_retry_after_the_server() -> None:
+    from fleet_agent.backoff import attempts_until
+
+    jittered = attempts_until(Backoff(initial=0.5, cap=8.0, rng=random.Random(3)), down_for=10.0)
+    assert jittered == sorted(jittered) and jittered[-1] >= 10.0 > jittered[-2]
+    fixed = attempts_until(Backoff(initial=0.5, cap=0.5, jitter=False), down_for=10.0)
+    assert fixed == [0.5 * k for k in range(1, 21)]  # every 0.5 s: the whole fleet at 10.0 s exactly
+    assert attempts_until(Backoff(jitter=False), down_for=0.0) == [0.5]
+
+
+def test_the_simulator_uses_the_agents_policy() -> None:
+    """Simulated devices come back spread over a window with jitter, in lock-step without."""
+    from services.agent.simulator import FleetSimulator, SimOptions
+
+    spread: dict[str, set[float]] = {}
+    for policy in ("jitter", "fixed"):
+        sim = FleetSimulator(None, SimOptions(devices=500, sites=5, reconnect=policy))  # type: ignore[arg-type]  # no connection needed
+        sim.reconnected(100.0, 110.0)
+        assert all(at >= 110.0 for at in sim.resume_at)
+        spread[policy] = {round(at, 3) for at in sim.resume_at}
+        assert sim.stats.outages == 1 and len(sim.stats.back[0]) == 500
+    assert spread["fixed"] == {110.0}
+    assert len(spread["jitter"]) > 400
