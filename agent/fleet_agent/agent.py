@@ -96,7 +96,7 @@ class AgentOptions:
     creds: Path | None = None  # the device's NATS credentials file (renewals are written into it)
     tls_ca: Path | None = None
     backoff_initial: float = 0.5  # reconnect waits: full jitter over [0, initial * 2**n], at most backoff_cap
-    backoff_cap: float = 30.0
+    backoff_cap: float = 15.0
 
     def __post_init__(self) -> None:
         for value, name in ((self.device_id, "device"), (self.site_id, "site")):

@@ -19,7 +19,7 @@ class Backoff:
     """Waits of a connection that keeps failing; `reset()` once it has succeeded."""
 
     initial: float = 0.5  # seconds: the window of the first retry
-    cap: float = 30.0  # seconds: the widest window
+    cap: float = 15.0  # seconds: the widest window (half the default offline window: 3 x 10 s)
     rng: random.Random = field(default_factory=random.Random)
     attempt: int = 0
     jitter: bool = True  # False: wait the whole window (with initial == cap, a fixed period: what

@@ -73,7 +73,7 @@ class SimOptions:
     register: bool = True
     reconnect: str = "jitter"  # how devices retry after an outage: "jitter" (the agent's) or "fixed"
     reconnect_initial: float = 0.5  # jitter: the first window (doubling up to reconnect_cap)
-    reconnect_cap: float = 30.0
+    reconnect_cap: float = 15.0
     reconnect_fixed: float = 0.5  # fixed: the period (the agent's wait before jitter)
 
     def backoff(self, rng: random.Random) -> Backoff:
