@@ -189,8 +189,8 @@ async def test_the_device_agent_follows_the_cluster_renews_and_is_cut_off_when_r
         await supervisor.start()
         cluster, authority = supervisor.cluster, supervisor.authority
         assert cluster is not None and authority is not None
-        nc = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1,
-                                user_credentials=supervisor.admin_creds)
+        nc = await cluster.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.1,
+                                   user_credentials=supervisor.admin_creds)
         client = CommandClient(nc, actor="operator:test", timeout=10)
         await client.wait_ready("registry", "snapshot", "rollout", timeout=120)
         await retrying(client, "registry", "add_site", {"site_id": "s1"})
@@ -199,7 +199,11 @@ async def test_the_device_agent_follows_the_cluster_renews_and_is_cut_off_when_r
         first_jwt = jwt_of_creds(creds)
         heartbeats = await nc.subscribe(heartbeat_subject("s1", "dev-1"))
 
+        ca = base / "ca.crt"  # the cluster's TLS CA, where the agent's user may read it (/etc/fleet on a device)
+        shutil.copy(cluster.tls_ca, ca)
+        ca.chmod(0o644)
         agent = AgentProcess(agent_venv, base, creds, "dev-1", "s1", ",".join(cluster.urls))
+        agent.env["FLEET_NATS_TLS_CA"] = str(ca)
         await agent.start()
         await heartbeats.next_msg(60)
         assert not any(e.get("not_json") for e in agent.logs), agent.logs
