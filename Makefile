@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-cluster lint unit integration bench clean
+.PHONY: demo test test-cluster lint unit integration bench clean agent-pyz
 
 $(STAMP): pyproject.toml agent/pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Fleetplane needs Python 3.11+"'
@@ -35,6 +35,11 @@ integration: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.eventlog
+
+# The device agent as one file for devices without pip (docs/devices.md); built for this machine's
+# architecture and Python (msgspec and PyNaCl are compiled).
+agent-pyz: $(STAMP)
+	$(BIN)/shiv --quiet -c fleet-agent -o dist/fleet-agent.pyz --python '/usr/bin/env python3' ./agent
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

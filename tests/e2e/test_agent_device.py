@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -103,6 +104,27 @@ def test_the_agent_installs_without_the_server(agent_venv: Path, tmp_path: Path)
     assert refused.returncode == 2
     line = json.loads(refused.stderr.strip().splitlines()[-1])  # a JSON log line saying why
     assert line["level"] == "ERROR" and "--device" in line["message"] and line["service"] == "agent"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_the_single_file_build_runs_on_a_bare_python(tmp_path: Path) -> None:
+    """`make agent-pyz`'s command (shiv): one file that a Python with nothing installed runs."""
+    shutil.copytree(ROOT / "agent", tmp_path / "src", ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    pyz = tmp_path / "fleet-agent.pyz"
+    shiv = Path(sys.executable).parent / "shiv"
+    done = subprocess.run([str(shiv), "--quiet", "-c", "fleet-agent", "-o", str(pyz), "--python", "/usr/bin/env python3",
+                           str(tmp_path / "src")], capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with zipfile.ZipFile(pyz) as archive:
+        top = {name.split("/")[1] for name in archive.namelist() if name.startswith("site-packages/")
+               and name.count("/") >= 2}  # site-packages/<package>/...
+    assert {"fleet_agent", "nats", "msgspec", "nkeys", "rfc8785"} <= top
+    assert not top & set(SERVER_ONLY)
+    env = {"PATH": "/usr/bin:/bin", "SHIV_ROOT": str(tmp_path / "unpacked")}
+    version = subprocess.run([interpreter(), str(pyz), "--version"], capture_output=True, text=True, check=False,
+                             env=env, cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("fleet-agent/"), version.stderr
 
 
 class AgentProcess:
