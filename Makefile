@@ -19,9 +19,10 @@ demo: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-# The failover e2e on a 3-node NATS cluster with two instances of every part (a few minutes).
+# The failover e2e on a 3-node NATS cluster with two instances of every part, and a device agent
+# (installed alone, unprivileged) following that cluster (a few minutes).
 test-cluster: $(STAMP)
-	$(BIN)/pytest -m cluster tests/e2e/test_cluster_failover.py $(PYTEST_ARGS)
+	$(BIN)/pytest -m cluster tests/e2e/test_cluster_failover.py tests/e2e/test_agent_device.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
