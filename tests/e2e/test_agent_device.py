@@ -217,7 +217,8 @@ async def test_the_device_agent_follows_the_cluster_renews_and_is_cut_off_when_r
         await client.wait_ready("registry", "snapshot", "rollout", timeout=120)
         await retrying(client, "registry", "add_site", {"site_id": "s1"})
         await retrying(client, "registry", "add_device", {"device_id": "dev-1", "site_id": "s1"})
-        creds = authority.issue_device("dev-1", expires_in=40)  # short-lived: renewed while the test runs
+        # short-lived: renewed while the test runs (after two thirds, 80 s: once the node kill is over)
+        creds = authority.issue_device("dev-1", expires_in=120)
         first_jwt = jwt_of_creds(creds)
         heartbeats = await nc.subscribe(heartbeat_subject("s1", "dev-1"))
 
