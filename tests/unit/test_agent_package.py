@@ -7,6 +7,7 @@ import json
 import logging
 import random
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,19 @@ def test_the_simulator_uses_the_agents_policy() -> None:
         assert sim.stats.outages == 1 and len(sim.stats.back[0]) == 500
     assert spread["fixed"] == {110.0}
     assert len(spread["jitter"]) > 400
+
+
+def test_the_agent_imports_nothing_of_the_control_plane() -> None:
+    """The dependency points one way: the server imports the agent's contract, never the reverse
+    (the fresh-venv test in tests/e2e/test_agent_device.py proves it installed; this says where)."""
+    import ast
+
+    package = Path(__file__).resolve().parents[2] / "agent" / "fleet_agent"
+    allowed = {"fleet_agent", "nats", "msgspec", "nkeys", "rfc8785", "__future__"}
+    for source in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                top = name.split(".")[0]
+                assert top in allowed or top in sys.stdlib_module_names, f"{source.name} imports {name}"
