@@ -37,6 +37,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_database_url: str | None = None  # read-only role for the API (`fleet up` with external PostgreSQL)
     database_passfile: str | None = None  # pgpass file with the PostgreSQL passwords (never in URLs)
     metrics_public: bool = False  # /metrics without a token
+    metrics_port: int = 0  # this part's own /metrics (prometheus_client, no token); 0: not served
+    metrics_host: str = "127.0.0.1"  # where metrics_port listens (0.0.0.0 in a pod: docs/monitoring.md)
     heartbeat_interval: float = 10.0
     offline_after: int = 3
     drift_grace: float = 60.0

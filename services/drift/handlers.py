@@ -50,7 +50,7 @@ from services.drift.domain import (
     steady,
     tick_due,
 )
-from shared import telemetry
+from shared import metrics
 from shared.appending import Pipeline
 from shared.atomic import MAX_BATCH
 from shared.checkpoint import Checkpoints
@@ -156,8 +156,6 @@ class DriftService:
         self._outage = False  # our NATS connection was seen down by a tick
         self.checkpoints = checkpoints
         self._sub: Subscription | None = None
-        self._dropped_counter = telemetry.meter.create_counter(
-            "fleet_heartbeats_dropped_total", description="Heartbeats dropped, by reason")
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -336,7 +334,7 @@ class DriftService:
 
     def _drop(self, reason: str) -> None:
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
-        self._dropped_counter.add(1, {"reason": reason})
+        metrics.HEARTBEATS_DROPPED.labels(reason).inc()
 
     # --- deciding and appending ----------------------------------------------------------------
 
