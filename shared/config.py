@@ -74,6 +74,7 @@ class Endpoints(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     database_passfile: str | None = None
     api_url: str | None = None
     pid: int | None = None
+    metrics: dict[str, str] = {}  # part -> the URL a Prometheus scrapes for it (docs/monitoring.md)
 
 
 _FIELDS = set(Settings.__struct_fields__)

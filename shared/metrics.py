@@ -50,7 +50,6 @@ _lock = threading.Lock()
 
 def serve(part: str, port: int, host: str = "127.0.0.1") -> int:
     """Serve this process's metrics at `http://host:port/metrics` (port 0: a free one); the port."""
-    PART.labels(part=part).set(1)
     with _lock:
         server, _thread = start_http_server(port, addr=host)
         bound = int(server.server_port)

@@ -43,6 +43,7 @@ def service(
     conf = settings(ctx)
     setup_logging(conf.log_level, name, instance_name(name, conf.instance))
     telemetry.setup(name)
+    metrics.PART.labels(part=name).set(1)
     if conf.metrics_port:
         metrics.serve(name, conf.metrics_port, conf.metrics_host)
     entry = cast(Callable[[Settings], Awaitable[None]], importlib.import_module(module_name).run)

@@ -72,10 +72,11 @@ def _render(result: dict[str, Any]) -> None:
     up_ = result["up"]
     if up_:
         console.print(f"fleet up (pid {up_['pid']}) since {up_['started_at']}; NATS {up_['nats_url']}")
-        table = Table("part", "state", "pid", "up since", "restarts", "last exit")
+        table = Table("part", "state", "pid", "up since", "restarts", "last exit", "metrics")
         for part in [*up_.get("servers", []), *up_["parts"]]:
             table.add_row(part["name"], part["state"], str(part["pid"] or "-"), part["up_since"] or "-",
-                          str(part["restarts"]), "-" if part["last_exit"] is None else str(part["last_exit"]))
+                          str(part["restarts"]), "-" if part["last_exit"] is None else str(part["last_exit"]),
+                          part.get("metrics_url") or "-")
         console.print(table)
     console.print(f"API {result['api_url']}: {json.dumps(result['api']) if result['api'] else 'not answering'}")
 

@@ -24,7 +24,6 @@ from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components
 from litestar.params import FromQuery, PathParameter, QueryParameter
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from projections.api.auth import (
     METRICS,
@@ -75,6 +74,7 @@ from shared.selectors import EVERYTHING
 from shared.times import parse_duration, parse_time, utcnow
 
 log = logging.getLogger(__name__)
+EXPOSITION = "text/plain; version=0.0.4"  # Prometheus's text format, read by every version (Litestar adds the charset)
 
 Models = NamedDependency[ReadModels]
 Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="Page size.")]
@@ -137,7 +137,7 @@ async def readyz(models: Models) -> Response[Health]:
     return Response(Health(ok=ok, detail=detail), status_code=200 if ok else 503)
 
 
-@get("/metrics", media_type=CONTENT_TYPE_LATEST, tags=["health"], responses={503: ERRORS[503]})
+@get("/metrics", media_type=EXPOSITION, tags=["health"], responses={503: ERRORS[503]})
 async def metrics(models: Models) -> bytes:
     """Prometheus text: this API process's own metrics (query latency, ...) and the fleet's state
     from the read models (devices by site and state, rollouts, projections, the log); each other
@@ -482,4 +482,5 @@ def create_app(models: Models, auth: AuthPolicy | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="Fleetplane query API", version="1",
                                      components=Components(security_schemes=SECURITY_SCHEMES), path="/schema"),
         debug=False,
+        logging_config=None,  # the process's JSON lines (shared/logs.py), not Litestar's own format
     )
