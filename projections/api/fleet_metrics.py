@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -50,7 +51,7 @@ def device_families(summary: Summary) -> list[Metric]:
     return [by_site, by_snapshot]
 
 
-def rollout_families(statuses: dict[str, int], active: Iterable[dict[str, object]]) -> list[Metric]:
+def rollout_families(statuses: dict[str, int], active: Iterable[Mapping[str, Any]]) -> list[Metric]:
     """fleet_rollouts{status}; for each rollout still moving, its wave and last gate verdict."""
     by_status = GaugeMetricFamily("fleet_rollouts", "Rollouts by status.", labels=["status"])
     for status, n in sorted(statuses.items()):
@@ -61,7 +62,7 @@ def rollout_families(statuses: dict[str, int], active: Iterable[dict[str, object
                              "(1 passed, 0 failed; absent before its first gate).", labels=["rollout"])
     for row in active:
         rollout = str(row["rollout_id"])
-        wave.add_metric([rollout, str(row["snapshot_id"]), str(row["status"])], float(str(row["wave"])))
+        wave.add_metric([rollout, str(row["snapshot_id"]), str(row["status"])], float(row["wave"]))
         if row["passed"] is not None:
             gate.add_metric([rollout], 1.0 if row["passed"] else 0.0)
     return [by_status, wave, gate]
@@ -105,11 +106,16 @@ async def log_families(models: ReadModels) -> list[Metric]:
     except Exception as exc:  # NATS down: the other gauges still answer
         log.debug("metrics: no stream/account info: %r", exc)
         return []
+    return storage_families(info.state.bytes, account.storage,
+                            account.limits.max_storage if account.limits else None)
+
+
+def storage_families(log_bytes: int, used: int, limit: int | None) -> list[Metric]:
+    """fleet_log_bytes, and the account's JetStream file storage used and allowed."""
     families: list[Metric] = [
-        GaugeMetricFamily("fleet_log_bytes", "Bytes the event log (FLEET_EVENTS) holds.", value=info.state.bytes),
+        GaugeMetricFamily("fleet_log_bytes", "Bytes the event log (FLEET_EVENTS) holds.", value=log_bytes),
         GaugeMetricFamily("fleet_jetstream_storage_used_bytes", "File storage the account's streams use.",
-                          value=account.storage)]
-    limit = account.limits.max_storage if account.limits else None
+                          value=used)]
     if limit is not None and limit > 0:  # -1: unlimited (then alert on the volume: docs/monitoring.md)
         families.append(GaugeMetricFamily("fleet_jetstream_storage_limit_bytes",
                                           "File storage the account may use.", value=limit))
