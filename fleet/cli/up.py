@@ -15,6 +15,8 @@ from rich.table import Table
 from fleet.cli.common import JsonOption, console, emit, run, settings
 from fleet.supervisor import PARTS, Supervisor, read_status
 from shared.errors import Invalid, Unavailable
+from shared.lease import instance_name
+from shared.logs import setup_logging
 
 
 def up(
@@ -33,6 +35,9 @@ def up(
                 "drift_grace": drift_grace, "reconcile_backoff": reconcile_backoff})
     ctx.find_root().obj = obj
     conf = settings(ctx)
+    # the supervisor's own lines (a part restarted, a duty failing) in the one JSON format; what it
+    # tells the person at the terminal stays on stdout
+    setup_logging(conf.log_level, "up", instance_name("up", str(conf.data_path.resolve())))
 
     async def main() -> None:
         if cluster not in (0, 3):
