@@ -288,11 +288,15 @@ async def test_postgres_down_is_a_503(eventlog: EventLog, issue_token: Callable[
         app = create_app(ReadModels(pool, eventlog))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE,  # type: ignore[arg-type]  # Litestar's ASGI types differ from httpx's
                                      headers={"Authorization": f"Bearer {await issue_token('viewer')}"}) as client:
-            for path in ("/v1/summary", "/v1/devices", "/v1/changes", "/v1/sites", "/readyz", "/metrics"):
+            for path in ("/v1/summary", "/v1/devices", "/v1/changes", "/v1/sites", "/readyz"):
                 response = await client.get(path)
                 assert response.status_code == 503, (path, response.text)
                 assert response.json()["error"]["code"] == "unavailable"
             assert (await client.get("/healthz")).status_code == 200
+            # /metrics still answers (the process's own metrics), and says the read models are down
+            metrics = exposition.families((await client.get("/metrics")).text)
+            assert exposition.value(metrics["fleet_read_models_up"]) == 0
+            assert "fleet_devices" not in metrics
     finally:
         await pool.close()
 
