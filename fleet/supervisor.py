@@ -195,6 +195,7 @@ class Supervisor:
             await self.cluster.start()
             (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
             nats_url = self.cluster.url
+            admin = msgspec.structs.replace(admin, nats_tls_ca=self.cluster.tls_ca)  # TLS, as deploy/nats has it
             for index, node in enumerate(self.cluster.nodes):
                 self.watch(node.name, node, functools.partial(self.cluster.start_node, index))
         if not nats_url:
@@ -234,6 +235,8 @@ class Supervisor:
             await nc.close()
         self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_API_URL": api_url,
                     "FLEET_DATA_DIR": str(self.data)}
+        if admin.nats_tls_ca:
+            self.env["FLEET_NATS_TLS_CA"] = admin.nats_tls_ca
         for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
             self.env.pop(name, None)
         for name in ("heartbeat_interval", "offline_after", "drift_grace", "reconcile_backoff",
@@ -245,8 +248,8 @@ class Supervisor:
                             env={"FLEET_API_URL": f"http://127.0.0.1:{free_port()}"} if name == "api" else {})
                       for name in self.part_names]
         self._assign_metrics(parts, api_url)
-        write_endpoints(self.data, Endpoints(nats_url=nats_url, database_url=_without_password(database_url),
-                                             api_url=api_url,
+        write_endpoints(self.data, Endpoints(nats_url=nats_url, nats_tls_ca=admin.nats_tls_ca,
+                                             database_url=_without_password(database_url), api_url=api_url,
                                              database_passfile=passfile, pid=os.getpid(),
                                              metrics={p.status.name: p.status.metrics_url for p in parts
                                                       if p.status.metrics_url}))

@@ -40,7 +40,7 @@ def service(
         from fleet.cli.common import fail
 
         fail(Invalid(f"unknown service {name!r}; choose one of {', '.join(PARTS)}", field="name"))
-    conf = settings(ctx)
+    conf = settings(ctx, local=True)
     setup_logging(conf.log_level, name, instance_name(name, conf.instance))
     telemetry.setup(name)
     metrics.PART.labels(part=name).set(1)

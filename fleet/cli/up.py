@@ -34,7 +34,7 @@ def up(
     obj.update({"heartbeat_interval": heartbeat_interval, "offline_after": offline_after,
                 "drift_grace": drift_grace, "reconcile_backoff": reconcile_backoff})
     ctx.find_root().obj = obj
-    conf = settings(ctx)
+    conf = settings(ctx, local=True)
     # the supervisor's own lines (a part restarted, a duty failing) in the one JSON format; what it
     # tells the person at the terminal stays on stdout
     setup_logging(conf.log_level, "up", instance_name("up", str(conf.data_path.resolve())))

@@ -597,7 +597,7 @@ class RolloutService:
         if cmd.rollout_id is not None:
             states = [await self._state(cmd.rollout_id)]
         else:
-            since = ctx.now - timedelta(seconds=whatif.parse_since(cmd.since)) if cmd.since else None
+            since = ctx.now - timedelta(seconds=parse_duration(cmd.since, "since")) if cmd.since else None
             states = [slot.state for rollout_id, slot in sorted(self.store.slots.items(), key=lambda i: -i[1].seq)
                       if slot.state.spec is not None
                       and (since is None or self._started_at.get(rollout_id, ctx.now) >= since)]

@@ -23,6 +23,7 @@ from projections.api import fleet_metrics
 from projections.api.schemas import Counts, ProjectionsAnswer, ProjectionState, SiteCounts, SnapshotCounts, Summary
 from shared import metrics
 from tests import exposition
+from tests.unit.test_kubernetes import OVERLAYS, of_kind, render
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -197,15 +198,18 @@ def test_every_exported_metric_is_documented() -> None:
     assert [a for a in alerts if f"### {a}" not in doc] == []
 
 
-def test_monitors_select_what_kubernetes_runs() -> None:
-    fleet = [d for d in yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "fleet.yaml").read_text()) if d]
-    config = next(d for d in fleet if d["kind"] == "ConfigMap")["data"]
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_monitors_select_what_kubernetes_runs(overlay: str) -> None:
+    docs = render(overlay)
+    config = of_kind(docs, "ConfigMap")["fleet-config"]["data"]
     port = int(config["FLEET_METRICS_PORT"])
     assert config["FLEET_METRICS_HOST"] == "0.0.0.0"
     pod_monitor = yaml.safe_load((MONITORING / "podmonitor.yaml").read_text())
     excluded = set(pod_monitor["spec"]["selector"]["matchExpressions"][0]["values"])
     assert excluded == {"api"}
-    for deployment in (d for d in fleet if d["kind"] == "Deployment"):
+    deployments = of_kind(docs, "Deployment")
+    assert deployments
+    for deployment in deployments.values():
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -214,9 +218,18 @@ def test_monitors_select_what_kubernetes_runs() -> None:
         else:
             assert {"name": "metrics", "containerPort": port} in container["ports"]
     service_monitor = yaml.safe_load((MONITORING / "servicemonitor.yaml").read_text())
-    api = next(d for d in fleet if d["kind"] == "Service" and d["metadata"]["name"] == "fleet-api")
+    api = of_kind(docs, "Service")["fleet-api"]
     assert service_monitor["spec"]["selector"]["matchLabels"].items() <= api["metadata"]["labels"].items()
     assert service_monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in api["spec"]["ports"]}
+    tls = service_monitor["spec"]["endpoints"][0]["tlsConfig"]
+    certificate = of_kind(docs, "Certificate")[tls["ca"]["secret"]["name"]]
+    assert tls["serverName"] in certificate["spec"]["dnsNames"]
+    # the parts' network policy lets the monitoring namespace reach that port
+    policy = of_kind(docs, "NetworkPolicy")["fleet-parts"]
+    assert {"port": "metrics"} in policy["spec"]["ingress"][0]["ports"]
+
+
+def test_the_monitoring_kustomization_names_its_files() -> None:
     kustomization = yaml.safe_load((MONITORING / "kustomization.yaml").read_text())
     files = [*kustomization["resources"], *kustomization["configMapGenerator"][0]["files"]]
     assert all((MONITORING / f).exists() for f in files)
