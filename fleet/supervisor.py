@@ -41,6 +41,7 @@ from typing import IO, Protocol
 import msgspec
 from nats.aio.client import Client as NATS
 
+from shared import metrics
 from shared.aio import wait_set
 from shared.auth.authority import Authority
 from shared.auth.renewal import serve_renewals
@@ -94,6 +95,7 @@ class UpStatus(msgspec.Struct):
     database_embedded: bool
     parts: list[PartStatus] = []
     servers: list[PartStatus] = []  # the embedded nats-server(s) and PostgreSQL
+    metrics_url: str | None = None  # the supervisor's own (identity revocations and renewals)
 
 
 @dataclass
@@ -132,9 +134,11 @@ class Supervisor:
     """Runs and watches the parts of one Fleetplane deployment."""
 
     def __init__(self, settings: Settings, *, api_port: int | None = None, parts: tuple[str, ...] = PARTS,
-                 log_dir: Path | None = None, cluster: int = 0) -> None:
+                 log_dir: Path | None = None, cluster: int = 0, serve_metrics: bool = False) -> None:
         self.settings = settings
         self.cluster_size = cluster  # 0: one embedded nats-server; 3: a cluster and two instances
+        self.serve_metrics = serve_metrics  # this process's own /metrics too (`fleet up`; once per process)
+        self.metrics_url: str | None = None
         self.cluster: EmbeddedNatsCluster | None = None
         self.data = settings.data_path.resolve()
         self.api_port = api_port
@@ -251,10 +255,12 @@ class Supervisor:
         write_endpoints(self.data, Endpoints(nats_url=nats_url, nats_tls_ca=admin.nats_tls_ca,
                                              database_url=_without_password(database_url), api_url=api_url,
                                              database_passfile=passfile, pid=os.getpid(),
-                                             metrics={p.status.name: p.status.metrics_url for p in parts
-                                                      if p.status.metrics_url}))
+                                             metrics={**{p.status.name: p.status.metrics_url for p in parts
+                                                         if p.status.metrics_url},
+                                                      **({"up": self.metrics_url} if self.metrics_url else {})}))
         self.status = UpStatus(pid=os.getpid(), started_at=format_time(utcnow()), nats_url=nats_url,
-                               api_url=api_url, database_embedded=self.postgres is not None)
+                               api_url=api_url, database_embedded=self.postgres is not None,
+                               metrics_url=self.metrics_url)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         for part in parts:
             self.parts[part.status.name] = part
@@ -278,6 +284,10 @@ class Supervisor:
             port = ports[part.status.name] = _bindable(last.get(part.status.name)) or free_port()
             part.env["FLEET_METRICS_PORT"] = str(port)
             part.status.metrics_url = f"http://127.0.0.1:{port}/metrics"
+        if self.serve_metrics:  # the duties that run here (revocations, renewals) count there
+            metrics.PART.labels(part="up").set(1)
+            port = ports["up"] = metrics.serve("up", _bindable(last.get("up")) or 0)
+            self.metrics_url = f"http://127.0.0.1:{port}/metrics"
         path.write_bytes(msgspec.json.encode(ports))
 
     def watch(self, name: str, runs: _Runs, restart: Callable[[], Awaitable[object]]) -> None:

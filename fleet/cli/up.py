@@ -42,7 +42,7 @@ def up(
     async def main() -> None:
         if cluster not in (0, 3):
             raise Invalid(f"--cluster {cluster}: the cluster config in deploy/nats/ has 3 nodes", field="cluster")
-        supervisor = Supervisor(conf, api_port=api_port, cluster=cluster)
+        supervisor = Supervisor(conf, api_port=api_port, cluster=cluster, serve_metrics=True)
         try:
             status = await supervisor.start()
         except BaseException:
@@ -76,7 +76,8 @@ def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
 def _render(result: dict[str, Any]) -> None:
     up_ = result["up"]
     if up_:
-        console.print(f"fleet up (pid {up_['pid']}) since {up_['started_at']}; NATS {up_['nats_url']}")
+        console.print(f"fleet up (pid {up_['pid']}) since {up_['started_at']}; NATS {up_['nats_url']}"
+                      + (f"; metrics {up_['metrics_url']}" if up_.get("metrics_url") else ""))
         table = Table("part", "state", "pid", "up since", "restarts", "last exit", "metrics")
         for part in [*up_.get("servers", []), *up_["parts"]]:
             table.add_row(part["name"], part["state"], str(part["pid"] or "-"), part["up_since"] or "-",

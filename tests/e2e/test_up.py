@@ -146,6 +146,12 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
             metrics = response.read().decode()
         assert 'fleet_commands_total{command="add_site",result="ok",service="registry"}' in metrics
         assert 'fleet_append_seconds_bucket{le="0.005"}' in metrics
+        # `fleet up` itself: the identity duties that run in it (revocations, renewals)
+        up_metrics = json.loads((data / "endpoints.json").read_text())["metrics"]["up"]
+        assert status(data)["up"]["metrics_url"] == up_metrics
+        with urllib.request.urlopen(up_metrics, timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'fleet_part_info{part="up"} 1.0' in metrics and "fleet_identity_revocations_total" in metrics
 
         children = [c.pid for c in psutil.Process(up.pid).children(recursive=True)]
         assert len(children) >= 8  # six parts, nats-server, postgres
