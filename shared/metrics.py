@@ -10,7 +10,6 @@ The fleet-state gauges are not here: the query API builds them from the read mod
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
@@ -44,25 +43,24 @@ LEASE_TAKEOVERS = Counter("fleet_lease_takeovers", "Times this process gained th
 REVOCATIONS = Counter("fleet_identity_revocations", "Device identities revoked (retired devices).")
 RENEWALS = Counter("fleet_identity_renewals", "Device credential renewals answered, by result.", ["result"])
 
-_served: dict[int, Any] = {}
-_lock = threading.Lock()
+_served: dict[int, Any] = {}  # port -> its server (kept referenced for the process's life)
 
 
 def serve(part: str, port: int, host: str = "127.0.0.1") -> int:
     """Serve this process's metrics at `http://host:port/metrics` (port 0: a free one); the port."""
-    with _lock:
-        server, _thread = start_http_server(port, addr=host)
-        bound = int(server.server_port)
-        _served[bound] = server
+    server, _thread = start_http_server(port, addr=host)
+    bound = int(server.server_port)
+    _served[bound] = server
     log.info("metrics of %s on http://%s:%d/metrics", part, host, bound)
     return bound
 
 
 def samples(prefix: str = "fleet_") -> list[tuple[str, dict[str, str], float]]:
-    """This process's own samples as (name, labels, value), for `$SRV.STATS`."""
+    """This process's own samples as (name, labels, value), for `$SRV.STATS` (a histogram by its
+    count and sum: the buckets are for Prometheus)."""
     out: list[tuple[str, dict[str, str], float]] = []
     for family in REGISTRY.collect():
         if family.name.startswith(prefix):
             out += [(s.name, dict(s.labels), float(s.value)) for s in family.samples
-                    if not s.name.endswith("_created")]
+                    if not s.name.endswith(("_created", "_bucket"))]
     return out
