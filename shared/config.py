@@ -41,6 +41,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     metrics_public: bool = False  # /metrics without a token
     metrics_port: int = 0  # this part's own /metrics (prometheus_client, no token); 0: not served
     metrics_host: str = "127.0.0.1"  # where metrics_port listens (0.0.0.0 in a pod: docs/monitoring.md)
+    metrics_tls_cert: str | None = None  # PEM certificate chain: metrics_port serves HTTPS
+    metrics_tls_key: str | None = None  # its private key
     heartbeat_interval: float = 10.0
     offline_after: int = 3
     drift_grace: float = 60.0

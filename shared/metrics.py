@@ -10,9 +10,12 @@ The fleet-state gauges are not here: the query API builds them from the read mod
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+
+from shared.errors import Invalid
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # `_created` series double every counter
 
@@ -46,12 +49,17 @@ RENEWALS = Counter("fleet_identity_renewals", "Device credential renewals answer
 _served: dict[int, Any] = {}  # port -> its server (kept referenced for the process's life)
 
 
-def serve(part: str, port: int, host: str = "127.0.0.1") -> int:
-    """Serve this process's metrics at `http://host:port/metrics` (port 0: a free one); the port."""
-    server, _thread = start_http_server(port, addr=host)
+def serve(part: str, port: int, host: str = "127.0.0.1", *, certfile: str | None = None,
+          keyfile: str | None = None) -> int:
+    """Serve this process's metrics at `http(s)://host:port/metrics` (port 0: a free one; HTTPS
+    with a certificate and key); the port."""
+    if bool(certfile) != bool(keyfile):
+        raise Invalid("the metrics port's TLS needs both a certificate and its key", field="metrics_tls_key")
+    server, _thread = start_http_server(port, addr=host, certfile=certfile, keyfile=keyfile,
+                                        tls_min_version=ssl.TLSVersion.TLSv1_2)
     bound = int(server.server_port)
     _served[bound] = server
-    log.info("metrics of %s on http://%s:%d/metrics", part, host, bound)
+    log.info("metrics of %s on %s://%s:%d/metrics", part, "https" if certfile else "http", host, bound)
     return bound
 
 

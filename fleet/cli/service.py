@@ -45,6 +45,7 @@ def service(
     telemetry.setup(name)
     metrics.PART.labels(part=name).set(1)
     if conf.metrics_port:
-        metrics.serve(name, conf.metrics_port, conf.metrics_host)
+        metrics.serve(name, conf.metrics_port, conf.metrics_host, certfile=conf.metrics_tls_cert,
+                      keyfile=conf.metrics_tls_key)
     entry = cast(Callable[[Settings], Awaitable[None]], importlib.import_module(module_name).run)
     run(until_signalled(entry(conf)))

@@ -217,6 +217,19 @@ def test_monitors_select_what_kubernetes_runs(overlay: str) -> None:
             assert {"name": "FLEET_METRICS_PORT", "value": "0"} in container["env"]
         else:
             assert {"name": "metrics", "containerPort": port} in container["ports"]
+    # the parts serve HTTPS with the certificate whose name the PodMonitor verifies
+    tls = pod_monitor["spec"]["podMetricsEndpoints"][0]["tlsConfig"]
+    certificate = of_kind(docs, "Certificate")[tls["ca"]["secret"]["name"]]
+    assert tls["serverName"] in certificate["spec"]["dnsNames"]
+    for deployment in deployments.values():
+        if deployment["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"] in excluded:
+            continue
+        pod = deployment["spec"]["template"]["spec"]
+        mounted = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+        mount = next(m["mountPath"] for m in pod["containers"][0]["volumeMounts"]
+                     if mounted.get(m["name"]) == certificate["spec"]["secretName"])
+        assert config["FLEET_METRICS_TLS_CERT"] == f"{mount}/tls.crt"
+        assert config["FLEET_METRICS_TLS_KEY"] == f"{mount}/tls.key"
     service_monitor = yaml.safe_load((MONITORING / "servicemonitor.yaml").read_text())
     api = of_kind(docs, "Service")["fleet-api"]
     assert service_monitor["spec"]["selector"]["matchLabels"].items() <= api["metadata"]["labels"].items()
