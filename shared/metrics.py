@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import logging
 import ssl
+import weakref
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, start_http_server
+from prometheus_client.metrics_core import Metric
 
 from shared.errors import Invalid
 
@@ -39,12 +42,41 @@ QUERY_SECONDS = Histogram("fleet_query_seconds", "Latency of a query API request
 ROLLOUT_ASSIGNMENTS = Counter("fleet_rollout_assignments", "Devices assigned or restored by rollouts.")
 ROLLOUT_TICK_ERRORS = Counter("fleet_rollout_tick_errors", "Rollout ticks that raised (logged, retried).",
                               ["rollout"])
-HEARTBEATS_DROPPED = Counter("fleet_heartbeats_dropped", "Heartbeats the drift service dropped, by reason.",
-                             ["reason"])
 LEASE_HELD = Gauge("fleet_lease_held", "1 while this process holds the lease, else 0.", ["lease"])
 LEASE_TAKEOVERS = Counter("fleet_lease_takeovers", "Times this process gained the lease.", ["lease"])
 REVOCATIONS = Counter("fleet_identity_revocations", "Device identities revoked (retired devices).")
 RENEWALS = Counter("fleet_identity_renewals", "Device credential renewals answered, by result.", ["result"])
+
+
+
+class Readings:
+    """Counters a part already keeps as plain numbers on a hot path (a heartbeat must not pay a
+    lock and a label lookup), read when Prometheus scrapes: the families of every live source,
+    summed sample by sample (several instances in one process add up)."""
+
+    def __init__(self) -> None:
+        self._sources: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def add(self, source: Any) -> None:
+        """Read `source.readings()` (a list of metric families) at every scrape while it lives."""
+        self._sources.add(source)
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        values: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
+        for source in list(self._sources):
+            for family in source.readings():
+                families.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    key = (family.name, sample.name, tuple(sorted(sample.labels.items())))
+                    values[key] = values.get(key, 0.0) + sample.value
+        for (family_name, sample_name, labels), value in values.items():
+            families[family_name].add_sample(sample_name, dict(labels), value)
+        yield from families.values()
+
+
+READINGS = Readings()
+REGISTRY.register(READINGS)
 
 _served: dict[int, Any] = {}  # port -> its server (kept referenced for the process's life)
 

@@ -130,6 +130,8 @@ async def test_every_part_is_scrapeable_during_a_rollout_and_logs_json(tmp_path:
             assert exposition.value(after["rollout"]["fleet_commands"], service="rollout", command="start",
                                     result="ok") == 1
             assert after["rollout"]["fleet_rollout_assignments"].samples[0].value >= DEVICES
+            assert after["drift"]["fleet_heartbeats_accepted"].samples[0].value > 0
+            assert exposition.value(after["drift"]["fleet_drift_reconciles"], result="put") is not None
             # One projection runner holds each projection's lease, and says so.
             assert exposition.value(after["projections"]["fleet_lease_held"], lease="projection-fleet") == 1
             # The fleet gauges are the summary's numbers.

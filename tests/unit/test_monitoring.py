@@ -21,6 +21,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from projections.api import fleet_metrics
 from projections.api.schemas import Counts, ProjectionsAnswer, ProjectionState, SiteCounts, SnapshotCounts, Summary
+from services.drift.handlers import Stats, stats_families
 from shared import metrics
 from tests import exposition
 from tests.unit.test_kubernetes import OVERLAYS, of_kind, render
@@ -66,7 +67,8 @@ def known_metrics() -> set[str]:
     """Every metric name (with its sample suffixes) the code exports."""
     names: set[str] = set()
     families = {**exposition.families(generate_latest(REGISTRY).decode()),
-                **exposition.families(fleet_exposition())}
+                **exposition.families(fleet_exposition()),
+                **exposition.families(generate_latest(_only(stats_families(Stats()))).decode())}
     for name, family in families.items():
         if not name.startswith("fleet_"):
             continue
@@ -113,6 +115,33 @@ def test_process_metrics_have_help_type_and_buckets() -> None:
     assert not any(name.endswith("_created") for name in families)
     # no precomputed rates: nothing of ours is named like one
     assert not [name for name in known_metrics() if "rate" in name or "per_second" in name]
+
+
+def test_readings_add_up_the_live_instances_and_forget_the_gone() -> None:
+    """Hot-path counters (the drift service's plain ints) read at scrape time, summed over the
+    instances alive in the process."""
+
+    class Source:
+        def __init__(self, accepted: int, dropped: dict[str, int]) -> None:
+            self.stats = Stats(accepted=accepted, dropped=dropped)
+
+        def readings(self) -> list[Any]:
+            return stats_families(self.stats)
+
+    readings = metrics.Readings()
+    one, two = Source(5, {"malformed": 1}), Source(7, {"malformed": 2, "oversized": 1})
+    readings.add(one)
+    readings.add(two)
+    families = exposition.families(generate_latest(_only(list(readings.collect()))).decode())
+    assert exposition.value(families["fleet_heartbeats_accepted"]) == 12
+    assert exposition.value(families["fleet_heartbeats_dropped"], reason="malformed") == 3
+    assert exposition.value(families["fleet_heartbeats_dropped"], reason="oversized") == 1
+    del two
+    import gc
+
+    gc.collect()
+    families = exposition.families(generate_latest(_only(list(readings.collect()))).decode())
+    assert exposition.value(families["fleet_heartbeats_accepted"]) == 5
 
 
 def test_exposition_checks_can_fail() -> None:
