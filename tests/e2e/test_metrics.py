@@ -114,8 +114,18 @@ async def test_every_part_is_scrapeable_during_a_rollout_and_logs_json(tmp_path:
                 await asyncio.sleep(0.2)
             snapshot = (await client.send("snapshot", "create", {"name": "obs", "config": {"v": 1}})).result
             await client.send("rollout", "start", {"rollout_id": "r-obs", "snapshot_id": snapshot["snapshot_id"],
-                                                   "canary": "site:obs-s000", "waves": "100"})
-            during = await _scrape_all(http, urls)  # while it runs (or just after: it is small)
+                                                   "canary": "site:obs-s000", "waves": "50,100", "bake": "3s"})
+            # While it runs, the API's scrape shows it with its wave (each wave bakes 3 s)
+            running: list[Any] = []
+            while not running:
+                api = await _scrape(http, urls["api"])
+                running = [s for s in api["fleet_rollout_wave"].samples if s.labels["rollout"] == "r-obs"]
+                status_now = (await client.send("rollout", "get", {"rollout_id": "r-obs"})).result["status"]
+                assert running or status_now != "completed", "the rollout ended before a scrape saw it"
+                await asyncio.sleep(0.2)
+            assert running[0].labels["snapshot"] == snapshot["snapshot_id"]
+            assert running[0].labels["status"] in ("running", "baking")
+            during = await _scrape_all(http, urls)
             for name, families in during.items():
                 assert exposition.value(families["fleet_part_info"], part=name) == 1, name
             while (await client.send("rollout", "get", {"rollout_id": "r-obs"})).result["status"] != "completed":
