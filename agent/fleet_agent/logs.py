@@ -1,6 +1,7 @@
-"""The agent's logs: one JSON object per line on stderr, with the fields every Fleetplane process
-writes (`ts`, `level`, `service`, `instance`, `message`, and `trace_id`/`span_id`, null here: the
-agent does not trace). Its own small formatter: the agent must not import the control plane."""
+"""The agent's logs: one JSON object per line on stderr, with the keys every Fleetplane process
+writes (shared/logs.py): `at`, `level`, `logger`, `msg`, `service`, `instance`, `trace_id` and
+`span_id` (null here: the agent does not trace), and `exc` with a traceback. Its own small
+formatter: the agent must not import the control plane."""
 
 from __future__ import annotations
 
@@ -21,10 +22,9 @@ class JsonLines(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         body: dict[str, object] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace(
-                "+00:00", "Z"),
-            "level": record.levelname, "service": self.service, "instance": self.instance,
-            "message": record.getMessage(), "logger": record.name, "trace_id": None, "span_id": None}
+            "at": datetime.fromtimestamp(record.created, UTC).isoformat().replace("+00:00", "Z"),
+            "level": record.levelname, "logger": record.name, "msg": record.getMessage(),
+            "service": self.service, "instance": self.instance, "trace_id": None, "span_id": None}
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return _ENCODER.encode(body).decode()

@@ -103,7 +103,7 @@ def test_the_agent_installs_without_the_server(agent_venv: Path, tmp_path: Path)
                              env={"PATH": os.environ["PATH"]})
     assert refused.returncode == 2
     line = json.loads(refused.stderr.strip().splitlines()[-1])  # a JSON log line saying why
-    assert line["level"] == "ERROR" and "--device" in line["message"] and line["service"] == "agent"
+    assert line["level"] == "ERROR" and "--device" in line["msg"] and line["service"] == "agent"
 
 
 @pytest.mark.slow
@@ -164,17 +164,17 @@ class AgentProcess:
             try:
                 self.logs.append(json.loads(line))
             except ValueError:
-                self.logs.append({"message": line.decode(errors="replace"), "not_json": True})
+                self.logs.append({"msg": line.decode(errors="replace"), "not_json": True})
 
     @staticmethod
     def port(entry: dict[str, Any]) -> int:
         """The port of the server a "connected to HOST:PORT" log line names."""
-        found = re.search(r"connected to [^\s:]+:(\d+)", entry["message"])
+        found = re.search(r"connected to [^\s:]+:(\d+)", entry["msg"])
         assert found, entry
         return int(found.group(1))
 
     def said(self, fragment: str) -> list[dict[str, Any]]:
-        return [entry for entry in self.logs if fragment in entry.get("message", "")]
+        return [entry for entry in self.logs if fragment in entry.get("msg", "")]
 
     async def stop(self) -> None:
         if self.proc is not None and self.proc.returncode is None:

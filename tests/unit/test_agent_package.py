@@ -72,10 +72,14 @@ def test_log_lines_are_json_with_the_common_fields(capsys: pytest.CaptureFixture
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1
     line = json.loads(lines[0])
-    assert {k: line[k] for k in ("level", "service", "instance", "message", "trace_id", "span_id")} == {
-        "level": "WARNING", "service": "agent", "instance": "d-7", "message": "applied snap-1",
-        "trace_id": None, "span_id": None}
-    assert line["ts"].endswith("Z")
+    from shared.logs import JsonLogFormatter  # the services' format: the same keys
+
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "m", None, None)
+    assert set(line) == set(json.loads(JsonLogFormatter("svc").format(record)))
+    assert {k: line[k] for k in ("level", "logger", "service", "instance", "msg", "trace_id", "span_id")} == {
+        "level": "WARNING", "logger": "fleet_agent.agent", "service": "agent", "instance": "d-7",
+        "msg": "applied snap-1", "trace_id": None, "span_id": None}
+    assert line["at"].endswith("Z")
 
 
 def test_options_come_from_the_environment_and_flags_win(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
