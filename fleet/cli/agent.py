@@ -67,6 +67,9 @@ def simulate(
     prefix: str = typer.Option("sim", "--prefix", help="Prefix of the simulated device and site ids."),
     no_register: bool = typer.Option(
         False, "--no-register", help="Do not register devices: they are registered already."),
+    reconnect: str = typer.Option(
+        "jitter", "--reconnect",
+        help="How devices retry after an outage: jitter (the agent's policy) or fixed (every 0.5 s)."),
 ) -> None:
     """Run many simulated device agents in this process until interrupted."""
     from services.agent.simulator import FleetSimulator, SimOptions
@@ -83,7 +86,8 @@ def simulate(
             apply_delay=_duration(apply_delay, "apply_delay"),
             fail_snapshots={s for s in fail_snapshots.split(",") if s},
             fail_sites={s for s in fail_sites.split(",") if s}, fail_apply=fail_apply,
-            offline=offline, tamper=tamper, seed=seed, prefix=prefix, register=not no_register)
+            offline=offline, tamper=tamper, seed=seed, prefix=prefix, register=not no_register,
+            reconnect=reconnect)
         nc = await connect_nats(conf, "simulator")
         sim = FleetSimulator(nc, options)
         try:
