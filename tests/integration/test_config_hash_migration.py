@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import msgspec
 import pytest
 from nats.aio.client import Client as NATS
 
-from services.drift.handlers import DriftService
+from services.drift.domain import DeviceState
+from services.drift.handlers import DriftImage, DriftService
+from shared.checkpoint import schema_of
 from shared.configs import config_hash, legacy_config_hash
 from shared.desired import ensure_bucket, put_desired
 from shared.devices import DesiredState
@@ -68,3 +71,22 @@ async def test_neither_hash_form_of_the_desired_config_is_drift(
         assert "DriftBegan" not in types(events), name
         assert drift.devices[name].matches_desired and not drift.devices[name].drifted
         assert drift.devices[name].reported_config_hash == new  # recorded in the current form
+
+
+async def test_the_alias_map_survives_a_checkpoint_and_older_checkpoints_are_not_taken(
+        nc: NATS, eventlog: EventLog, drift: DriftService) -> None:
+    """A checkpoint carries the map; one written before the map existed has another schema, so the
+    first start of the upgraded service replays the log (and the snapshots) instead of taking it."""
+    await append(eventlog, SnapshotCreated(snapshot_id=SNAPSHOT, name="floaty", version=1, config=FLOATY))
+    await drift.start()
+    assert drift.aliases == {legacy_config_hash(FLOATY): config_hash(FLOATY)}
+    image = drift.image()
+    assert image is not None
+    again = DriftService(nc, eventlog, POLICY)
+    again.restore(msgspec.msgpack.decode(msgspec.msgpack.encode(image), type=DriftImage))
+    assert again.aliases == drift.aliases
+
+    class DriftImageBefore(msgspec.Struct, frozen=True):  # DriftImage as the previous release wrote it
+        devices: dict[str, DeviceState]
+        seqs: dict[str, int]
+    assert schema_of(DriftImage, 1) != schema_of(DriftImageBefore, 1)
