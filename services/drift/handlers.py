@@ -25,6 +25,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from services.drift.domain import (
     MALFORMED,
@@ -42,6 +44,8 @@ from services.drift.domain import (
     Tick,
     decide,
     evolve,
+    heartbeat_in_current_form,
+    in_current_form,
     initial,
     observe,
     partition_of,
@@ -50,13 +54,14 @@ from services.drift.domain import (
     steady,
     tick_due,
 )
-from shared import telemetry
+from shared import metrics
 from shared.appending import Pipeline
 from shared.atomic import MAX_BATCH
 from shared.checkpoint import Checkpoints
 from shared.commands import Command as CommandBody
 from shared.commands import CommandClient, CommandService, Context, Outcome
 from shared.config import Settings
+from shared.configs import current_hash, hash_aliases
 from shared.desired import ensure_bucket, get_desired, put_desired
 from shared.devices import HEARTBEAT_DECODER, HEARTBEAT_MAX_BYTES, DesiredState
 from shared.envelope import Envelope, seal
@@ -65,6 +70,7 @@ from shared.eventlog import Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import ObservedEvent, ReconcileAttempted
 from shared.events.registry import DeviceRetired
+from shared.events.snapshot import SnapshotCreated
 from shared.ids import check_id
 from shared.liveness import Duty, Vitals
 from shared.subjects import HEARTBEATS_PREFIX, aggregate_wildcard, event_subject, parse_event_subject
@@ -74,7 +80,8 @@ log = logging.getLogger(__name__)
 ACTOR = "service:drift"
 QUEUE_GROUP = "fleet-drift"
 PARTITIONED_PREFIX = "fleet.hbp"  # where a server subject mapping puts heartbeats by partition
-_FAMILIES = ("device", "desired", "observed")
+# Snapshots too, for their configs' hash aliases (the legacy hash form, docs/decisions.md).
+_FAMILIES = ("device", "desired", "observed", "snapshot")
 _FOLLOWED = [aggregate_wildcard(family) for family in _FAMILIES]
 
 
@@ -83,6 +90,7 @@ class DriftImage(msgspec.Struct, frozen=True):
 
     devices: dict[str, DeviceState]
     seqs: dict[str, int]
+    aliases: dict[str, str] = {}  # legacy config hash -> RFC 8785 hash (shared.configs.hash_aliases)
 
 
 class Reconcile(CommandBody, frozen=True, kw_only=True):
@@ -122,8 +130,34 @@ class Stats:
     events: dict[str, int] = field(default_factory=dict)  # observed events decided, by type
 
 
+def stats_families(stats: Stats) -> list[Metric]:
+    """The drift service's counters as Prometheus families (read at scrape time)."""
+    accepted = CounterMetricFamily("fleet_heartbeats_accepted", "Heartbeats the drift service judged.",
+                                   value=stats.accepted)
+    dropped = CounterMetricFamily("fleet_heartbeats_dropped", "Heartbeats the drift service dropped, by reason.",
+                                  labels=["reason"])
+    for reason, n in sorted(stats.dropped.items()):
+        dropped.add_metric([reason], n)
+    errors = CounterMetricFamily("fleet_drift_errors", "Heartbeats or ticks that raised (a bug; logged).",
+                                 value=stats.errors)
+    events = CounterMetricFamily("fleet_drift_events", "Observed-state events decided, by type.", labels=["type"])
+    for kind, n in sorted(stats.events.items()):
+        events.add_metric([kind], n)
+    failures = CounterMetricFamily("fleet_drift_append_failures", "Appends of observed-state events that failed "
+                                   "(retried).", value=stats.append_failures)
+    reconciles = CounterMetricFamily("fleet_drift_reconciles", "Desired states re-put to reconcile a device, "
+                                     "or skipped.", labels=["result"])
+    reconciles.add_metric(["put"], stats.reconciles_put)
+    reconciles.add_metric(["skipped"], stats.reconciles_skipped)
+    return [accepted, dropped, errors, events, failures, reconciles]
+
+
 class DriftService:
     """Actual state of every device, in memory, and the writer of observed-state events."""
+
+    def readings(self) -> list[Metric]:
+        """This instance's counters for /metrics (shared.metrics.READINGS)."""
+        return stats_families(self.stats)
 
     def __init__(self, nc: NATS, eventlog: EventLog, policy: Policy, *,
                  clock: Callable[[], float] = time.time, tick: float | None = None,
@@ -145,7 +179,9 @@ class DriftService:
         self.tick_every = tick if tick is not None else max(0.05, min(policy.interval / 4, 1.0))
         self.devices: dict[str, DeviceState] = {}
         self.stats = Stats()
+        metrics.READINGS.add(self)
         self._seqs: dict[str, int] = {}  # device -> last stream seq on its observed subject
+        self.aliases: dict[str, str] = {}  # legacy config hash -> RFC 8785 hash, from the snapshots
         self._pending: dict[str, list[Envelope]] = {}
         self._reconcile: dict[str, int] = {}  # device -> revision to re-put
         self._own: set[str] = set()  # ids of our events not yet seen coming back from the log
@@ -165,8 +201,6 @@ class DriftService:
         self._hearing = Duty("heartbeats", bound, clock)
         self._writing = Duty("writes", bound, clock)
         self._heard = -1  # stats.accepted at the last tick
-        self._dropped_counter = telemetry.meter.create_counter(
-            "fleet_heartbeats_dropped_total", description="Heartbeats dropped, by reason")
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -241,11 +275,11 @@ class DriftService:
         instance wrote has come back through the follower."""
         if self._pending or self._write_lock.locked() or self._last_written >= self._next_seq:
             return None
-        return DriftImage(self.devices, self._seqs)
+        return DriftImage(self.devices, self._seqs, self.aliases)
 
     def restore(self, image: DriftImage) -> None:
         """Take the devices from a checkpoint."""
-        self.devices, self._seqs = image.devices, image.seqs
+        self.devices, self._seqs, self.aliases = image.devices, image.seqs, dict(image.aliases)
 
     def owns(self, device_id: str) -> bool:
         """Whether this instance is the one that watches the device."""
@@ -323,6 +357,7 @@ class DriftService:
         except (msgspec.DecodeError, msgspec.ValidationError):
             self._drop(MALFORMED)
             return
+        hb = heartbeat_in_current_form(hb, self.aliases)
         tokens = subject.split(".")  # fleet.hb.<site>.<device> or fleet.hbp.<n>.<site>.<device>
         if len(tokens) < 4 or tokens[-1] != hb.device_id or tokens[-2] != hb.site:
             self._drop(SUBJECT_MISMATCH)
@@ -353,7 +388,6 @@ class DriftService:
 
     def _drop(self, reason: str) -> None:
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
-        self._dropped_counter.add(1, {"reason": reason})
 
     # --- deciding and appending ----------------------------------------------------------------
 
@@ -524,7 +558,8 @@ class DriftService:
             current = await asyncio.gather(*(get_desired(self.nc, d) for d, _ in part))
             for (device_id, revision), value in zip(part, current, strict=True):
                 state = self.devices.get(device_id)
-                if (value is None or state is None or value.config_hash != state.desired_config_hash
+                if (value is None or state is None
+                        or current_hash(self.aliases, value.config_hash) != state.desired_config_hash
                         or value.snapshot_id != state.desired_snapshot_id):
                     # The KV value is not (yet) the desired state the log names: nothing to re-put.
                     self.stats.reconciles_skipped += 1
@@ -568,6 +603,10 @@ class DriftService:
 
     def _apply(self, recorded: Recorded, *, live: bool) -> None:
         family, device_id = parse_event_subject(recorded.subject)
+        if family == "snapshot":
+            if isinstance(recorded.event, SnapshotCreated):
+                self.aliases.update(hash_aliases(recorded.event.config, recorded.event.overrides))
+            return
         if family not in _FAMILIES or not self.owns(device_id):
             return
         if family == "observed" and recorded.envelope.id in self._own:
@@ -576,6 +615,7 @@ class DriftService:
         event = recorded.event
         if event is None:
             return
+        event = in_current_form(event, self.aliases)
         state = self.devices.get(device_id) or initial(device_id)
         self.devices[device_id] = evolve(state, event)
         if family == "observed":
