@@ -397,7 +397,9 @@ class Supervisor:
                 verdict = judge(report, quiet_for=now - max(part.ran_since, part.answered, connected_since),
                                 bound=limit, last_answer=part.status.answered_at or part.status.up_since)
                 part.status.stalled, part.status.stalled_since = verdict.stalled, verdict.since
-                if verdict.restart:
+                # After an outage every part's duties look stalled for a moment (nobody could work):
+                # shown at once, acted on only once this checker has been connected a full bound.
+                if verdict.restart and now - connected_since >= bound:
                     self._restart_stalled(part, verdict)
 
     def _restart_stalled(self, part: _Part, verdict: Verdict) -> None:
