@@ -115,3 +115,14 @@ def test_with_several_instances_the_picture_is_as_old_as_the_oldest_hearing() ->
     as_of, _ = judge_picture([_drift(T0_TEXT), _drift("2027-01-15T08:00:05.000000Z")], now=T0 + 6, bound=22,
                              last_as_of=None, watching_since=T0)
     assert as_of == T0
+
+
+def test_fleet_status_names_the_stalled_duty_and_since_when() -> None:
+    from fleet.cli.up import _duties
+
+    assert _duties({"stalled": "heartbeats", "stalled_since": T0_TEXT}) == \
+        f"[red]heartbeats stalled since {T0_TEXT}[/red]"
+    assert _duties({"answered_at": T0_TEXT, "restarted_for": "answering stalled since t"}) == \
+        "ok (restarted: answering stalled since t)"
+    assert _duties({"answered_at": T0_TEXT}) == "ok"
+    assert _duties({"name": "nats"}) == "-"  # a server: no duties
