@@ -1,11 +1,13 @@
 """Commands over NATS request/reply (DESIGN §3), served with the NATS micro services API.
 
-A service registers typed handlers; one endpoint per service listens on `fleet.cmd.<service>.*`
-so that an unknown command gets a clear `invalid` reply instead of silence, and `$SRV.PING`,
-`$SRV.INFO` and `$SRV.STATS` work. The body is decoded with the command's msgspec type; decoding
-errors name the field. Every command carries a client-chosen `command_id`: a repeat of an id this
-process has answered gets the same reply, and a repeat after a restart is recognised by the
-aggregate store from the events' `causation_id` (see shared.aggregates), so no second event.
+A service registers typed handlers; each command is its own endpoint of the NATS micro service,
+on `fleet.cmd.<service>.<command>`, with the name of its published JSON Schema in the endpoint's
+metadata, so `$SRV.INFO` (`nats micro info fleet-<service>`) lists every command; `$SRV.PING` and
+`$SRV.STATS` work too. A command nobody serves gets the server's "no responders". The body is
+decoded with the command's msgspec type; decoding errors name the field. Every command carries a
+client-chosen `command_id`: a repeat of an id this process has answered gets the same reply, and
+a repeat after a restart is recognised by the aggregate store from the events' `causation_id`
+(see shared.aggregates), so no second event.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -33,7 +35,7 @@ from shared.auth.actor import ON_BEHALF_OF, actor_of
 from shared.bounds import check_no_control
 from shared.errors import FleetError, Invalid, Unavailable, error_from_code
 from shared.eventlog import Appended
-from shared.ids import check_id, new_command_id
+from shared.ids import ID_RE, ID_RULE, check_id, new_command_id
 from shared.subjects import command_subject
 from shared.times import utcnow
 from shared.wire import Command, ErrorBody, EventRef, Reply
@@ -63,9 +65,19 @@ Handler = Callable[[C, Context], Awaitable[Outcome]]
 _ENCODER = msgspec.json.Encoder()
 _REPLY_DECODER = msgspec.json.Decoder(Reply)
 SEND_ATTEMPTS = 2  # a command unanswered in time is sent once more, with the same id
+_ID_PATTERN = f"regex '{ID_RE.pattern}'"
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 _FIELD_MISSING = re.compile(r"missing required field `([^`]*)`")
 _FIELD_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
+
+
+def endpoint_metadata(service: str, command: str, command_type: Any) -> dict[str, str]:
+    """What `$SRV.INFO` says of one command endpoint: the subject and the names of the JSON Schemas
+    of its body and its reply, as published under docs/contract/ (shared.contract.schema)."""
+    return {"schema": f"{service}.{command}", "subject": command_subject(service, command),
+            "request_type": getattr(command_type, "__name__", str(command_type)),
+            "request_schema": f"commands/{service}.{command}.json",
+            "reply_schema": f"replies/{service}.{command}.json"}
 
 
 def decode_error_field(message: str) -> str | None:
@@ -123,12 +135,14 @@ class CommandService:
             description=f"Fleetplane {self.name} service",
             stats_handler=self._stats,
         )
-        await self._service.add_endpoint(
-            name="commands",
-            subject=command_subject(self.name, "*"),
-            handler=self._on_request,
-            queue_group=f"fleet-{self.name}",
-        )
+        for command, route in self._routes.items():
+            await self._service.add_endpoint(
+                name=command,
+                subject=command_subject(self.name, command),
+                handler=self._on_request,
+                queue_group=f"fleet-{self.name}",
+                metadata=endpoint_metadata(self.name, command, route.decoder.type),
+            )
 
     async def stop(self) -> None:
         """Stop answering (in-flight requests finish)."""
@@ -137,8 +151,11 @@ class CommandService:
             self._service = None
 
     def _stats(self, endpoint: Any) -> dict[str, Any]:
-        return {"by_command": {f"{cmd}:{result}": n for (cmd, result), n in self.counts.items()},
-                "metrics": telemetry.metrics_snapshot()}
+        by_result = {result: n for (cmd, result), n in self.counts.items() if cmd == endpoint.name}
+        if endpoint.name != min(self._routes, default=""):
+            return {"by_result": by_result}
+        # The process's metrics once per service instance, with its first endpoint.
+        return {"by_result": by_result, "metrics": telemetry.metrics_snapshot()}
 
     async def _on_request(self, request: Request) -> None:
         command = request.subject.rsplit(".", 1)[-1]
@@ -205,7 +222,10 @@ def _decode(decoder: msgspec.json.Decoder[C], data: bytes) -> C:
         check_no_control(data)
         return command
     except msgspec.ValidationError as exc:
-        raise Invalid(str(exc), field=decode_error_field(str(exc))) from None
+        message = str(exc)
+        if _ID_PATTERN in message:  # the id rule, said in words
+            message = message.replace(f"Expected `str` matching regex '{ID_RE.pattern}'", ID_RULE)
+        raise Invalid(message, field=decode_error_field(str(exc))) from None
     except msgspec.DecodeError as exc:
         raise Invalid(f"body is not valid JSON: {exc}", field="body") from None
     except RecursionError:
@@ -223,16 +243,17 @@ class CommandClient:
         self.actor = actor
         self.timeout = timeout
 
-    async def request(self, service: str, command: str, body: dict[str, Any],
+    async def request(self, service: str, command: str, body: Command | Mapping[str, Any],
                       timeout: float | None = None) -> Reply:
-        """Send one command; `command_id` is filled in when absent. Returns the reply as is (ok
-        or not); raises Unavailable when no service answers.
+        """Send one command (its Struct from `shared.contract`, or the same as a mapping, whose
+        `command_id` is filled in when absent). Returns the reply as is (ok or not); raises
+        Unavailable when no service answers.
 
         A command whose reply does not come in time is sent once more with the same command id:
         a service that applied it answers with its original events (commands are idempotent by
         id), and a reply can be lost on its way (nats-server drops the replies in flight when
         the services' account is updated, e.g. by a revocation: docs/decisions.md)."""
-        payload = {"command_id": new_command_id(), **body}
+        payload = {"command_id": new_command_id(), **_fields(body)}
         subject = command_subject(service, command)
         data = _ENCODER.encode(payload)
         with telemetry.tracer.start_as_current_span(f"send {service}.{command}"):
@@ -244,7 +265,8 @@ class CommandClient:
                     msg = await self.nc.request(subject, data, timeout or self.timeout, headers=headers or None)
                     break
                 except nats.errors.NoRespondersError:
-                    raise Unavailable(f"no {service} service is answering on {subject}") from None
+                    raise Unavailable(f"no {service} service is answering on {subject} (it is down, or it has "
+                                      f"no command {command!r}: `$SRV.INFO` lists them)") from None
                 except nats.errors.TimeoutError:
                     if attempt + 1 == SEND_ATTEMPTS:
                         raise Unavailable(f"the {service} service did not answer {command} in time") from None
@@ -267,7 +289,7 @@ class CommandClient:
                                       f"within {timeout:g} s") from None
                 await asyncio.sleep(0.1)
 
-    async def send(self, service: str, command: str, body: dict[str, Any],
+    async def send(self, service: str, command: str, body: Command | Mapping[str, Any],
                    timeout: float | None = None) -> Reply:
         """Like `request`, but raise the typed error of a refused command."""
         reply = await self.request(service, command, body, timeout)
@@ -275,6 +297,13 @@ class CommandClient:
             assert reply.error is not None
             raise error_from_code(reply.error.code, reply.error.message, reply.error.field)
         return reply
+
+
+def _fields(body: Command | Mapping[str, Any]) -> dict[str, Any]:
+    """The body as sent: a Struct's fields (never `actor`: the service records who authenticated)."""
+    if isinstance(body, Command):
+        return {name: getattr(body, name) for name in body.__struct_fields__ if name != "actor"}
+    return dict(body)
 
 
 __all__ = ["Command", "CommandClient", "CommandService", "Context", "ErrorBody", "EventRef", "Outcome", "Reply",

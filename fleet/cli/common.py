@@ -20,6 +20,7 @@ from rich.markup import escape
 from shared.commands import Reply
 from shared.config import Settings, load_settings
 from shared.errors import FleetError
+from shared.wire import Command
 
 T = TypeVar("T")
 
@@ -77,7 +78,7 @@ def command_settings(conf: Settings) -> Settings:
     return msgspec.structs.replace(conf, nats_creds=conf.command_creds or conf.nats_creds)
 
 
-async def send(conf: Settings, service: str, command: str, body: dict[str, Any],
+async def send(conf: Settings, service: str, command: str, body: Command,
                timeout: float = 30.0) -> Reply:
     """Connect, send one command under the operator identity, disconnect; a refusal raises its typed
     FleetError (which `run` turns into a message and an exit code)."""
@@ -91,15 +92,15 @@ async def send(conf: Settings, service: str, command: str, body: dict[str, Any],
         await nc.close()
 
 
-def reason_command(app: typer.Typer, service: str, name: str, doc: str, id_field: str,
-                   render: Callable[[Any], None]) -> None:
-    """Add `name ID [--reason R] [--json]` to `app`: one command to `service` naming one
-    aggregate by `id_field`, with an operator's reason for the record."""
+def reason_command(app: typer.Typer, service: str, name: str, command_type: type[Command], doc: str,
+                   id_field: str, render: Callable[[Any], None]) -> None:
+    """Add `name ID [--reason R] [--json]` to `app`: one command (`command_type`) to `service`
+    naming one aggregate by `id_field`, with an operator's reason for the record."""
 
     def command(ctx: typer.Context, target: str = typer.Argument(..., metavar=id_field.upper()),
                 reason: str = typer.Option("", "--reason", help="Why, for the record."),
                 json_out: bool = JsonOption) -> None:
-        result = run(send(settings(ctx), service, name, {id_field: target, "reason": reason}),
+        result = run(send(settings(ctx), service, name, command_type(**{id_field: target, "reason": reason})),
                      json_out=json_out).result
         emit(result, json_out=json_out, render=render)
 

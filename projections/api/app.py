@@ -35,6 +35,7 @@ from projections.api.auth import (
     gatekeeper,
 )
 from projections.api.commands import ROUTES as COMMAND_ROUTES
+from projections.api.commands import document_commands
 from projections.api.dashboard import dashboard
 from projections.api.diff import DiffAnswer, DiffDevice, DiffDevicePage, fleet_diff
 from projections.api.queries import (
@@ -165,7 +166,7 @@ async def metrics(models: Models) -> str:
 def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The OpenAPI 3 document."""
     schema: dict[str, Any] = request.app.openapi_schema.to_schema()
-    return document_refusals(schema)
+    return document_refusals(document_commands(schema))
 
 
 @get("/v1/summary", tags=["queries"], responses=ERRORS)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import msgspec
 
 from services.rollout.ledger import Ledger
-from services.rollout.spec import Canary
+from shared.contract.rollout import MAX_IN_FLIGHT_MAX, Canary
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.desired import DesiredStateAssigned
@@ -54,7 +54,6 @@ from shared.windows import Window, is_open, next_open
 
 CHUNK = 999  # devices per assignment chunk: their desired events + 1 rollout event = one batch
 PLAN_PART = 10_000  # device ids per RolloutWavePlanned event
-MAX_IN_FLIGHT_MAX = 1_000_000
 ACTIVE = ("running", "paused", "rolling_back")
 TERMINAL = ("completed", "aborted", "rolled_back")
 
@@ -274,15 +273,15 @@ def _close_plan(state: Rollout) -> Rollout:
 
 
 def plan_waves(
-    rollout_id: str, devices: Mapping[str, str], canary: Canary, percents: Sequence[int]
+    rollout_id: str, devices: Mapping[str, str], canary: Canary | None, percents: Sequence[int]
 ) -> list[list[str]]:
     """Wave membership (wave 0 is the canary when there is one); empty waves are dropped."""
     order = sorted(devices, key=lambda d: hashlib.sha256(f"{rollout_id}:{d}".encode()).digest())
-    if canary.kind == "sites":
+    if canary is not None and canary.sites is not None:
         first = [d for d in order if devices[d] in canary.sites]
         rest = [d for d in order if devices[d] not in canary.sites]
     else:
-        size = canary.size(len(order))
+        size = canary.size(len(order)) if canary is not None else 0
         first, rest = order[:size], order[size:]
     waves = [first] if first else []
     taken, total = len(first), len(order)
@@ -302,8 +301,7 @@ def start(
     snapshot: SnapshotView | None,
     devices: Mapping[str, str],
     others: Iterable[Rollout] = (),
-    canary: Canary,
-    canary_text: str,
+    canary: Canary | None,
     percents: Sequence[int],
     max_in_flight: int,
     bake_seconds: float,
@@ -336,13 +334,13 @@ def start(
         raise Invalid("on_failure must be pause or rollback", field="on_failure")
     if not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
         raise Invalid(f"max_in_flight must be 1 to {MAX_IN_FLIGHT_MAX:,}", field="max_in_flight")
-    if canary.kind == "sites":
+    if canary is not None and canary.sites is not None:
         missing = [s for s in canary.sites if s not in set(devices.values())]
         if missing:
             raise Invalid(f"canary sites {missing} have no device in the target", field="canary")
     waves = plan_waves(rollout_id, devices, canary, percents)
     events: list[Event] = [RolloutStarted(
-        rollout_id=rollout_id, snapshot_id=snapshot_id, target=target, canary=canary_text,
+        rollout_id=rollout_id, snapshot_id=snapshot_id, target=target, canary=canary.text() if canary else "",
         wave_percents=list(percents), wave_sizes=[len(w) for w in waves],
         max_in_flight=max_in_flight, bake_seconds=bake_seconds,
         apply_timeout_seconds=apply_timeout_seconds, gates=gates, on_failure=on_failure,

@@ -32,9 +32,11 @@ CHROMIUM = os.environ.get("FLEET_TEST_CHROMIUM", "/usr/bin/chromium")
 STATUSES = ("pending", "in_flight", "converged", "failed", "timed_out", "restored")
 
 
-def _api_waves(rollout: dict[str, Any]) -> list[dict[str, int]]:
-    """The API's progress in the shape of the rollout service's `wave_progress`."""
-    return [{"wave": w["wave"], "size": w["size"], **{k: w[k] for k in STATUSES if w[k]}} for w in rollout["progress"]]
+def _api_waves(rollout: dict[str, Any]) -> list[dict[str, Any]]:
+    """The API's progress (waves from 0, as the read model keeps them) in the shape of the rollout
+    service's `wave_progress` (waves from 1)."""
+    return [{"wave": w["wave"] + 1, "size": w["size"], "counts": {k: w[k] for k in STATUSES if w[k]}}
+            for w in rollout["progress"]]
 
 
 class Views:
@@ -142,7 +144,7 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
             before_good = datetime.now(UTC).replace(microsecond=0)  # the dashboard's time fields hold seconds
             good = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 1}})).result["snapshot_id"]
             await client.send("rollout", "start", {"rollout_id": "r-good", "snapshot_id": good,
-                                                   "canary": "site:web-s000", "waves": "100"})
+                                                   "canary": {"sites": ["web-s000"]}, "waves": [100]})
             await views.wait_status("r-good", ("completed",))
             completed_seq, completed = await views.same_progress("r-good")
             assert sum(w.get("converged", 0) for w in completed) == 60, completed
@@ -163,8 +165,8 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
 
             bad = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 2}})).result["snapshot_id"]
             sim.options.fail_snapshots = {bad}
-            await client.send("rollout", "start", {"rollout_id": "r-bad", "snapshot_id": bad, "canary": "site:web-s001",
-                                                   "waves": "100", "on_failure": "rollback"})
+            await client.send("rollout", "start", {"rollout_id": "r-bad", "snapshot_id": bad, "canary": {"sites": ["web-s001"]},
+                                                   "waves": [100], "on_failure": "rollback"})
             await views.wait_status("r-bad", ("rolled_back",))
             _, rolled_back = await views.same_progress("r-bad")
             assert sum(w.get("restored", 0) for w in rolled_back) == 20, rolled_back  # the canary site
@@ -180,7 +182,7 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
             # in the API, live and as of now
             sim.options.fail_snapshots = set()
             newer = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 3}})).result["snapshot_id"]
-            await client.send("rollout", "start", {"rollout_id": "r-new", "snapshot_id": newer, "waves": "100"})
+            await client.send("rollout", "start", {"rollout_id": "r-new", "snapshot_id": newer, "waves": [100]})
             await views.wait_status("r-new", ("completed",))
             _, taken = await views.same_progress("r-new")
             assert sum(w.get("converged", 0) for w in taken) == 60, taken

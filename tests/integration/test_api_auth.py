@@ -25,6 +25,7 @@ from projections.api.queries import ReadModels
 from projections.main import all_projections
 from projections.runner import create_pool, rebuild
 from shared import pgroles, tokens
+from shared.contract.catalog import COMMANDS
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
 from shared.eventlog import EventLog
 from tests.integration.test_projections import append_history, running, wait_caught_up
@@ -55,6 +56,8 @@ ACCESS = {
     ("GET", "/v1/tokens"): "admin",
     ("POST", "/v1/rollouts"): "command",
     ("POST", "/v1/rollouts/{rollout_id}/{action}"): "command",
+    # every command of the contract, at its own path
+    **{("POST", spec.http_path): "command" for spec in COMMANDS},
 }
 # What an allowed caller gets where it is not 200 (no rollout r-1 has been projected).
 # (The diff routes need `from`: 400 shows the guard let the caller through.)
@@ -69,7 +72,7 @@ def _normalise(path: str) -> str:
 
 
 class FakeRollout:
-    """A real NATS responder on the rollout service's subjects that records what it was sent."""
+    """A real NATS responder on every command subject that records what it was sent."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, str], dict[str, Any]]] = []
@@ -86,7 +89,7 @@ async def served(eventlog: EventLog, database_url: str, nc: NATS) -> AsyncIterat
     async with running(pool, eventlog):
         await wait_caught_up(pool, eventlog)
     fake = FakeRollout()
-    sub = await nc.subscribe("fleet.cmd.rollout.*", cb=fake.handle)
+    sub = await nc.subscribe("fleet.cmd.>", cb=fake.handle)
     now = [0.0]
     policy = AuthPolicy(tokens.TokenVerifier(nc, recheck=2.0, clock=lambda: now[0]), default_allowed_hosts(BASE))
     app = create_app(ReadModels(pool, eventlog), policy)
@@ -157,7 +160,7 @@ async def test_every_route_for_every_role(served: tuple[Any, FakeRollout, list[f
                 if method == "GET":
                     response = await client.get(url, headers=callers[caller])
                 else:
-                    response = await client.post(url, json=BODIES[(method, path)], headers=callers[caller])
+                    response = await client.post(url, json=BODIES.get((method, path), {}), headers=callers[caller])
                 got[(method, path, caller)] = response.status_code
                 want[(method, path, caller)] = _expected(access, caller, method, path)
                 if response.status_code in (401, 403):

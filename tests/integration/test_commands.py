@@ -125,7 +125,6 @@ async def test_commands_append_events_and_reply(bank: CommandService, nc: NATS, 
     ("command", "body", "field", "fragment"),
     [
         ("deposit", b"{not json", "body", "not valid JSON"),
-        ("withdraw", b'{"command_id": "c1"}', "command", "unknown command 'withdraw'"),
         ("deposit", b'{"command_id": "c1", "amount": 5}', "account_id", "missing required field"),
         ("deposit", b'{"command_id": "c1", "account_id": "a", "amount": "five"}', "amount", "Expected `int`"),
         ("deposit", b'{"command_id": "c1", "account_id": "a b", "amount": 5}', "account_id", "not a valid id"),
@@ -259,11 +258,22 @@ async def test_conflict_after_bounded_retries(nc: NATS, eventlog: EventLog) -> N
     assert attempts == 10
 
 
-async def test_service_is_discoverable_with_srv_ping_and_stats(bank: CommandService, nc: NATS) -> None:
-    await CommandClient(nc).request("bank", "nope", {})
+async def test_service_is_discoverable_with_srv_ping_info_and_stats(bank: CommandService, nc: NATS) -> None:
+    await CommandClient(nc).request("bank", "deposit", {"account_id": "nobody", "amount": 1})
     ping = json.loads((await nc.request("$SRV.PING.fleet-bank", b"", timeout=2)).data)
     assert ping["name"] == "fleet-bank"
+    info = json.loads((await nc.request("$SRV.INFO.fleet-bank", b"", timeout=2)).data)
+    endpoints = {e["name"]: e for e in info["endpoints"]}
+    assert sorted(endpoints) == ["deposit", "open"]  # one endpoint per command
+    assert endpoints["deposit"]["subject"] == "fleet.cmd.bank.deposit"
+    assert endpoints["deposit"]["metadata"]["request_schema"] == "commands/bank.deposit.json"
     stats = json.loads((await nc.request("$SRV.STATS.fleet-bank", b"", timeout=2)).data)
-    endpoint = stats["endpoints"][0]
-    assert endpoint["subject"] == "fleet.cmd.bank.*"
-    assert endpoint["data"]["by_command"]["nope:invalid"] == 1
+    by_name = {e["name"]: e for e in stats["endpoints"]}
+    assert by_name["deposit"]["data"]["by_result"] == {"not_found": 1}
+    assert "metrics" in by_name["deposit"]["data"]  # the process's metrics, once per instance
+    assert "metrics" not in by_name["open"]["data"]
+
+
+async def test_an_unknown_command_has_no_responder(bank: CommandService, nc: NATS) -> None:
+    with pytest.raises(Unavailable, match=r"no command 'withdraw'.*SRV.INFO"):
+        await CommandClient(nc).send("bank", "withdraw", {})
