@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from fleet.cli.common import console
-from shared.contract import schema
+from shared.contract import publish
 
 GENERATED = ("commands", "replies", "events")
 app = typer.Typer(help="The published wire contract (docs/contract.md).", no_args_is_help=True)
@@ -17,9 +17,9 @@ app = typer.Typer(help="The published wire contract (docs/contract.md).", no_arg
 @app.command("export")
 def export(directory: Path = typer.Argument(..., help="Where to write the files (e.g. docs/contract)."),
            check: bool = typer.Option(False, "--check", help="Write nothing; exit 1 if DIR differs.")) -> None:
-    """Write a JSON Schema per command, reply and event type, the device schemas and asyncapi.json;
-    schemas of commands or events that no longer exist are removed."""
-    files = {directory / path: schema.render(value) for path, value in schema.export().items()}
+    """Write a JSON Schema per command, reply and event type, the device schemas, asyncapi.json and
+    reference.md; schemas of commands or events that no longer exist are removed."""
+    files = {directory / path: data for path, data in publish.files().items()}
     # Only the generated folders are swept: other files there (the config-hash test vectors) stay.
     stale = sorted(p for folder in GENERATED for p in (directory / folder).glob("*.json") if p not in files)
     differ = sorted(p for p, data in files.items() if not p.exists() or p.read_bytes() != data)
