@@ -194,6 +194,7 @@ class Supervisor:
             await self.cluster.start()
             (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
             nats_url = self.cluster.url
+            admin = msgspec.structs.replace(admin, nats_tls_ca=self.cluster.tls_ca)  # TLS, as deploy/nats has it
             for index, node in enumerate(self.cluster.nodes):
                 self.watch(node.name, node, functools.partial(self.cluster.start_node, index))
         if not nats_url:
@@ -233,13 +234,15 @@ class Supervisor:
             await nc.close()
         self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_API_URL": api_url,
                     "FLEET_DATA_DIR": str(self.data)}
+        if admin.nats_tls_ca:
+            self.env["FLEET_NATS_TLS_CA"] = admin.nats_tls_ca
         for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
             self.env.pop(name, None)
         for name in ("heartbeat_interval", "offline_after", "drift_grace", "reconcile_backoff",
                      "reconcile_max_tries", "replicas", "lease_ttl"):
             self.env[f"FLEET_{name.upper()}"] = str(getattr(self.settings, name))
-        write_endpoints(self.data, Endpoints(nats_url=nats_url, database_url=_without_password(database_url),
-                                             api_url=api_url,
+        write_endpoints(self.data, Endpoints(nats_url=nats_url, nats_tls_ca=admin.nats_tls_ca,
+                                             database_url=_without_password(database_url), api_url=api_url,
                                              database_passfile=passfile, pid=os.getpid()))
         self.status = UpStatus(pid=os.getpid(), started_at=format_time(utcnow()), nats_url=nats_url,
                                api_url=api_url, database_embedded=self.postgres is not None)

@@ -23,7 +23,6 @@ from shared.contract.rollout import (
     parse_canary,
     parse_fraction,
     parse_metric,
-    parse_since,
     parse_waves,
 )
 from shared.errors import Unavailable
@@ -222,7 +221,7 @@ def what_if(
     if rollout_id is None and since is None:
         since = "30d"
     command = WhatIfGates(
-        rollout_id=rollout_id, since_seconds=parse_since(since) if since else None,
+        rollout_id=rollout_id, since_seconds=parse_duration(since, "since") if since else None,
         min_healthy=None if min_healthy is None else parse_fraction(min_healthy, "min_healthy"),
         max_failed=None if max_failed is None else parse_fraction(max_failed, "max_failed"),
         max_offline=None if max_offline is None else parse_fraction(max_offline, "max_offline"),

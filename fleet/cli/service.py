@@ -38,7 +38,7 @@ def service(
         from fleet.cli.common import fail
 
         fail(Invalid(f"unknown service {name!r}; choose one of {', '.join(PARTS)}", field="name"))
-    conf = settings(ctx)
+    conf = settings(ctx, local=True)
     telemetry.setup_logging(conf.log_level)
     telemetry.setup(name)
     entry = cast(Callable[[Settings], Awaitable[None]], importlib.import_module(module_name).run)

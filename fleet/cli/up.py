@@ -32,7 +32,7 @@ def up(
     obj.update({"heartbeat_interval": heartbeat_interval, "offline_after": offline_after,
                 "drift_grace": drift_grace, "reconcile_backoff": reconcile_backoff})
     ctx.find_root().obj = obj
-    conf = settings(ctx)
+    conf = settings(ctx, local=True)
 
     async def main() -> None:
         if cluster not in (0, 3):

@@ -238,7 +238,7 @@ async def device_history(models: Models, device_id: Id, cursor: Cursor = None, l
 @get("/v1/changes", tags=["queries"], responses=ERRORS)
 async def changes(
     models: Models,
-    since: Annotated[str | None, QueryParameter(description="Duration back from now, e.g. 1h.", max_length=32)] = None,
+    since: Annotated[str | None, QueryParameter(description="Back from now, e.g. 1h30m, 30d.", max_length=32)] = None,
     start: Annotated[str | None, QueryParameter(name="from", description="RFC 3339", max_length=64)] = None,
     end: Annotated[str | None, QueryParameter(name="to", description="RFC 3339", max_length=64)] = None,
     device: Text = None, site: Text = None, snapshot: Text = None, rollout: Text = None, actor: Text = None,

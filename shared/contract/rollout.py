@@ -20,7 +20,6 @@ import msgspec
 from shared.errors import Invalid
 from shared.events.rollout import GateInputs, Gates, MetricGate
 from shared.ids import Id, check_id
-from shared.times import parse_duration
 from shared.wire import Command, Expression, Reason
 
 MAX_IN_FLIGHT_MAX = 1_000_000
@@ -362,17 +361,6 @@ def parse_metric(text: str) -> MetricThreshold:
 def parse_metric_gate(text: str) -> MetricGate:
     """`error_rate p95<=0.02` -> the recorded MetricGate."""
     return parse_metric(text).gate()
-
-
-def parse_since(text: str) -> float:
-    """Seconds from a window like `30d`, `12h`, `90m` (days added to the usual durations)."""
-    stripped = text.strip()
-    if stripped.endswith("d") and stripped[:-1].replace(".", "", 1).isdigit():
-        return float(stripped[:-1]) * 86400
-    try:
-        return parse_duration(stripped, "since")
-    except Invalid:
-        raise Invalid(f"{text!r} is not a time window (use e.g. 30d, 12h, 90m)", field="since") from None
 
 
 def _number(text: str, field: str) -> float:

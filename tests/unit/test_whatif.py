@@ -15,10 +15,11 @@ from hypothesis import strategies as st
 from services.rollout import domain, whatif
 from services.rollout.domain import Desired, FleetView, Observed
 from services.rollout.spec import parse_canary, parse_metric_gate, parse_waves
-from shared.contract.rollout import Proposal, WhatIfGates, parse_fraction, parse_metric, parse_since
+from shared.contract.rollout import Proposal, WhatIfGates, parse_fraction, parse_metric
 from shared.errors import Invalid
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import GateInputs, Gates, RolloutGateEvaluated
+from shared.times import parse_duration
 from tests.unit.snapshots import FixedSnapshot
 
 T0 = datetime(2026, 5, 4, tzinfo=UTC)
@@ -111,10 +112,10 @@ def _proposal(min_healthy: str | None, max_failed: str | None, max_offline: str 
 
 
 def test_what_if_input_is_checked() -> None:
-    assert parse_since("30d") == 30 * 86400
-    assert parse_since("12h") == 12 * 3600
+    assert parse_duration("30d", "since") == 30 * 86400
+    assert parse_duration("12h", "since") == 12 * 3600
     with pytest.raises(Invalid) as info:
-        parse_since("a month")
+        parse_duration("a month", "since")
     assert info.value.field == "since"
     with pytest.raises(Invalid) as info:
         _proposal("101%", None, None, None)
