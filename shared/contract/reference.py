@@ -43,12 +43,16 @@ _LIMITS = {"pattern": "matches `{}`", "minimum": "≥ {}", "maximum": "≤ {}", 
 
 
 def _limits(schema: dict[str, Any]) -> str:
+    return "; ".join(_limit_list(schema))
+
+
+def _limit_list(schema: dict[str, Any]) -> list[str]:
     found = [text.format(schema[key]) for key, text in _LIMITS.items() if key in schema]
     for inner in schema.get("anyOf", []):
-        found += [text.format(inner[key]) for key, text in _LIMITS.items() if key in inner]
+        found += _limit_list(inner)
     if schema.get("type") == "array" and isinstance(schema.get("items"), dict):
-        found += [f"each {text}" for text in (_limits(schema["items"]),) if text]
-    return "; ".join(found)
+        found += [f"each {text}" for text in _limit_list(schema["items"])]
+    return found
 
 
 def _fields(definition: dict[str, Any]) -> list[str]:

@@ -52,37 +52,48 @@ class Device(msgspec.Struct, frozen=True, kw_only=True):
 class AddSite(Command, frozen=True, kw_only=True):
     """Register a site; adding the same site again with the same data is a no-op."""
 
-    site_id: Id
-    name: Name | None = None
-    labels: Labels | None = None
-    metadata: dict[str, Any] | None = None
-    windows: Windows | None = None
+    site_id: Annotated[Id, msgspec.Meta(description="the site's id")]
+    name: Annotated[Name | None, msgspec.Meta(description="a human name")] = None
+    labels: Annotated[Labels | None, msgspec.Meta(description=(
+        "labels `key: value` (keys `^[a-z0-9]([a-z0-9._/-]{0,62})$`, values up to 256 characters)"
+    ))] = None
+    metadata: Annotated[dict[str, Any] | None, msgspec.Meta(description=(
+        "free JSON, at most 16 KiB encoded and 32 levels deep"
+    ))] = None
+    windows: Annotated[Windows | None, msgspec.Meta(description=(
+        "maintenance windows `DAYS HH:MM-HH:MM ZONE`, e.g. `Mon-Fri 22:00-04:00 Europe/Berlin`; "
+        "none: always open"
+    ))] = None
 
 
 class UpdateSite(Command, frozen=True, kw_only=True):
     """Change a site's name, labels or metadata (omitted fields keep their value)."""
 
     site_id: Id
-    name: Name | None = None
-    labels: Labels | None = None
-    metadata: dict[str, Any] | None = None
-    windows: Windows | None = None  # replaces the site's windows; [] clears them
+    name: Annotated[Name | None, msgspec.Meta(description="a new human name (null: unchanged)")] = None
+    labels: Annotated[Labels | None, msgspec.Meta(description="replace the labels (null: unchanged)")] = None
+    metadata: Annotated[dict[str, Any] | None, msgspec.Meta(description=(
+        "replace the metadata (null: unchanged)"
+    ))] = None
+    windows: Annotated[Windows | None, msgspec.Meta(description=(
+        "replace the maintenance windows; [] clears them (null: unchanged)"
+    ))] = None
 
 
 class RetireSite(Command, frozen=True, kw_only=True):
     """Retire a site that holds no active device."""
 
     site_id: Id
-    reason: Reason = ""
+    reason: Annotated[Reason, msgspec.Meta(description="why, for the record")] = ""
 
 
 class DeviceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A device as given to `add_device` or one line of `import_devices`."""
 
     device_id: Id
-    site_id: Id
-    kind: Id = "device"
-    parent_id: str | None = None
+    site_id: Annotated[Id, msgspec.Meta(description="the site it is at (must exist)")]
+    kind: Annotated[Id, msgspec.Meta(description="its kind")] = "device"
+    parent_id: Annotated[str | None, msgspec.Meta(description="its parent controller (a device id)")] = None
     labels: Labels | None = None
     metadata: dict[str, Any] | None = None
 
@@ -91,11 +102,13 @@ class AddDevice(Command, frozen=True, kw_only=True):
     """Register a device; the same device again with the same data is a no-op."""
 
     device_id: Id
-    site_id: Id
-    kind: Id = "device"
-    parent_id: str | None = None
-    labels: Labels | None = None
-    metadata: dict[str, Any] | None = None
+    site_id: Annotated[Id, msgspec.Meta(description="the site it is at (must exist)")]
+    kind: Annotated[Id, msgspec.Meta(description="its kind, e.g. plc, gateway, camera")] = "device"
+    parent_id: Annotated[str | None, msgspec.Meta(description="its parent controller (a device id)")] = None
+    labels: Annotated[Labels | None, msgspec.Meta(description=(
+        "labels `key: value`; `site` and `kind` are reserved (selectors match the device's own)"
+    ))] = None
+    metadata: Annotated[dict[str, Any] | None, msgspec.Meta(description="free JSON, at most 16 KiB encoded")] = None
 
     def spec(self) -> DeviceSpec:
         """The device this command describes."""
@@ -107,30 +120,34 @@ class UpdateDevice(Command, frozen=True, kw_only=True):
     """Change a device's kind, parent (`""` clears it) or metadata; omitted fields stay."""
 
     device_id: Id
-    kind: str | None = None
-    parent_id: str | None = None
-    metadata: dict[str, Any] | None = None
+    kind: Annotated[str | None, msgspec.Meta(description="a new kind (null: unchanged)")] = None
+    parent_id: Annotated[str | None, msgspec.Meta(description=(
+        "a new parent; \"\" clears it (null: unchanged)"
+    ))] = None
+    metadata: Annotated[dict[str, Any] | None, msgspec.Meta(description=(
+        "replace the metadata (null: unchanged)"
+    ))] = None
 
 
 class RelabelDevice(Command, frozen=True, kw_only=True):
     """Replace a device's labels."""
 
     device_id: Id
-    labels: Labels
+    labels: Annotated[Labels, msgspec.Meta(description="the device's labels from now on (replaces them all)")]
 
 
 class MoveDevice(Command, frozen=True, kw_only=True):
     """Move a device to another site."""
 
     device_id: Id
-    site_id: Id
+    site_id: Annotated[Id, msgspec.Meta(description="the site it moves to")]
 
 
 class RetireDevice(Command, frozen=True, kw_only=True):
     """Retire a device: it keeps its history and can no longer be targeted."""
 
     device_id: Id
-    reason: Reason = ""
+    reason: Annotated[Reason, msgspec.Meta(description="why, for the record")] = ""
 
 
 class ImportDevices(Command, frozen=True, kw_only=True):
@@ -175,7 +192,7 @@ class GetSite(Command, frozen=True, kw_only=True):
 class ListSites(Command, frozen=True, kw_only=True):
     """All sites (retired ones only when asked)."""
 
-    include_retired: bool = False
+    include_retired: Annotated[bool, msgspec.Meta(description="list retired sites too")] = False
 
 
 class GetDevice(Command, frozen=True, kw_only=True):
@@ -187,11 +204,15 @@ class GetDevice(Command, frozen=True, kw_only=True):
 class ListDevices(Command, frozen=True, kw_only=True):
     """Devices by site and/or label selector, ordered by id, `limit` at a time after `after`."""
 
-    site_id: Id | None = None
-    selector: Expression = ""
-    include_retired: bool = False
-    limit: Annotated[int, msgspec.Meta(ge=1, le=5000)] = 1000
-    after: str | None = None
+    site_id: Annotated[Id | None, msgspec.Meta(description="only devices at this site")] = None
+    selector: Annotated[Expression, msgspec.Meta(description="only devices matching this label selector")] = ""
+    include_retired: Annotated[bool, msgspec.Meta(description="list retired devices too")] = False
+    limit: Annotated[Annotated[int, msgspec.Meta(ge=1, le=5000)], msgspec.Meta(description=(
+        "at most this many (a page may stop earlier to fit one message)"
+    ))] = 1000
+    after: Annotated[str | None, msgspec.Meta(description=(
+        "the page after this device id (the `next` of the previous page)"
+    ))] = None
 
 
 class SiteSummary(msgspec.Struct, frozen=True, kw_only=True):

@@ -38,10 +38,12 @@ Phase = Literal["assigning", "baking", "held", "gate_failed"]
 class MetricThreshold(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """A gate on a heartbeat metric over a wave's devices, e.g. `error_rate p95 <= 0.02`."""
 
-    metric: Annotated[str, msgspec.Meta(pattern=METRIC_NAME)]
+    metric: Annotated[Annotated[str, msgspec.Meta(pattern=METRIC_NAME)], msgspec.Meta(description=(
+        "a heartbeat metric's name"
+    ))]
     aggregate: Annotated[str, msgspec.Meta(pattern=AGGREGATE, description="pN (N 1-100), avg, max or min")] = "p95"
     op: Literal["<=", "<", ">=", ">"] = "<="
-    value: float
+    value: Annotated[float, msgspec.Meta(description="the threshold")]
 
     def gate(self) -> MetricGate:
         """The gate as the rollout records it (its `threshold` is this `value`)."""
@@ -89,26 +91,56 @@ class StartRollout(Command, frozen=True, kw_only=True):
     "" = every device): the canary first, then waves of cumulative percentages, each baked and
     judged by the gates; a failed gate pauses or rolls back (`on_failure`)."""
 
-    snapshot_id: Id
-    target: Expression = ""
-    rollout_id: Id | None = None  # default: derived from command_id
-    canary: Canary | None = None
+    snapshot_id: Annotated[Id, msgspec.Meta(description="the snapshot to roll out")]
+    target: Annotated[Expression, msgspec.Meta(description=(
+        "a label selector over active devices, e.g. `site in (a,b),tier=edge`; \"\" = every device"
+    ))] = ""
+    rollout_id: Annotated[Id | None, msgspec.Meta(description=(
+        "the new rollout's id; default: derived from command_id"
+    ))] = None
+    canary: Annotated[Canary | None, msgspec.Meta(description=(
+        "devices that go first, as wave 1; null: no canary"
+    ))] = None
     waves: Annotated[list[Percent], msgspec.Meta(
         min_length=1, max_length=100, description="cumulative percentages of the target, ending at 100",
         extra_json_schema={"default": [100]})] = msgspec.field(default_factory=lambda: [100])
-    max_in_flight: Annotated[int, msgspec.Meta(ge=1, le=MAX_IN_FLIGHT_MAX)] = 500
-    bake_seconds: Seconds = 0.0
-    apply_timeout_seconds: Seconds = 300.0
-    min_healthy: Fraction = 0.9
-    max_failed: Fraction = 0.05
-    max_offline: Fraction = 0.1
-    metrics: Annotated[list[MetricThreshold], msgspec.Meta(max_length=32)] = []
-    on_failure: Literal["pause", "rollback"] = "pause"
-    approve_after: Annotated[list[WaveNumber], msgspec.Meta(max_length=100)] = []  # hold after these waves
-    dry_run: bool = False
-    not_before: Annotated[datetime, msgspec.Meta(tz=True)] | None = None  # assign nothing before this time
-    ignore_windows: bool = False  # emergency: assign regardless of maintenance windows
-    rollback_in_windows: bool = False  # a rollback of this rollout also waits for windows
+    max_in_flight: Annotated[Annotated[int, msgspec.Meta(ge=1, le=MAX_IN_FLIGHT_MAX)], msgspec.Meta(description=(
+        "devices being changed at once (assigned, not yet settled)"
+    ))] = 500
+    bake_seconds: Annotated[Seconds, msgspec.Meta(description=(
+        "how long each wave runs before its gates are judged"
+    ))] = 0.0
+    apply_timeout_seconds: Annotated[Seconds, msgspec.Meta(description=(
+        "how long a device has to report the new config before it counts as timed out"
+    ))] = 300.0
+    min_healthy: Annotated[Fraction, msgspec.Meta(description=(
+        "gate: at least this fraction of the wave healthy and converged"
+    ))] = 0.9
+    max_failed: Annotated[Fraction, msgspec.Meta(description=(
+        "gate: at most this fraction of the wave failed or timed out"
+    ))] = 0.05
+    max_offline: Annotated[Fraction, msgspec.Meta(description=(
+        "gate: at most this fraction of the wave offline"
+    ))] = 0.1
+    metrics: Annotated[Annotated[list[MetricThreshold], msgspec.Meta(max_length=32)], msgspec.Meta(description=(
+        "gates on heartbeat metrics, aggregated over the wave's devices"
+    ))] = []
+    on_failure: Annotated[Literal["pause", "rollback"], msgspec.Meta(description=(
+        "what a failed gate does: pause (an operator decides) or roll back"
+    ))] = "pause"
+    approve_after: Annotated[Annotated[list[WaveNumber], msgspec.Meta(max_length=100)], msgspec.Meta(description=(
+        "hold after these waves (from 1) until `promote`"
+    ))] = []
+    dry_run: Annotated[bool, msgspec.Meta(description="return the plan and change nothing")] = False
+    not_before: Annotated[Annotated[datetime, msgspec.Meta(tz=True)] | None, msgspec.Meta(description=(
+        "assign nothing before this time (RFC 3339, with a zone)"
+    ))] = None
+    ignore_windows: Annotated[bool, msgspec.Meta(description=(
+        "emergency: assign regardless of the sites' maintenance windows (recorded)"
+    ))] = False
+    rollback_in_windows: Annotated[bool, msgspec.Meta(description=(
+        "a rollback of this rollout waits for maintenance windows too"
+    ))] = False
 
     def gates(self) -> Gates:
         """The gates as the rollout records them."""
@@ -120,7 +152,7 @@ class ActOnRollout(Command, frozen=True, kw_only=True):
     """pause / resume / abort / promote / ignore_windows one rollout."""
 
     rollout_id: Id
-    reason: Reason = ""
+    reason: Annotated[Reason, msgspec.Meta(description="why, for the record")] = ""
 
 
 class RollbackRollout(Command, frozen=True, kw_only=True):
@@ -128,9 +160,11 @@ class RollbackRollout(Command, frozen=True, kw_only=True):
     `to_snapshot_id`); `plan_only` shows the plan and changes nothing."""
 
     rollout_id: Id
-    to_snapshot_id: Id | None = None
-    plan_only: bool = False
-    reason: Reason = ""
+    to_snapshot_id: Annotated[Id | None, msgspec.Meta(description=(
+        "give every touched device this snapshot instead of what it had before"
+    ))] = None
+    plan_only: Annotated[bool, msgspec.Meta(description="only return the plan")] = False
+    reason: Annotated[Reason, msgspec.Meta(description="why, for the record")] = ""
 
 
 class GetRollout(Command, frozen=True, kw_only=True):
@@ -148,12 +182,20 @@ class WhatIfGates(Command, frozen=True, kw_only=True):
     started within `since_seconds` (all when neither is given). A threshold not given keeps what
     each rollout was started with; `metrics`, when given, replaces the recorded metric gates."""
 
-    rollout_id: Id | None = None
-    since_seconds: Annotated[float, msgspec.Meta(gt=0)] | None = None
-    min_healthy: Fraction | None = None
-    max_failed: Fraction | None = None
-    max_offline: Fraction | None = None
-    metrics: Annotated[list[MetricThreshold], msgspec.Meta(max_length=32)] | None = None
+    rollout_id: Annotated[Id | None, msgspec.Meta(description="judge this rollout only")] = None
+    since_seconds: Annotated[Annotated[float, msgspec.Meta(gt=0)] | None, msgspec.Meta(description=(
+        "judge every rollout started within this many seconds"
+    ))] = None
+    min_healthy: Annotated[Fraction | None, msgspec.Meta(description=(
+        "proposed min_healthy (null: as recorded)"
+    ))] = None
+    max_failed: Annotated[Fraction | None, msgspec.Meta(description="proposed max_failed (null: as recorded)")] = None
+    max_offline: Annotated[Fraction | None, msgspec.Meta(description=(
+        "proposed max_offline (null: as recorded)"
+    ))] = None
+    metrics: Annotated[Annotated[list[MetricThreshold], msgspec.Meta(max_length=32)] | None, msgspec.Meta(description=(
+        "proposed metric gates, in place of the recorded ones (null: as recorded)"
+    ))] = None
 
 
 # --- results ------------------------------------------------------------------------------------

@@ -56,48 +56,56 @@ class Change(msgspec.Struct, frozen=True, omit_defaults=True):
 class CreateSnapshot(Command, frozen=True, kw_only=True):
     """Create a snapshot; the same content again returns the existing one."""
 
-    name: Id
-    config: dict[str, Any]  # at most 256 KiB encoded, 32 levels deep
+    name: Annotated[Id, msgspec.Meta(description="the snapshot's name; each new content gets the next version of it")]
+    config: Annotated[dict[str, Any], msgspec.Meta(description=(
+        "the base configuration (a JSON object, at most 256 KiB encoded)"
+    ))]
     # Values are checked by `check_create` (not by the decoder) so errors name the exact key.
-    artifacts: dict[str, Any] = {}
-    overrides: dict[str, Any] = {}  # site id -> config deep-merged over `config` at that site
-    parent_id: str | None = None
-    description: Annotated[str, msgspec.Meta(max_length=2000)] = ""
+    artifacts: Annotated[dict[str, Any], msgspec.Meta(description=(
+        "artifact name -> version string (1-128 printable characters)"
+    ))] = {}
+    overrides: Annotated[dict[str, Any], msgspec.Meta(description=(
+        "site id -> object deep-merged over `config` for that site's devices"
+    ))] = {}
+    parent_id: Annotated[str | None, msgspec.Meta(description="the snapshot this one derives from")] = None
+    description: Annotated[Annotated[str, msgspec.Meta(max_length=2000)], msgspec.Meta(description="free text")] = ""
 
 
 class RetireSnapshot(Command, frozen=True, kw_only=True):
     """The snapshot may no longer be rolled out."""
 
-    snapshot_id: str
-    reason: Reason = ""
+    snapshot_id: Annotated[str, msgspec.Meta(description="an id, `name@version` or `name`")]
+    reason: Annotated[Reason, msgspec.Meta(description="why, for the record")] = ""
 
 
 class MarkGood(Command, frozen=True, kw_only=True):
     """The snapshot is known to run well on `target` (a label selector; "" = everywhere)."""
 
-    snapshot_id: str
-    target: Expression = ""
-    rollout_id: str | None = None
+    snapshot_id: Annotated[str, msgspec.Meta(description="an id, `name@version` or `name`")]
+    target: Annotated[Expression, msgspec.Meta(description=(
+        "a label selector where it is known-good (\"\" = everywhere)"
+    ))] = ""
+    rollout_id: Annotated[str | None, msgspec.Meta(description="the rollout that proved it")] = None
 
 
 class GetSnapshot(Command, frozen=True, kw_only=True):
     """One snapshot by id, `name@version`, or `name` (its newest version)."""
 
-    snapshot_id: str
+    snapshot_id: Annotated[str, msgspec.Meta(description="an id, `name@version` or `name` (its newest version)")]
 
 
 class ListSnapshots(Command, frozen=True, kw_only=True):
     """Snapshots (newest version first per name), optionally of one name."""
 
-    name: str | None = None
-    include_retired: bool = True
+    name: Annotated[str | None, msgspec.Meta(description="only snapshots of this name")] = None
+    include_retired: Annotated[bool, msgspec.Meta(description="list retired snapshots too")] = True
 
 
 class DiffSnapshots(Command, frozen=True, kw_only=True):
     """What changes from snapshot `a` to snapshot `b` (ids or `name@version`)."""
 
-    a: str
-    b: str
+    a: Annotated[str, msgspec.Meta(description="from: an id or `name@version`")]
+    b: Annotated[str, msgspec.Meta(description="to: an id or `name@version`")]
 
 
 class SnapshotSummary(msgspec.Struct, frozen=True, kw_only=True):
