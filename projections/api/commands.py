@@ -127,6 +127,12 @@ def document_commands(document: dict[str, Any]) -> dict[str, Any]:
     if start is not None:
         start["requestBody"] = body(spec_of("rollout", "start").command.__name__)
         start["responses"] = {**start.get("responses", {}), **replies(spec_of("rollout", "start"))}
+    act = paths.get("/v1/rollouts/{rollout_id}/{action}", {}).get("post")
+    if act is not None:  # the command's body, `rollout_id` taken from the path
+        act["requestBody"] = {"required": False, "description": "The body of `rollout.<action>` without `rollout_id`.",
+                              "content": {"application/json": {"schema": {"anyOf": [
+                                  {"$ref": ref + spec_of("rollout", "pause").command.__name__},
+                                  {"$ref": ref + spec_of("rollout", "rollback").command.__name__}]}}}}
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for name, definition in defs.items():
         schemas[f"contract.{name}"] = _rebased(definition, ref)
