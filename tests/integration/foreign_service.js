@@ -160,6 +160,14 @@ async function main() {
   await refused("rollout.what_if", { since_seconds: 0 });
   await refused("snapshot.create", { name: "x" });
 
+  // and the whole log as it stands, every event of every type against its schema
+  const info = dec((await audit.request("$JS.API.STREAM.INFO.FLEET_EVENTS", enc({}), { timeout: 5000 })).data);
+  for (let seq = info.state.first_seq; seq <= info.state.last_seq; seq += 1) {
+    const msg = await audit.request("$JS.API.DIRECT.GET.FLEET_EVENTS", enc({ seq }), { timeout: 5000 });
+    await readEvent({ seq, subject: msg.headers.get("Nats-Subject") });
+  }
+  counts.log = info.state.last_seq - info.state.first_seq + 1;
+
   console.log(JSON.stringify({ counts, sent: [...sent].sort(), event_types: [...eventTypes].sort(), problems }));
   await ops.close();
   await audit.close();

