@@ -77,6 +77,19 @@ def emit(data: Any, *, json_out: bool, render: Callable[[Any], None]) -> None:
         render(data)
 
 
+def reply_json(reply: Reply) -> dict[str, Any]:
+    """A command's reply as plain data for `--json`: the reply as the service sent it."""
+    data: dict[str, Any] = msgspec.to_builtins(reply)
+    data.setdefault("events", [])
+    return data
+
+
+def emit_reply(reply: Reply, *, json_out: bool, render: Callable[[Any], None]) -> None:
+    """Print a command's reply: with `--json` the reply itself (one shape for every command, the
+    same as `nats req` and the HTTP API give); for people, `render` of its result."""
+    emit(reply_json(reply), json_out=json_out, render=lambda _: render(reply.result))
+
+
 def command_settings(conf: Settings) -> Settings:
     """The settings to send commands with: under the operator identity, whose name the services
     record as the actor (DESIGN §11)."""
@@ -105,9 +118,9 @@ def reason_command(app: typer.Typer, service: str, name: str, command_type: type
     def command(ctx: typer.Context, target: str = typer.Argument(..., metavar=id_field.upper()),
                 reason: str = typer.Option("", "--reason", help="Why, for the record."),
                 json_out: bool = JsonOption) -> None:
-        result = run(send(settings(ctx), service, name, command_type(**{id_field: target, "reason": reason})),
-                     json_out=json_out).result
-        emit(result, json_out=json_out, render=render)
+        reply = run(send(settings(ctx), service, name, command_type(**{id_field: target, "reason": reason})),
+                    json_out=json_out)
+        emit_reply(reply, json_out=json_out, render=render)
 
     command.__doc__ = doc
     app.command(name)(command)

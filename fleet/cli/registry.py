@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, command_settings, console, emit, run, send, settings
+from fleet.cli.common import JsonOption, command_settings, console, emit, reply_json, run, send, settings
 from shared.commands import CommandClient, Reply
 from shared.config import Settings
 from shared.connection import connect_nats
@@ -57,13 +57,6 @@ LabelOption = typer.Option(None, "--label", "-l", help="A label key=value (repea
 WindowOption = typer.Option(None, "--window", "-w", help=(
     "A maintenance window, e.g. 'Mon-Fri 22:00-04:00 Europe/Berlin' or 'Sat 00:00-24:00 UTC' (repeatable; "
     "rollouts assign the site's devices only inside one)."))
-
-
-def reply_json(reply: Reply) -> dict[str, Any]:
-    """A reply as plain data for `--json`."""
-    data: dict[str, Any] = msgspec.to_builtins(reply)
-    data.setdefault("events", [])
-    return data
 
 
 def labels_of(pairs: list[str] | None) -> dict[str, str]:

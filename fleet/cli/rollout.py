@@ -12,7 +12,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, reason_command, run, send, settings
+from fleet.cli.common import JsonOption, console, emit_reply, reason_command, run, send, settings
+from shared.commands import Reply
 from shared.contract.rollout import (
     ActOnRollout,
     GetRollout,
@@ -141,8 +142,8 @@ def start(
         on_failure=on_failure, approve_after=approve_after, dry_run=dry_run,  # type: ignore[arg-type]  # checked by the service
         not_before=parse_time(not_before, "not_before") if not_before else None,
         ignore_windows=ignore_windows, rollback_in_windows=rollback_in_windows)
-    result = run(send(settings(ctx), "rollout", "start", command), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    reply = run(send(settings(ctx), "rollout", "start", command), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
 reason_command(app, "rollout", "pause", ActOnRollout, "Stop assigning until resume.", "rollout_id", _render)
@@ -159,9 +160,9 @@ def ignore_windows(ctx: typer.Context, rollout_id: str = typer.Argument(...),
                    reason: str = typer.Option("", "--reason", help="Why, for the record."),
                    json_out: bool = JsonOption) -> None:
     """Emergency: from now on assign (and roll back) regardless of maintenance windows; recorded with who."""
-    result = run(send(settings(ctx), "rollout", "ignore_windows", ActOnRollout(rollout_id=rollout_id, reason=reason)),
-                 json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    reply = run(send(settings(ctx), "rollout", "ignore_windows", ActOnRollout(rollout_id=rollout_id, reason=reason)),
+                json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
 @app.command("rollback")
@@ -174,8 +175,8 @@ def rollback(
 ) -> None:
     """Restore every device the rollout touched to what it had before (a plan with --plan)."""
     command = RollbackRollout(rollout_id=rollout_id, plan_only=plan, to_snapshot_id=to)
-    result = run(send(settings(ctx), "rollout", "rollback", command), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    reply = run(send(settings(ctx), "rollout", "rollback", command), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
 def _verdict(passed: bool | None) -> str:
@@ -226,22 +227,22 @@ def what_if(
         max_failed=None if max_failed is None else parse_fraction(max_failed, "max_failed"),
         max_offline=None if max_offline is None else parse_fraction(max_offline, "max_offline"),
         metrics=[parse_metric(m) for m in metric] or None)
-    result = run(send(settings(ctx), "rollout", "what_if", command), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render_what_if)
+    reply = run(send(settings(ctx), "rollout", "what_if", command), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render_what_if)
 
 
 @app.command("status")
 def status(ctx: typer.Context, rollout_id: str = typer.Argument(...), json_out: bool = JsonOption) -> None:
     """One rollout: status, per-wave progress, the last gate verdict and its inputs."""
-    result = run(send(settings(ctx), "rollout", "get", GetRollout(rollout_id=rollout_id)), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    reply = run(send(settings(ctx), "rollout", "get", GetRollout(rollout_id=rollout_id)), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
 @app.command("list")
 def list_(ctx: typer.Context, json_out: bool = JsonOption) -> None:
     """All rollouts, newest first."""
-    result = run(send(settings(ctx), "rollout", "list", ListRollouts()), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    reply = run(send(settings(ctx), "rollout", "list", ListRollouts()), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
 @app.command("watch")
@@ -297,7 +298,7 @@ async def _watch(get: Callable[[], Awaitable[dict[str, Any]]], sleep: Callable[[
 
     with Live(progress, console=console, transient=False, refresh_per_second=4) if not json_out else _null():
         result, code = await watch_until_done(get, sleep, interval, show)
-    emit(result, json_out=json_out, render=_render)
+    emit_reply(Reply(ok=True, result=result), json_out=json_out, render=_render)  # the last `get`'s reply
     return result, code
 
 

@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, send, settings
-from fleet.cli.registry import add_row, reply_json
+from fleet.cli.common import JsonOption, console, emit, reply_json, run, send, settings
+from fleet.cli.registry import add_row
 from shared.contract.snapshot import (
     CreateSnapshot,
     DiffSnapshots,
