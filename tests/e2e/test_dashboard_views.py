@@ -33,9 +33,9 @@ STATUSES = ("pending", "in_flight", "converged", "failed", "timed_out", "restore
 
 
 def _api_waves(rollout: dict[str, Any]) -> list[dict[str, Any]]:
-    """The API's progress (waves from 0, as the read model keeps them) in the shape of the rollout
-    service's `wave_progress` (waves from 1)."""
-    return [{"wave": w["wave"] + 1, "size": w["size"], "counts": {k: w[k] for k in STATUSES if w[k]}}
+    """The API's progress in the shape of the rollout service's `wave_progress` (both count waves
+    from 1)."""
+    return [{"wave": w["wave"], "size": w["size"], "counts": {k: w[k] for k in STATUSES if w[k]}}
             for w in rollout["progress"]]
 
 
@@ -59,7 +59,7 @@ class Views:
             assert asyncio.get_running_loop().time() < deadline, await self.service(rollout_id)
             await asyncio.sleep(0.2)
 
-    async def same_progress(self, rollout_id: str, timeout: float = 60) -> tuple[int, list[dict[str, int]]]:
+    async def same_progress(self, rollout_id: str, timeout: float = 60) -> tuple[int, list[dict[str, Any]]]:
         """Ask both until they agree (each follows the log at its own pace); return the API's
         sequence and the progress both gave."""
         deadline = asyncio.get_running_loop().time() + timeout
@@ -169,8 +169,8 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
                                                    "waves": [100], "on_failure": "rollback"})
             await views.wait_status("r-bad", ("rolled_back",))
             _, rolled_back = await views.same_progress("r-bad")
-            assert sum(w.get("restored", 0) for w in rolled_back) == 20, rolled_back  # the canary site
-            assert rolled_back[-1] == {"wave": 1, "size": 40, "pending": 40}
+            assert sum(w["counts"].get("restored", 0) for w in rolled_back) == 20, rolled_back  # the canary site
+            assert rolled_back[-1] == {"wave": 2, "size": 40, "counts": {"pending": 40}}
             # r-good still reads as it stood: its canary devices were taken by r-bad and given back
             _, again = await views.same_progress("r-good")
             assert again == completed
