@@ -33,6 +33,7 @@ from opentelemetry import context as otel_context
 from shared import telemetry
 from shared.auth.actor import ON_BEHALF_OF, actor_of
 from shared.bounds import check_no_control
+from shared.contract.catalog import COMMANDS
 from shared.errors import FleetError, Invalid, Unavailable, error_from_code
 from shared.eventlog import Appended
 from shared.ids import ID_RE, ID_RULE, check_id, new_command_id
@@ -73,11 +74,13 @@ _FIELD_UNKNOWN = re.compile(r"unknown field `([^`]*)`")
 
 def endpoint_metadata(service: str, command: str, command_type: Any) -> dict[str, str]:
     """What `$SRV.INFO` says of one command endpoint: the subject and the names of the JSON Schemas
-    of its body and its reply, as published under docs/contract/ (shared.contract.schema)."""
-    return {"schema": f"{service}.{command}", "subject": command_subject(service, command),
+    of its body and its reply, as published under docs/contract/ (shared.contract.schema). A
+    partition of a service (`drift-3`) serves the published command of its type."""
+    key = next((spec.key for spec in COMMANDS if spec.command is command_type and spec.name == command),
+               f"{service}.{command}")
+    return {"schema": key, "subject": command_subject(service, command),
             "request_type": getattr(command_type, "__name__", str(command_type)),
-            "request_schema": f"commands/{service}.{command}.json",
-            "reply_schema": f"replies/{service}.{command}.json"}
+            "request_schema": f"commands/{key}.json", "reply_schema": f"replies/{key}.json"}
 
 
 def decode_error_field(message: str) -> str | None:
