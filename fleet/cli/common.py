@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from shared.commands import Reply
+from shared.commands import ErrorBody, Reply
 from shared.config import Settings, load_settings
 from shared.errors import FleetError
 from shared.wire import Command
@@ -60,8 +60,8 @@ def run(coro: Coroutine[Any, Any, T], *, json_out: bool = False) -> T:
 def fail(exc: FleetError, *, json_out: bool = False) -> NoReturn:
     """Report a refused operation and exit with its code."""
     if json_out:
-        body = {"ok": False, "error": {"code": exc.code, "message": exc.message, "field": exc.field}}
-        sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
+        refusal = Reply(ok=False, error=ErrorBody(exc.code, exc.message, exc.field))  # as on the wire
+        sys.stdout.write(msgspec.json.encode(refusal).decode() + "\n")
     else:
         where = f" ({exc.field})" if exc.field else ""
         err_console.print(f"[red]error: {exc.code}{escape(where)}:[/red] {escape(exc.message)}",
