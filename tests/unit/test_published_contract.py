@@ -4,6 +4,7 @@ the services route and every event type, and agrees with the msgspec types it is
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,42 @@ def test_every_event_struct_encodes_to_json_its_schema_accepts(cls: type[Event],
 def test_metric_threshold_becomes_the_recorded_gate() -> None:
     gate = MetricThreshold(metric="latency_ms", aggregate="max", op="<", value=5).gate()
     assert (gate.metric, gate.aggregate, gate.op, gate.threshold) == ("latency_ms", "max", "<", 5)
+
+
+DOC = CONTRACT.parent / "contract.md"
+_NATS_REQ = re.compile(r"req (fleet\.cmd\.[a-z_]+\.[a-z_]+) '(\{.*\})'")
+_CURL = re.compile(r"-d '(\{.*\})' https://[^/\s]+(/v1/\S+)")
+_JSON_BLOCK = re.compile(r"```json\n(.*?)```", re.S)
+
+
+def _schema_of_path(path: str) -> tuple[str, dict[str, Any]]:
+    """The command an HTTP path sends, and what the path itself adds to the body."""
+    if path == "/v1/rollouts":
+        return "rollout.start", {}
+    if path.startswith("/v1/commands/"):
+        return ".".join(path.removeprefix("/v1/commands/").split("/")), {}
+    _, _, rollouts, rollout_id, action = path.split("/")
+    assert rollouts == "rollouts"
+    return f"rollout.{action}", {"rollout_id": rollout_id}
+
+
+def test_the_examples_in_the_contract_are_valid_commands() -> None:
+    text = DOC.read_text()
+    examples = [(subject.removeprefix("fleet.cmd."), json.loads(body)) for subject, body in _NATS_REQ.findall(text)]
+    for body, path in _CURL.findall(text):
+        key, extra = _schema_of_path(path)
+        examples.append((key, {**json.loads(body), **extra}))
+    assert len(examples) >= 11
+    for key, body in examples:
+        errors = list(_validator(f"commands/{key}.json").iter_errors(body))
+        assert not errors, (key, body, errors[0].message)
+    # the rollout in prose is a valid start, and the documented event envelope a valid event
+    start, event = (json.loads(block) for block in _JSON_BLOCK.findall(text)
+                    if '"snapshot_id": "web-3f9c2a1b", "target"' in block or '"type": "RolloutPaused"' in block)
+    _validator("commands/rollout.start.json").validate(start)
+    _validator("events/RolloutPaused.json").validate(event)
+    blocks = {name: json.loads(block) for block in _JSON_BLOCK.findall(text)
+              for name, marker in (("heartbeat", '"seq": 812'), ("desired-state", '"revision": 3')) if marker in block}
+    for name, value in blocks.items():
+        _validator(f"{name}.json").validate(value)
+    assert sorted(blocks) == ["desired-state", "heartbeat"]
