@@ -30,7 +30,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from opentelemetry import context as otel_context
 
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.auth.actor import ON_BEHALF_OF, actor_of
 from shared.bounds import check_no_control
 from shared.contract.catalog import COMMANDS
@@ -116,9 +116,6 @@ class CommandService:
         self._remember = remember
         self._service: Service | None = None
         self.counts: dict[tuple[str, str], int] = {}
-        self._commands_total = telemetry.meter.create_counter(
-            "fleet_commands_total", description="Commands handled, by command and result"
-        )
 
     def route(self, command: str, command_type: type[C], handler: Handler[C]) -> None:
         """Register the handler of one command."""
@@ -158,7 +155,7 @@ class CommandService:
         if endpoint.name != min(self._routes, default=""):
             return {"by_result": by_result}
         # The process's metrics once per service instance, with its first endpoint.
-        return {"by_result": by_result, "metrics": telemetry.metrics_snapshot()}
+        return {"by_result": by_result, "metrics": metrics.samples()}
 
     async def _on_request(self, request: Request) -> None:
         command = request.subject.rsplit(".", 1)[-1]
@@ -186,7 +183,7 @@ class CommandService:
             key = (command, cmd.command_id)
             cached = self._replies.get(key)
             if cached is not None:
-                self._count(command, "duplicate")
+                self._count(command, "duplicate", started)
                 return cached
             outcome = await route.handler(cmd, Context(now=utcnow(), headers=headers))
             reply = Reply(
@@ -204,7 +201,7 @@ class CommandService:
         body = _ENCODER.encode(reply)
         if key is not None and result not in ("unavailable", "internal"):
             self._remember_reply(key, body)
-        self._count(command, result)
+        self._count(command if route is not None else "unknown", result, started)
         log.debug("%s.%s -> %s in %.1f ms", self.name, command, result,
                   (time.perf_counter() - started) * 1000)
         return body
@@ -214,9 +211,10 @@ class CommandService:
         if len(self._replies) > self._remember:
             self._replies.popitem(last=False)
 
-    def _count(self, command: str, result: str) -> None:
+    def _count(self, command: str, result: str, started: float) -> None:
         self.counts[(command, result)] = self.counts.get((command, result), 0) + 1
-        self._commands_total.add(1, {"service": self.name, "command": command, "result": result})
+        metrics.COMMANDS.labels(self.name, command, result).inc()
+        metrics.COMMAND_SECONDS.labels(self.name, command).observe(time.perf_counter() - started)
 
 
 def _decode(decoder: msgspec.json.Decoder[C], data: bytes) -> C:

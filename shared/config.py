@@ -39,6 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_database_url: str | None = None  # read-only role for the API (`fleet up` with external PostgreSQL)
     database_passfile: str | None = None  # pgpass file with the PostgreSQL passwords (never in URLs)
     metrics_public: bool = False  # /metrics without a token
+    metrics_port: int = 0  # this part's own /metrics (prometheus_client, no token); 0: not served
+    metrics_host: str = "127.0.0.1"  # where metrics_port listens (0.0.0.0 in a pod: docs/monitoring.md)
+    metrics_tls_cert: str | None = None  # PEM certificate chain: metrics_port serves HTTPS
+    metrics_tls_key: str | None = None  # its private key
     heartbeat_interval: float = 10.0
     offline_after: int = 3
     drift_grace: float = 60.0
@@ -75,6 +79,7 @@ class Endpoints(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     database_passfile: str | None = None
     api_url: str | None = None
     pid: int | None = None
+    metrics: dict[str, str] = {}  # part -> the URL a Prometheus scrapes for it (docs/monitoring.md)
 
 
 _FIELDS = set(Settings.__struct_fields__)

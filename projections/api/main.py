@@ -68,7 +68,8 @@ async def run(settings: Settings) -> None:
         app = create_app(ReadModels(pool, EventLog(nc)), auth)
         config = uvicorn.Config(app, host=url.hostname or "127.0.0.1", port=url.port or 8080,
                                 log_level=settings.log_level.lower(), access_log=False,
-                                ssl_certfile=cert, ssl_keyfile=key)
+                                ssl_certfile=cert, ssl_keyfile=key,
+                                log_config=None)  # uvicorn's loggers go through ours (shared/logs.py)
         server = _Server(config)
         serving = asyncio.ensure_future(server.serve())
         try:

@@ -43,6 +43,7 @@ ANSWER_DECODER = msgspec.json.Decoder(Renewed)
 
 async def serve_renewals(nc: NATS, authority: Authority, lifetime: float = DEFAULT_LIFETIME) -> Subscription:
     """Answer `fleet.renew.*` with a fresh JWT of `lifetime` seconds for every device not revoked."""
+    from shared import metrics  # here, not at the top: the agent imports this module, not the server's metrics
 
     async def renew(msg: Msg) -> None:
         device = msg.subject.rsplit(".", 1)[-1]
@@ -51,6 +52,7 @@ async def serve_renewals(nc: NATS, authority: Authority, lifetime: float = DEFAU
             answer = Renewed(error="revoked")
         else:
             answer = Renewed(jwt=jwt.jwt_of_creds(authority.issue_device(device, expires_in=lifetime)))
+        metrics.RENEWALS.labels("refused" if answer.error else "renewed").inc()
         if msg.reply:
             await msg.respond(_ANSWER.encode(answer))
 

@@ -11,6 +11,7 @@ import logging
 
 from nats.aio.client import Client as NATS
 
+from shared import metrics
 from shared.auth.authority import Authority, push_account
 from shared.eventlog import EventLog
 from shared.subjects import aggregate_wildcard
@@ -25,6 +26,7 @@ async def revoke_retired(events: EventLog, system: NATS, authority: Authority) -
         if recorded.envelope.type == "DeviceRetired":
             device_id = recorded.envelope.aggregate_id
             await push_account(system, authority.revoke_device(device_id, handled_seq=recorded.seq))
+            metrics.REVOCATIONS.inc()
             log.info("revoked the identity of retired device %s", device_id)
         elif recorded.seq - authority.state.handled_seq >= 10_000:
             authority.handled(recorded.seq)
