@@ -7,7 +7,6 @@ from pathlib import Path
 
 import typer
 
-from fleet.cli.common import console
 from shared.contract import publish
 
 GENERATED = ("commands", "replies", "events")
@@ -24,13 +23,14 @@ def export(directory: Path = typer.Argument(..., help="Where to write the files 
     stale = sorted(p for folder in GENERATED for p in (directory / folder).glob("*.json") if p not in files)
     differ = sorted(p for p, data in files.items() if not p.exists() or p.read_bytes() != data)
     if check:
-        for path in [*differ, *stale]:
-            console.print(f"differs: {path}", highlight=False)
+        for path in differ:
+            typer.echo(f"differs: {path}")
+        for path in stale:
+            typer.echo(f"stale: {path}")
         raise typer.Exit(1 if differ or stale else 0)
     for path in stale:
         path.unlink()
     for path in differ:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(files[path])
-    console.print(f"{len(files)} files in {directory} ({len(differ)} written, {len(stale)} removed)",
-                  highlight=False)
+    typer.echo(f"{len(files)} files in {directory} ({len(differ)} written, {len(stale)} removed)")

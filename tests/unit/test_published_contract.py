@@ -185,3 +185,23 @@ def test_the_examples_in_the_contract_are_valid_commands() -> None:
     for name, value in blocks.items():
         _validator(f"{name}.json").validate(value)
     assert sorted(blocks) == ["desired-state", "heartbeat"]
+
+
+def test_fleet_contract_export_writes_checks_and_sweeps(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from fleet.cli import app
+
+    runner = CliRunner()
+    assert runner.invoke(app, ["contract", "export", str(tmp_path)]).exit_code == 0
+    assert runner.invoke(app, ["contract", "export", str(tmp_path), "--check"]).exit_code == 0
+    (tmp_path / "commands" / "rollout.start.json").write_text("{}")
+    (tmp_path / "events" / "GoneAway.json").write_text("{}")  # a type that no longer exists
+    (tmp_path / "config-hash-vectors.json").write_text("[]")  # not generated: left alone
+    checked = runner.invoke(app, ["contract", "export", str(tmp_path), "--check"])
+    assert checked.exit_code == 1 and "rollout.start.json" in checked.output and "GoneAway" in checked.output
+    assert runner.invoke(app, ["contract", "export", str(tmp_path)]).exit_code == 0
+    assert not (tmp_path / "events" / "GoneAway.json").exists()
+    assert (tmp_path / "config-hash-vectors.json").read_text() == "[]"
+    assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()} == {
+        *publish.files(), "config-hash-vectors.json"}
