@@ -10,7 +10,7 @@ const Ajv2020 = require("ajv/dist/2020");
 const fs = require("fs");
 const path = require("path");
 
-const [url, operatorCreds, auditorCreds, auditorInbox, contractDir] = process.argv.slice(2);
+const [url, operatorCreds, operatorInbox, auditorCreds, auditorInbox, contractDir] = process.argv.slice(2);
 const problems = [];
 const counts = { commands: 0, replies: 0, events: 0, refusals: 0 };
 const eventTypes = new Set();
@@ -92,7 +92,8 @@ async function refused(key, body) {
 }
 
 async function main() {
-  ops = await connect({ servers: url, authenticator: credsAuthenticator(fs.readFileSync(operatorCreds)) });
+  ops = await connect({ servers: url, authenticator: credsAuthenticator(fs.readFileSync(operatorCreds)),
+                        inboxPrefix: operatorInbox });
   audit = await connect({ servers: url, authenticator: credsAuthenticator(fs.readFileSync(auditorCreds)),
                           inboxPrefix: auditorInbox });
   const id = (n) => `${n}-${Date.now().toString(36)}`;

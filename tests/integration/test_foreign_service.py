@@ -44,10 +44,10 @@ def node_modules() -> Path:
 async def test_a_service_in_node_speaks_the_published_contract(
         services: dict[str, dict[str, Any]], nc: NATS, nats_server: EmbeddedNats, creds: Creds) -> None:
     modules = node_modules()
-    auditor = creds("auditor", "node-audit")
-    proc = await asyncio.create_subprocess_exec(
+    operator, auditor = creds("operator", "node-ops"), creds("auditor", "node-audit")
+    proc = await asyncio.create_subprocess_exec(  # each identity with its own inbox prefix (docs/contract.md)
         str(NODE), str(Path(__file__).with_name("foreign_service.js")), nats_server.url,
-        creds("operator", "node-ops"), auditor, inbox_of_creds(auditor) or "_INBOX", str(CONTRACT),
+        operator, inbox_of_creds(operator) or "_INBOX", auditor, inbox_of_creds(auditor) or "_INBOX", str(CONTRACT),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "NODE_PATH": str(modules)})
     out, err = await asyncio.wait_for(proc.communicate(), 300)
     assert proc.returncode == 0, (out.decode()[-3000:], err.decode()[-2000:])
