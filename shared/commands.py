@@ -63,6 +63,7 @@ class Context:
 C = TypeVar("C", bound=Command)
 Handler = Callable[[C, Context], Awaitable[Outcome]]
 
+_PUBLISHED = {(spec.service, spec.name): spec.command for spec in COMMANDS}
 _ENCODER = msgspec.json.Encoder()
 _REPLY_DECODER = msgspec.json.Decoder(Reply)
 SEND_ATTEMPTS = 2  # a command unanswered in time is sent once more, with the same id
@@ -118,7 +119,12 @@ class CommandService:
         self.counts: dict[tuple[str, str], int] = {}
 
     def route(self, command: str, command_type: type[C], handler: Handler[C]) -> None:
-        """Register the handler of one command."""
+        """Register the handler of one command. A command of the published contract must decode
+        into the catalog's type (shared.contract.catalog): one definition, never a second."""
+        published = _PUBLISHED.get((self.name.split("-", 1)[0], command))
+        if published is not None and published is not command_type:
+            raise TypeError(f"{self.name}.{command} takes {published.__name__} (shared.contract), "
+                            f"not {command_type.__name__}")
         self._routes[command] = _Route(msgspec.json.Decoder(command_type), handler)
 
     @property

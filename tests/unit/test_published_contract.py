@@ -205,3 +205,23 @@ def test_fleet_contract_export_writes_checks_and_sweeps(tmp_path: Path) -> None:
     assert (tmp_path / "config-hash-vectors.json").read_text() == "[]"
     assert {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()} == {
         *publish.files(), "config-hash-vectors.json"}
+
+
+def test_a_service_cannot_route_a_published_command_to_another_type() -> None:
+    from typing import cast
+
+    from nats.aio.client import Client as NATS
+
+    from shared.commands import CommandService, Context, Outcome
+    from shared.contract.rollout import ActOnRollout
+
+    async def handle(cmd: Any, ctx: Context) -> Outcome:
+        return Outcome()
+
+    service = CommandService(cast(NATS, None), "rollout")
+    with pytest.raises(TypeError, match=r"rollout.start takes StartRollout"):
+        service.route("start", ActOnRollout, handle)
+    service.route("pause", ActOnRollout, handle)  # the catalog's type
+    partition = CommandService(cast(NATS, None), "drift-3")
+    with pytest.raises(TypeError, match=r"drift-3\.reconcile takes Reconcile"):
+        partition.route("reconcile", ActOnRollout, handle)
