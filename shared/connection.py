@@ -10,6 +10,8 @@ from typing import Any
 
 import nats
 import nats.errors
+from fleet_agent import agent
+from fleet_agent.agent import parse_servers
 from nats.aio.client import Client as NATS
 
 from shared.auth.authority import inbox_of_creds
@@ -17,14 +19,14 @@ from shared.config import Settings
 from shared.errors import Unavailable
 
 log = logging.getLogger(__name__)
-DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_URL = agent.DEFAULT_URL
 
 
 async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30.0) -> NATS:
     """Connect, retrying for `connect_for` seconds; raise Unavailable with the URL if it fails."""
     url = settings.nats_url or DEFAULT_URL
     options: dict[str, Any] = {
-        "servers": [u.strip() for u in url.split(",") if u.strip()],  # a cluster: every node's URL
+        "servers": parse_servers(url),  # a cluster: every node's URL
         "name": f"fleet-{name}",
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,

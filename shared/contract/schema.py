@@ -12,12 +12,11 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import msgspec
+from fleet_agent.contract import DesiredState, Heartbeat, Renewed
 
 import shared.events  # noqa: F401  # registers every event type
-from shared.auth.renewal import Renewed
 from shared.contract.catalog import COMMANDS, CommandSpec, reply_type
 from shared.contract.registry import DeviceSpec
-from shared.devices import DesiredState, Heartbeat
 from shared.envelope import EVENT_TYPES, Envelope, Event
 
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
