@@ -171,8 +171,12 @@ class EventLog:
         stream: str = EVENTS_STREAM,
         timeout: float = 5.0,
         retry_for: float = 30.0,
+        consumers: bool = True,
     ) -> None:
+        """`consumers=False`: read with direct gets only (bounded ranges), creating no consumer on
+        the server: the way of an identity that may not create any (the auditor)."""
         self.nc = nc
+        self.consumers = consumers
         self.js = nc.jetstream(timeout=timeout)
         self.stream = stream
         self.timeout = timeout
@@ -373,12 +377,18 @@ class EventLog:
         self, subject: str, start_seq: int, batch: int
     ) -> tuple[list[Recorded], bool]:
         """One batched direct get; returns the events and whether more are pending."""
+        msgs, more = await self._direct_msgs(subject, start_seq, batch)
+        return [Recorded(seq, msg.subject, decode_envelope(msg.data)) for seq, msg in msgs], more
+
+    async def _direct_msgs(self, subject: str, start_seq: int, batch: int) -> tuple[list[tuple[int, Msg]], bool]:
+        """One batched direct get of the messages matching `subject` from `start_seq`: (stream
+        sequence, message with its stored subject) and whether more are pending. No consumer."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
             request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
             await self.nc.publish(self._direct_subject, msgspec.json.encode(request), reply=inbox)
-            out: list[Recorded] = []
+            out: list[tuple[int, Msg]] = []
             while True:
                 try:
                     msg = await sub.next_msg(self.timeout)
@@ -392,13 +402,8 @@ class EventLog:
                     return out, int(headers.get("Nats-Num-Pending", "0") or 0) > 0
                 if status:
                     raise Unavailable(f"direct get failed: {status} {headers.get('Description')}")
-                out.append(
-                    Recorded(
-                        int(headers["Nats-Sequence"]),
-                        headers["Nats-Subject"],
-                        decode_envelope(msg.data),
-                    )
-                )
+                stored = Msg(self.nc, subject=headers["Nats-Subject"], data=msg.data, headers=headers)
+                out.append((int(headers["Nats-Sequence"]), stored))
         finally:
             await sub.unsubscribe()
 
@@ -463,6 +468,10 @@ class EventLog:
             to_seq = await self.last_stream_seq()
         if to_seq is not None and to_seq < from_seq:
             return
+        if not self.consumers:
+            async for direct in self._direct_messages(from_seq, to_seq, subjects, follow, size):
+                yield direct
+            return
         delivery = _Delivery(self, subjects)
         await delivery.start(max(from_seq, 1))
         buffer = delivery.buffer
@@ -494,6 +503,24 @@ class EventLog:
                     return
         finally:
             await delivery.close()
+
+    async def _direct_messages(
+        self, from_seq: int, to_seq: int | None, subjects: str | Sequence[str], follow: bool, size: int
+    ) -> AsyncGenerator[list[tuple[int, Msg]]]:
+        """A bounded read through batched direct gets: what an identity that may create no
+        consumer (an auditor, docs/security.md) reads with."""
+        if follow or to_seq is None or not isinstance(subjects, str):
+            raise Invalid("without consumers the log is read in a bounded range of one subject filter",
+                          field="subjects")
+        next_seq = max(from_seq, 1)
+        while next_seq <= to_seq:
+            msgs, more = await self._direct_msgs(subjects, next_seq, min(size, to_seq - next_seq + 1))
+            batch = [(seq, msg) for seq, msg in msgs if seq <= to_seq]
+            if batch:
+                yield batch
+            if not more or not msgs or msgs[-1][0] >= to_seq:
+                return
+            next_seq = msgs[-1][0] + 1
 
     async def _idle(self, arrived: asyncio.Event, follow: bool) -> bool:
         """Wait for the next delivery. True when a bounded replay has waited `_IDLE_CHECK` seconds

@@ -222,9 +222,11 @@ async def independent(path: Path, *args: str) -> subprocess.CompletedProcess[str
 
 
 async def test_export_verifies_offline_and_with_an_independent_implementation(
-        eventlog: EventLog, tmp_path: Path, nats_server: EmbeddedNats) -> None:
+        eventlog: EventLog, tmp_path: Path, nats_server: EmbeddedNats, creds: Callable[[str, str], str]) -> None:
     await written_log(eventlog)
-    env = {"FLEET_DATA_DIR": str(tmp_path), "FLEET_NATS_URL": nats_server.url}
+    # as the auditor, who reads with direct gets only (it may create no consumer)
+    env = {"FLEET_DATA_DIR": str(tmp_path), "FLEET_NATS_URL": nats_server.url,
+           "FLEET_NATS_CREDS": creds("auditor", "audrey")}
     export = tmp_path / "audit.jsonl"
     code, out = await fleet("audit", "export", "--out", str(export), "--json", env=env)
     assert code == 0, out

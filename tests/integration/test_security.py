@@ -31,6 +31,7 @@ from shared.connection import settled
 from shared.desired import DESIRED_STREAM, ensure_bucket
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
+from shared.lease import LEASE_BUCKET, lease_bucket
 from shared.subjects import CHECKPOINTED, EVENTS_STREAM, checkpoint_bucket
 
 Connect = Callable[..., Awaitable[NATS]]
@@ -140,6 +141,26 @@ PROBES: dict[str, Callable[[Probe, NATS, str], Awaitable[str]]] = {
     "purge its checkpoint bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.PURGE.OBJ_{_own_bucket(me)}", b""),
     "delete its checkpoint bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.DELETE.OBJ_{_own_bucket(me)}", b""),
     "write another's checkpoint": lambda p, a, me: published(p, a, f"$O.{checkpoint_bucket('drift')}.M.probe"),
+    # leases: each part takes its own keys only (a stolen snapshot identity squatting rollout-ticks
+    # held every rollout still; the projections' squatted drift, the read models and audit)
+    "take the rollout lease": lambda p, a, me: published(p, a, f"$KV.{LEASE_BUCKET}.rollout-ticks",
+                                                         b'{"holder": "squatter", "name": "rollout-ticks"}'),
+    "take the audit lease": lambda p, a, me: published(p, a, f"$KV.{LEASE_BUCKET}.audit"),
+    "read the rollout lease": lambda p, a, me: requested(
+        p, f"$JS.API.DIRECT.GET.KV_{LEASE_BUCKET}.$KV.{LEASE_BUCKET}.rollout-ticks", b""),
+    # readers leave no state in the log's stream: no durable consumer (990 of them filled the
+    # stream's consumer limit), and a push consumer aimed at a device's key is refused to the auditor
+    "create a durable consumer": lambda p, a, me: requested(
+        p, f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.probe-{me}", msgspec.json.encode(
+            {"stream_name": EVENTS_STREAM, "config": {"durable_name": f"probe-{me}", "name": f"probe-{me}",
+                                                      "ack_policy": "none"}})),
+    "create a durable consumer (legacy)": lambda p, a, me: requested(
+        p, f"$JS.API.CONSUMER.DURABLE.CREATE.{EVENTS_STREAM}.probe-{me}", msgspec.json.encode(
+            {"stream_name": EVENTS_STREAM, "config": {"durable_name": f"probe-{me}", "ack_policy": "none"}})),
+    "push the log onto a device's key": lambda p, a, me: requested(
+        p, f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}", msgspec.json.encode(
+            {"stream_name": EVENTS_STREAM, "config": {"deliver_subject": "$KV.fleet_desired.victim",
+                                                      "ack_policy": "none", "inactive_threshold": 1_000_000_000}})),
 }
 
 
@@ -148,16 +169,23 @@ def _own_bucket(me: str) -> str:
 
 
 # role -> (name, the probes it is allowed; every other probe must be refused)
+# Residual (docs/security.md, finding 5): a role that follows the log (services, the API) reads it
+# through ordered consumers, which are push consumers, and the server does not check the deliver
+# subject a client names; only the auditor, which reads with direct gets alone, is refused.
+FOLLOWS = "push the log onto a device's key"
 ALLOWED: dict[str, tuple[str, set[str]]] = {
     "device": ("dev-1", {"own heartbeat", "read own key"}),
     "operator": ("alice", {"send a command"}),
     "auditor": ("audrey", {"read the log"}),
     "service:registry": ("registry", {"join a service's queue group", "read the log", "write its checkpoint",
-                                      "purge its checkpoint bucket"}),
-    "service:snapshot": ("snapshot", {"read the log"}),
+                                      "purge its checkpoint bucket", FOLLOWS}),
+    "service:snapshot": ("snapshot", {"read the log", FOLLOWS}),
     "service:rollout": ("rollout", {"read the log", "read own key", "read another device's key",
-                                    "write a device's key", "write its checkpoint", "purge its checkpoint bucket"}),
-    "api": ("api", {"read the log", "send a command", "read own key", "read another device's key"}),
+                                    "write a device's key", "write its checkpoint", "purge its checkpoint bucket",
+                                    "take the rollout lease", "read the rollout lease", FOLLOWS}),
+    "service:projections": ("projections", {"read the log", FOLLOWS}),
+    "service:audit": ("audit", {"read the log", "take the audit lease", FOLLOWS}),
+    "api": ("api", {"read the log", "send a command", "read own key", "read another device's key", FOLLOWS}),
     "simulator": ("sim", {"own heartbeat", "another device's heartbeat", "read own key",
                           "read another device's key", "send a command"}),
 }
@@ -167,6 +195,7 @@ ALLOWED: dict[str, tuple[str, set[str]]] = {
 async def world(nc: NATS, eventlog: EventLog) -> AsyncIterator[EventLog]:
     """The log, the bucket, and a stand-in responder on the registry's commands."""
     await ensure_bucket(nc)
+    await lease_bucket(nc)
     async def respond(msg: Any) -> None:
         if msg.reply:
             await msg.respond(b'{"ok": true}')
@@ -186,8 +215,7 @@ async def test_each_role_is_refused_everything_else(role: str, world: EventLog, 
     name, allowed = ALLOWED[role]
     before = await log_state(nc)
     results: dict[str, str] = {}
-    # Operators live in OPS, whose inboxes hold operators' replies only: FLEET's are out of reach.
-    probes = {p: a for p, a in PROBES.items() if not (role == "operator" and p == "read every inbox")}
+    probes = PROBES
     for probe_name, attempt in probes.items():
         probe = await probe_as(connect_as, role, name)  # a fresh connection: verdicts do not mix
         results[probe_name] = await attempt(probe, nc, name)
@@ -464,3 +492,15 @@ async def test_enroll_create_and_revoke_from_the_cli(world: EventLog, nc: NATS, 
         authority._save()
         await push_account(system, authority.account_jwt("FLEET"))
         await system.close()
+
+
+async def test_operators_cannot_read_each_others_replies(registry: None, nc: NATS, connect_as: Connect) -> None:
+    """Each operator has an inbox prefix of its own (`_INBOX_operator.<name>`): another operator
+    listening on inboxes is refused and never sees the reply to alice's command, which she gets."""
+    alice = CommandClient(await connect_as("operator", "alice"))
+    for index, (name, pattern) in enumerate((("bob", "_INBOX.>"), ("carol", "_INBOX_operator.alice.>"))):
+        probe = await probe_as(connect_as, "operator", name)
+        sub = await probe.nc.subscribe(pattern)
+        await settled(probe.nc)
+        assert (await alice.send("registry", "add_site", {"site_id": f"s-inbox-{index}"})).ok
+        assert await verdict(probe, sub.next_msg(SETTLE)) == "refused"

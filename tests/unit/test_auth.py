@@ -105,3 +105,34 @@ def _stamp(name: str, tags: list[str]) -> str:
 ])
 def test_the_actor_comes_from_the_stamp_or_a_forwarders_hand_over(headers: dict[str, str], actor: str) -> None:
     assert actor_of(headers) == actor
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` one token, `>` the rest."""
+    want, have = pattern.split("."), subject.split(".")
+    for index, token in enumerate(want):
+        if token == ">":
+            return len(have) > index
+        if index >= len(have) or (token != "*" and token != have[index]):
+            return False
+    return len(want) == len(have)
+
+
+def test_each_part_may_write_only_the_lease_keys_it_takes() -> None:
+    """The role table names every lease a part takes (its constant in the part), and no other
+    part's: a stolen identity cannot squat another part's lease."""
+    from projections.main import all_projections
+    from services.drift.main import lease_name
+    from services.registry.main import CHECKPOINT_LEASE
+    from services.rollout.main import TICKS_LEASE
+
+    taken = {"registry": [CHECKPOINT_LEASE], "rollout": [TICKS_LEASE], "audit": ["audit"],
+             "drift": [lease_name(None), lease_name((0, 3)), lease_name((2, 3))],
+             "projections": [f"projection-{p.name}" for p in all_projections()]}
+    for owner in SERVICES:
+        pub = ROLES[f"service:{owner}"].permissions.pub
+        assert pub is not None and pub.allow is not None
+        for part, keys in taken.items():
+            for key in keys:
+                may = any(_matches(p, f"$KV.fleet_leases.{key}") for p in pub.allow)
+                assert may == (part == owner), (owner, key)
