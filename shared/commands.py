@@ -4,7 +4,8 @@ A service registers typed handlers; one endpoint per service listens on `fleet.c
 so that an unknown command gets a clear `invalid` reply instead of silence, and `$SRV.PING`,
 `$SRV.INFO` and `$SRV.STATS` work. The body is decoded with the command's msgspec type; decoding
 errors name the field. Every command carries a client-chosen `command_id`: a repeat of an id this
-process has answered gets the same reply, and a repeat after a restart is recognised by the
+process has answered (by the same identity, within a bound in bytes) gets the same reply, and a
+repeat after a restart is recognised by the
 aggregate store from the events' `causation_id` (see shared.aggregates), so no second event.
 """
 
@@ -62,6 +63,7 @@ Handler = Callable[[C, Context], Awaitable[Outcome]]
 
 _ENCODER = msgspec.json.Encoder()
 _REPLY_DECODER = msgspec.json.Decoder(Reply)
+REMEMBER_BYTES = 8 * 1024 * 1024  # replies kept for repeats of a command id, per service
 SEND_ATTEMPTS = 2  # a command unanswered in time is sent once more, with the same id
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
 _FIELD_MISSING = re.compile(r"missing required field `([^`]*)`")
@@ -92,13 +94,17 @@ class _Route(Generic[C]):
 class CommandService:
     """Serves `fleet.cmd.<name>.<command>` for one service."""
 
-    def __init__(self, nc: NATS, name: str, *, version: str = "0.1.0", remember: int = 100_000) -> None:
+    def __init__(self, nc: NATS, name: str, *, version: str = "0.1.0",
+                 remember_bytes: int = REMEMBER_BYTES) -> None:
+        """`remember_bytes`: the most reply bytes kept for repeats of a command id (oldest go first)."""
         self.nc = nc
         self.name = name
         self.version = version
         self._routes: dict[str, _Route[Any]] = {}
-        self._replies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._remember = remember
+        # (command, actor, command id) -> reply: a repeat by another identity is not a repeat
+        self._replies: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._remember_bytes = remember_bytes
+        self.cached_bytes = 0
         self._service: Service | None = None
         self.counts: dict[tuple[str, str], int] = {}
         self._commands_total = telemetry.meter.create_counter(
@@ -154,7 +160,7 @@ class CommandService:
     async def _dispatch(self, command: str, data: bytes, headers: dict[str, str]) -> bytes:
         started = time.perf_counter()
         route = self._routes.get(command)
-        key: tuple[str, str] | None = None
+        key: tuple[str, str, str] | None = None
         try:
             if route is None:
                 known = ", ".join(sorted(self._routes))
@@ -163,7 +169,7 @@ class CommandService:
             # The actor is who the server says sent it (shared.auth.actor), never the body's.
             cmd = msgspec.structs.replace(_decode(route.decoder, data), actor=actor_of(headers))
             check_id(cmd.command_id, "command_id")  # a subject-safe token, like every id
-            key = (command, cmd.command_id)
+            key = (command, cmd.actor, cmd.command_id)
             cached = self._replies.get(key)
             if cached is not None:
                 self._count(command, "duplicate")
@@ -182,17 +188,24 @@ class CommandService:
             reply = Reply(ok=False, error=ErrorBody("internal", f"internal error: {exc!r}"))
             result = "internal"
         body = _ENCODER.encode(reply)
-        if key is not None and result not in ("unavailable", "internal"):
+        # Only a reply that reports appended events is kept: a repeat must not append again. A
+        # query (or a refusal, a no-op) is answered afresh: remembering them let one operator
+        # fill a service's memory with fresh command ids (100 x 48 KB list replies a second).
+        if key is not None and reply.events:
             self._remember_reply(key, body)
         self._count(command, result)
         log.debug("%s.%s -> %s in %.1f ms", self.name, command, result,
                   (time.perf_counter() - started) * 1000)
         return body
 
-    def _remember_reply(self, key: tuple[str, str], body: bytes) -> None:
+    def _remember_reply(self, key: tuple[str, str, str], body: bytes) -> None:
+        if len(body) > self._remember_bytes or key in self._replies:
+            return
         self._replies[key] = body
-        if len(self._replies) > self._remember:
-            self._replies.popitem(last=False)
+        self.cached_bytes += len(body)
+        while self.cached_bytes > self._remember_bytes:
+            _, dropped = self._replies.popitem(last=False)
+            self.cached_bytes -= len(dropped)
 
     def _count(self, command: str, result: str) -> None:
         self.counts[(command, result)] = self.counts.get((command, result), 0) + 1

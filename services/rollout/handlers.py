@@ -516,7 +516,7 @@ class RolloutService:
 
     async def _run(self, cmd: Command, rollout_id: str, decide: Any, ctx: Context) -> Outcome:
         async with self._lock:
-            done = self.store.already_done(cmd.command_id)
+            done = self.store.already_done(cmd.command_id, cmd.actor)
             if done is not None:
                 return Outcome(done, self.describe(self.store.get(rollout_id).state))
             events = decide()
@@ -538,7 +538,7 @@ class RolloutService:
         not_before = parse_time(cmd.not_before, "not_before") if cmd.not_before else None
         await self.caught_up()
         async with self._lock:
-            done = self.store.already_done(cmd.command_id)
+            done = self.store.already_done(cmd.command_id, cmd.actor)
             if done is not None:
                 return Outcome(done, self.describe(self.store.get(rollout_id).state))
             devices = {d: info.site for d, info in self.index.devices.items()
