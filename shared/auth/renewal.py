@@ -46,8 +46,7 @@ async def serve_renewals(nc: NATS, authority: Authority, lifetime: float = DEFAU
 
     async def renew(msg: Msg) -> None:
         device = msg.subject.rsplit(".", 1)[-1]
-        key = jwt.public(authority.device_key(device))
-        if key in authority.state.revocations:
+        if authority.device_revoked(device):
             answer = Renewed(error="revoked")
         else:
             answer = Renewed(jwt=jwt.jwt_of_creds(authority.issue_device(device, expires_in=lifetime)))

@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 
 from services.registry.handlers import start as start_registry
 from shared.auth.actor import ON_BEHALF_OF
-from shared.auth.authority import Authority, push_account
+from shared.auth.authority import Authority, inbox_of_creds, push_account
 from shared.commands import CommandClient
 from shared.connection import settled
 from shared.desired import DESIRED_STREAM, ensure_bucket
@@ -337,6 +337,40 @@ async def test_a_retired_device_is_cut_off_and_cannot_reconnect(
         await system.close()
 
 
+async def test_re_enrolment_rotates_the_device_key(world: EventLog, nats_server: EmbeddedNats, authority: Authority,
+                                                   creds: Callable[[str, str], str], tmp_path: Path) -> None:
+    """After revoke + re-enrol the device has a new key: the old (stolen) seed spliced with the new
+    JWT is refused, while the new credentials work."""
+    stolen = authority.write_creds(tmp_path / "old.creds", authority.issue_device("dev-rot"))
+    system = await nats.connect(nats_server.url, user_credentials=creds("sys", "revoker"))
+    try:
+        await push_account(system, authority.revoke_device("dev-rot"))
+        fresh = authority.write_creds(tmp_path / "new.creds", await _later(authority, "dev-rot"))
+        spliced = fresh.read_text().replace(_seed(fresh), _seed(stolen))
+        for name, text, works in (("new", fresh.read_text(), True), ("spliced", spliced, False)):
+            path = authority.write_creds(tmp_path / f"{name}-try.creds", text)
+            client = NATS()
+            try:
+                await client.connect(nats_server.url, user_credentials=str(path), allow_reconnect=False,
+                                     max_reconnect_attempts=0, connect_timeout=2, inbox_prefix="_INBOX.dev-rot")
+                connected = True
+                await client.close()
+            except nats.errors.Error:
+                connected = False
+                _close_refused(client)
+            assert connected is works, name
+        assert _seed(fresh) != _seed(stolen)
+    finally:
+        authority.prune_revocations(-1e9)  # leave the account as it was for the next tests
+        await push_account(system, authority.account_jwt("FLEET"))
+        await system.close()
+
+
+def _seed(path: Path) -> str:
+    lines = path.read_text().splitlines()
+    return lines[lines.index("-----BEGIN USER NKEY SEED-----") + 1]
+
+
 def _close_refused(client: NATS) -> None:
     """nats-py leaves the socket of a refused connect open (for the garbage collector, whose
     ResourceWarning would surface in some later test): close it here."""
@@ -472,7 +506,8 @@ async def test_enroll_create_and_revoke_from_the_cli(world: EventLog, nc: NATS, 
     await device.flush()
     await beats.next_msg(SETTLE)
     await device.close()
-    zed = await nats.connect(nats_server.url, user_credentials=str(operator_file))
+    zed = await nats.connect(nats_server.url, user_credentials=str(operator_file),
+                             inbox_prefix=inbox_of_creds(operator_file) or "_INBOX")  # its own inbox
     reply = await zed.request("fleet.cmd.registry.add_site", b'{"command_id": "c-zed"}', timeout=SETTLE)
     assert reply.data  # the stand-in responder answered an operator's command
     await zed.close()

@@ -136,3 +136,33 @@ def test_each_part_may_write_only_the_lease_keys_it_takes() -> None:
             for key in keys:
                 may = any(_matches(p, f"$KV.fleet_leases.{key}") for p in pub.allow)
                 assert may == (part == owner), (owner, key)
+
+
+def test_a_revocation_survives_a_stale_copy_of_the_authority(tmp_path: Path) -> None:
+    """`fleet creds revoke-device X` (one process) then a retirement handled by `fleet up`'s copy,
+    loaded before: X stays revoked in the account JWT pushed and on disk, and so do both after a
+    restart; enrolment and renewal see revocations made elsewhere."""
+    up = Authority.load_or_create(tmp_path / "secrets")
+    cli = Authority.load_or_create(tmp_path / "secrets")
+    up.issue_device("x")  # the copy has read the state before the revocation
+    cli.revoke_device("x")
+    assert up.device_revoked("x")
+    account = _part(up.revoke_device("y"), 1)
+    revoked = set(account["nats"]["revocations"])
+    assert {jwt.public(up.device_key("x")), jwt.public(up.device_key("y"))} <= revoked
+    up.handled(10)
+    restarted = Authority.load_or_create(tmp_path / "secrets")
+    assert restarted.device_revoked("x") and restarted.device_revoked("y")
+    assert restarted.state.handled_seq == 10
+
+
+def test_re_enrolling_a_revoked_device_gives_it_a_new_key(tmp_path: Path) -> None:
+    authority = Authority.load_or_create(tmp_path / "secrets")
+    first = jwt.read_claims(jwt.jwt_of_creds(authority.issue_device("d1"))).sub
+    assert jwt.read_claims(jwt.jwt_of_creds(authority.issue_device("d1"))).sub == first  # no revocation: same
+    authority.revoke_device("d1")
+    second = jwt.read_claims(jwt.jwt_of_creds(authority.issue_device("d1"))).sub
+    assert second != first and not authority.device_revoked("d1")
+    authority.revoke_device("d1")
+    third = jwt.read_claims(jwt.jwt_of_creds(authority.issue_device("d1"))).sub
+    assert third not in (first, second)
