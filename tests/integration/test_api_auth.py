@@ -23,9 +23,10 @@ from projections.api.app import create_app
 from projections.api.auth import AuthPolicy, default_allowed_hosts
 from projections.api.queries import ReadModels
 from projections.main import all_projections
-from projections.runner import create_pool, rebuild
+from projections.runner import create_pool, ensure_control, rebuild
 from shared import pgroles, tokens
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
+from shared.errors import Unavailable
 from shared.eventlog import EventLog
 from tests.integration.test_projections import append_history, running, wait_caught_up
 
@@ -281,7 +282,10 @@ async def test_the_api_role_reads_but_cannot_write(postgres: EmbeddedPostgres, e
                               "DELETE FROM rm_changes.changes",
                               "DROP TABLE rm_fleet.devices",
                               "CREATE TABLE public.mine (x int)",
-                              "CREATE SCHEMA mine"):
+                              "CREATE SCHEMA mine",
+                              # the runner's start-up lock (held, it hung a restarted runner)
+                              "SELECT pg_advisory_lock(724201)", "SELECT pg_try_advisory_lock(724201)",
+                              "SELECT pg_advisory_xact_lock(1)", "SELECT pg_try_advisory_lock_shared(1, 2)"):
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
                     await reader.execute(statement)
             super_ = await reader.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
@@ -298,3 +302,20 @@ async def test_the_api_role_reads_but_cannot_write(postgres: EmbeddedPostgres, e
         assert owns is False
     finally:
         await owner.close()
+
+
+async def test_a_held_start_up_lock_is_waited_for_with_a_bound_and_a_log_line(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Whoever holds the runner's start-up lock, a starting runner says so and gives up after its
+    bound (Unavailable: retried with backoff) instead of hanging."""
+    holder, starter = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(724201)")
+        with pytest.raises(Unavailable, match="start-up lock"):
+            await ensure_control(starter, lock_timeout=0.5)
+        assert any("start-up lock, held by pid" in r.getMessage() for r in caplog.records)
+        await holder.execute("SELECT pg_advisory_unlock(724201)")
+        await ensure_control(starter, lock_timeout=0.5)  # free again: it goes ahead
+    finally:
+        await holder.close()
+        await starter.close()
