@@ -319,3 +319,31 @@ async def test_a_held_start_up_lock_is_waited_for_with_a_bound_and_a_log_line(
     finally:
         await holder.close()
         await starter.close()
+
+
+async def test_public_readiness_says_ok_or_not_and_deep_json_is_a_400(
+        served: tuple[Any, FakeRollout, list[float]], eventlog: EventLog,
+        issue_token: Callable[[str], Awaitable[str]]) -> None:
+    """A public /readyz (any Host, no token) gets ok / not ok and nothing else, even when the
+    database is down; a reader gets the details. A body nested 100,000 deep is a 400."""
+    from shared.embedded import free_port
+
+    app, _, _ = served
+    operator = {"Authorization": f"Bearer {await issue_token('operator')}"}
+    deep = "[" * 100_000 + "]" * 100_000
+    async with _client(app, **operator) as client:
+        refused = await client.post("/v1/rollouts", content=f'{{"snapshot_id": "s", "target": {deep}}}',
+                                    headers={"Content-Type": "application/json"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid"
+    pool = await create_pool(f"postgresql://nobody:x@127.0.0.1:{free_port()}/none", min_size=0, max_size=1)
+    try:
+        down = create_app(ReadModels(pool, eventlog), app.state.auth)
+        async with _client(down, Host="10.1.2.3:8080") as client:
+            public = await client.get("/readyz")
+        assert (public.status_code, public.json()) == (503, {"ok": False, "detail": {}})
+        async with _client(down, Authorization=f"Bearer {await issue_token('viewer')}") as client:
+            detailed = await client.get("/readyz")
+        assert detailed.status_code == 503 and detailed.json()["error"]["code"] == "unavailable"
+    finally:
+        await pool.close()
