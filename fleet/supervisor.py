@@ -54,7 +54,7 @@ from shared.embedded_cluster import EmbeddedNatsCluster
 from shared.errors import Conflict
 from shared.eventlog import EventLog
 from shared.pgroles import ensure_roles
-from shared.secretfiles import secrets_dir
+from shared.secretfiles import open_log, private_dir, secrets_dir, write_private
 from shared.times import format_time, utcnow
 from shared.tokens import bootstrap_admin_token
 
@@ -243,7 +243,7 @@ class Supervisor:
                                              database_passfile=passfile, pid=os.getpid()))
         self.status = UpStatus(pid=os.getpid(), started_at=format_time(utcnow()), nats_url=nats_url,
                                api_url=api_url, database_embedded=self.postgres is not None)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir)
         for name in self.part_names:
             part = self.parts[name] = _Part(PartStatus(name), service=name)
             part.task = asyncio.create_task(self._supervise(part))
@@ -333,7 +333,7 @@ class Supervisor:
     async def _supervise(self, part: _Part) -> None:
         failures = 0
         while not self.stopping.is_set():
-            logfile = (self.log_dir / f"{part.status.name}.log").open("ab")
+            logfile = open_log(self.log_dir / f"{part.status.name}.log")
             env = dict(self.env)
             service = part.service or part.status.name
             if service in self.creds:  # every instance of a part runs under the part's identity
@@ -370,10 +370,7 @@ class Supervisor:
             return
         self.status.parts = [p.status for p in self.parts.values()]
         self.status.servers = [s.status for s in self.servers]
-        path = self.data / STATUS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(self.status))
-        tmp.replace(path)
+        write_private(self.data / STATUS_FILE, msgspec.json.encode(self.status))
 
     async def run_until_stopped(self) -> None:
         """Keep status.json fresh until SIGINT/SIGTERM, then stop everything."""

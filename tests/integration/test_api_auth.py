@@ -288,6 +288,7 @@ async def test_the_api_role_reads_but_cannot_write(postgres: EmbeddedPostgres, e
                               "SELECT pg_advisory_xact_lock(1)", "SELECT pg_try_advisory_lock_shared(1, 2)"):
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
                     await reader.execute(statement)
+            await reader.execute("SELECT pg_advisory_unlock_all()")  # what asyncpg's pool runs on release
             super_ = await reader.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
             assert super_ is False
             # A rebuild swaps in new schemas: still readable, still read-only.
