@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
@@ -302,3 +303,25 @@ async def test_expect_and_key_commands(eventlog: EventLog, tmp_path: Path, nats_
     code, out = await fleet("audit", "verify", "--key", announced["public_key"], "--json", env=env)
     assert code == 0, out
     assert [k["why"] for k in json.loads(out)["keys"]] == ["pinned", f"endorsed by {old}"]
+
+
+async def test_a_squatted_checkpoint_number_does_not_stop_checkpointing(
+        eventlog: EventLog, connect_as: Callable[..., Awaitable[Any]]) -> None:
+    """A stolen audit identity puts junk on the next checkpoint numbers (expected sequence 0): the
+    writer moves on to a free number, counts and logs it, and the log still verifies signed."""
+    writer = CheckpointWriter(eventlog, KEY, every=1000)
+    await writer.resume()
+    await append_history(eventlog, 3, rounds=0)
+    await writer.write()
+    number = writer.chain.number
+    squatter = (await connect_as("service:audit", "audit")).jetstream()
+    for taken in (number + 1, number + 2):
+        await squatter.publish(f"fleet.evt.audit.{taken}", b'{"junk": true}',
+                               headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+    await append_history(eventlog, 3, rounds=0, seed=4)
+    written = await writer.finish()
+    assert written is not None and writer.squatted == 2
+    cps = await checkpoints(eventlog)
+    assert [cp.number for _, cp in cps][-2:] == [number, number + 3]
+    report = await verify_stream(eventlog, pinned=[bytes(KEY.verify_key)])
+    assert report.intact and report.signed_through == written.seq - 1
