@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -42,6 +44,7 @@ from shared.atomic import MAX_BATCH, publish_atomic
 from shared.envelope import Envelope, Event, decode_envelope, decode_event, encode_envelope
 from shared.errors import Conflict, Invalid, StreamMisconfigured, Unavailable
 from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
+from shared.times import parse_time
 
 _REPLAY_BUFFER = 10_000  # messages a replay buffers before it stops its subscription
 _IDLE_CHECK = 0.25  # seconds without a message before a bounded replay checks it is done
@@ -224,6 +227,14 @@ class EventLog:
         """When the stream was created: what tells this log from another of the same name."""
         info = await self.js.stream_info(self.stream)
         return info.created.isoformat() if info.created else ""
+
+    async def stored_at(self, seq: int) -> datetime | None:
+        """When the server stored the message at `seq` (None: there is none)."""
+        msg = await self._direct({"seq": seq})
+        stamp = (msg.headers or {}).get("Nats-Time-Stamp")
+        if _status(msg) is not None or not stamp:
+            return None
+        return parse_time(re.sub(r"(\.\d{6})\d+", r"\1", stamp), "Nats-Time-Stamp")  # ns -> us
 
     async def fingerprint(self, seq: int) -> str:
         """SHA-256 of the subject and body of the event at `seq` ("" for 0 or a missing one)."""

@@ -19,6 +19,8 @@ from shared.times import parse_time
 app = typer.Typer(help="The log as the audit trail.", no_args_is_help=True)
 
 EXIT_NOT_INTACT = 7  # verify: the log (or export) is not what its checkpoints signed
+# An unsigned tail older than FLEET_AUDIT_MAX_DELAY times this fails verify (checkpointing stopped).
+UNSIGNED_MARGIN = 3
 
 
 def _bound(text: str | None, field: str) -> tuple[int | None, datetime | None]:
@@ -153,12 +155,15 @@ async def _verify_stream(conf: Settings, stream: str | None, pinned: list[bytes]
     try:
         # the log itself with direct gets (all an auditor may do); a copy of it may lack them
         log = EventLog(nc, stream=stream or EVENTS_STREAM, consumers=stream is not None)
-        return await verify_stream(log, pinned=pinned, from_seq=start, to_seq=end, expect=expected)
+        return await verify_stream(log, pinned=pinned, from_seq=start, to_seq=end, expect=expected,
+                                   max_unsigned_age=None if stream else conf.audit_max_delay * UNSIGNED_MARGIN)
     finally:
         await nc.close()
 
 
 def _render_report(report: Any) -> None:
+    for warning in report.warnings:
+        console.print(f"WARNING: {warning}", highlight=False, soft_wrap=True)
     trusted = [k for k in report.keys if k.trusted]
     signer = ", ".join(f"{k.key_id} ({k.why})" for k in trusted) or "no trusted key"
     if report.intact:

@@ -325,3 +325,16 @@ async def test_a_squatted_checkpoint_number_does_not_stop_checkpointing(
     assert [cp.number for _, cp in cps][-2:] == [number, number + 3]
     report = await verify_stream(eventlog, pinned=[bytes(KEY.verify_key)])
     assert report.intact and report.signed_through == written.seq - 1
+    assert report.warnings and "squatted" in report.warnings[0]  # verify tells the auditor
+
+
+async def test_an_unsigned_tail_older_than_the_bound_is_not_intact(eventlog: EventLog) -> None:
+    """Checkpointing stopped (squatted, or the writer gone): events left unsigned for longer than
+    the bound make verify fail instead of saying intact with a growing unsigned tail."""
+    await written_log(eventlog)
+    await append_history(eventlog, 2, rounds=0, seed=3)  # nobody checkpoints these
+    fresh = await verify_stream(eventlog, pinned=[bytes(KEY.verify_key)], max_unsigned_age=3600)
+    assert fresh.intact and fresh.unsigned > 0
+    stale = await verify_stream(eventlog, pinned=[bytes(KEY.verify_key)], max_unsigned_age=0)
+    assert not stale.intact and stale.problem is not None
+    assert (stale.problem.kind, stale.problem.seq) == ("unsigned", fresh.to_seq - fresh.unsigned + 1)
