@@ -11,7 +11,8 @@ too). SIGINT/SIGTERM stop the parts in reverse order, then the servers, leaving 
 (DESIGN §11): on first start the operator/account keys are made under `<data-dir>/secrets/`
 (0700), each part gets its own identity through
 `FLEET_NATS_CREDS` (a path, never the secret itself), the CLI gets an admin and an operator
-identity there, and a duty here revokes the identity of every retired device;
+identity there, and the `authority` part (services.authority) revokes the identity of every
+retired device and answers renewals;
 `status.json` (rewritten every second) is what `fleet status` shows. A lock file keeps a second
 `fleet up` off the same data dir.
 
@@ -39,12 +40,9 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import msgspec
-from nats.aio.client import Client as NATS
 
 from shared.aio import wait_set
 from shared.auth.authority import Authority
-from shared.auth.renewal import serve_renewals
-from shared.auth.revoker import revoke_retired
 from shared.checkpoint import ensure_buckets as ensure_checkpoint_buckets
 from shared.cluster import ensure_log
 from shared.config import ADMIN_CREDS, OPERATOR_CREDS, Endpoints, Settings, write_endpoints
@@ -52,7 +50,6 @@ from shared.connection import connect_nats
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
 from shared.embedded_cluster import EmbeddedNatsCluster
 from shared.errors import Conflict
-from shared.eventlog import EventLog
 from shared.pgroles import ensure_roles
 from shared.secretfiles import open_log, private_dir, secrets_dir, write_private
 from shared.times import format_time, utcnow
@@ -60,14 +57,14 @@ from shared.tokens import bootstrap_admin_token
 
 log = logging.getLogger("fleet.up")
 # audit first: started first, stopped last, so its shutdown checkpoint covers everything the others wrote
-PARTS = ("audit", "registry", "snapshot", "drift", "rollout", "projections", "api")
+PARTS = ("audit", "authority", "registry", "snapshot", "drift", "rollout", "projections", "api")
 # The services need no database: a blank URL also hides the one endpoints.json names.
 _NO_DATABASE = {"FLEET_DATABASE_URL": ""}
 
 # The identity each part runs under (shared.auth.roles).
 PART_ROLES = {"registry": "service:registry", "snapshot": "service:snapshot", "drift": "service:drift",
               "rollout": "service:rollout", "projections": "service:projections", "api": "api",
-              "audit": "service:audit"}
+              "audit": "service:audit", "authority": "service:authority"}
 STATUS_FILE = "status.json"
 
 
@@ -153,7 +150,6 @@ class Supervisor:
         self.creds: dict[str, str] = {}  # part -> its credentials file
         self.admin_creds: str | None = None  # the CLI's admin identity (tests and benchmarks connect as it)
         self._duties: list[asyncio.Task[None]] = []
-        self._duty_conns: list[NATS] = []
 
     def slot(self, part: str) -> str:
         """The FLEET_INSTANCE of a part: its slot's name, the same across its restarts."""
@@ -227,10 +223,9 @@ class Supervisor:
         replicas = await ensure_log(nc, self.settings)  # created by admin only: services merely check them
         await ensure_checkpoint_buckets(nc, replicas)  # each service only uses its own
         self.token_file = await bootstrap_admin_token(nc, self.data, format_time(utcnow()))
-        if self.authority is not None:
-            await self._start_revoker(nc, admin)
-        else:
-            await nc.close()
+        await nc.close()
+        if self.authority is None:  # no account keys here: nobody to do the identity duties
+            self.part_names = tuple(p for p in self.part_names if p != "authority")
         self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_API_URL": api_url,
                     "FLEET_DATA_DIR": str(self.data)}
         for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
@@ -309,27 +304,6 @@ class Supervisor:
         write(secrets / "system.creds", self.authority.issue("sys", "revoker"))
         return str(write(secrets / ADMIN_CREDS, self.authority.issue("admin", "admin")))
 
-    async def _start_revoker(self, nc: NATS, admin: Settings) -> None:
-        """Run the duties that need the account keys kept here: revoking retired devices and
-        renewing the short-lived credentials of the others."""
-        assert self.authority is not None
-        await serve_renewals(nc, self.authority)
-        system = await connect_nats(msgspec.structs.replace(
-            admin, nats_creds=str(self.authority.directory / "system.creds")), "up-revoker")
-        self._duty_conns += [nc, system]
-        self._duties.append(asyncio.create_task(self._keep_revoking(EventLog(nc), system)))
-
-    async def _keep_revoking(self, events: EventLog, system: NATS) -> None:
-        assert self.authority is not None
-        while not self.stopping.is_set():
-            try:
-                await revoke_retired(events, system, self.authority)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # keep the duty alive: log, back off, follow again
-                log.exception("revoking retired devices failed; retrying")
-                await wait_set(self.stopping, 2.0)
-
     async def _supervise(self, part: _Part) -> None:
         failures = 0
         while not self.stopping.is_set():
@@ -400,9 +374,6 @@ class Supervisor:
             duty.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await duty
-        for conn in self._duty_conns:
-            with contextlib.suppress(Exception):
-                await conn.close()
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
         if self.nats is not None:

@@ -48,6 +48,7 @@ class Outcome:
 
     appended: Sequence[Appended] = ()
     result: Any = None
+    remember: bool = False  # keep the reply for repeats though nothing was appended (a side effect)
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ class CommandService:
         started = time.perf_counter()
         route = self._routes.get(command)
         key: tuple[str, str, str] | None = None
+        remember = False
         try:
             if route is None:
                 known = ", ".join(sorted(self._routes))
@@ -175,6 +177,7 @@ class CommandService:
                 self._count(command, "duplicate")
                 return cached
             outcome = await route.handler(cmd, Context(now=utcnow(), headers=headers))
+            remember = outcome.remember
             reply = Reply(
                 ok=True,
                 events=[EventRef(a.subject, a.seq) for a in outcome.appended],
@@ -188,10 +191,11 @@ class CommandService:
             reply = Reply(ok=False, error=ErrorBody("internal", f"internal error: {exc!r}"))
             result = "internal"
         body = _ENCODER.encode(reply)
-        # Only a reply that reports appended events is kept: a repeat must not append again. A
-        # query (or a refusal, a no-op) is answered afresh: remembering them let one operator
-        # fill a service's memory with fresh command ids (100 x 48 KB list replies a second).
-        if key is not None and reply.events:
+        # Only a reply that reports appended events (or another side effect) is kept: a repeat
+        # must not do it again. A query (or a refusal, a no-op) is answered afresh: remembering
+        # them let one operator fill a service's memory with fresh command ids (100 x 48 KB list
+        # replies a second).
+        if key is not None and (reply.events or remember):
             self._remember_reply(key, body)
         self._count(command, result)
         log.debug("%s.%s -> %s in %.1f ms", self.name, command, result,

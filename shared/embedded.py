@@ -274,7 +274,7 @@ class EmbeddedPostgres:
         if ids is not None:
             # At every start: an owner may have closed a parent again since (`fleet up` keeps its
             # data dir 0700; o+x lets the server's user pass through it, not list it).
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.data_dir)
             _make_traversable(self.data_dir)
             _make_traversable(_pg_bin())
         await asyncio.to_thread(self._init_cluster, ids)

@@ -44,6 +44,8 @@ SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
               (f"{HEARTBEATS_PREFIX}.>", "fleet.hbp.>", f"{COMMANDS_PREFIX}.drift-*.*")),
     "audit": (("audit",), (), ()),
     "projections": ((), (), ()),
+    # the identity duties (services.authority): answers devices' renewals on their inboxes
+    "authority": ((), (), (f"{RENEW_PREFIX}.*",)),
 }
 
 
@@ -87,6 +89,7 @@ LEASES: dict[str, tuple[str, ...]] = {
     "drift": ("drift", "drift.>"),  # drift.<k>-of-<N> per partition
     "audit": ("audit",),
     "projections": ("projection-changes", "projection-fleet"),
+    "authority": ("authority",),
 }
 
 
