@@ -94,7 +94,7 @@ async def appends(tmp: Path, rounds: int, singles: int, batches: int) -> list[st
     cluster = EmbeddedNatsCluster(tmp / "r3")
     await cluster.start()
     nc1 = await nats.connect(single.url)
-    nc3 = await nats.connect(cluster.urls)
+    nc3 = await cluster.connect()
     try:
         log1, log3 = EventLog(nc1), EventLog(nc3)
         await log1.ensure_stream(1)
@@ -134,7 +134,7 @@ async def appends(tmp: Path, rounds: int, singles: int, batches: int) -> list[st
 async def append_failover(tmp: Path, kills: int) -> list[float]:
     cluster = EmbeddedNatsCluster(tmp / "failover")
     await cluster.start()
-    nc = await nats.connect(cluster.urls, reconnect_time_wait=0.1, max_reconnect_attempts=-1)
+    nc = await cluster.connect(reconnect_time_wait=0.1, max_reconnect_attempts=-1)
     times = []
     try:
         log = EventLog(nc, timeout=1.0, retry_for=0.1)
@@ -177,8 +177,8 @@ async def lease_failover(tmp: Path, kills: int) -> tuple[list[float], list[float
     took, progressed = [], []
     await supervisor.start()
     assert supervisor.cluster is not None
-    nc = await nats.connect(supervisor.cluster.urls, reconnect_time_wait=0.1, max_reconnect_attempts=-1,
-                            user_credentials=supervisor.admin_creds)
+    nc = await supervisor.cluster.connect(reconnect_time_wait=0.1, max_reconnect_attempts=-1,
+                                          user_credentials=supervisor.admin_creds)
     sim = FleetSimulator(nc, SimOptions(devices=300, sites=6, interval=1.0, apply_delay=0.1, seed=1))
     try:
         client = CommandClient(nc, actor="operator:bench", timeout=10)

@@ -41,6 +41,7 @@ from typing import IO, Protocol
 
 import msgspec
 
+from shared import metrics
 from shared.aio import wait_set
 from shared.auth.authority import Authority
 from shared.checkpoint import ensure_buckets as ensure_checkpoint_buckets
@@ -78,6 +79,7 @@ class PartStatus(msgspec.Struct):
     restarts: int = 0
     state: str = "starting"  # starting running restarting stopped
     last_exit: int | None = None
+    metrics_url: str | None = None  # where Prometheus scrapes it
 
 
 class UpStatus(msgspec.Struct):
@@ -90,6 +92,7 @@ class UpStatus(msgspec.Struct):
     database_embedded: bool
     parts: list[PartStatus] = []
     servers: list[PartStatus] = []  # the embedded nats-server(s) and PostgreSQL
+    metrics_url: str | None = None  # the supervisor's own (identity revocations and renewals)
 
 
 @dataclass
@@ -128,9 +131,11 @@ class Supervisor:
     """Runs and watches the parts of one Fleetplane deployment."""
 
     def __init__(self, settings: Settings, *, api_port: int | None = None, parts: tuple[str, ...] = PARTS,
-                 log_dir: Path | None = None, cluster: int = 0) -> None:
+                 log_dir: Path | None = None, cluster: int = 0, serve_metrics: bool = False) -> None:
         self.settings = settings
         self.cluster_size = cluster  # 0: one embedded nats-server; 3: a cluster and two instances
+        self.serve_metrics = serve_metrics  # this process's own /metrics too (`fleet up`; once per process)
+        self.metrics_url: str | None = None
         self.cluster: EmbeddedNatsCluster | None = None
         self.data = settings.data_path.resolve()
         self.api_port = api_port
@@ -190,6 +195,7 @@ class Supervisor:
             await self.cluster.start()
             (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
             nats_url = self.cluster.url
+            admin = msgspec.structs.replace(admin, nats_tls_ca=self.cluster.tls_ca)  # TLS, as deploy/nats has it
             for index, node in enumerate(self.cluster.nodes):
                 self.watch(node.name, node, functools.partial(self.cluster.start_node, index))
         if not nats_url:
@@ -228,26 +234,56 @@ class Supervisor:
             self.part_names = tuple(p for p in self.part_names if p != "authority")
         self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_API_URL": api_url,
                     "FLEET_DATA_DIR": str(self.data)}
+        if admin.nats_tls_ca:
+            self.env["FLEET_NATS_TLS_CA"] = admin.nats_tls_ca
         for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
             self.env.pop(name, None)
         for name in ("heartbeat_interval", "offline_after", "drift_grace", "reconcile_backoff",
                      "reconcile_max_tries", "replicas", "lease_ttl"):
             self.env[f"FLEET_{name.upper()}"] = str(getattr(self.settings, name))
-        write_endpoints(self.data, Endpoints(nats_url=nats_url, database_url=_without_password(database_url),
-                                             api_url=api_url,
-                                             database_passfile=passfile, pid=os.getpid()))
-        self.status = UpStatus(pid=os.getpid(), started_at=format_time(utcnow()), nats_url=nats_url,
-                               api_url=api_url, database_embedded=self.postgres is not None)
-        private_dir(self.log_dir)
-        for name in self.part_names:
-            part = self.parts[name] = _Part(PartStatus(name), service=name)
-            part.task = asyncio.create_task(self._supervise(part))
+        parts = [_Part(PartStatus(name), service=name) for name in self.part_names]
         if self.cluster_size:  # the second instance of every part (on the local or an external cluster)
-            for name in self.part_names:
-                env = {"FLEET_API_URL": f"http://127.0.0.1:{free_port()}"} if name == "api" else {}
-                part = self.parts[f"{name}-2"] = _Part(PartStatus(f"{name}-2", instance=2), service=name, env=env)
-                part.task = asyncio.create_task(self._supervise(part))
+            parts += [_Part(PartStatus(f"{name}-2", instance=2), service=name,
+                            env={"FLEET_API_URL": f"http://127.0.0.1:{free_port()}"} if name == "api" else {})
+                      for name in self.part_names]
+        self._assign_metrics(parts, api_url)
+        write_endpoints(self.data, Endpoints(nats_url=nats_url, nats_tls_ca=admin.nats_tls_ca,
+                                             database_url=_without_password(database_url), api_url=api_url,
+                                             database_passfile=passfile, pid=os.getpid(),
+                                             metrics={**{p.status.name: p.status.metrics_url for p in parts
+                                                         if p.status.metrics_url},
+                                                      **({"up": self.metrics_url} if self.metrics_url else {})}))
+        self.status = UpStatus(pid=os.getpid(), started_at=format_time(utcnow()), nats_url=nats_url,
+                               api_url=api_url, database_embedded=self.postgres is not None,
+                               metrics_url=self.metrics_url)
+        private_dir(self.log_dir)
+        for part in parts:
+            self.parts[part.status.name] = part
+            part.task = asyncio.create_task(self._supervise(part))
         return self.status
+
+    def _assign_metrics(self, parts: list[_Part], api_url: str) -> None:
+        """Give each part a metrics port of its own (kept across runs, in metrics.ports); the API's
+        metrics are its own /metrics, with the fleet's gauges."""
+        path = self.data / "metrics.ports"
+        try:
+            last = msgspec.json.decode(path.read_bytes(), type=dict[str, int])
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            last = {}
+        ports: dict[str, int] = {}
+        for part in parts:
+            if part.service == "api":
+                part.env["FLEET_METRICS_PORT"] = "0"
+                part.status.metrics_url = f"{part.env.get('FLEET_API_URL', api_url)}/metrics"
+                continue
+            port = ports[part.status.name] = _bindable(last.get(part.status.name)) or free_port()
+            part.env["FLEET_METRICS_PORT"] = str(port)
+            part.status.metrics_url = f"http://127.0.0.1:{port}/metrics"
+        if self.serve_metrics:  # the duties that run here (revocations, renewals) count there
+            metrics.PART.labels(part="up").set(1)
+            port = ports["up"] = metrics.serve("up", _bindable(last.get("up")) or 0)
+            self.metrics_url = f"http://127.0.0.1:{port}/metrics"
+        path.write_bytes(msgspec.json.encode(ports))
 
     def watch(self, name: str, runs: _Runs, restart: Callable[[], Awaitable[object]]) -> None:
         """Supervise a started embedded server: `restart` starts it again after it died."""
@@ -423,12 +459,18 @@ def _port_from(path: Path) -> int | None:
         port = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
+    return _bindable(port)
+
+
+def _bindable(port: int | None) -> int | None:
+    """`port` when nothing listens on it, else None."""
     with contextlib.suppress(OSError), socket.socket() as sock:
         # as nats-server and PostgreSQL bind: connections of the last run in TIME-WAIT do not
         # hold the port; only a listener does
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", port))
-        return port
+        if port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", port))
+            return port
     return None
 
 

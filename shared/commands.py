@@ -29,7 +29,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 from opentelemetry import context as otel_context
 
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.auth.actor import ON_BEHALF_OF, actor_of
 from shared.bounds import check_no_control
 from shared.errors import FleetError, Invalid, Unavailable, error_from_code
@@ -108,9 +108,6 @@ class CommandService:
         self.cached_bytes = 0
         self._service: Service | None = None
         self.counts: dict[tuple[str, str], int] = {}
-        self._commands_total = telemetry.meter.create_counter(
-            "fleet_commands_total", description="Commands handled, by command and result"
-        )
 
     def route(self, command: str, command_type: type[C], handler: Handler[C]) -> None:
         """Register the handler of one command."""
@@ -145,7 +142,7 @@ class CommandService:
 
     def _stats(self, endpoint: Any) -> dict[str, Any]:
         return {"by_command": {f"{cmd}:{result}": n for (cmd, result), n in self.counts.items()},
-                "metrics": telemetry.metrics_snapshot()}
+                "metrics": metrics.samples()}
 
     async def _on_request(self, request: Request) -> None:
         command = request.subject.rsplit(".", 1)[-1]
@@ -174,7 +171,7 @@ class CommandService:
             key = (command, cmd.actor, cmd.command_id)
             cached = self._replies.get(key)
             if cached is not None:
-                self._count(command, "duplicate")
+                self._count(command, "duplicate", started)
                 return cached
             outcome = await route.handler(cmd, Context(now=utcnow(), headers=headers))
             remember = outcome.remember
@@ -197,7 +194,7 @@ class CommandService:
         # replies a second).
         if key is not None and (reply.events or remember):
             self._remember_reply(key, body)
-        self._count(command, result)
+        self._count(command if route is not None else "unknown", result, started)
         log.debug("%s.%s -> %s in %.1f ms", self.name, command, result,
                   (time.perf_counter() - started) * 1000)
         return body
@@ -211,9 +208,10 @@ class CommandService:
             _, dropped = self._replies.popitem(last=False)
             self.cached_bytes -= len(dropped)
 
-    def _count(self, command: str, result: str) -> None:
+    def _count(self, command: str, result: str, started: float) -> None:
         self.counts[(command, result)] = self.counts.get((command, result), 0) + 1
-        self._commands_total.add(1, {"service": self.name, "command": command, "result": result})
+        metrics.COMMANDS.labels(self.name, command, result).inc()
+        metrics.COMMAND_SECONDS.labels(self.name, command).observe(time.perf_counter() - started)
 
 
 def _decode(decoder: msgspec.json.Decoder[C], data: bytes) -> C:

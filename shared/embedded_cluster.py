@@ -1,6 +1,8 @@
 """A JetStream cluster of nats-server processes on loopback, from `deploy/nats/fleet-node.conf`
 verbatim (only the environment variables it names differ per node). Used by `fleet up --cluster
-N`, the cluster tests and the cluster benchmark.
+N`, the cluster tests and the cluster benchmark. TLS is on, as the config has it: the nodes'
+certificate comes from a CA of the cluster's own (shared/pki.py), and clients verify against its
+`tls_ca` (`connect` does).
 
 Nodes can be killed (SIGKILL) and restarted on the same store, which is what the failover tests
 do; `stream_leader` asks `$JS.API.STREAM.INFO` which node leads a stream.
@@ -12,11 +14,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import nats
@@ -27,6 +30,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from shared.embedded import _stop_process, _wait_for_port, die_with_parent, free_port, nats_server_binary
 from shared.errors import Unavailable
+from shared.pki import loopback_pki
 from shared.secretfiles import open_log, private_dir
 
 if TYPE_CHECKING:
@@ -59,7 +63,7 @@ class ClusterNode:
     @property
     def url(self) -> str:
         """Client URL of this node."""
-        return f"nats://127.0.0.1:{self.port}"
+        return f"tls://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -95,6 +99,21 @@ class EmbeddedNatsCluster:
         self.nodes = [ClusterNode(f"fleet-nats-{i}", self.data_dir / f"node-{i}", *ports[i]) for i in range(size)]
         self.authority = authority  # JWT mode (every client authenticates), as the single server
         self.creds = creds  # an admin identity for the readiness check, in JWT mode
+        self.pki = loopback_pki(self.data_dir / "tls")
+
+    @property
+    def tls_ca(self) -> str:
+        """The CA file clients verify the nodes against (FLEET_NATS_TLS_CA)."""
+        return str(self.pki.ca)
+
+    def tls_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts this cluster's CA."""
+        return ssl.create_default_context(cafile=self.tls_ca)
+
+    async def connect(self, **options: Any) -> NATS:
+        """A client connection to every node, verifying them over TLS."""
+        options.setdefault("user_credentials", self.creds)
+        return await nats.connect(self.urls, tls=self.tls_context(), **options)
 
     @property
     def urls(self) -> list[str]:
@@ -119,9 +138,12 @@ class EmbeddedNatsCluster:
             "FLEET_NODE_STORE": str(node.data_dir / "jetstream"),
             "FLEET_CLUSTER_NAME": CLUSTER_NAME,
             "FLEET_ROUTE_LISTEN": f"127.0.0.1:{node.route_port}",
+            "FLEET_NODE_TLS_CERT": str(self.pki.cert),
+            "FLEET_NODE_TLS_KEY": str(self.pki.key),
+            "FLEET_NODE_TLS_CA": str(self.pki.ca),
         })
         for i, other in enumerate(self.nodes, start=1):
-            env[f"FLEET_ROUTE_{i}"] = f"nats://127.0.0.1:{other.route_port}"
+            env[f"FLEET_ROUTE_{i}"] = f"tls://127.0.0.1:{other.route_port}"
         return env
 
     async def start_node(self, index: int, timeout: float = 20.0) -> ClusterNode:
@@ -154,8 +176,7 @@ class EmbeddedNatsCluster:
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until the running nodes agree on a JetStream meta leader."""
         deadline = time.monotonic() + timeout
-        nc = await nats.connect(self.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1,
-                                user_credentials=self.creds)
+        nc = await self.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.1)
         try:
             while True:
                 try:

@@ -38,7 +38,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.aio import wait_set
 from shared.atomic import MAX_BATCH, publish_atomic
 from shared.envelope import Envelope, Event, decode_envelope, decode_event, encode_envelope
@@ -186,9 +186,6 @@ class EventLog:
         self.retry_for = retry_for
         self.buffered_most = 0  # the most messages any read has held in memory at once (a bound check)
         self._direct_subject = f"$JS.API.DIRECT.GET.{stream}"
-        self._append_seconds = telemetry.meter.create_histogram(
-            "fleet_append_seconds", unit="s", description="Latency of event-log appends"
-        )
 
     # --- the stream -----------------------------------------------------------------------------
 
@@ -271,7 +268,8 @@ class EventLog:
             last_seq = await self._publish(messages)
         except _Retry:
             last_seq = await self._retry_group(writes, messages, started)
-        self._append_seconds.record(time.perf_counter() - started, {"events": len(messages)})
+        metrics.APPEND_SECONDS.observe(time.perf_counter() - started)
+        metrics.APPEND_BATCH_EVENTS.observe(len(messages))
         first = last_seq - len(messages) + 1
         return [Appended(subject, first + i) for i, (subject, _, _) in enumerate(messages)]
 

@@ -36,6 +36,7 @@ from nats.aio.client import Client as NATS
 from nats.js import api
 from nats.js.kv import KeyValue
 
+from shared import metrics
 from shared.aio import wait_set
 from shared.errors import Invalid, Unavailable
 
@@ -136,6 +137,7 @@ class Lease:
         self.takeovers = 0  # how many times this instance gained the lease
         self._value = _ENCODER.encode(LeaseValue(holder=holder, name=name))
         self._stopping = asyncio.Event()
+        metrics.LEASE_HELD.labels(name).set(0)
 
     @property
     def held(self) -> bool:
@@ -203,6 +205,8 @@ class Lease:
         self.valid_until = sent + self.ttl
         if not self.gained.is_set():
             self.takeovers += 1
+            metrics.LEASE_HELD.labels(self.name).set(1)
+            metrics.LEASE_TAKEOVERS.labels(self.name).inc()
             log.info("lease %s: held by %s", self.name, self.holder)
             self.lost.clear()
             self.gained.set()
@@ -210,6 +214,7 @@ class Lease:
     def _lose(self) -> None:
         if self.gained.is_set():
             log.warning("lease %s: lost by %s", self.name, self.holder)
+            metrics.LEASE_HELD.labels(self.name).set(0)
         self.gained.clear()
         self.lost.set()
 

@@ -7,8 +7,10 @@ from datetime import UTC, datetime
 
 from shared.errors import Invalid
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_NUMBER = r"\d+(?:\.\d+)?"
+_DURATION_RE = re.compile(rf"(?:{_NUMBER}(?:ms|s|m|h|d))+|{_NUMBER}")
+_PART_RE = re.compile(rf"({_NUMBER})(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 DURATION_MAX = 366 * 24 * 3600.0  # a year and a day: longer is a typo, and overflows date arithmetic
 
 
@@ -34,14 +36,16 @@ def parse_time(text: str, field: str = "time") -> datetime:
 
 
 def parse_duration(text: str | float | int, field: str = "duration") -> float:
-    """Seconds from `500ms`, `10s`, `5m`, `1h` or a plain number of seconds (0 to 366 days)."""
+    """Seconds from `500ms`, `10s`, `5m`, `1h`, `30d`, compound forms such as `1h30m`, or a plain
+    number of seconds (0 to 366 days): the one duration parser of every flag, setting and query."""
     if isinstance(text, int | float):
         seconds = float(text)
     else:
-        match = _DURATION_RE.fullmatch(text)
-        if match is None:
-            raise Invalid(f"{text!r} is not a duration (use e.g. 500ms, 10s, 5m, 1h)", field=field)
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        compact = text.strip().replace(" ", "")
+        if _DURATION_RE.fullmatch(compact) is None:
+            raise Invalid(f"{text!r} is not a duration (use e.g. 500ms, 10s, 5m, 1h30m, 30d)", field=field)
+        parts = _PART_RE.findall(compact)
+        seconds = sum(float(n) * _UNIT_SECONDS[unit] for n, unit in parts) if parts else float(compact)
     if seconds < 0:
         raise Invalid("a duration cannot be negative", field=field)
     if not seconds <= DURATION_MAX:  # also refuses NaN

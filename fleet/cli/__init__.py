@@ -6,6 +6,7 @@ import typer
 
 from fleet.cli import agent as agent_cli
 from fleet.cli import audit as audit_cli
+from fleet.cli import context as context_cli
 from fleet.cli import demo, service
 from fleet.cli import drift as drift_cli
 from fleet.cli import identity as identity_cli
@@ -18,6 +19,7 @@ from fleet.cli import token as token_cli
 from fleet.cli import up as up_cli
 from fleet.cli import views as views_cli
 from shared import aio
+from shared.version import VERSION
 
 app = typer.Typer(
     name="fleet",
@@ -27,9 +29,17 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"fleet {VERSION}")
+        raise typer.Exit
+
+
 @app.callback()
 def _global(
     ctx: typer.Context,
+    _version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                  help="Print the version and exit."),
     data_dir: str | None = typer.Option(
         None, "--data-dir", envvar="FLEET_DATA_DIR", help="Data dir of `fleet up` (default ./.fleet)."),
     nats_url: str | None = typer.Option(
@@ -40,13 +50,15 @@ def _global(
         help="PostgreSQL to use instead of the embedded one."),
     api_url: str | None = typer.Option(
         None, "--api-url", envvar="FLEET_API_URL", help="Query API of a remote deployment."),
+    context: str | None = typer.Option(
+        None, "--context", envvar="FLEET_CONTEXT", help="A named deployment (fleet context list)."),
 ) -> None:
     if ctx.invoked_subcommand != "service":  # a service sets up telemetry under its own name
         from shared import telemetry
 
         telemetry.setup("cli")  # cheap; spans leave the process only if an exporter is configured
     ctx.obj = {"data_dir": data_dir, "nats_url": nats_url, "database_url": database_url,
-               "api_url": api_url}
+               "api_url": api_url, "context": context}
 
 
 app.command("demo", help="Show Fleetplane working end to end on this machine.")(demo.demo)
@@ -70,6 +82,7 @@ app.add_typer(audit_cli.app, name="audit")
 app.add_typer(token_cli.app, name="token")
 app.command("up", help="Run everything on this machine, supervised.")(up_cli.up)
 app.command("status", help="What `fleet up` runs, and how it is.")(up_cli.status)
+app.add_typer(context_cli.app, name="context")
 app.command("init", help="Create or check the log and the buckets on an external NATS (admin).")(up_cli.init)
 app.command("agent", help="Run the agent of one device.")(agent_cli.agent)
 app.command("simulate", help="Simulate many devices in one process.")(agent_cli.simulate)

@@ -71,7 +71,10 @@ def simulate(
     from services.agent.simulator import FleetSimulator, SimOptions
 
     conf = settings(ctx)
-    logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    from shared.lease import instance_name
+    from shared.logs import setup_logging
+
+    setup_logging(conf.log_level, "simulate", instance_name("simulate"))
 
     async def main() -> None:
         options = SimOptions(

@@ -34,10 +34,15 @@ err_console = Console(stderr=True)
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
 
 
-def settings(ctx: typer.Context) -> Settings:
-    """The settings of this invocation (global flags, FLEET_* env, endpoints.json)."""
-    obj = ctx.find_root().obj or {}
-    return load_settings(obj)
+def settings(ctx: typer.Context, *, local: bool = False) -> Settings:
+    """The settings of this invocation (global flags, FLEET_* env, the selected context or
+    endpoints.json). `local`: a command that runs Fleetplane here (`up`, `service`, `demo`) takes
+    no context, which names a deployment to talk to, not one to be."""
+    from shared.contexts import selected_settings
+
+    obj = dict(ctx.find_root().obj or {})
+    name = obj.pop("context", None)
+    return load_settings(obj, context=None if local else selected_settings(name))
 
 
 def run(coro: Coroutine[Any, Any, T], *, json_out: bool = False) -> T:

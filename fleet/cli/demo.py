@@ -19,7 +19,7 @@ def demo(
     fresh: bool = typer.Option(True, "--fresh/--reuse", help="Start from an empty data dir (default)."),
 ) -> None:
     """Run Fleetplane here and tell the story of a day with it, with real answers."""
-    conf = settings(ctx)
+    conf = settings(ctx, local=True)
     root_obj = ctx.find_root().obj or {}
     if not root_obj.get("data_dir"):
         conf = msgspec.structs.replace(conf, data_dir=str(default_data_dir()))

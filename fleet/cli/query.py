@@ -173,7 +173,7 @@ def degraded(
 
 def changes(
     ctx: typer.Context,
-    since: str | None = typer.Option(None, "--since", help="How far back, e.g. 1h (default 1h)."),
+    since: str | None = typer.Option(None, "--since", help="How far back, e.g. 1h, 1h30m or 30d (default 1h)."),
     start: str | None = typer.Option(None, "--from", help="RFC 3339 start."),
     end: str | None = typer.Option(None, "--to", help="RFC 3339 end."),
     device: str | None = typer.Option(None, "--device"),

@@ -12,9 +12,11 @@ from typing import cast
 import typer
 
 from fleet.cli.common import run, settings, until_signalled
-from shared import telemetry
+from shared import metrics, telemetry
 from shared.config import Settings
 from shared.errors import Invalid
+from shared.lease import instance_name
+from shared.logs import setup_logging
 
 # part name -> module with `run(settings)`
 PARTS: dict[str, str] = {
@@ -39,8 +41,12 @@ def service(
         from fleet.cli.common import fail
 
         fail(Invalid(f"unknown service {name!r}; choose one of {', '.join(PARTS)}", field="name"))
-    conf = settings(ctx)
-    telemetry.setup_logging(conf.log_level)
+    conf = settings(ctx, local=True)
+    setup_logging(conf.log_level, name, instance_name(name, conf.instance))
     telemetry.setup(name)
+    metrics.PART.labels(part=name).set(1)
+    if conf.metrics_port:
+        metrics.serve(name, conf.metrics_port, conf.metrics_host, certfile=conf.metrics_tls_cert,
+                      keyfile=conf.metrics_tls_key)
     entry = cast(Callable[[Settings], Awaitable[None]], importlib.import_module(module_name).run)
     run(until_signalled(entry(conf)))

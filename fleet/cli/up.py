@@ -15,6 +15,8 @@ from rich.table import Table
 from fleet.cli.common import JsonOption, console, emit, run, settings
 from fleet.supervisor import PARTS, Supervisor, read_status
 from shared.errors import Invalid, Unavailable
+from shared.lease import instance_name
+from shared.logs import setup_logging
 
 
 def up(
@@ -32,12 +34,15 @@ def up(
     obj.update({"heartbeat_interval": heartbeat_interval, "offline_after": offline_after,
                 "drift_grace": drift_grace, "reconcile_backoff": reconcile_backoff})
     ctx.find_root().obj = obj
-    conf = settings(ctx)
+    conf = settings(ctx, local=True)
+    # the supervisor's own lines (a part restarted, a duty failing) in the one JSON format; what it
+    # tells the person at the terminal stays on stdout
+    setup_logging(conf.log_level, "up", instance_name("up", str(conf.data_path.resolve())))
 
     async def main() -> None:
         if cluster not in (0, 3):
             raise Invalid(f"--cluster {cluster}: the cluster config in deploy/nats/ has 3 nodes", field="cluster")
-        supervisor = Supervisor(conf, api_port=api_port, cluster=cluster)
+        supervisor = Supervisor(conf, api_port=api_port, cluster=cluster, serve_metrics=True)
         try:
             status = await supervisor.start()
         except BaseException:
@@ -71,11 +76,13 @@ def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
 def _render(result: dict[str, Any]) -> None:
     up_ = result["up"]
     if up_:
-        console.print(f"fleet up (pid {up_['pid']}) since {up_['started_at']}; NATS {up_['nats_url']}")
-        table = Table("part", "state", "pid", "up since", "restarts", "last exit")
+        console.print(f"fleet up (pid {up_['pid']}) since {up_['started_at']}; NATS {up_['nats_url']}"
+                      + (f"; metrics {up_['metrics_url']}" if up_.get("metrics_url") else ""))
+        table = Table("part", "state", "pid", "up since", "restarts", "last exit", "metrics")
         for part in [*up_.get("servers", []), *up_["parts"]]:
             table.add_row(part["name"], part["state"], str(part["pid"] or "-"), part["up_since"] or "-",
-                          str(part["restarts"]), "-" if part["last_exit"] is None else str(part["last_exit"]))
+                          str(part["restarts"]), "-" if part["last_exit"] is None else str(part["last_exit"]),
+                          part.get("metrics_url") or "-")
         console.print(table)
     console.print(f"API {result['api_url']}: {json.dumps(result['api']) if result['api'] else 'not answering'}")
 

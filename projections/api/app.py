@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import bisect
 import logging
+import time
 from typing import Annotated, Any, Literal
 
 import asyncpg
-from litestar import Litestar, MediaType, Request, Response, Router, get
+from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
+from litestar.enums import ScopeType
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components
 from litestar.params import FromQuery, PathParameter, QueryParameter
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from projections.api.auth import (
     METRICS,
@@ -38,6 +41,7 @@ from projections.api.auth import (
 from projections.api.commands import ROUTES as COMMAND_ROUTES
 from projections.api.dashboard import dashboard
 from projections.api.diff import DiffAnswer, DiffDevice, DiffDevicePage, fleet_diff
+from projections.api.fleet_metrics import exposition
 from projections.api.queries import (
     CHANGES,
     FLEET,
@@ -62,16 +66,16 @@ from projections.api.schemas import (
     SnapshotPage,
     Summary,
 )
-from projections.api.service_metrics import gather_stats
-from projections.api.service_metrics import render as render_service_metrics
 from projections.api.tokens import ROUTES as TOKEN_ROUTES
 from projections.selector import parse as parse_selector
 from shared.errors import FleetError, Invalid, NotFound, Unavailable
 from shared.ids import check_id
+from shared.metrics import QUERY_SECONDS
 from shared.selectors import EVERYTHING
 from shared.times import parse_duration, parse_time, utcnow
 
 log = logging.getLogger(__name__)
+EXPOSITION = "text/plain; version=0.0.4"  # Prometheus's text format, read by every version (Litestar adds the charset)
 
 Models = NamedDependency[ReadModels]
 Limit = Annotated[int, QueryParameter(ge=1, le=1000, description="Page size.")]
@@ -146,32 +150,36 @@ async def _readiness(models: Models) -> tuple[bool, dict[str, Any]]:
     return ok, {**problems, **({"warnings": warnings} if warnings else {})}
 
 
-_GAUGES = (
-    ("fleet_projection_checkpoint", "gauge", "checkpoint"),
-    ("fleet_projection_lag_events", "gauge", "lag"),
-    ("fleet_projection_rate_events_per_second", "gauge", "rate"),
-    ("fleet_projection_events_applied_total", "counter", "applied"),
-    ("fleet_projection_unknown_events_skipped_total", "counter", "skipped_unknown"),
-    ("fleet_projection_poisoned_events", "gauge", "poisoned"),
-    ("fleet_projection_version", "gauge", "version"),
-)
+@get("/metrics", media_type=EXPOSITION, tags=["health"], responses={503: ERRORS[503]})
+async def metrics(models: Models) -> bytes:
+    """Prometheus text: this API process's own metrics (query latency, ...) and the fleet's state
+    from the read models (devices by site and state, rollouts, projections, the log); each other
+    part serves its own on FLEET_METRICS_PORT (docs/monitoring.md)."""
+    return await exposition(models)
 
 
-@get("/metrics", media_type=MediaType.TEXT, tags=["health"], responses={503: ERRORS[503]})
-async def metrics(models: Models) -> str:
-    """Prometheus text: projection checkpoint, lag, rate, applied, skipped, poisoned; and every
-    running service's own metrics, gathered from `$SRV.STATS`."""
-    answer = await models.projections()
-    lines = []
-    if answer.log_last_seq is not None:
-        lines += ["# TYPE fleet_log_last_seq gauge", f"fleet_log_last_seq {answer.log_last_seq}"]
-    for metric, kind, field in _GAUGES:
-        lines.append(f"# TYPE {metric} {kind}")
-        for p in answer.items:
-            value: object = getattr(p, field)
-            lines.append(f'{metric}{{projection="{p.name}"}} {"NaN" if value is None else value}')
-    lines += render_service_metrics(await gather_stats(models.log.nc))
-    return "\n".join(lines) + "\n"
+def timed(app: ASGIApp) -> ASGIApp:
+    """Middleware: every routed request's latency into fleet_query_seconds{route,status}."""
+
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != ScopeType.HTTP:
+            await app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+            await send(message)
+
+        try:
+            await app(scope, receive, sending)
+        finally:
+            route = str(scope.get("path_template") or "unrouted")
+            QUERY_SECONDS.labels(route, str(status[0])).observe(time.perf_counter() - started)
+
+    return middleware
 
 
 @get("/openapi.json", include_in_schema=False, sync_to_thread=False)
@@ -250,7 +258,7 @@ async def device_history(models: Models, device_id: Id, cursor: Cursor = None, l
 @get("/v1/changes", tags=["queries"], responses=ERRORS)
 async def changes(
     models: Models,
-    since: Annotated[str | None, QueryParameter(description="Duration back from now, e.g. 1h.", max_length=32)] = None,
+    since: Annotated[str | None, QueryParameter(description="Back from now, e.g. 1h30m, 30d.", max_length=32)] = None,
     start: Annotated[str | None, QueryParameter(name="from", description="RFC 3339", max_length=64)] = None,
     end: Annotated[str | None, QueryParameter(name="to", description="RFC 3339", max_length=64)] = None,
     device: Text = None, site: Text = None, snapshot: Text = None, rollout: Text = None, actor: Text = None,
@@ -475,6 +483,7 @@ def create_app(models: Models, auth: AuthPolicy | None = None) -> Litestar:
     return Litestar(
         route_handlers=routers,
         guards=[gatekeeper],
+        middleware=[timed],
         state=State({"auth": auth}),
         dependencies={"models": Provide(provide_models, sync_to_thread=False)},
         exception_handlers={
@@ -491,4 +500,5 @@ def create_app(models: Models, auth: AuthPolicy | None = None) -> Litestar:
         openapi_config=OpenAPIConfig(title="Fleetplane query API", version="1",
                                      components=Components(security_schemes=SECURITY_SCHEMES), path="/schema"),
         debug=False,
+        logging_config=None,  # the process's JSON lines (shared/logs.py), not Litestar's own format
     )

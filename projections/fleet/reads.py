@@ -93,3 +93,17 @@ async def snapshot_page(conn: asyncpg.Connection, after: str | None, limit: int)
         "WHERE c.snapshot_id = snapshots.snapshot_id)::bigint AS devices FROM rm_fleet.snapshots "
         f"WHERE {'snapshot_id > $2' if after is not None else 'TRUE'} ORDER BY snapshot_id LIMIT $1", *params)
     return [dict(r) for r in records]
+
+
+FINISHED = ("completed", "aborted", "rolled_back")  # rollouts that no longer move
+
+
+async def rollout_gauges(conn: asyncpg.Connection) -> tuple[dict[str, int], list[asyncpg.Record]]:
+    """Rollouts by status, and each unfinished rollout's id, snapshot, status, wave and last gate
+    verdict (for /metrics: a pass over the rollouts, never over the devices)."""
+    statuses = {r["status"]: int(r["n"]) for r in await conn.fetch(
+        "SELECT status, count(*) AS n FROM rm_fleet.rollouts GROUP BY status")}
+    active = await conn.fetch(
+        "SELECT rollout_id, snapshot_id, status, wave, (last_gate->>'passed')::boolean AS passed "
+        "FROM rm_fleet.rollouts WHERE status <> ALL($1::text[]) ORDER BY rollout_id", list(FINISHED))
+    return statuses, active

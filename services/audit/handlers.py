@@ -20,7 +20,7 @@ import msgspec
 from nacl.signing import SigningKey
 
 from services.audit.domain import Chain, announcement
-from shared import telemetry
+from shared import metrics
 from shared.audit.chain import AUDIT_SUBJECT_PREFIX, checkpoint_message, key_id, signature_valid, unb64
 from shared.envelope import decode_envelope, decode_event, seal
 from shared.errors import Conflict, FleetError, Invalid
@@ -32,9 +32,7 @@ log = logging.getLogger(__name__)
 
 ACTOR = "service:audit"
 MAX_SQUATTED = 1000  # checkpoint numbers skipped in a row before the writer gives up (and says so)
-_SQUATTED = telemetry.meter.create_counter(
-    "fleet_audit_checkpoints_squatted_total",
-    description="Checkpoint numbers found taken by a message that is no checkpoint of this writer")
+
 
 
 async def _always() -> bool:
@@ -191,7 +189,7 @@ class CheckpointWriter:
             # Someone holding an audit identity put something else on checkpoint n (a squatter:
             # the writer used to retry n for ever, silently). Move on to the next free number.
             self.squatted += 1
-            _SQUATTED.add(1)
+            metrics.AUDIT_SQUATTED.inc()
             log.error("checkpoint number %d is taken by a message that is no checkpoint of this "
                       "writer (squatted?): writing it as number %d", event.number, event.number + 1)
             self.chain.skip(event.number)

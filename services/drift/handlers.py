@@ -25,6 +25,8 @@ import msgspec
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.metrics_core import Metric
 
 from services.drift.domain import (
     MALFORMED,
@@ -50,7 +52,7 @@ from services.drift.domain import (
     steady,
     tick_due,
 )
-from shared import telemetry
+from shared import metrics
 from shared.appending import Pipeline
 from shared.atomic import MAX_BATCH
 from shared.checkpoint import Checkpoints
@@ -121,8 +123,34 @@ class Stats:
     events: dict[str, int] = field(default_factory=dict)  # observed events decided, by type
 
 
+def stats_families(stats: Stats) -> list[Metric]:
+    """The drift service's counters as Prometheus families (read at scrape time)."""
+    accepted = CounterMetricFamily("fleet_heartbeats_accepted", "Heartbeats the drift service judged.",
+                                   value=stats.accepted)
+    dropped = CounterMetricFamily("fleet_heartbeats_dropped", "Heartbeats the drift service dropped, by reason.",
+                                  labels=["reason"])
+    for reason, n in sorted(stats.dropped.items()):
+        dropped.add_metric([reason], n)
+    errors = CounterMetricFamily("fleet_drift_errors", "Heartbeats or ticks that raised (a bug; logged).",
+                                 value=stats.errors)
+    events = CounterMetricFamily("fleet_drift_events", "Observed-state events decided, by type.", labels=["type"])
+    for kind, n in sorted(stats.events.items()):
+        events.add_metric([kind], n)
+    failures = CounterMetricFamily("fleet_drift_append_failures", "Appends of observed-state events that failed "
+                                   "(retried).", value=stats.append_failures)
+    reconciles = CounterMetricFamily("fleet_drift_reconciles", "Desired states re-put to reconcile a device, "
+                                     "or skipped.", labels=["result"])
+    reconciles.add_metric(["put"], stats.reconciles_put)
+    reconciles.add_metric(["skipped"], stats.reconciles_skipped)
+    return [accepted, dropped, errors, events, failures, reconciles]
+
+
 class DriftService:
     """Actual state of every device, in memory, and the writer of observed-state events."""
+
+    def readings(self) -> list[Metric]:
+        """This instance's counters for /metrics (shared.metrics.READINGS)."""
+        return stats_families(self.stats)
 
     def __init__(self, nc: NATS, eventlog: EventLog, policy: Policy, *,
                  clock: Callable[[], float] = time.time, tick: float | None = None,
@@ -142,6 +170,7 @@ class DriftService:
         self.tick_every = tick if tick is not None else max(0.05, min(policy.interval / 4, 1.0))
         self.devices: dict[str, DeviceState] = {}
         self.stats = Stats()
+        metrics.READINGS.add(self)
         self._seqs: dict[str, int] = {}  # device -> last stream seq on its observed subject
         self._pending: dict[str, list[Envelope]] = {}
         self._reconcile: dict[str, int] = {}  # device -> revision to re-put
@@ -156,8 +185,6 @@ class DriftService:
         self._outage = False  # our NATS connection was seen down by a tick
         self.checkpoints = checkpoints
         self._sub: Subscription | None = None
-        self._dropped_counter = telemetry.meter.create_counter(
-            "fleet_heartbeats_dropped_total", description="Heartbeats dropped, by reason")
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -336,7 +363,6 @@ class DriftService:
 
     def _drop(self, reason: str) -> None:
         self.stats.dropped[reason] = self.stats.dropped.get(reason, 0) + 1
-        self._dropped_counter.add(1, {"reason": reason})
 
     # --- deciding and appending ----------------------------------------------------------------
 

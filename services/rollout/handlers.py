@@ -24,7 +24,7 @@ from services.rollout import domain, whatif
 from services.rollout.domain import FleetView, Rollout
 from services.rollout.fleet_index import DeviceInfo, FleetIndex, SnapshotInfo
 from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gate, parse_waves
-from shared import telemetry
+from shared import metrics
 from shared.aggregates import AggregateStore, StoreImage
 from shared.aio import wait_set
 from shared.appending import Pipeline
@@ -165,11 +165,7 @@ class RolloutService:
         self._progressed = asyncio.Event()
         self._effective: dict[tuple[str, str], msgspec.Raw] = {}
         self._started_at: dict[str, datetime] = {}  # rollout -> its RolloutStarted's time (what-if --since)
-        self._progress = telemetry.meter.create_counter(
-            "fleet_rollout_assignments_total", description="Devices assigned or restored by rollouts")
         self.tick_errors: dict[str, int] = {}  # rollout id -> ticks that raised (logged, retried)
-        self._tick_errors_total = telemetry.meter.create_counter(
-            "fleet_rollout_tick_errors_total", description="Rollout ticks that raised, by rollout")
 
     # --- life cycle -----------------------------------------------------------------------------
 
@@ -372,7 +368,7 @@ class RolloutService:
                     except Exception:
                         log.exception("rollout %s: tick failed; the other rollouts go on", rollout_id)
                         self.tick_errors[rollout_id] = self.tick_errors.get(rollout_id, 0) + 1
-                        self._tick_errors_total.add(1, {"rollout": rollout_id})
+                        metrics.ROLLOUT_TICK_ERRORS.labels(rollout_id).inc()
                         state = slot.state
                 if state.active and state.waves and state.spec is not None and state.spec.gates.metrics:
                     watch.update(state.waves[state.wave])
@@ -479,7 +475,7 @@ class RolloutService:
                                       config_hash=e.config_hash, rollout_id=e.rollout_id, revision=e.revision)
                   for e in desired]
         await put_desired(self.nc, values)
-        self._progress.add(len(values))
+        metrics.ROLLOUT_ASSIGNMENTS.inc(len(values))
 
     async def _rewrite_kv_of_active(self) -> None:
         """After a restart, write again the KV values of devices in active rollouts: a crash
@@ -601,7 +597,7 @@ class RolloutService:
         if cmd.rollout_id is not None:
             states = [await self._state(cmd.rollout_id)]
         else:
-            since = ctx.now - timedelta(seconds=whatif.parse_since(cmd.since)) if cmd.since else None
+            since = ctx.now - timedelta(seconds=parse_duration(cmd.since, "since")) if cmd.since else None
             states = [slot.state for rollout_id, slot in sorted(self.store.slots.items(), key=lambda i: -i[1].seq)
                       if slot.state.spec is not None
                       and (since is None or self._started_at.get(rollout_id, ctx.now) >= since)]

@@ -21,9 +21,7 @@ import msgspec
 
 from services.rollout.domain import Verdict, judge
 from services.rollout.spec import parse_fraction, parse_metric_gate
-from shared.errors import Invalid
 from shared.events.rollout import Gates, RolloutGateEvaluated
-from shared.times import parse_duration
 
 
 class Proposal(msgspec.Struct, frozen=True, kw_only=True):
@@ -80,17 +78,6 @@ class RolloutWhatIf(msgspec.Struct, frozen=True, kw_only=True):
     status: str
     outcome: str
     waves: list[WaveWhatIf]
-
-
-def parse_since(text: str) -> float:
-    """Seconds from a window like `30d`, `12h`, `90m` (days added to the usual durations)."""
-    stripped = text.strip()
-    if stripped.endswith("d") and stripped[:-1].replace(".", "", 1).isdigit():
-        return float(stripped[:-1]) * 86400
-    try:
-        return parse_duration(stripped, "since")
-    except Invalid:
-        raise Invalid(f"{text!r} is not a time window (use e.g. 30d, 12h, 90m)", field="since") from None
 
 
 def what_if(rollout_id: str, status: str, verdicts: Sequence[RolloutGateEvaluated],

@@ -90,15 +90,19 @@ async def serve_renewals(nc: NATS, authority: Authority, lifetime: float = DEFAU
     """Answer `fleet.renew.*` with a fresh JWT of `lifetime` seconds for every device not revoked,
     within the bounds of `gate`. Give it a connection of its own: a flood of renewals then waits
     in that connection's queue (at most `PENDING`), not in front of a revocation."""
+    from shared import metrics  # here, not at the top: the agent imports this module, not the server's metrics
+
     bounds = gate or RenewalGate(lifetime)
 
     async def renew(msg: Msg) -> None:
         if not msg.reply:  # nobody to answer: nothing to do (and nothing signed)
             bounds.counts["dropped"] += 1
+            metrics.RENEWALS.labels("dropped").inc()
             return
         device = msg.subject.rsplit(".", 1)[-1]
         verdict = bounds.decide(device)
         if verdict == "drop":
+            metrics.RENEWALS.labels("dropped").inc()
             return
         if verdict == "too_soon":
             answer = Renewed(error="too_soon")
@@ -107,6 +111,7 @@ async def serve_renewals(nc: NATS, authority: Authority, lifetime: float = DEFAU
         else:
             answer = Renewed(jwt=jwt.jwt_of_creds(authority.issue_device(device, expires_in=lifetime)))
             bounds.renewed_now(device)
+        metrics.RENEWALS.labels(answer.error or "renewed").inc()  # renewed, revoked, too_soon
         await msg.respond(_ANSWER.encode(answer))
 
     return await nc.subscribe(f"{RENEW_PREFIX}.*", cb=renew, pending_msgs_limit=PENDING)

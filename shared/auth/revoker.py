@@ -13,6 +13,7 @@ import logging
 
 from nats.aio.client import Client as NATS
 
+from shared import metrics
 from shared.auth.authority import Authority, push_account
 from shared.eventlog import EventLog
 from shared.ids import check_id
@@ -33,6 +34,7 @@ async def revoke_device(system: NATS, authority: Authority, cmd: RevokeDevice) -
     """Revoke one device now and push the account; the command's result."""
     check_id(cmd.device_id, "device_id")
     await push_account(system, authority.revoke_device(cmd.device_id))
+    metrics.REVOCATIONS.inc()
     log.info("revoked the identity of device %s for %s", cmd.device_id, cmd.actor)
     return {"device_id": cmd.device_id, "revoked": True}
 
@@ -44,6 +46,7 @@ async def revoke_retired(events: EventLog, system: NATS, authority: Authority) -
         if recorded.envelope.type == "DeviceRetired":
             device_id = recorded.envelope.aggregate_id
             await push_account(system, authority.revoke_device(device_id, handled_seq=recorded.seq))
+            metrics.REVOCATIONS.inc()
             log.info("revoked the identity of retired device %s", device_id)
         elif recorded.seq - authority.state.handled_seq >= 10_000:
             authority.handled(recorded.seq)

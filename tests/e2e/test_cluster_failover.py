@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -57,8 +56,8 @@ async def scaled_out(data: Path) -> AsyncIterator[tuple[Supervisor, NATS, Comman
     try:
         await supervisor.start()
         assert supervisor.cluster is not None
-        nc = await nats.connect(supervisor.cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1,
-                                user_credentials=supervisor.admin_creds)
+        nc = await supervisor.cluster.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.1,
+                                              user_credentials=supervisor.admin_creds)
         try:
             client = CommandClient(nc, actor="operator:test", timeout=10)
             await client.wait_ready(*SERVICES, timeout=120)

@@ -139,7 +139,8 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
                         what="the drift service to know quiet-1")
         assert calm.returncode == 4 and "not drifted" in calm.stdout + calm.stderr
 
-        # /metrics: the projections' lag and every service's own metrics (from $SRV.STATS)
+        # /metrics: the API's (with the projections' lag) behind a token; each service's on its own
+        # port, listed by `fleet status`
         api_url = status(data)["api_url"]
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{api_url}/metrics", timeout=10)
@@ -150,8 +151,17 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
         with urllib.request.urlopen(request, timeout=10) as response:
             metrics = response.read().decode()
         assert 'fleet_projection_lag_events{projection="fleet"}' in metrics
-        assert 'fleet_commands_total{service="fleet-registry",command="add_site",result="ok"' in metrics
-        assert "fleet_append_seconds_count" in metrics
+        registry_metrics = next(p["metrics_url"] for p in status(data)["up"]["parts"] if p["name"] == "registry")
+        with urllib.request.urlopen(registry_metrics, timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'fleet_commands_total{command="add_site",result="ok",service="registry"}' in metrics
+        assert 'fleet_append_seconds_bucket{le="0.005"}' in metrics
+        # `fleet up` itself: the identity duties that run in it (revocations, renewals)
+        up_metrics = json.loads((data / "endpoints.json").read_text())["metrics"]["up"]
+        assert status(data)["up"]["metrics_url"] == up_metrics
+        with urllib.request.urlopen(up_metrics, timeout=10) as response:
+            metrics = response.read().decode()
+        assert 'fleet_part_info{part="up"} 1.0' in metrics and "fleet_identity_revocations_total" in metrics
 
         children = [c.pid for c in psutil.Process(up.pid).children(recursive=True)]
         assert len(children) >= 8  # six parts, nats-server, postgres

@@ -21,6 +21,7 @@ from shared.envelope import seal
 from shared.eventlog import EventLog
 from shared.events import observed
 from shared.times import format_time
+from tests import exposition
 from tests.integration.test_projections import append_history, wait_caught_up
 
 FRESHNESS = ("lag", "historical", "at")
@@ -102,9 +103,22 @@ async def test_every_endpoint_answers_with_freshness(api: Api) -> None:
     assert rollouts["items"] == [] and rollouts["as_of_seq"] == head
     assert (await api.get("/healthz"))["ok"] is True
     assert (await api.get("/readyz"))["ok"] is True
-    metrics = await api.get("/metrics")
-    assert f'fleet_projection_checkpoint{{projection="fleet"}} {head}' in metrics
-    assert 'fleet_projection_lag_events{projection="changes"} 0' in metrics
+    metrics = exposition.families(await api.get("/metrics"))
+    assert exposition.value(metrics["fleet_projection_checkpoint"], projection="fleet") == head
+    assert exposition.value(metrics["fleet_projection_lag_events"], projection="changes") == 0
+    assert exposition.value(metrics["fleet_projection_poisoned_events"], projection="fleet") == 0
+    # The fleet gauges are the summary's numbers, site by site and state by state.
+    summary = await api.get("/v1/summary")
+    assert summary["by_site"]
+    for site in summary["by_site"]:
+        for state in ("total", "online", "offline", "degraded", "failed", "drifted", "stuck"):
+            assert exposition.value(metrics["fleet_devices"], site=site["site_id"], state=state) == site[state]
+    for snap in summary["by_snapshot"]:
+        assert exposition.value(metrics["fleet_devices_by_snapshot"], snapshot=snap["snapshot_id"]) == snap["total"]
+    assert exposition.value(metrics["fleet_log_last_seq"]) == head
+    assert metrics["fleet_log_bytes"].samples[0].value > 0
+    # The routes answered above were timed, by route template (not by path: ids are no label).
+    assert exposition.histogram_count(metrics["fleet_query_seconds"], route="/v1/summary", status="200") >= 1
     projections = await api.get("/v1/projections")
     assert {p["name"] for p in projections["items"]} == {"fleet", "changes"}
     spec = await api.get("/openapi.json")
@@ -274,11 +288,15 @@ async def test_postgres_down_is_a_503(eventlog: EventLog, issue_token: Callable[
         app = create_app(ReadModels(pool, eventlog))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE,  # type: ignore[arg-type]  # Litestar's ASGI types differ from httpx's
                                      headers={"Authorization": f"Bearer {await issue_token('viewer')}"}) as client:
-            for path in ("/v1/summary", "/v1/devices", "/v1/changes", "/v1/sites", "/readyz", "/metrics"):
+            for path in ("/v1/summary", "/v1/devices", "/v1/changes", "/v1/sites", "/readyz"):
                 response = await client.get(path)
                 assert response.status_code == 503, (path, response.text)
                 assert response.json()["error"]["code"] == "unavailable"
             assert (await client.get("/healthz")).status_code == 200
+            # /metrics still answers (the process's own metrics), and says the read models are down
+            metrics = exposition.families((await client.get("/metrics")).text)
+            assert exposition.value(metrics["fleet_read_models_up"]) == 0
+            assert "fleet_devices" not in metrics
     finally:
         await pool.close()
 

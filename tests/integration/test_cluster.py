@@ -1,13 +1,17 @@
 """The event log on a 3-node JetStream cluster started from deploy/nats/fleet-node.conf verbatim
 (DESIGN §13): replicas chosen by the cluster's size, weaker replication refused, and the log
 surviving the loss of its leader — every acknowledged append kept exactly once, identical logs on
-every replica, a restarted node caught up."""
+every replica, a restarted node caught up; TLS on every listener, as the config has it."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import nats
 import pytest
@@ -39,7 +43,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedNatsCl
 
 @pytest.fixture
 async def cnc(cluster: EmbeddedNatsCluster) -> AsyncIterator[NATS]:
-    client = await nats.connect(cluster.urls, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+    client = await cluster.connect(max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     yield client
     await client.close()
 
@@ -130,3 +134,27 @@ def test_nodes_run_the_deploy_config_verbatim_with_their_auth_beside_it(cluster:
     for node in cluster.nodes:
         assert (node.data_dir / NODE_CONFIG.name).read_bytes() == NODE_CONFIG.read_bytes()
         assert (node.data_dir / "auth.conf").stat().st_mode & 0o777 == 0o600
+
+
+def _varz(cluster: EmbeddedNatsCluster, index: int) -> dict[str, Any]:
+    """A node's /varz over its https monitoring listener, verified against the cluster's CA."""
+    url = f"https://127.0.0.1:{cluster.nodes[index].monitor_port}/varz"
+    with urllib.request.urlopen(url, context=cluster.tls_context(), timeout=5) as reply:
+        result: dict[str, Any] = json.loads(reply.read())
+        return result
+
+
+async def test_every_listener_speaks_tls_and_clients_verify_the_server(cluster: EmbeddedNatsCluster) -> None:
+    varz = _varz(cluster, 0)
+    assert varz["tls_required"] and not varz.get("tls_verify")  # clients: TLS, verifying the server
+    assert varz["cluster"]["tls_required"] and varz["cluster"]["tls_verify"]  # routes: both sides verify
+    # a client that does not speak TLS is refused, and so is one that does not trust the CA
+    for url, tls in ((cluster.urls[0].replace("tls://", "nats://"), None),
+                     (cluster.urls[0], ssl.create_default_context())):
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await nats.connect(url, tls=tls, allow_reconnect=False, connect_timeout=3, max_reconnect_attempts=0)
+    nc = await cluster.connect(allow_reconnect=False)
+    try:
+        assert nc.connected_url is not None and nc.connected_url.scheme == "tls"
+    finally:
+        await nc.close()

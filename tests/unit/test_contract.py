@@ -82,12 +82,14 @@ def test_times_round_trip_with_microseconds() -> None:
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("500ms", 0.5), ("10s", 10), ("5m", 300), ("1h", 3600),
-                                               ("7", 7), ("1.5s", 1.5), (3, 3.0)])
+                                               ("7", 7), ("1.5s", 1.5), (3, 3.0), ("30d", 30 * 86400),
+                                               ("1h30m", 5400), ("2d12h", 216000), ("1m30s500ms", 90.5),
+                                               (" 1 h ", 3600)])
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "ten", "5d", "-1s", "1 h m"])
+@pytest.mark.parametrize("text", ["", "ten", "5w", "-1s", "1 h m", "1h30", "h", "1.5.2s", "400d"])
 def test_bad_durations(text: str) -> None:
     with pytest.raises(Invalid):
         parse_duration(text, field="bake")

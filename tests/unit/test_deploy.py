@@ -1,25 +1,19 @@
-"""deploy/ checked offline (DESIGN §13): the Kubernetes manifests against the Kubernetes schema
-(kubernetes-validate bundles it), the CloudNativePG Cluster against the CRD's schema, the NATS
-Helm values against the chart's values.yaml, the systemd unit against the agent's flags, and the
-env examples against the settings. (The NATS cluster config is run verbatim by
+"""deploy/ checked offline (DESIGN §13): the NATS Helm values against the chart's values.yaml, the
+systemd unit against the agent's flags, and the env examples against the settings. (The
+Kubernetes manifests: tests/unit/test_kubernetes.py; the NATS cluster config is run verbatim by
 tests/integration/test_cluster.py.)"""
 
 from __future__ import annotations
 
 import configparser
-import json
 import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-import kubernetes_validate
-import pytest
 import yaml
 
-from fleet.supervisor import PARTS
 from shared.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,89 +25,6 @@ KUBERNETES_VERSION = "1.33"
 
 def documents(path: Path) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def builtin_documents() -> list[dict[str, Any]]:
-    return [d for name in ("fleet.yaml", "namespace.yaml") for d in documents(K8S / name)]
-
-
-@pytest.mark.parametrize("doc", builtin_documents(), ids=lambda d: f"{d['kind']}/{d['metadata']['name']}")
-def test_manifests_are_valid_kubernetes(doc: dict[str, Any]) -> None:
-    kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)  # strict: unknown fields refused
-
-
-def test_the_schema_check_can_fail() -> None:
-    deployment = next(d for d in builtin_documents() if d["kind"] == "Deployment")
-    broken = json.loads(json.dumps(deployment))
-    broken["spec"]["replicas"] = "two"
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
-    broken = json.loads(json.dumps(deployment))
-    broken["spec"]["template"]["spec"]["containers"][0]["readynessProbe"] = {}
-    with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(broken, KUBERNETES_VERSION, strict=True)
-
-
-def test_every_part_is_a_deployment_of_two_or_more_with_probes_and_resources() -> None:
-    deployments = {d["metadata"]["name"]: d for d in builtin_documents() if d["kind"] == "Deployment"}
-    assert set(deployments) == {f"fleet-{part}" for part in PARTS}
-    for name, deployment in deployments.items():
-        assert deployment["spec"]["replicas"] >= 2, name
-        (container,) = deployment["spec"]["template"]["spec"]["containers"]
-        part = name.removeprefix("fleet-")
-        assert container["args"] == ["service", part]
-        assert container["resources"]["requests"] and container["resources"]["limits"], name
-        assert {"configMapRef": {"name": "fleet-config"}} in container["envFrom"]
-        for probe in ("readinessProbe", "livenessProbe"):
-            spec = container[probe]
-            if part == "api":
-                assert spec["httpGet"]["path"] == ("/readyz" if probe == "readinessProbe" else "/healthz")
-            elif part == "projections":
-                assert spec["exec"]["command"] == ["python", "-m", "fleet.probe"]
-            else:  # $SRV.PING of the service
-                assert spec["exec"]["command"] == ["python", "-m", "fleet.probe", part]
-
-
-def test_the_config_map_holds_only_real_settings() -> None:
-    config = next(d for d in builtin_documents() if d["kind"] == "ConfigMap")
-    fields = set(Settings.__struct_fields__)
-    for key in config["data"]:
-        assert key.startswith("FLEET_") and key[len("FLEET_"):].lower() in fields, key
-    assert config["data"]["FLEET_REPLICAS"] == "3"
-
-
-def test_kustomization_lists_existing_files() -> None:
-    kustomization = documents(K8S / "kustomization.yaml")[0]
-    for resource in kustomization["resources"]:
-        assert (K8S / resource).exists(), resource
-
-
-def _unknown_keys(value: Any, schema: dict[str, Any], path: str = "") -> list[str]:
-    """Keys of `value` its (structural) schema does not name: a CRD schema lets them through,
-    and the API server would silently prune them."""
-    if not isinstance(value, dict) or "properties" not in schema:
-        if isinstance(value, list) and "items" in schema:
-            return [k for item in value for k in _unknown_keys(item, schema["items"], path + "[]")]
-        return []
-    unknown = []
-    for key, item in value.items():
-        if key not in schema["properties"]:
-            unknown.append(f"{path}.{key}")
-        else:
-            unknown.extend(_unknown_keys(item, schema["properties"][key], f"{path}.{key}"))
-    return unknown
-
-
-def test_postgres_cluster_matches_the_cloudnativepg_crd() -> None:
-    (cluster,) = documents(K8S / "postgres-cluster.yaml")
-    schema = json.loads((DATA / "cnpg-cluster-v1.schema.json").read_text())
-    assert cluster["apiVersion"] == "postgresql.cnpg.io/v1" and cluster["kind"] == "Cluster"
-    jsonschema.validate(cluster, schema)
-    assert _unknown_keys(cluster["spec"], schema["properties"]["spec"]) == []
-    assert cluster["spec"]["instances"] >= 2  # a primary and a standby
-    with pytest.raises(jsonschema.ValidationError):  # the check can fail
-        jsonschema.validate({**cluster, "spec": {**cluster["spec"], "instances": "two"}}, schema)
-    assert _unknown_keys({"instancez": 2}, schema["properties"]["spec"]) == [".instancez"]
 
 
 def _paths(value: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

@@ -19,6 +19,7 @@ from services.rollout.whatif import Proposal
 from shared.errors import Invalid
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import GateInputs, Gates, RolloutGateEvaluated
+from shared.times import parse_duration
 from tests.unit.snapshots import FixedSnapshot
 
 T0 = datetime(2026, 5, 4, tzinfo=UTC)
@@ -101,10 +102,10 @@ def test_a_gate_event_from_before_distributions_is_reported_as_such() -> None:
 
 
 def test_what_if_input_is_checked() -> None:
-    assert whatif.parse_since("30d") == 30 * 86400
-    assert whatif.parse_since("12h") == 12 * 3600
+    assert parse_duration("30d", "since") == 30 * 86400
+    assert parse_duration("12h", "since") == 12 * 3600
     with pytest.raises(Invalid) as info:
-        whatif.parse_since("a month")
+        parse_duration("a month", "since")
     assert info.value.field == "since"
     with pytest.raises(Invalid) as info:
         Proposal.parse("101%", None, None, None)
