@@ -279,7 +279,7 @@ class Supervisor:
             port = ports[part.status.name] = _bindable(last.get(part.status.name)) or free_port()
             part.env["FLEET_METRICS_PORT"] = str(port)
             part.status.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        if self.serve_metrics:  # the duties that run here (revocations, renewals) count there
+        if self.serve_metrics:  # the supervisor's own process (the identity duties are the authority part's)
             metrics.PART.labels(part="up").set(1)
             port = ports["up"] = metrics.serve("up", _bindable(last.get("up")) or 0)
             self.metrics_url = f"http://127.0.0.1:{port}/metrics"
