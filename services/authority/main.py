@@ -8,8 +8,9 @@ run: the holder of the `authority` lease does the duties, the others stand by. R
 on a connection of their own, bounded per device (shared.auth.renewal.RenewalGate) and queued at
 most `PENDING` deep, so a device flooding renewals neither gets JWTs signed nor delays a
 revocation (which follows the log and pushes on its own connections). The revocation state is
-read-modify-written under a lock and re-read before every decision (Authority), so a CLI
-revocation made beside it is never undone (docs/security.md)."""
+kept in NATS (services.authority.state: one KV key written with the revision it was read at)
+and mirrored into the local file every decision is taken on, so a revocation made by one
+instance is never undone by another's stale copy (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import msgspec
 import nats.errors
 from nats.aio.client import Client as NATS
 
+from services.authority.state import SharedState
 from shared.auth.authority import Authority
 from shared.auth.renewal import DEFAULT_LIFETIME, RenewalGate, serve_renewals
 from shared.auth.revoker import SERVICE, RevokeDevice, revoke_device, revoke_retired
@@ -53,12 +55,14 @@ async def run(settings: Settings) -> None:
     try:
         eventlog = EventLog(nc)
         await ensure_log(nc, settings, eventlog)
+        shared = SharedState(nc, authority)  # the state every instance decides on, in NATS
+        await shared.start()
         commands = CommandService(nc, SERVICE)  # every instance answers; the state has one writer at a time
 
         async def on_revoke(cmd: RevokeDevice, ctx: Context) -> Outcome:
             # remembered: the account update it pushes may drop this very reply on its way (the
             # server resets the services' imports), and the client's resend must get it again
-            return Outcome((), await revoke_device(system, authority, cmd), remember=True)
+            return Outcome((), await revoke_device(system, authority, cmd, shared), remember=True)
 
         commands.route("revoke_device", RevokeDevice, on_revoke)
         await commands.start()
@@ -66,9 +70,10 @@ async def run(settings: Settings) -> None:
         lease = Lease(kv, LEASE, instance_name(LEASE, settings.instance), ttl=ttl)
         holding = asyncio.create_task(lease.run(), name="authority-lease")
         try:
-            await run_while_held(lease, lambda: duties(eventlog, system, renewals, authority, gate))
+            await run_while_held(lease, lambda: duties(eventlog, system, renewals, authority, gate, shared))
         finally:
             await commands.stop()
+            await shared.stop()
             lease.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await holding
@@ -88,14 +93,14 @@ async def connect_renewals(settings: Settings, gate: RenewalGate) -> NATS:
     return await connect_nats(settings, "authority-renewals", on_error=count_drop)
 
 
-async def duties(events: EventLog, system: NATS, renewals: NATS, authority: Authority,
-                 gate: RenewalGate) -> None:
+async def duties(events: EventLog, system: NATS, renewals: NATS, authority: Authority,  # noqa: PLR0917 - the part's parts
+                 gate: RenewalGate, shared: SharedState | None = None) -> None:
     """Revoke retired devices and answer renewals until cancelled (the lease was lost)."""
     sub = await serve_renewals(renewals, authority, gate=gate)
     try:
         while True:
             try:
-                await revoke_retired(events, system, authority)
+                await revoke_retired(events, system, authority, shared)
             except Unavailable as exc:  # the log or the server away for a moment: follow again
                 log.warning("revoking retired devices: %s; following again", exc)
                 await asyncio.sleep(1.0)

@@ -88,6 +88,18 @@ class Authority:
             self.state = msgspec.json.decode(path.read_bytes(), type=_State)
             self._seen = seen
 
+    def encoded_state(self) -> bytes:
+        """The current state, as kept in the file (and in NATS by the authority part)."""
+        self.refresh()
+        return msgspec.json.encode(self.state)
+
+    def adopt_state(self, encoded: bytes) -> None:
+        """Replace the state with one read elsewhere (the authority part's shared copy)."""
+        with self._changing() as state:
+            new = msgspec.json.decode(encoded, type=_State)
+            for name in state.__struct_fields__:
+                setattr(state, name, getattr(new, name))
+
     @contextlib.contextmanager
     def _changing(self) -> Iterator[_State]:
         """Read-modify-write of the state under an exclusive lock, so two processes (`fleet up`'s

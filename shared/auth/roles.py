@@ -27,6 +27,7 @@ FLEET = "FLEET"
 OPS = "OPS"
 LEASES_BUCKET = "fleet_leases"
 TOKENS_BUCKET = "fleet_tokens"
+IDENTITY_BUCKET = "fleet_identity"  # the authority's revocation state (services.authority.state)
 DEVICE_PAYLOAD = 8 * 1024  # a heartbeat is a few KiB at most (DESIGN §11)
 NAME_TEMPLATE = "{{name()}}"
 RENEW_PREFIX = "fleet.renew"  # a device asks for a fresh JWT on fleet.renew.<its id>
@@ -45,7 +46,9 @@ SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
     "audit": (("audit",), (), ()),
     "projections": ((), (), ()),
     # the identity duties (services.authority): answers devices' renewals on their inboxes
-    "authority": ((), (), (f"{RENEW_PREFIX}.*",)),
+    "authority": ((), (f"$KV.{IDENTITY_BUCKET}.state", f"$JS.API.STREAM.INFO.KV_{IDENTITY_BUCKET}",
+                       f"$JS.API.DIRECT.GET.KV_{IDENTITY_BUCKET}.$KV.{IDENTITY_BUCKET}.state"),
+                  (f"{RENEW_PREFIX}.*", f"$KV.{IDENTITY_BUCKET}.state")),
 }
 
 

@@ -18,9 +18,12 @@ from nats.aio.client import Client as NATS
 
 from services.authority.main import connect_renewals, duties
 from services.authority.main import run as run_authority
+from services.authority.state import KEY, SharedState
 from services.registry.handlers import start as start_registry
 from shared.auth.authority import Authority, push_account
 from shared.auth.renewal import ANSWER_DECODER, RenewalGate
+from shared.auth.revoker import RevokeDevice, ensure_state_bucket, revoke_device
+from shared.auth.roles import IDENTITY_BUCKET
 from shared.cluster import ensure_log
 from shared.commands import CommandClient
 from shared.config import Settings
@@ -35,6 +38,7 @@ Creds = Callable[[str, str], str]
 async def registry(eventlog: EventLog, nc: NATS, connect_as: Connect) -> AsyncIterator[CommandClient]:
     """The registry under its own identity, and an operator to command it."""
     await ensure_log(nc, Settings())  # the log and buckets, as `fleet up` (admin) makes them
+    await ensure_state_bucket(nc)
     own = await connect_as("service:registry", "registry")
     _, service = await start_registry(own, EventLog(own))
     operator = CommandClient(await connect_as("operator", "alice"))
@@ -44,12 +48,15 @@ async def registry(eventlog: EventLog, nc: NATS, connect_as: Connect) -> AsyncIt
 
 
 @pytest.fixture
-async def clean_account(nats_server: EmbeddedNats, authority: Authority, creds: Creds) -> AsyncIterator[None]:
+async def clean_account(nats_server: EmbeddedNats, authority: Authority, creds: Creds,
+                        nc: NATS) -> AsyncIterator[None]:
     """Leave FLEET's revocations as they were for the next test."""
     yield
     authority.prune_revocations(-1e9)
     with authority._changing() as state:  # the next test's log starts at seq 1 again
         state.handled_seq = 0
+    with contextlib.suppress(Exception):  # and the shared copy starts from the file again
+        await (await nc.jetstream().key_value(IDENTITY_BUCKET)).purge(KEY)
     system = await nats.connect(nats_server.url, user_credentials=creds("sys", "revoker"))
     await push_account(system, authority.account_jwt("FLEET"))
     await system.close()
@@ -154,3 +161,38 @@ async def test_a_renewal_flood_gets_nothing_signed_and_delays_no_revocation(
             await duty
         for conn in (flooder, system, renewals):
             await conn.close()
+
+
+async def test_two_instances_on_two_hosts_never_undo_each_others_revocations(
+        registry: CommandClient, nats_server: EmbeddedNats, authority: Authority, creds: Creds,
+        clean_account: None, connect_as: Connect, tmp_path: Path) -> None:
+    """Each instance has its own copy of the state (two pods): a revocation made by one is in the
+    next account the other pushes, because both change the one copy in NATS, each only at the
+    revision it read."""
+    import shutil
+
+    other_dir = tmp_path / "pod-b" / "secrets"
+    other_dir.mkdir(parents=True)
+    for key in authority.directory.glob("*.nk"):
+        shutil.copy(key, other_dir / key.name)
+    shutil.copy(authority.directory / "device-seeds.key", other_dir / "device-seeds.key")
+    pod_a, pod_b = authority, Authority.load_or_create(other_dir)
+    shared_a = SharedState(await connect_as("service:authority", "authority"), pod_a)
+    shared_b = SharedState(await connect_as("service:authority", "authority"), pod_b)
+    await shared_a.start()
+    await shared_b.start()
+    files = {d: str(authority.write_creds(tmp_path / f"{d}.creds", authority.issue_device(d)))
+             for d in ("dev-p", "dev-q")}
+    system = await nats.connect(nats_server.url, user_credentials=creds("sys", "revoker"))
+    try:
+        await revoke_device(system, pod_b, RevokeDevice(command_id="c-1", device_id="dev-p"), shared_b)
+        # pod A, which had read the state before, revokes another device and pushes its account
+        await revoke_device(system, pod_a, RevokeDevice(command_id="c-2", device_id="dev-q"), shared_a)
+        for device in ("dev-p", "dev-q"):
+            assert not await _connects(nats_server, files[device], device), device
+        await shared_b.pull()  # (what its subscription on the key does when the key changes)
+        assert pod_a.device_revoked("dev-p") and pod_b.device_revoked("dev-q")
+    finally:
+        await shared_a.stop()
+        await shared_b.stop()
+        await system.close()
