@@ -169,7 +169,9 @@ class Supervisor:
     def _take_lock(self) -> None:
         self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data.chmod(0o700)
-        handle = (self.data / "fleet-up.lock").open("a+")
+        fd = os.open(self.data / "fleet-up.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # private like everything in the data dir (also when it existed)
+        handle = os.fdopen(fd, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -194,7 +196,7 @@ class Supervisor:
                                                ports=_ports_from(self.data / "nats-cluster.ports"),
                                                authority=self.authority, creds=admin.nats_creds)
             await self.cluster.start()
-            (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
+            write_private(self.data / "nats-cluster.ports", msgspec.json.encode(self.cluster.ports()))
             nats_url = self.cluster.url
             admin = msgspec.structs.replace(admin, nats_tls_ca=self.cluster.tls_ca)  # TLS, as deploy/nats has it
             for index, node in enumerate(self.cluster.nodes):
@@ -202,7 +204,7 @@ class Supervisor:
         if not nats_url:
             self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port"),
                                            authority=self.authority).start()
-            (self.data / "nats.port").write_text(str(self.nats.port))
+            write_private(self.data / "nats.port", str(self.nats.port).encode())
             nats_url = self.nats.url
             self.watch("nats", self.nats, self.nats.start)
         database_url = self.settings.database_url
@@ -211,7 +213,7 @@ class Supervisor:
         if not database_url:
             self.postgres = await EmbeddedPostgres(self.data / "postgres",
                                                    port=_port_from(self.data / "postgres.port")).start()
-            (self.data / "postgres.port").write_text(str(self.postgres.port))
+            write_private(self.data / "postgres.port", str(self.postgres.port).encode())
             self.watch("postgres", self.postgres, self.postgres.start)
             passfile = str(secrets_dir(self.data) / "pgpass")
             database_url, reader_url = await ensure_roles(self.postgres.dsn(), "fleet", Path(passfile))
@@ -285,7 +287,7 @@ class Supervisor:
             metrics.PART.labels(part="up").set(1)
             port = ports["up"] = metrics.serve("up", _bindable(last.get("up")) or 0)
             self.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        path.write_bytes(msgspec.json.encode(ports))
+        write_private(path, msgspec.json.encode(ports))
 
     def watch(self, name: str, runs: _Runs, restart: Callable[[], Awaitable[object]]) -> None:
         """Supervise a started embedded server: `restart` starts it again after it died."""
