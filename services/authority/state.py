@@ -6,7 +6,9 @@ The local file (`secrets/revocations.json`, shared.auth.authority) stays the wor
 `Authority` decides on; this module keeps it equal to the key: it reads the key at start (or puts
 the file's state there when the key is new), re-reads it whenever the key's subject carries a
 change (a core subscription, as an agent follows its desired state), and makes every change as
-read, change, write-if-unchanged, again on conflict."""
+read, change, write-if-unchanged, again on conflict. Reading merges rather than replaces
+(`Authority.adopt_state`): nothing a copy knew (a revocation, a key generation from a CLI
+enrolment beside the part) is lost."""
 
 from __future__ import annotations
 
@@ -55,6 +57,7 @@ class SharedState:
                 self.revision = await self.kv.create(KEY, self.authority.encoded_state())
             except nats.js.errors.KeyWrongLastSequenceError:  # another instance was first
                 await self.pull()
+        await self.change(lambda: None)  # what this copy knew that the key did not (a CLI enrolment)
 
         async def changed(_: object) -> None:
             await self.pull()

@@ -48,6 +48,22 @@ class _State(msgspec.Struct):
     # device id -> the generation of its key (absent: 0); a re-enrolment after a revocation
     # moves to the next, so the old seed is useless with any new JWT. Never pruned.
     generations: dict[str, int] = {}
+    pruned_before: int = 0  # revocations older than this were pruned (their JWTs have all expired)
+
+
+def _merge(mine: _State, other: _State) -> None:
+    """Take another copy's facts into `mine` without losing any: every revocation (the later
+    time), every key generation (the higher), the furthest handled event, the latest prune. Two
+    copies changed apart (the CLI beside the authority part, two instances) converge, and no
+    change can undo a revocation or a rotation."""
+    mine.pruned_before = max(mine.pruned_before, other.pruned_before)
+    for key, at in other.revocations.items():
+        mine.revocations[key] = max(at, mine.revocations.get(key, at))
+    mine.revocations = {k: t for k, t in mine.revocations.items() if t >= mine.pruned_before}
+    for device, generation in other.generations.items():
+        mine.generations[device] = max(generation, mine.generations.get(device, 0))
+    mine.handled_seq = max(mine.handled_seq, other.handled_seq)
+    mine.last_iat = max(mine.last_iat, other.last_iat)
 
 
 _STATE = "revocations.json"
@@ -94,11 +110,9 @@ class Authority:
         return msgspec.json.encode(self.state)
 
     def adopt_state(self, encoded: bytes) -> None:
-        """Replace the state with one read elsewhere (the authority part's shared copy)."""
+        """Take in a state read elsewhere (the authority part's shared copy), merged (`_merge`)."""
         with self._changing() as state:
-            new = msgspec.json.decode(encoded, type=_State)
-            for name in state.__struct_fields__:
-                setattr(state, name, getattr(new, name))
+            _merge(state, msgspec.json.decode(encoded, type=_State))
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[_State]:
@@ -290,6 +304,8 @@ class Authority:
             old = [k for k, t in state.revocations.items() if t < cutoff]
             for key in old:
                 del state.revocations[key]
+            # so that a merge does not bring them back (never later than now: a later revocation stays)
+            state.pruned_before = max(state.pruned_before, min(cutoff, int(time.time())))
         return len(old)
 
     def _save(self) -> None:

@@ -166,3 +166,22 @@ def test_re_enrolling_a_revoked_device_gives_it_a_new_key(tmp_path: Path) -> Non
     authority.revoke_device("d1")
     third = jwt.read_claims(jwt.jwt_of_creds(authority.issue_device("d1"))).sub
     assert third not in (first, second)
+
+
+def test_copies_of_the_state_merge_without_losing_a_revocation_or_a_rotation(tmp_path: Path) -> None:
+    """The authority part's shared copy read over a local one changed apart (a CLI enrolment that
+    rotated a key, a revocation): both survive; a prune is not undone by an older copy."""
+    local = Authority.load_or_create(tmp_path / "secrets")
+    local.revoke_device("rotated")
+    shared_copy = local.encoded_state()  # what the part wrote to NATS then
+    local.issue_device("rotated")  # re-enrolled beside the part: generation 1
+    local.revoke_device("other")
+    local.adopt_state(shared_copy)  # the part's copy arrives
+    assert local.state.generations == {"rotated": 1} and local.device_revoked("other")
+    import time
+
+    local.revoke_key("UOLD", at=int(time.time()) - 1000)  # an old revocation: its JWTs have expired
+    old_copy = local.encoded_state()
+    assert local.prune_revocations(500) == 1
+    local.adopt_state(old_copy)  # a copy from before the prune does not bring it back
+    assert "UOLD" not in local.state.revocations and local.device_revoked("other")
