@@ -11,6 +11,8 @@ from typing import Any
 
 import nats
 import nats.errors
+from fleet_agent import agent
+from fleet_agent.agent import parse_servers
 from nats.aio.client import Client as NATS
 
 from shared.auth.authority import inbox_of_creds
@@ -18,7 +20,7 @@ from shared.config import Settings
 from shared.errors import Unavailable
 
 log = logging.getLogger(__name__)
-DEFAULT_URL = "nats://127.0.0.1:4222"
+DEFAULT_URL = agent.DEFAULT_URL
 
 
 async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30.0,
@@ -27,7 +29,7 @@ async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30
     `on_error` sees the connection's asynchronous errors (e.g. a slow consumer's drops)."""
     url = settings.nats_url or DEFAULT_URL
     options: dict[str, Any] = {
-        "servers": [u.strip() for u in url.split(",") if u.strip()],  # a cluster: every node's URL
+        "servers": parse_servers(url),  # a cluster: every node's URL
         "name": f"fleet-{name}",
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,

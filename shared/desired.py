@@ -15,17 +15,20 @@ from collections.abc import Sequence
 import msgspec
 import nats.errors
 import nats.js.errors
+from fleet_agent import contract
+from fleet_agent.contract import decode_desired
+from fleet_agent.desired import DesiredUnreachable, read_desired
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from shared.atomic import Message, publish_atomic
-from shared.devices import DESIRED_DECODER, DESIRED_ENCODER, DesiredState, EncodedDesiredState
+from shared.devices import DESIRED_ENCODER, DesiredState, EncodedDesiredState
 from shared.errors import StreamMisconfigured, Unavailable
 from shared.subjects import DESIRED_BUCKET, desired_key_subject
 
-DESIRED_STREAM = f"KV_{DESIRED_BUCKET}"
+DESIRED_STREAM = contract.DESIRED_STREAM
 DESIRED_WILDCARD = f"$KV.{DESIRED_BUCKET}.>"
 MAX_BATCH = 1000
 RETRY_FOR = 30.0  # seconds a put keeps resending through a leader election
@@ -81,14 +84,7 @@ async def ensure_bucket(nc: NATS, replicas: int = 1) -> api.StreamInfo:
     return info
 
 
-def decode_value(data: bytes) -> DesiredState | None:
-    """A desired-state value, or None when the bytes are not one (a delete marker, garbage)."""
-    if not data:
-        return None
-    try:
-        return DESIRED_DECODER.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
+decode_value = decode_desired  # the device's contract: fleet_agent.contract
 
 
 def _status(msg: Msg) -> str | None:
@@ -97,18 +93,12 @@ def _status(msg: Msg) -> str | None:
 
 
 async def get_desired(nc: NATS, device_id: str, timeout: float = 5.0) -> DesiredState | None:
-    """One device's desired state by direct get (None when it has none).
-
-    Uses the subject-in-path form, so a device allowed only its own key can make this call."""
+    """One device's desired state by direct get (None when it has none): the agent's own read
+    (`fleet_agent.desired`), its failure as Unavailable."""
     try:
-        msg = await nc.request(f"{_DIRECT}.{desired_key_subject(device_id)}", b"", timeout)
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-        raise Unavailable(f"desired-state bucket not reachable: {exc!r}") from exc
-    if _status(msg):
-        return None
-    if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
-        return None
-    return decode_value(msg.data)
+        return await read_desired(nc, device_id, timeout)
+    except DesiredUnreachable as exc:
+        raise Unavailable(str(exc)) from exc
 
 
 async def get_all_desired(nc: NATS, batch: int = 1000, timeout: float = 5.0) -> dict[str, DesiredState]:

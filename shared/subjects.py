@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+# The device's subjects are part of the agent's contract (fleet_agent.contract), defined there once.
+from fleet_agent.contract import DESIRED_BUCKET, HEARTBEATS_PREFIX, desired_key_subject, heartbeat_subject
+
 EVENTS_STREAM = "FLEET_EVENTS"
 EVENTS_PREFIX = "fleet.evt"
 EVENTS_WILDCARD = f"{EVENTS_PREFIX}.>"
 COMMANDS_PREFIX = "fleet.cmd"
-HEARTBEATS_PREFIX = "fleet.hb"
-DESIRED_BUCKET = "fleet_desired"
 # Services whose state is checkpointed (shared.checkpoint), each in a bucket of its own.
 CHECKPOINTED = ("registry", "rollout", "drift")
 
@@ -38,11 +39,6 @@ def command_subject(service: str, command: str) -> str:
     return f"{COMMANDS_PREFIX}.{service}.{command}"
 
 
-def heartbeat_subject(site: str, device: str) -> str:
-    """`fleet.hb.<site>.<device>`: core NATS, never stored."""
-    return f"{HEARTBEATS_PREFIX}.{site}.{device}"
-
-
-def desired_key_subject(device: str) -> str:
-    """The subject a KV put to the desired-state bucket lands on, for core subscriptions."""
-    return f"$KV.{DESIRED_BUCKET}.{device}"
+__all__ = ["CHECKPOINTED", "COMMANDS_PREFIX", "DESIRED_BUCKET", "EVENTS_PREFIX", "EVENTS_STREAM", "EVENTS_WILDCARD",
+           "HEARTBEATS_PREFIX", "aggregate_wildcard", "checkpoint_bucket", "command_subject", "desired_key_subject",
+           "event_subject", "heartbeat_subject", "parse_event_subject"]

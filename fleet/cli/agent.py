@@ -4,13 +4,11 @@ process), DESIGN §5."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from pathlib import Path
 
 import typer
 
 from fleet.cli.common import console, run, settings, until_signalled
-from shared.config import Settings
 from shared.connection import connect_nats
 from shared.times import parse_duration
 
@@ -34,18 +32,21 @@ def agent(
     creds: str | None = typer.Option(
         None, "--creds", help="NATS credentials file of this device."),
 ) -> None:
-    """Run the agent of one device until interrupted."""
-    from services.agent.agent import Agent, AgentOptions
+    """Run the agent of one device until interrupted (the same agent as `fleet-agent`)."""
+    from fleet_agent import logs
+    from fleet_agent.agent import Agent, AgentOptions, parse_servers
 
     conf = settings(ctx)
-    if creds:
-        conf = _with(conf, nats_creds=creds)
-    logging.basicConfig(level=conf.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
+    logs.setup(conf.log_level, instance=device)
+    the_creds = creds or conf.nats_creds
 
     async def main() -> None:
         options = AgentOptions(device_id=device, site_id=site, state_dir=state_dir, apply_cmd=apply_cmd,
-                               health_cmd=health_cmd, interval=_duration(interval, "interval"))
-        await until_signalled(Agent(options, conf).run())
+                               health_cmd=health_cmd, interval=_duration(interval, "interval"),
+                               servers=tuple(parse_servers(conf.nats_url)),
+                               creds=Path(the_creds) if the_creds else None,
+                               tls_ca=Path(conf.nats_tls_ca) if conf.nats_tls_ca else None)
+        await until_signalled(Agent(options).run())
 
     run(main())
 
@@ -66,6 +67,9 @@ def simulate(
     prefix: str = typer.Option("sim", "--prefix", help="Prefix of the simulated device and site ids."),
     no_register: bool = typer.Option(
         False, "--no-register", help="Do not register devices: they are registered already."),
+    reconnect: str = typer.Option(
+        "jitter", "--reconnect",
+        help="How devices retry after an outage: jitter (the agent's policy) or fixed (every 0.5 s)."),
 ) -> None:
     """Run many simulated device agents in this process until interrupted."""
     from services.agent.simulator import FleetSimulator, SimOptions
@@ -82,7 +86,8 @@ def simulate(
             apply_delay=_duration(apply_delay, "apply_delay"),
             fail_snapshots={s for s in fail_snapshots.split(",") if s},
             fail_sites={s for s in fail_sites.split(",") if s}, fail_apply=fail_apply,
-            offline=offline, tamper=tamper, seed=seed, prefix=prefix, register=not no_register)
+            offline=offline, tamper=tamper, seed=seed, prefix=prefix, register=not no_register,
+            reconnect=reconnect)
         nc = await connect_nats(conf, "simulator")
         sim = FleetSimulator(nc, options)
         try:
@@ -104,8 +109,3 @@ def simulate(
 
     run(main())
 
-
-def _with(conf: Settings, **changes: object) -> Settings:
-    import msgspec
-
-    return msgspec.structs.replace(conf, **changes)

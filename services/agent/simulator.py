@@ -7,6 +7,11 @@ sites), snapshots that come up unhealthy, devices dropping offline for a while, 
 tampering (a device that starts reporting a config hash nobody gave it, until desired state is
 put to it again).
 
+Each simulated device reconnects by the agent's own policy (`fleet_agent.backoff`): when the
+simulator's connection comes back after an outage, every device resumes heartbeating only at its
+first retry after the server returned, its retries drawn with jittered exponential backoff (or,
+with `reconnect="fixed"`, every `reconnect_fixed` seconds, as agents did before, to compare).
+
 Deterministic for a seed: which devices tamper, drop offline, and where each device's heartbeat
 falls in the interval are pure functions of (seed, device, round), whatever the timing.
 `FleetSimulator` is the class the demo, the tests and the benchmarks drive.
@@ -17,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from dataclasses import dataclass, field
 
+from fleet_agent.backoff import Backoff, attempts_until
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -64,12 +71,24 @@ class SimOptions:
     seed: int = 0
     prefix: str = "sim"
     register: bool = True
+    reconnect: str = "jitter"  # how devices retry after an outage: "jitter" (the agent's) or "fixed"
+    reconnect_initial: float = 0.5  # jitter: the first window (doubling up to reconnect_cap)
+    reconnect_cap: float = 15.0
+    reconnect_fixed: float = 0.5  # fixed: the period (the agent's wait before jitter)
+
+    def backoff(self, rng: random.Random) -> Backoff:
+        """The retry policy of one device."""
+        if self.reconnect == "fixed":
+            return Backoff(self.reconnect_fixed, self.reconnect_fixed, rng, jitter=False)
+        return Backoff(self.reconnect_initial, self.reconnect_cap, rng)
 
     def __post_init__(self) -> None:
         if self.devices < 1 or self.sites < 1:
             raise Invalid("need at least one device and one site", field="devices")
         if self.interval <= 0:
             raise Invalid("the interval must be positive", field="interval")
+        if self.reconnect not in ("jitter", "fixed"):
+            raise Invalid("reconnect is jitter or fixed", field="reconnect")
         for name in ("offline", "tamper", "fail_apply"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise Invalid(f"{name} is a fraction between 0 and 1", field=name)
@@ -98,6 +117,9 @@ class SimStats:
     tampered: int = 0
     tampered_at: dict[str, float] = field(default_factory=dict)  # device -> epoch of the edit
     repaired_at: dict[str, float] = field(default_factory=dict)  # device -> epoch desired came back
+    outages: int = 0  # times the simulator's connection was lost and came back
+    retries: list[list[float]] = field(default_factory=list)  # per outage: all devices' attempts, s after the loss
+    back: list[list[float]] = field(default_factory=list)  # per outage: when each device got back (s after the loss)
 
 
 class FleetSimulator:
@@ -119,6 +141,8 @@ class FleetSimulator:
         self.offline_until = [0] * n
         self.seq = [int(time.time() * 1000)] * n
         self.desired: list[DesiredState | None] = [None] * n
+        self.resume_at = [0.0] * n  # monotonic time before which a device is still reconnecting
+        self._down_at: float | None = None
         self._sub: Subscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._applies: set[asyncio.TimerHandle] = set()
@@ -252,11 +276,42 @@ class FleetSimulator:
                 await asyncio.sleep(delay)
             round_, slot = divmod(k, len(slots))
             at = format_time(utcnow())
+            now = self._track_connection()
+            resume_at = self.resume_at
             for i in slots[slot]:
-                await self._beat(i, round_, at)
+                if resume_at[i] <= now:
+                    await self._beat(i, round_, at)
             k += 1
             if slot == len(slots) - 1 or k % 20 == 0:
                 await self.nc.flush()
+
+    def _track_connection(self) -> float:
+        """Notice an outage of the simulator's connection and, once it is over, when each device
+        gets back (`reconnected`); returns the monotonic now."""
+        now = time.monotonic()
+        if not self.nc.is_connected:
+            if self._down_at is None:
+                self._down_at = now
+        elif self._down_at is not None:
+            self.reconnected(self._down_at, now)
+            self._down_at = None
+        return now
+
+    def reconnected(self, down_at: float, up_at: float) -> None:
+        """The server was away from `down_at` to `up_at` (monotonic): each device comes back at its
+        own first retry after `up_at`, by the reconnect policy (seeded per outage)."""
+        rng = random.Random(hash((self.options.seed, self.stats.outages)))
+        backoff = self.options.backoff(rng)
+        back: list[float] = []
+        tries: list[float] = []
+        for i in range(self.options.devices):
+            times = attempts_until(backoff, up_at - down_at)
+            self.resume_at[i] = down_at + times[-1]
+            back.append(times[-1])
+            tries.extend(times)
+        self.stats.outages += 1
+        self.stats.back.append(back)
+        self.stats.retries.append(tries)
 
     def fate(self, i: int, round_: int) -> tuple[bool, bool]:
         """Whether device `i` drops offline, and whether it is tampered with, in a round: a pure

@@ -14,10 +14,12 @@ reads a clock.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import msgspec
 
+from shared.configs import current_hash
 from shared.devices import Heartbeat
 from shared.envelope import Event
 from shared.errors import Conflict, NotFound
@@ -296,6 +298,28 @@ def _matches(state: DeviceState, snapshot_id: str | None, config_hash: str | Non
     if state.desired_config_hash is None:
         return True
     return snapshot_id == state.desired_snapshot_id and config_hash == state.desired_config_hash
+
+
+# --- the config hash's two forms ----------------------------------------------------------------
+
+
+def in_current_form(event: Event, aliases: Mapping[str, str]) -> Event:
+    """`event` with its config hash in the current (RFC 8785) form, where `aliases` (legacy hash ->
+    current hash, from the snapshots' configs: shared.configs.hash_aliases) knows it: desired
+    states assigned and reports recorded before the control plane changed the rule then compare
+    equal to what an upgraded agent reports, and the other way round (docs/decisions.md)."""
+    match event:
+        case DesiredStateAssigned() | DeviceCameOnline() | DeviceReportedState() if event.config_hash in aliases:
+            return msgspec.structs.replace(event, config_hash=current_hash(aliases, event.config_hash))
+        case _:
+            return event
+
+
+def heartbeat_in_current_form(heartbeat: Heartbeat, aliases: Mapping[str, str]) -> Heartbeat:
+    """A heartbeat whose hash is the legacy form of a known config, reported as its current form."""
+    if heartbeat.config_hash is None or heartbeat.config_hash not in aliases:
+        return heartbeat
+    return msgspec.structs.replace(heartbeat, config_hash=aliases[heartbeat.config_hash])
 
 
 # --- evolve ---------------------------------------------------------------------------------------

@@ -44,6 +44,8 @@ from services.drift.domain import (
     Tick,
     decide,
     evolve,
+    heartbeat_in_current_form,
+    in_current_form,
     initial,
     observe,
     partition_of,
@@ -59,6 +61,7 @@ from shared.checkpoint import Checkpoints
 from shared.commands import Command as CommandBody
 from shared.commands import CommandClient, CommandService, Context, Outcome
 from shared.config import Settings
+from shared.configs import current_hash, hash_aliases
 from shared.desired import ensure_bucket, get_desired, put_desired
 from shared.devices import HEARTBEAT_DECODER, HEARTBEAT_MAX_BYTES, DesiredState
 from shared.envelope import Envelope, seal
@@ -67,6 +70,7 @@ from shared.eventlog import Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.observed import ObservedEvent, ReconcileAttempted
 from shared.events.registry import DeviceRetired
+from shared.events.snapshot import SnapshotCreated
 from shared.ids import check_id
 from shared.subjects import HEARTBEATS_PREFIX, aggregate_wildcard, event_subject, parse_event_subject
 from shared.wire import Reason
@@ -75,7 +79,8 @@ log = logging.getLogger(__name__)
 ACTOR = "service:drift"
 QUEUE_GROUP = "fleet-drift"
 PARTITIONED_PREFIX = "fleet.hbp"  # where a server subject mapping puts heartbeats by partition
-_FAMILIES = ("device", "desired", "observed")
+# Snapshots too, for their configs' hash aliases (the legacy hash form, docs/decisions.md).
+_FAMILIES = ("device", "desired", "observed", "snapshot")
 _FOLLOWED = [aggregate_wildcard(family) for family in _FAMILIES]
 
 
@@ -84,6 +89,7 @@ class DriftImage(msgspec.Struct, frozen=True):
 
     devices: dict[str, DeviceState]
     seqs: dict[str, int]
+    aliases: dict[str, str] = {}  # legacy config hash -> RFC 8785 hash (shared.configs.hash_aliases)
 
 
 class Reconcile(CommandBody, frozen=True, kw_only=True):
@@ -172,6 +178,7 @@ class DriftService:
         self.stats = Stats()
         metrics.READINGS.add(self)
         self._seqs: dict[str, int] = {}  # device -> last stream seq on its observed subject
+        self.aliases: dict[str, str] = {}  # legacy config hash -> RFC 8785 hash, from the snapshots
         self._pending: dict[str, list[Envelope]] = {}
         self._reconcile: dict[str, int] = {}  # device -> revision to re-put
         self._own: set[str] = set()  # ids of our events not yet seen coming back from the log
@@ -251,11 +258,11 @@ class DriftService:
         instance wrote has come back through the follower."""
         if self._pending or self._write_lock.locked() or self._last_written >= self._next_seq:
             return None
-        return DriftImage(self.devices, self._seqs)
+        return DriftImage(self.devices, self._seqs, self.aliases)
 
     def restore(self, image: DriftImage) -> None:
         """Take the devices from a checkpoint."""
-        self.devices, self._seqs = image.devices, image.seqs
+        self.devices, self._seqs, self.aliases = image.devices, image.seqs, dict(image.aliases)
 
     def owns(self, device_id: str) -> bool:
         """Whether this instance is the one that watches the device."""
@@ -333,6 +340,7 @@ class DriftService:
         except (msgspec.DecodeError, msgspec.ValidationError):
             self._drop(MALFORMED)
             return
+        hb = heartbeat_in_current_form(hb, self.aliases)
         tokens = subject.split(".")  # fleet.hb.<site>.<device> or fleet.hbp.<n>.<site>.<device>
         if len(tokens) < 4 or tokens[-1] != hb.device_id or tokens[-2] != hb.site:
             self._drop(SUBJECT_MISMATCH)
@@ -521,7 +529,8 @@ class DriftService:
             current = await asyncio.gather(*(get_desired(self.nc, d) for d, _ in part))
             for (device_id, revision), value in zip(part, current, strict=True):
                 state = self.devices.get(device_id)
-                if (value is None or state is None or value.config_hash != state.desired_config_hash
+                if (value is None or state is None
+                        or current_hash(self.aliases, value.config_hash) != state.desired_config_hash
                         or value.snapshot_id != state.desired_snapshot_id):
                     # The KV value is not (yet) the desired state the log names: nothing to re-put.
                     self.stats.reconciles_skipped += 1
@@ -563,6 +572,10 @@ class DriftService:
 
     def _apply(self, recorded: Recorded, *, live: bool) -> None:
         family, device_id = parse_event_subject(recorded.subject)
+        if family == "snapshot":
+            if isinstance(recorded.event, SnapshotCreated):
+                self.aliases.update(hash_aliases(recorded.event.config, recorded.event.overrides))
+            return
         if family not in _FAMILIES or not self.owns(device_id):
             return
         if family == "observed" and recorded.envelope.id in self._own:
@@ -571,6 +584,7 @@ class DriftService:
         event = recorded.event
         if event is None:
             return
+        event = in_current_form(event, self.aliases)
         state = self.devices.get(device_id) or initial(device_id)
         self.devices[device_id] = evolve(state, event)
         if family == "observed":

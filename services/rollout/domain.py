@@ -23,6 +23,7 @@ import msgspec
 
 from services.rollout.ledger import Ledger
 from services.rollout.spec import Canary
+from shared.configs import current_hash
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.desired import DesiredStateAssigned
@@ -88,6 +89,9 @@ class FleetView(msgspec.Struct):
     observed: dict[str, Observed] = {}
     windows: dict[str, tuple[Window, ...]] = {}  # site -> maintenance windows (none: always open)
     device_windows: dict[str, tuple[Window, ...]] = {}  # device -> its own (label), instead of its site's
+    # legacy config hash -> RFC 8785 hash of every snapshot's effective configs (shared.configs.hash_aliases):
+    # a rollout started before the rule changed still sees its devices converge (docs/decisions.md)
+    hash_aliases: dict[str, str] = {}
 
 
 # --- state --------------------------------------------------------------------------------------
@@ -480,7 +484,7 @@ def _judge_device(state: Rollout, device: str, assignment: Assignment, view: Fle
     assert state.spec is not None
     spec = state.spec
     observed = view.observed.get(device)
-    wanted = spec.config_hashes.get(view.site_of.get(device, ""))
+    wanted = current_hash(view.hash_aliases, spec.config_hashes.get(view.site_of.get(device, "")))
     if observed is not None and observed.config_hash is not None and observed.config_hash == wanted:
         return "failed" if observed.health == "failed" else "converged"
     if observed is not None and observed.health == "failed":

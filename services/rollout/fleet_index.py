@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from services.rollout.domain import Desired, FleetView, Observed
-from shared.configs import config_hash, effective_config
+from shared.configs import config_hash, current_hash, effective_config, hash_aliases
 from shared.envelope import Event
 from shared.errors import Invalid
 from shared.events.desired import DesiredStateAssigned
@@ -95,6 +95,7 @@ class FleetIndex:
             case SnapshotCreated():
                 self.snapshots[event.snapshot_id] = SnapshotInfo(
                     event.name, event.version, dict(event.config), dict(event.overrides), created_seq=seq)
+                self.view.hash_aliases.update(hash_aliases(event.config, event.overrides))
             case SnapshotRetired():
                 if snap := self.snapshots.get(event.snapshot_id):
                     snap.retired = True
@@ -109,11 +110,11 @@ class FleetIndex:
             case DeviceCameOnline():
                 observed = self.observed(event.device_id)
                 observed.online, observed.health = True, event.health
-                observed.config_hash = event.config_hash
+                observed.config_hash = current_hash(self.view.hash_aliases, event.config_hash)
             case DeviceWentOffline():
                 self.observed(event.device_id).online = False
             case DeviceReportedState():
-                self.observed(event.device_id).config_hash = event.config_hash
+                self.observed(event.device_id).config_hash = current_hash(self.view.hash_aliases, event.config_hash)
             case DeviceHealthChanged():
                 observed = self.observed(event.device_id)
                 observed.health = event.health

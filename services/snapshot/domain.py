@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from shared.bounds import check_depth
-from shared.configs import snapshot_id
+from shared.configs import NotCanonicalizable, canonical_bytes, snapshot_id
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.snapshot import SnapshotCreated, SnapshotMarkedKnownGood, SnapshotRetired
@@ -112,6 +112,11 @@ class MarkGood(Command, frozen=True, kw_only=True):
 
 def _check_size(value: Mapping[str, Any], field: str) -> None:
     check_depth(value, field)
+    try:  # every config must have a config hash (DESIGN §5): JCS writes no integer beyond ±2**53
+        canonical_bytes(value)
+    except NotCanonicalizable as exc:
+        raise Invalid(f"cannot be written as RFC 8785 canonical JSON, the config hash's form ({exc}); "
+                      "write such a number as a string", field=field) from None
     size = len(_SIZE.encode(value))
     if size > CONFIG_MAX_BYTES:
         raise Invalid(f"{size} bytes encoded; the limit is {CONFIG_MAX_BYTES} (256 KiB)", field=field)

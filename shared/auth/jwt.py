@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 import nkeys
+from fleet_agent import credentials
 
 PREFIX_OPERATOR = nkeys.PREFIX_BYTE_OPERATOR
 PREFIX_ACCOUNT = nkeys.PREFIX_BYTE_ACCOUNT
@@ -206,12 +207,7 @@ def creds(user_jwt: str, user_seed: str) -> str:
     )
 
 
-def jwt_of_creds(text: str) -> str:
-    """The user JWT inside a credentials file."""
-    lines = [line.strip() for line in text.splitlines()]
-    start = lines.index("-----BEGIN NATS USER JWT-----")
-    return lines[start + 1]
-
+jwt_of_creds = credentials.jwt_of_creds  # the credentials file's format is the device's contract
 
 def to_builtins(value: Any) -> Any:
     """Plain data of a claims Struct (for tests and debugging)."""

@@ -5,7 +5,8 @@ A device enrolled with a lifetime (`fleet device enroll --expires`) asks for a f
 id only (the device template), so the subject says who asks. `fleet up`, which holds the keys,
 answers with a new JWT for the same key unless the device was revoked. The agent writes it into
 its credentials file (the seed stays) and opens a new connection under it before letting the old
-one go: nats-py would close, not reconnect, a connection whose JWT the server expires.
+one go: nats-py would close, not reconnect, a connection whose JWT the server expires. The
+device's side (when to ask, writing the file) is the agent's: `fleet_agent.credentials`.
 
 Because every device JWT then expires by itself, a revocation can be dropped once the longest
 lifetime has passed (`Authority.prune_revocations`): the list holds one lifetime of retirements,
@@ -14,13 +15,12 @@ not all of them."""
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import msgspec
+from fleet_agent.contract import RENEWED_ENCODER, Renewed
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -33,15 +33,7 @@ log = logging.getLogger(__name__)
 DEFAULT_LIFETIME = 24 * 3600.0
 
 
-class Renewed(msgspec.Struct, omit_defaults=True):
-    """The answer to a renewal request: a JWT, or why not."""
-
-    jwt: str | None = None
-    error: str | None = None
-
-
-_ANSWER = msgspec.json.Encoder()
-ANSWER_DECODER = msgspec.json.Decoder(Renewed)
+_ANSWER = RENEWED_ENCODER
 
 
 MIN_AGE = 1 / 3  # a device renewed less than this fraction of a lifetime ago is refused
@@ -120,32 +112,3 @@ async def serve_renewals(nc: NATS, authority: Authority, lifetime: float = DEFAU
 def claims_of(creds_path: Path) -> jwt.ClaimsView:
     """The claims of the JWT in a credentials file (`exp` None: it never expires)."""
     return jwt.read_claims(jwt.jwt_of_creds(creds_path.read_text()))
-
-
-def renew_at(claims: jwt.ClaimsView) -> float | None:
-    """When to renew: once two thirds of the JWT's life have passed (None: never expires)."""
-    if claims.exp is None:
-        return None
-    return claims.exp - (claims.exp - claims.iat) / 3
-
-
-def replace_jwt(creds_path: Path, new_jwt: str) -> None:
-    """Put a renewed JWT into a credentials file, keeping its seed; atomic, 0600."""
-    text = creds_path.read_text()
-    updated = text.replace(jwt.jwt_of_creds(text), new_jwt)
-    tmp = creds_path.with_name(f".{creds_path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(updated)
-    tmp.replace(creds_path)
-
-
-async def renew(nc: NATS, device_id: str, creds_path: Path, timeout: float = 10.0) -> jwt.ClaimsView | None:
-    """Ask for a fresh JWT and write it into `creds_path`; returns its claims (None: refused)."""
-    reply = await nc.request(f"{RENEW_PREFIX}.{device_id}", b"", timeout=timeout)
-    answer = ANSWER_DECODER.decode(reply.data)
-    if answer.jwt is None:
-        log.warning("renewal of %s refused: %s", device_id, answer.error)
-        return None
-    replace_jwt(creds_path, answer.jwt)
-    return jwt.read_claims(answer.jwt)

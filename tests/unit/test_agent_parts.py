@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from services.agent.agent import parse_metrics
+from fleet_agent.agent import parse_metrics
+
 from services.agent.simulator import FleetSimulator, SimOptions
 
 

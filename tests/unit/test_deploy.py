@@ -1,5 +1,5 @@
 """deploy/ checked offline (DESIGN §13): the NATS Helm values against the chart's values.yaml, the
-systemd unit against the agent's flags, and the env examples against the settings. (The
+systemd unit against the agent's settings, and the env examples against the settings. (The
 Kubernetes manifests: tests/unit/test_kubernetes.py; the NATS cluster config is run verbatim by
 tests/integration/test_cluster.py.)"""
 
@@ -52,21 +52,27 @@ def test_nats_helm_values_set_only_keys_the_chart_has() -> None:
     assert values["config"]["jetstream"]["merge"]["sync_interval"] == "always"
 
 
-def test_systemd_unit_runs_the_agent_with_flags_it_has() -> None:
+def test_systemd_unit_runs_the_agent_with_settings_it_has() -> None:
+    """The unit runs `fleet-agent` with no arguments: everything comes from the env file, whose
+    every variable is one the agent reads (its --help names them), and the credentials from
+    LoadCredential= under the name the agent looks for."""
+    from fleet_agent.cli import CREDENTIAL_NAME
+
     unit = configparser.ConfigParser(strict=False, interpolation=None)
     unit.optionxform = str  # type: ignore[assignment,method-assign]  # configparser's documented way to keep case
     unit.read_string((DEPLOY / "systemd" / "fleet-agent.service").read_text())
     assert {"Unit", "Service", "Install"} <= set(unit.sections())
-    exec_start = unit["Service"]["ExecStart"].replace("\\\n", " ")
-    assert exec_start.split()[:2] == ["/usr/local/bin/fleet", "agent"]
-    help_text = subprocess.run([sys.executable, "-m", "fleet", "agent", "--help"], capture_output=True,
+    service = unit["Service"]
+    assert service["ExecStart"] == "/usr/local/bin/fleet-agent"
+    assert service["LoadCredential"].split(":")[0] == CREDENTIAL_NAME
+    assert service["StateDirectory"] == "fleet-agent" and service["DynamicUser"] == "yes"
+    help_text = subprocess.run([sys.executable, "-m", "fleet_agent", "--help"], capture_output=True,
                                text=True, check=True, env={"COLUMNS": "200", "PATH": ""}).stdout
-    for flag in re.findall(r"--[a-z-]+", exec_start):
-        assert flag in help_text, flag
     env = _env_file(DEPLOY / "env" / "fleet-agent.env.example")
-    for variable in re.findall(r"\$\{(\w+)\}", exec_start):
-        assert variable in env or variable == "STATE_DIRECTORY", variable
-    assert unit["Service"]["Restart"] == "always"
+    assert "FLEET_NATS_CREDS" not in env  # the credentials come from systemd, not a path in the env
+    for variable in env:
+        assert variable in help_text, variable
+    assert service["Restart"] == "always"
 
 
 def _env_file(path: Path) -> dict[str, str]:

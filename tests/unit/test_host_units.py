@@ -20,14 +20,16 @@ SYSTEMD = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 INSTALLED = {"/opt/fleet/bin/fleet": str(Path(sys.executable).parent / "fleet"),
              "/usr/local/bin/fleet": str(Path(sys.executable).parent / "fleet"),
              "/usr/local/bin/fleet-agent": str(Path(sys.executable).parent / "fleet-agent"),
-             "/usr/local/bin/nats-server": str(nats_server_binary())}
+             "/usr/local/bin/nats-server": str(nats_server_binary()),
+             # the device's own apply program (docs/devices.md), run by fleet-agent-apply.service
+             "/usr/local/libexec/fleet/apply": "/usr/bin/true"}
 HARDENING = {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "PrivateTmp": "yes", "ProtectHome": "yes",
              "RestrictSUIDSGID": "yes", "UMask": "0077"}
 
 
 def units() -> list[str]:
     """Every unit name to verify: the plain units and the template once per part."""
-    names = sorted(p.name for p in SYSTEMD.glob("*.service") if "@" not in p.name)
+    names = sorted(p.name for p in [*SYSTEMD.glob("*.service"), *SYSTEMD.glob("*.path")] if "@" not in p.name)
     return names + [f"fleet@{part}.service" for part in PARTS]
 
 
@@ -81,7 +83,7 @@ def _service_section(path: Path) -> dict[str, list[str]]:
     return values
 
 
-@pytest.mark.parametrize("unit", ["fleet@.service", "fleet-nats.service"])
+@pytest.mark.parametrize("unit", ["fleet@.service", "fleet-nats.service", "fleet-agent.service"])
 def test_secrets_arrive_as_credentials_and_the_unit_is_hardened(unit: str) -> None:
     service = _service_section(SYSTEMD / unit)
     for key, value in HARDENING.items():

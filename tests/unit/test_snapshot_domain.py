@@ -71,6 +71,8 @@ def test_create_versions_per_name_and_same_content_is_a_no_op() -> None:
     [
         (create(name="-web", config={}), Invalid, "name"),
         (create(name="web", config={"x": "y" * 262144}), Invalid, "config"),
+        (create(name="web", config={"n": 2**53 + 1}), Invalid, "config"),  # no RFC 8785 form: no config hash
+        (create(name="web", config={}, overrides={"berlin": {"n": [-(2**60)]}}), Invalid, "overrides.berlin"),
         (create(name="web", config={}, artifacts={"app": "1 2"}), Invalid, "artifacts.app"),
         (create(name="web", config={}, artifacts={"app": 2}), Invalid, "artifacts.app"),
         (create(name="web", config={}, overrides={"paris": {}}), Invalid, "overrides.paris"),
@@ -129,7 +131,9 @@ def test_diff_walks_nested_objects() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    # the numbers a config may hold: what RFC 8785 writes (integers within ±2**53, finite doubles)
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=5),
     lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
     max_leaves=10,
 )

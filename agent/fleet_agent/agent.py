@@ -1,4 +1,4 @@
-"""`fleet agent`: the agent of one real device (DESIGN §5).
+"""`fleet-agent` (and `fleet agent`): the agent of one real device (DESIGN §5).
 
 It reads the device's desired state (direct get on its own key), then follows
 `$KV.fleet_desired.<device>` with a plain core subscription, and reads the key again after every
@@ -20,32 +20,65 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import ssl
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import ParseResult, urlparse
 
 import msgspec
-import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.client import Server
 from nats.aio.msg import Msg
 
-from shared.config import Settings
-from shared.configs import canonical_json, config_hash
-from shared.connection import DEFAULT_URL
-from shared.desired import decode_value, get_desired
-from shared.devices import DESIRED_DECODER, DESIRED_ENCODER, HEARTBEAT_ENCODER, DesiredState, Heartbeat
-from shared.errors import FleetError, Invalid
-from shared.ids import check_id
-from shared.subjects import desired_key_subject, heartbeat_subject
-from shared.times import format_time, utcnow
+from fleet_agent import AGENT_VERSION
+from fleet_agent.backoff import Backoff
+from fleet_agent.confighash import NotCanonicalizable, canonical_bytes, config_hash
+from fleet_agent.contract import (
+    DESIRED_DECODER,
+    DESIRED_ENCODER,
+    HEARTBEAT_ENCODER,
+    ID_RE,
+    DesiredState,
+    Heartbeat,
+    decode_desired,
+    desired_key_subject,
+    device_inbox,
+    heartbeat_subject,
+)
+from fleet_agent.credentials import lifetime_of_creds, renew, renew_at
+from fleet_agent.desired import DesiredUnreachable, read_desired
 
 log = logging.getLogger(__name__)
-AGENT_VERSION = "fleet-agent/0.1"
+DEFAULT_URL = "nats://127.0.0.1:4222"
 CONFIG_FILE = "config.json"
 DESIRED_FILE = "desired.json"
+
+
+class BadOption(ValueError):
+    """An agent option is wrong; `field` names it."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def where(url: str | ParseResult | None) -> str | None:
+    """`host:port` of a server URL, without the user or password it may carry (never logged)."""
+    if url is None:
+        return None
+    parsed = urlparse(url) if isinstance(url, str) else url
+    return f"{parsed.hostname}:{parsed.port}" if parsed.port else parsed.hostname
+
+
+def parse_servers(text: str | None) -> list[str]:
+    """`FLEET_NATS_URL` as a list: one URL, or several separated by commas (a cluster's nodes)."""
+    servers = [url.strip() for url in (text or "").split(",") if url.strip()]
+    return servers or [DEFAULT_URL]
 
 
 @dataclass(frozen=True)
@@ -59,12 +92,23 @@ class AgentOptions:
     health_cmd: str | None = None
     interval: float = 10.0
     command_timeout: float = 60.0
+    servers: tuple[str, ...] = (DEFAULT_URL,)  # every node of the cluster
+    creds: Path | None = None  # the device's NATS credentials file (renewals are written into it)
+    tls_ca: Path | None = None
+    backoff_initial: float = 0.5  # reconnect waits: full jitter over [0, initial * 2**n], at most backoff_cap
+    backoff_cap: float = 15.0
 
     def __post_init__(self) -> None:
-        check_id(self.device_id, "device")
-        check_id(self.site_id, "site")
+        for value, name in ((self.device_id, "device"), (self.site_id, "site")):
+            if not ID_RE.fullmatch(value):
+                raise BadOption(f"{value!r} is not a valid id: use 1-128 characters from A-Z a-z 0-9 _ -, "
+                                "starting with a letter or digit", field=name)
         if self.interval <= 0:
-            raise Invalid("the interval must be positive", field="interval")
+            raise BadOption("the interval must be positive", field="interval")
+        if not self.servers:
+            raise BadOption("at least one NATS server URL is needed", field="servers")
+        if not 0 < self.backoff_initial <= self.backoff_cap:
+            raise BadOption("backoff: 0 < initial <= cap", field="backoff")
 
 
 def write_atomically(path: Path, data: bytes) -> None:
@@ -96,8 +140,27 @@ def disk_hash(path: Path) -> str | None:
         return None
     try:
         return config_hash(msgspec.json.decode(raw))
-    except (msgspec.DecodeError, TypeError):
+    except (msgspec.DecodeError, TypeError, NotCanonicalizable):
         return "unparseable-" + hashlib.sha256(raw).hexdigest()
+
+
+def _now_text() -> str:
+    """Now, as the contract writes times: RFC 3339, UTC, microseconds, `Z` suffix."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _hash_or_none(config: dict[str, Any]) -> str | None:
+    try:
+        return config_hash(config)
+    except NotCanonicalizable:
+        return None
+
+
+def _file_bytes(config: dict[str, Any]) -> bytes:
+    try:
+        return canonical_bytes(config)
+    except NotCanonicalizable:  # not JCS-writable (an integer beyond 2**53): write it as it came
+        return msgspec.json.encode(config, order="sorted")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
@@ -115,9 +178,11 @@ def parse_metrics(text: str) -> dict[str, float]:
 class Agent:
     """One device's agent; `run()` until cancelled."""
 
-    def __init__(self, options: AgentOptions, settings: Settings) -> None:
+    def __init__(self, options: AgentOptions, rng: random.Random | None = None) -> None:
         self.options = options
-        self.settings = settings
+        self.backoff = Backoff(options.backoff_initial, options.backoff_cap, rng or random.Random())
+        self.reconnects = 0
+        self._lost: str | None = None  # host:port of the server last connected to
         self.config_path = options.state_dir / CONFIG_FILE
         self.desired_path = options.state_dir / DESIRED_FILE
         self.applied: DesiredState | None = None  # the desired state last written to disk
@@ -162,58 +227,83 @@ class Agent:
                     await asyncio.wait_for(self.nc.close(), 5.0)
 
     async def _connect(self) -> None:
-        """Connect, retrying for ever: a device waits for its control plane."""
+        """Connect, retrying for ever with jittered exponential backoff: a device waits for its
+        control plane, and a fleet does not come back in lock-step."""
+        while True:
+            nc = NATS()
+            try:
+                await nc.connect(**self._connect_options())
+                break
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                wait = self.backoff.next_wait()
+                log.warning("NATS not reachable (%r); keeping the last good config, next try in %.1f s", exc, wait)
+                await self.check_local()
+                await asyncio.sleep(wait)
+        # The first connection gave up after one round over the servers (so that the wait between
+        # rounds is ours); once connected, the connection reconnects for ever.
+        nc.options["max_reconnect_attempts"] = -1
+        self.backoff.reset()
+        self.nc = nc
+        self._lost = where(nc.connected_url)
+        log.info("connected to %s", self._lost)
+        await nc.subscribe(desired_key_subject(self.options.device_id), cb=self._on_value)
+
+    def _connect_options(self) -> dict[str, Any]:
         async def reconnected() -> None:
-            log.info("agent %s: reconnected, reading desired state again", self.options.device_id)
+            self.backoff.reset()
+            self.reconnects += 1
+            self._lost = url = where(self.nc.connected_url) if self.nc else None
+            log.info("reconnected to %s; reading desired state again", url)
             self._refresh.set()
+
+        async def disconnected() -> None:
+            log.warning("disconnected from NATS (%s); reconnecting", self._lost)
 
         async def quiet(exc: Exception) -> None:
             log.debug("nats: %r", exc)
 
         options: dict[str, Any] = {
-            "servers": [self.settings.nats_url or DEFAULT_URL],
-            "name": f"fleet-agent-{self.options.device_id}",
-            "allow_reconnect": True, "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
-            "connect_timeout": 2, "reconnected_cb": reconnected, "error_cb": quiet,
+            "servers": list(self.options.servers), "name": f"fleet-agent-{self.options.device_id}",
+            "allow_reconnect": True, "max_reconnect_attempts": 1, "reconnect_time_wait": 0,
+            "connect_timeout": 2, "reconnected_cb": reconnected, "disconnected_cb": disconnected,
+            "error_cb": quiet, "reconnect_to_server_handler": self._next_server,
             "pending_size": 256 * 1024,
             # A device may read only its own inbox (DESIGN §11: part of the wire contract).
-            "inbox_prefix": f"_INBOX.{self.options.device_id}",
+            "inbox_prefix": device_inbox(self.options.device_id),
         }
-        if self.settings.nats_creds:
-            options["user_credentials"] = self.settings.nats_creds
-        if self.settings.nats_tls_ca:
-            options["tls"] = ssl.create_default_context(cafile=self.settings.nats_tls_ca)
-        while True:
-            try:
-                self.nc = await nats.connect(**options)
-                break
-            except (OSError, nats.errors.Error, TimeoutError) as exc:
-                log.warning("agent: NATS not reachable yet (%r); keeping the last good config", exc)
-                await self.check_local()
-                await asyncio.sleep(min(self.options.interval, 2.0))
-        await self.nc.subscribe(desired_key_subject(self.options.device_id), cb=self._on_value)
+        if self.options.creds is not None:
+            options["user_credentials"] = str(self.options.creds)
+        if self.options.tls_ca is not None:
+            options["tls"] = ssl.create_default_context(cafile=str(self.options.tls_ca))
+        return options
+
+    def _next_server(self, servers: list[Server], info: dict[str, Any]) -> tuple[Server | None, float]:
+        """nats-py's reconnect hook: the servers in turn, the one just lost last (it is the least
+        likely to be back), each after a jittered wait."""
+        if not servers:
+            return None, self.backoff.next_wait()
+        order = sorted(servers, key=lambda s: where(s.uri) == self._lost)
+        return order[self.backoff.attempt % len(order)], self.backoff.next_wait()
 
     async def _renew_loop(self) -> None:
         """With expiring credentials, renew them when two thirds of their life has passed
-        (shared.auth.renewal); on a failure try again a little later, until they expire."""
-        from shared.auth.renewal import claims_of, renew, renew_at
-
-        if not self.settings.nats_creds:
+        (fleet_agent.credentials); on a failure try again a little later, until they expire."""
+        if self.options.creds is None:
             return
-        creds = Path(self.settings.nats_creds)
-        claims = claims_of(creds)
+        creds = self.options.creds
+        claims = lifetime_of_creds(creds)
         while (when := renew_at(claims)) is not None and self.nc is not None:
             await asyncio.sleep(max(0.0, when - time.time()))
             try:
                 renewed = await renew(self.nc, self.options.device_id, creds)
             except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("agent %s: credential renewal failed (%r); retrying", self.options.device_id, exc)
+                log.warning("credential renewal failed (%r); retrying", exc)
                 await asyncio.sleep(min(self.options.interval, max(0.1, (claims.exp or 0) - time.time()) / 4))
                 continue
             if renewed is None:  # refused: revoked; nothing more to do
                 return
             claims = renewed
-            log.info("agent %s: credentials renewed until %s", self.options.device_id, claims.exp)
+            log.info("credentials renewed until %s", claims.exp)
             # nats-py closes (does not reconnect) a connection whose JWT expires: open a new one
             # under the renewed file now, then let the old one go.
             old = self.nc
@@ -225,7 +315,7 @@ class Agent:
     async def _on_value(self, msg: Msg) -> None:
         if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
             return
-        value = decode_value(msg.data)
+        value = decode_desired(msg.data)
         if value is None or value.device_id != self.options.device_id:
             log.warning("agent: ignoring a desired-state value that is not for this device")
             return
@@ -242,8 +332,8 @@ class Agent:
             self._refresh.clear()
             assert self.nc is not None
             try:
-                value = await get_desired(self.nc, self.options.device_id)
-            except FleetError as exc:
+                value = await read_desired(self.nc, self.options.device_id)
+            except DesiredUnreachable as exc:
                 log.warning("agent: could not read desired state (%s); will retry", exc)
                 await asyncio.sleep(1.0)
                 self._refresh.set()
@@ -270,14 +360,15 @@ class Agent:
             self.applied = value
             self.applies += 1
             self.apply_ok = await self._run_apply(value)
-            log.info("agent %s: applied %s (revision %d)%s", self.options.device_id, value.snapshot_id,
+            log.info("applied %s (revision %d)%s", value.snapshot_id,
                      value.revision, "" if self.apply_ok else " but the apply command failed")
 
     def _write(self, value: DesiredState) -> None:
-        if config_hash(value.config) != value.config_hash:
-            log.warning("agent: desired config_hash %s does not match its config; writing the config",
-                        value.config_hash)
-        write_atomically(self.config_path, msgspec.json.format(canonical_json(value.config), indent=2))
+        if _hash_or_none(value.config) != value.config_hash:
+            log.warning("desired config_hash %s does not match its config; writing the config", value.config_hash)
+        # The file is the canonical form (pretty-printed): what the apply command reads, and what
+        # the reported hash is computed from.
+        write_atomically(self.config_path, msgspec.json.format(_file_bytes(value.config), indent=2))
         write_atomically(self.desired_path, DESIRED_ENCODER.encode(value))
 
     def _load_applied(self) -> DesiredState | None:
@@ -318,13 +409,12 @@ class Agent:
         applied = self.applied
         if applied is None:
             return False
-        if disk_hash(self.config_path) == config_hash(applied.config):
+        if disk_hash(self.config_path) == _hash_or_none(applied.config):
             if not self.apply_ok:  # a failed apply is retried every interval
                 async with self._lock:
                     self.apply_ok = await self._run_apply(applied)
             return False
-        log.warning("agent %s: config on disk was changed locally; re-applying %s",
-                    self.options.device_id, applied.snapshot_id)
+        log.warning("config on disk was changed locally; re-applying %s", applied.snapshot_id)
         self.repairs += 1
         await self.apply(applied)
         return True
@@ -351,7 +441,7 @@ class Agent:
         on_disk = disk_hash(self.config_path) if applied is not None else None
         return Heartbeat(
             device_id=self.options.device_id, site=self.options.site_id, seq=self.seq,
-            at=format_time(utcnow()), snapshot_id=applied.snapshot_id if applied else None,
+            at=_now_text(), snapshot_id=applied.snapshot_id if applied else None,
             config_hash=on_disk, health=self.health,  # type: ignore[arg-type]  # a HEALTH value; the field is a Literal
             metrics=self.metrics, agent_version=AGENT_VERSION)
 
