@@ -136,9 +136,9 @@ async def _init(conf: Any) -> dict[str, Any]:
     try:
         replicas = await ensure_log(nc, conf)
         missing = await ensure_buckets(nc, replicas)
-        await ensure_state_bucket(nc, replicas)
         if missing:
             raise Unavailable(f"{', '.join(missing)} could not be created: `fleet init` needs admin credentials")
+        await ensure_state_bucket(nc, replicas)  # the authority part's revocation state
         buckets = [DESIRED_BUCKET, LEASE_BUCKET, *(checkpoint_bucket(s) for s in CHECKPOINTED)]
         return {"stream": EVENTS_STREAM, "replicas": replicas, "buckets": buckets}
     finally:
