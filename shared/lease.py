@@ -52,6 +52,7 @@ _TRANSIENT = (
     nats.errors.StaleConnectionError,
     nats.js.errors.ServiceUnavailableError,
     nats.js.errors.ServerError,
+    nats.js.errors.NoStreamResponseError,  # the bucket's stream between leaders (a node killed)
     TimeoutError,
 )
 

@@ -69,9 +69,20 @@ async def run(settings: Settings) -> None:
         kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
         lease = Lease(kv, LEASE, instance_name(LEASE, settings.instance), ttl=ttl)
         holding = asyncio.create_task(lease.run(), name="authority-lease")
+        working = asyncio.create_task(run_while_held(
+            lease, lambda: duties(eventlog, system, renewals, authority, gate, shared)), name="authority-duties")
         try:
-            await run_while_held(lease, lambda: duties(eventlog, system, renewals, authority, gate, shared))
+            # A lease that stopped trying (an error it does not retry) would leave the duties
+            # undone for ever: end the part instead, so that its supervisor starts it again.
+            await asyncio.wait({holding, working}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (holding, working):
+                if task.done():
+                    task.result()
+            raise Unavailable("the authority lease stopped")
         finally:
+            working.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await working
             await commands.stop()
             await shared.stop()
             lease.stop()
