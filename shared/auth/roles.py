@@ -175,11 +175,13 @@ ROLES: dict[str, Role] = {
                                             deny_pub=_MANAGEMENT),
                     "reads the log with direct gets (no consumer: it leaves nothing on the server); "
                     "writes nothing"),
+    # The API replays only bounded ranges (point in time) and reads keys: direct gets, no consumer
+    # (so it can neither leave one behind nor aim one at a foreign deliver subject).
     "api": Role("api", FLEET,
-                _perm([*_LOG_READ, *_DESIRED_READ, *_reads(f"KV_{TOKENS_BUCKET}"),
-                       f"{COMMANDS_PREFIX}.>", "$SRV.>"], ["_INBOX.>", f"$KV.{TOKENS_BUCKET}.>"],
-                      deny_pub=_MANAGEMENT),
-                "the HTTP API: reads the log, forwards commands on behalf of its callers"),
+                _perm([*_JS_COMMON, *_direct_reads(EVENTS_STREAM), *_direct_reads(f"KV_{DESIRED_BUCKET}"),
+                       *_direct_reads(f"KV_{TOKENS_BUCKET}"), f"{COMMANDS_PREFIX}.>", "$SRV.>"],
+                      ["_INBOX.>", f"$KV.{TOKENS_BUCKET}.>"], deny_pub=_MANAGEMENT),
+                "the HTTP API: reads the log with direct gets, forwards commands on behalf of its callers"),
     "simulator": Role("simulator", FLEET,
                       _perm([f"{HEARTBEATS_PREFIX}.>", *_DESIRED_READ,
                              f"{COMMANDS_PREFIX}.registry.add_site",

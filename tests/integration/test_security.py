@@ -169,9 +169,9 @@ def _own_bucket(me: str) -> str:
 
 
 # role -> (name, the probes it is allowed; every other probe must be refused)
-# Residual (docs/security.md, finding 5): a role that follows the log (services, the API) reads it
+# Residual (docs/security.md, finding 5): a role that follows the log (the services) reads it
 # through ordered consumers, which are push consumers, and the server does not check the deliver
-# subject a client names; only the auditor, which reads with direct gets alone, is refused.
+# subject a client names; the auditor and the API, which read with direct gets alone, are refused.
 FOLLOWS = "push the log onto a device's key"
 ALLOWED: dict[str, tuple[str, set[str]]] = {
     "device": ("dev-1", {"own heartbeat", "read own key"}),
@@ -185,7 +185,7 @@ ALLOWED: dict[str, tuple[str, set[str]]] = {
                                     "take the rollout lease", "read the rollout lease", FOLLOWS}),
     "service:projections": ("projections", {"read the log", FOLLOWS}),
     "service:audit": ("audit", {"read the log", "take the audit lease", FOLLOWS}),
-    "api": ("api", {"read the log", "send a command", "read own key", "read another device's key", FOLLOWS}),
+    "api": ("api", {"read the log", "send a command", "read own key", "read another device's key"}),
     "simulator": ("sim", {"own heartbeat", "another device's heartbeat", "read own key",
                           "read another device's key", "send a command"}),
 }
