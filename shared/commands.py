@@ -5,9 +5,9 @@ on `fleet.cmd.<service>.<command>`, with the name of its published JSON Schema i
 metadata, so `$SRV.INFO` (`nats micro info fleet-<service>`) lists every command; `$SRV.PING` and
 `$SRV.STATS` work too. A command nobody serves gets the server's "no responders". The body is
 decoded with the command's msgspec type; decoding errors name the field. Every command carries a
-client-chosen `command_id`: a repeat of an id this process has answered gets the same reply, and
-a repeat after a restart is recognised by the aggregate store from the events' `causation_id`
-(see shared.aggregates), so no second event.
+client-chosen `command_id`: a repeat of an id this process has answered (by the same identity,
+within a bound in bytes) gets the same reply, and a repeat after a restart is recognised by the
+aggregate store from the events' `causation_id` (see shared.aggregates), so no second event.
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class Outcome:
 
     appended: Sequence[Appended] = ()
     result: Any = None
+    remember: bool = False  # keep the reply for repeats though nothing was appended (a side effect)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ Handler = Callable[[C, Context], Awaitable[Outcome]]
 _PUBLISHED = {(spec.service, spec.name): spec.command for spec in COMMANDS}
 _ENCODER = msgspec.json.Encoder()
 _REPLY_DECODER = msgspec.json.Decoder(Reply)
+REMEMBER_BYTES = 8 * 1024 * 1024  # replies kept for repeats of a command id, per service
 SEND_ATTEMPTS = 2  # a command unanswered in time is sent once more, with the same id
 _ID_PATTERN = f"regex '{ID_RE.pattern}'"
 _FIELD_AT = re.compile(r"at `\$\.?([^`]*)`")
@@ -108,19 +110,25 @@ class _Route(Generic[C]):
 class CommandService:
     """Serves `fleet.cmd.<name>.<command>` for one service."""
 
-    def __init__(self, nc: NATS, name: str, *, version: str = "0.1.0", remember: int = 100_000) -> None:
+    def __init__(self, nc: NATS, name: str, *, version: str = "0.1.0",
+                 remember_bytes: int = REMEMBER_BYTES) -> None:
+        """`remember_bytes`: the most reply bytes kept for repeats of a command id (oldest go first)."""
         self.nc = nc
         self.name = name
         self.version = version
         self._routes: dict[str, _Route[Any]] = {}
-        self._replies: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._remember = remember
+        # (command, actor, command id) -> reply: a repeat by another identity is not a repeat
+        self._replies: OrderedDict[tuple[str, str, str], bytes] = OrderedDict()
+        self._remember_bytes = remember_bytes
+        self.cached_bytes = 0
         self._service: Service | None = None
         self.counts: dict[tuple[str, str], int] = {}
 
     def route(self, command: str, command_type: type[C], handler: Handler[C]) -> None:
-        """Register the handler of one command. A command of the published contract must decode
-        into the catalog's type (shared.contract.catalog): one definition, never a second."""
+        """Register the handler of one command (before `start`). A command of the published contract
+        must decode into the catalog's type (shared.contract.catalog): one definition, never a second."""
+        if self._service is not None:
+            raise RuntimeError(f"route {self.name}.{command} before start: each command is an endpoint")
         published = _PUBLISHED.get((self.name.split("-", 1)[0], command))
         if published is not None and published is not command_type:
             raise TypeError(f"{self.name}.{command} takes {published.__name__} (shared.contract), "
@@ -177,7 +185,8 @@ class CommandService:
     async def _dispatch(self, command: str, data: bytes, headers: dict[str, str]) -> bytes:
         started = time.perf_counter()
         route = self._routes.get(command)
-        key: tuple[str, str] | None = None
+        key: tuple[str, str, str] | None = None
+        remember = False
         try:
             if route is None:
                 known = ", ".join(sorted(self._routes))
@@ -186,12 +195,13 @@ class CommandService:
             # The actor is who the server says sent it (shared.auth.actor), never the body's.
             cmd = msgspec.structs.replace(_decode(route.decoder, data), actor=actor_of(headers))
             check_id(cmd.command_id, "command_id")  # a subject-safe token, like every id
-            key = (command, cmd.command_id)
+            key = (command, cmd.actor, cmd.command_id)
             cached = self._replies.get(key)
             if cached is not None:
                 self._count(command, "duplicate", started)
                 return cached
             outcome = await route.handler(cmd, Context(now=utcnow(), headers=headers))
+            remember = outcome.remember
             reply = Reply(
                 ok=True,
                 events=[EventRef(a.subject, a.seq) for a in outcome.appended],
@@ -205,17 +215,25 @@ class CommandService:
             reply = Reply(ok=False, error=ErrorBody("internal", f"internal error: {exc!r}"))
             result = "internal"
         body = _ENCODER.encode(reply)
-        if key is not None and result not in ("unavailable", "internal"):
+        # Only a reply that reports appended events (or another side effect) is kept: a repeat
+        # must not do it again. A query (or a refusal, a no-op) is answered afresh: remembering
+        # them let one operator fill a service's memory with fresh command ids (100 x 48 KB list
+        # replies a second).
+        if key is not None and (reply.events or remember):
             self._remember_reply(key, body)
         self._count(command if route is not None else "unknown", result, started)
         log.debug("%s.%s -> %s in %.1f ms", self.name, command, result,
                   (time.perf_counter() - started) * 1000)
         return body
 
-    def _remember_reply(self, key: tuple[str, str], body: bytes) -> None:
+    def _remember_reply(self, key: tuple[str, str, str], body: bytes) -> None:
+        if len(body) > self._remember_bytes or key in self._replies:
+            return
         self._replies[key] = body
-        if len(self._replies) > self._remember:
-            self._replies.popitem(last=False)
+        self.cached_bytes += len(body)
+        while self.cached_bytes > self._remember_bytes:
+            _, dropped = self._replies.popitem(last=False)
+            self.cached_bytes -= len(dropped)
 
     def _count(self, command: str, result: str, started: float) -> None:
         self.counts[(command, result)] = self.counts.get((command, result), 0) + 1

@@ -65,7 +65,8 @@ async def run(settings: Settings) -> None:
     try:
         auth = AuthPolicy(TokenVerifier(nc), default_allowed_hosts(api_url, settings.api_allowed_hosts),
                           metrics_public=settings.metrics_public)
-        app = create_app(ReadModels(pool, EventLog(nc)), auth)
+        # direct gets only: the API replays bounded ranges and may create no consumer (docs/security.md)
+        app = create_app(ReadModels(pool, EventLog(nc, consumers=False)), auth)
         config = uvicorn.Config(app, host=url.hostname or "127.0.0.1", port=url.port or 8080,
                                 log_level=settings.log_level.lower(), access_log=False,
                                 ssl_certfile=cert, ssl_keyfile=key,

@@ -468,7 +468,7 @@ class RolloutService:
 
     async def _run(self, cmd: Command, rollout_id: str, decide: Any, ctx: Context) -> Outcome:
         async with self._lock:
-            done = self.store.already_done(cmd.command_id)
+            done = self.store.already_done(cmd.command_id, cmd.actor)
             if done is not None:
                 return Outcome(done, self.describe(self.store.get(rollout_id).state))
             events = decide()
@@ -481,7 +481,7 @@ class RolloutService:
         canary, percents = cmd.canary.check() if cmd.canary else None, check_waves(cmd.waves)
         await self.caught_up()
         async with self._lock:
-            done = self.store.already_done(cmd.command_id)
+            done = self.store.already_done(cmd.command_id, cmd.actor)
             if done is not None:
                 return Outcome(done, self.describe(self.store.get(rollout_id).state))
             devices = {d: info.site for d, info in self.index.devices.items()

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from shared.contract import drift, registry, rollout, snapshot
+from shared.contract import authority, drift, registry, rollout, snapshot
 from shared.wire import Command, ErrorBody, EventRef
 
 
@@ -76,6 +76,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("rollout", "what_if", rollout.WhatIfGates, rollout.WhatIfResult, changes=False),
     CommandSpec("drift", "reconcile", drift.Reconcile, drift.DriftStanding),
     CommandSpec("drift", "acknowledge", drift.Acknowledge, drift.DriftStanding),
+    CommandSpec("authority", "revoke_device", authority.RevokeDevice, authority.Revoked),
 )
 BY_KEY = {spec.key: spec for spec in COMMANDS}
 SERVICES = tuple(dict.fromkeys(spec.service for spec in COMMANDS))
