@@ -157,9 +157,9 @@ class Operator:
             assert snap is not None
             rollout_id = f"r-chaos-{k}"
             started = await self.send("rollout", "start", {
-                "rollout_id": rollout_id, "snapshot_id": snap["snapshot_id"], "target": "", "canary": "2%",
-                "waves": "25,50,100", "bake": "1s", "max_in_flight": 1000, "min_healthy": "50%",
-                "max_offline": "50%"}, "RolloutStarted")
+                "rollout_id": rollout_id, "snapshot_id": snap["snapshot_id"], "target": "", "canary": {"percent": 2.0},
+                "waves": [25, 50, 100], "bake_seconds": 1, "max_in_flight": 1000, "min_healthy": 0.5,
+                "max_offline": 0.5}, "RolloutStarted")
             if started is None:
                 continue
             self.rollouts.append(rollout_id)

@@ -187,7 +187,7 @@ async def lease_failover(tmp: Path, kills: int) -> tuple[list[float], list[float
         snap = (await client.send("snapshot", "create", {"name": "bench", "config": {"v": 1}})).result
         waves = ",".join(str(p) for p in range(2, 101, 2))  # 50 waves: long enough for every kill
         await client.send("rollout", "start", {"rollout_id": "r-bench", "snapshot_id": snap["snapshot_id"],
-                                               "target": "", "waves": waves, "bake": "0.5s", "max_in_flight": 50})
+                                               "target": "", "waves": waves, "bake_seconds": 0.5, "max_in_flight": 50})
 
         async def assigned() -> int:
             while True:  # as a client does through a failover: ask again (any instance answers)

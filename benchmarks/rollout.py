@@ -96,9 +96,9 @@ class Phase:
 async def rollout(client: CommandClient, rollout_id: str, snapshot: str, args: argparse.Namespace, phase: Phase,
                   until: tuple[str, ...]) -> dict[str, object]:
     """Start a one-wave rollout to every device; poll until all are assigned, then until `until`."""
-    await client.send("rollout", "start", {"rollout_id": rollout_id, "snapshot_id": snapshot, "waves": "100",
-                                           "max_in_flight": args.max_in_flight, "bake": 0, "apply_timeout": "10m",
-                                           "min_healthy": "99%"})
+    await client.send("rollout", "start", {"rollout_id": rollout_id, "snapshot_id": snapshot, "waves": [100],
+                                           "max_in_flight": args.max_in_flight, "bake_seconds": 0, "apply_timeout_seconds": 600,
+                                           "min_healthy": 0.99})
     while True:
         status: dict[str, object] = (await client.send("rollout", "get", {"rollout_id": rollout_id})).result
         if phase.assigned_at is None and status["assigned"] == args.devices:

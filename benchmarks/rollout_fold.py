@@ -48,7 +48,7 @@ def one_round(devices: dict[str, str]) -> dict[str, tuple[float, float]]:
     """(ours, raw) seconds per phase."""
     start_events = domain.start(
         "r-big", snapshot_id="new", target="", snapshot=SnapshotInfo("bench", 1, {"app": {"v": 2}}), devices=devices, canary=parse_canary(""),
-        canary_text="", percents=[100], max_in_flight=len(devices), bake_seconds=0, apply_timeout_seconds=600,
+        percents=[100], max_in_flight=len(devices), bake_seconds=0, apply_timeout_seconds=600,
         gates=Gates(), on_failure="pause", approve_after=[], state=domain.initial("r-big"))
     state = domain.initial("r-big")
 

@@ -82,7 +82,7 @@ class Demo:
         """Poll until the rollout reaches one of `statuses`."""
         deadline = time.monotonic() + timeout
         while True:
-            result: dict[str, Any] = await self.fleet_json("rollout", "status", rollout_id)
+            result: dict[str, Any] = (await self.fleet_json("rollout", "status", rollout_id))["result"]
             if result["status"] in statuses:
                 return result
             if time.monotonic() > deadline:

@@ -11,7 +11,8 @@ too). SIGINT/SIGTERM stop the parts in reverse order, then the servers, leaving 
 (DESIGN §11): on first start the operator/account keys are made under `<data-dir>/secrets/`
 (0700), each part gets its own identity through
 `FLEET_NATS_CREDS` (a path, never the secret itself), the CLI gets an admin and an operator
-identity there, and a duty here revokes the identity of every retired device;
+identity there, and the `authority` part (services.authority) revokes the identity of every
+retired device and answers renewals;
 `status.json` (rewritten every second) is what `fleet status` shows. A lock file keeps a second
 `fleet up` off the same data dir.
 
@@ -44,8 +45,7 @@ from nats.aio.client import Client as NATS
 from shared import metrics
 from shared.aio import wait_set
 from shared.auth.authority import Authority
-from shared.auth.renewal import serve_renewals
-from shared.auth.revoker import revoke_retired
+from shared.auth.revoker import ensure_state_bucket
 from shared.checkpoint import ensure_buckets as ensure_checkpoint_buckets
 from shared.cluster import ensure_log
 from shared.config import ADMIN_CREDS, OPERATOR_CREDS, Endpoints, Settings, write_endpoints
@@ -53,23 +53,22 @@ from shared.connection import connect_nats
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
 from shared.embedded_cluster import EmbeddedNatsCluster
 from shared.errors import Conflict
-from shared.eventlog import EventLog
 from shared.liveness import PartReport, gather_reports
 from shared.pgroles import ensure_roles
-from shared.secretfiles import secrets_dir
+from shared.secretfiles import open_log, private_dir, secrets_dir, write_private
 from shared.times import format_time, utcnow
 from shared.tokens import bootstrap_admin_token
 
 log = logging.getLogger("fleet.up")
 # audit first: started first, stopped last, so its shutdown checkpoint covers everything the others wrote
-PARTS = ("audit", "registry", "snapshot", "drift", "rollout", "projections", "api")
+PARTS = ("audit", "authority", "registry", "snapshot", "drift", "rollout", "projections", "api")
 # The services need no database: a blank URL also hides the one endpoints.json names.
 _NO_DATABASE = {"FLEET_DATABASE_URL": ""}
 
 # The identity each part runs under (shared.auth.roles).
 PART_ROLES = {"registry": "service:registry", "snapshot": "service:snapshot", "drift": "service:drift",
               "rollout": "service:rollout", "projections": "service:projections", "api": "api",
-              "audit": "service:audit"}
+              "audit": "service:audit", "authority": "service:authority"}
 STATUS_FILE = "status.json"
 START_GRACE = 60.0  # seconds a started part may take to answer for its duties the first time
 
@@ -189,7 +188,7 @@ class Supervisor:
         self.creds: dict[str, str] = {}  # part -> its credentials file
         self.admin_creds: str | None = None  # the CLI's admin identity (tests and benchmarks connect as it)
         self._duties: list[asyncio.Task[None]] = []
-        self._duty_conns: list[NATS] = []
+        self._duty_conns: list[NATS] = []  # the duty check's own connection
 
     def slot(self, part: str) -> str:
         """The FLEET_INSTANCE of a part: its slot's name, the same across its restarts."""
@@ -203,7 +202,9 @@ class Supervisor:
     def _take_lock(self) -> None:
         self.data.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.data.chmod(0o700)
-        handle = (self.data / "fleet-up.lock").open("a+")
+        fd = os.open(self.data / "fleet-up.lock", os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        os.fchmod(fd, 0o600)  # private like everything in the data dir (also when it existed)
+        handle = os.fdopen(fd, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -228,7 +229,7 @@ class Supervisor:
                                                ports=_ports_from(self.data / "nats-cluster.ports"),
                                                authority=self.authority, creds=admin.nats_creds)
             await self.cluster.start()
-            (self.data / "nats-cluster.ports").write_text(msgspec.json.encode(self.cluster.ports()).decode())
+            write_private(self.data / "nats-cluster.ports", msgspec.json.encode(self.cluster.ports()))
             nats_url = self.cluster.url
             admin = msgspec.structs.replace(admin, nats_tls_ca=self.cluster.tls_ca)  # TLS, as deploy/nats has it
             for index, node in enumerate(self.cluster.nodes):
@@ -236,7 +237,7 @@ class Supervisor:
         if not nats_url:
             self.nats = await EmbeddedNats(self.data / "nats", port=_port_from(self.data / "nats.port"),
                                            authority=self.authority).start()
-            (self.data / "nats.port").write_text(str(self.nats.port))
+            write_private(self.data / "nats.port", str(self.nats.port).encode())
             nats_url = self.nats.url
             self.watch("nats", self.nats, self.nats.start)
         database_url = self.settings.database_url
@@ -245,7 +246,7 @@ class Supervisor:
         if not database_url:
             self.postgres = await EmbeddedPostgres(self.data / "postgres",
                                                    port=_port_from(self.data / "postgres.port")).start()
-            (self.data / "postgres.port").write_text(str(self.postgres.port))
+            write_private(self.data / "postgres.port", str(self.postgres.port).encode())
             self.watch("postgres", self.postgres, self.postgres.start)
             passfile = str(secrets_dir(self.data) / "pgpass")
             database_url, reader_url = await ensure_roles(self.postgres.dsn(), "fleet", Path(passfile))
@@ -263,11 +264,11 @@ class Supervisor:
         nc = await connect_nats(admin, "up")
         replicas = await ensure_log(nc, self.settings)  # created by admin only: services merely check them
         await ensure_checkpoint_buckets(nc, replicas)  # each service only uses its own
+        await ensure_state_bucket(nc, replicas)  # the authority part's revocation state
         self.token_file = await bootstrap_admin_token(nc, self.data, format_time(utcnow()))
-        if self.authority is not None:
-            await self._start_revoker(nc, admin)
-        else:
-            await nc.close()
+        await nc.close()
+        if self.authority is None:  # no account keys here: nobody to do the identity duties
+            self.part_names = tuple(p for p in self.part_names if p != "authority")
         checker = await connect_nats(admin, "up-duties")
         self._duty_conns.append(checker)
         self._duties.append(asyncio.create_task(self._check_duties(checker), name="duty-check"))
@@ -295,7 +296,7 @@ class Supervisor:
         self.status = UpStatus(pid=os.getpid(), started_at=format_time(utcnow()), nats_url=nats_url,
                                api_url=api_url, database_embedded=self.postgres is not None,
                                metrics_url=self.metrics_url)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir)
         for part in parts:
             self.parts[part.status.name] = part
             part.task = asyncio.create_task(self._supervise(part))
@@ -318,11 +319,11 @@ class Supervisor:
             port = ports[part.status.name] = _bindable(last.get(part.status.name)) or free_port()
             part.env["FLEET_METRICS_PORT"] = str(port)
             part.status.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        if self.serve_metrics:  # the duties that run here (revocations, renewals) count there
+        if self.serve_metrics:  # the supervisor's own process (the identity duties are the authority part's)
             metrics.PART.labels(part="up").set(1)
             port = ports["up"] = metrics.serve("up", _bindable(last.get("up")) or 0)
             self.metrics_url = f"http://127.0.0.1:{port}/metrics"
-        path.write_bytes(msgspec.json.encode(ports))
+        write_private(path, msgspec.json.encode(ports))
 
     def watch(self, name: str, runs: _Runs, restart: Callable[[], Awaitable[object]]) -> None:
         """Supervise a started embedded server: `restart` starts it again after it died."""
@@ -435,31 +436,10 @@ class Supervisor:
         write(secrets / "system.creds", self.authority.issue("sys", "revoker"))
         return str(write(secrets / ADMIN_CREDS, self.authority.issue("admin", "admin")))
 
-    async def _start_revoker(self, nc: NATS, admin: Settings) -> None:
-        """Run the duties that need the account keys kept here: revoking retired devices and
-        renewing the short-lived credentials of the others."""
-        assert self.authority is not None
-        await serve_renewals(nc, self.authority)
-        system = await connect_nats(msgspec.structs.replace(
-            admin, nats_creds=str(self.authority.directory / "system.creds")), "up-revoker")
-        self._duty_conns += [nc, system]
-        self._duties.append(asyncio.create_task(self._keep_revoking(EventLog(nc), system)))
-
-    async def _keep_revoking(self, events: EventLog, system: NATS) -> None:
-        assert self.authority is not None
-        while not self.stopping.is_set():
-            try:
-                await revoke_retired(events, system, self.authority)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # keep the duty alive: log, back off, follow again
-                log.exception("revoking retired devices failed; retrying")
-                await wait_set(self.stopping, 2.0)
-
     async def _supervise(self, part: _Part) -> None:
         failures = 0
         while not self.stopping.is_set():
-            logfile = (self.log_dir / f"{part.status.name}.log").open("ab")
+            logfile = open_log(self.log_dir / f"{part.status.name}.log")
             env = dict(self.env)
             service = part.service or part.status.name
             if service in self.creds:  # every instance of a part runs under the part's identity
@@ -496,10 +476,7 @@ class Supervisor:
             return
         self.status.parts = [p.status for p in self.parts.values()]
         self.status.servers = [s.status for s in self.servers]
-        path = self.data / STATUS_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(msgspec.json.encode(self.status))
-        tmp.replace(path)
+        write_private(self.data / STATUS_FILE, msgspec.json.encode(self.status))
 
     async def run_until_stopped(self) -> None:
         """Keep status.json fresh until SIGINT/SIGTERM, then stop everything."""

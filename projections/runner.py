@@ -30,7 +30,7 @@ import asyncpg
 
 from shared import telemetry
 from shared.envelope import Envelope, Event, decode_event
-from shared.errors import FleetError
+from shared.errors import FleetError, Unavailable
 from shared.eventlog import UNDECODABLE, EventLog, Recorded
 
 log = logging.getLogger(__name__)
@@ -158,13 +158,37 @@ async def _unlock(conn: asyncpg.Connection, sql: str, *args: object) -> None:
             conn.terminate()
 
 
-async def ensure_control(conn: asyncpg.Connection) -> None:
+CONTROL_LOCK = 724201
+LOCK_TIMEOUT = 30.0  # seconds a starting runner waits for the start-up lock before giving up
+
+
+async def take_control_lock(conn: asyncpg.Connection, timeout: float = LOCK_TIMEOUT) -> None:
+    """Take the start-up lock (concurrent starters: one at a time), waiting at most `timeout`
+    seconds; a wait is logged with who holds it, and the end of the wait is Unavailable (the
+    supervisor restarts the part) instead of a hang (only fleet_owner may take advisory locks at
+    all: shared.pgroles)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    logged = False
+    while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", CONTROL_LOCK):
+        if not logged:
+            holder = await conn.fetchrow(
+                "SELECT l.pid, a.usename FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.objid = $1 AND l.granted", CONTROL_LOCK)
+            log.warning("waiting (up to %.0f s) for the projections' start-up lock, held by %s", timeout,
+                        f"pid {holder['pid']} ({holder['usename']})" if holder else "another session")
+            logged = True
+        if asyncio.get_running_loop().time() >= deadline:
+            raise Unavailable(f"the projections' start-up lock was held for more than {timeout:.0f} s")
+        await asyncio.sleep(0.2)
+
+
+async def ensure_control(conn: asyncpg.Connection, lock_timeout: float = LOCK_TIMEOUT) -> None:
     """Create the control tables if missing (idempotent)."""
-    await conn.execute("SELECT pg_advisory_lock(724201)")  # concurrent starters: one at a time
+    await take_control_lock(conn, lock_timeout)
     try:
         await conn.execute(CONTROL_SQL.read_text())
     finally:
-        await _unlock(conn, "SELECT pg_advisory_unlock(724201)")
+        await _unlock(conn, "SELECT pg_advisory_unlock($1)", CONTROL_LOCK)
 
 
 def decode_batch(records: Sequence[Recorded]) -> tuple[list[Item], int]:

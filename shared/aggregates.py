@@ -36,6 +36,13 @@ class Slot(msgspec.Struct, Generic[S], array_like=True, gc=False):
     seq: int = 0
 
 
+def done_key(actor: str, command_id: str) -> str:
+    """A command id is its sender's own: another identity reusing it sends a command of its own
+    (docs/security.md). (Checkpoints written before this keyed by the id alone: such entries
+    simply match no repeat.)"""
+    return f"{actor} {command_id}"
+
+
 class StoreImage(msgspec.Struct, Generic[S], frozen=True):
     """An AggregateStore's contents for a checkpoint: the aggregates' slots and the command ids
     remembered (oldest first)."""
@@ -89,6 +96,7 @@ class AggregateStore(Generic[S]):
         self.applied_through = max(self.applied_through, recorded.seq)
         cause = recorded.envelope.causation_id
         if cause:
+            cause = done_key(recorded.envelope.actor, cause)
             self._commands.setdefault(cause, []).append(Appended(recorded.subject, recorded.seq))
             self._commands.move_to_end(cause)
             if len(self._commands) > self._remember:
@@ -122,9 +130,9 @@ class AggregateStore(Generic[S]):
         self._commands = OrderedDict(image.commands)
         self.applied_through = image.applied_through
 
-    def already_done(self, command_id: str) -> list[Appended] | None:
-        """The events a command id already caused, if this store has seen it."""
-        return self._commands.get(command_id)
+    def already_done(self, command_id: str, actor: str) -> list[Appended] | None:
+        """The events a command id of this actor already caused, if this store has seen it."""
+        return self._commands.get(done_key(actor, command_id))
 
     async def execute(
         self,
@@ -140,7 +148,7 @@ class AggregateStore(Generic[S]):
         subject = event_subject(self.aggregate, aggregate_id)
         reloaded = False
         for attempt in range(MAX_ATTEMPTS):
-            done = self.already_done(command_id)
+            done = self.already_done(command_id, actor)
             if done is not None:
                 return done
             slot = self.get(aggregate_id)

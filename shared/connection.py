@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 import nats
@@ -42,8 +43,10 @@ class Client(NATS):
             self._pings_outstanding = 0
 
 
-async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30.0) -> NATS:
-    """Connect, retrying for `connect_for` seconds; raise Unavailable with the URL if it fails."""
+async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30.0,
+                       on_error: Callable[[Exception], None] | None = None) -> NATS:
+    """Connect, retrying for `connect_for` seconds; raise Unavailable with the URL if it fails.
+    `on_error` sees the connection's asynchronous errors (e.g. a slow consumer's drops)."""
     url = settings.nats_url or DEFAULT_URL
     options: dict[str, Any] = {
         "servers": parse_servers(url),  # a cluster: every node's URL
@@ -62,6 +65,8 @@ async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30
         options["tls"] = ssl.create_default_context(cafile=settings.nats_tls_ca)
 
     async def _quiet(exc: Exception) -> None:  # nats-py logs every failed attempt otherwise
+        if on_error is not None:
+            on_error(exc)
         log.debug("nats: %r", exc)
 
     # nats-py itself retries the first connection (every reconnect_time_wait) when reconnects are

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import Unavailable
+from shared.secretfiles import open_log, private_dir
 
 if TYPE_CHECKING:
     from shared.auth.authority import Authority
@@ -151,9 +152,9 @@ class EmbeddedNats:
 
     async def start(self, timeout: float = 20.0) -> EmbeddedNats:
         """Start the server and wait until it accepts connections."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.data_dir)
         conf = self._write_config()
-        with self.log_path.open("ab") as log:
+        with open_log(self.log_path) as log:
             self.proc = subprocess.Popen(  # noqa: ASYNC220 - a daemon child, waited for below
                 [str(nats_server_binary()), "-c", str(conf)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -275,7 +276,7 @@ class EmbeddedPostgres:
         if ids is not None:
             # At every start: an owner may have closed a parent again since (`fleet up` keeps its
             # data dir 0700; o+x lets the server's user pass through it, not list it).
-            self.data_dir.mkdir(parents=True, exist_ok=True)
+            private_dir(self.data_dir)
             _make_traversable(self.data_dir)
             _make_traversable(_pg_bin())
         await asyncio.to_thread(self._init_cluster, ids)
@@ -295,7 +296,7 @@ class EmbeddedPostgres:
         popen_kwargs: dict[str, object] = {}
         if ids is not None:
             popen_kwargs = {"user": ids[0], "group": ids[1], "extra_groups": []}
-        with self.log_path.open("ab") as log:
+        with open_log(self.log_path) as log:  # 0600: the server writes through this descriptor
             self.proc = subprocess.Popen(  # type: ignore[call-overload]  # noqa: ASYNC220 - user/group in kwargs; a daemon child
                 args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, preexec_fn=die_with_parent, **popen_kwargs,  # noqa: PLW1509 - the child runs only a pre-resolved prctl call

@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import re
 import time
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -42,6 +44,7 @@ from shared.atomic import MAX_BATCH, publish_atomic
 from shared.envelope import Envelope, Event, decode_envelope, decode_event, encode_envelope
 from shared.errors import Conflict, Invalid, StreamMisconfigured, Unavailable
 from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
+from shared.times import parse_time
 
 _REPLAY_BUFFER = 10_000  # messages a replay buffers before it stops its subscription
 _IDLE_CHECK = 0.25  # seconds without a message before a bounded replay checks it is done
@@ -171,8 +174,12 @@ class EventLog:
         stream: str = EVENTS_STREAM,
         timeout: float = 5.0,
         retry_for: float = 30.0,
+        consumers: bool = True,
     ) -> None:
+        """`consumers=False`: read with direct gets only (bounded ranges), creating no consumer on
+        the server: the way of an identity that may not create any (the auditor)."""
         self.nc = nc
+        self.consumers = consumers
         self.js = nc.jetstream(timeout=timeout)
         self.stream = stream
         self.timeout = timeout
@@ -217,6 +224,14 @@ class EventLog:
         """When the stream was created: what tells this log from another of the same name."""
         info = await self.js.stream_info(self.stream)
         return info.created.isoformat() if info.created else ""
+
+    async def stored_at(self, seq: int) -> datetime | None:
+        """When the server stored the message at `seq` (None: there is none)."""
+        msg = await self._direct({"seq": seq})
+        stamp = (msg.headers or {}).get("Nats-Time-Stamp")
+        if _status(msg) is not None or not stamp:
+            return None
+        return parse_time(re.sub(r"(\.\d{6})\d+", r"\1", stamp), "Nats-Time-Stamp")  # ns -> us
 
     async def fingerprint(self, seq: int) -> str:
         """SHA-256 of the subject and body of the event at `seq` ("" for 0 or a missing one)."""
@@ -371,12 +386,18 @@ class EventLog:
         self, subject: str, start_seq: int, batch: int
     ) -> tuple[list[Recorded], bool]:
         """One batched direct get; returns the events and whether more are pending."""
+        msgs, more = await self._direct_msgs(subject, start_seq, batch)
+        return [Recorded(seq, msg.subject, decode_envelope(msg.data)) for seq, msg in msgs], more
+
+    async def _direct_msgs(self, subject: str, start_seq: int, batch: int) -> tuple[list[tuple[int, Msg]], bool]:
+        """One batched direct get of the messages matching `subject` from `start_seq`: (stream
+        sequence, message with its stored subject) and whether more are pending. No consumer."""
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
         try:
             request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
             await self.nc.publish(self._direct_subject, msgspec.json.encode(request), reply=inbox)
-            out: list[Recorded] = []
+            out: list[tuple[int, Msg]] = []
             while True:
                 try:
                     msg = await sub.next_msg(self.timeout)
@@ -390,13 +411,8 @@ class EventLog:
                     return out, int(headers.get("Nats-Num-Pending", "0") or 0) > 0
                 if status:
                     raise Unavailable(f"direct get failed: {status} {headers.get('Description')}")
-                out.append(
-                    Recorded(
-                        int(headers["Nats-Sequence"]),
-                        headers["Nats-Subject"],
-                        decode_envelope(msg.data),
-                    )
-                )
+                stored = Msg(self.nc, subject=headers["Nats-Subject"], data=msg.data, headers=headers)
+                out.append((int(headers["Nats-Sequence"]), stored))
         finally:
             await sub.unsubscribe()
 
@@ -461,6 +477,10 @@ class EventLog:
             to_seq = await self.last_stream_seq()
         if to_seq is not None and to_seq < from_seq:
             return
+        if not self.consumers:
+            async for direct in self._direct_messages(from_seq, to_seq, subjects, follow, size):
+                yield direct
+            return
         delivery = _Delivery(self, subjects)
         await delivery.start(max(from_seq, 1))
         buffer = delivery.buffer
@@ -496,6 +516,24 @@ class EventLog:
                     return
         finally:
             await delivery.close()
+
+    async def _direct_messages(
+        self, from_seq: int, to_seq: int | None, subjects: str | Sequence[str], follow: bool, size: int
+    ) -> AsyncGenerator[list[tuple[int, Msg]]]:
+        """A bounded read through batched direct gets: what an identity that may create no
+        consumer (an auditor, docs/security.md) reads with."""
+        if follow or to_seq is None or not isinstance(subjects, str):
+            raise Invalid("without consumers the log is read in a bounded range of one subject filter",
+                          field="subjects")
+        next_seq = max(from_seq, 1)
+        while next_seq <= to_seq:
+            msgs, more = await self._direct_msgs(subjects, next_seq, min(size, to_seq - next_seq + 1))
+            batch = [(seq, msg) for seq, msg in msgs if seq <= to_seq]
+            if batch:
+                yield batch
+            if not more or not msgs or msgs[-1][0] >= to_seq:
+                return
+            next_seq = msgs[-1][0] + 1
 
     async def _idle(self, arrived: asyncio.Event, follow: bool) -> bool:
         """Wait for the next delivery. True when a bounded replay has waited `_IDLE_CHECK` seconds

@@ -15,16 +15,13 @@ LABEL_KEY_RE = re.compile(r"^[a-z0-9]([a-z0-9._/-]{0,62})$")
 LABEL_VALUE_MAX = 256
 LABELS_MAX = 64
 Id = Annotated[str, msgspec.Meta(pattern=ID_RE.pattern)]  # the id rule, checked while decoding
+ID_RULE = "not a valid id: use 1-128 characters from A-Z a-z 0-9 _ -, starting with a letter or digit"
 
 
 def check_id(value: object, field: str) -> str:
     """Return `value` if it is a subject-safe id, else raise Invalid naming `field`."""
     if not isinstance(value, str) or not ID_RE.fullmatch(value):
-        raise Invalid(
-            f"{value!r} is not a valid id: use 1-128 characters from A-Z a-z 0-9 _ -, "
-            "starting with a letter or digit",
-            field=field,
-        )
+        raise Invalid(f"{value!r} is {ID_RULE}", field=field)
     return value
 
 

@@ -53,6 +53,7 @@ _TRANSIENT = (
     nats.errors.StaleConnectionError,
     nats.js.errors.ServiceUnavailableError,
     nats.js.errors.ServerError,
+    nats.js.errors.NoStreamResponseError,  # the bucket's stream between leaders (a node killed)
     TimeoutError,
 )
 
@@ -87,7 +88,7 @@ async def lease_bucket(nc: NATS, ttl: float = DEFAULT_TTL, replicas: int = 1) ->
     except nats.js.errors.BucketNotFoundError:
         try:
             kv = await js.create_key_value(api.KeyValueConfig(
-                bucket=LEASE_BUCKET, history=1, ttl=ttl, replicas=replicas,
+                bucket=LEASE_BUCKET, history=1, ttl=ttl, replicas=replicas, direct=True,  # a get names its key
                 storage=api.StorageType.FILE, description="Fleetplane leases: one driver at a time"))
         except nats.js.errors.BadRequestError:  # created concurrently by another instance
             kv = await js.key_value(LEASE_BUCKET)

@@ -46,6 +46,8 @@ LEASE_HELD = Gauge("fleet_lease_held", "1 while this process holds the lease, el
 LEASE_TAKEOVERS = Counter("fleet_lease_takeovers", "Times this process gained the lease.", ["lease"])
 REVOCATIONS = Counter("fleet_identity_revocations", "Device identities revoked (retired devices).")
 RENEWALS = Counter("fleet_identity_renewals", "Device credential renewals answered, by result.", ["result"])
+AUDIT_SQUATTED = Counter("fleet_audit_checkpoints_squatted",
+                         "Checkpoint numbers found taken by a message that is no checkpoint of this writer.")
 
 
 

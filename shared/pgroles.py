@@ -3,7 +3,11 @@
 - `fleet_owner` owns the database, hence its `public` schema and every read-model schema the
   projection runner (and `fleet projections rebuild`) creates; it is not a superuser.
 - `fleet_reader`, for the query API, may only read: SELECT on every table `fleet_owner` has made
-  or will make (default privileges, so schemas swapped in by a rebuild are readable too).
+  or will make (default privileges, so schemas swapped in by a rebuild are readable too). It may
+  not take advisory locks (EXECUTE on the `pg_*advisory*lock*` functions is the owner's alone in
+  this database; the unlock functions stay public, asyncpg's pool runs `pg_advisory_unlock_all()`
+  when a connection goes back): it held the runner's start-up lock and hung a restarted
+  projections part.
 
 `ensure_roles` runs once per start of `fleet up`, as the superuser, and is the only thing that
 uses the superuser's password. The roles' passwords are random and live in a pgpass file under
@@ -26,6 +30,13 @@ GRANT CONNECT ON DATABASE "{{db}}" TO {READER};
 GRANT USAGE ON SCHEMA public TO {READER};
 ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} GRANT USAGE ON SCHEMAS TO {READER};
 ALTER DEFAULT PRIVILEGES FOR ROLE {OWNER} GRANT SELECT ON TABLES TO {READER};
+DO $$ DECLARE f regprocedure; BEGIN
+  FOR f IN SELECT oid::regprocedure FROM pg_proc
+           WHERE proname LIKE 'pg\\_%advisory\\_%' AND proname NOT LIKE '%unlock%' LOOP
+    EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', f);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO {OWNER}', f);
+  END LOOP;
+END $$;
 """
 
 

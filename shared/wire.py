@@ -7,15 +7,22 @@ from typing import Annotated, Any
 
 import msgspec
 
+from shared.ids import ID_RE, new_command_id
+
 REASON_MAX = 1000
 Reason = Annotated[str, msgspec.Meta(max_length=REASON_MAX)]  # why an operator did something
 Expression = Annotated[str, msgspec.Meta(max_length=4096)]  # a selector, canary or wave list
 
 
 class Command(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Base of every command: an idempotency key chosen by the client, and who asks."""
+    """Base of every command: an idempotency key chosen by the client (one is made up when it is
+    left out, and then a resend is a new command), and who asks (filled in by the service from
+    the authenticated identity; whatever a body says is overwritten)."""
 
-    command_id: str
+    command_id: Annotated[str, msgspec.Meta(
+        pattern=ID_RE.pattern, description="the idempotency key: a resend with the same id within the dedupe "
+        "window gets the same reply and writes nothing more; a fresh one is made up when left out")] = msgspec.field(
+        default_factory=new_command_id)
     actor: str = "anonymous"
 
 

@@ -7,6 +7,7 @@ import typer
 from fleet.cli import agent as agent_cli
 from fleet.cli import audit as audit_cli
 from fleet.cli import context as context_cli
+from fleet.cli import contract as contract_cli
 from fleet.cli import demo, service
 from fleet.cli import drift as drift_cli
 from fleet.cli import identity as identity_cli
@@ -79,6 +80,7 @@ app.command("sites", help="Site health, worst first: offline, failed, degraded, 
 app.command("diff", help="What changed between two moments, per site and snapshot.")(views_cli.diff)
 app.add_typer(projections_cli.app, name="projections")
 app.add_typer(audit_cli.app, name="audit")
+app.add_typer(contract_cli.app, name="contract")
 app.add_typer(token_cli.app, name="token")
 app.command("up", help="Run everything on this machine, supervised.")(up_cli.up)
 app.command("status", help="What `fleet up` runs, and how it is.")(up_cli.status)

@@ -19,6 +19,8 @@ from shared.times import parse_time
 app = typer.Typer(help="The log as the audit trail.", no_args_is_help=True)
 
 EXIT_NOT_INTACT = 7  # verify: the log (or export) is not what its checkpoints signed
+# An unsigned tail older than FLEET_AUDIT_MAX_DELAY times this fails verify (checkpointing stopped).
+UNSIGNED_MARGIN = 3
 
 
 def _bound(text: str | None, field: str) -> tuple[int | None, datetime | None]:
@@ -63,7 +65,7 @@ async def _export(conf: Settings, start: str | None, end: str | None, out: Path 
     started = from_time is None
     handle: IO[bytes] = out.open("wb") if out is not None else sys.stdout.buffer
     try:
-        async for seq, subject, body in EventLog(nc).replay_raw(from_seq or 1, to_seq):
+        async for seq, subject, body in EventLog(nc, consumers=False).replay_raw(from_seq or 1, to_seq):
             if from_time is not None or to_time is not None:
                 try:
                     at = decode_envelope(body).at_time
@@ -151,13 +153,17 @@ async def _verify_stream(conf: Settings, stream: str | None, pinned: list[bytes]
 
     nc = await connect_nats(conf, "audit", connect_for=5.0)
     try:
-        return await verify_stream(EventLog(nc, stream=stream or EVENTS_STREAM), pinned=pinned,
-                                   from_seq=start, to_seq=end, expect=expected)
+        # the log itself with direct gets (all an auditor may do); a copy of it may lack them
+        log = EventLog(nc, stream=stream or EVENTS_STREAM, consumers=stream is not None)
+        return await verify_stream(log, pinned=pinned, from_seq=start, to_seq=end, expect=expected,
+                                   max_unsigned_age=None if stream else conf.audit_max_delay * UNSIGNED_MARGIN)
     finally:
         await nc.close()
 
 
 def _render_report(report: Any) -> None:
+    for warning in report.warnings:
+        console.print(f"WARNING: {warning}", highlight=False, soft_wrap=True)
     trusted = [k for k in report.keys if k.trusted]
     signer = ", ".join(f"{k.key_id} ({k.why})" for k in trusted) or "no trusted key"
     if report.intact:
@@ -197,7 +203,7 @@ async def _announced(conf: Settings) -> list[dict[str, Any]]:
 
     nc = await connect_nats(conf, "audit", connect_for=5.0)
     try:
-        log = EventLog(nc)
+        log = EventLog(nc, consumers=False)
         last = await log.last_stream_seq()
         return [{"key_id": r.event.key_id, "public_key": r.event.public_key, "seq": r.seq,
                  "endorsed_by": r.event.endorsed_by}

@@ -17,9 +17,10 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from shared.commands import Reply
+from shared.commands import ErrorBody, Reply
 from shared.config import Settings, load_settings
 from shared.errors import FleetError
+from shared.wire import Command
 
 T = TypeVar("T")
 
@@ -59,8 +60,8 @@ def run(coro: Coroutine[Any, Any, T], *, json_out: bool = False) -> T:
 def fail(exc: FleetError, *, json_out: bool = False) -> NoReturn:
     """Report a refused operation and exit with its code."""
     if json_out:
-        body = {"ok": False, "error": {"code": exc.code, "message": exc.message, "field": exc.field}}
-        sys.stdout.write(msgspec.json.encode(body).decode() + "\n")
+        refusal = Reply(ok=False, error=ErrorBody(exc.code, exc.message, exc.field))  # as on the wire
+        sys.stdout.write(msgspec.json.encode(refusal).decode() + "\n")
     else:
         where = f" ({exc.field})" if exc.field else ""
         err_console.print(f"[red]error: {exc.code}{escape(where)}:[/red] {escape(exc.message)}",
@@ -76,13 +77,26 @@ def emit(data: Any, *, json_out: bool, render: Callable[[Any], None]) -> None:
         render(data)
 
 
+def reply_json(reply: Reply) -> dict[str, Any]:
+    """A command's reply as plain data for `--json`: the reply as the service sent it."""
+    data: dict[str, Any] = msgspec.to_builtins(reply)
+    data.setdefault("events", [])
+    return data
+
+
+def emit_reply(reply: Reply, *, json_out: bool, render: Callable[[Any], None]) -> None:
+    """Print a command's reply: with `--json` the reply itself (one shape for every command, the
+    same as `nats req` and the HTTP API give); for people, `render` of its result."""
+    emit(reply_json(reply), json_out=json_out, render=lambda _: render(reply.result))
+
+
 def command_settings(conf: Settings) -> Settings:
     """The settings to send commands with: under the operator identity, whose name the services
     record as the actor (DESIGN §11)."""
     return msgspec.structs.replace(conf, nats_creds=conf.command_creds or conf.nats_creds)
 
 
-async def send(conf: Settings, service: str, command: str, body: dict[str, Any],
+async def send(conf: Settings, service: str, command: str, body: Command,
                timeout: float = 30.0) -> Reply:
     """Connect, send one command under the operator identity, disconnect; a refusal raises its typed
     FleetError (which `run` turns into a message and an exit code)."""
@@ -96,17 +110,17 @@ async def send(conf: Settings, service: str, command: str, body: dict[str, Any],
         await nc.close()
 
 
-def reason_command(app: typer.Typer, service: str, name: str, doc: str, id_field: str,
-                   render: Callable[[Any], None]) -> None:
-    """Add `name ID [--reason R] [--json]` to `app`: one command to `service` naming one
-    aggregate by `id_field`, with an operator's reason for the record."""
+def reason_command(app: typer.Typer, service: str, name: str, command_type: type[Command], doc: str,
+                   id_field: str, render: Callable[[Any], None]) -> None:
+    """Add `name ID [--reason R] [--json]` to `app`: one command (`command_type`) to `service`
+    naming one aggregate by `id_field`, with an operator's reason for the record."""
 
     def command(ctx: typer.Context, target: str = typer.Argument(..., metavar=id_field.upper()),
                 reason: str = typer.Option("", "--reason", help="Why, for the record."),
                 json_out: bool = JsonOption) -> None:
-        result = run(send(settings(ctx), service, name, {id_field: target, "reason": reason}),
-                     json_out=json_out).result
-        emit(result, json_out=json_out, render=render)
+        reply = run(send(settings(ctx), service, name, command_type(**{id_field: target, "reason": reason})),
+                    json_out=json_out)
+        emit_reply(reply, json_out=json_out, render=render)
 
     command.__doc__ = doc
     app.command(name)(command)

@@ -14,7 +14,7 @@ from fleet.cli.common import JsonOption, console, emit, run, settings
 from shared.auth.authority import Authority, push_account, roles_known
 from shared.auth.jwt import jwt_of_creds, read_claims
 from shared.config import Settings
-from shared.errors import NotFound
+from shared.errors import NotFound, Unavailable
 from shared.times import parse_duration
 
 creds_app = typer.Typer(help="Credentials for operators, services, auditors and the API.", no_args_is_help=True)
@@ -80,12 +80,30 @@ def revoke_device(
     re-enrolling it afterwards issues working credentials again (rotation)."""
     async def main() -> dict[str, Any]:
         conf = settings(ctx)
-        authority = _authority(conf)
-        await _push(conf, authority.revoke_device(device))
-        return {"device_id": device, "revoked": True}
+        try:  # through the authority part, the one writer of revocations
+            return await _command(conf, device)
+        except Unavailable:  # none runs (no `fleet up`, no deployed part): do it here, as it would
+            authority = _authority(conf)
+            await _push(conf, authority.revoke_device(device))
+            return {"device_id": device, "revoked": True}
 
     emit(run(main(), json_out=json_out), json_out=json_out,
          render=lambda r: console.print(f"revoked the credentials of {r['device_id']}"))
+
+
+async def _command(conf: Settings, device: str) -> dict[str, Any]:
+    from fleet.cli.common import command_settings
+    from shared.auth.revoker import SERVICE
+    from shared.commands import CommandClient
+    from shared.connection import connect_nats
+
+    nc = await connect_nats(command_settings(conf), "cli", connect_for=5.0)
+    try:
+        reply = await CommandClient(nc, timeout=5.0).send(SERVICE, "revoke_device", {"device_id": device})
+        result: dict[str, Any] = reply.result
+        return result
+    finally:
+        await nc.close()
 
 
 async def _push(conf: Settings, account_jwt: str) -> None:

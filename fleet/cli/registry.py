@@ -20,10 +20,25 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, command_settings, console, emit, run, send, settings
+from fleet.cli.common import JsonOption, command_settings, console, emit, reply_json, run, send, settings
 from shared.commands import CommandClient, Reply
 from shared.config import Settings
 from shared.connection import connect_nats
+from shared.contract.registry import (
+    AddDevice,
+    AddSite,
+    GetDevice,
+    GetSite,
+    ImportDevices,
+    ListDevices,
+    ListSites,
+    MoveDevice,
+    RelabelDevice,
+    RetireDevice,
+    RetireSite,
+    UpdateDevice,
+    UpdateSite,
+)
 from shared.errors import Invalid
 from shared.ids import parse_label
 
@@ -42,13 +57,6 @@ LabelOption = typer.Option(None, "--label", "-l", help="A label key=value (repea
 WindowOption = typer.Option(None, "--window", "-w", help=(
     "A maintenance window, e.g. 'Mon-Fri 22:00-04:00 Europe/Berlin' or 'Sat 00:00-24:00 UTC' (repeatable; "
     "rollouts assign the site's devices only inside one)."))
-
-
-def reply_json(reply: Reply) -> dict[str, Any]:
-    """A reply as plain data for `--json`."""
-    data: dict[str, Any] = msgspec.to_builtins(reply)
-    data.setdefault("events", [])
-    return data
 
 
 def labels_of(pairs: list[str] | None) -> dict[str, str]:
@@ -108,10 +116,8 @@ def site_add(
 ) -> None:
     """Register a site (the same site again with the same data is a no-op)."""
     async def go() -> None:
-        body: dict[str, Any] = {"site_id": site_id, "labels": labels_of(label), "windows": window or []}
-        if name is not None:
-            body["name"] = name
-        reply = await send(settings(ctx), "registry", "add_site", body)
+        command = AddSite(site_id=site_id, labels=labels_of(label), windows=window or [], name=name)
+        reply = await send(settings(ctx), "registry", "add_site", command)
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_site(reply, "added"))
     run(go(), json_out=json_out)
 
@@ -128,14 +134,9 @@ def site_update(
 ) -> None:
     """Change a site's name, labels or maintenance windows (--window replaces them all)."""
     async def go() -> None:
-        body: dict[str, Any] = {"site_id": site_id}
-        if name is not None:
-            body["name"] = name
-        if label:
-            body["labels"] = labels_of(label)
-        if window or no_windows:
-            body["windows"] = [] if no_windows else window
-        reply = await send(settings(ctx), "registry", "update_site", body)
+        command = UpdateSite(site_id=site_id, name=name, labels=labels_of(label) if label else None,
+                             windows=([] if no_windows else window) if window or no_windows else None)
+        reply = await send(settings(ctx), "registry", "update_site", command)
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_site(reply, "updated"))
     run(go(), json_out=json_out)
 
@@ -149,7 +150,7 @@ def site_retire(
 ) -> None:
     """Retire a site that holds no active device."""
     async def go() -> None:
-        reply = await send(settings(ctx), "registry", "retire_site", {"site_id": site_id, "reason": reason})
+        reply = await send(settings(ctx), "registry", "retire_site", RetireSite(site_id=site_id, reason=reason))
         emit(reply_json(reply), json_out=json_out,
              render=lambda _: _changed(reply, f"site {site_id}", "retired"))
     run(go(), json_out=json_out)
@@ -163,7 +164,7 @@ def site_show(
 ) -> None:
     """One site and how many active devices it holds."""
     async def go() -> None:
-        reply = await send(settings(ctx), "registry", "get_site", {"site_id": site_id})
+        reply = await send(settings(ctx), "registry", "get_site", GetSite(site_id=site_id))
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_site(reply))
     run(go(), json_out=json_out)
 
@@ -176,7 +177,7 @@ def site_list(
 ) -> None:
     """All sites."""
     async def go() -> None:
-        reply = await send(settings(ctx), "registry", "list_sites", {"include_retired": all_sites})
+        reply = await send(settings(ctx), "registry", "list_sites", ListSites(include_retired=all_sites))
 
         def render(_: Any) -> None:
             table = Table("site", "name", "status", "devices", "labels", "windows")
@@ -212,11 +213,9 @@ def device_add(
 ) -> None:
     """Register a device (the same device again with the same data is a no-op)."""
     async def go() -> None:
-        body: dict[str, Any] = {"device_id": device_id, "site_id": site, "kind": kind,
-                                "parent_id": parent, "labels": labels_of(label)}
-        if metadata is not None:
-            body["metadata"] = _json_object(metadata, "metadata")
-        reply = await send(settings(ctx), "registry", "add_device", body)
+        command = AddDevice(device_id=device_id, site_id=site, kind=kind, parent_id=parent, labels=labels_of(label),
+                            metadata=_json_object(metadata, "metadata") if metadata is not None else None)
+        reply = await send(settings(ctx), "registry", "add_device", command)
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_device(reply, "added"))
     run(go(), json_out=json_out)
 
@@ -232,10 +231,9 @@ def device_update(
 ) -> None:
     """Change a device's kind, parent controller or metadata."""
     async def go() -> None:
-        body: dict[str, Any] = {"device_id": device_id, "kind": kind, "parent_id": parent}
-        if metadata is not None:
-            body["metadata"] = _json_object(metadata, "metadata")
-        reply = await send(settings(ctx), "registry", "update_device", body)
+        command = UpdateDevice(device_id=device_id, kind=kind, parent_id=parent,
+                               metadata=_json_object(metadata, "metadata") if metadata is not None else None)
+        reply = await send(settings(ctx), "registry", "update_device", command)
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_device(reply, "updated"))
     run(go(), json_out=json_out)
 
@@ -250,7 +248,7 @@ def device_label(
     """Replace a device's labels (`fleet device label ID` with none clears them)."""
     async def go() -> None:
         reply = await send(settings(ctx), "registry", "relabel_device",
-                           {"device_id": device_id, "labels": labels_of(labels)})
+                           RelabelDevice(device_id=device_id, labels=labels_of(labels)))
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_device(reply, "relabeled"))
     run(go(), json_out=json_out)
 
@@ -264,7 +262,7 @@ def device_move(
 ) -> None:
     """Move a device to another site."""
     async def go() -> None:
-        reply = await send(settings(ctx), "registry", "move_device", {"device_id": device_id, "site_id": site})
+        reply = await send(settings(ctx), "registry", "move_device", MoveDevice(device_id=device_id, site_id=site))
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_device(reply, "moved"))
     run(go(), json_out=json_out)
 
@@ -278,7 +276,7 @@ def device_retire(
 ) -> None:
     """Retire a device: it keeps its history and can no longer be targeted."""
     async def go() -> None:
-        reply = await send(settings(ctx), "registry", "retire_device", {"device_id": device_id, "reason": reason})
+        reply = await send(settings(ctx), "registry", "retire_device", RetireDevice(device_id=device_id, reason=reason))
         emit(reply_json(reply), json_out=json_out,
              render=lambda _: _changed(reply, f"device {device_id}", "retired"))
     run(go(), json_out=json_out)
@@ -292,7 +290,7 @@ def device_show(
 ) -> None:
     """One device."""
     async def go() -> None:
-        reply = await send(settings(ctx), "registry", "get_device", {"device_id": device_id})
+        reply = await send(settings(ctx), "registry", "get_device", GetDevice(device_id=device_id))
         emit(reply_json(reply), json_out=json_out, render=lambda _: _show_device(reply))
     run(go(), json_out=json_out)
 
@@ -310,8 +308,8 @@ def device_list(
     """Devices, by site and label selector."""
     async def go() -> None:
         reply = await send(settings(ctx), "registry", "list_devices",
-                           {"site_id": site, "selector": selector, "include_retired": all_devices,
-                            "limit": limit, "after": after})
+                           ListDevices(site_id=site, selector=selector, include_retired=all_devices,
+                                       limit=limit, after=after))
 
         def render(_: Any) -> None:
             result = reply.result
@@ -464,8 +462,8 @@ async def _send_lines(conf: Settings, sendable: list[Line], report: dict[str, An
                 # Several chunks are in flight so the service never waits for the next one; it
                 # serves one subscription in order, so a parent in an earlier chunk lands first.
                 async with window:
-                    reply = await client.send("registry", "import_devices",
-                                              {"devices": [ln.device for ln in chunk]}, timeout=120.0)
+                    command = ImportDevices(devices=[ln.device for ln in chunk if ln.device is not None])
+                    reply = await client.send("registry", "import_devices", command, timeout=120.0)
                 progress.advance(task, len(chunk))
                 return reply
 

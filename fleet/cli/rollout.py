@@ -12,8 +12,22 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, fail, reason_command, run, send, settings
-from shared.errors import Invalid, Unavailable
+from fleet.cli.common import JsonOption, console, emit_reply, reason_command, run, send, settings
+from shared.commands import Reply
+from shared.contract.rollout import (
+    ActOnRollout,
+    GetRollout,
+    ListRollouts,
+    RollbackRollout,
+    StartRollout,
+    WhatIfGates,
+    parse_canary,
+    parse_fraction,
+    parse_metric,
+    parse_waves,
+)
+from shared.errors import Unavailable
+from shared.times import parse_duration, parse_time
 
 app = typer.Typer(help="Progressive rollouts: canary, waves, gates, pause/resume/abort, rollback.",
                   no_args_is_help=True)
@@ -43,12 +57,12 @@ def _render(result: dict[str, Any]) -> None:
         table = Table("rollout", "status", "phase", "wave", "snapshot", "target", "assigned")
         for r in result["rollouts"]:
             status = r["status"] + (" (waiting for windows)" if r.get("waiting_for_windows") else "")
-            table.add_row(r["rollout_id"], status, r["phase"], f"{r['wave'] + 1}/{r['waves']}",
+            table.add_row(r["rollout_id"], status, r["phase"], f"{r['wave']}/{r['waves']}",
                           r["snapshot_id"], r["target"] or "(all)", f"{r['assigned']}/{r['devices']}")
         console.print(table)
         return
     console.print(f"[bold]{result['rollout_id']}[/bold] {result['status']} ({result['phase']}), wave "
-                  f"{result['wave'] + 1}/{result['waves']}, {result['assigned']}/{result['devices']} devices "
+                  f"{result['wave']}/{result['waves']}, {result['assigned']}/{result['devices']} devices "
                   f"assigned, snapshot {result['snapshot_id']}, target {result['target'] or '(all)'}")
     if result.get("reason"):
         console.print(f"  reason: {result['reason']}")
@@ -60,14 +74,14 @@ def _render(result: dict[str, Any]) -> None:
     if waiting:
         console.print("  waiting for maintenance windows: " + ", ".join(
             f"{site} (opens {opens or 'not within 8 days'})" for site, opens in sorted(waiting.items())))
-    for wave in result.get("wave_progress", []):
-        parts = ", ".join(f"{k} {v}" for k, v in wave.items() if k not in ("wave", "size"))
-        console.print(f"  wave {wave['wave'] + 1}: {wave['size']} devices — {parts}")
+    for wave in result.get("wave_progress") or []:
+        parts = ", ".join(f"{k} {v}" for k, v in wave["counts"].items())
+        console.print(f"  wave {wave['wave']}: {wave['size']} devices — {parts}")
     gate = result.get("last_gate")
     if gate:
         verdict = "[green]passed[/green]" if gate["passed"] else "[red]failed[/red]"
         inputs = gate["inputs"]
-        console.print(f"  last gate (wave {gate['wave'] + 1}): {verdict} — healthy {inputs['healthy']}/"
+        console.print(f"  last gate (wave {gate['wave']}): {verdict} — healthy {inputs['healthy']}/"
                       f"{inputs['devices']}, failed {inputs['failed']}, offline {inputs['offline']}, "
                       f"timed out {inputs['timed_out']}, metrics {inputs['metrics']}")
         for reason in gate["reasons"]:
@@ -79,14 +93,9 @@ def _render(result: dict[str, Any]) -> None:
         for site, digest in sorted(result["config_hashes"].items()):
             console.print(f"  site {site}: config {digest[:16]}")
         for entry in result.get("schedule", []):
-            starts, every, ends = (entry.get(k) or "unknown" for k in ("starts", "all_sites_open", "bake_ends"))
-            rounds = f", {entry['rounds']} rounds of {entry['in_flight']} in flight" if "rounds" in entry else ""
-            console.print(f"  wave {entry['wave'] + 1} expected: starts {starts}, every site open by {every}"
-                          f"{rounds}, bake ends {ends}")
-        expected = result.get("expected_seconds")
-        if expected is not None:
-            console.print(f"  expected duration: about {_duration(expected)} (each round: one heartbeat "
-                          "interval for devices to apply and report)")
+            starts, every, ends = (entry[k] or "unknown" for k in ("starts", "all_sites_open", "bake_ends"))
+            console.print(f"  wave {entry['wave']} expected: starts {starts}, every site open by {every}, "
+                          f"bake ends {ends}")
     elif "plan" in result:
         console.print("  the rollback waits for maintenance windows (--rollback-in-windows)" if result.get("in_windows")
                       else "  the rollback ignores maintenance windows: devices are restored at once")
@@ -98,28 +107,6 @@ def _render(result: dict[str, Any]) -> None:
         console.print(table)
 
 
-def _duration(seconds: float) -> str:
-    """`1h 5m`, `4m 10s`, `12s`."""
-    whole = round(seconds)
-    hours, rest = divmod(whole, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h {minutes}m" if hours else f"{minutes}m {secs}s" if minutes else f"{secs}s"
-
-
-def _in_flight(text: str) -> dict[str, Any]:
-    """`--max-in-flight` as the command's structured fields: `500` -> a count, `10%` -> a share."""
-    text = text.strip()
-    if not text:
-        return {}
-    try:
-        if text.endswith("%"):
-            return {"max_in_flight_percent": float(text[:-1])}
-        return {"max_in_flight": int(text)}
-    except ValueError:
-        fail(Invalid(f"--max-in-flight {text!r}: give a count (500) or a share of each wave (10%)",
-                     field="max_in_flight"))
-
-
 @app.command("start")
 def start(
     ctx: typer.Context,
@@ -129,10 +116,7 @@ def start(
     canary: str = typer.Option("", "--canary", help="5 | 2% | site:a,b"),
     waves: str = typer.Option("100", "--waves", help="Cumulative percentages, e.g. 10,50,100."),
     bake: str = typer.Option("0s", "--bake", help="Bake time per wave."),
-    max_in_flight: str = typer.Option(
-        "", "--max-in-flight",
-        help="Devices changed at once: a count (500) or a share of each wave (10%); default: the larger "
-             "of 500 and 25% of the wave (docs/decisions.md)."),
+    max_in_flight: int = typer.Option(500, "--max-in-flight"),
     apply_timeout: str = typer.Option("5m", "--apply-timeout"),
     min_healthy: str = typer.Option("90%", "--min-healthy"),
     max_failed: str = typer.Option("5%", "--max-failed"),
@@ -149,25 +133,26 @@ def start(
     json_out: bool = JsonOption,
 ) -> None:
     """Start a rollout (or, with --dry-run, show its plan)."""
-    body: dict[str, Any] = {
-        "snapshot_id": snapshot, "target": target, "canary": canary, "waves": waves, "bake": bake,
-        **_in_flight(max_in_flight), "apply_timeout": apply_timeout, "min_healthy": min_healthy,
-        "max_failed": max_failed, "max_offline": max_offline, "metrics": metric, "on_failure": on_failure,
-        "approve_after": [n - 1 for n in approve_after], "dry_run": dry_run,
-        "ignore_windows": ignore_windows, "rollback_in_windows": rollback_in_windows}
-    if not_before:
-        body["not_before"] = not_before
-    if rollout_id:
-        body["rollout_id"] = rollout_id
-    result = run(send(settings(ctx), "rollout", "start", body), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    command = StartRollout(
+        snapshot_id=snapshot, target=target, rollout_id=rollout_id, canary=parse_canary(canary),
+        waves=parse_waves(waves), max_in_flight=max_in_flight, bake_seconds=parse_duration(bake, "bake"),
+        apply_timeout_seconds=parse_duration(apply_timeout, "apply_timeout"),
+        min_healthy=parse_fraction(min_healthy, "min_healthy"), max_failed=parse_fraction(max_failed, "max_failed"),
+        max_offline=parse_fraction(max_offline, "max_offline"), metrics=[parse_metric(m) for m in metric],
+        on_failure=on_failure, approve_after=approve_after, dry_run=dry_run,  # type: ignore[arg-type]  # checked by the service
+        not_before=parse_time(not_before, "not_before") if not_before else None,
+        ignore_windows=ignore_windows, rollback_in_windows=rollback_in_windows)
+    reply = run(send(settings(ctx), "rollout", "start", command), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
-reason_command(app, "rollout", "pause", "Stop assigning until resume.", "rollout_id", _render)
-reason_command(app, "rollout", "resume", "Go on (after a failed gate: override it and move to the next wave).",
+reason_command(app, "rollout", "pause", ActOnRollout, "Stop assigning until resume.", "rollout_id", _render)
+reason_command(app, "rollout", "resume", ActOnRollout,
+               "Go on (after a failed gate: override it and move to the next wave).",
                "rollout_id", _render)
-reason_command(app, "rollout", "abort", "Stop for good; what is assigned stays assigned.", "rollout_id", _render)
-reason_command(app, "rollout", "promote", "Approve going on after a held wave.", "rollout_id", _render)
+reason_command(app, "rollout", "abort", ActOnRollout, "Stop for good; what is assigned stays assigned.",
+               "rollout_id", _render)
+reason_command(app, "rollout", "promote", ActOnRollout, "Approve going on after a held wave.", "rollout_id", _render)
 
 
 @app.command("ignore-windows")
@@ -175,9 +160,9 @@ def ignore_windows(ctx: typer.Context, rollout_id: str = typer.Argument(...),
                    reason: str = typer.Option("", "--reason", help="Why, for the record."),
                    json_out: bool = JsonOption) -> None:
     """Emergency: from now on assign (and roll back) regardless of maintenance windows; recorded with who."""
-    result = run(send(settings(ctx), "rollout", "ignore_windows", {"rollout_id": rollout_id, "reason": reason}),
-                 json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    reply = run(send(settings(ctx), "rollout", "ignore_windows", ActOnRollout(rollout_id=rollout_id, reason=reason)),
+                json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
 @app.command("rollback")
@@ -189,11 +174,9 @@ def rollback(
     json_out: bool = JsonOption,
 ) -> None:
     """Restore every device the rollout touched to what it had before (a plan with --plan)."""
-    body: dict[str, Any] = {"rollout_id": rollout_id, "plan_only": plan}
-    if to:
-        body["to_snapshot_id"] = to
-    result = run(send(settings(ctx), "rollout", "rollback", body), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    command = RollbackRollout(rollout_id=rollout_id, plan_only=plan, to_snapshot_id=to)
+    reply = run(send(settings(ctx), "rollout", "rollback", command), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
 def _verdict(passed: bool | None) -> str:
@@ -215,7 +198,7 @@ def _render_what_if(result: dict[str, Any]) -> None:
             continue
         table = Table("wave", "devices", "recorded", "what-if")
         for wave in rollout["waves"]:
-            table.add_row(str(wave["wave"] + 1), f"{wave['devices']}: healthy {wave['healthy']}, failed "
+            table.add_row(str(wave["wave"]), f"{wave['devices']}: healthy {wave['healthy']}, failed "
                           f"{wave['failed']}, offline {wave['offline']}",
                           _judged(wave["recorded_passed"], wave["recorded_reasons"], wave["recorded_metrics"]),
                           _judged(wave["what_if_passed"], wave["what_if_reasons"] + wave["unknown"],
@@ -236,27 +219,30 @@ def what_if(
     json_out: bool = JsonOption,
 ) -> None:
     """Judge every recorded gate verdict again with proposed thresholds, from the inputs in the log."""
-    body: dict[str, Any] = {"rollout_id": rollout_id, "since": since, "min_healthy": min_healthy,
-                            "max_failed": max_failed, "max_offline": max_offline, "metrics": metric or None}
-    body = {k: v for k, v in body.items() if v is not None}
     if rollout_id is None and since is None:
-        body["since"] = "30d"
-    result = run(send(settings(ctx), "rollout", "what_if", body), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render_what_if)
+        since = "30d"
+    command = WhatIfGates(
+        rollout_id=rollout_id, since_seconds=parse_duration(since, "since") if since else None,
+        min_healthy=None if min_healthy is None else parse_fraction(min_healthy, "min_healthy"),
+        max_failed=None if max_failed is None else parse_fraction(max_failed, "max_failed"),
+        max_offline=None if max_offline is None else parse_fraction(max_offline, "max_offline"),
+        metrics=[parse_metric(m) for m in metric] or None)
+    reply = run(send(settings(ctx), "rollout", "what_if", command), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render_what_if)
 
 
 @app.command("status")
 def status(ctx: typer.Context, rollout_id: str = typer.Argument(...), json_out: bool = JsonOption) -> None:
     """One rollout: status, per-wave progress, the last gate verdict and its inputs."""
-    result = run(send(settings(ctx), "rollout", "get", {"rollout_id": rollout_id}), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    reply = run(send(settings(ctx), "rollout", "get", GetRollout(rollout_id=rollout_id)), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
 @app.command("list")
 def list_(ctx: typer.Context, json_out: bool = JsonOption) -> None:
     """All rollouts, newest first."""
-    result = run(send(settings(ctx), "rollout", "list", {}), json_out=json_out).result
-    emit(result, json_out=json_out, render=_render)
+    reply = run(send(settings(ctx), "rollout", "list", ListRollouts()), json_out=json_out)
+    emit_reply(reply, json_out=json_out, render=_render)
 
 
 @app.command("watch")
@@ -267,7 +253,7 @@ def watch(ctx: typer.Context, rollout_id: str = typer.Argument(...),
     conf = settings(ctx)
 
     async def get() -> dict[str, Any]:
-        result: dict[str, Any] = (await send(conf, "rollout", "get", {"rollout_id": rollout_id})).result
+        result: dict[str, Any] = (await send(conf, "rollout", "get", GetRollout(rollout_id=rollout_id))).result
         return result
 
     _, code = run(_watch(get, asyncio.sleep, interval, json_out), json_out=json_out)
@@ -300,19 +286,19 @@ async def _watch(get: Callable[[], Awaitable[dict[str, Any]]], sleep: Callable[[
     bars: dict[int, Any] = {}
 
     def show(result: dict[str, Any]) -> None:
-        for wave in result.get("wave_progress", []):
+        for wave in result.get("wave_progress") or []:
             number = wave["wave"]
             if number not in bars:
-                bars[number] = progress.add_task(f"wave {number + 1}", total=wave["size"])
-            settled = sum(wave.get(k, 0) for k in ("converged", "failed", "timed_out", "restored"))
+                bars[number] = progress.add_task(f"wave {number}", total=wave["size"])
+            settled = sum(wave["counts"].get(k, 0) for k in ("converged", "failed", "timed_out", "restored"))
             waiting = (result.get("waiting_for_windows") or {}) if number == result["wave"] else {}
-            description = f"wave {number + 1}" + (" — waiting for maintenance windows: " + ", ".join(
+            description = f"wave {number}" + (" — waiting for maintenance windows: " + ", ".join(
                 f"{site} (opens {opens or '?'})" for site, opens in sorted(waiting.items())) if waiting else "")
             progress.update(bars[number], completed=settled, description=description)
 
     with Live(progress, console=console, transient=False, refresh_per_second=4) if not json_out else _null():
         result, code = await watch_until_done(get, sleep, interval, show)
-    emit(result, json_out=json_out, render=_render)
+    emit_reply(Reply(ok=True, result=result), json_out=json_out, render=_render)  # the last `get`'s reply
     return result, code
 
 

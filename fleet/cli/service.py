@@ -21,6 +21,7 @@ from shared.logs import setup_logging
 # part name -> module with `run(settings)`
 PARTS: dict[str, str] = {
     "audit": "services.audit.main",
+    "authority": "services.authority.main",
     "registry": "services.registry.main",
     "snapshot": "services.snapshot.main",
     "rollout": "services.rollout.main",

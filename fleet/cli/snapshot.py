@@ -10,8 +10,16 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, send, settings
-from fleet.cli.registry import add_row, reply_json
+from fleet.cli.common import JsonOption, console, emit, reply_json, run, send, settings
+from fleet.cli.registry import add_row
+from shared.contract.snapshot import (
+    CreateSnapshot,
+    DiffSnapshots,
+    GetSnapshot,
+    ListSnapshots,
+    MarkGood,
+    RetireSnapshot,
+)
 from shared.errors import Invalid
 from shared.selectors import parse
 
@@ -55,16 +63,11 @@ def create(
 ) -> None:
     """Create a snapshot; the same content again returns the existing one."""
     async def go() -> None:
-        body = {
-            "name": name,
-            "config": _read_object(config, "config"),
-            "artifacts": dict(_pairs(artifact, "artifacts")),
-            "overrides": {site: _read_object(path, f"overrides.{site}")
-                          for site, path in _pairs(override, "overrides")},
-            "parent_id": parent,
-            "description": description,
-        }
-        reply = await send(settings(ctx), "snapshot", "create", body)
+        command = CreateSnapshot(
+            name=name, config=_read_object(config, "config"), artifacts=dict(_pairs(artifact, "artifacts")),
+            overrides={site: _read_object(path, f"overrides.{site}") for site, path in _pairs(override, "overrides")},
+            parent_id=parent, description=description)
+        reply = await send(settings(ctx), "snapshot", "create", command)
 
         def render(_: Any) -> None:
             r = reply.result
@@ -90,7 +93,7 @@ def show(
 ) -> None:
     """One snapshot: its standing, artifacts, base config and overrides."""
     async def go() -> None:
-        reply = await send(settings(ctx), "snapshot", "get", {"snapshot_id": ref})
+        reply = await send(settings(ctx), "snapshot", "get", GetSnapshot(snapshot_id=ref))
 
         def render(_: Any) -> None:
             s = reply.result
@@ -124,7 +127,7 @@ def list_(
 ) -> None:
     """Snapshots, newest version first per name."""
     async def go() -> None:
-        reply = await send(settings(ctx), "snapshot", "list", {"name": name, "include_retired": not active})
+        reply = await send(settings(ctx), "snapshot", "list", ListSnapshots(name=name, include_retired=not active))
 
         def render(_: Any) -> None:
             table = Table("id", "name", "version", "status", "artifacts", "overrides", "known-good")
@@ -151,7 +154,7 @@ def diff(
 ) -> None:
     """What changes from A to B: base config, artifacts and overrides, path by path."""
     async def go() -> None:
-        reply = await send(settings(ctx), "snapshot", "diff", {"a": a, "b": b})
+        reply = await send(settings(ctx), "snapshot", "diff", DiffSnapshots(a=a, b=b))
 
         def render(_: Any) -> None:
             r = reply.result
@@ -180,7 +183,7 @@ def retire(
 ) -> None:
     """Retire a snapshot: it may no longer be rolled out."""
     async def go() -> None:
-        reply = await send(settings(ctx), "snapshot", "retire", {"snapshot_id": snapshot_id, "reason": reason})
+        reply = await send(settings(ctx), "snapshot", "retire", RetireSnapshot(snapshot_id=snapshot_id, reason=reason))
         sid = reply.result["snapshot_id"]
         emit(reply_json(reply), json_out=json_out,
              render=lambda _: console.print(f"retired {sid}" if reply.events else f"{sid} was already retired"))
@@ -199,7 +202,7 @@ def mark_good(
     async def go() -> None:
         parse(target, "target")  # refuse a bad selector before sending, pointing at the character
         reply = await send(settings(ctx), "snapshot", "mark_good",
-                           {"snapshot_id": snapshot_id, "target": target, "rollout_id": rollout})
+                           MarkGood(snapshot_id=snapshot_id, target=target, rollout_id=rollout))
         where = escape(target or "everywhere")
         sid = reply.result["snapshot_id"]
         emit(reply_json(reply), json_out=json_out,

@@ -37,8 +37,10 @@ from projections.api.auth import (
     default_allowed_hosts,
     document_refusals,
     gatekeeper,
+    may_read,
 )
 from projections.api.commands import ROUTES as COMMAND_ROUTES
+from projections.api.commands import document_commands
 from projections.api.dashboard import dashboard
 from projections.api.diff import DiffAnswer, DiffDevice, DiffDevicePage, fleet_diff
 from projections.api.fleet_metrics import exposition
@@ -119,10 +121,23 @@ def healthz() -> Health:
 
 
 @get("/readyz", tags=["health"], responses={503: ResponseSpec(Health, description="Not ready.")})
-async def readyz(models: Models) -> Response[Health]:
+async def readyz(request: Request[Any, Any, Any], models: Models) -> Response[Health]:
     """Ready when every projection runs and is within the lag bound of the log, no part has a
     stalled duty (which, since when), and drift's picture of the devices is fresh. Events a
-    projection skipped as poison do not make it unready: they are listed as warnings."""
+    projection skipped as poison do not make it unready: they are listed as warnings. Anyone gets
+    ok / not ok; the details (and an error's text) only a caller with read access."""
+    if await may_read(request):
+        ok, detail = await _readiness(models)
+        return Response(Health(ok=ok, detail=detail), status_code=200 if ok else 503)
+    try:
+        ok, _ = await _readiness(models)
+    except Exception:  # a public probe learns "not ready"; the log says why
+        log.warning("readiness check failed", exc_info=True)
+        ok = False
+    return Response(Health(ok=ok), status_code=200 if ok else 503)
+
+
+async def _readiness(models: Models) -> tuple[bool, dict[str, Any]]:
     answer = await models.projections()
     problems: dict[str, Any] = {}
     warnings: dict[str, Any] = {}
@@ -141,8 +156,7 @@ async def readyz(models: Models) -> Response[Health]:
     if models.picture is not None and models.picture.freshness.stale:
         problems["device_state"] = msgspec.to_builtins(models.picture.freshness)
     ok = not problems and answer.log_last_seq is not None
-    detail = {**problems, **({"warnings": warnings} if warnings else {})}
-    return Response(Health(ok=ok, detail=detail), status_code=200 if ok else 503)
+    return ok, {**problems, **({"warnings": warnings} if warnings else {})}
 
 
 async def _stalled_duties(models: ReadModels) -> list[dict[str, str | None]]:
@@ -191,7 +205,7 @@ def timed(app: ASGIApp) -> ASGIApp:
 def openapi_json(request: Request[Any, Any, Any]) -> dict[str, Any]:
     """The OpenAPI 3 document."""
     schema: dict[str, Any] = request.app.openapi_schema.to_schema()
-    return document_refusals(schema)
+    return document_refusals(document_commands(schema))
 
 
 @get("/v1/summary", tags=["queries"], responses=ERRORS)
@@ -462,6 +476,10 @@ def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBod
     return _error(500, "internal", "the query failed", None)
 
 
+def _on_too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[ErrorBody]:
+    return _error(400, "invalid", "the body nests too deeply", "body")
+
+
 def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     log.error("query failed", exc_info=exc)
     return _error(500, "internal", f"the query failed ({type(exc).__name__})", None)
@@ -506,6 +524,7 @@ def create_app(models: Models, auth: AuthPolicy | None = None) -> Litestar:
             asyncpg.InterfaceError: _on_db_down,
             OSError: _on_db_down,
             TimeoutError: _on_db_down,
+            RecursionError: _on_too_deep,  # JSON nested beyond what the decoder follows
             Exception: _on_unexpected,
         },
         openapi_config=OpenAPIConfig(title="Fleetplane query API", version="1",

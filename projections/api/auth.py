@@ -137,6 +137,20 @@ async def gatekeeper(connection: ASGIConnection[Any, Any, Any, Any], handler: Ba
     connection.scope[PRINCIPAL_KEY] = principal  # type: ignore[literal-required]  # our key in the ASGI scope TypedDict
 
 
+async def may_read(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether a request to a public route also carries what a read route would need (an allowed
+    Host and a token of a role with read access): such a caller gets the details a public answer
+    leaves out (`/readyz`)."""
+    policy: AuthPolicy = connection.app.state.auth
+    if not policy.host_allowed(connection.headers.get("host", "")):
+        return False
+    scheme, _, token = connection.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return False
+    principal = await policy.verifier.authenticate(token.strip())
+    return principal is not None and READ in GRANTS.get(principal.role, frozenset())
+
+
 def document_refusals(schema: dict[str, Any]) -> dict[str, Any]:
     """Add the 401 and 403 answers to every operation of an OpenAPI document that needs a token."""
     error = {"$ref": "#/components/schemas/ErrorBody"}

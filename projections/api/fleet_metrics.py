@@ -56,13 +56,13 @@ def rollout_families(statuses: dict[str, int], active: Iterable[Mapping[str, Any
     by_status = GaugeMetricFamily("fleet_rollouts", "Rollouts by status.", labels=["status"])
     for status, n in sorted(statuses.items()):
         by_status.add_metric([status], n)
-    wave = GaugeMetricFamily("fleet_rollout_wave", "Current wave (0 = canary) of each unfinished rollout, "
-                             "labelled with its status.", labels=["rollout", "snapshot", "status"])
+    wave = GaugeMetricFamily("fleet_rollout_wave", "Current wave (from 1, as the API counts) of each unfinished "
+                             "rollout, labelled with its status.", labels=["rollout", "snapshot", "status"])
     gate = GaugeMetricFamily("fleet_rollout_gate_passed", "Last gate verdict of each unfinished rollout "
                              "(1 passed, 0 failed; absent before its first gate).", labels=["rollout"])
     for row in active:
         rollout = str(row["rollout_id"])
-        wave.add_metric([rollout, str(row["snapshot_id"]), str(row["status"])], float(row["wave"]))
+        wave.add_metric([rollout, str(row["snapshot_id"]), str(row["status"])], float(row["wave"]) + 1)
         if row["passed"] is not None:
             gate.add_metric([rollout], 1.0 if row["passed"] else 0.0)
     return [by_status, wave, gate]

@@ -71,7 +71,8 @@ async def run(settings: Settings) -> None:
                           metrics_public=settings.metrics_public)
         picture = PictureWatch(nc, heartbeat_interval=settings.heartbeat_interval)
         picture.start()
-        app = create_app(ReadModels(pool, EventLog(nc), picture=picture), auth)
+        # direct gets only: the API replays bounded ranges and may create no consumer (docs/security.md)
+        app = create_app(ReadModels(pool, EventLog(nc, consumers=False), picture=picture), auth)
         config = uvicorn.Config(app, host=url.hostname or "127.0.0.1", port=url.port or 8080,
                                 log_level=settings.log_level.lower(), access_log=False,
                                 ssl_certfile=cert, ssl_keyfile=key,

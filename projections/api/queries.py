@@ -124,6 +124,16 @@ def _sum(cells: Iterable[dict[str, int]]) -> Counts:
     return Counts(**total)
 
 
+def _numbered_from_one(item: RolloutItem) -> RolloutItem:
+    """Waves as the API (like every command reply) counts them, from 1; the read model keeps the
+    events' numbering, from 0 (docs/contract.md)."""
+    gate = item.last_gate
+    return msgspec.structs.replace(
+        item, wave=item.wave + 1,
+        last_gate={**gate, "wave": gate["wave"] + 1} if gate and isinstance(gate.get("wave"), int) else gate,
+        progress=[msgspec.structs.replace(w, wave=w.wave + 1) for w in item.progress])
+
+
 class ReadModels:
     """The query side: a PostgreSQL pool, the event log (head and replays), point in time."""
 
@@ -409,8 +419,8 @@ class ReadModels:
         items = []
         for row in rows:
             waves = model.wave_progress(row, progress.get(row.rollout_id, {}), overdue.get(row.rollout_id, {}))
-            items.append(RolloutItem(**msgspec.structs.asdict(row), progress=waves,
-                                     totals=model.progress_totals(waves)))
+            items.append(_numbered_from_one(RolloutItem(**msgspec.structs.asdict(row), progress=waves,
+                                                        totals=model.progress_totals(waves))))
         return items
 
     async def rollouts(self, cursor: str | None, limit: int, at_seq: int | None,

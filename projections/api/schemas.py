@@ -95,7 +95,8 @@ class ChangePage(msgspec.Struct, frozen=True, kw_only=True):
 
 class RolloutItem(RolloutRow, frozen=True, kw_only=True):
     """A rollout with its progress per wave and in total, counted as `fleet rollout status` counts
-    (a device in flight past its apply timeout at the moment asked about is timed out)."""
+    (a device in flight past its apply timeout at the moment asked about is timed out). Its `wave`,
+    each progress entry's and the last gate's count waves from 1, as command replies do."""
 
     progress: list[WaveProgress] = []
     totals: ProgressCounts = ProgressCounts()

@@ -79,6 +79,11 @@ class Chain:
         self.number, self.through = checkpoint.number, through
         return True
 
+    def skip(self, number: int) -> None:
+        """Number `number` is taken by something that is no checkpoint of ours (squatted): the
+        next checkpoint takes the number after it, covering the same range."""
+        self.number = max(self.number, number)
+
     def _position(self, seq: int) -> int:
         # the stream has no gaps (deny_delete), so the position follows from the first sequence
         position = seq - self.seqs[0]

@@ -20,7 +20,8 @@ import msgspec
 from nacl.signing import SigningKey
 
 from services.audit.domain import Chain, announcement
-from shared.audit.chain import AUDIT_SUBJECT_PREFIX, key_id
+from shared import metrics
+from shared.audit.chain import AUDIT_SUBJECT_PREFIX, checkpoint_message, key_id, signature_valid, unb64
 from shared.envelope import decode_envelope, decode_event, seal
 from shared.errors import Conflict, FleetError, Invalid
 from shared.eventlog import Appended, EventLog
@@ -30,6 +31,8 @@ from shared.times import utcnow
 log = logging.getLogger(__name__)
 
 ACTOR = "service:audit"
+MAX_SQUATTED = 1000  # checkpoint numbers skipped in a row before the writer gives up (and says so)
+
 
 
 async def _always() -> bool:
@@ -54,6 +57,7 @@ class CheckpointWriter:
         self.clock = clock
         self.chain = Chain()
         self.written = 0  # checkpoints this instance appended
+        self.squatted = 0  # checkpoint numbers it found taken by something else and skipped
         self._writing: asyncio.Task[Appended | None] | None = None  # at most one append in flight
         self._turn = asyncio.Lock()  # the follower's and the timer's checkpoints, one at a time
         self._announced = False  # is our key in the log?
@@ -175,11 +179,23 @@ class CheckpointWriter:
             self._next_try = self.chain.seq + self.every
             return None
         await self._announce()  # a writer that could not write at start announces before signing
-        try:
-            appended = await self.log.append(event.subject, [seal(event, actor=ACTOR, at=self.clock())], 0)
-        except Conflict:
-            await self._adopt_written(event.subject)
-            return None
+        for _ in range(MAX_SQUATTED):
+            try:
+                appended = await self.log.append(event.subject, [seal(event, actor=ACTOR, at=self.clock())], 0)
+                break
+            except Conflict:
+                if await self._adopt_written(event.subject):
+                    return None
+            # Someone holding an audit identity put something else on checkpoint n (a squatter:
+            # the writer used to retry n for ever, silently). Move on to the next free number.
+            self.squatted += 1
+            metrics.AUDIT_SQUATTED.inc()
+            log.error("checkpoint number %d is taken by a message that is no checkpoint of this "
+                      "writer (squatted?): writing it as number %d", event.number, event.number + 1)
+            self.chain.skip(event.number)
+            event = self.chain.checkpoint(self.key)
+        else:
+            raise FleetError(f"{MAX_SQUATTED} checkpoint numbers in a row are squatted, up to {event.number}")
         self.chain.adopt(event)
         self.written += 1
         log.info("checkpoint %d through seq %d at seq %d", event.number, event.through_seq, appended[0].seq)
@@ -189,11 +205,30 @@ class CheckpointWriter:
         """The one place that decides whether this instance writes to the log (lease hook)."""
         return await self.may_write()
 
-    async def _adopt_written(self, subject: str) -> None:
-        """Someone else wrote checkpoint n first: take theirs if it agrees with our chain."""
-        recorded, _ = await self.log.load(subject)
+    async def _adopt_written(self, subject: str) -> bool:
+        """Someone else wrote checkpoint n first: take theirs if it agrees with our chain. False
+        when what is there is no checkpoint signed with our key (the number was squatted)."""
+        try:
+            recorded, _ = await self.log.load(subject)
+        except Invalid:  # not even an event envelope
+            return False
+        genuine = False
         for record in recorded:
             event = record.event
-            if isinstance(event, AuditCheckpointed) and not self.chain.adopt(event):
+            if not (isinstance(event, AuditCheckpointed) and self._signed_by_us(event)):
+                continue
+            genuine = True
+            if not self.chain.adopt(event):
                 raise FleetError(f"checkpoint {event.number} in the log (seq {record.seq}) signs another "
                                  f"chain value for seq {event.through_seq} than this writer computed")
+        return genuine
+
+    def _signed_by_us(self, event: AuditCheckpointed) -> bool:
+        if event.key_id != self.key_id:
+            return False
+        try:
+            message = checkpoint_message(event.number, event.from_seq, event.through_seq,
+                                         bytes.fromhex(event.chain), unb64(event.digests))
+            return signature_valid(bytes(self.key.verify_key), message, unb64(event.signature))
+        except ValueError:
+            return False

@@ -58,10 +58,10 @@ from shared import metrics
 from shared.appending import Pipeline
 from shared.atomic import MAX_BATCH
 from shared.checkpoint import Checkpoints
-from shared.commands import Command as CommandBody
 from shared.commands import CommandClient, CommandService, Context, Outcome
 from shared.config import Settings
 from shared.configs import current_hash, hash_aliases
+from shared.contract.drift import Acknowledge, DriftStanding, Reconcile
 from shared.desired import ensure_bucket, get_desired, put_desired
 from shared.devices import HEARTBEAT_DECODER, HEARTBEAT_MAX_BYTES, DesiredState
 from shared.envelope import Envelope, seal
@@ -74,7 +74,6 @@ from shared.events.snapshot import SnapshotCreated
 from shared.ids import check_id
 from shared.liveness import Duty, Vitals
 from shared.subjects import HEARTBEATS_PREFIX, aggregate_wildcard, event_subject, parse_event_subject
-from shared.wire import Reason
 
 log = logging.getLogger(__name__)
 ACTOR = "service:drift"
@@ -91,21 +90,6 @@ class DriftImage(msgspec.Struct, frozen=True):
     devices: dict[str, DeviceState]
     seqs: dict[str, int]
     aliases: dict[str, str] = {}  # legacy config hash -> RFC 8785 hash (shared.configs.hash_aliases)
-
-
-class Reconcile(CommandBody, frozen=True, kw_only=True):
-    """`fleet.cmd.drift.reconcile`: reconcile a drifted device now, even when it is stuck."""
-
-    device_id: str
-    reason: Reason = ""
-
-
-class Acknowledge(CommandBody, frozen=True, kw_only=True):
-    """`fleet.cmd.drift.acknowledge`: accept a drifted device as it is; it is not reconciled until
-    the drift ends or an operator forces reconciliation."""
-
-    device_id: str
-    reason: Reason = ""
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -323,7 +307,7 @@ class DriftService:
         if self.partition is not None and not self.owns(cmd.device_id):
             owner = partition_of(cmd.device_id, self.partition[1])
             reply = await CommandClient(self.nc, actor=cmd.actor).send(
-                f"drift-{owner}", route, msgspec.structs.asdict(cmd))
+                f"drift-{owner}", route, cmd)
             return Outcome([Appended(e.subject, e.seq) for e in reply.events], reply.result)
         async with self._write_lock:
             await self._write_pending_locked()  # what was decided before goes first
@@ -339,8 +323,8 @@ class DriftService:
             for event in events:
                 state = evolve(state, event)
             self.devices[cmd.device_id] = state
-        return Outcome(appended, {"device_id": cmd.device_id, "stuck": state.stuck,
-                                  "acknowledged": state.acknowledged})
+        return Outcome(appended, DriftStanding(device_id=cmd.device_id, stuck=state.stuck,
+                                               acknowledged=state.acknowledged))
 
     # --- heartbeats -----------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ async def run(settings: Settings) -> None:
     """Run the drift service until cancelled.
 
     Several instances may run with the same partition (or none): the holder of the partition's
-    lease (`drift-<k>-of-<N>`, or `drift`) serves it, the others stand by and take over when it
+    lease (`drift.<k>-of-<N>`, or `drift`) serves it, the others stand by and take over when it
     dies, rebuilding from the log (docs/decisions.md, "Drift with two or more instances")."""
     nc = await connect_nats(settings, "drift")
     try:
@@ -55,7 +55,13 @@ async def run(settings: Settings) -> None:
 
 
 def lease_name(partition: tuple[int, int] | None) -> str:
-    """The lease of one partition (or of the whole fleet when drift is not partitioned)."""
+    """The lease of one partition (or of the whole fleet when drift is not partitioned); a token
+    under `drift.` so that the role table can give drift every partition's key and nothing else."""
+    return "drift" if partition is None else f"drift.{partition[0]}-of-{partition[1]}"
+
+
+def checkpoint_name(partition: tuple[int, int] | None) -> str:
+    """The name of a partition's checkpoints (as before leases had their own token)."""
     return "drift" if partition is None else f"drift-{partition[0]}-of-{partition[1]}"
 
 
@@ -64,7 +70,7 @@ async def _serve(nc: NATS, eventlog: EventLog, settings: Settings, partition: tu
     service: DriftService | None = None
     commands: list[CommandService] = []
     try:
-        checkpoints = Checkpoints(nc, eventlog, "drift", DriftImage, name=lease_name(partition),
+        checkpoints = Checkpoints(nc, eventlog, "drift", DriftImage, name=checkpoint_name(partition),
                                   every=settings.checkpoint_every)
         service = DriftService(nc, eventlog, policy_from(settings), partition=partition,
                                checkpoints=checkpoints, vitals=vitals)

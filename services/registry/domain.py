@@ -9,11 +9,24 @@ commands, bulk imports (a view that also sees the import's earlier lines) and th
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from shared.bounds import check_depth
+from shared.contract.registry import (
+    AddDevice,
+    AddSite,
+    Device,
+    DeviceSpec,
+    MoveDevice,
+    RelabelDevice,
+    RetireDevice,
+    RetireSite,
+    Site,
+    UpdateDevice,
+    UpdateSite,
+)
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.registry import (
@@ -31,9 +44,7 @@ from shared.selectors import IMPLICIT_LABELS
 from shared.windows import DEVICE_LABEL as WINDOW_LABEL
 from shared.windows import canonical as canonical_windows
 from shared.windows import parse_label_windows
-from shared.wire import Command
 
-Status = Literal["absent", "active", "retired"]
 METADATA_MAX_BYTES = 16 * 1024
 NAME_MAX = 200
 REASON_MAX = 1000
@@ -43,31 +54,6 @@ _SIZE = msgspec.json.Encoder()
 
 
 # --- state ---------------------------------------------------------------------------------------
-
-
-class Site(msgspec.Struct, frozen=True, kw_only=True):
-    """A site as the registry knows it (`status` "absent" until it is added)."""
-
-    site_id: str
-    status: Status = "absent"
-    name: str = ""
-    labels: dict[str, str] = {}
-    metadata: dict[str, Any] = {}
-    retired_reason: str = ""
-    windows: list[str] = []
-
-
-class Device(msgspec.Struct, frozen=True, kw_only=True):
-    """A device as the registry knows it (`status` "absent" until it is added)."""
-
-    device_id: str
-    status: Status = "absent"
-    site_id: str = ""
-    kind: str = "device"
-    parent_id: str | None = None
-    labels: dict[str, str] = {}
-    metadata: dict[str, Any] = {}
-    retired_reason: str = ""
 
 
 def initial_site(site_id: str) -> Site:
@@ -97,96 +83,6 @@ class View(Protocol):
 
 
 # --- commands ------------------------------------------------------------------------------------
-
-
-class AddSite(Command, frozen=True, kw_only=True):
-    """Register a site; adding the same site again with the same data is a no-op."""
-
-    site_id: str
-    name: str | None = None
-    labels: dict[str, str] | None = None
-    metadata: dict[str, Any] | None = None
-    windows: list[str] | None = None
-
-
-class UpdateSite(Command, frozen=True, kw_only=True):
-    """Change a site's name, labels or metadata (omitted fields keep their value)."""
-
-    site_id: str
-    name: str | None = None
-    labels: dict[str, str] | None = None
-    metadata: dict[str, Any] | None = None
-    windows: list[str] | None = None  # replaces the site's windows; [] clears them
-
-
-class RetireSite(Command, frozen=True, kw_only=True):
-    """Retire a site that holds no active device."""
-
-    site_id: str
-    reason: str = ""
-
-
-class DeviceSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """A device as given to `add_device` or one line of `import_devices`."""
-
-    device_id: str
-    site_id: str
-    kind: str = "device"
-    parent_id: str | None = None
-    labels: dict[str, str] | None = None
-    metadata: dict[str, Any] | None = None
-
-
-class AddDevice(Command, frozen=True, kw_only=True):
-    """Register a device; the same device again with the same data is a no-op."""
-
-    device_id: str
-    site_id: str
-    kind: str = "device"
-    parent_id: str | None = None
-    labels: dict[str, str] | None = None
-    metadata: dict[str, Any] | None = None
-
-    def spec(self) -> DeviceSpec:
-        """The device this command describes."""
-        return DeviceSpec(device_id=self.device_id, site_id=self.site_id, kind=self.kind,
-                          parent_id=self.parent_id, labels=self.labels, metadata=self.metadata)
-
-
-class UpdateDevice(Command, frozen=True, kw_only=True):
-    """Change a device's kind, parent (`""` clears it) or metadata; omitted fields stay."""
-
-    device_id: str
-    kind: str | None = None
-    parent_id: str | None = None
-    metadata: dict[str, Any] | None = None
-
-
-class RelabelDevice(Command, frozen=True, kw_only=True):
-    """Replace a device's labels."""
-
-    device_id: str
-    labels: dict[str, str]
-
-
-class MoveDevice(Command, frozen=True, kw_only=True):
-    """Move a device to another site."""
-
-    device_id: str
-    site_id: str
-
-
-class RetireDevice(Command, frozen=True, kw_only=True):
-    """Retire a device: it keeps its history and can no longer be targeted."""
-
-    device_id: str
-    reason: str = ""
-
-
-class ImportDevices(Command, frozen=True, kw_only=True):
-    """Add many devices; each line is checked on its own (see handlers.import_devices)."""
-
-    devices: list[msgspec.Raw]
 
 
 SiteCommand = AddSite | UpdateSite | RetireSite

@@ -15,25 +15,34 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from services.registry import domain
-from services.registry.domain import (
-    AddDevice,
-    AddSite,
-    Device,
-    DeviceSpec,
-    ImportDevices,
-    MoveDevice,
-    RelabelDevice,
-    RetireDevice,
-    RetireSite,
-    Site,
-    UpdateDevice,
-    UpdateSite,
-)
 from shared.aggregates import AggregateStore, Slot, StoreImage
 from shared.appending import Pipeline
 from shared.atomic import MAX_BATCH
 from shared.checkpoint import Checkpoints
 from shared.commands import Command, CommandService, Context, Outcome, decode_error_field
+from shared.contract.registry import (
+    AddDevice,
+    AddSite,
+    Device,
+    DevicePage,
+    DeviceSpec,
+    GetDevice,
+    GetSite,
+    ImportDevices,
+    ImportReport,
+    ListDevices,
+    ListSites,
+    MoveDevice,
+    Refusal,
+    RelabelDevice,
+    RetireDevice,
+    RetireSite,
+    Site,
+    SiteList,
+    SiteSummary,
+    UpdateDevice,
+    UpdateSite,
+)
 from shared.envelope import Event, seal
 from shared.errors import Conflict, FleetError, Invalid, NotFound
 from shared.eventlog import Appended, EventLog, Write
@@ -77,68 +86,6 @@ class _Imported:
     appended: list[Appended] = field(default_factory=list)
     refused: list[Refusal] = field(default_factory=list)
     unchanged: int = 0
-
-
-class Refusal(msgspec.Struct, frozen=True):
-    """Why one import line was not added."""
-
-    index: int
-    device_id: str | None
-    code: str
-    field: str | None
-    message: str
-
-
-class ImportReport(msgspec.Struct, frozen=True):
-    """The result of `import_devices`."""
-
-    added: int = 0
-    unchanged: int = 0
-    refused: list[Refusal] = []
-
-
-# --- queries -------------------------------------------------------------------------------------
-
-
-class GetSite(Command, frozen=True, kw_only=True):
-    """One site."""
-
-    site_id: str
-
-
-class ListSites(Command, frozen=True, kw_only=True):
-    """All sites (retired ones only when asked)."""
-
-    include_retired: bool = False
-
-
-class GetDevice(Command, frozen=True, kw_only=True):
-    """One device."""
-
-    device_id: str
-
-
-class ListDevices(Command, frozen=True, kw_only=True):
-    """Devices by site and/or label selector, ordered by id, `limit` at a time after `after`."""
-
-    site_id: str | None = None
-    selector: str = ""
-    include_retired: bool = False
-    limit: int = 1000
-    after: str | None = None
-
-
-class SiteSummary(msgspec.Struct, frozen=True):
-    """A site with its device count, for listings."""
-
-    site_id: str
-    status: str
-    name: str
-    labels: dict[str, str]
-    metadata: dict[str, Any]
-    retired_reason: str
-    active_devices: int
-    windows: list[str] = []
 
 
 _ID_ONLY = msgspec.json.Decoder(dict[str, Any])
@@ -416,7 +363,7 @@ class Registry:
         sites = [self._summary(slot.state, counts.get(site_id, 0))
                  for site_id, slot in sorted(self.sites.slots.items())
                  if slot.state.status == "active" or cmd.include_retired]
-        return Outcome(result={"sites": sites})
+        return Outcome(result=SiteList(sites=sites))
 
     async def get_device(self, cmd: GetDevice, ctx: Context) -> Outcome:
         """One device."""
@@ -451,13 +398,14 @@ class Registry:
                 break
             page.append(device)
         more = start + len(page) < len(matched)
-        return Outcome(result={"devices": page, "total": len(matched),
-                               "next": page[-1].device_id if more and page else None})
+        return Outcome(result=DevicePage(devices=page, total=len(matched),
+                                         next=page[-1].device_id if more and page else None))
 
     @staticmethod
     def _summary(site: Site, active: int) -> SiteSummary:
-        return SiteSummary(site.site_id, site.status, site.name, site.labels, site.metadata,
-                           site.retired_reason, active, site.windows)
+        return SiteSummary(site_id=site.site_id, status=site.status, name=site.name, labels=site.labels,
+                           metadata=site.metadata, retired_reason=site.retired_reason, active_devices=active,
+                           windows=site.windows)
 
 
 def _refusal(index: int, device_id: str | None, exc: FleetError) -> Refusal:

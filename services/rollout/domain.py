@@ -22,8 +22,8 @@ from typing import Any, Protocol
 import msgspec
 
 from services.rollout.ledger import Ledger
-from services.rollout.spec import Canary
 from shared.configs import current_hash
+from shared.contract.rollout import MAX_IN_FLIGHT_MAX, Canary
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.desired import DesiredStateAssigned
@@ -55,7 +55,6 @@ from shared.windows import Window, is_open, next_open
 
 CHUNK = 999  # devices per assignment chunk: their desired events + 1 rollout event = one batch
 PLAN_PART = 10_000  # device ids per RolloutWavePlanned event
-MAX_IN_FLIGHT_MAX = 1_000_000
 # The default in-flight rule (docs/decisions.md): at least 500 devices at once, and a quarter of
 # the wave, so a wave of any size is assigned in about four rounds of one heartbeat interval each.
 DEFAULT_IN_FLIGHT = 500
@@ -283,15 +282,15 @@ def _close_plan(state: Rollout) -> Rollout:
 
 
 def plan_waves(
-    rollout_id: str, devices: Mapping[str, str], canary: Canary, percents: Sequence[int]
+    rollout_id: str, devices: Mapping[str, str], canary: Canary | None, percents: Sequence[int]
 ) -> list[list[str]]:
     """Wave membership (wave 0 is the canary when there is one); empty waves are dropped."""
     order = sorted(devices, key=lambda d: hashlib.sha256(f"{rollout_id}:{d}".encode()).digest())
-    if canary.kind == "sites":
+    if canary is not None and canary.sites is not None:
         first = [d for d in order if devices[d] in canary.sites]
         rest = [d for d in order if devices[d] not in canary.sites]
     else:
-        size = canary.size(len(order))
+        size = canary.size(len(order)) if canary is not None else 0
         first, rest = order[:size], order[size:]
     waves = [first] if first else []
     taken, total = len(first), len(order)
@@ -311,8 +310,7 @@ def start(
     snapshot: SnapshotView | None,
     devices: Mapping[str, str],
     others: Iterable[Rollout] = (),
-    canary: Canary,
-    canary_text: str,
+    canary: Canary | None,
     percents: Sequence[int],
     max_in_flight: int,
     bake_seconds: float,
@@ -348,13 +346,13 @@ def start(
         raise Invalid(f"max_in_flight must be 1 to {MAX_IN_FLIGHT_MAX:,}", field="max_in_flight")
     if not 0 <= max_in_flight_percent <= 100:
         raise Invalid("max_in_flight_percent must be 0 to 100", field="max_in_flight_percent")
-    if canary.kind == "sites":
+    if canary is not None and canary.sites is not None:
         missing = [s for s in canary.sites if s not in set(devices.values())]
         if missing:
             raise Invalid(f"canary sites {missing} have no device in the target", field="canary")
     waves = plan_waves(rollout_id, devices, canary, percents)
     events: list[Event] = [RolloutStarted(
-        rollout_id=rollout_id, snapshot_id=snapshot_id, target=target, canary=canary_text,
+        rollout_id=rollout_id, snapshot_id=snapshot_id, target=target, canary=canary.text() if canary else "",
         wave_percents=list(percents), wave_sizes=[len(w) for w in waves],
         max_in_flight=max_in_flight, max_in_flight_percent=max_in_flight_percent, bake_seconds=bake_seconds,
         apply_timeout_seconds=apply_timeout_seconds, gates=gates, on_failure=on_failure,

@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import msgspec
 from nats.aio.client import Client as NATS
@@ -23,14 +23,31 @@ from nats.aio.subscription import Subscription
 from services.rollout import domain, whatif
 from services.rollout.domain import FleetView, Rollout
 from services.rollout.fleet_index import DeviceInfo, FleetIndex, SnapshotInfo
-from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gate, parse_waves
 from shared import metrics
 from shared.aggregates import AggregateStore, StoreImage
 from shared.aio import wait_set
 from shared.appending import Pipeline
 from shared.checkpoint import Checkpoints
-from shared.commands import Command, CommandService, Context, Outcome
+from shared.commands import CommandService, Context, Outcome
 from shared.configs import effective_config
+from shared.contract.rollout import (
+    ActOnRollout,
+    GateSummary,
+    GetRollout,
+    ListRollouts,
+    RollbackResult,
+    RollbackRollout,
+    RollbackStep,
+    RolloutList,
+    RolloutStatus,
+    ScheduleEntry,
+    StartResult,
+    StartRollout,
+    WaveProgress,
+    WhatIfGates,
+    WhatIfResult,
+    check_waves,
+)
 from shared.desired import ensure_bucket, put_desired
 from shared.devices import HEARTBEAT_DECODER, EncodedDesiredState
 from shared.envelope import Envelope, Event, seal
@@ -38,7 +55,6 @@ from shared.errors import Conflict, NotFound, Unavailable
 from shared.eventlog import Appended, EventLog, Recorded, Write
 from shared.events.desired import DesiredStateAssigned
 from shared.events.rollout import (
-    Gates,
     RolloutDevicesAssigned,
     RolloutDevicesRestored,
     RolloutGateEvaluated,
@@ -49,8 +65,8 @@ from shared.lease import Holding
 from shared.liveness import Duty, Vitals
 from shared.selectors import parse as parse_selector
 from shared.subjects import HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
-from shared.times import format_time, parse_duration, parse_time, utcnow
-from shared.wire import Expression, Reason
+from shared.times import format_time, parse_time, utcnow
+from shared.wire import Command
 
 log = logging.getLogger(__name__)
 ACTOR = "service:rollout"
@@ -61,68 +77,6 @@ REPLAY_BATCH = 1_000  # events folded at a time while rebuilding at start
 # too) and the devices' observed state. Not `desired` (it writes those itself) nor `audit`.
 FOLLOWED = [aggregate_wildcard(family) for family in ("site", "device", "snapshot", "rollout", "observed")]
 STARTED_FROM = [*FOLLOWED, aggregate_wildcard("desired")]  # at start: its own desired state too
-
-
-class Start(Command, frozen=True, kw_only=True):
-    """Start rolling `snapshot_id` out to the devices matching `target`."""
-
-    snapshot_id: str
-    target: Expression = ""
-    rollout_id: str | None = None
-    canary: Expression = ""
-    waves: Expression = "100"
-    max_in_flight: int = 0  # devices at once; 0: the default rule (domain.in_flight_rule)
-    max_in_flight_percent: float | None = None  # or a share of each wave (the count its floor)
-    bake: str | float = 0.0
-    apply_timeout: str | float = "5m"
-    min_healthy: str | float = "90%"
-    max_failed: str | float = "5%"
-    max_offline: str | float = "10%"
-    metrics: Annotated[list[Expression], msgspec.Meta(max_length=32)] = []
-    on_failure: str = "pause"
-    approve_after: Annotated[list[int], msgspec.Meta(max_length=100)] = []
-    dry_run: bool = False
-    not_before: str | None = None  # RFC 3339: assign nothing before this time
-    ignore_windows: bool = False  # emergency: assign regardless of maintenance windows
-    rollback_in_windows: bool = False  # a rollback of this rollout also waits for windows
-
-
-class Act(Command, frozen=True, kw_only=True):
-    """pause / resume / abort / promote one rollout."""
-
-    rollout_id: str
-    reason: Reason = ""
-
-
-class Rollback(Command, frozen=True, kw_only=True):
-    """Restore every device the rollout touched (or give them `to_snapshot_id`)."""
-
-    rollout_id: str
-    to_snapshot_id: str | None = None
-    plan_only: bool = False
-    reason: Reason = ""
-
-
-class Get(Command, frozen=True, kw_only=True):
-    """One rollout's status."""
-
-    rollout_id: str
-
-
-class List(Command, frozen=True, kw_only=True):
-    """All rollouts, newest first."""
-
-
-class WhatIf(Command, frozen=True, kw_only=True):
-    """Judge recorded gate verdicts again with proposed thresholds: one rollout, or every rollout
-    started within `since` (e.g. `30d`; all when neither is given)."""
-
-    rollout_id: str | None = None
-    since: str | None = None
-    min_healthy: str | float | None = None
-    max_failed: str | float | None = None
-    max_offline: str | float | None = None
-    metrics: list[str] | None = None
 
 
 class RolloutImage(msgspec.Struct, frozen=True):
@@ -202,14 +156,15 @@ class RolloutService:
         self.applied_seq = self.followed_seq = max(self.applied_seq, caught_up)
         await self._rewrite_kv_of_active()
         for route, kind, handler in (
-            ("start", Start, self._start),
-            ("pause", Act, self._act(lambda state, cmd: domain.pause(state, cmd.reason))),
-            ("resume", Act, self._act(lambda state, cmd: domain.resume(state))),
-            ("abort", Act, self._act(lambda state, cmd: domain.abort(state, cmd.reason))),
-            ("promote", Act, self._act(lambda state, cmd: domain.promote(state))),
-            ("ignore_windows", Act, self._act(lambda state, cmd: domain.ignore_windows(state, cmd.reason))),
-            ("rollback", Rollback, self._rollback), ("get", Get, self._get), ("list", List, self._list),
-            ("what_if", WhatIf, self._what_if),
+            ("start", StartRollout, self._start),
+            ("pause", ActOnRollout, self._act(lambda state, cmd: domain.pause(state, cmd.reason))),
+            ("resume", ActOnRollout, self._act(lambda state, cmd: domain.resume(state))),
+            ("abort", ActOnRollout, self._act(lambda state, cmd: domain.abort(state, cmd.reason))),
+            ("promote", ActOnRollout, self._act(lambda state, cmd: domain.promote(state))),
+            ("ignore_windows", ActOnRollout, self._act(lambda state, cmd: domain.ignore_windows(state, cmd.reason))),
+            ("rollback", RollbackRollout, self._rollback), ("get", GetRollout, self._get),
+            ("list", ListRollouts, self._list),
+            ("what_if", WhatIfGates, self._what_if),
         ):
             self.commands.route(route, kind, handler)  # type: ignore[arg-type]  # a table of (type, handler of that type)
         await self.commands.start()
@@ -530,30 +485,20 @@ class RolloutService:
 
     async def _run(self, cmd: Command, rollout_id: str, decide: Any, ctx: Context) -> Outcome:
         async with self._lock:
-            done = self.store.already_done(cmd.command_id)
+            done = self.store.already_done(cmd.command_id, cmd.actor)
             if done is not None:
                 return Outcome(done, self.describe(self.store.get(rollout_id).state))
             events = decide()
             appended = await self._commit(rollout_id, events, cmd.command_id, ctx.now, cmd.actor)
             return Outcome(appended, self.describe(self.store.get(rollout_id).state))
 
-    async def _start(self, cmd: Start, ctx: Context) -> Outcome:
+    async def _start(self, cmd: StartRollout, ctx: Context) -> Outcome:
         rollout_id = cmd.rollout_id or "r-" + hashlib.sha256(cmd.command_id.encode()).hexdigest()[:10]
-        check_id(rollout_id, "rollout_id")
-        check_id(cmd.snapshot_id, "snapshot_id")
         selector = parse_selector(cmd.target, "target")
-        gates = Gates(min_healthy=parse_fraction(cmd.min_healthy, "min_healthy"),
-                      max_failed=parse_fraction(cmd.max_failed, "max_failed"),
-                      max_offline=parse_fraction(cmd.max_offline, "max_offline"),
-                      metrics=[parse_metric_gate(m) for m in cmd.metrics])
-        canary, percents = parse_canary(cmd.canary), parse_waves(cmd.waves)
-        bake = parse_duration(cmd.bake, "bake")
-        timeout = parse_duration(cmd.apply_timeout, "apply_timeout")
-        not_before = parse_time(cmd.not_before, "not_before") if cmd.not_before else None
-        count, share = domain.in_flight_rule(cmd.max_in_flight, cmd.max_in_flight_percent)
+        canary, percents = cmd.canary.check() if cmd.canary else None, check_waves(cmd.waves)
         await self.caught_up()
         async with self._lock:
-            done = self.store.already_done(cmd.command_id)
+            done = self.store.already_done(cmd.command_id, cmd.actor)
             if done is not None:
                 return Outcome(done, self.describe(self.store.get(rollout_id).state))
             devices = {d: info.site for d, info in self.index.devices.items()
@@ -561,39 +506,36 @@ class RolloutService:
             events = domain.start(
                 rollout_id, snapshot_id=cmd.snapshot_id, snapshot=self.index.snapshots.get(cmd.snapshot_id),
                 target=cmd.target, devices=devices, others=(slot.state for slot in self.store.slots.values()),
-                canary=canary, canary_text=cmd.canary, percents=percents,
-                max_in_flight=count, max_in_flight_percent=share, bake_seconds=bake,
-                apply_timeout_seconds=timeout,
-                gates=gates, on_failure=cmd.on_failure, approve_after=cmd.approve_after,
-                state=self.store.get(rollout_id).state, not_before=not_before,
+                canary=canary, percents=percents,
+                max_in_flight=cmd.max_in_flight, bake_seconds=cmd.bake_seconds,
+                apply_timeout_seconds=cmd.apply_timeout_seconds,
+                gates=cmd.gates(), on_failure=cmd.on_failure, approve_after=[n - 1 for n in cmd.approve_after],
+                state=self.store.get(rollout_id).state, not_before=cmd.not_before,
                 ignore_windows=cmd.ignore_windows, rollback_in_windows=cmd.rollback_in_windows)
             if cmd.dry_run:
                 preview = domain.initial(rollout_id)
                 for event in events:
                     preview = domain.evolve(preview, event)
                 hashes = preview.spec.config_hashes if preview.spec else {}
-                # a round: the devices apply and report within about one heartbeat interval
-                schedule = domain.expected_schedule(preview, self.index.view, ctx.now,
-                                                    round_seconds=self.heartbeat_interval,
-                                                    commit_rate=domain.COMMIT_RATE)
-                ends = schedule[-1]["bake_ends"] if schedule else None
-                expected = (parse_time(ends, "bake_ends") - ctx.now).total_seconds() if ends else None
-                return Outcome((), {**self.describe(preview), "dry_run": True, "plan": preview.waves,
-                                    "config_hashes": hashes, "schedule": schedule,
-                                    "expected_seconds": expected})
+                schedule = [msgspec.convert({**entry, "wave": entry["wave"] + 1}, ScheduleEntry)
+                            for entry in domain.expected_schedule(preview, self.index.view, ctx.now)]
+                return Outcome((), StartResult(**msgspec.structs.asdict(self.describe(preview)), dry_run=True,
+                                               plan=[list(w) for w in preview.waves], config_hashes=hashes,
+                                               schedule=schedule))
             appended = await self._commit(rollout_id, events, cmd.command_id, ctx.now, cmd.actor)
             return Outcome(appended, self.describe(self.store.get(rollout_id).state))
 
-    def _act(self, decide: Callable[[Rollout, Act], list[Event]]) -> Callable[[Act, Context], Awaitable[Outcome]]:
+    def _act(self, decide: Callable[[Rollout, ActOnRollout], list[Event]]
+             ) -> Callable[[ActOnRollout, Context], Awaitable[Outcome]]:
         """A handler for one operator action on a rollout."""
 
-        async def handle(cmd: Act, ctx: Context) -> Outcome:
+        async def handle(cmd: ActOnRollout, ctx: Context) -> Outcome:
             state = await self._state(cmd.rollout_id)
             return await self._run(cmd, cmd.rollout_id, lambda: decide(state, cmd), ctx)
 
         return handle
 
-    async def _rollback(self, cmd: Rollback, ctx: Context) -> Outcome:
+    async def _rollback(self, cmd: RollbackRollout, ctx: Context) -> Outcome:
         state = await self._state(cmd.rollout_id)
         hashes: dict[str, str] = {}
         if cmd.to_snapshot_id is not None:
@@ -602,71 +544,70 @@ class RolloutService:
                 raise NotFound(f"snapshot {cmd.to_snapshot_id} does not exist", field="to_snapshot_id")
             sites = {self.index.view.site_of.get(d, "") for d in state.assigned}
             hashes = {site: snap.hash_for_site(site) for site in sites}
-        plan = [{"device_id": d, "from_snapshot_id": state.spec.snapshot_id if state.spec else None,
-                 "to_snapshot_id": s, "to_config_hash": h}
+        plan = [RollbackStep(device_id=d, from_snapshot_id=state.spec.snapshot_id if state.spec else None,
+                             to_snapshot_id=s, to_config_hash=h)
                 for d, s, h in domain.rollback_plan(state, cmd.to_snapshot_id, hashes, self.index.view.site_of)]
         # Said with the plan: a rollback restores at once unless the rollout was started to wait.
         in_windows = bool(state.spec and state.spec.rollback_in_windows and not state.spec.ignore_windows
                           and not state.windows_ignored)
         if cmd.plan_only:
-            return Outcome((), {**self.describe(state), "plan": plan, "in_windows": in_windows})
+            return Outcome((), RollbackResult(**msgspec.structs.asdict(self.describe(state)), plan=plan,
+                                              in_windows=in_windows))
         outcome = await self._run(
             cmd, cmd.rollout_id,
             lambda: domain.rollback(state, cmd.reason, cmd.to_snapshot_id, hashes), ctx)
-        return Outcome(outcome.appended, {**outcome.result, "plan": plan, "in_windows": in_windows})
+        return Outcome(outcome.appended, RollbackResult(**msgspec.structs.asdict(outcome.result), plan=plan,
+                                                        in_windows=in_windows))
 
-    async def _get(self, cmd: Get, ctx: Context) -> Outcome:
+    async def _get(self, cmd: GetRollout, ctx: Context) -> Outcome:
         return Outcome((), self.describe(await self._state(cmd.rollout_id), ctx.now, detail=True))
 
-    async def _what_if(self, cmd: WhatIf, ctx: Context) -> Outcome:
-        proposal = whatif.Proposal.parse(cmd.min_healthy, cmd.max_failed, cmd.max_offline, cmd.metrics)
+    async def _what_if(self, cmd: WhatIfGates, ctx: Context) -> Outcome:
+        proposal = whatif.proposal_of(cmd)
         if cmd.rollout_id is not None:
             states = [await self._state(cmd.rollout_id)]
         else:
-            since = ctx.now - timedelta(seconds=parse_duration(cmd.since, "since")) if cmd.since else None
+            since = ctx.now - timedelta(seconds=cmd.since_seconds) if cmd.since_seconds else None
             states = [slot.state for rollout_id, slot in sorted(self.store.slots.items(), key=lambda i: -i[1].seq)
                       if slot.state.spec is not None
                       and (since is None or self._started_at.get(rollout_id, ctx.now) >= since)]
         results = [whatif.what_if(s.rollout_id, s.status, s.gate_history, proposal) for s in states]
-        return Outcome((), {"results": msgspec.to_builtins(results), **whatif.summarize(results),
-                            "proposal": msgspec.to_builtins(proposal)})
+        return Outcome((), WhatIfResult(results=results, **whatif.summarize(results), proposal=proposal))
 
-    async def _list(self, cmd: List, ctx: Context) -> Outcome:
+    async def _list(self, cmd: ListRollouts, ctx: Context) -> Outcome:
         states = [s.state for s in sorted(self.store.slots.values(), key=lambda s: -s.seq)
                   if s.state.spec is not None]
-        return Outcome((), {"rollouts": [self.describe(s) for s in states]})
+        return Outcome((), RolloutList(rollouts=[self.describe(s) for s in states]))
 
-    def describe(self, state: Rollout, now: datetime | None = None, *, detail: bool = False) -> dict[str, Any]:
-        """A rollout as JSON for replies: status, waves and progress, last gate."""
+    def describe(self, state: Rollout, now: datetime | None = None, *, detail: bool = False) -> RolloutStatus:
+        """A rollout for replies: status, waves (from 1) and progress, last gate."""
         spec = state.spec
-        out: dict[str, Any] = {
-            "rollout_id": state.rollout_id, "status": state.status, "phase": state.phase,
-            "wave": state.wave, "waves": len(state.waves), "devices": state.planned,
-            "assigned": len(state.assigned), "reason": state.reason,
-            "snapshot_id": spec.snapshot_id if spec else None, "target": spec.target if spec else None,
-            "last_gate": _gate_summary(state.last_gate) if state.last_gate else None,
-            "not_before": spec.not_before if spec else None,
-            "ignore_windows": (spec.ignore_windows if spec else False) or state.windows_ignored,
-            "waiting_for_windows": dict(state.waiting.opens) if state.waiting else {},
-        }
+        progress: list[WaveProgress] | None = None
         if detail and now is not None:
-            waves = []
+            progress = []
             for number, wave in enumerate(state.waves):
                 counts: dict[str, int] = {}
                 for device, assignment in state.wave_assignments(number):
                     status = domain.status_of(state, device, assignment, self.index.view, now)
                     counts[status] = counts.get(status, 0) + 1
-                waves.append({"wave": number, "size": len(wave), **counts})
-            out["wave_progress"] = waves
-        return out
+                progress.append(WaveProgress(wave=number + 1, size=len(wave), counts=counts))
+        return RolloutStatus(
+            rollout_id=state.rollout_id, status=state.status, phase=state.phase,  # type: ignore[arg-type]  # the domain's statuses are these literals
+            wave=state.wave + 1, waves=len(state.waves), devices=state.planned,
+            assigned=len(state.assigned), reason=state.reason,
+            snapshot_id=spec.snapshot_id if spec else None, target=spec.target if spec else None,
+            last_gate=_gate_summary(state.last_gate) if state.last_gate else None,
+            not_before=spec.not_before if spec else None,
+            ignore_windows=(spec.ignore_windows if spec else False) or state.windows_ignored,
+            waiting_for_windows=dict(state.waiting.opens) if state.waiting else {},
+            wave_progress=progress)
 
 
-def _gate_summary(gate: RolloutGateEvaluated) -> dict[str, Any]:
+def _gate_summary(gate: RolloutGateEvaluated) -> GateSummary:
     """A gate verdict for replies, without the recorded distributions (up to 32 x 100 numbers each:
     `what_if` reads them; a list of rollouts must stay small)."""
-    summary: dict[str, Any] = msgspec.to_builtins(gate)
-    summary["inputs"].pop("distributions", None)
-    return summary
+    return GateSummary(wave=gate.wave + 1, passed=gate.passed, reasons=list(gate.reasons),
+                       inputs=msgspec.structs.replace(gate.inputs, distributions={}), gates=gate.gates)
 
 
 @dataclass

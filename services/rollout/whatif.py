@@ -20,64 +20,24 @@ from typing import Any
 import msgspec
 
 from services.rollout.domain import Verdict, judge
-from services.rollout.spec import parse_fraction, parse_metric_gate
+from shared.contract.rollout import Outcome, Proposal, RolloutWhatIf, WaveWhatIf, WhatIfGates
 from shared.events.rollout import Gates, RolloutGateEvaluated
 
 
-class Proposal(msgspec.Struct, frozen=True, kw_only=True):
-    """Proposed thresholds; None keeps what each rollout was started with."""
-
-    min_healthy: float | None = None
-    max_failed: float | None = None
-    max_offline: float | None = None
-    metrics: list[str] | None = None  # replaces the recorded metric gates when given
-
-    @classmethod
-    def parse(cls, min_healthy: str | float | None, max_failed: str | float | None,
-              max_offline: str | float | None, metrics: Sequence[str] | None) -> Proposal:
-        """From what an operator typed (fractions `99%`/`0.99`, metric gates `NAME pN<=X`)."""
-        for text in metrics or ():
-            parse_metric_gate(text)
-        return cls(
-            min_healthy=None if min_healthy is None else parse_fraction(min_healthy, "min_healthy"),
-            max_failed=None if max_failed is None else parse_fraction(max_failed, "max_failed"),
-            max_offline=None if max_offline is None else parse_fraction(max_offline, "max_offline"),
-            metrics=list(metrics) if metrics else None)
-
-    def applied_to(self, recorded: Gates) -> Gates:
-        """The gates a rollout started with, with these proposals in their place."""
-        return Gates(
-            min_healthy=recorded.min_healthy if self.min_healthy is None else self.min_healthy,
-            max_failed=recorded.max_failed if self.max_failed is None else self.max_failed,
-            max_offline=recorded.max_offline if self.max_offline is None else self.max_offline,
-            metrics=recorded.metrics if self.metrics is None else [parse_metric_gate(m) for m in self.metrics])
+def proposal_of(command: WhatIfGates) -> Proposal:
+    """The thresholds a what-if command proposes."""
+    return Proposal(min_healthy=command.min_healthy, max_failed=command.max_failed,
+                    max_offline=command.max_offline,
+                    metrics=None if command.metrics is None else [m.gate() for m in command.metrics])
 
 
-class WaveWhatIf(msgspec.Struct, frozen=True, kw_only=True):
-    """One recorded verdict beside the what-if verdict, with the numbers of both."""
-
-    wave: int
-    devices: int
-    healthy: int
-    failed: int
-    offline: int
-    recorded_passed: bool
-    recorded_reasons: list[str]
-    recorded_metrics: dict[str, float]
-    what_if_passed: bool | None  # None: a rule could not be judged from what was recorded
-    what_if_reasons: list[str]
-    what_if_metrics: dict[str, float]
-    unknown: list[str] = []
-
-
-class RolloutWhatIf(msgspec.Struct, frozen=True, kw_only=True):
-    """A rollout's recorded verdicts judged again; `outcome` is one of same, stops_earlier,
-    would_pass, unknown, no_gates."""
-
-    rollout_id: str
-    status: str
-    outcome: str
-    waves: list[WaveWhatIf]
+def applied_to(proposal: Proposal, recorded: Gates) -> Gates:
+    """The gates a rollout started with, with the proposals in their place."""
+    return Gates(
+        min_healthy=recorded.min_healthy if proposal.min_healthy is None else proposal.min_healthy,
+        max_failed=recorded.max_failed if proposal.max_failed is None else proposal.max_failed,
+        max_offline=recorded.max_offline if proposal.max_offline is None else proposal.max_offline,
+        metrics=recorded.metrics if proposal.metrics is None else proposal.metrics)
 
 
 def what_if(rollout_id: str, status: str, verdicts: Sequence[RolloutGateEvaluated],
@@ -85,7 +45,7 @@ def what_if(rollout_id: str, status: str, verdicts: Sequence[RolloutGateEvaluate
     """Judge every recorded verdict of one rollout again with the proposed gates."""
     waves: list[WaveWhatIf] = []
     for recorded in verdicts:
-        inputs, gates = recorded.inputs, proposal.applied_to(recorded.gates)
+        inputs, gates = recorded.inputs, applied_to(proposal, recorded.gates)
         # The service reads heartbeat metrics only for rollouts gated on some metric: a metric
         # neither gated nor recorded then was not observed, which is not "no device reported it".
         watched = {g.metric for g in recorded.gates.metrics} | set(inputs.distributions)
@@ -95,14 +55,14 @@ def what_if(rollout_id: str, status: str, verdicts: Sequence[RolloutGateEvaluate
             verdict = Verdict(verdict.reasons, verdict.metrics, [*verdict.unknown, *(
                 f"{g.metric} {g.aggregate}: not observed (this rollout had no gate on {g.metric})" for g in unseen)])
         waves.append(WaveWhatIf(
-            wave=recorded.wave, devices=inputs.devices, healthy=inputs.healthy, failed=inputs.failed,
+            wave=recorded.wave + 1, devices=inputs.devices, healthy=inputs.healthy, failed=inputs.failed,
             offline=inputs.offline, recorded_passed=recorded.passed, recorded_reasons=list(recorded.reasons),
             recorded_metrics=dict(inputs.metrics), what_if_passed=verdict.passed,
             what_if_reasons=verdict.reasons, what_if_metrics=verdict.metrics, unknown=verdict.unknown))
     return RolloutWhatIf(rollout_id=rollout_id, status=status, outcome=_outcome(waves), waves=waves)
 
 
-def _outcome(waves: Sequence[WaveWhatIf]) -> str:
+def _outcome(waves: Sequence[WaveWhatIf]) -> Outcome:
     if not waves:
         return "no_gates"
     for wave in waves:  # in recorded order: the first difference that stops the rollout decides

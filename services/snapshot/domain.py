@@ -15,14 +15,13 @@ import msgspec
 
 from shared.bounds import check_depth
 from shared.configs import NotCanonicalizable, canonical_bytes, snapshot_id
+from shared.contract.snapshot import Change, CreateSnapshot, KnownGood, MarkGood, RetireSnapshot, Snapshot
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.snapshot import SnapshotCreated, SnapshotMarkedKnownGood, SnapshotRetired
 from shared.ids import check_id
 from shared.selectors import parse
-from shared.wire import Command
 
-Status = Literal["absent", "active", "retired"]
 SiteStatus = Literal["absent", "active", "retired"]
 CONFIG_MAX_BYTES = 256 * 1024
 ARTIFACT_VERSION_MAX = 128
@@ -30,30 +29,6 @@ DESCRIPTION_MAX = 2000
 REASON_MAX = 1000
 
 _SIZE = msgspec.json.Encoder()
-
-
-class KnownGood(msgspec.Struct, frozen=True):
-    """Where a snapshot is known to run well: a selector ("" = everywhere) and the rollout."""
-
-    target: str
-    rollout_id: str | None = None
-
-
-class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
-    """A snapshot as the service knows it (`status` "absent" until created)."""
-
-    snapshot_id: str
-    status: Status = "absent"
-    name: str = ""
-    version: int = 0
-    config: dict[str, Any] = {}
-    artifacts: dict[str, str] = {}
-    overrides: dict[str, dict[str, Any]] = {}
-    parent_id: str | None = None
-    description: str = ""
-    author: str = ""
-    known_good: tuple[KnownGood, ...] = ()
-    retired_reason: str = ""
 
 
 def initial_snapshot(snapshot_id: str) -> Snapshot:
@@ -78,33 +53,6 @@ class View(Protocol):
 
 
 # --- commands ------------------------------------------------------------------------------------
-
-
-class CreateSnapshot(Command, frozen=True, kw_only=True):
-    """Create a snapshot; the same content again returns the existing one."""
-
-    name: str
-    config: dict[str, Any]
-    # Values are checked by `check_create` (not by the decoder) so errors name the exact key.
-    artifacts: dict[str, Any] = {}
-    overrides: dict[str, Any] = {}
-    parent_id: str | None = None
-    description: str = ""
-
-
-class RetireSnapshot(Command, frozen=True, kw_only=True):
-    """The snapshot may no longer be rolled out."""
-
-    snapshot_id: str
-    reason: str = ""
-
-
-class MarkGood(Command, frozen=True, kw_only=True):
-    """The snapshot is known to run well on `target` (a label selector; "" = everywhere)."""
-
-    snapshot_id: str
-    target: str = ""
-    rollout_id: str | None = None
 
 
 # --- decisions -----------------------------------------------------------------------------------
@@ -219,15 +167,6 @@ def evolve(state: Snapshot, event: Event) -> Snapshot:
 
 
 # --- diff ----------------------------------------------------------------------------------------
-
-
-class Change(msgspec.Struct, frozen=True, omit_defaults=True):
-    """One difference between two snapshots at a dotted path (e.g. `config.db.pool`)."""
-
-    path: str
-    op: Literal["added", "removed", "changed"]
-    old: Any = None
-    new: Any = None
 
 
 def diff(a: Snapshot, b: Snapshot) -> list[Change]:

@@ -16,17 +16,22 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from services.snapshot import domain
-from services.snapshot.domain import (
-    Change,
+from services.snapshot.domain import SiteStatus
+from shared.aggregates import AggregateStore
+from shared.commands import CommandService, Context, Outcome
+from shared.contract.snapshot import (
+    CreateResult,
     CreateSnapshot,
-    KnownGood,
+    DiffResult,
+    DiffSnapshots,
+    GetSnapshot,
+    ListSnapshots,
     MarkGood,
     RetireSnapshot,
-    SiteStatus,
     Snapshot,
+    SnapshotList,
+    SnapshotSummary,
 )
-from shared.aggregates import AggregateStore
-from shared.commands import Command, CommandService, Context, Outcome
 from shared.errors import NotFound
 from shared.eventlog import Appended, EventLog, Recorded
 from shared.events.registry import SiteAdded, SiteRetired
@@ -37,58 +42,6 @@ log = logging.getLogger(__name__)
 
 SERVICE = "snapshot"
 ACTOR = "service:snapshot"
-
-
-class GetSnapshot(Command, frozen=True, kw_only=True):
-    """One snapshot by id, `name@version`, or `name` (its newest version)."""
-
-    snapshot_id: str
-
-
-class ListSnapshots(Command, frozen=True, kw_only=True):
-    """Snapshots (newest version first per name), optionally of one name."""
-
-    name: str | None = None
-    include_retired: bool = True
-
-
-class DiffSnapshots(Command, frozen=True, kw_only=True):
-    """What changes from snapshot `a` to snapshot `b` (ids or `name@version`)."""
-
-    a: str
-    b: str
-
-
-class SnapshotSummary(msgspec.Struct, frozen=True):
-    """A snapshot without its config, for listings."""
-
-    snapshot_id: str
-    name: str
-    version: int
-    status: str
-    artifacts: dict[str, str]
-    override_sites: list[str]
-    parent_id: str | None
-    description: str
-    author: str
-    known_good: tuple[KnownGood, ...]
-
-
-class CreateResult(msgspec.Struct, frozen=True):
-    """The reply to `create`."""
-
-    snapshot_id: str
-    name: str
-    version: int
-    created: bool
-
-
-class DiffResult(msgspec.Struct, frozen=True):
-    """The reply to `diff`."""
-
-    a: str
-    b: str
-    changes: list[Change]
 
 
 class SiteView:
@@ -199,7 +152,8 @@ class Snapshots:
             sid, lambda state: domain.decide_create(state, cmd, self, cmd.actor),
             command_id=cmd.command_id, actor=cmd.actor, now=ctx.now)
         state = self.snapshot(sid)
-        return Outcome(appended, CreateResult(sid, state.name, state.version, bool(appended)))
+        return Outcome(appended, CreateResult(snapshot_id=sid, name=state.name, version=state.version,
+                                                   created=bool(appended)))
 
     async def retire(self, cmd: RetireSnapshot, ctx: Context) -> Outcome:
         """Retire a snapshot (by id, or `name@version`)."""
@@ -258,19 +212,20 @@ class Snapshots:
                   if (cmd.name is None or slot.state.name == cmd.name)
                   and (cmd.include_retired or slot.state.status == "active")]
         states.sort(key=lambda s: (s.name, -s.version))
-        return Outcome(result={"snapshots": [self._summary(s) for s in states]})
+        return Outcome(result=SnapshotList(snapshots=[self._summary(s) for s in states]))
 
     async def diff(self, cmd: DiffSnapshots, ctx: Context) -> Outcome:
         """Structural diff of base config, artifacts and overrides."""
         a = self.resolve(cmd.a, "a")
         b = self.resolve(cmd.b, "b")
-        return Outcome(result=DiffResult(a.snapshot_id, b.snapshot_id, domain.diff(a, b)))
+        return Outcome(result=DiffResult(a=a.snapshot_id, b=b.snapshot_id, changes=domain.diff(a, b)))
 
     @staticmethod
     def _summary(state: Snapshot) -> SnapshotSummary:
-        return SnapshotSummary(state.snapshot_id, state.name, state.version, state.status,
-                               state.artifacts, sorted(state.overrides), state.parent_id,
-                               state.description, state.author, state.known_good)
+        return SnapshotSummary(snapshot_id=state.snapshot_id, name=state.name, version=state.version,
+                               status=state.status, artifacts=state.artifacts, override_sites=sorted(state.overrides),
+                               parent_id=state.parent_id, description=state.description, author=state.author,
+                               known_good=state.known_good)
 
 
 async def start(nc: NATS, eventlog: EventLog) -> tuple[Snapshots, CommandService]:

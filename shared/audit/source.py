@@ -4,12 +4,13 @@ first) or an export file of JSON lines (`{"seq", "subject", "body"}`, docs/audit
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 
 from shared.audit.chain import AUDIT_SUBJECT_PREFIX, b64, unb64
-from shared.audit.verify import AuditIndex, Report, Verifier
+from shared.audit.verify import AuditIndex, Report, Verifier, unsigned_too_long
 from shared.errors import Invalid
 from shared.eventlog import EventLog
 
@@ -85,9 +86,11 @@ def verify_file(path: Path, *, pinned: Iterable[bytes] = (), from_seq: int | Non
 
 
 async def verify_stream(log: EventLog, *, pinned: Iterable[bytes] = (), from_seq: int = 1,
-                        to_seq: int | None = None, expect: tuple[int, bytes] | None = None) -> Report:
-    """Verify the log (or a copy of it: `EventLog(nc, stream=...)`) with two ordered-consumer
-    passes: the audit subjects, then every message from the checkpoint boundary at `from_seq`."""
+                        to_seq: int | None = None, expect: tuple[int, bytes] | None = None,
+                        max_unsigned_age: float | None = None) -> Report:
+    """Verify the log (or a copy of it: `EventLog(nc, stream=...)`) with two passes: the audit
+    subjects, then every message from the checkpoint boundary at `from_seq`. With
+    `max_unsigned_age`, an unsigned tail stored longer ago than that many seconds fails it."""
     last = await log.last_stream_seq()
     end = last if to_seq is None else min(to_seq, last)
     index = AuditIndex()
@@ -97,4 +100,8 @@ async def verify_stream(log: EventLog, *, pinned: Iterable[bytes] = (), from_seq
     async for seq, subject, body in log.replay_raw(verifier.start_seq, end):
         if not verifier.feed(seq, subject, body):
             break
-    return verifier.report()
+    report = verifier.report()
+    if max_unsigned_age is None or not report.unsigned or to_seq is not None:
+        return report
+    stored = await log.stored_at(report.to_seq - report.unsigned + 1)
+    return unsigned_too_long(report, stored, datetime.now(UTC), max_unsigned_age)

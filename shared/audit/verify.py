@@ -12,6 +12,7 @@ import sys
 from collections.abc import Iterable
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import msgspec
 
@@ -32,7 +33,7 @@ from shared.envelope import decode_envelope, decode_event
 from shared.errors import FleetError, Invalid
 from shared.events.audit import AuditCheckpointed, AuditKeyAnnounced
 
-KINDS = ("altered", "missing", "reordered", "inserted", "bad_signature", "rewritten")
+KINDS = ("altered", "missing", "reordered", "inserted", "bad_signature", "rewritten", "unsigned")
 
 
 class Problem(msgspec.Struct, frozen=True):
@@ -68,6 +69,7 @@ class Report(msgspec.Struct, frozen=True):
     keys: list[KeyView]
     expect_checked: bool
     problem: Problem | None = None
+    warnings: list[str] = []
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class AuditIndex:
     keys: list[tuple[int, AuditKeyAnnounced]] = field(default_factory=list)
     checkpoints: list[_Checkpoint] = field(default_factory=list)
     digests: set[bytes] = field(default_factory=set)  # of every audit message, to place them
+    squatted: list[int] = field(default_factory=list)  # audit subjects holding no audit event
 
     def add(self, seq: int, subject: str, body: bytes) -> None:
         """Take one message; anything that is not a readable audit event is left to the chain."""
@@ -92,6 +95,7 @@ class AuditIndex:
         try:
             event = decode_event(decode_envelope(body))
         except (FleetError, msgspec.MsgspecError):
+            self.squatted.append(seq)
             return
         if isinstance(event, AuditKeyAnnounced):
             self.keys.append((seq, event))
@@ -152,6 +156,7 @@ class Verifier:
         pins = list(pinned)
         self.pinned = bool(pins)
         self.audit_digests = index.digests
+        self.squatted = index.squatted
         self.trusted, self.keys = trusted_keys(index, pins)
         self.to_seq = to_seq
         self.expect = expect
@@ -236,7 +241,11 @@ class Verifier:
             events=self.events, checkpoints=self.checkpoints, signed_through=self.signed_through,
             unsigned=self.last_seq - max(self.signed_through, self.start_seq - 1),
             head=f"{self.last_seq}:{self.chain.hex()}", pinned=self.pinned, keys=self.keys,
-            expect_checked=self.expect_checked, problem=self.problem)
+            expect_checked=self.expect_checked, problem=self.problem, warnings=[
+                f"{len(self.squatted)} message(s) on checkpoint subjects are no audit events (first at seq "
+                f"{self.squatted[0]}): someone with an audit identity squatted checkpoint numbers"]
+            if self.squatted else [])
+
 
     # --- one checkpoint -------------------------------------------------------------------------
 
@@ -350,3 +359,19 @@ def _index(items: list[bytes], value: bytes, start: int) -> int | None:
         return items.index(value, start)
     except ValueError:
         return None
+
+
+def unsigned_too_long(report: Report, first_unsigned_stored: datetime | None, now: datetime,
+                      max_age: float) -> Report:
+    """The report, failed when its unsigned tail began longer than `max_age` seconds ago: the
+    writer checkpoints a quiet log every FLEET_AUDIT_MAX_DELAY, so an older unsigned tail means
+    checkpointing stopped (and anything in it could be altered unseen)."""
+    if not report.intact or not report.unsigned or first_unsigned_stored is None:
+        return report
+    age = (now - first_unsigned_stored).total_seconds()
+    if age <= max_age:
+        return report
+    seq = report.to_seq - report.unsigned + 1
+    return msgspec.structs.replace(report, intact=False, problem=Problem(seq, "unsigned", (
+        f"{report.unsigned} events from seq {seq} on have waited {age:.0f} s for a checkpoint, more than "
+        f"{max_age:.0f} s: checkpointing has stopped (is the audit part running? squatted?)")))

@@ -8,18 +8,21 @@ FLEET's commands with `share: true`). Device users are signed by a *scoped* sign
 so whatever a device JWT says, the server gives it only the device template, filled with the
 device id by `{{name()}}`: issuing a device touches no server config and no account JWT.
 
-A device's user nkey is derived from its id (HMAC-SHA256 with a secret of this authority), so
-revoking a device needs no table of issued keys: the revocation names the derived public key and
-the time, and every JWT of that key issued up to then is refused; a later re-enrolment (issued
-after it) works again.
+A device's user nkey is derived from its id and a generation (HMAC-SHA256 with a secret of this
+authority), so revoking a device needs no table of issued keys: the revocation names the derived
+public key and the time, and every JWT of that key issued up to then is refused. Re-enrolling a
+revoked device moves it to the next generation: a new key, so a stolen old seed stays useless.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,28 @@ class _State(msgspec.Struct):
     revocations: dict[str, int] = {}  # user public key -> revoked every JWT issued up to then
     last_iat: int = 0
     handled_seq: int = 0  # the revoker has seen the device events up to this log sequence
+    # device id -> the generation of its key (absent: 0); a re-enrolment after a revocation
+    # moves to the next, so the old seed is useless with any new JWT. Never pruned.
+    generations: dict[str, int] = {}
+    pruned_before: int = 0  # revocations older than this were pruned (their JWTs have all expired)
+
+
+def _merge(mine: _State, other: _State) -> None:
+    """Take another copy's facts into `mine` without losing any: every revocation (the later
+    time), every key generation (the higher), the furthest handled event, the latest prune. Two
+    copies changed apart (the CLI beside the authority part, two instances) converge, and no
+    change can undo a revocation or a rotation."""
+    mine.pruned_before = max(mine.pruned_before, other.pruned_before)
+    for key, at in other.revocations.items():
+        mine.revocations[key] = max(at, mine.revocations.get(key, at))
+    mine.revocations = {k: t for k, t in mine.revocations.items() if t >= mine.pruned_before}
+    for device, generation in other.generations.items():
+        mine.generations[device] = max(generation, mine.generations.get(device, 0))
+    mine.handled_seq = max(mine.handled_seq, other.handled_seq)
+    mine.last_iat = max(mine.last_iat, other.last_iat)
+
+
+_STATE = "revocations.json"
 
 
 def write_secret(path: Path, text: str) -> Path:
@@ -63,6 +88,46 @@ class Authority:
     keys: dict[str, nkeys.KeyPair]
     device_secret: bytes
     state: _State
+    _seen: tuple[int, int, int] | None = None  # (inode, mtime, size) of the state file last read
+
+    def refresh(self) -> None:
+        """Read the revocation state again if another process changed it since (a stat when not):
+        every decision (renewing, revoking, enrolling) is taken on the current state, never on a
+        copy loaded at start (one stale copy rewrote a revocation away: docs/security.md)."""
+        path = self.directory / _STATE
+        try:
+            stat = path.stat()
+        except FileNotFoundError:
+            return
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        if seen != self._seen:
+            self.state = msgspec.json.decode(path.read_bytes(), type=_State)
+            self._seen = seen
+
+    def encoded_state(self) -> bytes:
+        """The current state, as kept in the file (and in NATS by the authority part)."""
+        self.refresh()
+        return msgspec.json.encode(self.state)
+
+    def adopt_state(self, encoded: bytes) -> None:
+        """Take in a state read elsewhere (the authority part's shared copy), merged (`_merge`)."""
+        with self._changing() as state:
+            _merge(state, msgspec.json.decode(encoded, type=_State))
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[_State]:
+        """Read-modify-write of the state under an exclusive lock, so two processes (`fleet up`'s
+        revoker and a CLI revocation) never write from stale copies."""
+        lock = self.directory / ".revocations.lock"
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._seen = None
+            self.refresh()
+            yield self.state
+            self._save()
+        finally:
+            os.close(fd)
 
     @classmethod
     def load_or_create(cls, directory: Path) -> Authority:
@@ -78,10 +143,9 @@ class Authority:
         secret_path = directory / "device-seeds.key"
         if not secret_path.exists():
             write_secret(secret_path, os.urandom(32).hex() + "\n")
-        state_path = directory / "revocations.json"
-        state = (msgspec.json.decode(state_path.read_bytes(), type=_State) if state_path.exists()
-                 else _State())
-        return cls(directory, keys, bytes.fromhex(secret_path.read_text().strip()), state)
+        authority = cls(directory, keys, bytes.fromhex(secret_path.read_text().strip()), _State())
+        authority.refresh()
+        return authority
 
     @classmethod
     def exists(cls, directory: Path) -> bool:
@@ -171,15 +235,32 @@ class Authority:
                             tags=[f"{ROLE_TAG}{the_role.name}"])
         return self._user(jwt.new_key(jwt.PREFIX_USER), name, the_role.account.lower(), nats, expires_in)
 
-    def device_key(self, device_id: str) -> nkeys.KeyPair:
-        """The user nkey of one device, derived from its id."""
-        raw = hmac.new(self.device_secret, device_id.encode(), hashlib.sha256).digest()
+    def device_key(self, device_id: str, generation: int | None = None) -> nkeys.KeyPair:
+        """The user nkey of one device, derived from its id and its key's generation (the
+        current one unless given; generation 0 is the id alone, as before generations)."""
+        if generation is None:
+            self.refresh()
+            generation = self.state.generations.get(device_id, 0)
+        message = device_id if generation == 0 else f"{device_id}\x00{generation}"
+        raw = hmac.new(self.device_secret, message.encode(), hashlib.sha256).digest()
         return jwt.key_from_raw(raw, jwt.PREFIX_USER)
+
+    def device_revoked(self, device_id: str) -> bool:
+        """Is the device's current key revoked (its credentials refused until re-enrolment)?"""
+        return jwt.public(self.device_key(device_id)) in self.state.revocations
 
     def issue_device(self, device_id: str, *, expires_in: float | None = None) -> str:
         """A credentials file for one device, signed by FLEET's scoped device key: the server
-        applies the device template whatever this JWT says."""
+        applies the device template whatever this JWT says. Enrolling a device whose key was
+        revoked is rotation: it gets the key of the next generation, so its old seed, spliced
+        with any JWT issued later, is refused."""
         check_id(device_id, "device_id")
+        if self.device_revoked(device_id):
+            with self._changing() as state:
+                generation = state.generations.get(device_id, 0)
+                while jwt.public(self.device_key(device_id, generation)) in state.revocations:
+                    generation += 1
+                state.generations[device_id] = generation
         # A scoped key's users must carry no permissions or limits at all (zero, not -1).
         nats = jwt.UserNats(issuer_account=self.account_key(FLEET), tags=[f"{ROLE_TAG}device"],
                             subs=0, data=0, payload=0)
@@ -197,33 +278,40 @@ class Authority:
     def revoke_device(self, device_id: str, at: int | None = None, *, handled_seq: int | None = None) -> str:
         """Revoke every JWT of this device issued up to `at` (now); returns FLEET's new JWT,
         which must be pushed to the server (`push_account`)."""
-        if handled_seq is not None:
-            self.state.handled_seq = handled_seq
-        return self.revoke_key(jwt.public(self.device_key(device_id)), at)
+        with self._changing() as state:
+            if handled_seq is not None:
+                state.handled_seq = max(state.handled_seq, handled_seq)
+            key = jwt.public(self.device_key(device_id, state.generations.get(device_id, 0)))
+            state.revocations[key] = int(time.time()) if at is None else at
+        return self.account_jwt(FLEET)
 
     def handled(self, seq: int) -> None:
         """Remember that the device events up to `seq` have been seen."""
-        self.state.handled_seq = seq
-        self._save()
+        with self._changing() as state:
+            state.handled_seq = max(state.handled_seq, seq)
 
     def revoke_key(self, user_public_key: str, at: int | None = None) -> str:
         """Revoke every JWT of one user key issued up to `at` (now); returns FLEET's new JWT."""
-        self.state.revocations[user_public_key] = int(time.time()) if at is None else at
-        self._save()
+        with self._changing() as state:
+            state.revocations[user_public_key] = int(time.time()) if at is None else at
         return self.account_jwt(FLEET)
 
     def prune_revocations(self, max_user_lifetime: float) -> int:
         """Drop revocations older than the longest lifetime of a user JWT: every JWT they
         refused has expired by itself since. Returns how many were dropped."""
         cutoff = int(time.time() - max_user_lifetime)
-        old = [k for k, t in self.state.revocations.items() if t < cutoff]
-        for key in old:
-            del self.state.revocations[key]
-        self._save()
+        with self._changing() as state:
+            old = [k for k, t in state.revocations.items() if t < cutoff]
+            for key in old:
+                del state.revocations[key]
+            # so that a merge does not bring them back (never later than now: a later revocation stays)
+            state.pruned_before = max(state.pruned_before, min(cutoff, int(time.time())))
         return len(old)
 
     def _save(self) -> None:
-        write_secret(self.directory / "revocations.json", msgspec.json.encode(self.state).decode())
+        path = write_secret(self.directory / _STATE, msgspec.json.encode(self.state).decode())
+        stat = path.stat()
+        self._seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     def write_creds(self, path: Path, text: str) -> Path:
         """Write a credentials file 0600."""

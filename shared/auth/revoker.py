@@ -2,31 +2,89 @@
 for each `DeviceRetired`, adds the device's key to FLEET's revocations and pushes the new account
 JWT to the server, which cuts the device's live connections off at once and refuses it from then.
 
-It needs the account keys, so it runs where they are: in `fleet up` (the supervisor), never in a
-service. It remembers the last sequence it handled, so a restart does not re-read the log."""
+It needs the account keys, so it runs where they are: in the `authority` part
+(services.authority), never in another service. It remembers the last sequence it handled, so a
+restart does not re-read the log. `fleet creds revoke-device` is a command to that part
+(`fleet.cmd.authority.revoke_device`), so revocations have one writer."""
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
+import nats.errors
+import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.js import api
 
 from shared import metrics
 from shared.auth.authority import Authority, push_account
+from shared.auth.roles import IDENTITY_BUCKET
+from shared.contract.authority import Revoked, RevokeDevice
 from shared.eventlog import EventLog
+from shared.ids import check_id
 from shared.subjects import aggregate_wildcard
 
 log = logging.getLogger(__name__)
+SERVICE = "authority"
+T = TypeVar("T")
+__all__ = ["SERVICE", "RevokeDevice", "Revoked", "ensure_state_bucket", "revoke_device", "revoke_retired"]
 
 
-async def revoke_retired(events: EventLog, system: NATS, authority: Authority) -> None:
+
+class Changes(Protocol):
+    """Where changes to the revocation state are made when it is shared (the authority part's
+    copy in NATS, services.authority.state); without one they go to the local state directly."""
+
+    async def change(self, mutate: Callable[[], T]) -> T:
+        """Apply `mutate` to the current state and keep the result."""
+        ...
+
+
+async def _apply(changes: Changes | None, mutate: Callable[[], T]) -> T:
+    return mutate() if changes is None else await changes.change(mutate)
+
+
+async def revoke_device(system: NATS, authority: Authority, cmd: RevokeDevice,
+                        changes: Changes | None = None) -> Revoked:
+    """Revoke one device now and push the account; the command's result."""
+    check_id(cmd.device_id, "device_id")
+    await push_account(system, await _apply(changes, lambda: authority.revoke_device(cmd.device_id)))
+    metrics.REVOCATIONS.inc()
+    log.info("revoked the identity of device %s for %s", cmd.device_id, cmd.actor)
+    return Revoked(device_id=cmd.device_id, revoked=True)
+
+
+async def revoke_retired(events: EventLog, system: NATS, authority: Authority,
+                         changes: Changes | None = None) -> None:
     """Follow `fleet.evt.device.*` for ever, revoking every retired device."""
     start = authority.state.handled_seq + 1
     async for recorded in events.replay(start, subjects=aggregate_wildcard("device"), follow=True):
+        seq = recorded.seq
         if recorded.envelope.type == "DeviceRetired":
             device_id = recorded.envelope.aggregate_id
-            await push_account(system, authority.revoke_device(device_id, handled_seq=recorded.seq))
+            account = await _apply(changes, functools.partial(authority.revoke_device, device_id, handled_seq=seq))
+            await push_account(system, account)
             metrics.REVOCATIONS.inc()
             log.info("revoked the identity of retired device %s", device_id)
-        elif recorded.seq - authority.state.handled_seq >= 10_000:
-            authority.handled(recorded.seq)
+        elif seq - authority.state.handled_seq >= 10_000:
+            await _apply(changes, functools.partial(authority.handled, seq))
+
+
+async def ensure_state_bucket(nc: NATS, replicas: int = 1) -> None:
+    """Create the authority's state bucket if it is missing (admin: `fleet up`, `fleet init`); never
+    raises (another identity may not: the part then says so at start)."""
+    js = nc.jetstream(timeout=5.0)
+    try:
+        await js.key_value(IDENTITY_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        try:
+            await js.create_key_value(api.KeyValueConfig(
+                bucket=IDENTITY_BUCKET, history=5, replicas=replicas, storage=api.StorageType.FILE, direct=True,
+                description="Fleetplane: the authority's revocation state (one key)"))
+        except (nats.errors.TimeoutError, nats.js.errors.Error) as exc:
+            log.debug("bucket %s not created: %r", IDENTITY_BUCKET, exc)
+    except nats.errors.TimeoutError:
+        pass

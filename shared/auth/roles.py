@@ -29,6 +29,7 @@ FLEET = "FLEET"
 OPS = "OPS"
 LEASES_BUCKET = "fleet_leases"
 TOKENS_BUCKET = "fleet_tokens"
+IDENTITY_BUCKET = "fleet_identity"  # the authority's revocation state (services.authority.state)
 DEVICE_PAYLOAD = 8 * 1024  # a heartbeat is a few KiB at most (DESIGN §11)
 NAME_TEMPLATE = "{{name()}}"
 RENEW_PREFIX = contract.RENEW_PREFIX  # a device asks for a fresh JWT on fleet.renew.<its id>
@@ -46,19 +47,32 @@ SERVICES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
               (f"{HEARTBEATS_PREFIX}.>", "fleet.hbp.>", f"{COMMANDS_PREFIX}.drift-*.*")),
     "audit": (("audit",), (), ()),
     "projections": ((), (), ()),
+    # the identity duties (services.authority): answers devices' renewals on their inboxes
+    "authority": ((), (f"$KV.{IDENTITY_BUCKET}.state", f"$JS.API.STREAM.INFO.KV_{IDENTITY_BUCKET}",
+                       f"$JS.API.DIRECT.GET.KV_{IDENTITY_BUCKET}.$KV.{IDENTITY_BUCKET}.state"),
+                  (f"{RENEW_PREFIX}.*", f"$KV.{IDENTITY_BUCKET}.state")),
 }
 
 
-def _reads(stream: str) -> list[str]:
-    """JetStream API subjects that read a stream and never change it: info, direct and message
-    gets, and (ordered) consumers with their acks and flow control."""
+def _direct_reads(stream: str) -> list[str]:
+    """JetStream API subjects that read a stream without leaving anything on the server: info,
+    direct and message gets (batched direct gets read a range)."""
     return [
         f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.MSG.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}",
         f"$JS.API.DIRECT.GET.{stream}.>",
+    ]
+
+
+def _reads(stream: str) -> list[str]:
+    """Direct reads and (ordered) consumers with their acks and flow control. Consumers only on
+    the unnamed create subject, where the server refuses a durable name (err 10020): a reader can
+    leave no durable consumer behind (`CONSUMER.CREATE.<stream>.<name>` and `DURABLE.CREATE`
+    would make one that outlives it and counts against the stream's consumers for ever)."""
+    return [
+        *_direct_reads(stream),
         f"$JS.API.CONSUMER.CREATE.{stream}",
-        f"$JS.API.CONSUMER.CREATE.{stream}.>",
         f"$JS.API.CONSUMER.INFO.{stream}.>",
         f"$JS.API.CONSUMER.DELETE.{stream}.>",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.>",
@@ -70,7 +84,28 @@ def _reads(stream: str) -> list[str]:
 _JS_COMMON = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]
 _LOG_READ = [*_JS_COMMON, *_reads(EVENTS_STREAM)]
 _DESIRED_READ = _reads(f"KV_{DESIRED_BUCKET}")
-_LEASES = [*_reads(f"KV_{LEASES_BUCKET}"), f"$KV.{LEASES_BUCKET}.>"]
+# Per part: the lease keys it may take (shared.lease; NATS wildcards). Nobody else may read or
+# write them: a stolen identity cannot squat another part's lease (a KV put is a publish on the
+# key's subject, a get a direct get naming it).
+LEASES: dict[str, tuple[str, ...]] = {
+    "registry": ("registry-checkpoints",),
+    "snapshot": (),
+    "rollout": ("rollout-ticks",),
+    "drift": ("drift", "drift.>"),  # drift.<k>-of-<N> per partition
+    "audit": ("audit",),
+    "projections": ("projection-changes", "projection-fleet"),
+    "authority": ("authority",),
+}
+
+
+def _leases(keys: tuple[str, ...]) -> list[str]:
+    """Rights on the lease bucket for these keys: check the bucket, get, put and delete them."""
+    stream = f"KV_{LEASES_BUCKET}"  # every process checks the bucket at start (shared.cluster)
+    return [f"$JS.API.STREAM.INFO.{stream}",
+            *(s for key in keys for s in (f"$KV.{LEASES_BUCKET}.{key}",
+                                          f"$JS.API.DIRECT.GET.{stream}.$KV.{LEASES_BUCKET}.{key}"))]
+
+
 # Every process checks the log and the buckets' settings at start (shared.cluster.ensure_log).
 _CHECK_DESIRED = f"$JS.API.STREAM.INFO.KV_{DESIRED_BUCKET}"
 # Nobody but admin changes a stream's existence, settings or history.
@@ -114,7 +149,7 @@ def service_role(service: str) -> Role:
     families, pubs, subs = SERVICES[service]
     pub = [f"{EVENTS_PREFIX}.{family}.>" for family in families]
     pub += [*(p for p in pubs if p != "DESIRED"), *(_DESIRED_READ if "DESIRED" in pubs else []),
-            *_LOG_READ, *_LEASES, _CHECK_DESIRED, *_checkpoints(service), "$SRV.>", "_INBOX.>"]
+            *_LOG_READ, *_leases(LEASES.get(service, ())), _CHECK_DESIRED, *_checkpoints(service), "$SRV.>", "_INBOX.>"]
     sub = [f"{COMMANDS_PREFIX}.{service}.*", *subs, "$SRV.>", "_INBOX.>"]
     # Purging is not denied outright (a deny beats any allow): only the checkpoint bucket's
     # purge is allowed, and nothing else that purges.
@@ -136,16 +171,20 @@ ROLES: dict[str, Role] = {
                   "manages streams and buckets, issues and revokes identities"),
     "operator": Role("operator", OPS, _perm([f"{COMMANDS_PREFIX}.>", "$SRV.>"], ["_INBOX.>"]),
                      "sends commands and reads their replies"),
-    "auditor": Role("auditor", FLEET, _perm([*_LOG_READ], ["_INBOX.>"], deny_pub=_MANAGEMENT),
-                    "reads the log (info, direct get, ordered consumers); writes nothing"),
+    "auditor": Role("auditor", FLEET, _perm([*_JS_COMMON, *_direct_reads(EVENTS_STREAM)], ["_INBOX.>"],
+                                            deny_pub=_MANAGEMENT),
+                    "reads the log with direct gets (no consumer: it leaves nothing on the server); "
+                    "writes nothing"),
+    # The API replays only bounded ranges (point in time) and reads keys: direct gets, no consumer
+    # (so it can neither leave one behind nor aim one at a foreign deliver subject).
     "api": Role("api", FLEET,
-                _perm([*_LOG_READ, *_DESIRED_READ, *_reads(f"KV_{TOKENS_BUCKET}"),
-                       f"{COMMANDS_PREFIX}.>", "$SRV.>"],
+                _perm([*_JS_COMMON, *_direct_reads(EVENTS_STREAM), *_direct_reads(f"KV_{DESIRED_BUCKET}"),
+                       *_direct_reads(f"KV_{TOKENS_BUCKET}"), f"{COMMANDS_PREFIX}.>", "$SRV.>"],
                       # it answers for its own duties (shared.liveness) like every part: the
                       # requests it may take, and one reply to each (resp)
                       ["_INBOX.>", f"$KV.{TOKENS_BUCKET}.>", "$SRV.DUTIES", "$SRV.DUTIES.api"],
                       deny_pub=_MANAGEMENT, resp=True),
-                "the HTTP API: reads the log, forwards commands on behalf of its callers"),
+                "the HTTP API: reads the log with direct gets, forwards commands on behalf of its callers"),
     "simulator": Role("simulator", FLEET,
                       _perm([f"{HEARTBEATS_PREFIX}.>", *_DESIRED_READ,
                              f"{COMMANDS_PREFIX}.registry.add_site",
@@ -164,12 +203,12 @@ FORWARDERS = ("admin", "api", "service:drift", "simulator")
 
 def inbox_prefix(role_name: str, name: str) -> str | None:
     """The inbox prefix of an identity: `_INBOX.<id>` for a device (the wire contract), a prefix
-    of its own for every other FLEET identity but admin, so none can read another's replies;
-    None (nats-py's default `_INBOX`) for admin and OPS identities."""
+    of its own for every other identity but admin (`_INBOX_<role>.<name>`, operators in OPS
+    included), so none can read another's replies; None (nats-py's default `_INBOX`) for admin."""
     if role_name == "device":
         return f"_INBOX.{name}"
     the_role = ROLES.get(role_name)
-    if the_role is None or the_role.account != FLEET or role_name == "admin":
+    if the_role is None or role_name == "admin":
         return None
     return f"_INBOX_{role_name.replace(':', '_')}.{name}"
 

@@ -115,9 +115,9 @@ def _node_status(supervisor: Supervisor, index: int) -> bool:
 
 async def start_rollout(client: CommandClient, rollout_id: str, snapshot: str) -> None:
     await retrying(client, "rollout", "start", {
-        "rollout_id": rollout_id, "snapshot_id": snapshot, "target": "", "canary": "5%",
-        "waves": "20,40,60,80,100", "bake": "1s", "max_in_flight": 100, "min_healthy": "90%",
-        "max_offline": "20%"})
+        "rollout_id": rollout_id, "snapshot_id": snapshot, "target": "", "canary": {"percent": 5.0},
+        "waves": [20, 40, 60, 80, 100], "bake_seconds": 1, "max_in_flight": 100, "min_healthy": 0.9,
+        "max_offline": 0.2})
 
 
 async def test_a_rollout_survives_the_loss_of_the_stream_leader_and_of_an_instance_of_each_part(

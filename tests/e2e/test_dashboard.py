@@ -49,8 +49,8 @@ async def test_dashboard_shows_a_rollout_and_pauses_it(tmp_path: Path) -> None:
         await sim.start()
         snap = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 1}})).result["snapshot_id"]
         # a long bake keeps the rollout running while the browser looks at it
-        await client.send("rollout", "start", {"rollout_id": "r-web", "snapshot_id": snap, "canary": "site:web-s000",
-                                               "waves": "100", "bake": "1h"})
+        await client.send("rollout", "start", {"rollout_id": "r-web", "snapshot_id": snap, "canary": {"sites": ["web-s000"]},
+                                               "waves": [100], "bake_seconds": 3600})
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=[
                 "--no-sandbox", "--disable-gpu", "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost"])

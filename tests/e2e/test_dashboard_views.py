@@ -32,9 +32,11 @@ CHROMIUM = os.environ.get("FLEET_TEST_CHROMIUM", "/usr/bin/chromium")
 STATUSES = ("pending", "in_flight", "converged", "failed", "timed_out", "restored")
 
 
-def _api_waves(rollout: dict[str, Any]) -> list[dict[str, int]]:
-    """The API's progress in the shape of the rollout service's `wave_progress`."""
-    return [{"wave": w["wave"], "size": w["size"], **{k: w[k] for k in STATUSES if w[k]}} for w in rollout["progress"]]
+def _api_waves(rollout: dict[str, Any]) -> list[dict[str, Any]]:
+    """The API's progress in the shape of the rollout service's `wave_progress` (both count waves
+    from 1)."""
+    return [{"wave": w["wave"], "size": w["size"], "counts": {k: w[k] for k in STATUSES if w[k]}}
+            for w in rollout["progress"]]
 
 
 class Views:
@@ -57,7 +59,7 @@ class Views:
             assert asyncio.get_running_loop().time() < deadline, await self.service(rollout_id)
             await asyncio.sleep(0.2)
 
-    async def same_progress(self, rollout_id: str, timeout: float = 60) -> tuple[int, list[dict[str, int]]]:
+    async def same_progress(self, rollout_id: str, timeout: float = 60) -> tuple[int, list[dict[str, Any]]]:
         """Ask both until they agree (each follows the log at its own pace); return the API's
         sequence and the progress both gave."""
         deadline = asyncio.get_running_loop().time() + timeout
@@ -142,10 +144,10 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
             before_good = datetime.now(UTC).replace(microsecond=0)  # the dashboard's time fields hold seconds
             good = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 1}})).result["snapshot_id"]
             await client.send("rollout", "start", {"rollout_id": "r-good", "snapshot_id": good,
-                                                   "canary": "site:web-s000", "waves": "100"})
+                                                   "canary": {"sites": ["web-s000"]}, "waves": [100]})
             await views.wait_status("r-good", ("completed",))
             completed_seq, completed = await views.same_progress("r-good")
-            assert sum(w.get("converged", 0) for w in completed) == 60, completed
+            assert sum(w["counts"].get("converged", 0) for w in completed) == 60, completed
 
             page = None
             if shutil.which(CHROMIUM):
@@ -163,12 +165,12 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
 
             bad = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 2}})).result["snapshot_id"]
             sim.options.fail_snapshots = {bad}
-            await client.send("rollout", "start", {"rollout_id": "r-bad", "snapshot_id": bad, "canary": "site:web-s001",
-                                                   "waves": "100", "on_failure": "rollback"})
+            await client.send("rollout", "start", {"rollout_id": "r-bad", "snapshot_id": bad, "canary": {"sites": ["web-s001"]},
+                                                   "waves": [100], "on_failure": "rollback"})
             await views.wait_status("r-bad", ("rolled_back",))
             _, rolled_back = await views.same_progress("r-bad")
-            assert sum(w.get("restored", 0) for w in rolled_back) == 20, rolled_back  # the canary site
-            assert rolled_back[-1] == {"wave": 1, "size": 40, "pending": 40}
+            assert sum(w["counts"].get("restored", 0) for w in rolled_back) == 20, rolled_back  # the canary site
+            assert rolled_back[-1] == {"wave": 2, "size": 40, "counts": {"pending": 40}}
             # r-good still reads as it stood: its canary devices were taken by r-bad and given back
             _, again = await views.same_progress("r-good")
             assert again == completed
@@ -180,10 +182,10 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
             # in the API, live and as of now
             sim.options.fail_snapshots = set()
             newer = (await client.send("snapshot", "create", {"name": "web", "config": {"v": 3}})).result["snapshot_id"]
-            await client.send("rollout", "start", {"rollout_id": "r-new", "snapshot_id": newer, "waves": "100"})
+            await client.send("rollout", "start", {"rollout_id": "r-new", "snapshot_id": newer, "waves": [100]})
             await views.wait_status("r-new", ("completed",))
             _, taken = await views.same_progress("r-new")
-            assert sum(w.get("converged", 0) for w in taken) == 60, taken
+            assert sum(w["counts"].get("converged", 0) for w in taken) == 60, taken
             now_seq, good_after = await views.same_progress("r-good")
             assert good_after == completed
             _, bad_after = await views.same_progress("r-bad")

@@ -114,7 +114,8 @@ async def test_every_part_is_scrapeable_during_a_rollout_and_logs_json(tmp_path:
                 await asyncio.sleep(0.2)
             snapshot = (await client.send("snapshot", "create", {"name": "obs", "config": {"v": 1}})).result
             await client.send("rollout", "start", {"rollout_id": "r-obs", "snapshot_id": snapshot["snapshot_id"],
-                                                   "canary": "site:obs-s000", "waves": "50,100", "bake": "3s"})
+                                                   "canary": {"sites": ["obs-s000"]}, "waves": [50, 100],
+                                                   "bake_seconds": 3})
             # While it runs, the API's scrape shows it with its wave (each wave bakes 3 s)
             running: list[Any] = []
             while not running:

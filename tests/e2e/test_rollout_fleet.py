@@ -36,8 +36,8 @@ async def test_healthy_rollout_then_unhealthy_canary_rolls_back(stack: Stack, nc
     try:
         v1 = await create(stack, "app", 1)
         await stack.client.send("rollout", "start", {"rollout_id": "r-v1", "snapshot_id": v1, "target": "",
-                                                     "canary": "site:sim-s000", "waves": "50,100",
-                                                     "max_in_flight": 500, "min_healthy": "95%"})
+                                                     "canary": {"sites": ["sim-s000"]}, "waves": [50, 100],
+                                                     "max_in_flight": 500, "min_healthy": 0.95})
         done = await stack.wait_rollout("r-v1", ("completed",))
         assert done["last_gate"]["passed"]
         assert Counter(sim.snapshot) == Counter({v1: 1000})
@@ -45,7 +45,7 @@ async def test_healthy_rollout_then_unhealthy_canary_rolls_back(stack: Stack, nc
         bad = await create(stack, "app", 3)
         sim.options.fail_snapshots = {bad}
         await stack.client.send("rollout", "start", {"rollout_id": "r-bad", "snapshot_id": bad, "target": "",
-                                                     "canary": "site:sim-s000", "waves": "100",
+                                                     "canary": {"sites": ["sim-s000"]}, "waves": [100],
                                                      "on_failure": "rollback", "max_in_flight": 500})
         result = await stack.wait_rollout("r-bad", ("rolled_back",))
         gate = result["last_gate"]
@@ -82,7 +82,7 @@ async def test_rollout_service_killed_mid_wave_completes_after_restart(
         await stack.ready("rollout")
         v2 = await create(stack, "svc", 2)
         await stack.client.send("rollout", "start", {"rollout_id": "r-kill", "snapshot_id": v2, "target": "",
-                                                     "canary": "10", "waves": "30,100", "max_in_flight": 40})
+                                                     "canary": {"count": 10}, "waves": [30, 100], "max_in_flight": 40})
         for _ in range(1200):  # well into the waves (bounded: 60 s)
             if sum(s == v2 for s in sim.snapshot) >= 60:
                 break

@@ -70,6 +70,16 @@ def test_up_status_restart_trace_and_clean_stop(tmp_path: Path) -> None:
         assert secrets.stat().st_mode & 0o777 == 0o700
         assert {f.name: f.stat().st_mode & 0o777 for f in secrets.iterdir() if f.name in ("pgpass", "api-token")} == {
             "pgpass": 0o600, "api-token": 0o600}
+        # Logs and status are the owner's alone (0600 in 0700 folders): another local user reads
+        # none of them (they name identities, key fingerprints and refused subjects).
+        private = [data / "status.json", data / "nats" / "nats-server.log", data / "postgres" / "postgres.log",
+                   *(data / "logs").glob("*.log"), data / "nats.port", data / "postgres.port", data / "fleet-up.lock"]
+        assert {f.name: f.stat().st_mode & 0o777 for f in private} == {f.name: 0o600 for f in private}
+        assert {d.name: d.stat().st_mode & 0o777 for d in (data / "logs", data / "nats")} == {"logs": 0o700,
+                                                                                           "nats": 0o700}
+        if os.geteuid() == 0:
+            for f in private:
+                assert subprocess.run(["cat", str(f)], user=65534, capture_output=True, check=False).returncode != 0
         passwords = [line.rsplit(":", 1)[1] for line in (secrets / "pgpass").read_text().splitlines()]
         superuser_password = (data / "postgres" / "password").read_text().strip()
         assert endpoints["database_url"].startswith("postgresql://fleet_owner@")

@@ -23,9 +23,11 @@ from projections.api.app import create_app
 from projections.api.auth import AuthPolicy, default_allowed_hosts
 from projections.api.queries import ReadModels
 from projections.main import all_projections
-from projections.runner import create_pool, rebuild
+from projections.runner import create_pool, ensure_control, rebuild
 from shared import pgroles, tokens
+from shared.contract.catalog import COMMANDS
 from shared.embedded import EmbeddedNats, EmbeddedPostgres
+from shared.errors import Unavailable
 from shared.eventlog import EventLog
 from tests.integration.test_projections import append_history, running, wait_caught_up
 
@@ -55,6 +57,8 @@ ACCESS = {
     ("GET", "/v1/tokens"): "admin",
     ("POST", "/v1/rollouts"): "command",
     ("POST", "/v1/rollouts/{rollout_id}/{action}"): "command",
+    # every command of the contract, at its own path
+    **{("POST", spec.http_path): "command" for spec in COMMANDS},
 }
 # What an allowed caller gets where it is not 200 (no rollout r-1 has been projected).
 # (The diff routes need `from`: 400 shows the guard let the caller through.)
@@ -69,7 +73,7 @@ def _normalise(path: str) -> str:
 
 
 class FakeRollout:
-    """A real NATS responder on the rollout service's subjects that records what it was sent."""
+    """A real NATS responder on every command subject that records what it was sent."""
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, dict[str, str], dict[str, Any]]] = []
@@ -86,7 +90,7 @@ async def served(eventlog: EventLog, database_url: str, nc: NATS) -> AsyncIterat
     async with running(pool, eventlog):
         await wait_caught_up(pool, eventlog)
     fake = FakeRollout()
-    sub = await nc.subscribe("fleet.cmd.rollout.*", cb=fake.handle)
+    sub = await nc.subscribe("fleet.cmd.>", cb=fake.handle)
     now = [0.0]
     policy = AuthPolicy(tokens.TokenVerifier(nc, recheck=2.0, clock=lambda: now[0]), default_allowed_hosts(BASE))
     app = create_app(ReadModels(pool, eventlog), policy)
@@ -157,7 +161,7 @@ async def test_every_route_for_every_role(served: tuple[Any, FakeRollout, list[f
                 if method == "GET":
                     response = await client.get(url, headers=callers[caller])
                 else:
-                    response = await client.post(url, json=BODIES[(method, path)], headers=callers[caller])
+                    response = await client.post(url, json=BODIES.get((method, path), {}), headers=callers[caller])
                 got[(method, path, caller)] = response.status_code
                 want[(method, path, caller)] = _expected(access, caller, method, path)
                 if response.status_code in (401, 403):
@@ -281,9 +285,13 @@ async def test_the_api_role_reads_but_cannot_write(postgres: EmbeddedPostgres, e
                               "DELETE FROM rm_changes.changes",
                               "DROP TABLE rm_fleet.devices",
                               "CREATE TABLE public.mine (x int)",
-                              "CREATE SCHEMA mine"):
+                              "CREATE SCHEMA mine",
+                              # the runner's start-up lock (held, it hung a restarted runner)
+                              "SELECT pg_advisory_lock(724201)", "SELECT pg_try_advisory_lock(724201)",
+                              "SELECT pg_advisory_xact_lock(1)", "SELECT pg_try_advisory_lock_shared(1, 2)"):
                 with pytest.raises(asyncpg.InsufficientPrivilegeError):
                     await reader.execute(statement)
+            await reader.execute("SELECT pg_advisory_unlock_all()")  # what asyncpg's pool runs on release
             super_ = await reader.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
             assert super_ is False
             # A rebuild swaps in new schemas: still readable, still read-only.
@@ -298,3 +306,48 @@ async def test_the_api_role_reads_but_cannot_write(postgres: EmbeddedPostgres, e
         assert owns is False
     finally:
         await owner.close()
+
+
+async def test_a_held_start_up_lock_is_waited_for_with_a_bound_and_a_log_line(
+        database_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Whoever holds the runner's start-up lock, a starting runner says so and gives up after its
+    bound (Unavailable: retried with backoff) instead of hanging."""
+    holder, starter = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        await holder.execute("SELECT pg_advisory_lock(724201)")
+        with pytest.raises(Unavailable, match="start-up lock"):
+            await ensure_control(starter, lock_timeout=0.5)
+        assert any("start-up lock, held by pid" in r.getMessage() for r in caplog.records)
+        await holder.execute("SELECT pg_advisory_unlock(724201)")
+        await ensure_control(starter, lock_timeout=0.5)  # free again: it goes ahead
+    finally:
+        await holder.close()
+        await starter.close()
+
+
+async def test_public_readiness_says_ok_or_not_and_deep_json_is_a_400(
+        served: tuple[Any, FakeRollout, list[float]], eventlog: EventLog,
+        issue_token: Callable[[str], Awaitable[str]]) -> None:
+    """A public /readyz (any Host, no token) gets ok / not ok and nothing else, even when the
+    database is down; a reader gets the details. A body nested 100,000 deep is a 400."""
+    from shared.embedded import free_port
+
+    app, _, _ = served
+    operator = {"Authorization": f"Bearer {await issue_token('operator')}"}
+    deep = "[" * 100_000 + "]" * 100_000
+    async with _client(app, **operator) as client:
+        refused = await client.post("/v1/rollouts", content=f'{{"snapshot_id": "s", "target": {deep}}}',
+                                    headers={"Content-Type": "application/json"})
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["code"] == "invalid"
+    pool = await create_pool(f"postgresql://nobody:x@127.0.0.1:{free_port()}/none", min_size=0, max_size=1)
+    try:
+        down = create_app(ReadModels(pool, eventlog), app.state.auth)
+        async with _client(down, Host="10.1.2.3:8080") as client:
+            public = await client.get("/readyz")
+        assert (public.status_code, public.json()) == (503, {"ok": False, "detail": {}})
+        async with _client(down, Authorization=f"Bearer {await issue_token('viewer')}") as client:
+            detailed = await client.get("/readyz")
+        assert detailed.status_code == 503 and detailed.json()["error"]["code"] == "unavailable"
+    finally:
+        await pool.close()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
@@ -222,9 +223,11 @@ async def independent(path: Path, *args: str) -> subprocess.CompletedProcess[str
 
 
 async def test_export_verifies_offline_and_with_an_independent_implementation(
-        eventlog: EventLog, tmp_path: Path, nats_server: EmbeddedNats) -> None:
+        eventlog: EventLog, tmp_path: Path, nats_server: EmbeddedNats, creds: Callable[[str, str], str]) -> None:
     await written_log(eventlog)
-    env = {"FLEET_DATA_DIR": str(tmp_path), "FLEET_NATS_URL": nats_server.url}
+    # as the auditor, who reads with direct gets only (it may create no consumer)
+    env = {"FLEET_DATA_DIR": str(tmp_path), "FLEET_NATS_URL": nats_server.url,
+           "FLEET_NATS_CREDS": creds("auditor", "audrey")}
     export = tmp_path / "audit.jsonl"
     code, out = await fleet("audit", "export", "--out", str(export), "--json", env=env)
     assert code == 0, out
@@ -300,3 +303,38 @@ async def test_expect_and_key_commands(eventlog: EventLog, tmp_path: Path, nats_
     code, out = await fleet("audit", "verify", "--key", announced["public_key"], "--json", env=env)
     assert code == 0, out
     assert [k["why"] for k in json.loads(out)["keys"]] == ["pinned", f"endorsed by {old}"]
+
+
+async def test_a_squatted_checkpoint_number_does_not_stop_checkpointing(
+        eventlog: EventLog, connect_as: Callable[..., Awaitable[Any]]) -> None:
+    """A stolen audit identity puts junk on the next checkpoint numbers (expected sequence 0): the
+    writer moves on to a free number, counts and logs it, and the log still verifies signed."""
+    writer = CheckpointWriter(eventlog, KEY, every=1000)
+    await writer.resume()
+    await append_history(eventlog, 3, rounds=0)
+    await writer.write()
+    number = writer.chain.number
+    squatter = (await connect_as("service:audit", "audit")).jetstream()
+    for taken in (number + 1, number + 2):
+        await squatter.publish(f"fleet.evt.audit.{taken}", b'{"junk": true}',
+                               headers={"Nats-Expected-Last-Subject-Sequence": "0"})
+    await append_history(eventlog, 3, rounds=0, seed=4)
+    written = await writer.finish()
+    assert written is not None and writer.squatted == 2
+    cps = await checkpoints(eventlog)
+    assert [cp.number for _, cp in cps][-2:] == [number, number + 3]
+    report = await verify_stream(eventlog, pinned=[bytes(KEY.verify_key)])
+    assert report.intact and report.signed_through == written.seq - 1
+    assert report.warnings and "squatted" in report.warnings[0]  # verify tells the auditor
+
+
+async def test_an_unsigned_tail_older_than_the_bound_is_not_intact(eventlog: EventLog) -> None:
+    """Checkpointing stopped (squatted, or the writer gone): events left unsigned for longer than
+    the bound make verify fail instead of saying intact with a growing unsigned tail."""
+    await written_log(eventlog)
+    await append_history(eventlog, 2, rounds=0, seed=3)  # nobody checkpoints these
+    fresh = await verify_stream(eventlog, pinned=[bytes(KEY.verify_key)], max_unsigned_age=3600)
+    assert fresh.intact and fresh.unsigned > 0
+    stale = await verify_stream(eventlog, pinned=[bytes(KEY.verify_key)], max_unsigned_age=0)
+    assert not stale.intact and stale.problem is not None
+    assert (stale.problem.kind, stale.problem.seq) == ("unsigned", fresh.to_seq - fresh.unsigned + 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -72,7 +72,9 @@ def decide_deposit(state: Account, cmd: Deposit) -> Sequence[Event]:
     return [Deposited(account_id=cmd.account_id, amount=cmd.amount)]
 
 
-async def start_bank(nc: NATS, log: EventLog) -> tuple[CommandService, AggregateStore[Account]]:
+async def start_bank(nc: NATS, log: EventLog,
+                     more: Callable[[CommandService, AggregateStore[Account]], None] = lambda service, store: None,
+                     ) -> tuple[CommandService, AggregateStore[Account]]:
     store: AggregateStore[Account] = AggregateStore(log, "account", Account, evolve)
     await store.rebuild()
     service = CommandService(nc, "bank")
@@ -91,6 +93,7 @@ async def start_bank(nc: NATS, log: EventLog) -> tuple[CommandService, Aggregate
 
     service.route("open", Open, on_open)
     service.route("deposit", Deposit, on_deposit)
+    more(service, store)
     await service.start()
     return service, store
 
@@ -125,7 +128,6 @@ async def test_commands_append_events_and_reply(bank: CommandService, nc: NATS, 
     ("command", "body", "field", "fragment"),
     [
         ("deposit", b"{not json", "body", "not valid JSON"),
-        ("withdraw", b'{"command_id": "c1"}', "command", "unknown command 'withdraw'"),
         ("deposit", b'{"command_id": "c1", "amount": 5}', "account_id", "missing required field"),
         ("deposit", b'{"command_id": "c1", "account_id": "a", "amount": "five"}', "amount", "Expected `int`"),
         ("deposit", b'{"command_id": "c1", "account_id": "a b", "amount": 5}', "account_id", "not a valid id"),
@@ -259,11 +261,70 @@ async def test_conflict_after_bounded_retries(nc: NATS, eventlog: EventLog) -> N
     assert attempts == 10
 
 
-async def test_service_is_discoverable_with_srv_ping_and_stats(bank: CommandService, nc: NATS) -> None:
-    await CommandClient(nc).request("bank", "nope", {})
+async def test_service_is_discoverable_with_srv_ping_info_and_stats(bank: CommandService, nc: NATS) -> None:
+    await CommandClient(nc).request("bank", "deposit", {"account_id": "nobody", "amount": 1})
     ping = json.loads((await nc.request("$SRV.PING.fleet-bank", b"", timeout=2)).data)
     assert ping["name"] == "fleet-bank"
+    info = json.loads((await nc.request("$SRV.INFO.fleet-bank", b"", timeout=2)).data)
+    endpoints = {e["name"]: e for e in info["endpoints"]}
+    assert sorted(endpoints) == ["deposit", "open"]  # one endpoint per command
+    assert endpoints["deposit"]["subject"] == "fleet.cmd.bank.deposit"
+    assert endpoints["deposit"]["metadata"]["request_schema"] == "commands/bank.deposit.json"
     stats = json.loads((await nc.request("$SRV.STATS.fleet-bank", b"", timeout=2)).data)
-    endpoint = stats["endpoints"][0]
-    assert endpoint["subject"] == "fleet.cmd.bank.*"
-    assert endpoint["data"]["by_command"]["unknown:invalid"] == 1  # a client's name is no label
+    by_name = {e["name"]: e for e in stats["endpoints"]}
+    assert by_name["deposit"]["data"]["by_result"] == {"not_found": 1}
+    assert "metrics" in by_name["deposit"]["data"]  # the process's metrics, once per instance
+    assert "metrics" not in by_name["open"]["data"]
+
+
+async def test_an_unknown_command_has_no_responder(bank: CommandService, nc: NATS) -> None:
+    with pytest.raises(Unavailable, match=r"no command 'withdraw'.*SRV.INFO"):
+        await CommandClient(nc).send("bank", "withdraw", {})
+
+
+class Balance(Command, frozen=True, kw_only=True):
+    account_id: str
+
+
+async def test_queries_are_not_remembered_and_replies_are_bounded_in_bytes(
+    nc: NATS, eventlog: EventLog
+) -> None:
+    """One operator sending queries with fresh command ids (100 at once, and again) leaves nothing
+    behind in the service; the replies kept for repeats of writes stay under their byte bound."""
+    big = "x" * 48_000  # about what a list of 300 devices weighs
+
+    def add_balance(service: CommandService, store: AggregateStore[Account]) -> None:
+        async def on_balance(cmd: Balance, ctx: Context) -> Outcome:
+            return Outcome((), {"balance": store.get(cmd.account_id).state.balance, "padding": big})
+
+        service.route("balance", Balance, on_balance)  # before start: each command is an endpoint
+
+    service, _ = await start_bank(nc, eventlog, add_balance)
+    service._remember_bytes = 4_000  # a small bound, to see it hold
+    try:
+        client = CommandClient(nc)
+        await client.send("bank", "open", {"account_id": "acc-q"})
+        for _ in range(2):
+            replies = await asyncio.gather(*(client.send("bank", "balance", {"account_id": "acc-q"})
+                                             for _ in range(100)))
+            assert all(r.result["padding"] == big for r in replies)
+        assert len(service._replies) == 1  # only the open's reply (200 queries kept nothing)
+        for n in range(60):
+            await client.send("bank", "deposit", {"account_id": "acc-q", "amount": 1, "command_id": f"dep-{n}"})
+        assert 0 < service.cached_bytes <= 4_000
+        assert sum(len(body) for body in service._replies.values()) == service.cached_bytes
+        # a recent write's repeat is still answered from memory (one event, the same reply)
+        again = await client.send("bank", "deposit", {"account_id": "acc-q", "amount": 1, "command_id": "dep-59"})
+        assert again.result == {"balance": 60}
+    finally:
+        await service.stop()
+
+
+async def test_a_command_id_is_one_identitys_own(bank: CommandService, nc: NATS, eventlog: EventLog) -> None:
+    """Bob sending a command under an id Alice used gets his own command done, not her reply."""
+    alice, bob = CommandClient(nc, actor="operator:alice"), CommandClient(nc, actor="operator:bob")
+    await alice.send("bank", "open", {"account_id": "acc-alice", "command_id": "c-same"})
+    reply = await bob.send("bank", "open", {"account_id": "acc-bob", "command_id": "c-same"})
+    assert reply.result == {"account_id": "acc-bob"}
+    recorded, _ = await eventlog.load("fleet.evt.account.acc-bob")
+    assert [(r.envelope.type, r.envelope.actor) for r in recorded] == [("Opened", "operator:bob")]

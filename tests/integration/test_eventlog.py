@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import nats
@@ -266,3 +267,21 @@ async def test_a_slow_reader_holds_a_bounded_number_of_events(eventlog: EventLog
     assert seqs == list(range(1, total + 1))
     bound = _REPLAY_BUFFER + 2_000  # the buffer, and what was in flight when it stopped
     assert _REPLAY_BUFFER <= eventlog.buffered_most <= bound, eventlog.buffered_most
+
+
+async def test_a_reader_without_consumers_reads_the_same_ranges(eventlog: EventLog, connect_as: Any) -> None:
+    """What the auditor and the API read with batched direct gets (they may create no consumer)
+    equals what an ordered consumer delivers: whole log, a range, a filter, small batches."""
+    from tests.integration.test_projections import append_history
+
+    last = await append_history(eventlog, 30, rounds=1)
+    direct = EventLog(await connect_as("api", "api"), consumers=False)
+    for start, end, subjects, size in ((1, None, "fleet.evt.>", 5000), (7, last - 3, "fleet.evt.>", 13),
+                                       (1, None, "fleet.evt.device.*", 1000)):
+        want = [(r.seq, r.subject, r.envelope.id) async for batch in
+                eventlog.batches(start, end, subjects=subjects, size=size) for r in batch]
+        got = [(r.seq, r.subject, r.envelope.id) async for batch in
+               direct.batches(start, end, subjects=subjects, size=size) for r in batch]
+        assert got == want and want, (start, end, subjects)
+    raw = [item async for item in direct.replay_raw(1, 5)]
+    assert [seq for seq, _, _ in raw] == [1, 2, 3, 4, 5]

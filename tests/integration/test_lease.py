@@ -65,8 +65,8 @@ async def test_takeover_after_the_holder_is_cut_off(connect_as: Callable[..., Aw
     await lease_bucket(nc, ttl=TTL)
     holder_nc = await connect_as("service:drift", "a", max_reconnect_attempts=0)  # a service may take leases
     holder_kv, ttl = await lease_bucket(holder_nc)
-    holder = Lease(holder_kv, "drift-0", "a", ttl=ttl)
-    standby = Lease((await lease_bucket(nc))[0], "drift-0", "b", ttl=ttl)
+    holder = Lease(holder_kv, "drift.0-of-1", "a", ttl=ttl)
+    standby = Lease((await lease_bucket(nc))[0], "drift.0-of-1", "b", ttl=ttl)
     async with running(holder):
         await asyncio.wait_for(holder.gained.wait(), 10)
         async with running(standby):
@@ -74,7 +74,7 @@ async def test_takeover_after_the_holder_is_cut_off(connect_as: Callable[..., Aw
             await asyncio.wait_for(holder.lost.wait(), 10)  # the fence: it stops counting on it
             assert not holder.held
             await asyncio.wait_for(standby.gained.wait(), 10)
-            assert await holder_of(nc, "drift-0") == "b"
+            assert await holder_of(nc, "drift.0-of-1") == "b"
 
 
 async def test_a_restarted_slot_reclaims_its_own_lease_at_once(nc: NATS, fresh_bucket: None) -> None:

@@ -10,9 +10,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from services.registry.domain import AddDevice, AddSite, RelabelDevice
 from services.registry.handlers import Registry
 from shared.commands import Context
+from shared.contract.registry import AddDevice, AddSite, RelabelDevice
 from shared.eventlog import EventLog
 from shared.ids import new_command_id
 from shared.peers import follow_peers

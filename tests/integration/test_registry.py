@@ -100,7 +100,6 @@ async def test_sites_lifecycle(registry: Registry, client: CommandClient, eventl
         ("get_device", {"device_id": "ghost"}, NotFound, "device_id"),
         ("list_devices", {"selector": "tier in (a,"}, Invalid, "selector"),
         ("list_devices", {"limit": 0}, Invalid, "limit"),
-        ("no_such_command", {}, Invalid, "command"),
     ],
 )
 async def test_refusals_change_nothing(registry: Registry, client: CommandClient, eventlog: EventLog,

@@ -125,8 +125,9 @@ async def test_healthy_rollout_completes_and_assigns_each_device_once(
     client = CommandClient(nc, actor="operator:alice")
     async with Devices(nc, eventlog, fleet) as devices:
         reply = await client.send("rollout", "start", {
-            "rollout_id": "r-v1", "snapshot_id": snap("v1"), "target": "tier=edge", "canary": "site:s1",
-            "waves": "50,100", "max_in_flight": 4, "metrics": ["error_rate p95<=0.02"]})
+            "rollout_id": "r-v1", "snapshot_id": snap("v1"), "target": "tier=edge", "canary": {"sites": ["s1"]},
+            "waves": [50, 100], "max_in_flight": 4,
+            "metrics": [{"metric": "error_rate", "aggregate": "p95", "op": "<=", "value": 0.02}]})
         assert reply.result["waves"] == 3
         done = await wait_status(client, "r-v1", ("completed",))
     assert done["assigned"] == len(fleet)
@@ -154,8 +155,8 @@ async def test_unhealthy_canary_fails_the_gate_and_rolls_back_to_the_previous_sn
                                                 "target": "tier=edge", "max_in_flight": 50})
         await wait_status(client, "r-good", ("completed",))
         await client.send("rollout", "start", {
-            "rollout_id": "r-bad", "snapshot_id": snap("bad"), "target": "tier=edge", "canary": "site:s0",
-            "waves": "100", "on_failure": "rollback", "max_in_flight": 50})
+            "rollout_id": "r-bad", "snapshot_id": snap("bad"), "target": "tier=edge", "canary": {"sites": ["s0"]},
+            "waves": [100], "on_failure": "rollback", "max_in_flight": 50})
         result = await wait_status(client, "r-bad", ("rolled_back",))
     gate = result["last_gate"]
     assert not gate["passed"]
@@ -177,7 +178,7 @@ async def test_pause_resume_abort_and_overlap(service: RolloutService, nc: NATS,
     # no devices report: the rollout stays in flight
     await client.send("rollout", "start", {"rollout_id": "r1", "snapshot_id": snap("v1"),
                                             "target": "site in (s0,s1)", "max_in_flight": 2,
-                                            "apply_timeout": "1h"})
+                                            "apply_timeout_seconds": 3600})
     with pytest.raises(Conflict, match="already in an active rollout") as err:
         await client.send("rollout", "start", {"rollout_id": "r2", "snapshot_id": snap("v2"), "target": "site=s1"})
     assert err.value.field == "target"
@@ -202,7 +203,7 @@ async def test_dry_run_and_bad_starts_change_nothing(service: RolloutService, nc
     before = await eventlog.last_stream_seq()
     client = CommandClient(nc)
     plan = await client.send("rollout", "start", {"snapshot_id": snap("v2"), "target": "tier=edge",
-                                                  "canary": "5", "waves": "50,100", "dry_run": True})
+                                                  "canary": {"count": 5}, "waves": [50, 100], "dry_run": True})
     assert plan.result["dry_run"]
     assert [len(w) for w in plan.result["plan"]] == [5, 15, 20]
     assert set(plan.result["config_hashes"]) == set(SITES)
@@ -210,10 +211,13 @@ async def test_dry_run_and_bad_starts_change_nothing(service: RolloutService, nc
         ({"snapshot_id": "nope", "target": ""}, NotFound, "snapshot_id"),
         ({"snapshot_id": snap("v1"), "target": "tier=cloud"}, Invalid, "target"),
         ({"snapshot_id": snap("v1"), "target": "tier in (a"}, Invalid, "target"),
-        ({"snapshot_id": snap("v1"), "waves": "50"}, Invalid, "waves"),
-        ({"snapshot_id": snap("v1"), "canary": "site:nowhere"}, Invalid, "canary"),
-        ({"snapshot_id": snap("v1"), "metrics": ["error_rate"]}, Invalid, "metric"),
-        ({"snapshot_id": snap("v1"), "bake": "soon"}, Invalid, "bake"),
+        ({"snapshot_id": snap("v1"), "waves": [50]}, Invalid, "waves"),
+        ({"snapshot_id": snap("v1"), "waves": "10,100"}, Invalid, "waves"),  # the short form is the CLI's only
+        ({"snapshot_id": snap("v1"), "canary": {"sites": ["nowhere"]}}, Invalid, "canary"),
+        ({"snapshot_id": snap("v1"), "metrics": [{"metric": "error_rate"}]}, Invalid, "metrics[0].value"),
+        ({"snapshot_id": snap("v1"), "metrics": [{"metric": "e", "op": "=", "value": 1}]}, Invalid, "metrics[0].op"),
+        ({"snapshot_id": snap("v1"), "bake_seconds": -1}, Invalid, "bake_seconds"),
+        ({"snapshot_id": snap("v1"), "approve_after": [0]}, Invalid, "approve_after[0]"),  # waves count from 1
     ]
     for body, error, field in cases:
         with pytest.raises(error) as err:
@@ -232,7 +236,7 @@ async def test_restart_mid_wave_continues_without_skipping_or_repeating(nc: NATS
     try:
         async with Devices(nc, eventlog, fleet) as devices:
             await client.send("rollout", "start", {"rollout_id": "r1", "snapshot_id": snap("v2"),
-                                                    "target": "tier=edge", "canary": "4", "waves": "50,100",
+                                                    "target": "tier=edge", "canary": {"count": 4}, "waves": [50, 100],
                                                     "max_in_flight": 3})
             while len(devices.applied) < 10:
                 await asyncio.sleep(0.02)
@@ -258,7 +262,7 @@ async def test_a_batch_an_earlier_instance_landed_late_gets_its_kv_values(
     fleet = await seed(eventlog, devices=8)
     client = CommandClient(nc)
     await client.send("rollout", "start", {"rollout_id": "r-late", "snapshot_id": snap("v2"), "target": "tier=edge",
-                                            "waves": "100", "max_in_flight": 2, "apply_timeout": "10m"})
+                                            "waves": [100], "max_in_flight": 2, "apply_timeout_seconds": 600})
     await client.send("rollout", "pause", {"rollout_id": "r-late"})
     assigned = {e.device_id for e in await desired_events(eventlog)}
     late = sorted(set(fleet) - assigned)[0]
@@ -313,7 +317,7 @@ async def test_a_large_wave_is_assigned_in_pipelined_chunks_and_a_refused_chunk_
                                                  config_hash="0" * 64, revision=1, reason="manual")])
     client = CommandClient(nc)
     await client.send("rollout", "start", {"rollout_id": "r-big", "snapshot_id": snap("v2"), "target": "tier=edge",
-                                            "waves": "100", "max_in_flight": 5000, "apply_timeout": "10m"})
+                                            "waves": [100], "max_in_flight": 5000, "apply_timeout_seconds": 600})
     for _ in range(600):
         status = (await client.send("rollout", "get", {"rollout_id": "r-big"})).result
         if status["assigned"] == len(fleet):
@@ -355,7 +359,7 @@ async def test_a_rollout_whose_tick_fails_does_not_hold_back_the_others(
         await client.send("rollout", "start", {"rollout_id": "r-broken", "snapshot_id": snap("v1"),
                                                "target": "site=s0"})
         await client.send("rollout", "start", {"rollout_id": "r-fine", "snapshot_id": snap("v1"),
-                                               "target": "site in (s1,s2,s3)", "waves": "50,100"})
+                                               "target": "site in (s1,s2,s3)", "waves": [50, 100]})
         done = await wait_status(client, "r-fine", ("completed",))
     assert done["assigned"] == sum(1 for s in fleet.values() if s != "s0")
     assert service.tick_errors["r-broken"] >= 1 and "r-fine" not in service.tick_errors

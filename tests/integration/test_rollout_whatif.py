@@ -45,18 +45,18 @@ async def test_what_if_over_one_rollout_and_over_a_window(nc: NATS, eventlog: Ev
     await service.start()
     try:
         client = CommandClient(nc, actor="operator:alice")
-        one = (await client.send("rollout", "what_if", {"rollout_id": "r-good", "metrics": ["error_rate p99<=0.01"]}
-                                 )).result
+        p99 = {"metric": "error_rate", "aggregate": "p99", "op": "<=", "value": 0.01}
+        one = (await client.send("rollout", "what_if", {"rollout_id": "r-good", "metrics": [p99]})).result
         [good] = one["results"]
         assert good["outcome"] == "stops_earlier"
         assert good["waves"][0]["what_if_reasons"] == ["error_rate p99 = 0.015, wanted <= 0.01"]
-        window = (await client.send("rollout", "what_if", {"since": "30d", "min_healthy": "80%",
-                                                           "metrics": ["error_rate p99<=0.01"]})).result
+        window = (await client.send("rollout", "what_if", {"since_seconds": 30 * 86400, "min_healthy": 0.8,
+                                                           "metrics": [p99]})).result
         assert {r["rollout_id"]: r["outcome"] for r in window["results"]} == {"r-good": "stops_earlier",
                                                                              "r-bad": "would_pass"}
         assert window["summary"] == ("1 of 2 rollouts would have stopped earlier; 1 of 1 rollouts that failed a "
                                      "gate would have passed it")
         with pytest.raises(Invalid):
-            await client.send("rollout", "what_if", {"since": "soon"})
+            await client.send("rollout", "what_if", {"since_seconds": 0})
     finally:
         await service.stop()

@@ -24,12 +24,13 @@ from nats.aio.client import Client as NATS
 
 from services.registry.handlers import start as start_registry
 from shared.auth.actor import ON_BEHALF_OF
-from shared.auth.authority import Authority, push_account
+from shared.auth.authority import Authority, inbox_of_creds, push_account
 from shared.commands import CommandClient
 from shared.connection import settled
 from shared.desired import DESIRED_STREAM, ensure_bucket
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
+from shared.lease import LEASE_BUCKET, lease_bucket
 from shared.subjects import CHECKPOINTED, EVENTS_STREAM, checkpoint_bucket
 from tests.node import NODE, node_modules
 
@@ -140,6 +141,26 @@ PROBES: dict[str, Callable[[Probe, NATS, str], Awaitable[str]]] = {
     "purge its checkpoint bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.PURGE.OBJ_{_own_bucket(me)}", b""),
     "delete its checkpoint bucket": lambda p, a, me: requested(p, f"$JS.API.STREAM.DELETE.OBJ_{_own_bucket(me)}", b""),
     "write another's checkpoint": lambda p, a, me: published(p, a, f"$O.{checkpoint_bucket('drift')}.M.probe"),
+    # leases: each part takes its own keys only (a stolen snapshot identity squatting rollout-ticks
+    # held every rollout still; the projections' squatted drift, the read models and audit)
+    "take the rollout lease": lambda p, a, me: published(p, a, f"$KV.{LEASE_BUCKET}.rollout-ticks",
+                                                         b'{"holder": "squatter", "name": "rollout-ticks"}'),
+    "take the audit lease": lambda p, a, me: published(p, a, f"$KV.{LEASE_BUCKET}.audit"),
+    "read the rollout lease": lambda p, a, me: requested(
+        p, f"$JS.API.DIRECT.GET.KV_{LEASE_BUCKET}.$KV.{LEASE_BUCKET}.rollout-ticks", b""),
+    # readers leave no state in the log's stream: no durable consumer (990 of them filled the
+    # stream's consumer limit), and a push consumer aimed at a device's key is refused to the auditor
+    "create a durable consumer": lambda p, a, me: requested(
+        p, f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}.probe-{me}", msgspec.json.encode(
+            {"stream_name": EVENTS_STREAM, "config": {"durable_name": f"probe-{me}", "name": f"probe-{me}",
+                                                      "ack_policy": "none"}})),
+    "create a durable consumer (legacy)": lambda p, a, me: requested(
+        p, f"$JS.API.CONSUMER.DURABLE.CREATE.{EVENTS_STREAM}.probe-{me}", msgspec.json.encode(
+            {"stream_name": EVENTS_STREAM, "config": {"durable_name": f"probe-{me}", "ack_policy": "none"}})),
+    "push the log onto a device's key": lambda p, a, me: requested(
+        p, f"$JS.API.CONSUMER.CREATE.{EVENTS_STREAM}", msgspec.json.encode(
+            {"stream_name": EVENTS_STREAM, "config": {"deliver_subject": "$KV.fleet_desired.victim",
+                                                      "ack_policy": "none", "inactive_threshold": 1_000_000_000}})),
 }
 
 
@@ -148,15 +169,22 @@ def _own_bucket(me: str) -> str:
 
 
 # role -> (name, the probes it is allowed; every other probe must be refused)
+# Residual (docs/security.md, finding 5): a role that follows the log (the services) reads it
+# through ordered consumers, which are push consumers, and the server does not check the deliver
+# subject a client names; the auditor and the API, which read with direct gets alone, are refused.
+FOLLOWS = "push the log onto a device's key"
 ALLOWED: dict[str, tuple[str, set[str]]] = {
     "device": ("dev-1", {"own heartbeat", "read own key"}),
     "operator": ("alice", {"send a command"}),
     "auditor": ("audrey", {"read the log"}),
     "service:registry": ("registry", {"join a service's queue group", "read the log", "write its checkpoint",
-                                      "purge its checkpoint bucket"}),
-    "service:snapshot": ("snapshot", {"read the log"}),
+                                      "purge its checkpoint bucket", FOLLOWS}),
+    "service:snapshot": ("snapshot", {"read the log", FOLLOWS}),
     "service:rollout": ("rollout", {"read the log", "read own key", "read another device's key",
-                                    "write a device's key", "write its checkpoint", "purge its checkpoint bucket"}),
+                                    "write a device's key", "write its checkpoint", "purge its checkpoint bucket",
+                                    "take the rollout lease", "read the rollout lease", FOLLOWS}),
+    "service:projections": ("projections", {"read the log", FOLLOWS}),
+    "service:audit": ("audit", {"read the log", "take the audit lease", FOLLOWS}),
     "api": ("api", {"read the log", "send a command", "read own key", "read another device's key"}),
     "simulator": ("sim", {"own heartbeat", "another device's heartbeat", "read own key",
                           "read another device's key", "send a command"}),
@@ -167,6 +195,7 @@ ALLOWED: dict[str, tuple[str, set[str]]] = {
 async def world(nc: NATS, eventlog: EventLog) -> AsyncIterator[EventLog]:
     """The log, the bucket, and a stand-in responder on the registry's commands."""
     await ensure_bucket(nc)
+    await lease_bucket(nc)
     async def respond(msg: Any) -> None:
         if msg.reply:
             await msg.respond(b'{"ok": true}')
@@ -186,8 +215,7 @@ async def test_each_role_is_refused_everything_else(role: str, world: EventLog, 
     name, allowed = ALLOWED[role]
     before = await log_state(nc)
     results: dict[str, str] = {}
-    # Operators live in OPS, whose inboxes hold operators' replies only: FLEET's are out of reach.
-    probes = {p: a for p, a in PROBES.items() if not (role == "operator" and p == "read every inbox")}
+    probes = PROBES
     for probe_name, attempt in probes.items():
         probe = await probe_as(connect_as, role, name)  # a fresh connection: verdicts do not mix
         results[probe_name] = await attempt(probe, nc, name)
@@ -307,6 +335,40 @@ async def test_a_retired_device_is_cut_off_and_cannot_reconnect(
         authority.state.revocations.clear()
         await push_account(system, authority.account_jwt("FLEET"))
         await system.close()
+
+
+async def test_re_enrolment_rotates_the_device_key(world: EventLog, nats_server: EmbeddedNats, authority: Authority,
+                                                   creds: Callable[[str, str], str], tmp_path: Path) -> None:
+    """After revoke + re-enrol the device has a new key: the old (stolen) seed spliced with the new
+    JWT is refused, while the new credentials work."""
+    stolen = authority.write_creds(tmp_path / "old.creds", authority.issue_device("dev-rot"))
+    system = await nats.connect(nats_server.url, user_credentials=creds("sys", "revoker"))
+    try:
+        await push_account(system, authority.revoke_device("dev-rot"))
+        fresh = authority.write_creds(tmp_path / "new.creds", await _later(authority, "dev-rot"))
+        spliced = fresh.read_text().replace(_seed(fresh), _seed(stolen))
+        for name, text, works in (("new", fresh.read_text(), True), ("spliced", spliced, False)):
+            path = authority.write_creds(tmp_path / f"{name}-try.creds", text)
+            client = NATS()
+            try:
+                await client.connect(nats_server.url, user_credentials=str(path), allow_reconnect=False,
+                                     max_reconnect_attempts=0, connect_timeout=2, inbox_prefix="_INBOX.dev-rot")
+                connected = True
+                await client.close()
+            except nats.errors.Error:
+                connected = False
+                _close_refused(client)
+            assert connected is works, name
+        assert _seed(fresh) != _seed(stolen)
+    finally:
+        authority.prune_revocations(-1e9)  # leave the account as it was for the next tests
+        await push_account(system, authority.account_jwt("FLEET"))
+        await system.close()
+
+
+def _seed(path: Path) -> str:
+    lines = path.read_text().splitlines()
+    return lines[lines.index("-----BEGIN USER NKEY SEED-----") + 1]
 
 
 def _close_refused(client: NATS) -> None:
@@ -430,7 +492,8 @@ async def test_enroll_create_and_revoke_from_the_cli(world: EventLog, nc: NATS, 
     await device.flush()
     await beats.next_msg(SETTLE)
     await device.close()
-    zed = await nats.connect(nats_server.url, user_credentials=str(operator_file))
+    zed = await nats.connect(nats_server.url, user_credentials=str(operator_file),
+                             inbox_prefix=inbox_of_creds(operator_file) or "_INBOX")  # its own inbox
     reply = await zed.request("fleet.cmd.registry.add_site", b'{"command_id": "c-zed"}', timeout=SETTLE)
     assert reply.data  # the stand-in responder answered an operator's command
     await zed.close()
@@ -450,3 +513,15 @@ async def test_enroll_create_and_revoke_from_the_cli(world: EventLog, nc: NATS, 
         authority._save()
         await push_account(system, authority.account_jwt("FLEET"))
         await system.close()
+
+
+async def test_operators_cannot_read_each_others_replies(registry: None, nc: NATS, connect_as: Connect) -> None:
+    """Each operator has an inbox prefix of its own (`_INBOX_operator.<name>`): another operator
+    listening on inboxes is refused and never sees the reply to alice's command, which she gets."""
+    alice = CommandClient(await connect_as("operator", "alice"))
+    for index, (name, pattern) in enumerate((("bob", "_INBOX.>"), ("carol", "_INBOX_operator.alice.>"))):
+        probe = await probe_as(connect_as, "operator", name)
+        sub = await probe.nc.subscribe(pattern)
+        await settled(probe.nc)
+        assert (await alice.send("registry", "add_site", {"site_id": f"s-inbox-{index}"})).ok
+        assert await verdict(probe, sub.next_msg(SETTLE)) == "refused"

@@ -89,9 +89,9 @@ async def test_rollout_progress_live_and_in_the_past(api: Api) -> None:
     waves = [{k: w[k] for k in ("wave", "size", "assigned", "pending", "in_flight", "converged", "failed",
                                 "timed_out", "restored")} for w in answer["progress"]]
     assert waves == [
-        {"wave": 0, "size": 1, "assigned": 1, "pending": 0, "in_flight": 0, "converged": 1, "failed": 0,
+        {"wave": 1, "size": 1, "assigned": 1, "pending": 0, "in_flight": 0, "converged": 1, "failed": 0,
          "timed_out": 0, "restored": 0},
-        {"wave": 1, "size": 3, "assigned": 3, "pending": 0, "in_flight": 1, "converged": 1, "failed": 1,
+        {"wave": 2, "size": 3, "assigned": 3, "pending": 0, "in_flight": 1, "converged": 1, "failed": 1,
          "timed_out": 0, "restored": 0},
     ]
     assert answer["totals"]["converged"] == 2 and answer["totals"]["assigned"] == 4

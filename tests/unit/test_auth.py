@@ -105,3 +105,83 @@ def _stamp(name: str, tags: list[str]) -> str:
 ])
 def test_the_actor_comes_from_the_stamp_or_a_forwarders_hand_over(headers: dict[str, str], actor: str) -> None:
     assert actor_of(headers) == actor
+
+
+def _matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` one token, `>` the rest."""
+    want, have = pattern.split("."), subject.split(".")
+    for index, token in enumerate(want):
+        if token == ">":
+            return len(have) > index
+        if index >= len(have) or (token != "*" and token != have[index]):
+            return False
+    return len(want) == len(have)
+
+
+def test_each_part_may_write_only_the_lease_keys_it_takes() -> None:
+    """The role table names every lease a part takes (its constant in the part), and no other
+    part's: a stolen identity cannot squat another part's lease."""
+    from projections.main import all_projections
+    from services.drift.main import lease_name
+    from services.registry.main import CHECKPOINT_LEASE
+    from services.rollout.main import TICKS_LEASE
+
+    taken = {"registry": [CHECKPOINT_LEASE], "rollout": [TICKS_LEASE], "audit": ["audit"],
+             "drift": [lease_name(None), lease_name((0, 3)), lease_name((2, 3))],
+             "projections": [f"projection-{p.name}" for p in all_projections()]}
+    for owner in SERVICES:
+        pub = ROLES[f"service:{owner}"].permissions.pub
+        assert pub is not None and pub.allow is not None
+        for part, keys in taken.items():
+            for key in keys:
+                may = any(_matches(p, f"$KV.fleet_leases.{key}") for p in pub.allow)
+                assert may == (part == owner), (owner, key)
+
+
+def test_a_revocation_survives_a_stale_copy_of_the_authority(tmp_path: Path) -> None:
+    """`fleet creds revoke-device X` (one process) then a retirement handled by `fleet up`'s copy,
+    loaded before: X stays revoked in the account JWT pushed and on disk, and so do both after a
+    restart; enrolment and renewal see revocations made elsewhere."""
+    up = Authority.load_or_create(tmp_path / "secrets")
+    cli = Authority.load_or_create(tmp_path / "secrets")
+    up.issue_device("x")  # the copy has read the state before the revocation
+    cli.revoke_device("x")
+    assert up.device_revoked("x")
+    account = _part(up.revoke_device("y"), 1)
+    revoked = set(account["nats"]["revocations"])
+    assert {jwt.public(up.device_key("x")), jwt.public(up.device_key("y"))} <= revoked
+    up.handled(10)
+    restarted = Authority.load_or_create(tmp_path / "secrets")
+    assert restarted.device_revoked("x") and restarted.device_revoked("y")
+    assert restarted.state.handled_seq == 10
+
+
+def test_re_enrolling_a_revoked_device_gives_it_a_new_key(tmp_path: Path) -> None:
+    authority = Authority.load_or_create(tmp_path / "secrets")
+    first = jwt.read_claims(jwt.jwt_of_creds(authority.issue_device("d1"))).sub
+    assert jwt.read_claims(jwt.jwt_of_creds(authority.issue_device("d1"))).sub == first  # no revocation: same
+    authority.revoke_device("d1")
+    second = jwt.read_claims(jwt.jwt_of_creds(authority.issue_device("d1"))).sub
+    assert second != first and not authority.device_revoked("d1")
+    authority.revoke_device("d1")
+    third = jwt.read_claims(jwt.jwt_of_creds(authority.issue_device("d1"))).sub
+    assert third not in (first, second)
+
+
+def test_copies_of_the_state_merge_without_losing_a_revocation_or_a_rotation(tmp_path: Path) -> None:
+    """The authority part's shared copy read over a local one changed apart (a CLI enrolment that
+    rotated a key, a revocation): both survive; a prune is not undone by an older copy."""
+    local = Authority.load_or_create(tmp_path / "secrets")
+    local.revoke_device("rotated")
+    shared_copy = local.encoded_state()  # what the part wrote to NATS then
+    local.issue_device("rotated")  # re-enrolled beside the part: generation 1
+    local.revoke_device("other")
+    local.adopt_state(shared_copy)  # the part's copy arrives
+    assert local.state.generations == {"rotated": 1} and local.device_revoked("other")
+    import time
+
+    local.revoke_key("UOLD", at=int(time.time()) - 1000)  # an old revocation: its JWTs have expired
+    old_copy = local.encoded_state()
+    assert local.prune_revocations(500) == 1
+    local.adopt_state(old_copy)  # a copy from before the prune does not bring it back
+    assert "UOLD" not in local.state.revocations and local.device_revoked("other")

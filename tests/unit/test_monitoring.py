@@ -90,7 +90,8 @@ def test_fleet_gauges_render_the_summary_and_rollouts() -> None:
         assert exposition.value(devices, site="north", state=state) == value, state
     assert exposition.value(families["fleet_devices_by_snapshot"], snapshot="app-v1") == 10
     assert exposition.value(families["fleet_rollouts"], status="completed") == 2
-    assert exposition.value(families["fleet_rollout_wave"], rollout="r-1", snapshot="app-v2", status="paused") == 1
+    # the read model's wave 1 (counted from 0, as events do) is the second wave: 2, as the API says
+    assert exposition.value(families["fleet_rollout_wave"], rollout="r-1", snapshot="app-v2", status="paused") == 2
     assert exposition.value(families["fleet_rollout_gate_passed"], rollout="r-1") == 0
     assert exposition.value(families["fleet_rollout_gate_passed"], rollout="r-2") is None  # no gate yet
     assert exposition.value(families["fleet_projection_poisoned_events"], projection="fleet") == 1

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.registry import domain
-from services.registry.domain import (
+from shared.contract.registry import (
     AddDevice,
     AddSite,
     Device,

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from services.rollout import domain
 from services.rollout.domain import Desired, FleetView, Observed, Rollout
-from services.rollout.spec import parse_canary, parse_fraction, parse_metric_gate, parse_waves
+from services.rollout.spec import Canary, parse_canary, parse_fraction, parse_metric_gate, parse_waves
 from shared.envelope import Event
 from shared.errors import Conflict, Invalid, NotFound
 from shared.events.desired import DesiredStateAssigned
@@ -48,7 +48,7 @@ def begin(devices: dict[str, str], *, canary: str = "", waves: str = "50,100", m
     events = domain.start(
         "r1", snapshot_id="snap-2", target="tier=edge", devices=devices,
         snapshot=FixedSnapshot(NEW), canary=parse_canary(canary),
-        canary_text=canary, percents=parse_waves(waves), max_in_flight=max_in_flight,
+        percents=parse_waves(waves), max_in_flight=max_in_flight,
         bake_seconds=bake, apply_timeout_seconds=timeout, gates=gates or Gates(min_healthy=1.0, max_failed=0),
         on_failure=on_failure, approve_after=list(approve_after), state=state, **windows)
     for event in events:
@@ -93,10 +93,10 @@ def run_to_rest(state: Rollout, view: FleetView, now: datetime, converge: bool =
 
 
 def test_parsing() -> None:
-    assert parse_canary("5").count == 5
-    assert parse_canary("2%").percent == 2
-    assert parse_canary("site:a,b").sites == ("a", "b")
-    assert parse_canary("").kind == ""
+    assert parse_canary("5") == Canary(count=5)
+    assert parse_canary("2%") == Canary(percent=2)
+    assert parse_canary("site:a,b") == Canary(sites=["a", "b"])
+    assert parse_canary("") is None
     assert parse_waves("10,50,100") == [10, 50, 100]
     assert parse_fraction("95%", "min_healthy") == 0.95
     assert parse_fraction("0.5", "x") == 0.5
@@ -256,7 +256,7 @@ def test_commands_refuse_what_makes_no_sense() -> None:
         domain.promote(state)
     with pytest.raises(Conflict, match="already exists"):
         domain.start("r1", snapshot_id="s", target="", devices=fleet(2), snapshot=FixedSnapshot("h"),
-                     canary=parse_canary(""), canary_text="", percents=[100], max_in_flight=1,
+                     canary=parse_canary(""), percents=[100], max_in_flight=1,
                      bake_seconds=0, apply_timeout_seconds=1, gates=Gates(), on_failure="pause",
                      approve_after=[], state=state)
 
@@ -370,7 +370,7 @@ def test_start_refuses_what_it_must_and_plans_each_target_device_once(
     def start() -> list[Event]:
         chosen = {"ok": FixedSnapshot("h"), "missing": None, "retired": FixedSnapshot("h", retired=True)}[snapshot]
         return domain.start("r1", snapshot_id="snap", snapshot=chosen, target="t", devices=devices, others=rollouts,
-                            canary=parse_canary(""), canary_text="", percents=[50, 100], max_in_flight=5,
+                            canary=parse_canary(""), percents=[50, 100], max_in_flight=5,
                             bake_seconds=0, apply_timeout_seconds=60, gates=Gates(), on_failure="pause",
                             approve_after=[], state=domain.initial("r1"))
 

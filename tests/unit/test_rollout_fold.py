@@ -39,7 +39,7 @@ def history() -> list[Event]:
     """Three devices; rollout r-old gives all three its hash `h-old`."""
     started = domain.start(
         "r-old", snapshot_id="old", target="", snapshot=FixedSnapshot("h-old"), devices=dict.fromkeys(DEVICES, "s1"),
-        canary=parse_canary(""), canary_text="", percents=[100], max_in_flight=10, bake_seconds=0,
+        canary=parse_canary(""), percents=[100], max_in_flight=10, bake_seconds=0,
         apply_timeout_seconds=60, gates=Gates(), on_failure="pause", approve_after=[], state=domain.initial("r-old"))
     assigned = [DesiredStateAssigned(device_id=d, site_id="s1", snapshot_id="old", config_hash="h-old", revision=1,
                                      rollout_id="r-old", reason="rollout") for d in DEVICES]

@@ -46,7 +46,7 @@ def begin(devices: dict[str, str], count: int, percent: float | None) -> domain.
     max_in_flight, share = domain.in_flight_rule(count, percent)
     for event in domain.start(
             "r1", snapshot_id="snap-2", target="", devices=devices, snapshot=FixedSnapshot("hash-new"),
-            canary=parse_canary(""), canary_text="", percents=parse_waves("100"), max_in_flight=max_in_flight,
+            canary=parse_canary(""), percents=parse_waves("100"), max_in_flight=max_in_flight,
             max_in_flight_percent=share, bake_seconds=60, apply_timeout_seconds=60, gates=Gates(),
             on_failure="pause", approve_after=[], state=state):
         state = domain.evolve(state, event)
@@ -69,15 +69,3 @@ def test_the_expected_schedule_counts_rounds_of_the_in_flight_limit() -> None:
     assert wave["assigned_by"] == "2026-01-01T00:10:02.000000Z"
     assert wave["bake_ends"] == "2026-01-01T00:11:02.000000Z"
 
-
-def test_the_cli_parses_a_count_or_a_share() -> None:
-    import typer
-
-    from fleet.cli.rollout import _in_flight
-
-    assert _in_flight("") == {}
-    assert _in_flight("500") == {"max_in_flight": 500}
-    assert _in_flight(" 10% ") == {"max_in_flight_percent": 10.0}
-    with pytest.raises(typer.Exit) as refused:
-        _in_flight("lots")
-    assert refused.value.exit_code == 2

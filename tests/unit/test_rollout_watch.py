@@ -36,7 +36,7 @@ class Driven:
                               observed={d: Observed(online=True, config_hash="h-old") for d in devices})
         self.pending: deque[Event] = deque(domain.start(
             "r1", snapshot_id="new", target="", devices=devices, snapshot=FixedSnapshot("h-new"),
-            canary=parse_canary("2"), canary_text="2", percents=parse_waves("50,100"), max_in_flight=10,
+            canary=parse_canary("2"), percents=parse_waves("50,100"), max_in_flight=10,
             bake_seconds=bake, apply_timeout_seconds=60, gates=Gates(min_healthy=1.0), on_failure=on_failure,
             approve_after=approve_after or [], state=self.state))
         self.seen: list[tuple[str, str]] = []

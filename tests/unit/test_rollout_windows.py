@@ -35,7 +35,7 @@ def begin(**options: Any) -> tuple[Rollout, FleetView, list[Event]]:
     settings: dict[str, Any] = {"bake_seconds": 60.0, "on_failure": "pause", "gates": Gates(), **options}
     events = domain.start(
         "r1", snapshot_id="new", target="", devices=DEVICES, snapshot=FixedSnapshot("h"),
-        canary=parse_canary(""), canary_text="", percents=parse_waves("100"), max_in_flight=100,
+        canary=parse_canary(""), percents=parse_waves("100"), max_in_flight=100,
         apply_timeout_seconds=600, approve_after=[], state=state, **settings)
     for event in events:
         state = domain.evolve(state, event)

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.snapshot import domain
-from services.snapshot.domain import CreateSnapshot, KnownGood, MarkGood, RetireSnapshot, SiteStatus, Snapshot
+from services.snapshot.domain import SiteStatus
 from shared.configs import snapshot_id
+from shared.contract.snapshot import CreateSnapshot, KnownGood, MarkGood, RetireSnapshot, Snapshot
 from shared.envelope import Event
 from shared.errors import Conflict, FleetError, Invalid, NotFound
 from shared.events.snapshot import SnapshotCreated, SnapshotMarkedKnownGood, SnapshotRetired

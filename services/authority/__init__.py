@@ -1,0 +1,1 @@
+"""The identity duties as a part of their own (DESIGN §15)."""
