@@ -97,8 +97,7 @@ class RolloutService:
 
     def __init__(self, nc: NATS, eventlog: EventLog, *, tick_interval: float = 0.25,
                  lease: Holding | None = None, checkpoints: Checkpoints[RolloutImage] | None = None,
-                 vitals: Vitals | None = None, tick_bound: float = 60.0,
-                 heartbeat_interval: float = 10.0) -> None:
+                 vitals: Vitals | None = None, tick_bound: float = 60.0) -> None:
         """`checkpoints`: where the state is checkpointed (written by the lease holder only).
         `vitals`: where the `tick` duty is reported (shared.liveness): the tick loop ran, or a
         commit made progress, within `tick_bound` seconds."""
@@ -108,7 +107,6 @@ class RolloutService:
         self.lease = lease
         self.log = eventlog
         self.tick_interval = tick_interval
-        self.heartbeat_interval = heartbeat_interval  # what a dry run's expected duration counts per round
         self.index = FleetIndex()
         self.store: AggregateStore[Rollout] = AggregateStore(eventlog, "rollout", domain.initial, domain.evolve)
         self.commands = CommandService(nc, "rollout")
