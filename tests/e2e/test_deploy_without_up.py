@@ -27,7 +27,7 @@ from fleet_agent.contract import device_inbox
 from fleet_agent.credentials import jwt_of_creds, lifetime_of, renew
 from nats.aio.client import Client as NATS
 
-from shared.auth.authority import Authority, inbox_of_creds
+from shared.auth.authority import DUTY_FILES, Authority, inbox_of_creds
 from shared.commands import CommandClient
 from shared.embedded_cluster import EmbeddedNatsCluster
 from shared.lease import holder_of
@@ -37,8 +37,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(600), *
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_EXAMPLE = ROOT / "deploy" / "env" / "fleet-services.env.example"
-# What the authority part is handed (deploy/systemd/fleet@authority.service.d, the Kubernetes part)
-AUTHORITY_FILES = ("fleet.nk", "ops.nk", "sys.nk", "devices.nk", "operator.nk", "device-seeds.key", "system.creds")
+# What the authority part is handed (deploy/systemd/fleet@authority.service.d, the Kubernetes part):
+# only the keys its duties need, never the operator's own or any account's
+AUTHORITY_FILES = (*DUTY_FILES, "system.creds")
 CUT_OFF_WITHIN = 15.0  # seconds from a retirement to the device refused: "within seconds"
 
 
@@ -179,6 +180,9 @@ async def test_the_identity_duties_run_as_a_part_of_their_own(tmp_path: Path) ->
         assert renewed is not None and renewed.exp is not None
         assert jwt_of_creds(creds["d1"].read_text()) != first
         assert renewed.exp > (lifetime_of(first).exp or 0)
+        for part in ("authority-a", "authority-b"):  # it did so without the operator's or accounts' own keys
+            assert not list((tmp_path / "parts" / part / "secrets").glob("[!d]*.nk")), part
+            assert not (tmp_path / "parts" / part / "secrets" / "operator.nk").exists()
 
         # retired: cut off within seconds, on its renewed credentials
         admin_nc = await cluster.connect(user_credentials=str(admin))
