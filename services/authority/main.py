@@ -2,7 +2,8 @@
 revoking the credentials of retired devices and answering credential renewals — so a retired
 device is cut off within seconds wherever the parts run, with or without `fleet up`.
 
-It needs the deployment's account keys (`<data-dir>/secrets/`, shared.auth.authority) and the
+It holds only what the duties need (`<data-dir>/secrets/`, shared.auth.authority.DUTY_FILES: the
+operator's signing key, FLEET's scoped device key, the device-key secret, the public keys) and the
 system account's user (`secrets/system.creds`) to push account updates. Two or more instances may
 run: the holder of the `authority` lease does the duties, the others stand by. Renewals come in
 on a connection of their own, bounded per device (shared.auth.renewal.RenewalGate) and queued at
@@ -44,10 +45,10 @@ SYSTEM_CREDS = "system.creds"
 async def run(settings: Settings) -> None:
     """Do the identity duties while holding the lease, until cancelled."""
     secrets = settings.secrets_path
-    if not Authority.exists(secrets) or not (secrets / SYSTEM_CREDS).exists():
-        raise Unavailable(f"no account keys and system user under {secrets}: the authority runs where "
-                          "`fleet up` (or `fleet creds server-config`) made them")
-    authority = Authority.load_or_create(secrets)
+    if not (secrets / SYSTEM_CREDS).exists():
+        raise Unavailable(f"no system user under {secrets} ({SYSTEM_CREDS}: `fleet creds create --role sys`): "
+                          "the authority part pushes account updates with it")
+    authority = Authority.load_for_duties(secrets)  # DUTY_FILES: never the operator's or accounts' own keys
     gate = RenewalGate(DEFAULT_LIFETIME)
 
     nc = await connect_nats(settings, "authority")
