@@ -15,7 +15,6 @@ from shared.errors import Unavailable, error_from_code
 from shared.tokens import read_token
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
-_RANK = {"offline": 0, "failed": 1, "stuck": 2, "degraded": 3, "drifted": 4}
 
 
 def api_url(conf: Settings) -> str:
@@ -152,13 +151,8 @@ def degraded(
     conf = settings(ctx)
 
     async def ask() -> dict[str, Any]:
-        first, items = await api_pages(conf, "/v1/devices", {"problems": True, "site": site}, limit)
-
-        def rank(d: dict[str, Any]) -> tuple[int, str]:
-            ranks = [_RANK.get(p.split(" ")[0], 9) + p.endswith("(acknowledged)") for p in _problems(d)]
-            return min(ranks, default=9), d["device_id"]
-
-        items.sort(key=rank)
+        first, items = await api_pages(conf, "/v1/devices", {"problems": True, "site": site, "order": "worst"},
+                                       limit)
         return {"as_of_seq": first.get("as_of_seq"), "lag": first.get("lag"), "devices": items}
 
     def render(out: dict[str, Any]) -> None:

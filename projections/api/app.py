@@ -203,12 +203,14 @@ async def devices(
     models: Models, site: Text = None, snapshot: Text = None, desired_snapshot: Text = None,
     health: FromQuery[HealthName | None] = None, online: FromQuery[bool | None] = None,
     drifted: FromQuery[bool | None] = None, problems: FromQuery[bool | None] = None, rollout: Text = None,
-    selector: Text = None,
+    selector: Text = None, order: FromQuery[Literal["id", "worst"]] = "id",
     include_retired: FromQuery[bool] = False, cursor: Cursor = None, limit: Limit = 100, at: At = None,
     at_seq: AtSeq = None, min_seq: MinSeq = None,
 ) -> DevicePage:
     """Devices by id; filters combine with AND. `problems=true`: offline, failed, degraded, drifted
-    or stuck. `selector`: e.g. `site in (a,b),tier=edge`."""
+    or stuck. `order=worst`: the worst problem first (offline, failed, stuck, degraded, drifted,
+    then acknowledged stuck or drifted devices, then the rest), then by id. `selector`: e.g.
+    `site in (a,b),tier=edge`."""
     flt = DeviceFilter(site=_id(site, "site"), snapshot=_id(snapshot, "snapshot"),
                        desired_snapshot=_id(desired_snapshot, "desired_snapshot"), health=health,
                        online=online, drifted=drifted, problems=problems, rollout=_id(rollout, "rollout"),
@@ -216,7 +218,7 @@ async def devices(
                        selector=parse_selector(selector) if selector else EVERYTHING,
                        selector_text=selector)
     seq = await _when(models, at, at_seq, min_seq)
-    return await models.devices(flt, cursor, limit, seq, at_text=at)
+    return await models.devices(flt, cursor, limit, seq, at_text=at, order=order)
 
 
 @get("/v1/devices/{device_id:str}", tags=["queries"], responses=ERRORS)
