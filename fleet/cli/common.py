@@ -19,15 +19,10 @@ from rich.markup import escape
 
 from shared.commands import ErrorBody, Reply
 from shared.config import Settings, load_settings
-from shared.errors import FleetError
+from shared.errors import FleetError, exit_code_of
 from shared.wire import Command
 
 T = TypeVar("T")
-
-# Exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 conflict, 5 unavailable,
-# 6 refused (forbidden, or not authenticated).
-EXIT_CODES = {"invalid": 2, "misconfigured": 2, "not_found": 3, "conflict": 4, "unavailable": 5,
-              "forbidden": 6, "unauthenticated": 6}
 
 console = Console()
 err_console = Console(stderr=True)
@@ -66,7 +61,7 @@ def fail(exc: FleetError, *, json_out: bool = False) -> NoReturn:
         where = f" ({exc.field})" if exc.field else ""
         err_console.print(f"[red]error: {exc.code}{escape(where)}:[/red] {escape(exc.message)}",
                           highlight=False)
-    raise typer.Exit(EXIT_CODES.get(exc.code, 1))
+    raise typer.Exit(exit_code_of(exc.code))  # the error's class says which (shared/errors.py)
 
 
 def emit(data: Any, *, json_out: bool, render: Callable[[Any], None]) -> None:

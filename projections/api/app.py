@@ -19,7 +19,7 @@ from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components
 from litestar.params import FromQuery, PathParameter, QueryParameter
@@ -69,7 +69,7 @@ from projections.api.schemas import (
 )
 from projections.api.tokens import ROUTES as TOKEN_ROUTES
 from projections.selector import parse as parse_selector
-from shared.errors import FleetError, Invalid, NotFound, Unavailable
+from shared.errors import FleetError, Invalid, NotFound, Unavailable, code_of_status
 from shared.ids import check_id
 from shared.metrics import QUERY_SECONDS
 from shared.selectors import EVERYTHING
@@ -96,7 +96,6 @@ ERRORS = {
     404: ResponseSpec(ErrorBody, description="No such device or rollout (at that moment)."),
     503: ResponseSpec(ErrorBody, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
 }
-_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
 _DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
             asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError)
 
@@ -410,7 +409,7 @@ def _error(status: int, code: str, message: str, field: str | None) -> Response[
 
 def _on_fleet_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, FleetError)
-    return _error(_STATUS.get(exc.code, 500), exc.code, exc.message, exc.field)
+    return _error(exc.http_status, exc.code, exc.message, exc.field)
 
 
 def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
@@ -422,14 +421,9 @@ def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorB
     return _error(400, "invalid", f"{field}: {message}" if field else str(message), field)
 
 
-_HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}
-
-
 def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
-    if isinstance(exc, NotFoundException):
-        code = "not_found"
+    code = code_of_status(exc.status_code)
     response = _error(exc.status_code, code, exc.detail, "host" if isinstance(exc, BadHost) else None)
     response.headers.update(exc.headers or {})
     return response
