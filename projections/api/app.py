@@ -57,8 +57,7 @@ from projections.api.schemas import (
     ChangePage,
     DeviceAnswer,
     DevicePage,
-    ErrorBody,
-    ErrorDetail,
+    ErrorAnswer,
     Health,
     ProjectionsAnswer,
     RolloutAnswer,
@@ -74,6 +73,7 @@ from shared.ids import check_id
 from shared.metrics import QUERY_SECONDS
 from shared.selectors import EVERYTHING
 from shared.times import parse_duration, parse_time, utcnow
+from shared.wire import ErrorBody
 
 log = logging.getLogger(__name__)
 EXPOSITION = "text/plain; version=0.0.4"  # Prometheus's text format, read by every version (Litestar adds the charset)
@@ -92,9 +92,9 @@ Text = Annotated[str | None, QueryParameter(max_length=256, pattern=r"^[^\x00-\x
 HealthName = Literal["ok", "degraded", "failed", "unknown"]
 
 ERRORS = {
-    400: ResponseSpec(ErrorBody, description="Bad input; `error.field` names the parameter."),
-    404: ResponseSpec(ErrorBody, description="No such device or rollout (at that moment)."),
-    503: ResponseSpec(ErrorBody, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
+    400: ResponseSpec(ErrorAnswer, description="Bad input; `error.field` names the parameter."),
+    404: ResponseSpec(ErrorAnswer, description="No such device or rollout (at that moment)."),
+    503: ResponseSpec(ErrorAnswer, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
 }
 _DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
             asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError)
@@ -403,16 +403,16 @@ async def projections(models: Models) -> ProjectionsAnswer:
 
 # --- errors ------------------------------------------------------------------------------------------
 
-def _error(status: int, code: str, message: str, field: str | None) -> Response[ErrorBody]:
-    return Response(ErrorBody(error=ErrorDetail(code=code, message=message, field=field)), status_code=status)
+def _error(status: int, code: str, message: str, field: str | None) -> Response[ErrorAnswer]:
+    return Response(ErrorAnswer(error=ErrorBody(code=code, message=message, field=field)), status_code=status)
 
 
-def _on_fleet_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_fleet_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     assert isinstance(exc, FleetError)
     return _error(exc.http_status, exc.code, exc.message, exc.field)
 
 
-def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     assert isinstance(exc, ValidationException)
     extra = exc.extra if isinstance(exc.extra, list) else []
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
@@ -421,7 +421,7 @@ def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorB
     return _error(400, "invalid", f"{field}: {message}" if field else str(message), field)
 
 
-def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     assert isinstance(exc, HTTPException)
     code = code_of_status(exc.status_code)
     response = _error(exc.status_code, code, exc.detail, "host" if isinstance(exc, BadHost) else None)
@@ -429,12 +429,12 @@ def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     return response
 
 
-def _on_db_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_db_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     log.warning("read models unavailable: %r", exc)
     return _error(503, Unavailable.code, f"the read-model database is unavailable ({type(exc).__name__})", None)
 
 
-def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.InvalidSchemaNameError):
         return _error(503, Unavailable.code, "the read models are not built yet", None)
     if isinstance(exc, _DB_DOWN):
@@ -443,11 +443,11 @@ def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBod
     return _error(500, "internal", "the query failed", None)
 
 
-def _on_too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[ErrorBody]:
+def _on_too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[ErrorAnswer]:
     return _error(400, "invalid", "the body nests too deeply", "body")
 
 
-def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     log.error("query failed", exc_info=exc)
     return _error(500, "internal", f"the query failed ({type(exc).__name__})", None)
 
