@@ -86,8 +86,11 @@ PROBLEM_RANKS: tuple[tuple[str, Term], ...] = (
 )
 NO_PROBLEM = len(PROBLEM_RANKS)
 
-# "Problems": offline, failed, degraded, drifted or stuck — what the site counters call trouble.
-PROBLEM = AnyOf(tuple(term for _, term in PROBLEM_RANKS))
+# "Problems": offline, failed, degraded, drifted or stuck — what the site counters call trouble:
+# exactly the devices with a rank in PROBLEM_RANKS (tests/unit/test_device_filter.py), written in
+# the shape the partial index `devices_problems` was built for.
+PROBLEM = AnyOf((Is("online", False), In("health", ("degraded", "failed")), Null("drifted_since", False),
+                 Is("stuck", True)))
 
 
 def _literal(value: str) -> str:
