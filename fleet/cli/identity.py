@@ -146,6 +146,7 @@ def rotate_signing_key(
     ctx: typer.Context,
     finish: bool = typer.Option(False, "--finish", help="Stop trusting the previous key (step 3)."),
     json_out: bool = JsonOption,
+    _output: str | None = OutputOption,
 ) -> None:
     """Rotate the operator signing key the authority part holds (docs/operations.md): 1. this
     command makes a new one while the old stays trusted; 2. give the servers the new
