@@ -252,7 +252,7 @@ class Supervisor:
             database_url, reader_url = await ensure_roles(self.postgres.dsn(), "fleet", Path(passfile))
         elif not reader_url:
             log.warning("FLEET_API_DATABASE_URL is not set: the API reads with the projections' role "
-                        "(see README, Security model, for the read-only role to create)")
+                        "(see docs/security.md, \"PostgreSQL: least privilege\", for the read-only role to create)")
         # Only the parts that use PostgreSQL are told where it is, each with its own role.
         self.part_env = {"projections": {"FLEET_DATABASE_URL": database_url},
                          "api": {"FLEET_DATABASE_URL": reader_url or database_url}}

@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 OWNER = "fleet_owner"
 READER = "fleet_reader"
 
-# For an external PostgreSQL the README shows the same statements as a SQL snippet.
+# For an external PostgreSQL docs/security.md ("PostgreSQL: least privilege") shows the same statements as SQL.
 GRANTS = f"""
 GRANT CONNECT ON DATABASE "{{db}}" TO {READER};
 GRANT USAGE ON SCHEMA public TO {READER};

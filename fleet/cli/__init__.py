@@ -19,6 +19,7 @@ from fleet.cli import snapshot as snapshot_cli
 from fleet.cli import token as token_cli
 from fleet.cli import up as up_cli
 from fleet.cli import views as views_cli
+from fleet.cli.common import reset_output
 from shared import aio
 from shared.version import VERSION
 
@@ -54,6 +55,7 @@ def _global(
     context: str | None = typer.Option(
         None, "--context", envvar="FLEET_CONTEXT", help="A named deployment (fleet context list)."),
 ) -> None:
+    reset_output()
     if ctx.invoked_subcommand != "service":  # a service sets up telemetry under its own name
         from shared import telemetry
 

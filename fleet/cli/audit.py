@@ -11,7 +11,7 @@ from typing import IO, Any
 
 import typer
 
-from fleet.cli.common import JsonOption, console, emit, err_console, fail, run, settings
+from fleet.cli.common import JsonOption, OutputOption, console, emit, err_console, fail, run, settings
 from shared.config import Settings
 from shared.errors import Invalid
 from shared.times import parse_time
@@ -38,7 +38,7 @@ def export(
     start: str | None = typer.Option(None, "--from", help="First log sequence or RFC 3339 time."),
     end: str | None = typer.Option(None, "--to", help="Last log sequence or RFC 3339 time."),
     out: Path | None = typer.Option(None, "--out", help="Write here instead of stdout."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Messages in sequence order, one `{"seq", "subject", "body"}` line each, the body being the
     exact stored bytes (the whole log without bounds). Time bounds compare with each event's `at`:
@@ -124,7 +124,7 @@ def verify(
     key: list[str] = typer.Option([], "--key", help="Trusted public key (base64 or hex); repeatable."),
     file: Path | None = typer.Option(None, "--file", help="Verify this export offline (no server)."),
     stream: str | None = typer.Option(None, "--stream", help="Verify this stream (e.g. a restored copy)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Re-compute the hash chain and check every checkpoint: exit 0 and one line when intact,
     else exit 7 naming the first bad sequence and what is wrong."""
@@ -180,7 +180,7 @@ def _render_report(report: Any) -> None:
 
 
 @app.command("key")
-def key_command(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+def key_command(ctx: typer.Context, json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """The checkpoint signing keys announced in the log (pin one with `verify --key`)."""
     keys = run(_announced(settings(ctx)), json_out=json_out)
 
@@ -214,7 +214,7 @@ async def _announced(conf: Settings) -> list[dict[str, Any]]:
 
 
 @app.command("rotate-key")
-def rotate_key(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+def rotate_key(ctx: typer.Context, json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Retire this data dir's checkpoint signing key and create a new one; the audit service
     announces it, endorsed by the old one, when it next starts."""
     from shared.audit.keys import rotate

@@ -10,29 +10,72 @@ import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
+from contextvars import ContextVar
 from typing import Any, NoReturn, TypeVar
 
 import msgspec
+import msgspec.yaml
 import typer
 from rich.console import Console
 from rich.markup import escape
 
 from shared.commands import ErrorBody, Reply
 from shared.config import Settings, load_settings
-from shared.errors import FleetError
+from shared.errors import FleetError, exit_code_of
 from shared.wire import Command
 
 T = TypeVar("T")
 
-# Exit codes: 0 ok, 1 unexpected, 2 invalid input, 3 not found, 4 conflict, 5 unavailable,
-# 6 refused (forbidden, or not authenticated).
-EXIT_CODES = {"invalid": 2, "misconfigured": 2, "not_found": 3, "conflict": 4, "unavailable": 5,
-              "forbidden": 6, "unauthenticated": 6}
-
 console = Console()
 err_console = Console(stderr=True)
 
-JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON instead of tables.")
+# Output: `-o json|yaml|wide` (kubectl's spelling) on every command that had `--json`, which stays
+# as the alias of `-o json`. The chosen format is this invocation's (`reset_output` at the root);
+# `json_out` is true for json and yaml (refusals are then machine-readable too).
+OUTPUT_FORMATS = ("json", "yaml", "wide")
+_FORMAT: ContextVar[str | None] = ContextVar("fleet_output", default=None)
+
+
+def reset_output() -> None:
+    """Forget the format of a previous invocation in this process (the root command calls it)."""
+    _FORMAT.set(None)
+
+
+def _json_flag(value: bool) -> bool:
+    if value and _FORMAT.get() is None:
+        _FORMAT.set("json")
+    return value or _FORMAT.get() in ("json", "yaml")
+
+
+def _output_option(ctx: typer.Context, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value not in OUTPUT_FORMATS:
+        raise typer.BadParameter(f"one of {', '.join(OUTPUT_FORMATS)}")
+    _FORMAT.set(value)
+    if value in ("json", "yaml") and "json_out" in ctx.params:  # --json was processed first
+        ctx.params["json_out"] = True
+    return value
+
+
+JsonOption = typer.Option(False, "--json", callback=_json_flag, help="Print machine-readable JSON (= -o json).")
+OutputOption = typer.Option(None, "-o", "--output", callback=_output_option, metavar="json|yaml|wide",
+                            help="json or yaml: machine-readable; wide: tables at full width, nothing cut.")
+
+
+def output_format(json_out: bool) -> str:
+    """The format this invocation prints in: json, yaml, wide or table."""
+    chosen = _FORMAT.get()
+    if chosen == "yaml":
+        return "yaml"
+    return "json" if json_out else chosen or "table"
+
+
+def _write(data: Any, fmt: str) -> None:
+    if fmt == "yaml":
+        sys.stdout.write(msgspec.yaml.encode(data).decode())
+    else:
+        sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
 
 
 def settings(ctx: typer.Context, *, local: bool = False) -> Settings:
@@ -59,22 +102,34 @@ def run(coro: Coroutine[Any, Any, T], *, json_out: bool = False) -> T:
 
 def fail(exc: FleetError, *, json_out: bool = False) -> NoReturn:
     """Report a refused operation and exit with its code."""
-    if json_out:
-        refusal = Reply(ok=False, error=ErrorBody(exc.code, exc.message, exc.field))  # as on the wire
-        sys.stdout.write(msgspec.json.encode(refusal).decode() + "\n")
+    fmt = output_format(json_out)
+    if fmt in ("json", "yaml"):
+        _write(Reply(ok=False, error=ErrorBody(exc.code, exc.message, exc.field)), fmt)  # as on the wire
     else:
         where = f" ({exc.field})" if exc.field else ""
         err_console.print(f"[red]error: {exc.code}{escape(where)}:[/red] {escape(exc.message)}",
                           highlight=False)
-    raise typer.Exit(EXIT_CODES.get(exc.code, 1))
+    raise typer.Exit(exit_code_of(exc.code))  # the error's class says which (shared/errors.py)
 
 
 def emit(data: Any, *, json_out: bool, render: Callable[[Any], None]) -> None:
-    """Print `data` as JSON (`--json`) or through `render` for people."""
-    if json_out:
-        sys.stdout.write(msgspec.json.encode(data).decode() + "\n")
+    """Print `data` as JSON (`--json`, `-o json`), YAML (`-o yaml`) or through `render` for people
+    (`-o wide`: on a console wide enough that no column is cut)."""
+    fmt = output_format(json_out)
+    if fmt in ("json", "yaml"):
+        _write(data, fmt)
+    elif fmt == "wide":
+        width = console.width
+        console.width = WIDE
+        try:
+            render(data)
+        finally:
+            console.width = width
     else:
         render(data)
+
+
+WIDE = 400  # columns of `-o wide`
 
 
 def reply_json(reply: Reply) -> dict[str, Any]:
@@ -117,7 +172,7 @@ def reason_command(app: typer.Typer, service: str, name: str, command_type: type
 
     def command(ctx: typer.Context, target: str = typer.Argument(..., metavar=id_field.upper()),
                 reason: str = typer.Option("", "--reason", help="Why, for the record."),
-                json_out: bool = JsonOption) -> None:
+                json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
         reply = run(send(settings(ctx), service, name, command_type(**{id_field: target, "reason": reason})),
                     json_out=json_out)
         emit_reply(reply, json_out=json_out, render=render)

@@ -11,7 +11,7 @@ import msgspec
 import typer
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, fail
+from fleet.cli.common import JsonOption, OutputOption, console, emit, fail
 from shared import contexts
 from shared.errors import FleetError, Invalid
 
@@ -45,7 +45,7 @@ def add(
                                               help="A file holding an API token (its content is kept, 0600)."),
     description: str = typer.Option("", "--description", help="What this deployment is."),
     use: bool = typer.Option(False, "--use", help="Select it now."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Save (or replace) a named deployment."""
     directory = contexts.config_dir()
@@ -66,7 +66,7 @@ def add(
 
 
 @app.command("use")
-def use(name: str = typer.Argument(...), json_out: bool = JsonOption) -> None:
+def use(name: str = typer.Argument(...), json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Select a context for every later command."""
     try:
         contexts.use(contexts.config_dir(), name)
@@ -76,7 +76,7 @@ def use(name: str = typer.Argument(...), json_out: bool = JsonOption) -> None:
 
 
 @app.command("list")
-def list_(json_out: bool = JsonOption) -> None:
+def list_(json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Every context; the selected one is marked."""
     directory = contexts.config_dir()
     selected = contexts.current(directory)
@@ -97,7 +97,7 @@ def list_(json_out: bool = JsonOption) -> None:
 
 @app.command("show")
 def show(name: str | None = typer.Argument(None, help="Default: the selected one."),
-         json_out: bool = JsonOption) -> None:
+         json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """One context's settings (never its token)."""
     directory = contexts.config_dir()
     selected = contexts.current(directory)
@@ -113,7 +113,7 @@ def show(name: str | None = typer.Argument(None, help="Default: the selected one
 
 
 @app.command("rm")
-def rm(name: str = typer.Argument(...), json_out: bool = JsonOption) -> None:
+def rm(name: str = typer.Argument(...), json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Delete a context."""
     try:
         contexts.remove(contexts.config_dir(), name)

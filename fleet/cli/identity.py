@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from fleet.cli.common import JsonOption, console, emit, run, settings
+from fleet.cli.common import JsonOption, OutputOption, console, emit, run, settings
 from shared.auth.authority import Authority, push_account, roles_known
 from shared.auth.jwt import jwt_of_creds, read_claims
 from shared.config import Settings
@@ -43,7 +43,7 @@ def enroll(
     out: Path = typer.Option(..., "--out", help="Where to write the credentials file (mode 0600)."),
     expires: str | None = typer.Option(
         None, "--expires", help="Lifetime of the credentials (e.g. 30d as 720h); default: until revoked."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Write a NATS credentials file for one device (no server change: a scoped signing key)."""
     async def main() -> dict[str, Any]:
@@ -60,7 +60,7 @@ def create(
     role: str = typer.Option(..., "--role", help=f"One of: {', '.join(roles_known())}."),
     name: str = typer.Option(..., "--name", help="The identity's name (recorded as the actor)."),
     out: Path = typer.Option(..., "--out", help="Where to write the credentials file (mode 0600)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Write a NATS credentials file for an operator, a service, an auditor, the API or admin."""
     async def main() -> dict[str, Any]:
@@ -74,7 +74,7 @@ def create(
 def revoke_device(
     ctx: typer.Context,
     device: str = typer.Argument(..., help="The device whose credentials stop working now."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Revoke every credential issued to a device so far (retiring it does this by itself);
     re-enrolling it afterwards issues working credentials again (rotation)."""
@@ -124,7 +124,7 @@ def prune_revocations(
     ctx: typer.Context,
     older_than: str = typer.Option(..., "--older-than",
                                    help="The longest lifetime of any device credentials (e.g. 720h)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Drop revocations older than the longest credential lifetime: every JWT they refused has
     expired by itself. Only safe when every device was enrolled with `--expires` no longer than
@@ -146,6 +146,7 @@ def rotate_signing_key(
     ctx: typer.Context,
     finish: bool = typer.Option(False, "--finish", help="Stop trusting the previous key (step 3)."),
     json_out: bool = JsonOption,
+    _output: str | None = OutputOption,
 ) -> None:
     """Rotate the operator signing key the authority part holds (docs/operations.md): 1. this
     command makes a new one while the old stays trusted; 2. give the servers the new

@@ -7,7 +7,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, settings
+from fleet.cli.common import JsonOption, OutputOption, console, emit, run, settings
 from fleet.cli.query import api_get
 from shared.config import Settings
 from shared.errors import Invalid
@@ -16,7 +16,7 @@ app = typer.Typer(help="Read models: status, rebuild from the log.", no_args_is_
 
 
 @app.command("status")
-def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+def status(ctx: typer.Context, json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Each projection: checkpoint, lag, rate, state, and the events it skipped as poison."""
     conf = settings(ctx)
 
@@ -44,7 +44,7 @@ def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
 def rebuild(
     ctx: typer.Context,
     name: str | None = typer.Argument(None, help="One projection (default: all)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Replay the log from the start into fresh tables and swap them in atomically; queries keep
     answering from the old tables meanwhile. Talks to NATS and PostgreSQL directly."""

@@ -9,13 +9,12 @@ from urllib.parse import quote
 import typer
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, settings
+from fleet.cli.common import JsonOption, OutputOption, console, emit, run, settings
 from shared.config import Settings
 from shared.errors import Unavailable, error_from_code
 from shared.tokens import read_token
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
-_RANK = {"offline": 0, "failed": 1, "stuck": 2, "degraded": 3, "drifted": 4}
 
 
 def api_url(conf: Settings) -> str:
@@ -78,7 +77,7 @@ def where(
     at: str | None = typer.Option(None, "--at", help="RFC 3339 time (or log sequence): as it stood then."),
     devices: bool = typer.Option(False, "--devices", help="Also list the devices."),
     limit: int = typer.Option(200, "--limit", help="At most this many devices with --devices."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """What runs where: device counts by snapshot x site (then the devices, with --devices)."""
     conf = settings(ctx)
@@ -146,19 +145,14 @@ def degraded(
     ctx: typer.Context,
     site: str | None = typer.Option(None, "--site", help="Only this site."),
     limit: int = typer.Option(1000, "--limit", help="At most this many devices."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Devices that are offline, failed, stuck, degraded or drifted, worst first."""
     conf = settings(ctx)
 
     async def ask() -> dict[str, Any]:
-        first, items = await api_pages(conf, "/v1/devices", {"problems": True, "site": site}, limit)
-
-        def rank(d: dict[str, Any]) -> tuple[int, str]:
-            ranks = [_RANK.get(p.split(" ")[0], 9) + p.endswith("(acknowledged)") for p in _problems(d)]
-            return min(ranks, default=9), d["device_id"]
-
-        items.sort(key=rank)
+        first, items = await api_pages(conf, "/v1/devices", {"problems": True, "site": site, "order": "worst"},
+                                       limit)
         return {"as_of_seq": first.get("as_of_seq"), "lag": first.get("lag"), "devices": items}
 
     def render(out: dict[str, Any]) -> None:
@@ -182,7 +176,7 @@ def changes(
     rollout: str | None = typer.Option(None, "--rollout"),
     actor: str | None = typer.Option(None, "--actor"),
     limit: int = typer.Option(200, "--limit", help="At most this many changes (the newest)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """What changed: who did what, when, to which device, site, snapshot or rollout."""
     conf = settings(ctx)
@@ -211,7 +205,7 @@ def history(
     ctx: typer.Context,
     device: str = typer.Argument(..., help="Device id."),
     limit: int = typer.Option(200, "--limit", help="At most this many changes (the newest)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Everything that happened to one device."""
     conf = settings(ctx)

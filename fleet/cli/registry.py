@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, command_settings, console, emit, reply_json, run, send, settings
+from fleet.cli.common import JsonOption, OutputOption, command_settings, console, emit, reply_json, run, send, settings
 from shared.commands import CommandClient, Reply
 from shared.config import Settings
 from shared.connection import connect_nats
@@ -112,7 +112,7 @@ def site_add(
     name: str = typer.Option(None, "--name", help="Human name."),
     label: list[str] = LabelOption,
     window: list[str] = WindowOption,
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Register a site (the same site again with the same data is a no-op)."""
     async def go() -> None:
@@ -130,7 +130,7 @@ def site_update(
     label: list[str] = typer.Option(None, "--label", "-l", help="Replace labels with these (repeatable)."),
     window: list[str] = WindowOption,
     no_windows: bool = typer.Option(False, "--no-windows", help="Remove every maintenance window (always open)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Change a site's name, labels or maintenance windows (--window replaces them all)."""
     async def go() -> None:
@@ -146,7 +146,7 @@ def site_retire(
     ctx: typer.Context,
     site_id: str = typer.Argument(..., help="Site id."),
     reason: str = typer.Option("", "--reason", help="Why."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Retire a site that holds no active device."""
     async def go() -> None:
@@ -160,7 +160,7 @@ def site_retire(
 def site_show(
     ctx: typer.Context,
     site_id: str = typer.Argument(..., help="Site id."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """One site and how many active devices it holds."""
     async def go() -> None:
@@ -173,7 +173,7 @@ def site_show(
 def site_list(
     ctx: typer.Context,
     all_sites: bool = typer.Option(False, "--all", help="Include retired sites."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """All sites."""
     async def go() -> None:
@@ -209,7 +209,7 @@ def device_add(
     parent: str = typer.Option(None, "--parent", help="Its parent controller (a device id)."),
     label: list[str] = LabelOption,
     metadata: str = typer.Option(None, "--metadata", help="Free-form metadata as a JSON object."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Register a device (the same device again with the same data is a no-op)."""
     async def go() -> None:
@@ -227,7 +227,7 @@ def device_update(
     kind: str = typer.Option(None, "--kind", help="New kind."),
     parent: str = typer.Option(None, "--parent", help="New parent controller ('' clears it)."),
     metadata: str = typer.Option(None, "--metadata", help="New metadata (a JSON object; replaces it)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Change a device's kind, parent controller or metadata."""
     async def go() -> None:
@@ -243,7 +243,7 @@ def device_label(
     ctx: typer.Context,
     device_id: str = typer.Argument(..., help="Device id."),
     labels: list[str] = typer.Argument(None, help="key=value labels; they replace the current ones."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Replace a device's labels (`fleet device label ID` with none clears them)."""
     async def go() -> None:
@@ -258,7 +258,7 @@ def device_move(
     ctx: typer.Context,
     device_id: str = typer.Argument(..., help="Device id."),
     site: str = typer.Option(..., "--site", help="The new site."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Move a device to another site."""
     async def go() -> None:
@@ -272,7 +272,7 @@ def device_retire(
     ctx: typer.Context,
     device_id: str = typer.Argument(..., help="Device id."),
     reason: str = typer.Option("", "--reason", help="Why."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Retire a device: it keeps its history and can no longer be targeted."""
     async def go() -> None:
@@ -286,7 +286,7 @@ def device_retire(
 def device_show(
     ctx: typer.Context,
     device_id: str = typer.Argument(..., help="Device id."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """One device."""
     async def go() -> None:
@@ -303,7 +303,7 @@ def device_list(
     all_devices: bool = typer.Option(False, "--all", help="Include retired devices."),
     limit: int = typer.Option(1000, "--limit", help="At most this many (max 5000)."),
     after: str = typer.Option(None, "--after", help="Continue after this device id (paging)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Devices, by site and label selector."""
     async def go() -> None:
@@ -421,7 +421,7 @@ def _read_csv(text: str) -> list[Line]:
 def device_import(
     ctx: typer.Context,
     file: Path = typer.Argument(..., help="CSV with a header row, or JSON lines."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Add many devices; good lines land, bad ones are reported; importing again changes nothing.
 

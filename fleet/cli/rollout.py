@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit_reply, reason_command, run, send, settings
+from fleet.cli.common import JsonOption, OutputOption, console, emit_reply, reason_command, run, send, settings
 from shared.commands import Reply
 from shared.contract.rollout import (
     ActOnRollout,
@@ -138,7 +138,7 @@ def start(
                                         help="Emergency: assign regardless of maintenance windows (recorded)."),
     rollback_in_windows: bool = typer.Option(False, "--rollback-in-windows",
                                              help="A rollback waits for windows too (by default it ignores them)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Start a rollout (or, with --dry-run, show its plan)."""
     command = StartRollout(
@@ -166,7 +166,7 @@ reason_command(app, "rollout", "promote", ActOnRollout, "Approve going on after 
 @app.command("ignore-windows")
 def ignore_windows(ctx: typer.Context, rollout_id: str = typer.Argument(...),
                    reason: str = typer.Option("", "--reason", help="Why, for the record."),
-                   json_out: bool = JsonOption) -> None:
+                   json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Emergency: from now on assign (and roll back) regardless of maintenance windows; recorded with who."""
     reply = run(send(settings(ctx), "rollout", "ignore_windows", ActOnRollout(rollout_id=rollout_id, reason=reason)),
                 json_out=json_out)
@@ -179,7 +179,7 @@ def rollback(
     rollout_id: str = typer.Argument(...),
     to: str | None = typer.Option(None, "--to", help="Give touched devices this snapshot instead."),
     plan: bool = typer.Option(False, "--plan", help="Only show what would be restored."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Restore every device the rollout touched to what it had before (a plan with --plan)."""
     command = RollbackRollout(rollout_id=rollout_id, plan_only=plan, to_snapshot_id=to)
@@ -224,7 +224,7 @@ def what_if(
     max_failed: str | None = typer.Option(None, "--max-failed", help="Proposed, e.g. 1%."),
     max_offline: str | None = typer.Option(None, "--max-offline", help="Proposed, e.g. 5%."),
     metric: list[str] = typer.Option([], "--metric", help="Proposed metric gates (replace the recorded ones)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Judge every recorded gate verdict again with proposed thresholds, from the inputs in the log."""
     if rollout_id is None and since is None:
@@ -240,14 +240,15 @@ def what_if(
 
 
 @app.command("status")
-def status(ctx: typer.Context, rollout_id: str = typer.Argument(...), json_out: bool = JsonOption) -> None:
+def status(ctx: typer.Context, rollout_id: str = typer.Argument(...), json_out: bool = JsonOption,
+           _output: str | None = OutputOption) -> None:
     """One rollout: status, per-wave progress, the last gate verdict and its inputs."""
     reply = run(send(settings(ctx), "rollout", "get", GetRollout(rollout_id=rollout_id)), json_out=json_out)
     emit_reply(reply, json_out=json_out, render=_render)
 
 
 @app.command("list")
-def list_(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+def list_(ctx: typer.Context, json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """All rollouts, newest first."""
     reply = run(send(settings(ctx), "rollout", "list", ListRollouts()), json_out=json_out)
     emit_reply(reply, json_out=json_out, render=_render)
@@ -255,7 +256,8 @@ def list_(ctx: typer.Context, json_out: bool = JsonOption) -> None:
 
 @app.command("watch")
 def watch(ctx: typer.Context, rollout_id: str = typer.Argument(...),
-          interval: float = typer.Option(0.5, "--interval"), json_out: bool = JsonOption) -> None:
+          interval: float = typer.Option(0.5, "--interval"), json_out: bool = JsonOption,
+          _output: str | None = OutputOption) -> None:
     """Live progress per wave until the rollout ends or needs an operator. Exit 0 completed; 1 failed
     (gate failed, rolling back then rolled back, aborted); 7 paused or held for `promote`."""
     conf = settings(ctx)

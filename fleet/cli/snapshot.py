@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, reply_json, run, send, settings
+from fleet.cli.common import JsonOption, OutputOption, console, emit, reply_json, run, send, settings
 from fleet.cli.registry import add_row
 from shared.contract.snapshot import (
     CreateSnapshot,
@@ -59,7 +59,7 @@ def create(
     override: list[str] = typer.Option(None, "--override", help="A site override SITE=FILE (repeatable)."),
     parent: str = typer.Option(None, "--parent", help="The snapshot this one derives from (id or NAME@VERSION)."),
     description: str = typer.Option("", "--description", help="What changed and why."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Create a snapshot; the same content again returns the existing one."""
     async def go() -> None:
@@ -89,7 +89,7 @@ def _known_good(items: list[dict[str, Any]]) -> str:
 def show(
     ctx: typer.Context,
     ref: str = typer.Argument(..., help="Snapshot id, NAME@VERSION, or NAME (newest)."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """One snapshot: its standing, artifacts, base config and overrides."""
     async def go() -> None:
@@ -123,7 +123,7 @@ def list_(
     ctx: typer.Context,
     name: str = typer.Option(None, "--name", help="Only snapshots of this name."),
     active: bool = typer.Option(False, "--active", help="Leave out retired snapshots."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Snapshots, newest version first per name."""
     async def go() -> None:
@@ -150,7 +150,7 @@ def diff(
     ctx: typer.Context,
     a: str = typer.Argument(..., help="From: snapshot id, NAME@VERSION or NAME."),
     b: str = typer.Argument(..., help="To: snapshot id, NAME@VERSION or NAME."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """What changes from A to B: base config, artifacts and overrides, path by path."""
     async def go() -> None:
@@ -179,7 +179,7 @@ def retire(
     ctx: typer.Context,
     snapshot_id: str = typer.Argument(..., help="Snapshot id or NAME@VERSION."),
     reason: str = typer.Option("", "--reason", help="Why."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Retire a snapshot: it may no longer be rolled out."""
     async def go() -> None:
@@ -196,7 +196,7 @@ def mark_good(
     snapshot_id: str = typer.Argument(..., help="Snapshot id or NAME@VERSION."),
     target: str = typer.Option("", "--target", help="Label selector it is known-good for (default: everywhere)."),
     rollout: str = typer.Option(None, "--rollout", help="The rollout that proved it."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Mark a snapshot known-good for a target (rollbacks pick the newest known-good)."""
     async def go() -> None:

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, settings
+from fleet.cli.common import JsonOption, OutputOption, console, emit, run, settings
 from shared.config import Settings
 from shared.tokens import ROLES
 
@@ -38,7 +38,7 @@ async def _with_nats(conf: Settings, work: Any) -> Any:
 def create(ctx: typer.Context,
            role: str = typer.Option(..., "--role", help=f"One of: {', '.join(ROLES)}."),
            name: str = typer.Option(..., "--name", help="Who or what uses it (recorded as the actor)."),
-           json_out: bool = JsonOption) -> None:
+           json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Issue a token and print it once (it is stored only as an argon2id hash)."""
     from fleet.supervisor import local_user
     from shared import tokens
@@ -54,7 +54,7 @@ def create(ctx: typer.Context,
 
 
 @app.command("list")
-def list_tokens(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+def list_tokens(ctx: typer.Context, json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """The live tokens: id, name, role, when and by whom issued (never the token)."""
     from shared import tokens
 
@@ -71,7 +71,7 @@ def list_tokens(ctx: typer.Context, json_out: bool = JsonOption) -> None:
 
 @app.command("revoke")
 def revoke(ctx: typer.Context, token: str = typer.Argument(..., metavar="ID_OR_NAME"),
-           json_out: bool = JsonOption) -> None:
+           json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Revoke a token by id or name: the API refuses it within seconds."""
     from shared import tokens
 

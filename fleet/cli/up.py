@@ -12,7 +12,7 @@ import msgspec
 import typer
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, settings
+from fleet.cli.common import JsonOption, OutputOption, console, emit, run, settings
 from fleet.supervisor import PARTS, Supervisor, read_status
 from shared.errors import Invalid, Unavailable
 from shared.lease import instance_name
@@ -57,7 +57,7 @@ def up(
     run(main())
 
 
-def status(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+def status(ctx: typer.Context, json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Each embedded server and part (state, pid, up since, restarts, last exit), the API's readiness."""
     conf = settings(ctx)
     local = read_status(conf.data_path)
@@ -122,7 +122,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def init(ctx: typer.Context, json_out: bool = JsonOption) -> None:
+def init(ctx: typer.Context, json_out: bool = JsonOption, _output: str | None = OutputOption) -> None:
     """Create or check the event log and every bucket on an external NATS, as admin: what `fleet up`
     does before it starts the parts, for deployments whose parts may only use them (Kubernetes,
     hosts). Run it once with admin credentials (FLEET_NATS_URL, FLEET_NATS_CREDS); running it again

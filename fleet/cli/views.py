@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from fleet.cli.common import JsonOption, console, emit, run, settings
+from fleet.cli.common import JsonOption, OutputOption, console, emit, run, settings
 from fleet.cli.query import _at_params, _fresh, api_get, api_pages
 
 
@@ -18,7 +18,7 @@ def sites(
     by_id: bool = typer.Option(False, "--by-id", help="Order by site id instead of worst first."),
     at: str | None = typer.Option(None, "--at", help="RFC 3339 time (or log sequence): as it stood then."),
     limit: int = typer.Option(1000, "--limit", help="At most this many sites."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """Site health, worst first: devices online, offline, degraded, failed, drifted, stuck, and the
     snapshots running at each site."""
@@ -62,7 +62,7 @@ def diff(
     selector: str | None = typer.Option(None, "--selector", help="Only devices matching (labels as now)."),
     devices: bool = typer.Option(False, "--devices", help="Also list the devices behind each number."),
     limit: int = typer.Option(100, "--limit", help="With --devices: at most this many per number."),
-    json_out: bool = JsonOption,
+    json_out: bool = JsonOption, _output: str | None = OutputOption,
 ) -> None:
     """What changed between two moments: per site and snapshot, how many devices moved from what to
     what (snapshot, online, health, drift, registered)."""

@@ -20,7 +20,7 @@ from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
 from litestar.enums import ScopeType
-from litestar.exceptions import HTTPException, NotFoundException, ValidationException
+from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.spec import Components
 from litestar.params import FromQuery, PathParameter, QueryParameter
@@ -58,8 +58,7 @@ from projections.api.schemas import (
     ChangePage,
     DeviceAnswer,
     DevicePage,
-    ErrorBody,
-    ErrorDetail,
+    ErrorAnswer,
     Health,
     ProjectionsAnswer,
     RolloutAnswer,
@@ -70,12 +69,13 @@ from projections.api.schemas import (
 )
 from projections.api.tokens import ROUTES as TOKEN_ROUTES
 from projections.selector import parse as parse_selector
-from shared.errors import FleetError, Invalid, NotFound, Unavailable
+from shared.errors import FleetError, Invalid, NotFound, Unavailable, code_of_status
 from shared.ids import check_id
 from shared.liveness import gather_reports
 from shared.metrics import QUERY_SECONDS
 from shared.selectors import EVERYTHING
 from shared.times import parse_duration, parse_time, utcnow
+from shared.wire import ErrorBody
 
 log = logging.getLogger(__name__)
 EXPOSITION = "text/plain; version=0.0.4"  # Prometheus's text format, read by every version (Litestar adds the charset)
@@ -94,11 +94,10 @@ Text = Annotated[str | None, QueryParameter(max_length=256, pattern=r"^[^\x00-\x
 HealthName = Literal["ok", "degraded", "failed", "unknown"]
 
 ERRORS = {
-    400: ResponseSpec(ErrorBody, description="Bad input; `error.field` names the parameter."),
-    404: ResponseSpec(ErrorBody, description="No such device or rollout (at that moment)."),
-    503: ResponseSpec(ErrorBody, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
+    400: ResponseSpec(ErrorAnswer, description="Bad input; `error.field` names the parameter."),
+    404: ResponseSpec(ErrorAnswer, description="No such device or rollout (at that moment)."),
+    503: ResponseSpec(ErrorAnswer, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
 }
-_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
 _DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
             asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError)
 
@@ -232,12 +231,14 @@ async def devices(
     models: Models, site: Text = None, snapshot: Text = None, desired_snapshot: Text = None,
     health: FromQuery[HealthName | None] = None, online: FromQuery[bool | None] = None,
     drifted: FromQuery[bool | None] = None, problems: FromQuery[bool | None] = None, rollout: Text = None,
-    selector: Text = None,
+    selector: Text = None, order: FromQuery[Literal["id", "worst"]] = "id",
     include_retired: FromQuery[bool] = False, cursor: Cursor = None, limit: Limit = 100, at: At = None,
     at_seq: AtSeq = None, min_seq: MinSeq = None,
 ) -> DevicePage:
     """Devices by id; filters combine with AND. `problems=true`: offline, failed, degraded, drifted
-    or stuck. `selector`: e.g. `site in (a,b),tier=edge`."""
+    or stuck. `order=worst`: the worst problem first (offline, failed, stuck, degraded, drifted,
+    then acknowledged stuck or drifted devices, then the rest), then by id. `selector`: e.g.
+    `site in (a,b),tier=edge`."""
     flt = DeviceFilter(site=_id(site, "site"), snapshot=_id(snapshot, "snapshot"),
                        desired_snapshot=_id(desired_snapshot, "desired_snapshot"), health=health,
                        online=online, drifted=drifted, problems=problems, rollout=_id(rollout, "rollout"),
@@ -245,7 +246,7 @@ async def devices(
                        selector=parse_selector(selector) if selector else EVERYTHING,
                        selector_text=selector)
     seq = await _when(models, at, at_seq, min_seq)
-    return _with_picture(models, await models.devices(flt, cursor, limit, seq, at_text=at))
+    return _with_picture(models, await models.devices(flt, cursor, limit, seq, at_text=at, order=order))
 
 
 @get("/v1/devices/{device_id:str}", tags=["queries"], responses=ERRORS)
@@ -431,16 +432,16 @@ async def projections(models: Models) -> ProjectionsAnswer:
 
 # --- errors ------------------------------------------------------------------------------------------
 
-def _error(status: int, code: str, message: str, field: str | None) -> Response[ErrorBody]:
-    return Response(ErrorBody(error=ErrorDetail(code=code, message=message, field=field)), status_code=status)
+def _error(status: int, code: str, message: str, field: str | None) -> Response[ErrorAnswer]:
+    return Response(ErrorAnswer(error=ErrorBody(code=code, message=message, field=field)), status_code=status)
 
 
-def _on_fleet_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_fleet_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     assert isinstance(exc, FleetError)
-    return _error(_STATUS.get(exc.code, 500), exc.code, exc.message, exc.field)
+    return _error(exc.http_status, exc.code, exc.message, exc.field)
 
 
-def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     assert isinstance(exc, ValidationException)
     extra = exc.extra if isinstance(exc.extra, list) else []
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
@@ -449,25 +450,20 @@ def _on_validation(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorB
     return _error(400, "invalid", f"{field}: {message}" if field else str(message), field)
 
 
-_HTTP_CODES = {401: "unauthenticated", 403: "forbidden", 404: "not_found"}
-
-
-def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_http(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "invalid" if exc.status_code < 500 else "internal")
-    if isinstance(exc, NotFoundException):
-        code = "not_found"
+    code = code_of_status(exc.status_code)
     response = _error(exc.status_code, code, exc.detail, "host" if isinstance(exc, BadHost) else None)
     response.headers.update(exc.headers or {})
     return response
 
 
-def _on_db_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_db_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     log.warning("read models unavailable: %r", exc)
     return _error(503, Unavailable.code, f"the read-model database is unavailable ({type(exc).__name__})", None)
 
 
-def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.InvalidSchemaNameError):
         return _error(503, Unavailable.code, "the read models are not built yet", None)
     if isinstance(exc, _DB_DOWN):
@@ -476,11 +472,11 @@ def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBod
     return _error(500, "internal", "the query failed", None)
 
 
-def _on_too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[ErrorBody]:
+def _on_too_deep(_: Request[Any, Any, Any], exc: RecursionError) -> Response[ErrorAnswer]:
     return _error(400, "invalid", "the body nests too deeply", "body")
 
 
-def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
+def _on_unexpected(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     log.error("query failed", exc_info=exc)
     return _error(500, "internal", f"the query failed ({type(exc).__name__})", None)
 

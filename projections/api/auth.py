@@ -153,7 +153,7 @@ async def may_read(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
 
 def document_refusals(schema: dict[str, Any]) -> dict[str, Any]:
     """Add the 401 and 403 answers to every operation of an OpenAPI document that needs a token."""
-    error = {"$ref": "#/components/schemas/ErrorBody"}
+    error = {"$ref": "#/components/schemas/ErrorAnswer"}
     refusals = {
         "401": {"description": "No valid bearer token (`error.code` = `unauthenticated`).",
                 "content": {"application/json": {"schema": error}}},

@@ -27,8 +27,8 @@ from projections.api.queries import ReadModels
 from shared.commands import CommandClient, ErrorBody, Reply
 from shared.contract import schema
 from shared.contract.catalog import COMMANDS, CommandSpec, reply_type, spec_of
+from shared.errors import REFUSALS, status_of
 
-_STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
 ACTIONS = ("pause", "resume", "abort", "promote", "rollback", "ignore_windows")
 BODY_MAX = 4 * 1024 * 1024  # an import of 2,500 devices fits; the NATS payload limit decides the rest
 _OBJECT = msgspec.json.Decoder(dict[str, Any])
@@ -57,7 +57,7 @@ async def _forward(models: ReadModels, request: Request[Any, Any, Any], spec: Co
         return _refused("invalid", "a body cannot name the actor: it is the token's principal", "actor", 400)
     client = CommandClient(models.log.nc, actor=str(principal_of(request)))  # sent as Fleet-On-Behalf-Of
     reply = await client.request(spec.service, spec.name, body)
-    status = 200 if reply.ok else _STATUS.get(reply.error.code if reply.error else "", 500)
+    status = 200 if reply.ok else status_of(reply.error.code if reply.error else "")
     return Response(reply, status_code=status)
 
 
@@ -114,7 +114,7 @@ def document_commands(document: dict[str, Any]) -> dict[str, Any]:
         answer = {"content": {"application/json": {"schema": {"$ref": ref + reply_type(spec).__name__}}}}
         return {"200": {"description": "Done: `ok` true.", **answer},
                 **{str(status): {"description": f"Refused: `error.code` = `{code}`.", **answer}
-                   for code, status in sorted(_STATUS.items(), key=lambda item: item[1])}}
+                   for code, status in sorted(((e.code, e.http_status) for e in REFUSALS), key=lambda item: item[1])}}
 
     paths = document.setdefault("paths", {})
     for spec in COMMANDS:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import hashlib
 import time
 from collections.abc import Iterable
@@ -44,7 +45,7 @@ from projections.api.schemas import (
 )
 from projections.changes.model import ChangeRow
 from projections.fleet import model, reads
-from projections.fleet.filters import DeviceFilter
+from projections.fleet.filters import DeviceFilter, problem_rank
 from projections.fleet.model import COUNTER_FIELDS, FleetState, RolloutRow, SnapshotRow
 from projections.fleet.store import DEVICES, ROLLOUTS, load_progress
 from projections.pointintime import PointInTime
@@ -282,37 +283,54 @@ class ReadModels:
     # --- devices -----------------------------------------------------------------------------------
 
     async def devices(self, flt: DeviceFilter, cursor: str | None, limit: int, at_seq: int | None, *,
-                      at_text: str | None) -> DevicePage:
-        """A page of devices ordered by id."""
-        key = query_key("devices", {**flt.params(), "at_seq": at_seq})
-        after = read_cursor(cursor, key)
-        if after is not None and not isinstance(after, str):
+                      at_text: str | None, order: str = "id") -> DevicePage:
+        """A page of devices ordered by id, or worst first (`order="worst"`: by
+        `filters.problem_rank`, then id)."""
+        worst = order == "worst"
+        key = query_key("devices", {**flt.params(), "at_seq": at_seq, **({"order": order} if worst else {})})
+        last = read_cursor(cursor, key)
+        if last is not None and not isinstance(last, str):
             raise Invalid("not a device cursor", field="cursor")
+        after: str | tuple[int, str] | None = last
+        if worst and last is not None:
+            rank, _, device_id = last.partition(":")
+            if not rank.isdigit():
+                raise Invalid("not a device cursor", field="cursor")
+            after = (int(rank), device_id)
         if at_seq is None:
             async with self.pool.acquire() as conn:
-                checkpoint, rows = await reads.device_page(conn, FLEET, flt, after, limit + 1)
+                checkpoint, rows = await reads.device_page(conn, FLEET, flt, after, limit + 1, worst=worst)
             seq = _checkpoint_of(checkpoint, FLEET)
             historical = False
         else:
             state = await self._historical(at_seq)
-            ids = self.pit.answers.get(("device_ids", at_seq))
-            if ids is None:
-                ids = sorted(state.devices)
-                self.pit.remember(("device_ids", at_seq), ids)
-            rows = []
-            start = 0 if after is None else _bisect_right(ids, after)  # type: ignore[arg-type]  # ids from the `object` cache
             matches = flt.predicate()
-            for device_id in ids[start:]:  # type: ignore[index]  # ids from the `object` cache
-                row = state.devices[device_id]
-                if matches(row):
-                    rows.append(row)
-                    if len(rows) > limit:
-                        break
+            if worst:
+                ranked = sorted((problem_rank(r), r.device_id) for r in state.devices.values() if matches(r))
+                start = 0 if after is None else bisect.bisect_right(ranked, after)
+                rows = [state.devices[device_id] for _, device_id in ranked[start:start + limit + 1]]
+            else:
+                ids = self.pit.answers.get(("device_ids", at_seq))
+                if ids is None:
+                    ids = sorted(state.devices)
+                    self.pit.remember(("device_ids", at_seq), ids)
+                rows = []
+                start = 0 if after is None else bisect.bisect_right(ids, last)  # type: ignore[call-overload]  # ids from the `object` cache
+                for device_id in ids[start:]:  # type: ignore[index]  # ids from the `object` cache
+                    row = state.devices[device_id]
+                    if matches(row):
+                        rows.append(row)
+                        if len(rows) > limit:
+                            break
             seq, historical = at_seq, True
         more = len(rows) > limit
         rows = rows[:limit]
+        next_cursor = None
+        if more:
+            tail = rows[-1]
+            next_cursor = make_cursor(key, f"{problem_rank(tail)}:{tail.device_id}" if worst else tail.device_id)
         return DevicePage(as_of_seq=seq, lag=await self.lag(seq), historical=historical, at=at_text,
-                          items=rows, next_cursor=make_cursor(key, rows[-1].device_id) if more else None)
+                          items=rows, next_cursor=next_cursor)
 
     async def device(self, device_id: str, at_seq: int | None, at_text: str | None) -> DeviceAnswer:
         """One device."""
@@ -578,12 +596,6 @@ def site_badness(counts: Counts) -> tuple[float, float]:
     total = max(counts.total, 1)
     return ((counts.offline + counts.failed) / total,
             (counts.stuck + counts.degraded + counts.drifted) / total)
-
-
-def _bisect_right(ids: list[str], after: str) -> int:
-    import bisect
-
-    return bisect.bisect_right(ids, after)
 
 
 def _page_of(rows: dict[str, Any], after: str | None, limit: int) -> list[Any]:

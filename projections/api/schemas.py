@@ -10,6 +10,7 @@ import msgspec
 from projections.api.picture import DeviceStateFreshness
 from projections.changes.model import ChangeRow
 from projections.fleet.model import DeviceRow, ProgressCounts, RolloutRow, SiteRow, SnapshotRow, WaveProgress
+from shared.wire import ErrorBody
 
 
 class Counts(msgspec.Struct, frozen=True, kw_only=True):
@@ -211,15 +212,8 @@ class Health(msgspec.Struct, frozen=True, kw_only=True):
     detail: dict[str, Any] = {}
 
 
-class ErrorDetail(msgspec.Struct, frozen=True, kw_only=True):
-    """Why a request was refused."""
+class ErrorAnswer(msgspec.Struct, frozen=True, kw_only=True):
+    """The body of every 4xx/5xx answer of a query: the refusal's `ErrorBody`, the same type a
+    command's reply carries (`shared.wire`)."""
 
-    code: str
-    message: str
-    field: str | None = None
-
-
-class ErrorBody(msgspec.Struct, frozen=True, kw_only=True):
-    """The body of every 4xx/5xx answer."""
-
-    error: ErrorDetail
+    error: ErrorBody

@@ -58,15 +58,37 @@ class AnyOf(msgspec.Struct, frozen=True):
     terms: tuple[Term, ...]
 
 
+class AllOf(msgspec.Struct, frozen=True):
+    """Every one of the terms."""
+
+    terms: tuple[Term, ...]
+
+
 class Not(msgspec.Struct, frozen=True):
     """The term does not hold."""
 
     term: Term
 
 
-Term = Is | In | Null | Labels | AnyOf | Not
+Term = Is | In | Null | Labels | AnyOf | AllOf | Not
 
-# "Problems": offline, failed, degraded, drifted or stuck — what the site counters call trouble.
+# A "problem device" and its rank, defined once: the first of these that holds names the device's
+# worst problem, and its index is the rank (`order=worst`: rank, then id). An operator's
+# acknowledgement (of a drift, or of a device stuck reconciling it) moves the device last, still
+# listed. Rendered to SQL by `rank_sql`, tested in memory by `problem_rank`.
+PROBLEM_RANKS: tuple[tuple[str, Term], ...] = (
+    ("offline", Is("online", False)),
+    ("failed", Is("health", "failed", inline=True)),
+    ("stuck", AllOf((Is("stuck", True), Is("acknowledged", False)))),
+    ("degraded", Is("health", "degraded", inline=True)),
+    ("drifted", AllOf((Null("drifted_since", False), Is("acknowledged", False)))),
+    ("acknowledged", AnyOf((Is("stuck", True), Null("drifted_since", False)))),
+)
+NO_PROBLEM = len(PROBLEM_RANKS)
+
+# "Problems": offline, failed, degraded, drifted or stuck — what the site counters call trouble:
+# exactly the devices with a rank in PROBLEM_RANKS (tests/unit/test_device_filter.py), written in
+# the shape the partial index `devices_problems` was built for.
 PROBLEM = AnyOf((Is("online", False), In("health", ("degraded", "failed")), Null("drifted_since", False),
                  Is("stuck", True)))
 
@@ -94,6 +116,8 @@ def to_sql_condition(term: Term, params: list[Any]) -> str:
             return " AND ".join(f"({c})" for c in to_sql(selector, params)) or "TRUE"
         case AnyOf(terms):
             return "(" + " OR ".join(to_sql_condition(t, params) for t in terms) + ")"
+        case AllOf(terms):
+            return "(" + " AND ".join(to_sql_condition(t, params) for t in terms) + ")"
         case Not(inner):
             return f"NOT {to_sql_condition(inner, params)}"
     raise AssertionError(term)
@@ -112,9 +136,29 @@ def holds(term: Term, row: DeviceRow) -> bool:
             return selector.matches(row.labels, row.site_id, row.kind)
         case AnyOf(terms):
             return any(holds(t, row) for t in terms)
+        case AllOf(terms):
+            return all(holds(t, row) for t in terms)
         case Not(inner):
             return not holds(inner, row)
     raise AssertionError(term)
+
+
+def problem_rank(row: DeviceRow) -> int:
+    """A device's rank in `PROBLEM_RANKS` (`NO_PROBLEM`: none holds), in memory."""
+    return next((i for i, (_, term) in enumerate(PROBLEM_RANKS) if holds(term, row)), NO_PROBLEM)
+
+
+def problem_names(row: DeviceRow) -> list[str]:
+    """Every problem of `PROBLEM_RANKS` that holds for a device, worst first."""
+    return [name for name, term in PROBLEM_RANKS if holds(term, row)]
+
+
+def rank_sql() -> str:
+    """`problem_rank` as a SQL expression over `devices` (every term is inlined: no parameters)."""
+    params: list[Any] = []
+    whens = " ".join(f"WHEN {to_sql_condition(term, params)} THEN {i}" for i, (_, term) in enumerate(PROBLEM_RANKS))
+    assert not params
+    return f"(CASE {whens} ELSE {NO_PROBLEM} END)"
 
 
 class DeviceFilter(msgspec.Struct, frozen=True, kw_only=True):

@@ -480,19 +480,3 @@ def count_all(state: FleetState) -> dict[CounterKey, list[int]]:
     for row in state.devices.values():
         add_counts(cells, row, 1)
     return cells
-
-
-def problem_rank(row: DeviceRow) -> int:
-    """How bad a device looks, worst first: 0 offline, 1 failed, 2 stuck, 3 degraded, 4 drifted,
-    5 drifted with the drift acknowledged by an operator."""
-    if not row.online:
-        return 0
-    if row.health == "failed":
-        return 1
-    if row.stuck and not row.acknowledged:
-        return 2
-    if row.health == "degraded":
-        return 3
-    if row.drifted_since is not None:
-        return 5 if row.acknowledged else 4
-    return 9

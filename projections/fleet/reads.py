@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from projections.fleet.filters import DeviceFilter
+from projections.fleet.filters import DeviceFilter, rank_sql
 from projections.fleet.model import COUNTER_FIELDS, DeviceRow, RolloutRow, SiteRow
 from projections.fleet.store import DEVICES, ROLLOUTS, SITES, SNAPSHOTS
 
@@ -20,25 +20,32 @@ _DEVICE_ROW = msgspec.json.Decoder(DeviceRow)
 Cells = list[tuple[tuple[str, str], list[int]]]  # ((site, reported snapshot), COUNTER_FIELDS values)
 
 
-async def device_page(conn: asyncpg.Connection, projection: str, flt: DeviceFilter, after: str | None,
-                      limit: int) -> tuple[int | None, list[DeviceRow]]:
-    """The projection's checkpoint and up to `limit` devices matching `flt` after `after`, by id,
-    in one statement (one snapshot)."""
+async def device_page(conn: asyncpg.Connection, projection: str, flt: DeviceFilter,
+                      after: str | tuple[int, str] | None, limit: int, *,
+                      worst: bool = False) -> tuple[int | None, list[DeviceRow]]:
+    """The projection's checkpoint and up to `limit` devices matching `flt` after `after`, by id
+    (`worst`: by `filters.problem_rank`, then id; `after` is then a (rank, id) pair), in one
+    statement (one snapshot)."""
     params: list[Any] = []
     conds = flt.sql(params)
-    if after is not None:
+    order = f"{rank_sql()}, device_id" if worst else "device_id"
+    if isinstance(after, tuple):
+        params += after
+        conds.append(f"({order}) > (${len(params) - 1}, ${len(params)})")
+    elif after is not None:
         params.append(after)
         conds.append(f"device_id > ${len(params)}")
     params.append(limit)
     where = " AND ".join(conds) or "TRUE"
     params.append(projection)
     # Rows come back as JSON text and are decoded by msgspec straight into DeviceRow: several
-    # times cheaper than building each struct from a record's columns.
+    # times cheaper than building each struct from a record's columns. The outer ORDER BY reads
+    # the page's columns (the rank is inlined SQL over them).
     sql = (f"SELECT ({CHECKPOINT.replace('$1', f'${len(params)}')}) AS _checkpoint, "
            "CASE WHEN page.device_id IS NULL THEN NULL ELSE row_to_json(page)::text END AS row "
            f"FROM (SELECT 1) AS one LEFT JOIN (SELECT {', '.join(DEVICES.columns)} FROM rm_fleet.devices "
-           f"WHERE {where} ORDER BY device_id LIMIT ${len(params) - 1}) AS page ON true "
-           "ORDER BY page.device_id")
+           f"WHERE {where} ORDER BY {order} LIMIT ${len(params) - 1}) AS page ON true "
+           f"ORDER BY {order.replace('device_id', 'page.device_id')}")
     records = await conn.fetch(sql, *params)
     checkpoint = records[0]["_checkpoint"] if records else None
     return (None if checkpoint is None else int(checkpoint),

@@ -101,6 +101,25 @@ async def _check_page(page: Any, views: Views, rollout_id: str) -> None:
     assert order == [s["site_id"] for s in sites]
 
 
+async def _check_problem_devices(page: Any, views: Views) -> None:
+    """The dashboard's "devices with problems, worst first" is the API's `order=worst` answer, in
+    its order (the one rule of projections/fleet/filters.py; the page sorts nothing)."""
+    checkbox = page.locator("#devices-problems")
+    if not await checkbox.is_checked():
+        await checkbox.check()
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:  # the fleet moves: ask both until one answer of the API is what the page shows
+        wanted = [d["device_id"] for d in (await views.api("/v1/devices", problems="true", order="worst",
+                                                           limit=100))["items"]]
+        await page.click("#find")
+        await page.locator("#found").filter(has_text="shown").wait_for()
+        shown = await page.locator("#devices [data-device-id]").evaluate_all("rows => rows.map(r => r.dataset.deviceId)")
+        if shown == wanted:
+            return
+        assert asyncio.get_running_loop().time() < deadline, (shown, wanted)
+        await asyncio.sleep(0.5)
+
+
 async def _check_diff(page: Any, views: Views, start: datetime, end: datetime) -> None:
     """The dashboard's fleet diff between two picked moments shows the API's numbers and devices."""
     from playwright.async_api import expect
@@ -167,6 +186,8 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
             sim.options.fail_snapshots = {bad}
             await client.send("rollout", "start", {"rollout_id": "r-bad", "snapshot_id": bad, "canary": {"sites": ["web-s001"]},
                                                    "waves": [100], "on_failure": "rollback"})
+            if page is not None:
+                await _check_problem_devices(page, views)  # failed canary devices, worst first
             await views.wait_status("r-bad", ("rolled_back",))
             _, rolled_back = await views.same_progress("r-bad")
             assert sum(w["counts"].get("restored", 0) for w in rolled_back) == 20, rolled_back  # the canary site

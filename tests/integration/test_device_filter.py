@@ -11,6 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
+from projections.fleet.filters import NO_PROBLEM, problem_names, problem_rank
+from projections.fleet.model import DeviceRow
 from shared.envelope import seal
 from shared.events import desired, observed, registry
 from tests.integration.test_api import Api, api  # noqa: F401 - the fixture
@@ -138,3 +142,24 @@ async def test_live_and_point_in_time_device_lists_agree_for_every_filter(api: A
     retired = {d["device_id"] for d in live_all if d["retired"]}
     assert retired == {"dev-0000003", "dev-0000010", "dev-0000017"}
     assert retired.isdisjoint(d["device_id"] for d in (await api.get("/v1/devices", limit=1000))["items"])
+
+
+async def test_worst_first_is_the_one_problem_rank_on_both_paths(api: Api) -> None:
+    """`order=worst`: the SQL order (live) and the in-memory order (point in time) both equal
+    `filters.problem_rank`, then id, over the same rows — an acknowledged stuck device included."""
+    await _disagreements(api)
+    head = (await api.get("/v1/summary"))["as_of_seq"]
+    for params in ({}, {"problems": "true"}, {"site": "site-002"}, {"include_retired": "true"}):
+        live = (await api.get("/v1/devices", limit=1000, order="worst", **params))["items"]
+        rows = [msgspec.convert(d, DeviceRow) for d in live]
+        assert [r.device_id for r in rows] == [r.device_id for r in sorted(rows, key=lambda r: (problem_rank(r),
+                                                                                              r.device_id))]
+        past = (await api.get("/v1/devices", limit=1000, order="worst", at_seq=head, **params))["items"]
+        assert past == live, params
+        walked = await _walk(api, {**params, "order": "worst"}, 7)
+        assert walked == live == await _walk(api, {**params, "order": "worst"}, 7, at_seq=head), params
+    ranks = [problem_rank(msgspec.convert(d, DeviceRow))
+             for d in (await api.get("/v1/devices", limit=1000, order="worst", problems="true"))["items"]]
+    assert ranks[0] < ranks[-1] and NO_PROBLEM not in ranks, ranks  # several ranks, all problems
+    stuck = msgspec.convert((await api.get("/v1/devices/dev-0000002"))["device"], DeviceRow)
+    assert stuck.stuck and stuck.acknowledged and problem_names(stuck)[0] == "acknowledged"

@@ -12,14 +12,18 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import msgspec
 import pytest
 import uvicorn
+import yaml
 from typer.testing import CliRunner
 
 from fleet.cli import app
 from projections.api.app import create_app
 from projections.api.auth import AuthPolicy, default_allowed_hosts
 from projections.api.queries import ReadModels
+from projections.fleet.filters import NO_PROBLEM, problem_rank
+from projections.fleet.model import DeviceRow
 from projections.runner import create_pool
 from shared.embedded import EmbeddedNats, free_port
 from shared.envelope import decode_envelope, seal
@@ -78,14 +82,15 @@ async def test_query_commands(served: tuple[str, asyncpg.Pool], tmp_path: Path, 
     assert json.loads(out)["summary"]["historical"] is True
     code, out = await fleet("where", env=env)
     assert code == 0 and "What runs where" in out
+    code, out = await fleet("where", "-o", "yaml", env=env)  # the same answer as YAML (-o json = --json)
+    assert code == 0 and yaml.safe_load(out)["summary"]["totals"]["total"] == 20
 
     code, out = await fleet("degraded", "--json", env=env)
     assert code == 0, out
     degraded = json.loads(out)["devices"]
     assert "dev-0000002" in [d["device_id"] for d in degraded]
-    ranks = [0 if not d["online"] else 1 if d["health"] == "failed" else 2 if d["stuck"] else 3
-             if d["health"] == "degraded" else 4 for d in degraded]
-    assert ranks == sorted(ranks)  # worst first
+    ranks = [problem_rank(msgspec.convert(d, DeviceRow)) for d in degraded]
+    assert ranks == sorted(ranks) and NO_PROBLEM not in ranks  # worst first, by the one rule
 
     code, out = await fleet("changes", "--from", "2000-01-01T00:00:00Z", "--device", "dev-0000002", "--json", env=env)
     assert code == 0, out

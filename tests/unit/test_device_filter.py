@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from projections.fleet import model
-from projections.fleet.filters import PROBLEM, DeviceFilter, holds
+from projections.fleet.filters import NO_PROBLEM, PROBLEM, DeviceFilter, holds, problem_names, problem_rank
 
 rows = st.builds(model.DeviceRow, device_id=st.just("d1"), site_id=st.just("s1"), registered=st.booleans(),
                  retired=st.booleans(), online=st.booleans(), stuck=st.booleans(), acknowledged=st.booleans(),
@@ -25,6 +25,12 @@ def test_problems_are_what_the_site_counters_call_trouble(row: model.DeviceRow) 
     counts = dict(zip(model.COUNTER_FIELDS, part[1], strict=True))
     trouble = any(counts[f] for f in ("offline", "failed", "degraded", "drifted", "stuck"))
     assert holds(PROBLEM, row) == trouble
+    assert (problem_rank(row) < NO_PROBLEM) == trouble  # the filter and the rank name the same devices
+    assert (problem_names(row)[:1] or ["none"])[0] == (
+        "offline" if not row.online else "failed" if row.health == "failed"
+        else "stuck" if row.stuck and not row.acknowledged else "degraded" if row.health == "degraded"
+        else "drifted" if row.drifted_since and not row.acknowledged
+        else "acknowledged" if row.stuck or row.drifted_since else "none")
     assert DeviceFilter(problems=True).test(row) == trouble
     assert DeviceFilter(problems=False).test(row) == (not trouble)
 

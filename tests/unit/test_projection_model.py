@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from projections.changes.model import change_row, site_change
 from projections.fleet import model
+from projections.fleet.filters import NO_PROBLEM, problem_rank
 from projections.fleet.snapshots import decode_state, encode_state
 from shared.envelope import Event, seal
 from shared.events import desired, observed, registry, snapshot
@@ -107,7 +108,7 @@ def test_fold_tracks_a_device_through_its_life() -> None:
     assert (row.site_id, row.desired_snapshot_id, row.reported_snapshot_id, row.rollout_id) == ("s1", "a", "b", "r1")
     assert (row.online, row.health, row.drifted_since) == (True, "degraded", "2026-11-01T00:01:00.000000Z")
     assert row.last_seen == "2026-11-01T00:00:03.000000Z"
-    assert model.problem_rank(row) == 3
+    assert problem_rank(row) == 3
     assert model.count_all(state) == {("s1", "b"): [1, 1, 0, 0, 1, 0, 0, 1, 0]}
     decoded = decode_state(encode_state(state))
     assert decoded.devices == state.devices and decoded.seq == state.seq
@@ -118,10 +119,10 @@ def test_problem_rank_orders_worst_first() -> None:
     offline = model.DeviceRow(device_id="d", registered=True, online=False)
     failed = model.DeviceRow(device_id="d", registered=True, online=True, health="failed")
     drifted = model.DeviceRow(device_id="d", registered=True, online=True, health="ok", drifted_since="x")
-    assert [model.problem_rank(r) for r in (offline, failed, drifted, base)] == [0, 1, 4, 9]
+    assert [problem_rank(r) for r in (offline, failed, drifted, base)] == [0, 1, 4, NO_PROBLEM]
     accepted = model.DeviceRow(device_id="d", registered=True, online=True, drifted_since="x", stuck=True,
                                acknowledged=True)
-    assert model.problem_rank(accepted) == 5
+    assert problem_rank(accepted) == 5
 
 
 def test_an_acknowledged_drift_and_a_forced_reconcile_fold() -> None:
@@ -140,7 +141,7 @@ def test_an_acknowledged_drift_and_a_forced_reconcile_fold() -> None:
         model.apply(state, i, seal(event, actor="operator:t", at=T0 + timedelta(seconds=i)), event)
         rows.append(state.devices["d1"])
     assert rows[3].stuck and not rows[4].stuck and rows[4].reconcile_attempts == 0
-    assert rows[5].acknowledged and model.problem_rank(rows[5]) == 5
+    assert rows[5].acknowledged and problem_rank(rows[5]) == 5
     ended = observed.DriftEnded(device_id="d1", duration_seconds=9.0)
     model.apply(state, 7, seal(ended, actor="t", at=T0), ended)
     assert not state.devices["d1"].acknowledged
