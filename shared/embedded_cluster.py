@@ -31,7 +31,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from shared.embedded import _stop_process, _wait_for_port, die_with_parent, free_port, nats_server_binary
 from shared.errors import Unavailable
 from shared.pki import loopback_pki
-from shared.secretfiles import open_log, private_dir
+from shared.secretfiles import open_log, private_dir, write_private
 
 if TYPE_CHECKING:
     from shared.auth.authority import Authority
@@ -153,10 +153,7 @@ class EmbeddedNatsCluster:
         # deploy/nats/fleet-node.conf byte for byte, beside this node's auth.conf (which it includes)
         config = node.data_dir / NODE_CONFIG.name
         config.write_bytes(NODE_CONFIG.read_bytes())
-        auth = node.data_dir / "auth.conf"
-        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(node_auth(self.authority, node.data_dir))
+        write_private(node.data_dir / "auth.conf", node_auth(self.authority, node.data_dir))
         with open_log(node.log_path) as log:
             node.proc = subprocess.Popen(  # noqa: ASYNC220 - a daemon child, waited for below
                 [str(nats_server_binary()), "-c", str(config)], env=self._env(node),

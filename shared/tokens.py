@@ -28,7 +28,7 @@ from nats.js import api
 
 from shared.errors import Conflict, Invalid, NotFound, Unavailable
 from shared.ids import check_id
-from shared.secretfiles import secrets_dir, write_secret
+from shared.secretfiles import secrets_dir, write_private
 
 BUCKET = "fleet_tokens"
 ROLES = ("viewer", "operator", "auditor", "admin")
@@ -239,7 +239,7 @@ async def bootstrap_admin_token(nc: NATS, data_dir: Path, created_at: str) -> Pa
     with contextlib.suppress(NotFound):
         await revoke(nc, "local-admin")
     text, _ = await create(nc, "local-admin", "admin", "fleet-up", created_at)
-    write_secret(path, text + "\n")
+    write_private(path, text + "\n")
     return path
 
 
