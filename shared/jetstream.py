@@ -36,6 +36,7 @@ class Store:
     description: str
     history: int = -1  # messages kept per subject (-1: all)
     max_age: float = 0.0  # seconds a message is kept (0: for ever; the lease bucket's lease time)
+    deny_delete: bool = True  # off only where nats-py's object store makes it so
     deny_purge: bool = False
     allow_rollup: bool = True  # how KV and object stores delete; never on the log
     allow_atomic: bool = False  # atomic batches (the log's appends, batched desired-state puts)
@@ -48,7 +49,7 @@ class Store:
             name=self.stream, description=self.description, subjects=list(self.subjects),
             storage=api.StorageType.FILE, retention=api.RetentionPolicy.LIMITS, num_replicas=replicas,
             max_msgs=-1, max_bytes=-1, max_age=self.max_age, max_msgs_per_subject=self.history,
-            discard=self.discard, deny_delete=True, deny_purge=self.deny_purge,
+            discard=self.discard, deny_delete=self.deny_delete, deny_purge=self.deny_purge,
             allow_rollup_hdrs=self.allow_rollup, allow_direct=True, allow_atomic=self.allow_atomic or None,
             allow_msg_ttl=self.allow_msg_ttl or None,
             # the server keeps no window longer than the messages themselves (a KV with a TTL)
@@ -77,7 +78,7 @@ def state_images(service: str) -> Store:
     """The object store of one service's state images (shared.checkpoint)."""
     bucket = checkpoint_bucket(service)
     return Store(f"OBJ_{bucket}", (f"$O.{bucket}.C.>", f"$O.{bucket}.M.>"),
-                 f"Fleetplane: checkpoints of the {service} service's state")
+                 f"Fleetplane: checkpoints of the {service} service's state", deny_delete=False)
 
 
 def weaker(actual: api.StreamConfig, wanted: api.StreamConfig) -> list[str]:

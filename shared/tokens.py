@@ -24,11 +24,12 @@ import nats.js.errors
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from nats.aio.client import Client as NATS
-from nats.js import api
 
-from shared.errors import Conflict, Invalid, NotFound, Unavailable
+from shared.errors import Conflict, Invalid, NotFound
 from shared.ids import check_id
+from shared.jetstream import TOKENS, ensure
 from shared.secretfiles import secrets_dir, write_private
+from shared.transient import reachable
 
 BUCKET = "fleet_tokens"
 ROLES = ("viewer", "operator", "auditor", "admin")
@@ -98,24 +99,16 @@ def secret_matches(record: TokenRecord, secret: str) -> bool:
         return False
 
 
-async def ensure_bucket(nc: NATS) -> None:
-    """Create the token bucket if it is missing (admin identity; `fleet up` and `fleet token`)."""
-    js = nc.jetstream()
-    try:
-        await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        with contextlib.suppress(nats.js.errors.BadRequestError):  # created meanwhile by another
-            await js.create_key_value(api.KeyValueConfig(bucket=BUCKET, history=1, direct=True,
-                                                         storage=api.StorageType.FILE,
-                                                         description="Fleetplane HTTP API tokens (hashed)"))
+async def ensure_bucket(nc: NATS, replicas: int = 1) -> None:
+    """Create the token bucket if it is missing (admin identity; `fleet up` and `fleet token`), or
+    check it."""
+    await ensure(nc, TOKENS, replicas)
 
 
 async def get_record(nc: NATS, token_id: str, timeout: float = 2.0) -> TokenRecord | None:
     """One token's record by direct get (None when there is none, e.g. revoked)."""
-    try:
+    with reachable("token bucket"):
         msg = await nc.request(f"{_DIRECT}.{token_id}", b"", timeout)
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-        raise Unavailable(f"token bucket not reachable: {exc!r}") from exc
     headers = msg.headers or {}
     if headers.get("Status") or headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
         return None

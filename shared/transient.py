@@ -13,7 +13,7 @@ import nats.js.errors
 
 from shared.errors import Unavailable
 
-NATS_TRANSIENT: tuple[type[BaseException], ...] = (
+NATS_TRANSIENT = (
     nats.errors.TimeoutError,
     nats.errors.NoRespondersError,
     nats.errors.ConnectionClosedError,
@@ -26,7 +26,7 @@ NATS_TRANSIENT: tuple[type[BaseException], ...] = (
     TimeoutError,  # asyncio's
 )
 
-PG_TRANSIENT: tuple[type[BaseException], ...] = (
+PG_TRANSIENT = (
     OSError,
     TimeoutError,
     asyncpg.InterfaceError,

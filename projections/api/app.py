@@ -74,6 +74,7 @@ from shared.ids import check_id
 from shared.metrics import QUERY_SECONDS
 from shared.selectors import EVERYTHING
 from shared.times import parse_duration, parse_time, utcnow
+from shared.transient import PG_TRANSIENT
 
 log = logging.getLogger(__name__)
 EXPOSITION = "text/plain; version=0.0.4"  # Prometheus's text format, read by every version (Litestar adds the charset)
@@ -97,8 +98,6 @@ ERRORS = {
     503: ResponseSpec(ErrorBody, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
 }
 _STATUS = {"invalid": 400, "not_found": 404, "conflict": 409, "forbidden": 403, "unavailable": 503}
-_DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-            asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError)
 
 
 def _id(value: str | None, field: str) -> str | None:
@@ -441,7 +440,7 @@ def _on_db_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody
 def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorBody]:
     if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.InvalidSchemaNameError):
         return _error(503, Unavailable.code, "the read models are not built yet", None)
-    if isinstance(exc, _DB_DOWN):
+    if isinstance(exc, PG_TRANSIENT):
         return _on_db_down(_, exc)
     log.exception("query failed", exc_info=exc)
     return _error(500, "internal", "the query failed", None)
