@@ -12,11 +12,11 @@ import asyncio
 import sys
 
 import msgspec
-import nats.errors
 
 from shared.config import load_settings
 from shared.connection import connect_nats
 from shared.errors import FleetError
+from shared.transient import NATS_TRANSIENT
 
 
 async def probe(service: str | None, timeout: float = 3.0) -> dict[str, object]:
@@ -31,7 +31,7 @@ async def probe(service: str | None, timeout: float = 3.0) -> dict[str, object]:
             return {"ok": True, "nats": nc.connected_url.netloc if nc.connected_url else None}
         reply = await nc.request(f"$SRV.PING.fleet-{service}", b"", timeout=timeout)
         return {"ok": True, "service": service, "ping": msgspec.json.decode(reply.data)}
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+    except NATS_TRANSIENT as exc:
         return {"ok": False, "service": service, "error": repr(exc)}
     finally:
         await nc.close()

@@ -28,6 +28,7 @@ from shared.devices import DESIRED_ENCODER, DesiredState, EncodedDesiredState
 from shared.errors import Unavailable
 from shared.jetstream import DESIRED, ensure
 from shared.subjects import DESIRED_BUCKET, desired_key_subject
+from shared.transient import reachable
 
 DESIRED_STREAM = contract.DESIRED_STREAM
 DESIRED_WILDCARD = f"$KV.{DESIRED_BUCKET}.>"
@@ -72,10 +73,8 @@ async def get_all_desired(nc: NATS, batch: int = 1000, timeout: float = 5.0) -> 
             request = {"seq": next_seq, "next_by_subj": DESIRED_WILDCARD, "batch": batch}
             await nc.publish(_DIRECT, _ENCODER.encode(request), reply=inbox)
             while True:
-                try:
+                with reachable("desired-state bucket"):
                     msg = await sub.next_msg(timeout)
-                except nats.errors.TimeoutError as exc:
-                    raise Unavailable("desired-state bucket read timed out") from exc
                 status = _status(msg)
                 headers = msg.headers or {}
                 if status == "404":

@@ -235,10 +235,8 @@ class EventLog:
             await self.nc.publish(self._direct_subject, msgspec.json.encode(request), reply=inbox)
             out: list[tuple[int, Msg]] = []
             while True:
-                try:
+                with reachable(f"event log ({subject})"):
                     msg = await sub.next_msg(self.timeout)
-                except nats.errors.TimeoutError as exc:
-                    raise Unavailable(f"event log read timed out on {subject}") from exc
                 status = _status(msg)
                 headers = msg.headers or {}
                 if status == "404":
