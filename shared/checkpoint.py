@@ -90,8 +90,8 @@ async def ensure_buckets(nc: NATS, replicas: int = 1, *, only: str | None = None
     async def missing(service: str) -> str | None:
         try:
             await ensure(nc, state_images(service), replicas)
-        except Unavailable as exc:
-            log.debug("checkpoint bucket of %s unavailable: %s", service, exc)
+        except (Unavailable, nats.errors.TimeoutError) as exc:  # a timeout: refused even a look
+            log.debug("checkpoint bucket of %s unavailable: %r", service, exc)
             return checkpoint_bucket(service)
         return None
 

@@ -22,7 +22,6 @@ from nats.js import api
 from shared.auth.roles import IDENTITY_BUCKET, LEASES_BUCKET, TOKENS_BUCKET
 from shared.errors import StreamMisconfigured, Unavailable
 from shared.subjects import DESIRED_BUCKET, EVENTS_STREAM, EVENTS_WILDCARD, checkpoint_bucket
-from shared.transient import reachable
 
 DUPLICATE_WINDOW = 120.0
 
@@ -116,17 +115,16 @@ async def ensure(nc: NATS, store: Store, replicas: int = 1, *, timeout: float = 
     StreamMisconfigured naming every weaker setting; never change it."""
     js = nc.jetstream(timeout=timeout)
     wanted = store.config(replicas)
-    with reachable(f"stream {store.stream}"):
+    try:
+        info = await js.stream_info(store.stream)
+    except nats.js.errors.NotFoundError:
         try:
+            return await js.add_stream(wanted)
+        except nats.js.errors.BadRequestError:  # created by a concurrent starter meanwhile
             info = await js.stream_info(store.stream)
-        except nats.js.errors.NotFoundError:
-            try:
-                return await js.add_stream(wanted)
-            except nats.js.errors.BadRequestError:  # created by a concurrent starter meanwhile
-                info = await js.stream_info(store.stream)
-            except nats.errors.TimeoutError:  # the server refused: only admin creates stores
-                raise Unavailable(f"{store.stream} does not exist and this identity may not create it; "
-                                  "`fleet up` or `fleet init` (admin) creates it") from None
+        except nats.errors.TimeoutError:  # the server refused: only admin creates stores
+            raise Unavailable(f"{store.stream} does not exist and this identity may not create it; "
+                              "`fleet up` or `fleet init` (admin) creates it") from None
     problems = weaker(info.config, wanted)
     if problems:
         raise StreamMisconfigured(
