@@ -90,7 +90,7 @@ async def ensure_buckets(nc: NATS, replicas: int = 1, *, only: str | None = None
     async def missing(service: str) -> str | None:
         try:
             await ensure(nc, state_images(service), replicas)
-        except (Unavailable, nats.errors.TimeoutError) as exc:  # a timeout: refused even a look
+        except Unavailable as exc:
             log.debug("checkpoint bucket of %s unavailable: %r", service, exc)
             return checkpoint_bucket(service)
         return None

@@ -117,6 +117,9 @@ async def ensure(nc: NATS, store: Store, replicas: int = 1, *, timeout: float = 
     wanted = store.config(replicas)
     try:
         info = await js.stream_info(store.stream)
+    except nats.errors.TimeoutError:  # refused even a look, or no server answered
+        raise Unavailable(f"{store.stream} could not be looked at (this identity may not, or NATS did not "
+                          "answer)") from None
     except nats.js.errors.NotFoundError:
         try:
             return await js.add_stream(wanted)
