@@ -13,28 +13,23 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from fleet_agent import contract
 from fleet_agent.contract import decode_desired
 from fleet_agent.desired import DesiredUnreachable, read_desired
 from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 from nats.js import api
 
 from shared.atomic import MAX_BATCH, Message, publish
 from shared.devices import DESIRED_ENCODER, DesiredState, EncodedDesiredState
 from shared.errors import Unavailable
-from shared.jetstream import DESIRED, ensure
+from shared.jetstream import DESIRED, direct_batch, ensure
 from shared.subjects import DESIRED_BUCKET, desired_key_subject
-from shared.transient import reachable
 
 DESIRED_STREAM = contract.DESIRED_STREAM
 DESIRED_WILDCARD = f"$KV.{DESIRED_BUCKET}.>"
 RETRY_FOR = 30.0  # seconds a put keeps resending through a leader election
-_DIRECT = f"$JS.API.DIRECT.GET.{DESIRED_STREAM}"
-_ENCODER = msgspec.json.Encoder()
 
 
 async def ensure_bucket(nc: NATS, replicas: int = 1) -> api.StreamInfo:
@@ -43,11 +38,6 @@ async def ensure_bucket(nc: NATS, replicas: int = 1) -> api.StreamInfo:
 
 
 decode_value = decode_desired  # the device's contract: fleet_agent.contract
-
-
-def _status(msg: Msg) -> str | None:
-    status = (msg.headers or {}).get("Status")
-    return str(status) if status else None
 
 
 async def get_desired(nc: NATS, device_id: str, timeout: float = 5.0) -> DesiredState | None:
@@ -64,38 +54,17 @@ async def get_all_desired(nc: NATS, batch: int = 1000, timeout: float = 5.0) -> 
     stored message is the current value of its key)."""
     values: dict[str, DesiredState] = {}
     prefix_len = len(DESIRED_WILDCARD) - 1
-    next_seq = 1
-    while True:
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        more = False
-        try:
-            request = {"seq": next_seq, "next_by_subj": DESIRED_WILDCARD, "batch": batch}
-            await nc.publish(_DIRECT, _ENCODER.encode(request), reply=inbox)
-            while True:
-                with reachable("desired-state bucket"):
-                    msg = await sub.next_msg(timeout)
-                status = _status(msg)
-                headers = msg.headers or {}
-                if status == "404":
-                    break
-                if status == "204":
-                    more = int(headers.get("Nats-Num-Pending", "0") or 0) > 0
-                    break
-                if status:
-                    raise Unavailable(f"direct get failed: {status} {headers.get('Description')}")
-                next_seq = int(headers["Nats-Sequence"]) + 1
-                key = headers["Nats-Subject"][prefix_len:]
-                if headers.get("KV-Operation") in ("DEL", "PURGE"):
-                    values.pop(key, None)
-                    continue
-                value = decode_value(msg.data)
-                if value is not None:
-                    values[key] = value
-        finally:
-            await sub.unsubscribe()
-        if not more:
-            return values
+    next_seq, more = 1, True
+    while more:
+        msgs, more = await direct_batch(nc, DESIRED_STREAM, DESIRED_WILDCARD, next_seq, batch, timeout=timeout)
+        for seq, msg in msgs:
+            next_seq, key = seq + 1, msg.subject[prefix_len:]
+            if (msg.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
+                values.pop(key, None)
+            elif (value := decode_value(msg.data)) is not None:
+                values[key] = value
+        more = more and bool(msgs)
+    return values
 
 
 async def put_desired(nc: NATS, values: Sequence[DesiredState | EncodedDesiredState],

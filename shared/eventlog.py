@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import re
 import time
@@ -35,8 +36,8 @@ from shared import metrics, telemetry
 from shared.aio import wait_set
 from shared.atomic import MAX_BATCH, publish
 from shared.envelope import Envelope, Event, decode_envelope, decode_event, encode_envelope
-from shared.errors import Invalid, Unavailable
-from shared.jetstream import EVENTS, ensure, renamed
+from shared.errors import Invalid
+from shared.jetstream import EVENTS, direct_batch, ensure, status_of
 from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
 from shared.times import parse_time
 from shared.transient import reachable
@@ -109,7 +110,7 @@ class EventLog:
 
     async def ensure_stream(self, replicas: int = 1) -> api.StreamInfo:
         """Create FLEET_EVENTS, or check an existing one and refuse weaker settings."""
-        return await ensure(self.nc, EVENTS if self.stream == EVENTS_STREAM else renamed(EVENTS, self.stream),
+        return await ensure(self.nc, dataclasses.replace(EVENTS, stream=self.stream),
                             replicas, timeout=self.timeout)
 
     async def last_stream_seq(self) -> int:
@@ -126,7 +127,7 @@ class EventLog:
         """When the server stored the message at `seq` (None: there is none)."""
         msg = await self._direct({"seq": seq})
         stamp = (msg.headers or {}).get("Nats-Time-Stamp")
-        if _status(msg) is not None or not stamp:
+        if status_of(msg) is not None or not stamp:
             return None
         return parse_time(re.sub(r"(\.\d{6})\d+", r"\1", stamp), "Nats-Time-Stamp")  # ns -> us
 
@@ -135,7 +136,7 @@ class EventLog:
         if seq <= 0:
             return ""
         msg = await self._direct({"seq": seq})
-        if _status(msg) is not None:
+        if status_of(msg) is not None:
             return ""
         subject = (msg.headers or {}).get("Nats-Subject", "")
         return hashlib.sha256(subject.encode() + b"\n" + msg.data).hexdigest()
@@ -174,7 +175,7 @@ class EventLog:
         for write in writes:
             if write.expected_seq is None:
                 reply = await self._direct({"last_by_subj": write.subject})
-                if _status(reply) or decode_envelope(reply.data).id != write.envelopes[-1].id:
+                if status_of(reply) or decode_envelope(reply.data).id != write.envelopes[-1].id:
                     return None
                 continue
             recorded, _ = await self.load(write.subject, after_seq=write.expected_seq, limit=1)
@@ -189,7 +190,7 @@ class EventLog:
     async def last_seq(self, subject: str) -> int:
         """The stream sequence of the newest event on `subject` (0 when there is none)."""
         reply = await self._direct({"last_by_subj": subject})
-        if _status(reply) == "404":
+        if status_of(reply) == "404":
             return 0
         return int((reply.headers or {})["Nats-Sequence"])
 
@@ -226,29 +227,7 @@ class EventLog:
         return [Recorded(seq, msg.subject, decode_envelope(msg.data)) for seq, msg in msgs], more
 
     async def _direct_msgs(self, subject: str, start_seq: int, batch: int) -> tuple[list[tuple[int, Msg]], bool]:
-        """One batched direct get of the messages matching `subject` from `start_seq`: (stream
-        sequence, message with its stored subject) and whether more are pending. No consumer."""
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        try:
-            request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
-            await self.nc.publish(self._direct_subject, msgspec.json.encode(request), reply=inbox)
-            out: list[tuple[int, Msg]] = []
-            while True:
-                with reachable(f"event log ({subject})"):
-                    msg = await sub.next_msg(self.timeout)
-                status = _status(msg)
-                headers = msg.headers or {}
-                if status == "404":
-                    return out, False
-                if status == "204":  # end of batch
-                    return out, int(headers.get("Nats-Num-Pending", "0") or 0) > 0
-                if status:
-                    raise Unavailable(f"direct get failed: {status} {headers.get('Description')}")
-                stored = Msg(self.nc, subject=headers["Nats-Subject"], data=msg.data, headers=headers)
-                out.append((int(headers["Nats-Sequence"]), stored))
-        finally:
-            await sub.unsubscribe()
+        return await direct_batch(self.nc, self.stream, subject, start_seq, batch, timeout=self.timeout)
 
     async def replay(
         self,
@@ -483,14 +462,6 @@ def _messages(writes: list[Write]) -> list[tuple[str, bytes, dict[str, str]]]:
                 headers[HDR_EXPECTED_SUBJECT_SEQ] = str(write.expected_seq)
             messages.append((write.subject, encode_envelope(envelope), headers))
     return messages
-
-
-def _status(msg: Msg) -> str | None:
-    headers = msg.headers or {}
-    status = headers.get("Status")
-    return str(status) if status else None
-
-
 
 
 def _recorded(msg: Msg, seq: int) -> Recorded:

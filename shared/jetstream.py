@@ -11,17 +11,19 @@ chain has no store of its own: its checkpoints are events on FLEET_EVENTS (`flee
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import api
 
 from shared.auth.roles import IDENTITY_BUCKET, LEASES_BUCKET, TOKENS_BUCKET
 from shared.errors import StreamMisconfigured, Unavailable
 from shared.subjects import DESIRED_BUCKET, EVENTS_STREAM, EVENTS_WILDCARD, checkpoint_bucket
+from shared.transient import reachable
 
 DUPLICATE_WINDOW = 120.0
 
@@ -137,6 +139,34 @@ async def ensure(nc: NATS, store: Store, replicas: int = 1, *, timeout: float = 
     return info
 
 
-def renamed(store: Store, stream: str) -> Store:
-    """The same store under another stream name (a copy of the log, a test's own)."""
-    return dataclasses.replace(store, stream=stream)
+def status_of(msg: Msg) -> str | None:
+    """The status of a direct get's reply ("404": none; None: a message)."""
+    status = (msg.headers or {}).get("Status")
+    return str(status) if status else None
+
+
+async def direct_batch(nc: NATS, stream: str, subject: str, start_seq: int, batch: int, *,
+                       timeout: float) -> tuple[list[tuple[int, Msg]], bool]:
+    """One batched direct get of `stream`'s messages matching `subject` from `start_seq`: (stream
+    sequence, message with its stored subject and headers) and whether more are pending. No
+    consumer: what the log's bounded reads and the desired-state pages use."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", msgspec.json.encode(request), reply=inbox)
+        out: list[tuple[int, Msg]] = []
+        while True:
+            with reachable(f"{stream} ({subject})"):
+                msg = await sub.next_msg(timeout)
+            status, headers = status_of(msg), msg.headers or {}
+            if status == "404":
+                return out, False
+            if status == "204":  # end of batch
+                return out, int(headers.get("Nats-Num-Pending", "0") or 0) > 0
+            if status:
+                raise Unavailable(f"direct get failed: {status} {headers.get('Description')}")
+            out.append((int(headers["Nats-Sequence"]),
+                        Msg(nc, subject=headers["Nats-Subject"], data=msg.data, headers=headers)))
+    finally:
+        await sub.unsubscribe()
