@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
-from shared import tokens
-from shared.auth.revoker import ensure_state_bucket
 from shared.checkpoint import ensure_buckets
 from shared.config import Settings
 from shared.desired import ensure_bucket
 from shared.eventlog import EventLog
+from shared.jetstream import IDENTITY, TOKENS, ensure
 from shared.lease import lease_bucket
 
 CLUSTER_REPLICAS = 3
@@ -54,7 +53,7 @@ async def ensure_all(nc: NATS, settings: Settings) -> tuple[int, list[str]]:
     that could not be created (this identity is not admin)."""
     replicas = await ensure_log(nc, settings)
     missing = await ensure_buckets(nc, replicas)
-    await ensure_state_bucket(nc, replicas)  # the authority part's revocation state
-    if not missing:
-        await tokens.ensure_bucket(nc, replicas)
+    if not missing:  # admin: the authority part's revocation state and the HTTP API tokens
+        await ensure(nc, IDENTITY, replicas)
+        await ensure(nc, TOKENS, replicas)
     return replicas, missing

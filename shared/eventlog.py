@@ -223,11 +223,8 @@ class EventLog:
         self, subject: str, start_seq: int, batch: int
     ) -> tuple[list[Recorded], bool]:
         """One batched direct get; returns the events and whether more are pending."""
-        msgs, more = await self._direct_msgs(subject, start_seq, batch)
+        msgs, more = await direct_batch(self.nc, self.stream, subject, start_seq, batch, timeout=self.timeout)
         return [Recorded(seq, msg.subject, decode_envelope(msg.data)) for seq, msg in msgs], more
-
-    async def _direct_msgs(self, subject: str, start_seq: int, batch: int) -> tuple[list[tuple[int, Msg]], bool]:
-        return await direct_batch(self.nc, self.stream, subject, start_seq, batch, timeout=self.timeout)
 
     async def replay(
         self,
@@ -336,7 +333,8 @@ class EventLog:
                           field="subjects")
         next_seq = max(from_seq, 1)
         while next_seq <= to_seq:
-            msgs, more = await self._direct_msgs(subjects, next_seq, min(size, to_seq - next_seq + 1))
+            msgs, more = await direct_batch(self.nc, self.stream, subjects, next_seq, min(size, to_seq - next_seq + 1),
+                                           timeout=self.timeout)
             batch = [(seq, msg) for seq, msg in msgs if seq <= to_seq]
             if batch:
                 yield batch

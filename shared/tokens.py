@@ -99,12 +99,6 @@ def secret_matches(record: TokenRecord, secret: str) -> bool:
         return False
 
 
-async def ensure_bucket(nc: NATS, replicas: int = 1) -> None:
-    """Create the token bucket if it is missing (admin identity; `fleet up` and `fleet token`), or
-    check it."""
-    await ensure(nc, TOKENS, replicas)
-
-
 async def get_record(nc: NATS, token_id: str, timeout: float = 2.0) -> TokenRecord | None:
     """One token's record by direct get (None when there is none, e.g. revoked)."""
     with reachable("token bucket"):
@@ -133,7 +127,7 @@ async def list_records(nc: NATS) -> list[TokenRecord]:
 
 async def create(nc: NATS, name: str, role: str, created_by: str, created_at: str) -> tuple[str, TokenRecord]:
     """Issue a token; a name already in use is a conflict (names are the principal)."""
-    await ensure_bucket(nc)
+    await ensure(nc, TOKENS)  # created if missing (admin: `fleet up`, `fleet token`), else checked
     if any(r.name == name for r in await list_records(nc)):
         raise Conflict(f"a token named {name!r} already exists; revoke it first or pick another name",
                        field="name")
@@ -220,7 +214,7 @@ def token_file(data_dir: Path) -> Path:
 async def bootstrap_admin_token(nc: NATS, data_dir: Path, created_at: str) -> Path:
     """On `fleet up`: make sure `<data-dir>/secrets/api-token` holds a live admin token (issued
     on first start, re-issued if its record is gone); returns the file's path."""
-    await ensure_bucket(nc)
+    await ensure(nc, TOKENS)
     secrets_dir(data_dir)
     path = token_file(data_dir)
     if path.exists():

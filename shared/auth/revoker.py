@@ -9,7 +9,6 @@ restart does not re-read the log. `fleet creds revoke-device` is a command to th
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -20,16 +19,14 @@ from nats.aio.client import Client as NATS
 from shared import metrics
 from shared.auth.authority import Authority, push_account
 from shared.contract.authority import Revoked, RevokeDevice
-from shared.errors import Unavailable
 from shared.eventlog import EventLog
 from shared.ids import check_id
-from shared.jetstream import IDENTITY, ensure
 from shared.subjects import aggregate_wildcard
 
 log = logging.getLogger(__name__)
 SERVICE = "authority"
 T = TypeVar("T")
-__all__ = ["SERVICE", "RevokeDevice", "Revoked", "ensure_state_bucket", "revoke_device", "revoke_retired"]
+__all__ = ["SERVICE", "RevokeDevice", "Revoked", "revoke_device", "revoke_retired"]
 
 
 
@@ -70,10 +67,3 @@ async def revoke_retired(events: EventLog, system: NATS, authority: Authority,
             log.info("revoked the identity of retired device %s", device_id)
         elif seq - authority.state.handled_seq >= 10_000:
             await _apply(changes, functools.partial(authority.handled, seq))
-
-
-async def ensure_state_bucket(nc: NATS, replicas: int = 1) -> None:
-    """Create the authority's state bucket if it is missing (admin: `fleet up`, `fleet init`), or
-    check it; a missing one this identity may not create is left to the part, which says so."""
-    with contextlib.suppress(Unavailable):
-        await ensure(nc, IDENTITY, replicas)
