@@ -22,7 +22,7 @@ test: $(STAMP) lint
 # The failover e2e on a 3-node NATS cluster with two instances of every part, and a device agent
 # (installed alone, unprivileged) following that cluster (a few minutes).
 test-cluster: $(STAMP)
-	$(BIN)/pytest -m cluster tests/e2e/test_cluster_failover.py tests/e2e/test_agent_device.py $(PYTEST_ARGS)
+	$(BIN)/pytest -m cluster tests/e2e/test_cluster_failover.py tests/e2e/test_agent_device.py tests/e2e/test_deploy_without_up.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

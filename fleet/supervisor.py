@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import IO, Protocol
 
 import msgspec
+from nats.aio.client import Client as NATS
 
 from shared import metrics
 from shared.aio import wait_set
@@ -50,6 +51,7 @@ from shared.connection import connect_nats
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
 from shared.embedded_cluster import EmbeddedNatsCluster
 from shared.errors import Conflict
+from shared.liveness import PartReport, gather_reports
 from shared.pgroles import ensure_roles
 from shared.secretfiles import open_log, private_dir, secrets_dir, write_private
 from shared.times import format_time, utcnow
@@ -66,6 +68,7 @@ PART_ROLES = {"registry": "service:registry", "snapshot": "service:snapshot", "d
               "rollout": "service:rollout", "projections": "service:projections", "api": "api",
               "audit": "service:audit", "authority": "service:authority"}
 STATUS_FILE = "status.json"
+START_GRACE = 60.0  # seconds a started part may take to answer for its duties the first time
 
 
 class PartStatus(msgspec.Struct):
@@ -79,6 +82,12 @@ class PartStatus(msgspec.Struct):
     state: str = "starting"  # starting running restarting stopped
     last_exit: int | None = None
     metrics_url: str | None = None  # where Prometheus scrapes it
+    # Its duties (shared.liveness), for the parts: which one stalled ("answering" when the part
+    # stopped answering at all) and since when; why it was last restarted by the duty check.
+    stalled: str | None = None
+    stalled_since: str | None = None
+    answered_at: str | None = None
+    restarted_for: str | None = None
 
 
 class UpStatus(msgspec.Struct):
@@ -102,6 +111,7 @@ class _Part:
     proc: asyncio.subprocess.Process | None = None
     task: asyncio.Task[None] | None = None
     ran_since: float = field(default_factory=time.monotonic)
+    answered: float = 0.0  # monotonic time of its last answer on $SRV.DUTIES
 
 
 class _Runs(Protocol):
@@ -118,6 +128,28 @@ class _Server:
     runs: _Runs
     restart: Callable[[], Awaitable[object]]
     ran_since: float = field(default_factory=time.monotonic)
+
+
+class Verdict(msgspec.Struct, frozen=True):
+    """What the duty check concludes about one running part."""
+
+    stalled: str | None = None  # the stalled duty, "answering", or None when all is well
+    since: str | None = None  # RFC 3339
+    restart: bool = False
+
+
+def judge(report: PartReport | None, *, quiet_for: float, bound: float, last_answer: str | None) -> Verdict:
+    """The duty check's rule (pure): a part that answers with a stalled duty is restarted; one
+    that has not answered for `bound` seconds (`quiet_for`: since its start, its last answer, or
+    the checker's own connection coming up, whichever is latest) is restarted too."""
+    if report is not None:
+        stalled = report.stalled
+        if stalled:
+            return Verdict(stalled[0].name, stalled[0].stalled_since, restart=True)
+        return Verdict()
+    if quiet_for > bound:
+        return Verdict("answering", last_answer, restart=True)
+    return Verdict()
 
 
 def _backoff(failures: int, ran_since: float) -> tuple[int, float]:
@@ -154,6 +186,7 @@ class Supervisor:
         self.creds: dict[str, str] = {}  # part -> its credentials file
         self.admin_creds: str | None = None  # the CLI's admin identity (tests and benchmarks connect as it)
         self._duties: list[asyncio.Task[None]] = []
+        self._duty_conns: list[NATS] = []  # the duty check's own connection
 
     def slot(self, part: str) -> str:
         """The FLEET_INSTANCE of a part: its slot's name, the same across its restarts."""
@@ -232,6 +265,9 @@ class Supervisor:
         await nc.close()
         if self.authority is None:  # no account keys here: nobody to do the identity duties
             self.part_names = tuple(p for p in self.part_names if p != "authority")
+        checker = await connect_nats(admin, "up-duties")
+        self._duty_conns.append(checker)
+        self._duties.append(asyncio.create_task(self._check_duties(checker), name="duty-check"))
         self.env = {**os.environ, "FLEET_NATS_URL": nats_url, "FLEET_API_URL": api_url,
                     "FLEET_DATA_DIR": str(self.data)}
         if admin.nats_tls_ca:
@@ -239,7 +275,7 @@ class Supervisor:
         for name in ("FLEET_DATABASE_URL", "FLEET_API_DATABASE_URL", "FLEET_API_TOKEN", "PGPASSFILE"):
             self.env.pop(name, None)
         for name in ("heartbeat_interval", "offline_after", "drift_grace", "reconcile_backoff",
-                     "reconcile_max_tries", "replicas", "lease_ttl"):
+                     "reconcile_max_tries", "replicas", "lease_ttl", "lease_renew", "duty_bound"):
             self.env[f"FLEET_{name.upper()}"] = str(getattr(self.settings, name))
         parts = [_Part(PartStatus(name), service=name) for name in self.part_names]
         if self.cluster_size:  # the second instance of every part (on the local or an external cluster)
@@ -326,6 +362,62 @@ class Supervisor:
         server.status.state, server.status.up_since = "running", format_time(utcnow())
         log.warning("%s is running again (pid %s)", server.status.name, server.status.pid)
 
+    async def _check_duties(self, nc: NATS, every: float = 2.0) -> None:
+        """Alive means working: every `every` seconds ask each part for its duties
+        (`$SRV.DUTIES`), show what stalled in status.json, and restart a part that answers with
+        a stalled duty or has stopped answering. Judged only while this checker's own connection
+        is up (and has been for a full bound): a NATS outage is nobody's stall."""
+        bound = self.settings.duty_bound
+        connected_since: float | None = None
+        while not await wait_set(self.stopping, every):
+            if not nc.is_connected:
+                connected_since = None
+                continue
+            connected_since = connected_since or time.monotonic()
+            try:
+                reports = await gather_reports(nc, wait=0.5)
+            except Exception as exc:  # the link dropped while asking: ask again next round
+                log.debug("duty check: %r", exc)
+                continue
+            by_slot = {report.instance: report for report in reports}
+            now = time.monotonic()
+            for part in self.parts.values():
+                if part.status.state != "running" or part.proc is None or part.proc.returncode is not None:
+                    continue
+                report = by_slot.get(self.slot(part.status.name))
+                if report is not None:
+                    part.answered = now
+                    part.status.answered_at = report.at
+                # A part still starting (imports, connections, migrations on a busy machine) has
+                # until its first answer at least START_GRACE; then the duty bound.
+                limit = bound if part.answered > part.ran_since else max(bound, START_GRACE)
+                verdict = judge(report, quiet_for=now - max(part.ran_since, part.answered, connected_since),
+                                bound=limit, last_answer=part.status.answered_at or part.status.up_since)
+                part.status.stalled, part.status.stalled_since = verdict.stalled, verdict.since
+                # After an outage every part's duties look stalled for a moment (nobody could work):
+                # shown at once, acted on only once this checker has been connected a full bound.
+                if verdict.restart and now - connected_since >= bound:
+                    self._restart_stalled(part, verdict)
+
+    def _restart_stalled(self, part: _Part, verdict: Verdict) -> None:
+        """End a part that runs but does not work; `_supervise` starts it again."""
+        proc = part.proc
+        if proc is None or proc.returncode is not None:
+            return
+        reason = f"{verdict.stalled} stalled since {verdict.since}"
+        part.status.restarted_for = reason
+        log.warning("part %s: %s; restarting it", part.status.name, reason)
+        proc.terminate()
+
+        async def kill_if_stuck() -> None:  # a part hung for good does not stop on SIGTERM
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+                return
+            if proc.returncode is None:
+                proc.kill()
+
+        self._duties.append(asyncio.create_task(kill_if_stuck(), name=f"kill-{part.status.name}"))
+
     def _issue_identities(self) -> str:
         """Credentials for each part, the CLI's admin and operator, and the revoker's system
         user, all under secrets/ (0600); returns the admin's."""
@@ -410,6 +502,9 @@ class Supervisor:
             duty.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await duty
+        for conn in self._duty_conns:
+            with contextlib.suppress(Exception):
+                await conn.close()
         if self.postgres is not None:
             await asyncio.to_thread(self.postgres.stop)
         if self.nats is not None:

@@ -243,6 +243,8 @@ class Runner:
         self.retry_wait = retry_wait
         self.version = version_of(projection)
         self.rate = 0.0
+        self.checkpoint = 0  # the last sequence applied while following (its `progress` duty reads it)
+        self.rebuilding = False
 
     async def run(self) -> None:
         """Follow the log until cancelled."""
@@ -270,14 +272,19 @@ class Runner:
         if row is None or row["version"] != self.version:
             log.info("projection %s: schema version %s -> %s, rebuilding", self.name,
                      None if row is None else row["version"], self.version)
-            await rebuild(self.pool, self.log, self.projection, batch_size=self.batch_size,
-                          after_batch=self.after_batch, only_if_stale=True)
+            self.rebuilding = True
+            try:
+                await rebuild(self.pool, self.log, self.projection, batch_size=self.batch_size,
+                              after_batch=self.after_batch, only_if_stale=True)
+            finally:
+                self.rebuilding = False
 
     async def _follow(self) -> None:
         async with self.pool.acquire() as conn:
             row = await conn.fetchrow(
                 "SELECT checkpoint, generation FROM projection_status WHERE name = $1", self.name)
         checkpoint, generation = int(row["checkpoint"]), int(row["generation"])
+        self.checkpoint = checkpoint
         rate_saved = 0.0
         async for batch in _batches(self.log, checkpoint + 1, None, True, self.batch_size):
             fresh = [r for r in batch if r.seq > checkpoint]  # redelivered events change nothing
@@ -290,7 +297,7 @@ class Runner:
             for record in fresh:  # the command's trace goes on into the projection that applied it
                 telemetry.child_span(f"project {self.name} {record.envelope.type}", record.traceparent,
                                      started_ns, ended_ns, {"fleet.seq": record.seq})
-            checkpoint = fresh[-1].seq
+            checkpoint = self.checkpoint = fresh[-1].seq
             elapsed = max(time.perf_counter() - started, 1e-6)
             self.rate = 0.8 * self.rate + 0.2 * (len(fresh) / elapsed) if self.rate else len(fresh) / elapsed
             if time.monotonic() - rate_saved > 1.0:

@@ -20,7 +20,7 @@ ADMIN_CREDS = "admin.creds"
 OPERATOR_CREDS = "operator.creds"
 DEFAULT_DATA_DIR = ".fleet"
 _DURATIONS = ("heartbeat_interval", "drift_grace", "reconcile_backoff", "flap_window",
-              "audit_max_delay", "lease_ttl")
+              "audit_max_delay", "lease_ttl", "lease_renew", "duty_bound")
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,6 +58,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     audit_max_delay: float = 60.0  # longest an event waits for a checkpoint while the log is quiet
     replicas: int = 0  # of FLEET_EVENTS and the buckets; 0 = 3 on a cluster of 3+ servers, else 1
     lease_ttl: float = 6.0  # lease time of one-driver-at-a-time work (shared/lease.py)
+    lease_renew: float = 0.0  # seconds between lease renewals; 0: a third of the lease time
+    duty_bound: float = 60.0  # longest a part's duty (a rollout tick, the projections' progress) may stall
     log_level: str = "info"
 
     @property

@@ -1,5 +1,6 @@
 """Connecting to NATS the same way everywhere: retried at start-up up to a deadline, reconnecting
-forever afterwards, with credentials and TLS when configured."""
+forever afterwards, with credentials and TLS when configured; on a client whose read loop survives
+a cancelled flush (`Client`, see docs/decisions.md "A cancelled flush kills nats-py's read loop")."""
 
 from __future__ import annotations
 
@@ -21,6 +22,25 @@ from shared.errors import Unavailable
 
 log = logging.getLogger(__name__)
 DEFAULT_URL = agent.DEFAULT_URL
+
+
+class Client(NATS):
+    """nats-py's client with one fix: a PONG whose waiter was cancelled is counted, not fatal.
+
+    nats-py keeps one future per PING in `_pongs` and resolves them in order as PONGs arrive. A
+    `flush()` or `ping()` that times out, or whose caller is cancelled (a lease lost mid-work, a
+    `wait_for` around it), cancels its future but leaves it in `_pongs`; the PONG that comes later
+    makes `_process_pong` call `set_result` on it, `InvalidStateError` escapes into the read loop,
+    and the loop ends: nothing more is read on the connection (nats-io/nats.py#624 family;
+    `tests/integration/test_connection_pong.py` reproduces it on the stock client)."""
+
+    async def _process_pong(self) -> None:
+        if self._pongs:
+            future = self._pongs.pop(0)
+            if not future.done():  # cancelled by its waiter: the PONG still answers its PING
+                future.set_result(True)
+            self._pongs_received += 1
+            self._pings_outstanding = 0
 
 
 async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30.0,
@@ -52,10 +72,8 @@ async def connect_nats(settings: Settings, name: str, *, connect_for: float = 30
     # nats-py itself retries the first connection (every reconnect_time_wait) when reconnects are
     # unlimited, so the overall deadline is what bounds it.
     try:
-        nc: NATS = await asyncio.wait_for(
-            nats.connect(**options, error_cb=_quiet),
-            timeout=connect_for,
-        )
+        nc = Client()
+        await asyncio.wait_for(nc.connect(**options, error_cb=_quiet), timeout=connect_for)
     except (OSError, nats.errors.Error, TimeoutError) as exc:
         raise Unavailable(
             f"cannot reach NATS at {url} after {connect_for:.0f}s ({exc!r}); is `fleet up` "

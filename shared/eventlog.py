@@ -318,6 +318,10 @@ class EventLog:
                     await delivery.resume()
                 if batch:
                     yield batch
+                    # Let the loop breathe between batches: a reader folding a large backlog
+                    # (270,000 events of one wave) otherwise keeps it for seconds, and heartbeats,
+                    # commands and replies wait (issue #26).
+                    await asyncio.sleep(0)
                 if last:
                     return
         finally:

@@ -29,6 +29,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import msgspec
 import nats.errors
@@ -100,12 +101,16 @@ class Lease:
     """One named lease, taken and renewed in the background by `run()` while it runs."""
 
     def __init__(self, kv: KeyValue, name: str, holder: str, *, ttl: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, renew_every: float = 0.0,
+                 on_change: Callable[[bool], None] | None = None) -> None:
+        """`renew_every`: seconds between renewals (0: a third of `ttl`); `on_change(held)` is
+        called when the lease is gained or lost (shared.lease_thread mirrors it across threads)."""
         self.kv = kv
         self.name = name
         self.holder = holder
         self.ttl = ttl
-        self.renew_every = ttl / 3
+        self.renew_every = renew_every if 0 < renew_every < ttl else ttl / 3
+        self.on_change = on_change
         self.clock = clock
         self.revision: int | None = None
         self.valid_until = 0.0
@@ -188,11 +193,15 @@ class Lease:
             log.info("lease %s: held by %s", self.name, self.holder)
             self.lost.clear()
             self.gained.set()
+            if self.on_change is not None:
+                self.on_change(True)
 
     def _lose(self) -> None:
         if self.gained.is_set():
             log.warning("lease %s: lost by %s", self.name, self.holder)
             metrics.LEASE_HELD.labels(self.name).set(0)
+            if self.on_change is not None:
+                self.on_change(False)
         self.gained.clear()
         self.lost.set()
 
@@ -205,7 +214,19 @@ class Lease:
             await self.kv.delete(self.name, last=revision)
 
 
-async def run_while_held(lease: Lease, work: Callable[[], Awaitable[None]]) -> None:
+class Holding(Protocol):
+    """What work run under a lease looks at: a Lease, or a ThreadLease (shared.lease_thread)."""
+
+    gained: asyncio.Event
+    lost: asyncio.Event
+
+    @property
+    def held(self) -> bool:
+        """Is the lease this instance's right now?"""
+        ...
+
+
+async def run_while_held(lease: Holding, work: Callable[[], Awaitable[None]]) -> None:
     """Run `work()` whenever `lease` is held, cancelling it when the lease is lost; forever (until
     cancelled). The lease itself must be running (`lease.run()`) alongside."""
     while True:

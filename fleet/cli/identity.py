@@ -141,6 +141,25 @@ def prune_revocations(
          render=lambda r: console.print(f"dropped {r['dropped']} revocations, kept {r['kept']}"))
 
 
+@creds_app.command("rotate-signing-key")
+def rotate_signing_key(
+    ctx: typer.Context,
+    finish: bool = typer.Option(False, "--finish", help="Stop trusting the previous key (step 3)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Rotate the operator signing key the authority part holds (docs/operations.md): 1. this
+    command makes a new one while the old stays trusted; 2. give the servers the new
+    `fleet creds server-config` and the authority part its new `operator-signing.nk` and
+    `public-keys.json`; 3. `--finish`, and the servers' config once more."""
+    async def main() -> dict[str, Any]:
+        return {"signing_key": _authority(settings(ctx)).rotate_signing_key(finish=finish), "finished": finish}
+
+    emit(run(main(), json_out=json_out), json_out=json_out,
+         render=lambda r: console.print(f"operator signing key {r['signing_key']}"
+                                        + (" (the previous one is no longer trusted)" if finish else
+                                           " (the previous one stays trusted until --finish)")))
+
+
 @creds_app.command("server-config")
 def server_config(
     ctx: typer.Context,

@@ -78,13 +78,23 @@ def _render(result: dict[str, Any]) -> None:
     if up_:
         console.print(f"fleet up (pid {up_['pid']}) since {up_['started_at']}; NATS {up_['nats_url']}"
                       + (f"; metrics {up_['metrics_url']}" if up_.get("metrics_url") else ""))
-        table = Table("part", "state", "pid", "up since", "restarts", "last exit", "metrics")
+        table = Table("part", "state", "pid", "up since", "restarts", "last exit", "metrics", "duties")
         for part in [*up_.get("servers", []), *up_["parts"]]:
             table.add_row(part["name"], part["state"], str(part["pid"] or "-"), part["up_since"] or "-",
                           str(part["restarts"]), "-" if part["last_exit"] is None else str(part["last_exit"]),
-                          part.get("metrics_url") or "-")
+                          part.get("metrics_url") or "-", _duties(part))
         console.print(table)
     console.print(f"API {result['api_url']}: {json.dumps(result['api']) if result['api'] else 'not answering'}")
+
+
+def _duties(part: dict[str, Any]) -> str:
+    """What the duty check says of a part: the stalled duty and since when, or why it was last
+    restarted for one (shared.liveness)."""
+    if part.get("stalled"):
+        return f"[red]{part['stalled']} stalled since {part.get('stalled_since') or '?'}[/red]"
+    if part.get("restarted_for"):
+        return f"ok (restarted: {part['restarted_for']})"
+    return "ok" if part.get("answered_at") else "-"
 
 
 async def _fail(message: str) -> None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import asyncpg
+import msgspec
 from litestar import Litestar, Request, Response, Router, get
 from litestar.datastructures import State
 from litestar.di import NamedDependency, Provide
@@ -71,6 +72,7 @@ from projections.api.tokens import ROUTES as TOKEN_ROUTES
 from projections.selector import parse as parse_selector
 from shared.errors import FleetError, Invalid, NotFound, Unavailable
 from shared.ids import check_id
+from shared.liveness import gather_reports
 from shared.metrics import QUERY_SECONDS
 from shared.selectors import EVERYTHING
 from shared.times import parse_duration, parse_time, utcnow
@@ -119,7 +121,8 @@ def healthz() -> Health:
 
 @get("/readyz", tags=["health"], responses={503: ResponseSpec(Health, description="Not ready.")})
 async def readyz(request: Request[Any, Any, Any], models: Models) -> Response[Health]:
-    """Ready when every projection runs and is within the lag bound of the log. Events a
+    """Ready when every projection runs and is within the lag bound of the log, no part has a
+    stalled duty (which, since when), and drift's picture of the devices is fresh. Events a
     projection skipped as poison do not make it unready: they are listed as warnings. Anyone gets
     ok / not ok; the details (and an error's text) only a caller with read access."""
     if await may_read(request):
@@ -146,8 +149,23 @@ async def _readiness(models: Models) -> tuple[bool, dict[str, Any]]:
     for name in (FLEET, CHANGES):
         if name not in names:
             problems[name] = {"state": "missing"}
+    stalled = await _stalled_duties(models)
+    if stalled:
+        problems["duties"] = stalled
+    if models.picture is not None and models.picture.freshness.stale:
+        problems["device_state"] = msgspec.to_builtins(models.picture.freshness)
     ok = not problems and answer.log_last_seq is not None
     return ok, {**problems, **({"warnings": warnings} if warnings else {})}
+
+
+async def _stalled_duties(models: ReadModels) -> list[dict[str, str | None]]:
+    """Every part's stalled duties, by asking them all (shared.liveness): part, instance, duty, since."""
+    try:
+        reports = await gather_reports(models.log.nc, wait=0.3)
+    except Exception:  # NATS away: the log head check above already says so
+        return []
+    return [{"part": r.part, "instance": r.instance, "duty": d.name, "since": d.stalled_since}
+            for r in reports for d in r.stalled]
 
 
 @get("/metrics", media_type=EXPOSITION, tags=["health"], responses={503: ERRORS[503]})
@@ -194,7 +212,18 @@ async def summary(models: Models, site: Text = None, snapshot: Text = None, at: 
                   at_seq: AtSeq = None, min_seq: MinSeq = None) -> Summary:
     """What runs where: device counts by site x reported snapshot, and by state."""
     seq = await _when(models, at, at_seq, min_seq)
-    return await models.summary(seq, at, site=_id(site, "site"), snapshot=_id(snapshot, "snapshot"))
+    return _with_picture(models, await models.summary(seq, at, site=_id(site, "site"),
+                                                      snapshot=_id(snapshot, "snapshot")))
+
+
+_Pictured = TypeVar("_Pictured", Summary, DevicePage, DeviceAnswer, SitePage)
+
+
+def _with_picture(models: ReadModels, answer: _Pictured) -> _Pictured:
+    """A live answer built on drift's picture says how fresh that picture is."""
+    if answer.historical or models.picture is None:
+        return answer
+    return msgspec.structs.replace(answer, device_state=models.picture.freshness)
 
 
 @get("/v1/devices", tags=["queries"], responses=ERRORS)
@@ -215,7 +244,7 @@ async def devices(
                        selector=parse_selector(selector) if selector else EVERYTHING,
                        selector_text=selector)
     seq = await _when(models, at, at_seq, min_seq)
-    return await models.devices(flt, cursor, limit, seq, at_text=at)
+    return _with_picture(models, await models.devices(flt, cursor, limit, seq, at_text=at))
 
 
 @get("/v1/devices/{device_id:str}", tags=["queries"], responses=ERRORS)
@@ -224,7 +253,7 @@ async def device(models: Models, device_id: Id, at: At = None, at_seq: AtSeq = N
     """One device."""
     check_id(device_id, "device_id")
     seq = await _when(models, at, at_seq, min_seq)
-    return await models.device(device_id, seq, at)
+    return _with_picture(models, await models.device(device_id, seq, at))
 
 
 def _change_filter(since: str | None, start: str | None, end: str | None, order: str, **ids: str | None
@@ -306,7 +335,7 @@ async def sites(models: Models, order: FromQuery[Literal["id", "worst"]] = "id",
     snapshots running there. `order=worst`: the largest share offline or failed first, then stuck,
     degraded or drifted. `problems=true`: only sites with a device in trouble."""
     seq = await _when(models, at, at_seq, min_seq)
-    return await models.sites(cursor, limit, seq, at, order=order, problems=problems)
+    return _with_picture(models, await models.sites(cursor, limit, seq, at, order=order, problems=problems))
 
 
 Moment = Annotated[str | None, QueryParameter(

@@ -13,12 +13,14 @@ import uvicorn
 
 from projections.api.app import create_app
 from projections.api.auth import AuthPolicy, default_allowed_hosts
+from projections.api.picture import PictureWatch
 from projections.api.queries import ReadModels
 from projections.runner import create_pool
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.errors import Invalid
 from shared.eventlog import EventLog
+from shared.liveness import keep_alive, serve_vitals
 from shared.tokens import TokenVerifier
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
@@ -62,23 +64,34 @@ async def run(settings: Settings) -> None:
     cert, key = tls_files(settings, api_url)
     nc = await connect_nats(settings, "api")
     pool = await create_pool(settings.database_url, min_size=1, max_size=8)
+    picture: PictureWatch | None = None
     try:
+        await serve_vitals(nc, "api", settings)
         auth = AuthPolicy(TokenVerifier(nc), default_allowed_hosts(api_url, settings.api_allowed_hosts),
                           metrics_public=settings.metrics_public)
+        picture = PictureWatch(nc, heartbeat_interval=settings.heartbeat_interval)
+        picture.start()
         # direct gets only: the API replays bounded ranges and may create no consumer (docs/security.md)
-        app = create_app(ReadModels(pool, EventLog(nc, consumers=False)), auth)
+        app = create_app(ReadModels(pool, EventLog(nc, consumers=False), picture=picture), auth)
         config = uvicorn.Config(app, host=url.hostname or "127.0.0.1", port=url.port or 8080,
                                 log_level=settings.log_level.lower(), access_log=False,
                                 ssl_certfile=cert, ssl_keyfile=key,
                                 log_config=None)  # uvicorn's loggers go through ours (shared/logs.py)
         server = _Server(config)
         serving = asyncio.ensure_future(server.serve())
+        alive = asyncio.ensure_future(keep_alive(nc))  # a broken connection ends the API (non-zero)
         try:
-            await asyncio.shield(serving)
-        except asyncio.CancelledError:
-            server.should_exit = True  # finish in-flight requests, then stop
-            await serving
-            raise
+            await asyncio.wait([serving, alive], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not serving.done():
+                server.should_exit = True  # finish in-flight requests, then stop
+                await serving
+            alive.cancel()
+        if alive.done() and not alive.cancelled():
+            alive.result()  # raises PartStopped
+        serving.result()
     finally:
+        if picture is not None:
+            await picture.stop()
         await pool.close()
         await nc.close()

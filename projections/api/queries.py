@@ -20,6 +20,7 @@ import asyncpg
 import msgspec
 
 from projections.api.diff import DiffCache
+from projections.api.picture import PictureWatch
 from projections.api.schemas import (
     ChangePage,
     Counts,
@@ -136,8 +137,10 @@ def _numbered_from_one(item: RolloutItem) -> RolloutItem:
 class ReadModels:
     """The query side: a PostgreSQL pool, the event log (head and replays), point in time."""
 
-    def __init__(self, pool: asyncpg.Pool, eventlog: EventLog, *, ready_lag: int = 1000) -> None:
+    def __init__(self, pool: asyncpg.Pool, eventlog: EventLog, *, ready_lag: int = 1000,
+                 picture: PictureWatch | None = None) -> None:
         self.pool = pool
+        self.picture = picture  # how fresh drift's picture of the devices is (None: not watched)
         self.log = eventlog
         self.pit = PointInTime(pool, eventlog)
         self.diffs = DiffCache()

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from projections.api.picture import DeviceStateFreshness
 from projections.changes.model import ChangeRow
 from projections.fleet.model import DeviceRow, ProgressCounts, RolloutRow, SiteRow, SnapshotRow, WaveProgress
 
@@ -55,6 +56,7 @@ class Summary(msgspec.Struct, frozen=True, kw_only=True):
     by_site: list[SiteCounts]
     by_snapshot: list[SnapshotCounts]
     cells: list[SummaryCell]
+    device_state: DeviceStateFreshness | None = None  # how fresh drift's picture is (live answers)
 
 
 class DevicePage(msgspec.Struct, frozen=True, kw_only=True):
@@ -66,6 +68,7 @@ class DevicePage(msgspec.Struct, frozen=True, kw_only=True):
     at: str | None
     items: list[DeviceRow]
     next_cursor: str | None
+    device_state: DeviceStateFreshness | None = None  # how fresh drift's picture is (live answers)
 
 
 class DeviceAnswer(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,6 +79,7 @@ class DeviceAnswer(msgspec.Struct, frozen=True, kw_only=True):
     historical: bool
     at: str | None
     device: DeviceRow
+    device_state: DeviceStateFreshness | None = None  # how fresh drift's picture is (live answers)
 
 
 class ChangePage(msgspec.Struct, frozen=True, kw_only=True):
@@ -159,6 +163,7 @@ class SitePage(msgspec.Struct, frozen=True, kw_only=True):
     at: str | None
     items: list[SiteItem]
     next_cursor: str | None
+    device_state: DeviceStateFreshness | None = None  # how fresh drift's picture is (live answers)
 
 
 class PoisonedEvent(msgspec.Struct, frozen=True, kw_only=True):

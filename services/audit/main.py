@@ -12,23 +12,25 @@ from collections.abc import Awaitable, Callable
 
 from services.audit.handlers import CheckpointWriter
 from shared.audit.keys import load_or_create, retired_key
-from shared.cluster import ensure_log, replicas_for
+from shared.cluster import ensure_log
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
-from shared.lease import Lease, instance_name, lease_bucket
+from shared.lease import instance_name
+from shared.lease_thread import ThreadLease
+from shared.liveness import keep_alive, serve_vitals
 
 
 async def run(settings: Settings) -> None:
     """Write checkpoints until cancelled, then one last one."""
     nc = await connect_nats(settings, "audit")
     try:
+        await serve_vitals(nc, "audit", settings)
         eventlog = EventLog(nc)
         await ensure_log(nc, settings, eventlog)
         # One writer at a time across instances (DESIGN §13): the holder of the `audit` lease. (Two
         # would be safe anyway: the log refuses a second checkpoint with the same number.)
-        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
-        lease = Lease(kv, "audit", instance_name("audit", settings.instance), ttl=ttl)
+        lease = ThreadLease(settings, "audit", instance_name("audit", settings.instance))
         holding = asyncio.create_task(lease.run(), name="audit-lease")
 
         async def may_write() -> bool:
@@ -41,7 +43,7 @@ async def run(settings: Settings) -> None:
         following = asyncio.create_task(writer.follow(), name="audit-follow")
         timer = asyncio.create_task(_every(settings.audit_max_delay, writer.tick), name="audit-timer")
         try:
-            await following
+            await keep_alive(nc, [following, timer, holding])
         finally:
             for task in (timer, following):
                 task.cancel()

@@ -2,7 +2,8 @@
 revoking the credentials of retired devices and answering credential renewals — so a retired
 device is cut off within seconds wherever the parts run, with or without `fleet up`.
 
-It needs the deployment's account keys (`<data-dir>/secrets/`, shared.auth.authority) and the
+It holds only what the duties need (`<data-dir>/secrets/`, shared.auth.authority.DUTY_FILES: the
+operator's signing key, FLEET's scoped device key, the device-key secret, the public keys) and the
 system account's user (`secrets/system.creds`) to push account updates. Two or more instances may
 run: the holder of the `authority` lease does the duties, the others stand by. Renewals come in
 on a connection of their own, bounded per device (shared.auth.renewal.RenewalGate) and queued at
@@ -26,13 +27,15 @@ from services.authority.state import SharedState
 from shared.auth.authority import Authority
 from shared.auth.renewal import DEFAULT_LIFETIME, RenewalGate, serve_renewals
 from shared.auth.revoker import SERVICE, RevokeDevice, revoke_device, revoke_retired
-from shared.cluster import ensure_log, replicas_for
+from shared.cluster import ensure_log
 from shared.commands import CommandService, Context, Outcome
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.errors import Unavailable
 from shared.eventlog import EventLog
-from shared.lease import Lease, instance_name, lease_bucket, run_while_held
+from shared.lease import instance_name, run_while_held
+from shared.lease_thread import ThreadLease
+from shared.liveness import keep_alive, serve_vitals
 
 log = logging.getLogger(__name__)
 LEASE = SERVICE
@@ -42,10 +45,10 @@ SYSTEM_CREDS = "system.creds"
 async def run(settings: Settings) -> None:
     """Do the identity duties while holding the lease, until cancelled."""
     secrets = settings.secrets_path
-    if not Authority.exists(secrets) or not (secrets / SYSTEM_CREDS).exists():
-        raise Unavailable(f"no account keys and system user under {secrets}: the authority runs where "
-                          "`fleet up` (or `fleet creds server-config`) made them")
-    authority = Authority.load_or_create(secrets)
+    if not (secrets / SYSTEM_CREDS).exists():
+        raise Unavailable(f"no system user under {secrets} ({SYSTEM_CREDS}: `fleet creds create --role sys`): "
+                          "the authority part pushes account updates with it")
+    authority = Authority.load_for_duties(secrets)  # DUTY_FILES: never the operator's or accounts' own keys
     gate = RenewalGate(DEFAULT_LIFETIME)
 
     nc = await connect_nats(settings, "authority")
@@ -53,6 +56,7 @@ async def run(settings: Settings) -> None:
     system = await connect_nats(msgspec.structs.replace(settings, nats_creds=str(secrets / SYSTEM_CREDS)),
                                 "authority-system")
     try:
+        await serve_vitals(nc, "authority", settings)
         eventlog = EventLog(nc)
         await ensure_log(nc, settings, eventlog)
         shared = SharedState(nc, authority)  # the state every instance decides on, in NATS
@@ -66,19 +70,16 @@ async def run(settings: Settings) -> None:
 
         commands.route("revoke_device", RevokeDevice, on_revoke)
         await commands.start()
-        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
-        lease = Lease(kv, LEASE, instance_name(LEASE, settings.instance), ttl=ttl)
+        # renewed in a thread of its own: nothing this part does can starve it (shared.lease_thread)
+        lease = ThreadLease(settings, LEASE, instance_name(LEASE, settings.instance))
         holding = asyncio.create_task(lease.run(), name="authority-lease")
         working = asyncio.create_task(run_while_held(
             lease, lambda: duties(eventlog, system, renewals, authority, gate, shared)), name="authority-duties")
         try:
-            # A lease that stopped trying (an error it does not retry) would leave the duties
-            # undone for ever: end the part instead, so that its supervisor starts it again.
-            await asyncio.wait({holding, working}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (holding, working):
-                if task.done():
-                    task.result()
-            raise Unavailable("the authority lease stopped")
+            # A lease that stopped trying (an error it does not retry), duties that ended, or a
+            # connection closed for good would leave the duties undone for ever: end the part
+            # instead, so that its supervisor starts it again (shared.liveness).
+            await keep_alive(nc, [holding, working])
         finally:
             working.cancel()
             with contextlib.suppress(asyncio.CancelledError):

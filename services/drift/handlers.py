@@ -72,6 +72,7 @@ from shared.events.observed import ObservedEvent, ReconcileAttempted
 from shared.events.registry import DeviceRetired
 from shared.events.snapshot import SnapshotCreated
 from shared.ids import check_id
+from shared.liveness import Duty, Vitals
 from shared.subjects import HEARTBEATS_PREFIX, aggregate_wildcard, event_subject, parse_event_subject
 
 log = logging.getLogger(__name__)
@@ -145,11 +146,13 @@ class DriftService:
     def __init__(self, nc: NATS, eventlog: EventLog, policy: Policy, *,
                  clock: Callable[[], float] = time.time, tick: float | None = None,
                  partition: tuple[int, int] | None = None,
-                 checkpoints: Checkpoints[DriftImage] | None = None) -> None:
+                 checkpoints: Checkpoints[DriftImage] | None = None, vitals: Vitals | None = None) -> None:
         """`partition` = (index, count): this instance owns the devices of one partition and
         takes heartbeats from `fleet.hbp.<index>.<site>.<device>`, where the server's subject
         mapping puts them (see docs/decisions.md); None owns every device (`fleet.hb.*.*`).
-        `checkpoints`: where this partition's state is checkpointed."""
+        `checkpoints`: where this partition's state is checkpointed. `vitals`: where its duties
+        are reported (shared.liveness): `heartbeats` (heard within two intervals whenever a
+        device is online) and `writes` (decided events appended)."""
         if partition is not None and not 0 <= partition[0] < partition[1]:
             raise Invalid(f"partition {partition[0]} of {partition[1]} does not exist", field="partition")
         self.partition = partition
@@ -176,6 +179,12 @@ class DriftService:
         self._outage = False  # our NATS connection was seen down by a tick
         self.checkpoints = checkpoints
         self._sub: Subscription | None = None
+        self.vitals = vitals or Vitals("drift", "", clock)
+        bound = max(2 * policy.interval, 5.0)
+        # reported once the service serves (a rebuild of a large log is no stall), until it stops
+        self._hearing = Duty("heartbeats", bound, clock)
+        self._writing = Duty("writes", bound, clock)
+        self._heard = -1  # stats.accepted at the last tick
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -200,6 +209,8 @@ class DriftService:
         if self.checkpoints is not None:
             self._tasks.append(asyncio.create_task(
                 self.checkpoints.run(lambda: self._next_seq - 1, self.image), name="drift-checkpoints"))
+        for duty in (self._hearing, self._writing):
+            self.vitals.add(duty)
         log.info("drift: %d devices known, serving heartbeats", len(self.devices))
 
     async def serve_heartbeats(self) -> None:
@@ -221,6 +232,8 @@ class DriftService:
 
     async def stop(self) -> None:
         """Stop taking heartbeats, write what is pending, stop following."""
+        for duty in (self._hearing, self._writing):
+            self.vitals.remove(duty.name)
         await self.pause_heartbeats()
         with contextlib.suppress(FleetError):
             await asyncio.wait_for(self.flush(), 10.0)
@@ -235,6 +248,10 @@ class DriftService:
         self._tasks.clear()
         if self.checkpoints is not None:
             await self.checkpoints.close()
+
+    def loops(self) -> list[asyncio.Task[None]]:
+        """The loops that must run while this service serves (shared.liveness.keep_alive)."""
+        return [*([self._follower] if self._follower is not None else []), *self._tasks]
 
     def image(self) -> DriftImage | None:
         """The state for a checkpoint, at a moment when it is exactly the log's events through
@@ -402,6 +419,7 @@ class DriftService:
                 self.devices[device_id] = resume(state, now)
             log.info("drift: NATS connection back; liveness windows restarted")
             return
+        self._keep_duties(now)
         tick = Tick()
         policy = self.policy
         for device_id, state in self.devices.items():
@@ -414,6 +432,16 @@ class DriftService:
                     continue
                 if events:
                     self.devices[device_id] = self._emit(state, events, now)
+
+    def _keep_duties(self, now: float) -> None:
+        """Heartbeats were heard since the last tick, or none were due (no device online);
+        nothing waits to be appended."""
+        accepted = self.stats.accepted
+        if accepted != self._heard or not any(s.online for s in self.devices.values()):
+            self._hearing.done(now, f"{accepted} heartbeats handled")
+        self._heard = accepted
+        if not self._pending:
+            self._writing.done(now)
 
     async def _write_loop(self) -> None:
         while True:
@@ -453,6 +481,7 @@ class DriftService:
                 self._seqs[parse_event_subject(where.subject)[1]] = where.seq
                 self._last_written = max(self._last_written, where.seq)
             self.stats.appended += len(appended)
+            self._writing.done()
             settled.update(device_id for device_id, _ in chunk)
 
         async def refused(chunk: list[tuple[str, list[Envelope]]], exc: Conflict) -> None:
@@ -551,6 +580,8 @@ class DriftService:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the connection went away: follow again from where we were
+                if self.nc.is_closed:  # ... unless it will never come back: end, and the part with it
+                    raise
                 log.warning("drift: following the log failed (%r); resuming at %d", exc, next_seq)
                 await asyncio.sleep(1.0)
 

@@ -10,13 +10,15 @@ from nats.aio.client import Client as NATS
 
 from services.drift.handlers import DriftImage, DriftService, policy_from
 from shared.checkpoint import Checkpoints
-from shared.cluster import ensure_log, replicas_for
+from shared.cluster import ensure_log
 from shared.commands import CommandService
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.errors import Invalid
 from shared.eventlog import EventLog
-from shared.lease import Lease, instance_name, lease_bucket, run_while_held
+from shared.lease import instance_name, run_while_held
+from shared.lease_thread import ThreadLease
+from shared.liveness import Vitals, keep_alive, serve_vitals
 
 
 async def run(settings: Settings) -> None:
@@ -27,14 +29,23 @@ async def run(settings: Settings) -> None:
     dies, rebuilding from the log (docs/decisions.md, "Drift with two or more instances")."""
     nc = await connect_nats(settings, "drift")
     try:
+        vitals = await serve_vitals(nc, "drift", settings)
         eventlog = EventLog(nc)
         await ensure_log(nc, settings, eventlog)
         partition = _partition(settings.drift_partition)
-        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas_for(settings, nc))
-        lease = Lease(kv, lease_name(partition), instance_name("drift", settings.instance), ttl=ttl)
+        lease = ThreadLease(settings, lease_name(partition), instance_name("drift", settings.instance))
         holding = asyncio.create_task(lease.run(), name="drift-lease")
         try:
-            await run_while_held(lease, lambda: _serve(nc, eventlog, settings, partition))
+            # Standing by (the lease another's) is no stall: keep_alive watches the connection
+            # and the lease's own loop meanwhile.
+            serving = asyncio.create_task(
+                run_while_held(lease, lambda: _serve(nc, eventlog, settings, partition, vitals)), name="drift-serve")
+            try:
+                await keep_alive(nc, [serving, holding])
+            finally:
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
         finally:
             lease.stop()
             with contextlib.suppress(asyncio.CancelledError):
@@ -54,19 +65,20 @@ def checkpoint_name(partition: tuple[int, int] | None) -> str:
     return "drift" if partition is None else f"drift-{partition[0]}-of-{partition[1]}"
 
 
-async def _serve(nc: NATS, eventlog: EventLog, settings: Settings, partition: tuple[int, int] | None) -> None:
+async def _serve(nc: NATS, eventlog: EventLog, settings: Settings, partition: tuple[int, int] | None,
+                 vitals: Vitals) -> None:
     service: DriftService | None = None
     commands: list[CommandService] = []
     try:
         checkpoints = Checkpoints(nc, eventlog, "drift", DriftImage, name=checkpoint_name(partition),
                                   every=settings.checkpoint_every)
         service = DriftService(nc, eventlog, policy_from(settings), partition=partition,
-                               checkpoints=checkpoints)
+                               checkpoints=checkpoints, vitals=vitals)
         await service.start()
         commands = service.command_services()
         for command_service in commands:
             await command_service.start()
-        await asyncio.Event().wait()
+        await keep_alive(nc, service.loops)
     finally:
         for command_service in commands:
             await command_service.stop()

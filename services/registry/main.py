@@ -13,7 +13,9 @@ from shared.cluster import ensure_log
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
-from shared.lease import Lease, instance_name, lease_bucket
+from shared.lease import instance_name
+from shared.lease_thread import ThreadLease
+from shared.liveness import keep_alive, serve_vitals
 
 CHECKPOINT_LEASE = "registry-checkpoints"
 
@@ -22,11 +24,11 @@ async def run(settings: Settings) -> None:
     """Serve the registry until cancelled."""
     nc = await connect_nats(settings, "registry")
     try:
+        await serve_vitals(nc, SERVICE, settings)
         eventlog = EventLog(nc)
-        replicas = await ensure_log(nc, settings, eventlog)
+        await ensure_log(nc, settings, eventlog)
         # One instance writes the checkpoints (any may load them).
-        kv, ttl = await lease_bucket(nc, settings.lease_ttl, replicas)
-        writer = Lease(kv, CHECKPOINT_LEASE, instance_name(SERVICE, settings.instance), ttl=ttl)
+        writer = ThreadLease(settings, CHECKPOINT_LEASE, instance_name(SERVICE, settings.instance))
         holding = asyncio.create_task(writer.run(), name="registry-checkpoint-lease")
         checkpoints = Checkpoints(nc, eventlog, SERVICE, RegistryImage, every=settings.checkpoint_every,
                                   may_write=lambda: writer.held)
@@ -38,7 +40,7 @@ async def run(settings: Settings) -> None:
         gc.freeze()
         following = asyncio.create_task(registry.follow(checkpoints), name="registry-follow")
         try:
-            await asyncio.Event().wait()
+            await keep_alive(nc, [following, holding])
         finally:
             following.cancel()
             with contextlib.suppress(asyncio.CancelledError):

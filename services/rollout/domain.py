@@ -55,6 +55,11 @@ from shared.windows import Window, is_open, next_open
 
 CHUNK = 999  # devices per assignment chunk: their desired events + 1 rollout event = one batch
 PLAN_PART = 10_000  # device ids per RolloutWavePlanned event
+# The default in-flight rule (docs/decisions.md): at least 500 devices at once, and a quarter of
+# the wave, so a wave of any size is assigned in about four rounds of one heartbeat interval each.
+DEFAULT_IN_FLIGHT = 500
+DEFAULT_IN_FLIGHT_PERCENT = 25.0
+COMMIT_RATE = 20_000.0  # assignments committed per second on a small machine (an estimate's input)
 ACTIVE = ("running", "paused", "rolling_back")
 TERMINAL = ("completed", "aborted", "rolled_back")
 
@@ -309,6 +314,7 @@ def start(
     percents: Sequence[int],
     max_in_flight: int,
     bake_seconds: float,
+    max_in_flight_percent: float = 0.0,
     apply_timeout_seconds: float,
     gates: Gates,
     on_failure: str,
@@ -338,6 +344,8 @@ def start(
         raise Invalid("on_failure must be pause or rollback", field="on_failure")
     if not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
         raise Invalid(f"max_in_flight must be 1 to {MAX_IN_FLIGHT_MAX:,}", field="max_in_flight")
+    if not 0 <= max_in_flight_percent <= 100:
+        raise Invalid("max_in_flight_percent must be 0 to 100", field="max_in_flight_percent")
     if canary is not None and canary.sites is not None:
         missing = [s for s in canary.sites if s not in set(devices.values())]
         if missing:
@@ -346,7 +354,7 @@ def start(
     events: list[Event] = [RolloutStarted(
         rollout_id=rollout_id, snapshot_id=snapshot_id, target=target, canary=canary.text() if canary else "",
         wave_percents=list(percents), wave_sizes=[len(w) for w in waves],
-        max_in_flight=max_in_flight, bake_seconds=bake_seconds,
+        max_in_flight=max_in_flight, max_in_flight_percent=max_in_flight_percent, bake_seconds=bake_seconds,
         apply_timeout_seconds=apply_timeout_seconds, gates=gates, on_failure=on_failure,
         approve_after=sorted(set(approve_after)),
         config_hashes={site: snapshot.hash_for_site(site) for site in sorted(set(devices.values()))},
@@ -517,6 +525,28 @@ def taken(state: Rollout, devices: Iterable[str], view: FleetView) -> Rollout:
     return msgspec.structs.replace(state, ledger=state.ledger.changed(device_at, leave))
 
 
+def in_flight_rule(count: int, percent: float | None) -> tuple[int, float]:
+    """(max_in_flight, max_in_flight_percent) a start records from what the operator gave: a
+    count (0: none given), a share of each wave, both (the share, with the count as its floor),
+    or neither (the default rule: DEFAULT_IN_FLIGHT and DEFAULT_IN_FLIGHT_PERCENT)."""
+    if percent is not None:
+        if not 0 < percent <= 100:
+            raise Invalid(f"max_in_flight share must be above 0% and at most 100%, got {percent}%",
+                          field="max_in_flight_percent")
+        return max(count, 1), percent
+    if count > 0:
+        return count, 0.0
+    if count < 0:
+        raise Invalid(f"max_in_flight must be 1 to {MAX_IN_FLIGHT_MAX:,}", field="max_in_flight")
+    return DEFAULT_IN_FLIGHT, DEFAULT_IN_FLIGHT_PERCENT
+
+
+def in_flight_limit(spec: RolloutStarted, wave_size: int) -> int:
+    """How many devices of a wave of `wave_size` may be in flight at once."""
+    share = math.ceil(wave_size * spec.max_in_flight_percent / 100) if spec.max_in_flight_percent else 0
+    return max(spec.max_in_flight, share, 1)
+
+
 def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
     """What the rollout does next, given the time and what devices report."""
     if state.status == "rolling_back":
@@ -532,7 +562,7 @@ def tick(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
         pending = [d for d, s in statuses if s == "pending"]
         ready, events = _inside_windows(state, pending, view, now, spec.ignore_windows or state.windows_ignored)
         if ready:
-            room = spec.max_in_flight - in_flight
+            room = in_flight_limit(spec, len(state.waves[state.wave])) - in_flight
             return events + (_assign(state, ready[:room], view, now) if room > 0 else [])
         if pending:  # every device left waits for its site's window
             return events
@@ -654,12 +684,15 @@ def _restore(state: Rollout, view: FleetView, now: datetime) -> list[Event]:
 # --- schedule (dry run) ---------------------------------------------------------------------------
 
 
-def expected_schedule(state: Rollout, view: FleetView, now: datetime) -> list[dict[str, Any]]:
+def expected_schedule(state: Rollout, view: FleetView, now: datetime, *,
+                      round_seconds: float = 0.0, commit_rate: float | None = None) -> list[dict[str, Any]]:
     """When each wave is expected to run given its sites' maintenance windows: it starts when the
     first of its sites is open (not before the previous wave's bake ends, nor `not_before`), has
-    every site open by `all_sites_open`, and bakes until `bake_ends`. Apply times are not counted,
-    and a window that closes mid-wave is not modelled (an estimate, not a promise); a site that does
-    not open within 8 days makes that wave and the ones after it unknown (None)."""
+    every site open by `all_sites_open`, is assigned in `rounds` of up to its in-flight limit, each
+    taking `round_seconds` (the devices apply and report) plus committing the wave at
+    `commit_rate` per second (None: not counted), and bakes until `bake_ends`. A window that
+    closes mid-wave is not modelled (an estimate, not a promise); a site that does not open within
+    8 days makes that wave and the ones after it unknown (None)."""
     spec = state.spec
     assert spec is not None
     moment: datetime | None = max(now, parse_time(spec.not_before)) if spec.not_before else now
@@ -673,8 +706,13 @@ def expected_schedule(state: Rollout, view: FleetView, now: datetime) -> list[di
             known = [o for o in opens if o is not None]
             moment = max(known) if known and len(known) == len(opens) else None
             entry["starts"] = format_time(min(known)) if known else None
+            limit = in_flight_limit(spec, len(wave))
+            entry["in_flight"], entry["rounds"] = limit, math.ceil(len(wave) / limit)
             if moment is not None:
                 entry["all_sites_open"] = format_time(moment)
+                committing = len(wave) / commit_rate if commit_rate else 0.0
+                moment += timedelta(seconds=entry["rounds"] * round_seconds + committing)
+                entry["assigned_by"] = format_time(moment)
                 moment += timedelta(seconds=spec.bake_seconds)
                 entry["bake_ends"] = format_time(moment)
         schedule.append(entry)

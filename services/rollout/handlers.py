@@ -61,7 +61,8 @@ from shared.events.rollout import (
     RolloutStarted,
 )
 from shared.ids import check_id
-from shared.lease import Lease
+from shared.lease import Holding
+from shared.liveness import Duty, Vitals
 from shared.selectors import parse as parse_selector
 from shared.subjects import HEARTBEATS_PREFIX, aggregate_wildcard, event_subject
 from shared.times import format_time, parse_time, utcnow
@@ -95,8 +96,11 @@ class RolloutService:
     """Owns rollout aggregates and desired state; one instance per deployment."""
 
     def __init__(self, nc: NATS, eventlog: EventLog, *, tick_interval: float = 0.25,
-                 lease: Lease | None = None, checkpoints: Checkpoints[RolloutImage] | None = None) -> None:
-        """`checkpoints`: where the state is checkpointed (written by the lease holder only)."""
+                 lease: Holding | None = None, checkpoints: Checkpoints[RolloutImage] | None = None,
+                 vitals: Vitals | None = None, tick_bound: float = 60.0) -> None:
+        """`checkpoints`: where the state is checkpointed (written by the lease holder only).
+        `vitals`: where the `tick` duty is reported (shared.liveness): the tick loop ran, or a
+        commit made progress, within `tick_bound` seconds."""
         self.nc = nc
         # With two or more instances, only the holder of this lease ticks (DESIGN §13); commands
         # are served by every instance.
@@ -110,6 +114,8 @@ class RolloutService:
         if checkpoints is not None:
             checkpoints.may_write = lambda: self.ticking
         self._lock = asyncio.Lock()
+        self.vitals = vitals or Vitals("rollout", "")
+        self._ticked = Duty("tick", tick_bound)  # reported once it serves (shared.liveness)
         self._tasks: list[asyncio.Task[None]] = []
         self._watch: set[str] = set()
         self._heartbeats: Subscription | None = None
@@ -160,13 +166,20 @@ class RolloutService:
         ):
             self.commands.route(route, kind, handler)  # type: ignore[arg-type]  # a table of (type, handler of that type)
         await self.commands.start()
-        self._tasks = [asyncio.create_task(self._follow(caught_up + 1)),
-                       asyncio.create_task(self._tick_forever())]
+        self.vitals.add(self._ticked)
+        self._tasks = [asyncio.create_task(self._follow(caught_up + 1), name="rollout-follow"),
+                       asyncio.create_task(self._tick_forever(), name="rollout-tick")]
         if self.checkpoints is not None:
             self._tasks.append(asyncio.create_task(self.checkpoints.run(lambda: self.followed_seq, self.image)))
 
+    @property
+    def loops(self) -> list[asyncio.Task[None]]:
+        """The loops that must run while this service serves (shared.liveness.keep_alive)."""
+        return list(self._tasks)
+
     async def stop(self) -> None:
         """Stop serving and ticking."""
+        self.vitals.remove(self._ticked.name)
         await self.commands.stop()
         await self._listen_to_heartbeats(False)
         for task in self._tasks:
@@ -284,6 +297,7 @@ class RolloutService:
         pause = self.tick_interval
         while True:
             await asyncio.sleep(pause)
+            self._ticked.done()  # (a standby's duty is to be ready: its loop running is all)
             if not self.ticking:
                 continue
             try:
@@ -375,6 +389,7 @@ class RolloutService:
         stale: list[str] = []  # devices of refused groups: read again from the log
 
         def landed(group: _Group, _: list[Appended]) -> None:
+            self._ticked.done()  # a long commit is a tick making progress
             if group.desired:  # the log has them: now the devices may see them
                 kv_writes.append(asyncio.create_task(self._put_kv(group.desired)))
 

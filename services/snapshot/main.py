@@ -15,6 +15,7 @@ from shared.cluster import ensure_log
 from shared.config import Settings
 from shared.connection import connect_nats
 from shared.eventlog import EventLog
+from shared.liveness import keep_alive, serve_vitals
 from shared.peers import follow_peers
 
 
@@ -22,6 +23,7 @@ async def run(settings: Settings) -> None:
     """Serve the snapshot service until cancelled."""
     nc = await connect_nats(settings, "snapshot")
     try:
+        await serve_vitals(nc, "snapshot", settings)
         eventlog = EventLog(nc)
         await ensure_log(nc, settings, eventlog)
         last = await eventlog.last_stream_seq()
@@ -32,7 +34,7 @@ async def run(settings: Settings) -> None:
         reactions = asyncio.create_task(follow_rollouts(snapshots, eventlog), name="snapshot-rollouts")
         peers = asyncio.create_task(follow_peers(eventlog, [snapshots.store], last + 1), name="snapshot-peers")
         try:
-            await asyncio.Event().wait()
+            await keep_alive(nc, [reactions, peers])
         finally:
             for task in (reactions, peers):
                 task.cancel()

@@ -38,7 +38,14 @@ from shared.secretfiles import write_private
 from shared.subjects import COMMANDS_PREFIX
 
 _KEYS = {"operator": jwt.PREFIX_OPERATOR, "sys": jwt.PREFIX_ACCOUNT, "fleet": jwt.PREFIX_ACCOUNT,
-         "ops": jwt.PREFIX_ACCOUNT, "devices": jwt.PREFIX_ACCOUNT}
+         "ops": jwt.PREFIX_ACCOUNT, "devices": jwt.PREFIX_ACCOUNT, "operator-signing": jwt.PREFIX_OPERATOR}
+# What the authority part holds (docs/operations.md, "The identity duties"): the operator's signing
+# key (it re-signs FLEET's account JWT with each revocation), FLEET's scoped device key (it signs
+# renewed device JWTs), the secret device keys derive from, and the public keys of the rest; not
+# the operator's own key nor any account's.
+DUTY_FILES = ("operator-signing.nk", "devices.nk", "device-seeds.key", "public-keys.json")
+_PUBLIC_KEYS = "public-keys.json"
+_PREVIOUS_SIGNING = "operator-signing.previous.nk"
 
 
 
@@ -75,9 +82,10 @@ class Authority:
     """Operator/account keys of one deployment and what they sign."""
 
     directory: Path
-    keys: dict[str, nkeys.KeyPair]
+    keys: dict[str, nkeys.KeyPair]  # the seeds this process holds (all, or only DUTY_FILES' two)
     device_secret: bytes
     state: _State
+    publics: dict[str, str]  # every key's public half, seed or not
     _seen: tuple[int, int, int] | None = None  # (inode, mtime, size) of the state file last read
 
     def refresh(self) -> None:
@@ -133,7 +141,24 @@ class Authority:
         secret_path = directory / "device-seeds.key"
         if not secret_path.exists():
             write_private(secret_path, os.urandom(32).hex() + "\n")
-        authority = cls(directory, keys, bytes.fromhex(secret_path.read_text().strip()), _State())
+        publics = {name: jwt.public(key) for name, key in keys.items()}
+        write_private(directory / _PUBLIC_KEYS, msgspec.json.encode(publics).decode() + "\n")
+        authority = cls(directory, keys, bytes.fromhex(secret_path.read_text().strip()), _State(), publics)
+        authority.refresh()
+        return authority
+
+    @classmethod
+    def load_for_duties(cls, directory: Path) -> Authority:
+        """The authority as its part holds it: DUTY_FILES only (a full set of keys works too)."""
+        missing = [name for name in DUTY_FILES if not (directory / name).exists()]
+        if missing:
+            raise Invalid(f"{directory} lacks {', '.join(missing)}: the authority part needs "
+                          f"{', '.join(DUTY_FILES)} (docs/operations.md)", field="data_dir")
+        keys = {name: nkeys.from_seed(bytearray((directory / f"{name}.nk").read_text().strip().encode()))
+                for name in ("operator-signing", "devices")}
+        publics = msgspec.json.decode((directory / _PUBLIC_KEYS).read_bytes(), type=dict[str, str])
+        secret = bytes.fromhex((directory / "device-seeds.key").read_text().strip())
+        authority = cls(directory, keys, secret, _State(), publics)
         authority.refresh()
         return authority
 
@@ -142,11 +167,38 @@ class Authority:
         """Whether an authority was created in `directory`."""
         return (directory / "operator.nk").exists()
 
+    def rotate_signing_key(self, *, finish: bool = False) -> str:
+        """Rotate the operator's signing key in two steps: a new key becomes current while the
+        old one stays trusted (the operator JWT lists both: give the servers the new
+        `server-config`, then the authority part its new key); `finish` stops trusting the old
+        one. Returns the current key's public half."""
+        previous = self.directory / _PREVIOUS_SIGNING
+        if finish:
+            previous.unlink(missing_ok=True)
+        else:
+            current = self.directory / "operator-signing.nk"
+            write_private(previous, current.read_text())
+            key = jwt.new_key(jwt.PREFIX_OPERATOR)
+            write_private(current, jwt.seed_text(key) + "\n")
+            self.keys["operator-signing"] = key
+            self.publics["operator-signing"] = jwt.public(key)
+            write_private(self.directory / _PUBLIC_KEYS, msgspec.json.encode(self.publics).decode() + "\n")
+        return self.publics["operator-signing"]
+
+    def _signing_keys(self) -> list[str]:
+        """The operator signing keys the servers trust: the current one, and the previous one
+        while a rotation is under way."""
+        keys = [self.publics["operator-signing"]]
+        previous = self.directory / _PREVIOUS_SIGNING
+        if previous.exists():
+            keys.append(jwt.public(nkeys.from_seed(bytearray(previous.read_text().strip().encode()))))
+        return keys
+
     # --- keys and accounts ---------------------------------------------------------------------
 
     def account_key(self, account: str) -> str:
         """The public key of FLEET, OPS or SYS."""
-        return jwt.public(self.keys[account.lower()])
+        return self.publics[account.lower()]
 
     def _iat(self) -> int:
         self.state.last_iat = max(int(time.time()), self.state.last_iat)
@@ -156,12 +208,15 @@ class Authority:
         """The operator JWT the server trusts."""
         op = self.keys["operator"]
         claims = jwt.Claims(sub=jwt.public(op), name="fleetplane",
-                            nats=jwt.OperatorNats(system_account=self.account_key("sys")))
+                            nats=jwt.OperatorNats(system_account=self.account_key("sys"),
+                                                  signing_keys=self._signing_keys()))
         return jwt.encode(claims, op, issued_at=self._iat())
 
     def account_jwt(self, account: str) -> str:
-        """The current JWT of one account (FLEET carries the device scope and revocations)."""
-        op = self.keys["operator"]
+        """The current JWT of one account (FLEET carries the device scope and revocations), signed
+        by the operator's signing key: the authority part re-signs FLEET's without the operator's
+        own key."""
+        op = self.keys["operator-signing"]
         fleet, ops = self.account_key(FLEET), self.account_key(OPS)
         if account == "SYS":
             nats = jwt.AccountNats(limits=jwt.AccountLimits(), exports=[
@@ -170,7 +225,7 @@ class Authority:
                 jwt.Export(name="account-monitoring-streams", subject="$SYS.ACCOUNT.*.>", type="stream"),
             ])
         elif account == FLEET:
-            scope = jwt.UserScope(key=jwt.public(self.keys["devices"]), role="device",
+            scope = jwt.UserScope(key=self.publics["devices"], role="device",
                                   template=DEVICE_TEMPLATE, description="one identity per device")
             nats = jwt.AccountNats(
                 limits=jwt.AccountLimits(mem_storage=-1, disk_storage=-1, streams=-1, consumer=-1),
@@ -187,7 +242,7 @@ class Authority:
         else:
             raise Invalid(f"unknown account {account!r}", field="account")
         key = {"SYS": "sys", FLEET: "fleet", OPS: "ops"}[account]
-        claims = jwt.Claims(sub=jwt.public(self.keys[key]), name=account, nats=nats)
+        claims = jwt.Claims(sub=self.publics[key], name=account, nats=nats)
         del ops
         return jwt.encode(claims, op, issued_at=self._iat())
 

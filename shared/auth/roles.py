@@ -180,7 +180,10 @@ ROLES: dict[str, Role] = {
     "api": Role("api", FLEET,
                 _perm([*_JS_COMMON, *_direct_reads(EVENTS_STREAM), *_direct_reads(f"KV_{DESIRED_BUCKET}"),
                        *_direct_reads(f"KV_{TOKENS_BUCKET}"), f"{COMMANDS_PREFIX}.>", "$SRV.>"],
-                      ["_INBOX.>", f"$KV.{TOKENS_BUCKET}.>"], deny_pub=_MANAGEMENT),
+                      # it answers for its own duties (shared.liveness) like every part: the
+                      # requests it may take, and one reply to each (resp)
+                      ["_INBOX.>", f"$KV.{TOKENS_BUCKET}.>", "$SRV.DUTIES", "$SRV.DUTIES.api"],
+                      deny_pub=_MANAGEMENT, resp=True),
                 "the HTTP API: reads the log with direct gets, forwards commands on behalf of its callers"),
     "simulator": Role("simulator", FLEET,
                       _perm([f"{HEARTBEATS_PREFIX}.>", *_DESIRED_READ,

@@ -75,6 +75,8 @@ class RolloutStarted(RolloutEvent, frozen=True, kw_only=True):
     wave_percents: list[int] = msgspec.field(default_factory=lambda: [100])
     wave_sizes: list[int] = []
     max_in_flight: int = 500
+    # a share of each wave (0: none): a wave's limit is the larger of the two (issue #26)
+    max_in_flight_percent: float = 0.0
     bake_seconds: float = 0.0
     apply_timeout_seconds: float = 300.0
     gates: Gates = Gates()

@@ -147,7 +147,7 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
                                                    "canary": {"sites": ["web-s000"]}, "waves": [100]})
             await views.wait_status("r-good", ("completed",))
             completed_seq, completed = await views.same_progress("r-good")
-            assert sum(w.get("converged", 0) for w in completed) == 60, completed
+            assert sum(w["counts"].get("converged", 0) for w in completed) == 60, completed
 
             page = None
             if shutil.which(CHROMIUM):
@@ -185,7 +185,7 @@ async def test_rollout_progress_and_site_health_agree_everywhere(tmp_path: Path)
             await client.send("rollout", "start", {"rollout_id": "r-new", "snapshot_id": newer, "waves": [100]})
             await views.wait_status("r-new", ("completed",))
             _, taken = await views.same_progress("r-new")
-            assert sum(w.get("converged", 0) for w in taken) == 60, taken
+            assert sum(w["counts"].get("converged", 0) for w in taken) == 60, taken
             now_seq, good_after = await views.same_progress("r-good")
             assert good_after == completed
             _, bad_after = await views.same_progress("r-bad")

@@ -13,7 +13,7 @@ import pytest
 
 from shared.auth import jwt
 from shared.auth.actor import INTERNAL, ON_BEHALF_OF, REQUEST_INFO, actor_of
-from shared.auth.authority import Authority
+from shared.auth.authority import DUTY_FILES, Authority
 from shared.auth.roles import ROLES, SERVICES
 from shared.errors import Invalid
 
@@ -185,3 +185,44 @@ def test_copies_of_the_state_merge_without_losing_a_revocation_or_a_rotation(tmp
     assert local.prune_revocations(500) == 1
     local.adopt_state(old_copy)  # a copy from before the prune does not bring it back
     assert "UOLD" not in local.state.revocations and local.device_revoked("other")
+
+
+def test_the_operator_signing_key_rotates_in_two_steps(tmp_path: Path) -> None:
+    authority = Authority.load_or_create(tmp_path)
+    old = authority.publics["operator-signing"]
+
+    def trusted() -> list[str]:
+        claims = json.loads(base64.urlsafe_b64decode(_pad(authority.operator_jwt().split(".")[1])))
+        return list(claims["nats"]["signing_keys"])
+
+    assert trusted() == [old]
+    new = authority.rotate_signing_key()
+    assert new != old and trusted() == [new, old]  # both trusted while the parts move to the new one
+    account = json.loads(base64.urlsafe_b64decode(_pad(authority.account_jwt("FLEET").split(".")[1])))
+    assert account["iss"] == new
+    assert Authority.load_for_duties(tmp_path).publics["operator-signing"] == new
+    authority.rotate_signing_key(finish=True)
+    assert trusted() == [new]
+
+
+def test_the_authority_part_runs_on_its_duty_keys_alone(tmp_path: Path) -> None:
+    full = Authority.load_or_create(tmp_path / "full")
+    duties = tmp_path / "duties"
+    duties.mkdir(mode=0o700)
+    for name in DUTY_FILES:
+        (duties / name).write_bytes((tmp_path / "full" / name).read_bytes())
+    part = Authority.load_for_duties(duties)
+    assert set(part.keys) == {"operator-signing", "devices"}
+    creds = part.issue_device("d1", expires_in=60)
+    device = json.loads(base64.urlsafe_b64decode(_pad(jwt.jwt_of_creds(creds).split(".")[1])))
+    assert device["iss"] == full.publics["devices"]  # signed by FLEET's scoped device key
+    part.revoke_device("d1")
+    claims = json.loads(base64.urlsafe_b64decode(_pad(part.account_jwt("FLEET").split(".")[1])))
+    assert claims["sub"] == full.account_key("FLEET") and claims["nats"]["revocations"]
+    (duties / "devices.nk").unlink()
+    with pytest.raises(Invalid, match=r"devices\.nk"):
+        Authority.load_for_duties(duties)
+
+
+def _pad(body: str) -> str:
+    return body + "=" * (-len(body) % 4)

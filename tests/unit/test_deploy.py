@@ -90,4 +90,8 @@ def test_the_nats_node_env_example_sets_every_variable_of_the_config() -> None:
     config = (DEPLOY / "nats" / "fleet-node.conf").read_text()
     code = "\n".join(line.split("#", 1)[0] for line in config.splitlines())
     variables = set(re.findall(r"\$(FLEET_\w+)", code))
-    assert variables == set(_env_file(DEPLOY / "env" / "fleet-nats-node.env.example"))
+    unit = (DEPLOY / "systemd" / "fleet-nats.service").read_text()
+    set_by_unit = set(re.findall(r"^Environment=(FLEET_\w+)=", unit, re.MULTILINE))
+    example = set(_env_file(DEPLOY / "env" / "fleet-nats-node.env.example"))
+    assert variables == example | set_by_unit
+    assert not example & set_by_unit, "an EnvironmentFile overrides the unit's Environment="

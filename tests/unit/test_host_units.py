@@ -104,3 +104,14 @@ def test_the_template_runs_each_part_by_its_instance_name() -> None:
                                text=True, check=True).stdout
     for part in PARTS:
         assert part in help_text, part
+
+
+@pytest.mark.parametrize(("unit", "env_file"), [("fleet@.service", "fleet-services.env.example"),
+                                                ("fleet-nats.service", "fleet-nats-node.env.example")])
+def test_the_env_file_never_overrides_what_the_unit_sets(unit: str, env_file: str) -> None:
+    """systemd lets an EnvironmentFile= override Environment=: the shipped example must not carry
+    what the unit sets itself (credentials paths, the data dir, the slot's name)."""
+    set_by_unit = {value.split("=", 1)[0] for value in _service_section(SYSTEMD / unit).get("Environment", [])}
+    example = SYSTEMD.parent / "env" / env_file
+    keys = {line.split("=", 1)[0] for line in example.read_text().splitlines() if line and not line.startswith("#")}
+    assert set_by_unit and not keys & set_by_unit, keys & set_by_unit

@@ -140,7 +140,8 @@ def test_the_dry_run_schedule_follows_the_windows() -> None:
     state, view, _ = begin()
     schedule = domain.expected_schedule(state, view, MONDAY_EVENING)
     assert schedule == [{"wave": 0, "starts": "2026-03-02T21:30:00.000000Z",
-                         "all_sites_open": "2026-03-03T03:00:00.000000Z", "bake_ends": "2026-03-03T03:01:00.000000Z"}]
+                         "all_sites_open": "2026-03-03T03:00:00.000000Z", "bake_ends": "2026-03-03T03:01:00.000000Z",
+                         "in_flight": 100, "rounds": 1, "assigned_by": "2026-03-03T03:00:00.000000Z"}]
     saturday = datetime(2026, 3, 7, 12, 0, tzinfo=UTC)
     # Next Monday night; New York is on summer time since Sunday 2026-03-08, so 22:00 there is 02:00 UTC.
     assert domain.expected_schedule(state, view, saturday)[0]["all_sites_open"] == "2026-03-10T02:00:00.000000Z"
