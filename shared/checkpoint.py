@@ -81,10 +81,10 @@ def schema_of(state_type: type[object], version: int) -> str:
     return f"{version}:{hashlib.sha256(shape).hexdigest()[:16]}"
 
 
-async def ensure_buckets(nc: NATS, replicas: int = 1, *, only: str | None = None) -> list[str]:
-    """Create the checkpoint buckets that are missing (`only` one service's), where this identity
-    may: admin (`fleet up`, `fleet init`), or anyone on a server without authorization; check the
-    others (StreamMisconfigured for a weaker one). Returns the buckets it could neither find nor
+async def ensure_buckets(nc: NATS, replicas: int = 1) -> list[str]:
+    """Create the checkpoint buckets that are missing, where this identity may: admin (`fleet up`,
+    `fleet init`), or anyone on a server without authorization; check the others (StreamMisconfigured
+    for a weaker one). Returns the buckets it could neither find nor
     create: without its bucket a service replays from zero, as `Checkpoints.open` says."""
 
     async def missing(service: str) -> str | None:
@@ -96,7 +96,7 @@ async def ensure_buckets(nc: NATS, replicas: int = 1, *, only: str | None = None
         return None
 
     # At once: a refused request is only known by its timeout, which should not add up per bucket.
-    found = await asyncio.gather(*(missing(service) for service in ((only,) if only else CHECKPOINTED)))
+    found = await asyncio.gather(*(missing(service) for service in CHECKPOINTED))
     return [bucket for bucket in found if bucket is not None]
 
 
@@ -135,11 +135,10 @@ class Checkpoints(Generic[T]):
         if self.every <= 0:
             return False
         try:
-            if await ensure_buckets(self.nc, only=self.service):
-                raise nats.js.errors.NotFoundError
+            await ensure(self.nc, state_images(self.service))  # checked; created where this identity may
             self._store = await self.nc.jetstream(timeout=5.0).object_store(checkpoint_bucket(self.service))
             self._stream_created = await self.log.created()
-        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError) as exc:
+        except (Unavailable, nats.js.errors.NotFoundError, nats.errors.TimeoutError) as exc:
             log.warning("%s: no checkpoints (bucket %s unavailable: %r); every start replays the log",
                         self.service, checkpoint_bucket(self.service), exc)
             self._store = None

@@ -39,12 +39,13 @@ from nats.js.kv import KeyValue
 
 from shared import metrics
 from shared.aio import wait_set
+from shared.auth.roles import LEASES_BUCKET
 from shared.errors import Invalid
 from shared.jetstream import LEASES, ensure
 from shared.transient import NATS_TRANSIENT
 
 log = logging.getLogger(__name__)
-LEASE_BUCKET = "fleet_leases"
+LEASE_BUCKET = LEASES_BUCKET
 DEFAULT_TTL = 6.0
 
 

@@ -25,13 +25,14 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from nats.aio.client import Client as NATS
 
+from shared.auth.roles import TOKENS_BUCKET
 from shared.errors import Conflict, Invalid, NotFound
 from shared.ids import check_id
 from shared.jetstream import TOKENS, ensure
 from shared.secretfiles import secrets_dir, write_private
 from shared.transient import reachable
 
-BUCKET = "fleet_tokens"
+BUCKET = TOKENS_BUCKET
 ROLES = ("viewer", "operator", "auditor", "admin")
 PREFIX = "fpt"
 _DIRECT = f"$JS.API.DIRECT.GET.KV_{BUCKET}.$KV.{BUCKET}"
