@@ -36,7 +36,7 @@ from nats.aio.client import Server
 from nats.aio.msg import Msg
 
 from fleet_agent import AGENT_VERSION
-from fleet_agent.backoff import Backoff
+from fleet_agent.backoff import Backoff, cap_for
 from fleet_agent.confighash import NotCanonicalizable, canonical_bytes, config_hash
 from fleet_agent.contract import (
     DESIRED_DECODER,
@@ -97,7 +97,7 @@ class AgentOptions:
     creds: Path | None = None  # the device's NATS credentials file (renewals are written into it)
     tls_ca: Path | None = None
     backoff_initial: float = 0.5  # reconnect waits: full jitter over [0, initial * 2**n], at most backoff_cap
-    backoff_cap: float = 15.0
+    backoff_cap: float | None = None  # None: cap_for(interval)
 
     def __post_init__(self) -> None:
         for value, name in ((self.device_id, "device"), (self.site_id, "site")):
@@ -108,7 +108,7 @@ class AgentOptions:
             raise BadOption("the interval must be positive", field="interval")
         if not self.servers:
             raise BadOption("at least one NATS server URL is needed", field="servers")
-        if not 0 < self.backoff_initial <= self.backoff_cap:
+        if not 0 < self.backoff_initial <= (self.backoff_cap or cap_for(self.interval)):
             raise BadOption("backoff: 0 < initial <= cap", field="backoff")
 
 
@@ -161,7 +161,8 @@ class Agent:
 
     def __init__(self, options: AgentOptions, rng: random.Random | None = None) -> None:
         self.options = options
-        self.backoff = Backoff(options.backoff_initial, options.backoff_cap, rng or random.Random())
+        cap = options.backoff_cap or cap_for(options.interval)
+        self.backoff = Backoff(min(options.backoff_initial, cap), cap, rng or random.Random())
         self.reconnects = 0
         self._lost: str | None = None  # host:port of the server last connected to
         self.config_path = options.state_dir / CONFIG_FILE

@@ -13,13 +13,22 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+MAX_CAP = 15.0  # seconds: the widest window at any interval
+
+
+def cap_for(interval: float) -> float:
+    """The widest reconnect window for a device heartbeating every `interval` seconds: half the
+    default offline window (3 intervals), at most MAX_CAP — so a device is back before drift
+    would call it offline, at a 1 s test interval as at the default 10 s (where it is 15 s)."""
+    return min(MAX_CAP, 1.5 * interval)
+
 
 @dataclass
 class Backoff:
     """Waits of a connection that keeps failing; `reset()` once it has succeeded."""
 
     initial: float = 0.5  # seconds: the window of the first retry
-    cap: float = 15.0  # seconds: the widest window (half the default offline window: 3 x 10 s)
+    cap: float = MAX_CAP  # seconds: the widest window (cap_for: half the default offline window)
     rng: random.Random = field(default_factory=random.Random)
     attempt: int = 0
     jitter: bool = True  # False: wait the whole window (with initial == cap, a fixed period: what

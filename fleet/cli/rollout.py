@@ -23,6 +23,7 @@ from shared.contract.rollout import (
     WhatIfGates,
     parse_canary,
     parse_fraction,
+    parse_in_flight,
     parse_metric,
     parse_waves,
 )
@@ -94,8 +95,13 @@ def _render(result: dict[str, Any]) -> None:
             console.print(f"  site {site}: config {digest[:16]}")
         for entry in result.get("schedule", []):
             starts, every, ends = (entry[k] or "unknown" for k in ("starts", "all_sites_open", "bake_ends"))
-            console.print(f"  wave {entry['wave']} expected: starts {starts}, every site open by {every}, "
+            pace = (f", {entry['in_flight']:,} in flight in {entry['rounds']} rounds"
+                     if entry.get("rounds") else "")
+            console.print(f"  wave {entry['wave']} expected: starts {starts}, every site open by {every}{pace}, "
                           f"bake ends {ends}")
+        if result.get("expected_seconds") is not None:
+            console.print(f"  expected duration: {result['expected_seconds'] / 60:,.1f} min "
+                          "(a round of assignments settles in about one heartbeat interval)")
     elif "plan" in result:
         console.print("  the rollback waits for maintenance windows (--rollback-in-windows)" if result.get("in_windows")
                       else "  the rollback ignores maintenance windows: devices are restored at once")
@@ -116,7 +122,9 @@ def start(
     canary: str = typer.Option("", "--canary", help="5 | 2% | site:a,b"),
     waves: str = typer.Option("100", "--waves", help="Cumulative percentages, e.g. 10,50,100."),
     bake: str = typer.Option("0s", "--bake", help="Bake time per wave."),
-    max_in_flight: int = typer.Option(500, "--max-in-flight"),
+    max_in_flight: str = typer.Option("", "--max-in-flight",
+                                      help="Devices changed at once: a count (500) or a share of each wave (10%); "
+                                           "default: the larger of 500 and 25% of the wave."),
     apply_timeout: str = typer.Option("5m", "--apply-timeout"),
     min_healthy: str = typer.Option("90%", "--min-healthy"),
     max_failed: str = typer.Option("5%", "--max-failed"),
@@ -135,7 +143,7 @@ def start(
     """Start a rollout (or, with --dry-run, show its plan)."""
     command = StartRollout(
         snapshot_id=snapshot, target=target, rollout_id=rollout_id, canary=parse_canary(canary),
-        waves=parse_waves(waves), max_in_flight=max_in_flight, bake_seconds=parse_duration(bake, "bake"),
+        waves=parse_waves(waves), **parse_in_flight(max_in_flight), bake_seconds=parse_duration(bake, "bake"),
         apply_timeout_seconds=parse_duration(apply_timeout, "apply_timeout"),
         min_healthy=parse_fraction(min_healthy, "min_healthy"), max_failed=parse_fraction(max_failed, "max_failed"),
         max_offline=parse_fraction(max_offline, "max_offline"), metrics=[parse_metric(m) for m in metric],

@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from fleet_agent.backoff import Backoff, attempts_until
+from fleet_agent.backoff import Backoff, attempts_until, cap_for
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
@@ -73,14 +73,15 @@ class SimOptions:
     register: bool = True
     reconnect: str = "jitter"  # how devices retry after an outage: "jitter" (the agent's) or "fixed"
     reconnect_initial: float = 0.5  # jitter: the first window (doubling up to reconnect_cap)
-    reconnect_cap: float = 15.0
+    reconnect_cap: float | None = None  # None: the agent's cap_for(interval)
     reconnect_fixed: float = 0.5  # fixed: the period (the agent's wait before jitter)
 
     def backoff(self, rng: random.Random) -> Backoff:
         """The retry policy of one device."""
         if self.reconnect == "fixed":
             return Backoff(self.reconnect_fixed, self.reconnect_fixed, rng, jitter=False)
-        return Backoff(self.reconnect_initial, self.reconnect_cap, rng)
+        cap = self.reconnect_cap or cap_for(self.interval)
+        return Backoff(min(self.reconnect_initial, cap), cap, rng)
 
     def __post_init__(self) -> None:
         if self.devices < 1 or self.sites < 1:

@@ -97,7 +97,7 @@ class RolloutService:
 
     def __init__(self, nc: NATS, eventlog: EventLog, *, tick_interval: float = 0.25,
                  lease: Holding | None = None, checkpoints: Checkpoints[RolloutImage] | None = None,
-                 vitals: Vitals | None = None, tick_bound: float = 60.0) -> None:
+                 vitals: Vitals | None = None, tick_bound: float = 60.0, round_seconds: float = 10.0) -> None:
         """`checkpoints`: where the state is checkpointed (written by the lease holder only).
         `vitals`: where the `tick` duty is reported (shared.liveness): the tick loop ran, or a
         commit made progress, within `tick_bound` seconds."""
@@ -107,6 +107,7 @@ class RolloutService:
         self.lease = lease
         self.log = eventlog
         self.tick_interval = tick_interval
+        self.round_seconds = round_seconds  # a round of assignments settles in about one heartbeat interval
         self.index = FleetIndex()
         self.store: AggregateStore[Rollout] = AggregateStore(eventlog, "rollout", domain.initial, domain.evolve)
         self.commands = CommandService(nc, "rollout")
@@ -494,6 +495,7 @@ class RolloutService:
         rollout_id = cmd.rollout_id or "r-" + hashlib.sha256(cmd.command_id.encode()).hexdigest()[:10]
         selector = parse_selector(cmd.target, "target")
         canary, percents = cmd.canary.check() if cmd.canary else None, check_waves(cmd.waves)
+        in_flight, in_flight_percent = domain.in_flight_rule(cmd.max_in_flight, cmd.max_in_flight_percent)
         await self.caught_up()
         async with self._lock:
             done = self.store.already_done(cmd.command_id, cmd.actor)
@@ -505,7 +507,7 @@ class RolloutService:
                 rollout_id, snapshot_id=cmd.snapshot_id, snapshot=self.index.snapshots.get(cmd.snapshot_id),
                 target=cmd.target, devices=devices, others=(slot.state for slot in self.store.slots.values()),
                 canary=canary, percents=percents,
-                max_in_flight=cmd.max_in_flight, bake_seconds=cmd.bake_seconds,
+                max_in_flight=in_flight, max_in_flight_percent=in_flight_percent, bake_seconds=cmd.bake_seconds,
                 apply_timeout_seconds=cmd.apply_timeout_seconds,
                 gates=cmd.gates(), on_failure=cmd.on_failure, approve_after=[n - 1 for n in cmd.approve_after],
                 state=self.store.get(rollout_id).state, not_before=cmd.not_before,
@@ -516,10 +518,14 @@ class RolloutService:
                     preview = domain.evolve(preview, event)
                 hashes = preview.spec.config_hashes if preview.spec else {}
                 schedule = [msgspec.convert({**entry, "wave": entry["wave"] + 1}, ScheduleEntry)
-                            for entry in domain.expected_schedule(preview, self.index.view, ctx.now)]
+                            for entry in domain.expected_schedule(preview, self.index.view, ctx.now,
+                                                                  round_seconds=self.round_seconds,
+                                                                  commit_rate=domain.COMMIT_RATE)]
+                ends = schedule[-1].bake_ends if schedule else None
+                expected = (parse_time(ends) - ctx.now).total_seconds() if ends else None
                 return Outcome((), StartResult(**msgspec.structs.asdict(self.describe(preview)), dry_run=True,
                                                plan=[list(w) for w in preview.waves], config_hashes=hashes,
-                                               schedule=schedule))
+                                               schedule=schedule, expected_seconds=expected))
             appended = await self._commit(rollout_id, events, cmd.command_id, ctx.now, cmd.actor)
             return Outcome(appended, self.describe(self.store.get(rollout_id).state))
 

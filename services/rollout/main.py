@@ -29,7 +29,7 @@ async def run(settings: Settings) -> None:
         lease = ThreadLease(settings, TICKS_LEASE, instance_name("rollout", settings.instance))
         checkpoints = Checkpoints(nc, log, "rollout", RolloutImage, every=settings.checkpoint_every)
         service = RolloutService(nc, log, lease=lease, checkpoints=checkpoints, vitals=vitals,
-                                 tick_bound=settings.duty_bound)
+                                 tick_bound=settings.duty_bound, round_seconds=settings.heartbeat_interval)
         await service.start()
         holding = asyncio.create_task(lease.run(), name="rollout-lease")
         try:

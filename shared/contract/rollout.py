@@ -13,7 +13,7 @@ import itertools
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -104,9 +104,13 @@ class StartRollout(Command, frozen=True, kw_only=True):
     waves: Annotated[list[Percent], msgspec.Meta(
         min_length=1, max_length=100, description="cumulative percentages of the target, ending at 100",
         extra_json_schema={"default": [100]})] = msgspec.field(default_factory=lambda: [100])
-    max_in_flight: Annotated[Annotated[int, msgspec.Meta(ge=1, le=MAX_IN_FLIGHT_MAX)], msgspec.Meta(description=(
-        "devices being changed at once (assigned, not yet settled)"
-    ))] = 500
+    max_in_flight: Annotated[Annotated[int, msgspec.Meta(ge=0, le=MAX_IN_FLIGHT_MAX)], msgspec.Meta(description=(
+        "devices being changed at once (assigned, not yet settled); 0 with no max_in_flight_percent: "
+        "the default rule, the larger of 500 and 25% of each wave"
+    ))] = 0
+    max_in_flight_percent: Annotated[Annotated[float, msgspec.Meta(gt=0, le=100)] | None, msgspec.Meta(
+        description="a share of each wave in flight at once (with max_in_flight, that count is its floor)"
+    )] = None
     bake_seconds: Annotated[Seconds, msgspec.Meta(description=(
         "how long each wave runs before its gates are judged"
     ))] = 0.0
@@ -227,6 +231,9 @@ class ScheduleEntry(msgspec.Struct, frozen=True, kw_only=True):
     wave: int
     starts: str | None = None
     all_sites_open: str | None = None
+    in_flight: int | None = None  # the wave's in-flight limit
+    rounds: int | None = None  # assigned in this many rounds (each about one heartbeat interval)
+    assigned_by: str | None = None
     bake_ends: str | None = None
 
 
@@ -266,6 +273,7 @@ class StartResult(RolloutStatus, frozen=True, kw_only=True, omit_defaults=True):
     plan: list[list[str]] | None = None  # dry run: each wave's devices
     config_hashes: dict[str, str] | None = None  # dry run: site -> effective config hash
     schedule: list[ScheduleEntry] | None = None  # dry run
+    expected_seconds: float | None = None  # dry run: until the last wave's bake ends (null: unknown)
 
 
 class RollbackResult(RolloutStatus, frozen=True, kw_only=True):
@@ -377,6 +385,21 @@ def check_waves(waves: list[int]) -> list[int]:
         raise Invalid("waves must be cumulative percentages, strictly increasing, each above 0",
                       field="waves")
     return waves
+
+
+def parse_in_flight(text: str) -> dict[str, Any]:
+    """`500` -> a count, `10%` -> a share of each wave, `` -> the default rule: StartRollout's
+    max_in_flight / max_in_flight_percent."""
+    stripped = text.strip()
+    if not stripped:
+        return {"max_in_flight": 0}
+    if stripped.endswith("%"):
+        return {"max_in_flight": 0, "max_in_flight_percent": _number(stripped[:-1], "max_in_flight")}
+    count = _number(stripped, "max_in_flight")
+    if count != int(count) or count < 1:
+        raise Invalid(f"{text!r} is not a count of devices (500) or a share of each wave (10%)",
+                      field="max_in_flight")
+    return {"max_in_flight": int(count)}
 
 
 def parse_fraction(text: str, field: str) -> float:

@@ -207,6 +207,15 @@ async def test_dry_run_and_bad_starts_change_nothing(service: RolloutService, nc
     assert plan.result["dry_run"]
     assert [len(w) for w in plan.result["plan"]] == [5, 15, 20]
     assert set(plan.result["config_hashes"]) == set(SITES)
+    # in flight: the default rule (the larger of 500 and a quarter of the wave), a count, a share
+    assert [e["in_flight"] for e in plan.result["schedule"]] == [500, 500, 500]
+    assert plan.result["expected_seconds"] is not None and plan.result["expected_seconds"] >= 0
+    shared = await client.send("rollout", "start", {"snapshot_id": snap("v2"), "target": "tier=edge",
+                                                    "waves": [100], "max_in_flight_percent": 10, "dry_run": True})
+    assert [(e["in_flight"], e["rounds"]) for e in shared.result["schedule"]] == [(4, 10)]  # 10% of 40
+    floored = await client.send("rollout", "start", {"snapshot_id": snap("v2"), "target": "tier=edge", "waves": [100],
+                                                     "max_in_flight": 8, "max_in_flight_percent": 10, "dry_run": True})
+    assert [(e["in_flight"], e["rounds"]) for e in floored.result["schedule"]] == [(8, 5)]
     cases: list[tuple[dict[str, Any], type[FleetError], str]] = [
         ({"snapshot_id": "nope", "target": ""}, NotFound, "snapshot_id"),
         ({"snapshot_id": snap("v1"), "target": "tier=cloud"}, Invalid, "target"),
@@ -218,6 +227,8 @@ async def test_dry_run_and_bad_starts_change_nothing(service: RolloutService, nc
         ({"snapshot_id": snap("v1"), "metrics": [{"metric": "e", "op": "=", "value": 1}]}, Invalid, "metrics[0].op"),
         ({"snapshot_id": snap("v1"), "bake_seconds": -1}, Invalid, "bake_seconds"),
         ({"snapshot_id": snap("v1"), "approve_after": [0]}, Invalid, "approve_after[0]"),  # waves count from 1
+        ({"snapshot_id": snap("v1"), "max_in_flight_percent": 0}, Invalid, "max_in_flight_percent"),
+        ({"snapshot_id": snap("v1"), "max_in_flight_percent": 150}, Invalid, "max_in_flight_percent"),
     ]
     for body, error, field in cases:
         with pytest.raises(error) as err:

@@ -17,7 +17,14 @@ from jsonschema import Draft202012Validator
 
 from shared.contract import publish, schema
 from shared.contract.catalog import COMMANDS
-from shared.contract.rollout import MetricThreshold, StartRollout, parse_canary, parse_metric, parse_waves
+from shared.contract.rollout import (
+    MetricThreshold,
+    StartRollout,
+    parse_canary,
+    parse_in_flight,
+    parse_metric,
+    parse_waves,
+)
 from shared.envelope import Event, seal
 from shared.errors import Invalid
 
@@ -76,6 +83,14 @@ def test_the_short_forms_parse_into_what_the_schema_accepts() -> None:
     with pytest.raises(Invalid) as refused:
         parse_waves("50,10")
     assert refused.value.field == "waves"
+    assert parse_in_flight("") == {"max_in_flight": 0}
+    assert parse_in_flight("250") == {"max_in_flight": 250}
+    assert parse_in_flight("10%") == {"max_in_flight": 0, "max_in_flight_percent": 10.0}
+    for bad in ("1.5", "0", "ten", "%"):
+        with pytest.raises(Invalid):
+            parse_in_flight(bad)
+    _validator("commands/rollout.start.json").validate(
+        {"snapshot_id": "s1", **parse_in_flight("10%")})
 
 
 def test_what_the_schema_refuses_msgspec_refuses_on_the_same_field() -> None:
