@@ -14,12 +14,12 @@ import asyncio
 import sys
 
 import msgspec
-import nats.errors
 
 from shared.config import load_settings
 from shared.connection import connect_nats
 from shared.errors import FleetError
 from shared.liveness import gather_reports
+from shared.transient import NATS_TRANSIENT
 
 
 async def probe(service: str | None, timeout: float = 3.0) -> dict[str, object]:
@@ -39,7 +39,7 @@ async def probe(service: str | None, timeout: float = 3.0) -> dict[str, object]:
                    for r in reports for d in r.stalled]
         return {"ok": not stalled, "service": service, "ping": msgspec.json.decode(reply.data),
                 **({"stalled": stalled} if stalled else {})}
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+    except NATS_TRANSIENT as exc:
         return {"ok": False, "service": service, "error": repr(exc)}
     finally:
         await nc.close()

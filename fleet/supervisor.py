@@ -45,9 +45,7 @@ from nats.aio.client import Client as NATS
 from shared import metrics
 from shared.aio import wait_set
 from shared.auth.authority import Authority
-from shared.auth.revoker import ensure_state_bucket
-from shared.checkpoint import ensure_buckets as ensure_checkpoint_buckets
-from shared.cluster import ensure_log
+from shared.cluster import ensure_all
 from shared.config import ADMIN_CREDS, OPERATOR_CREDS, Endpoints, Settings, write_endpoints
 from shared.connection import connect_nats
 from shared.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, free_port
@@ -262,9 +260,7 @@ class Supervisor:
         api_url = self.settings.api_url or f"http://127.0.0.1:{self.api_port or free_port()}"
         admin = msgspec.structs.replace(admin, nats_url=nats_url)
         nc = await connect_nats(admin, "up")
-        replicas = await ensure_log(nc, self.settings)  # created by admin only: services merely check them
-        await ensure_checkpoint_buckets(nc, replicas)  # each service only uses its own
-        await ensure_state_bucket(nc, replicas)  # the authority part's revocation state
+        await ensure_all(nc, self.settings)  # created by admin only: services merely check them
         self.token_file = await bootstrap_admin_token(nc, self.data, format_time(utcnow()))
         await nc.close()
         if self.authority is None:  # no account keys here: nobody to do the identity duties

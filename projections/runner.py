@@ -32,6 +32,7 @@ from shared import telemetry
 from shared.envelope import Envelope, Event, decode_event
 from shared.errors import FleetError, Unavailable
 from shared.eventlog import UNDECODABLE, EventLog, Recorded
+from shared.transient import PG_TRANSIENT
 
 log = logging.getLogger(__name__)
 
@@ -131,20 +132,7 @@ def version_of(projection: Projection) -> int:
     return int(files[-1].name[:3]) if files else 0
 
 
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,
-    TimeoutError,
-    asyncpg.InterfaceError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.InternalClientError,  # how asyncpg may report a connection lost mid-operation
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
-)
-
-
-RETRYABLE: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, FleetError)
+RETRYABLE: tuple[type[BaseException], ...] = (*PG_TRANSIENT, FleetError)
 
 
 async def _unlock(conn: asyncpg.Connection, sql: str, *args: object) -> None:
@@ -153,7 +141,7 @@ async def _unlock(conn: asyncpg.Connection, sql: str, *args: object) -> None:
     error that brought us here is the one raised."""
     try:
         await conn.execute(sql, *args)
-    except TRANSIENT_DB_ERRORS:
+    except PG_TRANSIENT:
         with contextlib.suppress(asyncpg.InterfaceError):  # already closed or handed back
             conn.terminate()
 
@@ -339,7 +327,7 @@ async def apply_records(pool: asyncpg.Pool, projection: Projection, schema: str,
         await _skip_poison(pool, projection, schema, records, poison, expect=expect,
                            after_batch=after_batch, status=status)
     except asyncpg.PostgresError as exc:
-        if isinstance(exc, TRANSIENT_DB_ERRORS):
+        if isinstance(exc, PG_TRANSIENT):
             raise
         if len(records) == 1:
             await _skip_poison(pool, projection, schema, records, Poison(0, last.seq, exc), expect=expect,
@@ -508,7 +496,7 @@ async def _apply_tail(conn: asyncpg.Connection, projection: Projection, build: s
                             expect=None, status=False)
         return
     except (Poison, asyncpg.PostgresError) as exc:
-        if isinstance(exc, TRANSIENT_DB_ERRORS):
+        if isinstance(exc, PG_TRANSIENT):
             raise
         if len(records) == 1:
             cause = exc.cause if isinstance(exc, Poison) else exc

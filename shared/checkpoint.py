@@ -36,10 +36,11 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api
 from nats.js.object_store import ObjectStore
 
+from shared.errors import Unavailable
 from shared.eventlog import EventLog
+from shared.jetstream import ensure, state_images
 from shared.subjects import CHECKPOINTED, checkpoint_bucket
 
 log = logging.getLogger(__name__)
@@ -80,32 +81,22 @@ def schema_of(state_type: type[object], version: int) -> str:
     return f"{version}:{hashlib.sha256(shape).hexdigest()[:16]}"
 
 
-async def ensure_buckets(nc: NATS, replicas: int = 1, *, only: str | None = None) -> list[str]:
-    """Create the checkpoint buckets that are missing (`only` one service's), where this identity
-    may: admin (`fleet up`, `fleet init`), or anyone on a server without authorization. Returns the
-    buckets it could neither find nor create; never raises: without its bucket a service replays
-    from zero, as `Checkpoints.open` says."""
-    js = nc.jetstream(timeout=5.0)
+async def ensure_buckets(nc: NATS, replicas: int = 1) -> list[str]:
+    """Create the checkpoint buckets that are missing, where this identity may: admin (`fleet up`,
+    `fleet init`), or anyone on a server without authorization; check the others (StreamMisconfigured
+    for a weaker one). Returns the buckets it could neither find nor
+    create: without its bucket a service replays from zero, as `Checkpoints.open` says."""
 
-    async def ensure(service: str) -> str | None:
-        """None when the bucket is there, else its name."""
-        bucket = checkpoint_bucket(service)
+    async def missing(service: str) -> str | None:
         try:
-            await js.object_store(bucket)
-        except nats.js.errors.NotFoundError:
-            try:
-                await js.create_object_store(bucket, api.ObjectStoreConfig(
-                    description=f"Fleetplane: checkpoints of the {service} service's state",
-                    replicas=replicas, storage=api.StorageType.FILE))
-            except (nats.errors.TimeoutError, nats.js.errors.Error) as exc:
-                log.debug("checkpoint bucket %s not created: %r", bucket, exc)
-                return bucket
-        except nats.errors.TimeoutError:  # refused: this identity may not even look
-            return bucket
+            await ensure(nc, state_images(service), replicas)
+        except Unavailable as exc:
+            log.debug("checkpoint bucket of %s unavailable: %r", service, exc)
+            return checkpoint_bucket(service)
         return None
 
     # At once: a refused request is only known by its timeout, which should not add up per bucket.
-    found = await asyncio.gather(*(ensure(service) for service in ((only,) if only else CHECKPOINTED)))
+    found = await asyncio.gather(*(missing(service) for service in CHECKPOINTED))
     return [bucket for bucket in found if bucket is not None]
 
 
@@ -143,16 +134,11 @@ class Checkpoints(Generic[T]):
         authorization); False, with a warning, when there is none: checkpoints are off."""
         if self.every <= 0:
             return False
-        js = self.nc.jetstream(timeout=5.0)
         try:
-            try:
-                self._store = await js.object_store(checkpoint_bucket(self.service))
-            except nats.js.errors.NotFoundError:
-                if await ensure_buckets(self.nc, only=self.service):
-                    raise
-                self._store = await js.object_store(checkpoint_bucket(self.service))
+            await ensure(self.nc, state_images(self.service))  # checked; created where this identity may
+            self._store = await self.nc.jetstream(timeout=5.0).object_store(checkpoint_bucket(self.service))
             self._stream_created = await self.log.created()
-        except (nats.js.errors.NotFoundError, nats.errors.TimeoutError) as exc:
+        except (Unavailable, nats.js.errors.NotFoundError, nats.errors.TimeoutError) as exc:
             log.warning("%s: no checkpoints (bucket %s unavailable: %r); every start replays the log",
                         self.service, checkpoint_bucket(self.service), exc)
             self._store = None

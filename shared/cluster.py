@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from nats.aio.client import Client as NATS
 
+from shared.checkpoint import ensure_buckets
 from shared.config import Settings
 from shared.desired import ensure_bucket
 from shared.eventlog import EventLog
+from shared.jetstream import IDENTITY, TOKENS, ensure
 from shared.lease import lease_bucket
 
 CLUSTER_REPLICAS = 3
@@ -43,3 +45,15 @@ async def ensure_log(nc: NATS, settings: Settings, eventlog: EventLog | None = N
     await ensure_bucket(nc, replicas)
     await lease_bucket(nc, settings.lease_ttl, replicas)
     return replicas
+
+
+async def ensure_all(nc: NATS, settings: Settings) -> tuple[int, list[str]]:
+    """What `fleet up` and `fleet init` (admin) create or check before any part starts: the log
+    and every bucket (shared.jetstream's table). Returns the replicas and the checkpoint buckets
+    that could not be created (this identity is not admin)."""
+    replicas = await ensure_log(nc, settings)
+    missing = await ensure_buckets(nc, replicas)
+    if not missing:  # admin: the authority part's revocation state and the HTTP API tokens
+        await ensure(nc, IDENTITY, replicas)
+        await ensure(nc, TOKENS, replicas)
+    return replicas, missing

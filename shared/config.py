@@ -11,6 +11,7 @@ from typing import Any
 import msgspec
 
 from shared.errors import Invalid
+from shared.secretfiles import write_private
 from shared.times import parse_duration
 
 ENDPOINTS_FILE = "endpoints.json"
@@ -137,12 +138,5 @@ def read_endpoints(data_dir: Path) -> dict[str, Any]:
 def write_endpoints(data_dir: Path, endpoints: Endpoints) -> Path:
     """Write endpoints.json atomically, readable only by the owner (it holds no secret: the
     database password is in the pgpass file it names)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    path = data_dir / ENDPOINTS_FILE
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(msgspec.json.format(msgspec.json.encode(endpoints)))
-    tmp.replace(path)
-    return path
+    return write_private(data_dir / ENDPOINTS_FILE, msgspec.json.format(msgspec.json.encode(endpoints)))
 

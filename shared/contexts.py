@@ -17,7 +17,7 @@ from pathlib import Path
 import msgspec
 
 from shared.errors import Invalid, NotFound
-from shared.secretfiles import write_secret
+from shared.secretfiles import write_private
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
@@ -66,7 +66,7 @@ def save(directory: Path, name: str, context: Context) -> Path:
     """Write (or replace) a context, 0600."""
     path = _path(directory, name)
     _private_dir(directory)
-    write_secret(path, msgspec.json.encode(context).decode() + "\n")
+    write_private(path, msgspec.json.encode(context).decode() + "\n")
     return path
 
 
@@ -100,7 +100,7 @@ def use(directory: Path, name: str) -> None:
     """Select a context for later commands."""
     load(directory, name)
     _private_dir(directory)
-    write_secret(directory / "current", name + "\n")
+    write_private(directory / "current", name + "\n")
 
 
 def current(directory: Path) -> str | None:

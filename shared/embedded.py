@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shared.errors import Unavailable
-from shared.secretfiles import open_log, private_dir
+from shared.secretfiles import open_log, private_dir, write_private
 
 if TYPE_CHECKING:
     from shared.auth.authority import Authority
@@ -138,17 +138,12 @@ class EmbeddedNats:
         sync = "sync_interval: always" if self.sync_always else ""
         conf = self.data_dir / "nats-server.conf"
         auth = self.authority.server_config(self.data_dir / "jwt") if self.authority else ""
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(
-                f'server_name: "fleet-{self.port}"\n'
-                f"listen: 127.0.0.1:{self.port}\n"
-                "max_payload: 8MB\n"
-                f'jetstream {{\n  store_dir: "{store}"\n  {sync}\n}}\n'
-                + auth
-            )
-        conf.chmod(0o600)  # it holds the operator JWT; no secret, but nobody else's business
-        return conf
+        return write_private(conf, (  # it holds the operator JWT; no secret, but nobody else's business
+            f'server_name: "fleet-{self.port}"\n'
+            f"listen: 127.0.0.1:{self.port}\n"
+            "max_payload: 8MB\n"
+            f'jetstream {{\n  store_dir: "{store}"\n  {sync}\n}}\n'
+            + auth))
 
     async def start(self, timeout: float = 20.0) -> EmbeddedNats:
         """Start the server and wait until it accepts connections."""
@@ -248,8 +243,7 @@ class EmbeddedPostgres:
     def _init_cluster(self, ids: tuple[int, int] | None) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         if not self.password_file.exists():
-            self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
-            self.password_file.chmod(0o600)
+            write_private(self.password_file, secrets.token_urlsafe(24) + "\n")
         if (self.pgdata / "PG_VERSION").exists():
             return
         if self.pgdata.exists():  # a half-made cluster from a crashed initdb

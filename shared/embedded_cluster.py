@@ -31,7 +31,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from shared.embedded import _stop_process, _wait_for_port, die_with_parent, free_port, nats_server_binary
 from shared.errors import Unavailable
 from shared.pki import loopback_pki
-from shared.secretfiles import open_log, private_dir
+from shared.secretfiles import open_log, private_dir, write_private
+from shared.transient import NATS_TRANSIENT
 
 if TYPE_CHECKING:
     from shared.auth.authority import Authority
@@ -153,10 +154,7 @@ class EmbeddedNatsCluster:
         # deploy/nats/fleet-node.conf byte for byte, beside this node's auth.conf (which it includes)
         config = node.data_dir / NODE_CONFIG.name
         config.write_bytes(NODE_CONFIG.read_bytes())
-        auth = node.data_dir / "auth.conf"
-        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(node_auth(self.authority, node.data_dir))
+        write_private(node.data_dir / "auth.conf", node_auth(self.authority, node.data_dir))
         with open_log(node.log_path) as log:
             node.proc = subprocess.Popen(  # noqa: ASYNC220 - a daemon child, waited for below
                 [str(nats_server_binary()), "-c", str(config)], env=self._env(node),
@@ -183,7 +181,7 @@ class EmbeddedNatsCluster:
                     reply = await nc.request("$JS.API.INFO", b"", timeout=1.0)
                     if b'"error"' not in reply.data:
                         return
-                except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
+                except NATS_TRANSIENT:
                     pass
                 if time.monotonic() > deadline:
                     raise Unavailable(f"the NATS cluster has no JetStream leader after {timeout:.0f}s; "
@@ -216,7 +214,7 @@ async def stream_leader(nc: NATS, stream: str, timeout: float = 10.0) -> str:
     """The server name of the node leading `stream` now (waiting for an election if there is none)."""
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError, msgspec.DecodeError):
+        with contextlib.suppress(*NATS_TRANSIENT, msgspec.DecodeError):
             info = await stream_info(nc, stream)
             if info.cluster is not None and info.cluster.leader:
                 return info.cluster.leader
@@ -233,7 +231,7 @@ async def move_leader(nc: NATS, stream: str, server_name: str, timeout: float = 
     while await stream_leader(nc, stream, timeout) != server_name:
         if time.monotonic() > deadline:
             raise Unavailable(f"{server_name} did not become leader of {stream} within {timeout:.0f}s")
-        with contextlib.suppress(nats.errors.TimeoutError, nats.errors.NoRespondersError):
+        with contextlib.suppress(*NATS_TRANSIENT):
             await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", body, timeout=2.0)
         await asyncio.sleep(0.2)
 
@@ -252,7 +250,7 @@ async def log_digests(nc: NATS, stream: str, subjects: str = ">") -> dict[int, s
     # a consumer asked for right after a leader change may time out, or be refused while JetStream
     # settles ("temporarily unavailable", 503): ask again
     async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError)),
+            retry=retry_if_exception_type(NATS_TRANSIENT),
             reraise=True, wait=wait_fixed(0.5), stop=stop_after_attempt(10)):
         with attempt:
             sub = await js.subscribe(subjects, stream=stream, ordered_consumer=True,

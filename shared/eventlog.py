@@ -1,13 +1,13 @@
 """The event log: one JetStream stream, FLEET_EVENTS, append-only (DESIGN §4).
 
-- `ensure_stream` creates the stream exactly as the contract says, or refuses to start when it
-  exists with weaker settings; it never changes an existing stream.
+- `ensure_stream` creates the stream exactly as the contract says (shared.jetstream.EVENTS), or
+  refuses to start when it exists with weaker settings; it never changes an existing stream.
 - `append` / `append_batch` write with `Nats-Msg-Id` (the event id) and
   `Nats-Expected-Last-Subject-Sequence` (optimistic concurrency per aggregate). Several events go
   out as one JetStream atomic batch: all stored or none.
-- Transient failures are retried with the *same* messages, so the server's duplicate window
-  swallows a resend; a retry that meets a sequence conflict checks whether its own first attempt
-  landed before calling it a conflict. One append never becomes two events.
+- Transient failures are retried with the *same* messages (shared.atomic.publish), so the server's
+  duplicate window swallows a resend; a retry that meets a sequence conflict checks whether its
+  own first attempt landed before calling it a conflict. One append never becomes two events.
 - `load` reads one aggregate with batched direct gets; `replay` streams the whole log (or a
   range) through an ordered consumer.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import re
 import time
@@ -27,59 +28,26 @@ from typing import Any
 
 import msgspec
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
 from shared import metrics, telemetry
 from shared.aio import wait_set
-from shared.atomic import MAX_BATCH, publish_atomic
+from shared.atomic import MAX_BATCH, publish
 from shared.envelope import Envelope, Event, decode_envelope, decode_event, encode_envelope
-from shared.errors import Conflict, Invalid, StreamMisconfigured, Unavailable
+from shared.errors import Invalid
+from shared.jetstream import EVENTS, direct_batch, ensure, status_of
 from shared.subjects import EVENTS_STREAM, EVENTS_WILDCARD
 from shared.times import parse_time
+from shared.transient import reachable
 
 _REPLAY_BUFFER = 10_000  # messages a replay buffers before it stops its subscription
 _IDLE_CHECK = 0.25  # seconds without a message before a bounded replay checks it is done
 UNDECODABLE = "<undecodable>"  # the type of a record whose body is no event envelope
-DUPLICATE_WINDOW = 120.0
-WRONG_LAST_SEQUENCE = 10071
-BATCH_DUPLICATE_MSG_ID = 10201  # a resent batch whose messages are already stored
-_BATCH_INCOMPLETE_CODES = {10174, 10175, 10176, 10179}  # batch abandoned: nothing stored, resend
-
 HDR_MSG_ID = "Nats-Msg-Id"
 HDR_EXPECTED_SUBJECT_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HDR_EVENT_TYPE = "Fleet-Event-Type"
-
-_TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.errors.OutboundBufferLimitError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.NoStreamResponseError,  # no stream leader yet: an election on a cluster
-    asyncio.TimeoutError,
-)
-
-
-class _Retry(Exception):
-    """A failure after which resending the same messages is safe."""
-
-
-
-
-
-
-
 
 class Appended(msgspec.Struct, frozen=True):
     """Where one appended event landed."""
@@ -115,55 +83,6 @@ class Write:
     expected_seq: int | None
 
 
-def stream_config(replicas: int = 1) -> api.StreamConfig:
-    """FLEET_EVENTS exactly as DESIGN §4 specifies it."""
-    return api.StreamConfig(
-        name=EVENTS_STREAM,
-        subjects=[EVENTS_WILDCARD],
-        storage=api.StorageType.FILE,
-        retention=api.RetentionPolicy.LIMITS,
-        num_replicas=replicas,
-        max_msgs=-1,
-        max_bytes=-1,
-        max_age=0,
-        max_msgs_per_subject=-1,
-        deny_delete=True,
-        deny_purge=True,
-        allow_rollup_hdrs=False,
-        duplicate_window=DUPLICATE_WINDOW,
-        allow_direct=True,
-        allow_atomic=True,
-    )
-
-
-def weaker_settings(config: api.StreamConfig) -> list[str]:
-    """What makes an existing stream weaker than the contract (empty when it is fine)."""
-    problems = []
-    if not config.deny_delete:
-        problems.append("deny_delete is off (messages could be deleted)")
-    if not config.deny_purge:
-        problems.append("deny_purge is off (the log could be purged)")
-    if config.allow_rollup_hdrs:
-        problems.append("allow_rollup_hdrs is on (a rollup could erase history)")
-    for name in ("max_msgs", "max_bytes", "max_msgs_per_subject"):
-        value = getattr(config, name)
-        if value is not None and value > 0:
-            problems.append(f"{name} is {value} (old events would be dropped)")
-    if config.max_age:
-        problems.append(f"max_age is {config.max_age}s (old events would expire)")
-    if config.storage != api.StorageType.FILE:
-        problems.append(f"storage is {config.storage} (not durable)")
-    if EVENTS_WILDCARD not in (config.subjects or []):
-        problems.append(f"subjects {config.subjects} do not include {EVENTS_WILDCARD}")
-    if not config.allow_atomic:
-        problems.append("allow_atomic is off (multi-event appends could not be all-or-nothing)")
-    if not config.allow_direct:
-        problems.append("allow_direct is off")
-    if (config.duplicate_window or 0) < DUPLICATE_WINDOW:
-        problems.append(f"duplicate_window is {config.duplicate_window}s (< {DUPLICATE_WINDOW:.0f}s)")
-    return problems
-
-
 class EventLog:
     """Client of the FLEET_EVENTS stream over one NATS connection."""
 
@@ -191,29 +110,8 @@ class EventLog:
 
     async def ensure_stream(self, replicas: int = 1) -> api.StreamInfo:
         """Create FLEET_EVENTS, or check an existing one and refuse weaker settings."""
-        try:
-            info = await self.js.stream_info(self.stream)
-        except nats.js.errors.NotFoundError:
-            try:
-                return await self.js.add_stream(stream_config(replicas))
-            except nats.js.errors.BadRequestError:  # created by a concurrent starter meanwhile
-                info = await self.js.stream_info(self.stream)
-            except nats.errors.TimeoutError:  # the server refused: only admin creates the log
-                raise Unavailable(f"stream {self.stream} does not exist and this identity may not create "
-                                  "it; `fleet up` (admin) creates it") from None
-        problems = weaker_settings(info.config)
-        if (info.config.num_replicas or 1) < replicas:
-            problems.append(f"num_replicas is {info.config.num_replicas or 1} (< {replicas} asked by "
-                            "FLEET_REPLICAS or the cluster's size)")
-        if problems:
-            raise StreamMisconfigured(
-                f"stream {self.stream} exists with settings weaker than the event-log contract: "
-                + "; ".join(problems)
-                + ". Fleetplane will not change an existing stream; fix it by hand or use "
-                "another NATS account.",
-                field="stream",
-            )
-        return info
+        return await ensure(self.nc, dataclasses.replace(EVENTS, stream=self.stream),
+                            replicas, timeout=self.timeout)
 
     async def last_stream_seq(self) -> int:
         """The sequence of the newest event in the log (0 when empty)."""
@@ -229,7 +127,7 @@ class EventLog:
         """When the server stored the message at `seq` (None: there is none)."""
         msg = await self._direct({"seq": seq})
         stamp = (msg.headers or {}).get("Nats-Time-Stamp")
-        if _status(msg) is not None or not stamp:
+        if status_of(msg) is not None or not stamp:
             return None
         return parse_time(re.sub(r"(\.\d{6})\d+", r"\1", stamp), "Nats-Time-Stamp")  # ns -> us
 
@@ -238,7 +136,7 @@ class EventLog:
         if seq <= 0:
             return ""
         msg = await self._direct({"seq": seq})
-        if _status(msg) is not None:
+        if status_of(msg) is not None:
             return ""
         subject = (msg.headers or {}).get("Nats-Subject", "")
         return hashlib.sha256(subject.encode() + b"\n" + msg.data).hexdigest()
@@ -264,92 +162,35 @@ class EventLog:
     async def _append_group(self, writes: list[Write]) -> list[Appended]:
         messages = _messages(writes)
         started = time.perf_counter()
-        try:  # the first attempt runs outside tenacity: it costs nothing when nothing fails
-            last_seq = await self._publish(messages)
-        except _Retry:
-            last_seq = await self._retry_group(writes, messages, started)
+        last_seq = await publish(self.nc, messages, timeout=self.timeout, retry_for=self.retry_for,
+                                 what=self.stream, landed=lambda: self._landed(writes))
         metrics.APPEND_SECONDS.observe(time.perf_counter() - started)
         metrics.APPEND_BATCH_EVENTS.observe(len(messages))
         first = last_seq - len(messages) + 1
         return [Appended(subject, first + i) for i, (subject, _, _) in enumerate(messages)]
 
-    async def _retry_group(
-        self, writes: list[Write], messages: list[tuple[str, bytes, dict[str, str]]], started: float
-    ) -> int:
-        """Resend the same messages after a transient failure of the first attempt (until
-        `retry_for` seconds after it began). A conflict now may be our own earlier attempt that
-        landed: check before calling it a conflict."""
-        left = max(0.0, self.retry_for - (time.perf_counter() - started))
-        try:
-            async for retrying in AsyncRetrying(
-                retry=retry_if_exception_type(_Retry),
-                wait=wait_exponential(multiplier=0.05, max=2.0),
-                stop=stop_after_delay(left),
-                reraise=True,
-            ):
-                with retrying:
-                    if retrying.retry_state.attempt_number == 1:
-                        await asyncio.sleep(0.05)  # the wait that precedes every resend
-                    try:
-                        return await self._publish(messages)
-                    except Conflict:
-                        if await self._landed(writes):
-                            return await self._landed_last_seq(writes)
-                        raise
-        except _Retry as exc:
-            raise Unavailable(
-                f"could not append to {self.stream} within {self.retry_for:.0f}s: {exc.__cause__!r}"
-            ) from exc
-        raise AssertionError("unreachable")
-
-    async def _publish(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> int:
-        """Publish once; return the stream sequence of the last message."""
-        try:
-            if len(messages) == 1:
-                subject, payload, headers = messages[0]
-                ack = await self.js.publish(subject, payload, timeout=self.timeout, headers=headers)
-                return int(ack.seq)
-            return await self._publish_atomic(messages)
-        except nats.js.errors.APIError as exc:
-            if exc.err_code in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_MSG_ID):
-                raise Conflict(f"an aggregate changed since it was read: {exc.description}") from None
-            if exc.err_code in _BATCH_INCOMPLETE_CODES or isinstance(
-                exc, nats.js.errors.ServiceUnavailableError
-            ):
-                raise _Retry() from exc
-            raise
-        except _TRANSIENT as exc:
-            raise _Retry() from exc
-
-    async def _publish_atomic(self, messages: list[tuple[str, bytes, dict[str, str]]]) -> int:
-        return await publish_atomic(self.nc, messages, self.timeout)
-
-    async def _landed(self, writes: list[Write]) -> bool:
-        """After an ambiguous failure: are this group's events already in the log?"""
+    async def _landed(self, writes: list[Write]) -> int | None:
+        """After an ambiguous failure: the sequence of this group's last event if all its events
+        are already in the log, else None."""
         for write in writes:
             if write.expected_seq is None:
                 reply = await self._direct({"last_by_subj": write.subject})
-                if _status(reply) or decode_envelope(reply.data).id != write.envelopes[-1].id:
-                    return False
+                if status_of(reply) or decode_envelope(reply.data).id != write.envelopes[-1].id:
+                    return None
                 continue
             recorded, _ = await self.load(write.subject, after_seq=write.expected_seq, limit=1)
             if not recorded or recorded[0].envelope.id != write.envelopes[0].id:
-                return False
-        return True
-
-    async def _landed_last_seq(self, writes: list[Write]) -> int:
+                return None
         last_write = writes[-1]
-        after = last_write.expected_seq or 0
-        recorded, _ = await self.load(last_write.subject, after_seq=after)
-        ids = {envelope.id: r.seq for r in recorded for envelope in (r.envelope,)}
-        return ids[last_write.envelopes[-1].id]
+        recorded, _ = await self.load(last_write.subject, after_seq=last_write.expected_seq or 0)
+        return {r.envelope.id: r.seq for r in recorded}[last_write.envelopes[-1].id]
 
     # --- reading --------------------------------------------------------------------------------
 
     async def last_seq(self, subject: str) -> int:
         """The stream sequence of the newest event on `subject` (0 when there is none)."""
         reply = await self._direct({"last_by_subj": subject})
-        if _status(reply) == "404":
+        if status_of(reply) == "404":
             return 0
         return int((reply.headers or {})["Nats-Sequence"])
 
@@ -375,46 +216,15 @@ class EventLog:
         return await self.last_seq(subject) if after_seq else 0
 
     async def _direct(self, request: dict[str, Any]) -> Msg:
-        try:
-            return await self.nc.request(
-                self._direct_subject, msgspec.json.encode(request), self.timeout
-            )
-        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-            raise Unavailable(f"event log not reachable: {exc!r}") from exc
+        with reachable("event log"):
+            return await self.nc.request(self._direct_subject, msgspec.json.encode(request), self.timeout)
 
     async def _direct_batch(
         self, subject: str, start_seq: int, batch: int
     ) -> tuple[list[Recorded], bool]:
         """One batched direct get; returns the events and whether more are pending."""
-        msgs, more = await self._direct_msgs(subject, start_seq, batch)
+        msgs, more = await direct_batch(self.nc, self.stream, subject, start_seq, batch, timeout=self.timeout)
         return [Recorded(seq, msg.subject, decode_envelope(msg.data)) for seq, msg in msgs], more
-
-    async def _direct_msgs(self, subject: str, start_seq: int, batch: int) -> tuple[list[tuple[int, Msg]], bool]:
-        """One batched direct get of the messages matching `subject` from `start_seq`: (stream
-        sequence, message with its stored subject) and whether more are pending. No consumer."""
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        try:
-            request = {"seq": start_seq, "next_by_subj": subject, "batch": batch}
-            await self.nc.publish(self._direct_subject, msgspec.json.encode(request), reply=inbox)
-            out: list[tuple[int, Msg]] = []
-            while True:
-                try:
-                    msg = await sub.next_msg(self.timeout)
-                except nats.errors.TimeoutError as exc:
-                    raise Unavailable(f"event log read timed out on {subject}") from exc
-                status = _status(msg)
-                headers = msg.headers or {}
-                if status == "404":
-                    return out, False
-                if status == "204":  # end of batch
-                    return out, int(headers.get("Nats-Num-Pending", "0") or 0) > 0
-                if status:
-                    raise Unavailable(f"direct get failed: {status} {headers.get('Description')}")
-                stored = Msg(self.nc, subject=headers["Nats-Subject"], data=msg.data, headers=headers)
-                out.append((int(headers["Nats-Sequence"]), stored))
-        finally:
-            await sub.unsubscribe()
 
     async def replay(
         self,
@@ -527,7 +337,8 @@ class EventLog:
                           field="subjects")
         next_seq = max(from_seq, 1)
         while next_seq <= to_seq:
-            msgs, more = await self._direct_msgs(subjects, next_seq, min(size, to_seq - next_seq + 1))
+            msgs, more = await direct_batch(self.nc, self.stream, subjects, next_seq, min(size, to_seq - next_seq + 1),
+                                           timeout=self.timeout)
             batch = [(seq, msg) for seq, msg in msgs if seq <= to_seq]
             if batch:
                 yield batch
@@ -653,14 +464,6 @@ def _messages(writes: list[Write]) -> list[tuple[str, bytes, dict[str, str]]]:
                 headers[HDR_EXPECTED_SUBJECT_SEQ] = str(write.expected_seq)
             messages.append((write.subject, encode_envelope(envelope), headers))
     return messages
-
-
-def _status(msg: Msg) -> str | None:
-    headers = msg.headers or {}
-    status = headers.get("Status")
-    return str(status) if status else None
-
-
 
 
 def _recorded(msg: Msg, seq: int) -> Recorded:

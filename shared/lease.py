@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -34,28 +35,18 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js import api
 from nats.js.kv import KeyValue
 
 from shared import metrics
 from shared.aio import wait_set
-from shared.errors import Invalid, Unavailable
+from shared.auth.roles import LEASES_BUCKET
+from shared.errors import Invalid
+from shared.jetstream import LEASES, ensure
+from shared.transient import NATS_TRANSIENT
 
 log = logging.getLogger(__name__)
-LEASE_BUCKET = "fleet_leases"
+LEASE_BUCKET = LEASES_BUCKET
 DEFAULT_TTL = 6.0
-
-_TRANSIENT = (
-    nats.errors.TimeoutError,
-    nats.errors.NoRespondersError,
-    nats.errors.ConnectionClosedError,
-    nats.errors.ConnectionReconnectingError,
-    nats.errors.StaleConnectionError,
-    nats.js.errors.ServiceUnavailableError,
-    nats.js.errors.ServerError,
-    nats.js.errors.NoStreamResponseError,  # the bucket's stream between leaders (a node killed)
-    TimeoutError,
-)
 
 
 class LeaseValue(msgspec.Struct, frozen=True):
@@ -82,21 +73,8 @@ async def lease_bucket(nc: NATS, ttl: float = DEFAULT_TTL, replicas: int = 1) ->
     An existing bucket keeps its own `max_age`: that, not `ttl`, is the lease time returned."""
     if ttl <= 0:
         raise Invalid(f"lease time must be positive, got {ttl}", field="lease_ttl")
-    js = nc.jetstream()
-    try:
-        kv = await js.key_value(LEASE_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        try:
-            kv = await js.create_key_value(api.KeyValueConfig(
-                bucket=LEASE_BUCKET, history=1, ttl=ttl, replicas=replicas, direct=True,  # a get names its key
-                storage=api.StorageType.FILE, description="Fleetplane leases: one driver at a time"))
-        except nats.js.errors.BadRequestError:  # created concurrently by another instance
-            kv = await js.key_value(LEASE_BUCKET)
-        except nats.errors.TimeoutError:  # the server refused: only admin creates buckets
-            raise Unavailable(f"the {LEASE_BUCKET} bucket does not exist and this identity may not "
-                              "create it; `fleet up` (admin) creates it") from None
-    status = await kv.status()
-    return kv, float(status.ttl or ttl)
+    info = await ensure(nc, dataclasses.replace(LEASES, max_age=ttl), replicas)
+    return await nc.jetstream().key_value(LEASE_BUCKET), float(info.config.max_age or ttl)
 
 
 async def holder_of(nc: NATS, name: str, timeout: float = 30.0) -> str | None:
@@ -111,7 +89,7 @@ async def holder_of(nc: NATS, name: str, timeout: float = 30.0) -> str | None:
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError,
                 nats.js.errors.BucketNotFoundError):
             return None
-        except _TRANSIENT:
+        except NATS_TRANSIENT:
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.1)
@@ -186,7 +164,7 @@ class Lease:
             self.revision = None
             self._lose()
             return
-        except _TRANSIENT as exc:  # keep the lease until it runs out; try again next time
+        except NATS_TRANSIENT as exc:  # keep the lease until it runs out; try again next time
             log.debug("lease %s: %r", self.name, exc)
             return
         self._held(revision, sent)
@@ -201,7 +179,7 @@ class Lease:
                 return None
             revision = await self.kv.update(self.name, self._value, last=entry.revision)
         except (nats.js.errors.KeyNotFoundError, nats.js.errors.KeyDeletedError,
-                nats.js.errors.KeyWrongLastSequenceError, msgspec.DecodeError, *_TRANSIENT):
+                nats.js.errors.KeyWrongLastSequenceError, msgspec.DecodeError, *NATS_TRANSIENT):
             return None
         log.info("lease %s: reclaimed from an earlier run of %s", self.name, self.holder)
         return int(revision)
@@ -233,7 +211,7 @@ class Lease:
         self._lose()
         if revision is None:
             return
-        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError, *_TRANSIENT):
+        with contextlib.suppress(nats.js.errors.KeyWrongLastSequenceError, *NATS_TRANSIENT):
             await self.kv.delete(self.name, last=revision)
 
 

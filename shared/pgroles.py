@@ -55,13 +55,13 @@ async def ensure_roles(superuser_dsn: str, database: str, passfile: Path) -> tup
     passwords to `passfile` (0600), and return the owner's and the reader's URLs (no password)."""
     import asyncpg
 
-    from shared.secretfiles import write_secret
+    from shared.secretfiles import write_private
 
     url = urlparse(superuser_dsn)
     host, port = url.hostname or "127.0.0.1", url.port or 5432
     known = _passwords(passfile)
     passwords = {role: known.get(role) or secrets.token_hex(24) for role in (OWNER, READER)}
-    write_secret(passfile, "".join(f"{host}:{port}:*:{role}:{pw}\n" for role, pw in passwords.items()))
+    write_private(passfile, "".join(f"{host}:{port}:*:{role}:{pw}\n" for role, pw in passwords.items()))
     conn = await asyncpg.connect(superuser_dsn)
     try:
         for role, password in passwords.items():

@@ -14,7 +14,7 @@ import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.secretfiles import write_secret
+from shared.secretfiles import write_private
 
 CA_FILE = "ca.crt"
 CERT_FILE = "node.crt"
@@ -68,10 +68,10 @@ def loopback_pki(directory: Path, *, days: int = 3650) -> LoopbackPki:
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
-    write_secret(directory / "ca.key", ca_key.private_bytes(
+    write_private(directory / "ca.key", ca_key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
-    write_secret(pki.key, node_key.private_bytes(
+    write_private(pki.key, node_key.private_bytes(
         pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode())
-    write_secret(pki.cert, node.public_bytes(pem).decode())
-    write_secret(pki.ca, ca.public_bytes(pem).decode())  # last: its presence says the set is whole
+    write_private(pki.cert, node.public_bytes(pem).decode())
+    write_private(pki.ca, ca.public_bytes(pem).decode())  # last: its presence says the set is whole
     return pki

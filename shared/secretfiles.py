@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import BinaryIO
 
+from fleet_agent.files import write_atomically
+
 
 def private_dir(path: Path) -> Path:
     """A folder only its owner may enter (0700, also when it existed)."""
@@ -27,27 +29,15 @@ def open_log(path: Path) -> BinaryIO:
     return os.fdopen(fd, "ab")
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Replace a file atomically with `data`, 0600."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    tmp.replace(path)
+def write_private(path: Path, data: bytes | str) -> Path:
+    """Replace a file atomically with `data`, 0600: the one private-file writer. A missing folder
+    is made 0700; an existing one keeps its mode (a data dir is entered by PostgreSQL's own user
+    when `fleet up` runs as root: its private parts are `private_dir`s of their own)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    write_atomically(path, data, 0o600)
+    return path
 
 
 def secrets_dir(data_dir: Path) -> Path:
     """`<data-dir>/secrets`, created 0700."""
-    path = data_dir / "secrets"
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path.chmod(0o700)
-    return path
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write a secret file atomically, readable only by its owner."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
+    return private_dir(data_dir / "secrets")

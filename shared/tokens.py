@@ -24,13 +24,15 @@ import nats.js.errors
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from nats.aio.client import Client as NATS
-from nats.js import api
 
-from shared.errors import Conflict, Invalid, NotFound, Unavailable
+from shared.auth.roles import TOKENS_BUCKET
+from shared.errors import Conflict, Invalid, NotFound
 from shared.ids import check_id
-from shared.secretfiles import secrets_dir, write_secret
+from shared.jetstream import TOKENS, ensure
+from shared.secretfiles import secrets_dir, write_private
+from shared.transient import reachable
 
-BUCKET = "fleet_tokens"
+BUCKET = TOKENS_BUCKET
 ROLES = ("viewer", "operator", "auditor", "admin")
 PREFIX = "fpt"
 _DIRECT = f"$JS.API.DIRECT.GET.KV_{BUCKET}.$KV.{BUCKET}"
@@ -98,24 +100,10 @@ def secret_matches(record: TokenRecord, secret: str) -> bool:
         return False
 
 
-async def ensure_bucket(nc: NATS) -> None:
-    """Create the token bucket if it is missing (admin identity; `fleet up` and `fleet token`)."""
-    js = nc.jetstream()
-    try:
-        await js.key_value(BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        with contextlib.suppress(nats.js.errors.BadRequestError):  # created meanwhile by another
-            await js.create_key_value(api.KeyValueConfig(bucket=BUCKET, history=1, direct=True,
-                                                         storage=api.StorageType.FILE,
-                                                         description="Fleetplane HTTP API tokens (hashed)"))
-
-
 async def get_record(nc: NATS, token_id: str, timeout: float = 2.0) -> TokenRecord | None:
     """One token's record by direct get (None when there is none, e.g. revoked)."""
-    try:
+    with reachable("token bucket"):
         msg = await nc.request(f"{_DIRECT}.{token_id}", b"", timeout)
-    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
-        raise Unavailable(f"token bucket not reachable: {exc!r}") from exc
     headers = msg.headers or {}
     if headers.get("Status") or headers.get("KV-Operation") in ("DEL", "PURGE") or not msg.data:
         return None
@@ -140,7 +128,7 @@ async def list_records(nc: NATS) -> list[TokenRecord]:
 
 async def create(nc: NATS, name: str, role: str, created_by: str, created_at: str) -> tuple[str, TokenRecord]:
     """Issue a token; a name already in use is a conflict (names are the principal)."""
-    await ensure_bucket(nc)
+    await ensure(nc, TOKENS)  # created if missing (admin: `fleet up`, `fleet token`), else checked
     if any(r.name == name for r in await list_records(nc)):
         raise Conflict(f"a token named {name!r} already exists; revoke it first or pick another name",
                        field="name")
@@ -227,7 +215,7 @@ def token_file(data_dir: Path) -> Path:
 async def bootstrap_admin_token(nc: NATS, data_dir: Path, created_at: str) -> Path:
     """On `fleet up`: make sure `<data-dir>/secrets/api-token` holds a live admin token (issued
     on first start, re-issued if its record is gone); returns the file's path."""
-    await ensure_bucket(nc)
+    await ensure(nc, TOKENS)
     secrets_dir(data_dir)
     path = token_file(data_dir)
     if path.exists():
@@ -239,7 +227,7 @@ async def bootstrap_admin_token(nc: NATS, data_dir: Path, created_at: str) -> Pa
     with contextlib.suppress(NotFound):
         await revoke(nc, "local-admin")
     text, _ = await create(nc, "local-admin", "admin", "fleet-up", created_at)
-    write_secret(path, text + "\n")
+    write_private(path, text + "\n")
     return path
 
 

@@ -52,6 +52,7 @@ from fleet_agent.contract import (
 )
 from fleet_agent.credentials import lifetime_of_creds, renew, renew_at
 from fleet_agent.desired import DesiredUnreachable, read_desired
+from fleet_agent.files import write_atomically
 
 log = logging.getLogger(__name__)
 DEFAULT_URL = "nats://127.0.0.1:4222"
@@ -109,26 +110,6 @@ class AgentOptions:
             raise BadOption("at least one NATS server URL is needed", field="servers")
         if not 0 < self.backoff_initial <= (self.backoff_cap or cap_for(self.interval)):
             raise BadOption("backoff: 0 < initial <= cap", field="backoff")
-
-
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a crash at any moment leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def disk_hash(path: Path) -> str | None:

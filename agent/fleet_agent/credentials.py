@@ -19,6 +19,7 @@ import msgspec
 from nats.aio.client import Client as NATS
 
 from fleet_agent.contract import RENEWED_DECODER, renew_subject
+from fleet_agent.files import write_atomically
 
 log = logging.getLogger(__name__)
 JWT_BEGIN = "-----BEGIN NATS USER JWT-----"
@@ -55,21 +56,10 @@ def renew_at(lifetime: Lifetime) -> float | None:
     return lifetime.exp - (lifetime.exp - lifetime.iat) / 3
 
 
-def write_private(path: Path, text: str) -> None:
-    """Replace `path` with `text` atomically, readable by its owner only (0600)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
-
-
 def replace_jwt(creds_path: Path, new_jwt: str) -> None:
     """Put a renewed JWT into a credentials file, keeping its seed; atomic, 0600."""
     text = creds_path.read_text()
-    write_private(creds_path, text.replace(jwt_of_creds(text), new_jwt))
+    write_atomically(creds_path, text.replace(jwt_of_creds(text), new_jwt), 0o600)
 
 
 def adopt(given: Path, state_dir: Path, name: str = "device.creds") -> Path:
@@ -83,7 +73,7 @@ def adopt(given: Path, state_dir: Path, name: str = "device.creds") -> Path:
         current = None
     offered = given.read_text()
     if current is None or _seed(current) != _seed(offered):
-        write_private(mine, offered)
+        write_atomically(mine, offered, 0o600)
         log.info("credentials taken from %s into %s", given, mine)
     elif given.resolve() != mine.resolve():
         os.chmod(mine, 0o600)

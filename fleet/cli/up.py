@@ -135,20 +135,16 @@ def init(ctx: typer.Context, json_out: bool = JsonOption, _output: str | None = 
 
 
 async def _init(conf: Any) -> dict[str, Any]:
-    from shared.auth.revoker import ensure_state_bucket
-    from shared.checkpoint import ensure_buckets
-    from shared.cluster import ensure_log
+    from shared.cluster import ensure_all
     from shared.connection import connect_nats
     from shared.lease import LEASE_BUCKET
     from shared.subjects import CHECKPOINTED, DESIRED_BUCKET, EVENTS_STREAM, checkpoint_bucket
 
     nc = await connect_nats(conf, "init")
     try:
-        replicas = await ensure_log(nc, conf)
-        missing = await ensure_buckets(nc, replicas)
+        replicas, missing = await ensure_all(nc, conf)
         if missing:
             raise Unavailable(f"{', '.join(missing)} could not be created: `fleet init` needs admin credentials")
-        await ensure_state_bucket(nc, replicas)  # the authority part's revocation state
         buckets = [DESIRED_BUCKET, LEASE_BUCKET, *(checkpoint_bucket(s) for s in CHECKPOINTED)]
         return {"stream": EVENTS_STREAM, "replicas": replicas, "buckets": buckets}
     finally:

@@ -75,6 +75,7 @@ from shared.liveness import gather_reports
 from shared.metrics import QUERY_SECONDS
 from shared.selectors import EVERYTHING
 from shared.times import parse_duration, parse_time, utcnow
+from shared.transient import PG_TRANSIENT
 from shared.wire import ErrorBody
 
 log = logging.getLogger(__name__)
@@ -98,8 +99,6 @@ ERRORS = {
     404: ResponseSpec(ErrorAnswer, description="No such device or rollout (at that moment)."),
     503: ResponseSpec(ErrorAnswer, description="PostgreSQL or NATS unavailable, or min_seq not reached in time."),
 }
-_DB_DOWN = (OSError, TimeoutError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-            asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.OperatorInterventionError)
 
 
 def _id(value: str | None, field: str) -> str | None:
@@ -466,7 +465,7 @@ def _on_db_down(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnsw
 def _on_db_error(_: Request[Any, Any, Any], exc: Exception) -> Response[ErrorAnswer]:
     if isinstance(exc, asyncpg.exceptions.UndefinedTableError | asyncpg.exceptions.InvalidSchemaNameError):
         return _error(503, Unavailable.code, "the read models are not built yet", None)
-    if isinstance(exc, _DB_DOWN):
+    if isinstance(exc, PG_TRANSIENT):
         return _on_db_down(_, exc)
     log.exception("query failed", exc_info=exc)
     return _error(500, "internal", "the query failed", None)

@@ -26,6 +26,7 @@ from nats.js.kv import KeyValue
 from shared.auth.authority import Authority
 from shared.auth.roles import IDENTITY_BUCKET
 from shared.errors import Conflict, Unavailable
+from shared.jetstream import IDENTITY, ensure
 
 log = logging.getLogger(__name__)
 BUCKET = IDENTITY_BUCKET
@@ -48,6 +49,7 @@ class SharedState:
     async def start(self) -> None:
         """Read the key (creating it from the local state when new) and follow its changes."""
         try:
+            await ensure(self.nc, IDENTITY)  # checked as every store is: never changed, refused if weaker
             self.kv = await self.nc.jetstream(timeout=5.0).key_value(BUCKET)
         except (nats.js.errors.BucketNotFoundError, nats.errors.TimeoutError):
             raise Unavailable(f"the {BUCKET} bucket does not exist (or this identity may not see it); "

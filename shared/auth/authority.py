@@ -34,6 +34,7 @@ from shared.auth import jwt
 from shared.auth.roles import DEVICE_TEMPLATE, FLEET, INBOX, OPS, ROLE_TAG, ROLES, inbox_prefix, role
 from shared.errors import Invalid
 from shared.ids import check_id
+from shared.secretfiles import write_private
 from shared.subjects import COMMANDS_PREFIX
 
 _KEYS = {"operator": jwt.PREFIX_OPERATOR, "sys": jwt.PREFIX_ACCOUNT, "fleet": jwt.PREFIX_ACCOUNT,
@@ -74,17 +75,6 @@ def _merge(mine: _State, other: _State) -> None:
 
 
 _STATE = "revocations.json"
-
-
-def write_secret(path: Path, text: str) -> Path:
-    """Write a secret file atomically with mode 0600 (its directory 0700)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
-    return path
 
 
 @dataclass
@@ -146,13 +136,13 @@ class Authority:
         for name, prefix in _KEYS.items():
             path = directory / f"{name}.nk"
             if not path.exists():
-                write_secret(path, jwt.seed_text(jwt.new_key(prefix)) + "\n")
+                write_private(path, jwt.seed_text(jwt.new_key(prefix)) + "\n")
             keys[name] = nkeys.from_seed(bytearray(path.read_text().strip().encode()))
         secret_path = directory / "device-seeds.key"
         if not secret_path.exists():
-            write_secret(secret_path, os.urandom(32).hex() + "\n")
+            write_private(secret_path, os.urandom(32).hex() + "\n")
         publics = {name: jwt.public(key) for name, key in keys.items()}
-        write_secret(directory / _PUBLIC_KEYS, msgspec.json.encode(publics).decode() + "\n")
+        write_private(directory / _PUBLIC_KEYS, msgspec.json.encode(publics).decode() + "\n")
         authority = cls(directory, keys, bytes.fromhex(secret_path.read_text().strip()), _State(), publics)
         authority.refresh()
         return authority
@@ -187,12 +177,12 @@ class Authority:
             previous.unlink(missing_ok=True)
         else:
             current = self.directory / "operator-signing.nk"
-            write_secret(previous, current.read_text())
+            write_private(previous, current.read_text())
             key = jwt.new_key(jwt.PREFIX_OPERATOR)
-            write_secret(current, jwt.seed_text(key) + "\n")
+            write_private(current, jwt.seed_text(key) + "\n")
             self.keys["operator-signing"] = key
             self.publics["operator-signing"] = jwt.public(key)
-            write_secret(self.directory / _PUBLIC_KEYS, msgspec.json.encode(self.publics).decode() + "\n")
+            write_private(self.directory / _PUBLIC_KEYS, msgspec.json.encode(self.publics).decode() + "\n")
         return self.publics["operator-signing"]
 
     def _signing_keys(self) -> list[str]:
@@ -364,13 +354,13 @@ class Authority:
         return len(old)
 
     def _save(self) -> None:
-        path = write_secret(self.directory / _STATE, msgspec.json.encode(self.state).decode())
+        path = write_private(self.directory / _STATE, msgspec.json.encode(self.state).decode())
         stat = path.stat()
         self._seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
     def write_creds(self, path: Path, text: str) -> Path:
         """Write a credentials file 0600."""
-        return write_secret(path, text)
+        return write_private(path, text)
 
 
 def inbox_of_creds(path: str | Path) -> str | None:

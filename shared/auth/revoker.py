@@ -14,14 +14,10 @@ import logging
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client as NATS
-from nats.js import api
 
 from shared import metrics
 from shared.auth.authority import Authority, push_account
-from shared.auth.roles import IDENTITY_BUCKET
 from shared.contract.authority import Revoked, RevokeDevice
 from shared.eventlog import EventLog
 from shared.ids import check_id
@@ -30,7 +26,7 @@ from shared.subjects import aggregate_wildcard
 log = logging.getLogger(__name__)
 SERVICE = "authority"
 T = TypeVar("T")
-__all__ = ["SERVICE", "RevokeDevice", "Revoked", "ensure_state_bucket", "revoke_device", "revoke_retired"]
+__all__ = ["SERVICE", "RevokeDevice", "Revoked", "revoke_device", "revoke_retired"]
 
 
 
@@ -71,20 +67,3 @@ async def revoke_retired(events: EventLog, system: NATS, authority: Authority,
             log.info("revoked the identity of retired device %s", device_id)
         elif seq - authority.state.handled_seq >= 10_000:
             await _apply(changes, functools.partial(authority.handled, seq))
-
-
-async def ensure_state_bucket(nc: NATS, replicas: int = 1) -> None:
-    """Create the authority's state bucket if it is missing (admin: `fleet up`, `fleet init`); never
-    raises (another identity may not: the part then says so at start)."""
-    js = nc.jetstream(timeout=5.0)
-    try:
-        await js.key_value(IDENTITY_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        try:
-            await js.create_key_value(api.KeyValueConfig(
-                bucket=IDENTITY_BUCKET, history=5, replicas=replicas, storage=api.StorageType.FILE, direct=True,
-                description="Fleetplane: the authority's revocation state (one key)"))
-        except (nats.errors.TimeoutError, nats.js.errors.Error) as exc:
-            log.debug("bucket %s not created: %r", IDENTITY_BUCKET, exc)
-    except nats.errors.TimeoutError:
-        pass

@@ -18,8 +18,7 @@ from services.drift.main import run as run_drift
 from services.registry.main import run as run_registry
 from services.rollout.main import run as run_rollout
 from services.snapshot.main import run as run_snapshot
-from shared.checkpoint import ensure_buckets as ensure_checkpoint_buckets
-from shared.cluster import ensure_log
+from shared.cluster import ensure_all
 from shared.commands import CommandClient
 from shared.config import Settings, load_settings
 from shared.embedded import EmbeddedNats
@@ -79,7 +78,7 @@ class Stack:
 async def stack(nats_server: EmbeddedNats, nc: NATS, eventlog: EventLog, tmp_path: Path,
                 creds: Callable[[str, str], str]) -> AsyncIterator[Stack]:
     settings = load_settings({"nats_url": nats_server.url, "data_dir": str(tmp_path), **FAST}, env={})
-    await ensure_checkpoint_buckets(nc, await ensure_log(nc, settings))  # admin creates what services only use
+    await ensure_all(nc, settings)  # admin creates what services only use
     stack = Stack(settings, CommandClient(nc, actor="operator:test", timeout=30), creds)
     for name, run in (("registry", run_registry), ("snapshot", run_snapshot), ("drift", run_drift),
                       ("rollout", run_rollout)):

@@ -221,7 +221,7 @@ async def test_killed_mid_write_leaves_old_or_new_config(nc: NATS, nats_server: 
 _WRITER = """
 import sys
 from pathlib import Path
-from fleet_agent.agent import write_atomically
+from fleet_agent.files import write_atomically
 path, size = Path(sys.argv[1]), int(sys.argv[2])
 versions = [bytes([65]) * size, bytes([66]) * size]
 n = 0

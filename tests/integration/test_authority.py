@@ -23,13 +23,14 @@ from services.authority.state import KEY, SharedState
 from services.registry.handlers import start as start_registry
 from shared.auth.authority import Authority, push_account
 from shared.auth.renewal import RenewalGate
-from shared.auth.revoker import RevokeDevice, ensure_state_bucket, revoke_device
+from shared.auth.revoker import RevokeDevice, revoke_device
 from shared.auth.roles import IDENTITY_BUCKET
 from shared.cluster import ensure_log
 from shared.commands import CommandClient
 from shared.config import Settings
 from shared.embedded import EmbeddedNats
 from shared.eventlog import EventLog
+from shared.jetstream import IDENTITY, ensure
 
 Connect = Callable[..., Awaitable[NATS]]
 Creds = Callable[[str, str], str]
@@ -39,7 +40,7 @@ Creds = Callable[[str, str], str]
 async def registry(eventlog: EventLog, nc: NATS, connect_as: Connect) -> AsyncIterator[CommandClient]:
     """The registry under its own identity, and an operator to command it."""
     await ensure_log(nc, Settings())  # the log and buckets, as `fleet up` (admin) makes them
-    await ensure_state_bucket(nc)
+    await ensure(nc, IDENTITY)
     own = await connect_as("service:registry", "registry")
     _, service = await start_registry(own, EventLog(own))
     operator = CommandClient(await connect_as("operator", "alice"))

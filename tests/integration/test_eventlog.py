@@ -20,7 +20,8 @@ from shared.atomic import HDR_BATCH_ID, HDR_BATCH_SEQ, publish_atomic
 from shared.embedded import EmbeddedNats
 from shared.envelope import Envelope, Event, seal
 from shared.errors import Conflict, StreamMisconfigured
-from shared.eventlog import _REPLAY_BUFFER, EventLog, Recorded, Write, stream_config
+from shared.eventlog import _REPLAY_BUFFER, EventLog, Recorded, Write
+from shared.jetstream import EVENTS
 from shared.subjects import EVENTS_STREAM
 from shared.times import utcnow
 
@@ -198,7 +199,7 @@ async def test_weaker_existing_stream_is_refused_not_changed(
     js = nc.jetstream()
     with contextlib.suppress(nats.js.errors.NotFoundError):
         await js.delete_stream(EVENTS_STREAM)
-    weak = stream_config()
+    weak = EVENTS.config()
     for key, value in change.items():
         setattr(weak, key, value)
     await js.add_stream(weak)

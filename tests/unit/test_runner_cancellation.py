@@ -10,8 +10,9 @@ from typing import cast
 import asyncpg
 
 from projections.changes.store import ChangesProjection
-from projections.runner import TRANSIENT_DB_ERRORS, Runner
+from projections.runner import Runner
 from shared.eventlog import EventLog
+from shared.transient import PG_TRANSIENT
 
 
 class _CutShort(Runner):
@@ -44,4 +45,4 @@ async def test_a_cancelled_runner_ends_even_if_the_cancellation_surfaces_as_a_co
 
 def test_a_connection_lost_mid_operation_is_retried() -> None:
     # asyncpg reports an operation whose connection died under it as an InternalClientError
-    assert issubclass(asyncpg.exceptions.InternalClientError, TRANSIENT_DB_ERRORS)
+    assert issubclass(asyncpg.exceptions.InternalClientError, PG_TRANSIENT)
