@@ -2,16 +2,15 @@
 `at`, `level`, `logger`, `msg`, `service`, `instance`, `trace_id` and `span_id` (null outside a
 traced span), and `exc` with the traceback when there is one.
 
-Needs only the standard library and msgspec, so the device agent's distribution can use it too;
-trace ids come from OpenTelemetry when it is installed."""
+The formatter is the device agent's (fleet_agent.logs: the agent may not import the control
+plane, the control plane imports the agent); trace ids come from OpenTelemetry when it is
+installed."""
 
 from __future__ import annotations
 
-import datetime
 import logging
-from typing import Any
 
-import msgspec
+from fleet_agent.logs import JsonLines
 
 try:
     from opentelemetry import trace as _trace
@@ -22,33 +21,16 @@ except ImportError:  # pragma: no cover - a device install without OpenTelemetry
 THIRD_PARTY = ("uvicorn", "uvicorn.error", "uvicorn.access", "asyncio")
 
 
-class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line; every line carries the same keys."""
+class JsonLogFormatter(JsonLines):
+    """The agent's JSON lines (fleet_agent.logs), with the current span's trace ids."""
 
-    _encoder = msgspec.json.Encoder()
-
-    def __init__(self, service: str, instance: str = "") -> None:
-        super().__init__()
-        self.service = service
-        self.instance = instance
-
-    def format(self, record: logging.LogRecord) -> str:
-        trace_id = span_id = None
+    def trace_ids(self) -> tuple[str | None, str | None]:
+        """The trace and span of the current OpenTelemetry span (none outside one)."""
         if _trace is not None:
             ctx = _trace.get_current_span().get_span_context()
             if ctx.is_valid:
-                trace_id, span_id = f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
-        body: dict[str, Any] = {
-            "at": self.formatTime(record), "level": record.levelname, "logger": record.name,
-            "msg": record.getMessage(), "service": self.service, "instance": self.instance,
-            "trace_id": trace_id, "span_id": span_id}
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return self._encoder.encode(body).decode()
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        """UTC, RFC 3339 with microseconds, like every time on the wire."""
-        return datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat().replace("+00:00", "Z")
+                return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+        return None, None
 
 
 def setup_logging(level: str, service: str, instance: str = "") -> None:
