@@ -108,8 +108,8 @@ class AgentOptions:
             raise BadOption("the interval must be positive", field="interval")
         if not self.servers:
             raise BadOption("at least one NATS server URL is needed", field="servers")
-        if not 0 < self.backoff_initial <= (self.backoff_cap or cap_for(self.interval)):
-            raise BadOption("backoff: 0 < initial <= cap", field="backoff")
+        if self.backoff_initial <= 0 or (self.backoff_cap is not None and self.backoff_cap <= 0):
+            raise BadOption("backoff: the initial window and the cap must be positive", field="backoff")
 
 
 def disk_hash(path: Path) -> str | None:
