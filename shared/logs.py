@@ -44,3 +44,5 @@ def setup_logging(level: str, service: str, instance: str = "") -> None:
         logger = logging.getLogger(name)
         logger.handlers.clear()
         logger.propagate = True
+        logger.setLevel(logging.NOTSET)  # FLEET_LOG_LEVEL governs them too, whatever they set before
+        logger.disabled = False
