@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -32,12 +33,31 @@ if TYPE_CHECKING:
 PG_SYSTEM_USER = "fleetpg"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = (int(p) for p in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A TCP port on 127.0.0.1 that nothing listens on right now, outside the kernel's ephemeral
+    range where it can: a port from that range may be handed to any outgoing connection before
+    the server that was given it binds it ("address already in use")."""
+    low, high = _ephemeral_range()
+    candidates = [p for p in range(10_000, 65_000) if not low <= p <= high]
+    for port in random.sample(candidates, min(50, len(candidates))):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # everything outside was taken
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        chosen: int = sock.getsockname()[1]
+        return chosen
 
 
 def nats_server_binary() -> Path:

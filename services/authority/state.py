@@ -54,11 +54,18 @@ class SharedState:
         except (nats.js.errors.BucketNotFoundError, nats.errors.TimeoutError):
             raise Unavailable(f"the {BUCKET} bucket does not exist (or this identity may not see it); "
                               "`fleet up` or `fleet init` (admin) creates it") from None
-        if not await self.pull():
+        for _ in range(100):  # until the key is ours or read: two instances start at once
+            if await self.pull():
+                break
             try:
                 self.revision = await self.kv.create(KEY, self.authority.encoded_state())
-            except nats.js.errors.KeyWrongLastSequenceError:  # another instance was first
-                await self.pull()
+                break
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+                # another instance was first (nats-py's create then reads the key back, and a
+                # direct get from a replica that has not got it yet says "not found"): read it
+                await asyncio.sleep(0.1)
+        else:
+            raise Unavailable(f"the {KEY} key of {BUCKET} could neither be created nor read")
         await self.change(lambda: None)  # what this copy knew that the key did not (a CLI enrolment)
 
         async def changed(_: object) -> None:
