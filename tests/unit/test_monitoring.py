@@ -24,13 +24,18 @@ from projections.api.schemas import Counts, ProjectionsAnswer, ProjectionState, 
 from services.drift.handlers import Stats, stats_families
 from shared import metrics
 from tests import exposition
+from tests.support.tools import require
 from tests.unit.test_kubernetes import OVERLAYS, of_kind, render
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-needs_promtool = pytest.mark.skipif(not Path(PROMTOOL).exists(),
-                                    reason="promtool missing: apt-get install prometheus (.ci/run does)")
+
+
+@pytest.fixture
+def needs_promtool() -> None:
+    require(Path(PROMTOOL).exists(), "promtool is not on PATH: `apt-get install -y prometheus` (Debian's package, "
+                                     "as .ci/run does) to check and unit-test the alert rules")
 # Metrics the rules read that other exporters provide (kubelet's volume stats).
 FOREIGN = {"kubelet_volume_stats_available_bytes", "kubelet_volume_stats_capacity_bytes"}
 HEADER = ("# The groups of rules.yaml for the Prometheus Operator; tests/unit/test_monitoring.py keeps the two "
@@ -154,7 +159,7 @@ def test_exposition_checks_can_fail() -> None:
         exposition.families("# HELP h y\n# TYPE h histogram\nh_count 1\nh_sum 1\n")
 
 
-@needs_promtool
+@pytest.mark.usefixtures("needs_promtool")
 def test_promtool_checks_the_rules() -> None:
     result = subprocess.run([PROMTOOL, "check", "rules", str(MONITORING / "rules.yaml")], capture_output=True,
                             text=True, check=False)
@@ -162,14 +167,14 @@ def test_promtool_checks_the_rules() -> None:
     assert "SUCCESS" in result.stdout
 
 
-@needs_promtool
+@pytest.mark.usefixtures("needs_promtool")
 def test_promtool_unit_tests_of_the_rules_pass() -> None:
     result = subprocess.run([PROMTOOL, "test", "rules", "rules-test.yaml"], cwd=MONITORING, capture_output=True,
                             text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@needs_promtool
+@pytest.mark.usefixtures("needs_promtool")
 def test_promtool_unit_tests_can_fail(tmp_path: Path) -> None:
     """A rule that no longer fires as its test expects fails `promtool test rules`."""
     rules = (MONITORING / "rules.yaml").read_text().replace("fleet:site_offline:ratio > 0.2", "fleet:site_offline:ratio > 0.4")
